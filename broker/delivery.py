@@ -1,0 +1,394 @@
+"""Subscriptions as cursors into topic logs, and each connection's window of
+deliveries in flight: ack, nack, ack timeout, redelivery, maximum deliveries.
+
+Knows nothing of sockets: a window is handed a function that sends. Time
+comes from an injected IReactorTime, and all connections share two timers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from broker.topics import Topic
+from broker.wire import StartAt
+
+log = Logger()
+
+K = TypeVar("K", bound=Hashable)
+
+# How many payloads a cursor reads from its log at a time.
+READ_AHEAD = 64
+# Deadlines within this many seconds of now count as reached (float rounding).
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """The timers and limits of delivery, as the seed defines them."""
+
+    ack_delay: float = 1.0
+    """Seconds between a nack (or an ack timeout) and the redelivery."""
+    ack_timeout: float = 2.0
+    """Seconds a delivery may stay unanswered before it counts as nacked."""
+    max_deliveries: int = 5
+    """Deliveries of one message to one subscriber, the first included."""
+    max_waiting: int = 1000
+    """Nacked messages one connection may have waiting for redelivery before
+    its subscriptions stop moving on to new messages."""
+
+
+class DeadlineQueue(Generic[K]):
+    """Keys that expire a fixed delay after they are added, with one timer.
+
+    Because the delay is the same for every key, the order of insertion is
+    the order of expiry: a FIFO replaces a heap, and removing a key (an ack)
+    costs O(1).
+    """
+
+    def __init__(self, clock: IReactorTime, delay: float, expired: Callable[[K], None]) -> None:
+        self._clock = clock
+        self.delay = delay
+        self._expired = expired
+        self._deadlines: OrderedDict[K, float] = OrderedDict()
+        self._call: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        return len(self._deadlines)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._deadlines
+
+    def add(self, key: K) -> None:
+        self._deadlines.pop(key, None)
+        self._deadlines[key] = self._clock.seconds() + self.delay
+        if self._call is None:
+            self._call = self._clock.callLater(self.delay, self._fire)
+
+    def discard(self, key: K) -> None:
+        self._deadlines.pop(key, None)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._deadlines.clear()
+
+    def _fire(self) -> None:
+        self._call = None
+        deadlines = self._deadlines
+        now = self._clock.seconds() + _EPSILON
+        while deadlines:
+            key, deadline = next(iter(deadlines.items()))
+            if deadline > now:
+                break
+            del deadlines[key]
+            self._expired(key)
+        if deadlines and self._call is None:
+            first = next(iter(deadlines.values()))
+            self._call = self._clock.callLater(max(0.0, first - now), self._fire)
+
+
+class Delivery:
+    """One message on its way to one subscriber, and how often it went."""
+
+    __slots__ = ("attempts", "held", "offset", "payload", "subscription")
+
+    def __init__(self, subscription: Subscription, offset: int, payload: bytes) -> None:
+        self.subscription = subscription
+        self.offset = offset
+        self.payload = payload
+        self.attempts = 0
+        # Timed out, but keeps its slot until its redelivery (see DeliveryWindow).
+        self.held = False
+
+    @property
+    def window(self) -> DeliveryWindow:
+        return self.subscription.window
+
+    @property
+    def topic(self) -> Topic:
+        return self.subscription.topic
+
+
+class DeliveryTimers:
+    """The two timers every window shares: ack timeout and ack delay."""
+
+    def __init__(self, clock: IReactorTime, settings: DeliverySettings) -> None:
+        self.settings = settings
+        self.timeouts: DeadlineQueue[Delivery] = DeadlineQueue(
+            clock, settings.ack_timeout, lambda d: d.window._timed_out(d)
+        )
+        self.delays: DeadlineQueue[Delivery] = DeadlineQueue(
+            clock, settings.ack_delay, lambda d: d.window._delay_over(d)
+        )
+
+    def forget(self, delivery: Delivery) -> None:
+        self.timeouts.discard(delivery)
+        self.delays.discard(delivery)
+
+    def stop(self) -> None:
+        self.timeouts.stop()
+        self.delays.stop()
+
+
+class Subscription:
+    """One connection's cursor into one topic's log.
+
+    It holds an offset, not copies: a subscriber that falls behind costs a
+    cursor and at most READ_AHEAD references to payloads the log holds.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_fetching",
+        "_index",
+        "active",
+        "position",
+        "queued",
+        "topic",
+        "window",
+    )
+
+    def __init__(self, topic: Topic, window: DeliveryWindow, position: int) -> None:
+        self.topic = topic
+        self.window = window
+        self.position = position
+        self.active = True
+        self.queued = False
+        self._buffer: list[bytes] = []
+        self._index = 0
+        self._fetching = False
+
+    def log_grew(self) -> None:
+        self.window._wake(self)
+
+    def take(self) -> tuple[int, bytes] | None:
+        """The next (offset, payload), or None once caught up (then it waits)."""
+        if self._index < len(self._buffer):
+            payload = self._buffer[self._index]
+            self._index += 1
+            offset = self.position
+            self.position += 1
+            return offset, payload
+        if self._fetching:
+            return None
+        log_ = self.topic.log
+        # Retention may have removed what the cursor points at.
+        self.position = max(self.position, log_.first_offset)
+        if self.position >= log_.next_offset:
+            self.topic.wait(self)
+            return None
+        batch = log_.read(self.position, READ_AHEAD)
+        if isinstance(batch, Deferred):
+            self._fetching = True
+            batch.addCallbacks(self._fetched, self._fetch_failed)
+            return None
+        self._fill(batch)
+        return self.take()
+
+    def _fill(self, batch: list[bytes]) -> None:
+        self._buffer = batch
+        self._index = 0
+
+    def _fetched(self, batch: list[bytes]) -> None:
+        self._fetching = False
+        if self.active:
+            self._fill(batch)
+            self.window._wake(self)
+
+    def _fetch_failed(self, failure: Failure) -> None:
+        self._fetching = False
+        log.failure(
+            "reading {topic!r} at offset {offset} failed",
+            failure,
+            topic=self.topic.name,
+            offset=self.position,
+        )
+        if self.active:
+            self.topic.wait(self)  # try again after the next append
+
+    def close(self) -> None:
+        self.active = False
+        self.topic.stop_waiting(self)
+        self._buffer = []
+        self._index = 0
+
+
+class DeliveryWindow:
+    """One connection's deliveries: which subscription goes next, what is in flight.
+
+    The seed's acks carry no id, so a legacy window has one slot: an ack or a
+    nack answers the delivery in flight. A delivery that times out keeps its
+    slot until it is sent again after the ack delay, so that a late ack still
+    answers that message and never one sent after it. A nacked delivery frees
+    the slot at once, and the others flow while it waits. Subscriptions with
+    messages ready take turns, so one busy topic cannot starve the others.
+    """
+
+    def __init__(
+        self,
+        timers: DeliveryTimers,
+        send: Callable[[Delivery], None],
+        dropped: Callable[[Delivery], None],
+        capacity: int = 1,
+    ) -> None:
+        self._timers = timers
+        self._settings = timers.settings
+        self._send = send
+        self._dropped = dropped
+        self._capacity = capacity
+        self.subscriptions: dict[str, Subscription] = {}
+        self._ready: deque[Subscription] = deque()
+        self._due: deque[Delivery] = deque()
+        self._in_flight: deque[Delivery] = deque()
+        self._waiting: dict[Delivery, None] = {}
+        self._pumping = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def waiting(self) -> int:
+        """Nacked deliveries waiting for their redelivery."""
+        return len(self._waiting) + len(self._due)
+
+    def subscribe(self, topic: Topic, start: StartAt, offset: int = 0) -> Subscription:
+        """Start (or move) this connection's cursor on `topic`."""
+        old = self.subscriptions.pop(topic.name, None)
+        if old is not None:
+            old.close()
+        log_ = topic.log
+        if start == StartAt.BEGINNING:
+            position = log_.first_offset
+        elif start == StartAt.CURRENT:
+            position = log_.next_offset
+        else:
+            # At or past the end means "live from now".
+            position = min(max(offset, log_.first_offset), log_.next_offset)
+        subscription = Subscription(topic, self, position)
+        self.subscriptions[topic.name] = subscription
+        self._wake(subscription)
+        return subscription
+
+    def unsubscribe(self, name: str) -> bool:
+        """Stop the cursor on topic `name`; False if there was none."""
+        subscription = self.subscriptions.pop(name, None)
+        if subscription is None:
+            return False
+        subscription.close()
+        for delivery in [d for d in self._waiting if d.subscription is subscription]:
+            self._forget_waiting(delivery)
+        return True
+
+    def ack(self) -> bool:
+        """The subscriber acked the delivery in flight; False if there is none."""
+        if not self._in_flight:
+            return False
+        delivery = self._in_flight.popleft()
+        self._timers.forget(delivery)
+        self._pump()
+        return True
+
+    def nack(self) -> bool:
+        """The subscriber nacked the delivery in flight; False if there is none."""
+        if not self._in_flight:
+            return False
+        delivery = self._in_flight.popleft()
+        self._timers.forget(delivery)
+        if delivery.attempts >= self._settings.max_deliveries:
+            self._dropped(delivery)
+        elif delivery.subscription.active:
+            self._waiting[delivery] = None
+            self._timers.delays.add(delivery)
+        self._pump()
+        return True
+
+    def close(self) -> None:
+        """Release everything at once: the connection is gone."""
+        for delivery in [*self._in_flight, *self._waiting]:
+            self._timers.forget(delivery)
+        self._in_flight.clear()
+        self._waiting.clear()
+        self._due.clear()
+        self._ready.clear()
+        for subscription in self.subscriptions.values():
+            subscription.close()
+        self.subscriptions.clear()
+
+    # Called by the timers.
+
+    def _timed_out(self, delivery: Delivery) -> None:
+        delivery.held = True
+        self._timers.delays.add(delivery)
+
+    def _delay_over(self, delivery: Delivery) -> None:
+        if delivery.held:
+            self._in_flight.remove(delivery)
+            if delivery.attempts >= self._settings.max_deliveries:
+                self._dropped(delivery)
+            elif delivery.subscription.active:
+                self._dispatch(delivery)
+        else:
+            del self._waiting[delivery]
+            if delivery.subscription.active:
+                self._due.append(delivery)
+        self._pump()
+
+    # The pump.
+
+    def _wake(self, subscription: Subscription) -> None:
+        if subscription.active and not subscription.queued:
+            subscription.queued = True
+            self._ready.append(subscription)
+            self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while len(self._in_flight) < self._capacity:
+                delivery = self._next()
+                if delivery is None:
+                    break
+                self._dispatch(delivery)
+        finally:
+            self._pumping = False
+
+    def _next(self) -> Delivery | None:
+        while self._due:
+            delivery = self._due.popleft()
+            if delivery.subscription.active:
+                return delivery
+        if len(self._waiting) >= self._settings.max_waiting:
+            return None
+        ready = self._ready
+        while ready:
+            subscription = ready.popleft()
+            item = subscription.take() if subscription.active else None
+            if item is None:
+                subscription.queued = False
+                continue
+            ready.append(subscription)
+            return Delivery(subscription, *item)
+        return None
+
+    def _dispatch(self, delivery: Delivery) -> None:
+        delivery.attempts += 1
+        delivery.held = False
+        self._in_flight.append(delivery)
+        self._timers.timeouts.add(delivery)
+        self._send(delivery)
+
+    def _forget_waiting(self, delivery: Delivery) -> None:
+        self._waiting.pop(delivery, None)
+        self._timers.delays.discard(delivery)

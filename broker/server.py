@@ -1,0 +1,266 @@
+"""The broker's server side: one protocol per connection, one factory per broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from broker.delivery import Delivery, DeliverySettings, DeliveryTimers, DeliveryWindow
+from broker.topics import TooManyTopics, TopicRegistry
+from broker.wire import (
+    ERR_HANDSHAKE_TIMEOUT,
+    ERR_NOTHING_TO_ACK,
+    ERR_TOO_MANY_TOPICS,
+    ERR_UNKNOWN_ACTION,
+    STATUS_SUBSCRIBED,
+    STATUS_UNSUBSCRIBED,
+    ServerDecoder,
+    StartAt,
+    encode_error,
+    encode_u16,
+    encode_u64,
+)
+
+log = Logger()
+
+_SUBSCRIBED = encode_u16(STATUS_SUBSCRIBED)
+_UNSUBSCRIBED = encode_u16(STATUS_UNSUBSCRIBED)
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Limits and timers of one broker."""
+
+    max_message_size: int = 1 << 20
+    """Largest payload (and topic list) accepted, in bytes."""
+    handshake_timeout: float = 10.0
+    """Seconds a new connection has to send its first valid action."""
+    max_topics: int = 100_000
+    """Topics the broker will hold; creating one more is refused."""
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+
+
+def describe_peer(address: IAddress) -> str:
+    """host:port for TCP, the path (or 'unix') for UNIX sockets."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"{host}:{address.port}"  # type: ignore[attr-defined]
+    return getattr(address, "name", None) or type(address).__name__
+
+
+@implementer(IPushProducer)
+class _ReadThrottle:
+    """Stops reading from a peer while what we wrote to it piles up unread.
+
+    Registered as the producer of the connection's own transport, it bounds
+    the memory a client can make us spend on answers it never reads.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class BrokerProtocol(Int32StringReceiver):
+    """One client connection: the handshake, then the subscriber or publisher loop.
+
+    The seed's frames mix u16 fields with Int32 strings, so `dataReceived`
+    hands every byte to one incremental decoder (`broker.wire.ServerDecoder`)
+    that walks a single buffer; `MAX_LENGTH` is the broker's message limit.
+    The decoder calls back the event methods below in stream order.
+    """
+
+    factory: BrokerFactory
+
+    def __init__(self) -> None:
+        self.peer = "?"
+        self._decoder: ServerDecoder | None = None
+        self._window: DeliveryWindow | None = None
+        self._batch: dict[str, list[bytes]] = {}
+        self._handshake: IDelayedCall | None = None
+
+    # Connection events.
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        settings = factory.settings
+        self.peer = describe_peer(self.transport.getPeer())
+        self.MAX_LENGTH = settings.max_message_size
+        self._decoder = ServerDecoder(self, settings.max_message_size)
+        self._handshake = factory.clock.callLater(
+            settings.handshake_timeout, self._handshake_expired
+        )
+        self.transport.registerProducer(_ReadThrottle(self.transport), True)
+        factory.connections.add(self)
+        log.info("{peer} connected", peer=self.peer)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self._decoder is not None
+        self._decoder.feed(data)
+        if self._batch:
+            self._publish_batch()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._end_handshake()
+        if self._window is not None:
+            self._window.close()
+            self._window = None
+        self.factory.connections.discard(self)
+        role = self._decoder.role if self._decoder else "new"
+        log.info("{peer} ({role}) disconnected", peer=self.peer, role=role)
+
+    def stringReceived(self, string: bytes) -> None:
+        # Frames are decoded by ServerDecoder, never by Int32StringReceiver.
+        raise NotImplementedError
+
+    # Decoder events.
+
+    def unknown_action(self, code: int) -> None:
+        log.warn("{peer} sent unknown action {code}", peer=self.peer, code=code)
+        self._send_error(ERR_UNKNOWN_ACTION)
+
+    def refused(self, reason: str) -> None:
+        log.warn("{peer}: {reason}", peer=self.peer, reason=reason)
+        self._send_error(reason)
+
+    def became_publisher(self) -> None:
+        self._end_handshake()
+        log.info("{peer} is a publisher", peer=self.peer)
+
+    def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None:
+        self._end_handshake()
+        try:
+            resolved = self.factory.registry.get_all(topics)
+        except TooManyTopics:
+            self.refused(ERR_TOO_MANY_TOPICS)
+            return
+        window = self._subscriber_window()
+        # The status goes out before any delivery the new cursors produce.
+        self.transport.write(_SUBSCRIBED)
+        for topic in resolved:
+            window.subscribe(topic, start, offset)
+        where = f"From {offset}" if start == StartAt.FROM else start.name.title()
+        log.info(
+            "{peer} subscribed to {topics} at {where}", peer=self.peer, topics=topics, where=where
+        )
+
+    def unsubscribe_requested(self, topics: list[str]) -> None:
+        window = self._subscriber_window()
+        for name in topics:
+            window.unsubscribe(name)
+        self.transport.write(_UNSUBSCRIBED)
+        log.info("{peer} unsubscribed from {topics}", peer=self.peer, topics=topics)
+
+    def acked(self) -> None:
+        if not self._subscriber_window().ack():
+            self.refused(ERR_NOTHING_TO_ACK)
+
+    def nacked(self) -> None:
+        if not self._subscriber_window().nack():
+            self.refused(ERR_NOTHING_TO_ACK)
+
+    def published(self, topic: str, payload: bytes) -> None:
+        batch = self._batch.get(topic)
+        if batch is None:
+            self._batch[topic] = [payload]
+        else:
+            batch.append(payload)
+
+    # Internals.
+
+    def _publish_batch(self) -> None:
+        """Append what this read brought, one batch per topic."""
+        batch = self._batch
+        self._batch = {}
+        registry = self.factory.registry
+        for topic, payloads in batch.items():
+            try:
+                registry.publish(topic, payloads)
+            except TooManyTopics:
+                log.warn(
+                    "{peer}: too many topics, {n} message(s) to {topic!r} refused",
+                    peer=self.peer,
+                    n=len(payloads),
+                    topic=topic,
+                )
+                self.transport.write(encode_error(ERR_TOO_MANY_TOPICS) * len(payloads))
+
+    def _subscriber_window(self) -> DeliveryWindow:
+        if self._window is None:
+            self._window = DeliveryWindow(
+                self.factory.timers, self._send_delivery, self._delivery_dropped
+            )
+            # A subscriber that vanishes without a FIN is found by keepalive.
+            keep_alive = getattr(self.transport, "setTcpKeepAlive", None)
+            if keep_alive is not None:
+                keep_alive(True)
+        return self._window
+
+    def _send_delivery(self, delivery: Delivery) -> None:
+        payload = delivery.payload
+        self.transport.writeSequence(
+            (delivery.topic.delivery_prefix, encode_u64(len(payload)), payload)
+        )
+
+    def _delivery_dropped(self, delivery: Delivery) -> None:
+        log.warn(
+            "{peer}: dropped message {offset} of {topic!r} after {attempts} deliveries",
+            peer=self.peer,
+            offset=delivery.offset,
+            topic=delivery.topic.name,
+            attempts=delivery.attempts,
+        )
+
+    def _send_error(self, text: str) -> None:
+        self.transport.write(encode_error(text))
+
+    def _end_handshake(self) -> None:
+        if self._handshake is not None:
+            if self._handshake.active():
+                self._handshake.cancel()
+            self._handshake = None
+
+    def _handshake_expired(self) -> None:
+        self._handshake = None
+        log.warn("{peer} sent no valid first action in time; closing", peer=self.peer)
+        self._send_error(ERR_HANDSHAKE_TIMEOUT)
+        self.transport.loseConnection()
+
+
+class BrokerFactory(ServerFactory):
+    """One broker: its settings, its topic registry (with each topic's replay
+    log) and the delivery timers all its connections share."""
+
+    protocol = BrokerProtocol
+
+    def __init__(
+        self,
+        settings: BrokerSettings | None = None,
+        clock: IReactorTime | None = None,
+        registry: TopicRegistry | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.settings = settings or BrokerSettings()
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.registry = registry or TopicRegistry(max_topics=self.settings.max_topics)
+        self.timers = DeliveryTimers(self.clock, self.settings.delivery)
+        self.connections: set[BrokerProtocol] = set()
+
+    def stopFactory(self) -> None:
+        self.timers.stop()

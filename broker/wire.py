@@ -1,0 +1,575 @@
+"""The seed's wire protocol: codes, encoders and incremental decoders.
+
+Pure code: no sockets, no Twisted, no topics registry. Integers are big-endian
+and unsigned. Each decoder keeps one buffer and walks it with an offset, so a
+frame split across reads in any way, or many frames in one read, decode the
+same, and no frame costs a copy of the buffer. A length that exceeds its
+limit is skipped as it arrives, never buffered.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Iterable
+from enum import IntEnum
+from typing import Protocol
+
+# Actions, client -> server.
+ACTION_SUBSCRIBE = 1
+ACTION_UNSUBSCRIBE = 2
+ACTION_PUBLISH = 3
+ACK = 4
+NACK = 5
+
+# Statuses, server -> client.
+STATUS_SUBSCRIBED = 1
+STATUS_UNSUBSCRIBED = 2
+STATUS_ERROR = 3
+
+
+class StartAt(IntEnum):
+    """Where a new subscription starts in its topic's log."""
+
+    BEGINNING = 0
+    CURRENT = 1
+    FROM = 2
+
+
+TOPIC_PREFIX = b"topic:"
+MAX_TOPIC_BYTES = 255
+MAX_U16 = 0xFFFF
+
+# Error texts the reference implementation sends; clients may match on them.
+ERR_UNKNOWN_ACTION = "unknown action"
+ERR_NO_TOPIC_PREFIX = "topic data does not contain 'topic:' prefix"
+ERR_INVALID_TOPIC_DATA = "invalid topic data provided"
+ERR_EMPTY_TOPIC_DATA = "data length of topics is 0"
+ERR_INVALID_START = "invalid start up type provided"
+# Error texts of our own, for what the reference did not check.
+ERR_MESSAGE_TOO_LARGE = "message too large"
+ERR_TOPIC_LIST_TOO_LARGE = "topic list too large"
+ERR_NOTHING_TO_ACK = "nothing to acknowledge"
+ERR_TOO_MANY_TOPICS = "too many topics"
+ERR_HANDSHAKE_TIMEOUT = "handshake timed out"
+
+# Errors that answer something other than a subscribe or unsubscribe request.
+UNSOLICITED_ERRORS = frozenset({ERR_UNKNOWN_ACTION, ERR_NOTHING_TO_ACK, ERR_HANDSHAKE_TIMEOUT})
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_unpack_u16 = _U16.unpack_from
+_unpack_u32 = _U32.unpack_from
+
+
+class ProtocolError(ValueError):
+    """A frame that is well delimited but whose content is refused."""
+
+
+# ---------------------------------------------------------------- topic names
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Say what is wrong with a topic name, or None if it is valid.
+
+    Valid: 1 to 255 bytes of UTF-8 with no NUL. NUL is refused so that a
+    delivery's topic can never be mistaken for a status by a legacy client,
+    and so that names map cleanly onto file names.
+    """
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "invalid topic name: not valid UTF-8"
+    if not encoded:
+        return "invalid topic name: empty"
+    if len(encoded) > MAX_TOPIC_BYTES:
+        return f"invalid topic name: longer than {MAX_TOPIC_BYTES} bytes"
+    if "\x00" in name:
+        return "invalid topic name: contains NUL"
+    return None
+
+
+def decode_topic_name(raw: bytes) -> str:
+    """Decode a topic name received as bytes, or raise ProtocolError."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("invalid topic name: not valid UTF-8") from None
+    problem = topic_name_problem(name)
+    if problem:
+        raise ProtocolError(problem)
+    return name
+
+
+def decode_topic_list(payload: bytes) -> list[str]:
+    """Decode a subscribe/unsubscribe payload: a JSON array of topic names."""
+    try:
+        topics = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(ERR_INVALID_TOPIC_DATA) from None
+    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+        raise ProtocolError(ERR_INVALID_TOPIC_DATA)
+    for name in topics:
+        problem = topic_name_problem(name)
+        if problem:
+            raise ProtocolError(problem)
+    return list(dict.fromkeys(topics))
+
+
+# ------------------------------------------------------------------- encoders
+
+
+def encode_u16(value: int) -> bytes:
+    """A bare u16: an action, an ack or nack, or a status without payload."""
+    return _U16.pack(value)
+
+
+def encode_error(text: str) -> bytes:
+    """Error status: u16 3 | u16 length | UTF-8 text (cut at 65,535 bytes)."""
+    data = text.encode("utf-8")[:MAX_U16]
+    return _U16.pack(STATUS_ERROR) + _U16.pack(len(data)) + data
+
+
+def delivery_prefix(topic: str) -> bytes:
+    """The constant head of every delivery of a topic: u16 length | name."""
+    name = topic.encode("utf-8")
+    return _U16.pack(len(name)) + name
+
+
+def encode_delivery(topic: str, payload: bytes) -> bytes:
+    """Delivery: u16 topic length | topic | u64 data length | data."""
+    return delivery_prefix(topic) + _U64.pack(len(payload)) + payload
+
+
+encode_u64 = _U64.pack
+
+
+def encode_topic_list(topics: Iterable[str]) -> bytes:
+    """u32 length | JSON array of names."""
+    data = json.dumps(list(topics), ensure_ascii=False).encode("utf-8")
+    return _U32.pack(len(data)) + data
+
+
+def encode_subscribe(topics: Iterable[str], start: StartAt, offset: int = 0) -> bytes:
+    """Subscribe request: u16 1 | u32 n | JSON | u16 start-at | [u16 offset]."""
+    frame = _U16.pack(ACTION_SUBSCRIBE) + encode_topic_list(topics) + _U16.pack(start)
+    if start == StartAt.FROM:
+        if not 0 <= offset <= MAX_U16:
+            raise ValueError(f"a From offset must fit in a u16, not {offset}")
+        frame += _U16.pack(offset)
+    return frame
+
+
+def encode_unsubscribe(topics: Iterable[str]) -> bytes:
+    """Unsubscribe request: u16 2 | u32 n | JSON."""
+    return _U16.pack(ACTION_UNSUBSCRIBE) + encode_topic_list(topics)
+
+
+def encode_publish(topic: str, payload: bytes) -> bytes:
+    """Publish frame: u16 t | "topic:" + name | u32 n | data."""
+    name = TOPIC_PREFIX + topic.encode("utf-8")
+    return _U16.pack(len(name)) + name + _U32.pack(len(payload)) + payload
+
+
+# ---------------------------------------------------------- decoder machinery
+
+# A state reads what it needs at `pos` of `data` and returns the new position.
+# It runs only when at least `_need` bytes are there (the skipping state
+# consumes whatever part of its remainder has arrived).
+_State = Callable[[bytes, int], int]
+
+
+class _Decoder:
+    """One buffer walked by a small state machine."""
+
+    _state: _State
+    _need: int
+
+    def __init__(self) -> None:
+        self._held = bytearray()
+        self._skip_left = 0
+        self._after_skip: tuple[_State, int] | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Decode as much as `data` (appended to what is held) allows."""
+        held = self._held
+        if held:
+            held += data
+            if len(held) < self._need:
+                return
+            data = bytes(held)
+            held.clear()
+        elif len(data) < self._need:
+            held += data
+            return
+        pos = 0
+        end = len(data)
+        while end - pos >= self._need:
+            pos = self._state(data, pos)
+        if pos < end:
+            held += memoryview(data)[pos:]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete (bounded by the limits)."""
+        return len(self._held)
+
+    def _goto(self, state: _State, need: int) -> None:
+        self._state = state
+        self._need = need
+
+    def _skip(self, count: int, then: _State, need: int) -> None:
+        """Drop the next `count` bytes as they arrive, then go to `then`."""
+        if count == 0:
+            self._goto(then, need)
+            return
+        self._skip_left = count
+        self._after_skip = (then, need)
+        self._goto(self._skipping, 1)
+
+    def _skipping(self, data: bytes, pos: int) -> int:
+        taken = min(self._skip_left, len(data) - pos)
+        self._skip_left -= taken
+        if self._skip_left == 0:
+            assert self._after_skip is not None
+            self._goto(*self._after_skip)
+            self._after_skip = None
+        return pos + taken
+
+
+# -------------------------------------------------------------- server side
+
+
+class ServerEvents(Protocol):
+    """What a server-side decoder reports, in stream order."""
+
+    def unknown_action(self, code: int) -> None: ...
+
+    def became_publisher(self) -> None: ...
+
+    def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None: ...
+
+    def unsubscribe_requested(self, topics: list[str]) -> None: ...
+
+    def acked(self) -> None: ...
+
+    def nacked(self) -> None: ...
+
+    def published(self, topic: str, payload: bytes) -> None: ...
+
+    def refused(self, reason: str) -> None: ...
+
+
+class _Role(IntEnum):
+    NEW = 0
+    SUBSCRIBER = 1
+    PUBLISHER = 2
+
+
+class ServerDecoder(_Decoder):
+    """Decodes what a client sends: the first action, then its role's loop.
+
+    Bad content is reported with `refused` after the whole frame it belongs to
+    has been consumed (or while its oversized part is being skipped), so the
+    stream stays in step whatever the client sends.
+    """
+
+    _TOPIC_CACHE_SIZE = 1024
+
+    def __init__(self, events: ServerEvents, max_payload: int) -> None:
+        super().__init__()
+        self._events = events
+        self._max_payload = max_payload
+        self._role = _Role.NEW
+        self._topics_cache: dict[bytes, str] = {}
+        # The request being decoded.
+        self._unsubscribing = False
+        self._topics_payload: bytes | None = None
+        self._problem: str | None = None
+        self._start = 0
+        self._topic: str | None = None
+        self._goto(self._action, 2)
+
+    @property
+    def role(self) -> str:
+        """'new', 'subscriber' or 'publisher'."""
+        return self._role.name.lower()
+
+    # First action and subscriber loop.
+
+    def _action(self, data: bytes, pos: int) -> int:
+        (code,) = _unpack_u16(data, pos)
+        role = self._role
+        if role is _Role.SUBSCRIBER and code == ACK:
+            self._events.acked()
+        elif role is _Role.SUBSCRIBER and code == NACK:
+            self._events.nacked()
+        elif code == ACTION_SUBSCRIBE and role is not _Role.PUBLISHER:
+            self._role = _Role.SUBSCRIBER
+            self._unsubscribing = False
+            self._goto(self._topics_length, 4)
+        elif code == ACTION_UNSUBSCRIBE and role is _Role.SUBSCRIBER:
+            self._unsubscribing = True
+            self._goto(self._topics_length, 4)
+        elif code == ACTION_PUBLISH and role is _Role.NEW:
+            self._role = _Role.PUBLISHER
+            self._goto(self._publish_topic_length, 2)
+            self._events.became_publisher()
+        else:
+            self._events.unknown_action(code)
+        return pos + 2
+
+    def _topics_length(self, data: bytes, pos: int) -> int:
+        (length,) = _unpack_u32(data, pos)
+        pos += 4
+        self._problem = None
+        self._topics_payload = None
+        if length == 0:
+            # The reference answers at once and reads no start-at after it.
+            self._goto(self._action, 2)
+            self._events.refused(ERR_EMPTY_TOPIC_DATA)
+        elif length > self._max_payload:
+            self._problem = ERR_TOPIC_LIST_TOO_LARGE
+            self._skip(length, *self._after_topics())
+        else:
+            self._goto(self._topics, length)
+        return pos
+
+    def _after_topics(self) -> tuple[_State, int]:
+        if self._unsubscribing:
+            return self._request_done, 0
+        return self._start_at, 2
+
+    def _topics(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._topics_payload = data[pos:end]
+        if self._unsubscribing:
+            self._finish_request()
+        else:
+            self._goto(self._start_at, 2)
+        return end
+
+    def _request_done(self, data: bytes, pos: int) -> int:
+        # Reached only after skipping an oversized unsubscribe payload.
+        self._finish_request()
+        return pos
+
+    def _start_at(self, data: bytes, pos: int) -> int:
+        (self._start,) = _unpack_u16(data, pos)
+        if self._start == StartAt.FROM:
+            self._goto(self._from_offset, 2)
+        else:
+            self._finish_request(0)
+        return pos + 2
+
+    def _from_offset(self, data: bytes, pos: int) -> int:
+        (offset,) = _unpack_u16(data, pos)
+        self._finish_request(offset)
+        return pos + 2
+
+    def _finish_request(self, offset: int = 0) -> None:
+        self._goto(self._action, 2)
+        if self._problem is not None:
+            self._events.refused(self._problem)
+            return
+        assert self._topics_payload is not None
+        try:
+            topics = decode_topic_list(self._topics_payload)
+        except ProtocolError as error:
+            self._events.refused(str(error))
+            return
+        if self._unsubscribing:
+            self._events.unsubscribe_requested(topics)
+        elif self._start in (StartAt.BEGINNING, StartAt.CURRENT, StartAt.FROM):
+            self._events.subscribe_requested(topics, StartAt(self._start), offset)
+        else:
+            self._events.refused(ERR_INVALID_START)
+
+    # Publisher loop.
+
+    def _publish_topic_length(self, data: bytes, pos: int) -> int:
+        (length,) = _unpack_u16(data, pos)
+        if length == 0:
+            # A u32 topic length (the seed README's form) reads as a zero u16
+            # followed by the real u16 length; the zero is skipped.
+            return pos + 2
+        # Fast path: the whole frame is here.
+        topic_end = pos + 2 + length
+        if len(data) >= topic_end + 4:
+            (size,) = _unpack_u32(data, topic_end)
+            frame_end = topic_end + 4 + size
+            if size <= self._max_payload and len(data) >= frame_end:
+                topic = self._publish_topic(data[pos + 2 : topic_end])
+                if topic is not None and size:
+                    self._events.published(topic, data[topic_end + 4 : frame_end])
+                return frame_end
+        self._goto(self._publish_topic_name, length)
+        return pos + 2
+
+    def _publish_topic_name(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._topic = self._publish_topic(data[pos:end])
+        self._goto(self._publish_data_length, 4)
+        return end
+
+    def _publish_topic(self, raw: bytes) -> str | None:
+        """The topic a publish frame names, or None after refusing it."""
+        topic = self._topics_cache.get(raw)
+        if topic is not None:
+            return topic
+        try:
+            if not raw.startswith(TOPIC_PREFIX):
+                raise ProtocolError(ERR_NO_TOPIC_PREFIX)
+            topic = decode_topic_name(raw[len(TOPIC_PREFIX) :])
+        except ProtocolError as error:
+            self._events.refused(str(error))
+            return None
+        if len(self._topics_cache) >= self._TOPIC_CACHE_SIZE:
+            self._topics_cache.clear()
+        self._topics_cache[raw] = topic
+        return topic
+
+    def _publish_data_length(self, data: bytes, pos: int) -> int:
+        (size,) = _unpack_u32(data, pos)
+        pos += 4
+        if size > self._max_payload:
+            if self._topic is not None:
+                self._events.refused(ERR_MESSAGE_TOO_LARGE)
+            self._skip(size, self._publish_topic_length, 2)
+        elif size == 0:
+            # The reference ignores empty messages: a subscriber could not ack one.
+            self._goto(self._publish_topic_length, 2)
+        else:
+            self._goto(self._publish_data, size)
+        return pos
+
+    def _publish_data(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._goto(self._publish_topic_length, 2)
+        if self._topic is not None:
+            self._events.published(self._topic, data[pos:end])
+        return end
+
+
+# -------------------------------------------------------------- client side
+
+
+class ClientEvents(Protocol):
+    """What a client-side decoder reports, in stream order."""
+
+    def status_received(self, code: int) -> None: ...
+
+    def error_received(self, text: str) -> None: ...
+
+    def delivery_received(self, topic: str, payload: bytes) -> None: ...
+
+    def protocol_error(self, reason: str) -> None: ...
+
+
+class ClientDecoder(_Decoder):
+    """Decodes what the server sends a client: statuses and deliveries.
+
+    The seed's protocol does not tag them: a status is a bare u16 and a
+    delivery starts with the u16 length of its topic. The decoder tells them
+    apart with what the client knows: a status comes only while a request
+    awaits its answer (an Error may come any time), and a delivery only for a
+    topic of a length the client subscribed to. When both fit (a topic of one
+    to three bytes while a request is pending), the next byte decides: after
+    a status comes another u16 whose high byte is 0, while a topic name never
+    starts with NUL. A status that is the last byte received is taken as one.
+    """
+
+    def __init__(self, events: ClientEvents, max_payload: int) -> None:
+        super().__init__()
+        self._events = events
+        self._max_payload = max_payload
+        # Kept by the client protocol: requests sent and not yet answered.
+        self.pending_requests = 0
+        self.topic_lengths: dict[int, int] = {}
+        self._topic = ""
+        self._goto(self._head, 2)
+
+    def expect_topic(self, topic: str) -> None:
+        """A delivery of `topic` may come from now on."""
+        length = len(topic.encode("utf-8"))
+        self.topic_lengths[length] = self.topic_lengths.get(length, 0) + 1
+
+    def forget_topic(self, topic: str) -> None:
+        """No delivery of `topic` comes any more."""
+        length = len(topic.encode("utf-8"))
+        left = self.topic_lengths.get(length, 0) - 1
+        if left > 0:
+            self.topic_lengths[length] = left
+        else:
+            self.topic_lengths.pop(length, None)
+
+    def _head(self, data: bytes, pos: int) -> int:
+        (value,) = _unpack_u16(data, pos)
+        pos += 2
+        if self._is_status(value, data, pos):
+            if value == STATUS_ERROR:
+                self._goto(self._error_length, 2)
+            else:
+                self._events.status_received(value)
+        elif value in self.topic_lengths:
+            self._goto(self._delivery_topic, value)
+        else:
+            self._events.protocol_error(f"unexpected u16 {value} from the server")
+            self._goto(self._ignore_rest, 1)
+        return pos
+
+    def _is_status(self, value: int, data: bytes, pos: int) -> bool:
+        could_be_status = value == STATUS_ERROR or (
+            self.pending_requests > 0 and value in (STATUS_SUBSCRIBED, STATUS_UNSUBSCRIBED)
+        )
+        if not could_be_status:
+            return False
+        if value not in self.topic_lengths:
+            return True
+        return pos >= len(data) or data[pos] == 0
+
+    def _error_length(self, data: bytes, pos: int) -> int:
+        (length,) = _unpack_u16(data, pos)
+        if length == 0:
+            self._error_done("")
+        else:
+            self._goto(self._error_text, length)
+        return pos + 2
+
+    def _error_text(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._error_done(data[pos:end].decode("utf-8", "replace"))
+        return end
+
+    def _error_done(self, text: str) -> None:
+        self._goto(self._head, 2)
+        self._events.error_received(text)
+
+    def _delivery_topic(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._topic = data[pos:end].decode("utf-8", "replace")
+        self._goto(self._delivery_length, 8)
+        return end
+
+    def _delivery_length(self, data: bytes, pos: int) -> int:
+        (size,) = _U64.unpack_from(data, pos)
+        if size > self._max_payload:
+            self._events.protocol_error(f"delivery of {size} bytes is over the client's limit")
+            self._goto(self._ignore_rest, 1)
+        elif size == 0:
+            self._goto(self._head, 2)
+            self._events.delivery_received(self._topic, b"")
+        else:
+            self._goto(self._delivery_data, size)
+        return pos + 8
+
+    def _delivery_data(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._goto(self._head, 2)
+        self._events.delivery_received(self._topic, data[pos:end])
+        return end
+
+    def _ignore_rest(self, data: bytes, pos: int) -> int:
+        # After a protocol error the stream cannot be trusted; the client closes.
+        return len(data)
