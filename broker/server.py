@@ -142,8 +142,11 @@ class BrokerProtocol(Int32StringReceiver):
         self._end_handshake()
         log.info("{peer} is a publisher", peer=self.peer)
 
-    def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None:
+    def became_subscriber(self) -> None:
         self._end_handshake()
+        log.info("{peer} is a subscriber", peer=self.peer)
+
+    def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None:
         try:
             resolved = self.factory.registry.get_all(topics)
         except TooManyTopics:

@@ -147,7 +147,8 @@ encode_u64 = _U64.pack
 
 def encode_topic_list(topics: Iterable[str]) -> bytes:
     """u32 length | JSON array of names."""
-    data = json.dumps(list(topics), ensure_ascii=False).encode("utf-8")
+    # Compact, as Go's json.Marshal writes it: the same bytes as the seed's clients.
+    data = json.dumps(list(topics), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return _U32.pack(len(data)) + data
 
 
@@ -248,6 +249,8 @@ class ServerEvents(Protocol):
 
     def became_publisher(self) -> None: ...
 
+    def became_subscriber(self) -> None: ...
+
     def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None: ...
 
     def unsubscribe_requested(self, topics: list[str]) -> None: ...
@@ -306,9 +309,11 @@ class ServerDecoder(_Decoder):
         elif role is _Role.SUBSCRIBER and code == NACK:
             self._events.nacked()
         elif code == ACTION_SUBSCRIBE and role is not _Role.PUBLISHER:
-            self._role = _Role.SUBSCRIBER
             self._unsubscribing = False
             self._goto(self._topics_length, 4)
+            if role is _Role.NEW:
+                self._role = _Role.SUBSCRIBER
+                self._events.became_subscriber()
         elif code == ACTION_UNSUBSCRIBE and role is _Role.SUBSCRIBER:
             self._unsubscribing = True
             self._goto(self._topics_length, 4)

@@ -79,7 +79,9 @@ async def test_transcripts_with_short_timers():
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_transcripts_at_default_timings():
-    broker = start_broker()
+    # The reference had no handshake timeout: c2, which only ever sent an
+    # unknown action, would be closed by ours (10 s) before the replay ends.
+    broker = start_broker(BrokerSettings(handshake_timeout=120))
     try:
         await replay(broker.port, 1.0)
     finally:

@@ -1,0 +1,221 @@
+"""Cursors, windows and timers, driven by a fake clock."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from broker.delivery import (
+    DeadlineQueue,
+    Delivery,
+    DeliverySettings,
+    DeliveryTimers,
+    DeliveryWindow,
+)
+from broker.topics import TopicRegistry
+from broker.wire import StartAt
+
+
+class Subscriber:
+    """A window with what it sent and dropped recorded."""
+
+    def __init__(self, clock: Clock, registry: TopicRegistry, **settings) -> None:
+        self.clock = clock
+        self.registry = registry
+        self.sent: list[tuple[float, str, bytes]] = []
+        self.dropped: list[Delivery] = []
+        self.timers = DeliveryTimers(clock, DeliverySettings(**settings))
+        self.window = DeliveryWindow(self.timers, self._send, self.dropped.append)
+
+    def _send(self, delivery: Delivery) -> None:
+        self.sent.append((self.clock.seconds(), delivery.topic.name, delivery.payload))
+
+    def subscribe(self, topic: str, start=StartAt.BEGINNING, offset: int = 0) -> None:
+        self.window.subscribe(self.registry.get(topic), start, offset)
+
+    def payloads(self) -> list[bytes]:
+        return [payload for _, _, payload in self.sent]
+
+
+def setup(**settings) -> tuple[Clock, TopicRegistry, Subscriber]:
+    clock = Clock()
+    registry = TopicRegistry()
+    return clock, registry, Subscriber(clock, registry, **settings)
+
+
+def test_one_delivery_in_flight_and_acks_move_on_in_order():
+    _clock, registry, sub = setup()
+    registry.publish("t", [b"m0", b"m1", b"m2"])
+    sub.subscribe("t")
+    assert sub.payloads() == [b"m0"]
+    assert sub.window.ack()
+    assert sub.window.ack()
+    assert sub.payloads() == [b"m0", b"m1", b"m2"]
+    assert sub.window.ack()
+    assert not sub.window.ack()  # nothing in flight
+
+
+def test_replay_then_live_has_no_gap_and_no_duplicate():
+    _clock, registry, sub = setup()
+    registry.publish("t", [b"%d" % i for i in range(100)])
+    sub.subscribe("t", StartAt.FROM, 90)
+    for i in range(100, 105):
+        registry.publish("t", [b"%d" % i])
+    while sub.window.ack():
+        pass
+    assert sub.payloads() == [b"%d" % i for i in range(90, 105)]
+
+
+def test_start_positions():
+    _clock, registry, sub = setup()
+    registry.publish("t", [b"old"])
+    sub.subscribe("t", StartAt.CURRENT)
+    assert sub.sent == []
+    registry.publish("t", [b"new"])
+    assert sub.payloads() == [b"new"]
+    _, _, beyond = setup()
+    beyond.registry = registry
+    beyond.subscribe("t", StartAt.FROM, 60_000)  # past the end: live from now
+    registry.publish("t", [b"next"])
+    assert beyond.payloads() == [b"next"]
+
+
+def test_nack_redelivers_after_the_ack_delay_and_others_flow_meanwhile():
+    clock, registry, sub = setup()
+    registry.publish("t", [b"a", b"b"])
+    sub.subscribe("t")
+    assert sub.window.nack()
+    assert sub.sent == [(0, "t", b"a"), (0, "t", b"b")]
+    sub.window.ack()  # b
+    clock.advance(0.999)
+    assert len(sub.sent) == 2
+    clock.advance(0.001)
+    assert sub.sent[-1] == (1.0, "t", b"a")
+
+
+def test_no_answer_delivers_five_times_at_the_seeds_times_then_drops():
+    clock, registry, sub = setup()
+    registry.publish("t", [b"x", b"after"])
+    sub.subscribe("t")
+    clock.pump([0.5] * 40)
+    times = [t for t, _, payload in sub.sent if payload == b"x"]
+    assert times == [0, 3, 6, 9, 12]
+    assert [d.payload for d in sub.dropped] == [b"x"]
+    # The slot was held until the drop, 3 s after the fifth copy.
+    assert sub.sent[5] == (15.0, "t", b"after")
+
+
+def test_a_late_ack_answers_the_timed_out_message_not_a_later_one():
+    clock, registry, sub = setup()
+    registry.publish("t", [b"slow", b"next"])
+    sub.subscribe("t")
+    clock.advance(2.5)  # timed out, held for the ack delay
+    assert sub.payloads() == [b"slow"]
+    assert sub.window.ack()  # the late ack
+    assert sub.payloads() == [b"slow", b"next"]
+    clock.advance(10)
+    assert sub.payloads().count(b"slow") == 1
+
+
+def test_topics_of_a_connection_take_turns():
+    _clock, registry, sub = setup()
+    registry.publish("busy", [b"b%d" % i for i in range(5)])
+    registry.publish("quiet", [b"q0", b"q1"])
+    sub.subscribe("busy")
+    sub.subscribe("quiet")
+    while sub.window.ack():
+        pass
+    # "busy" was queued again behind b0 before "quiet" joined; then they alternate.
+    assert sub.payloads() == [b"b0", b"b1", b"q0", b"b2", b"q1", b"b3", b"b4"]
+
+
+def test_unsubscribe_and_close_release_everything():
+    clock, registry, sub = setup()
+    registry.publish("t", [b"a", b"b"])
+    sub.subscribe("t")
+    sub.window.nack()  # a waits for redelivery, b in flight
+    assert sub.window.unsubscribe("t")
+    assert not sub.window.unsubscribe("t")
+    assert len(sub.timers.delays) == 0
+    sub.window.close()
+    assert len(sub.timers.timeouts) == 0
+    assert registry.get("t").waiting == {}
+    clock.advance(10)
+    assert sub.payloads() == [b"a", b"b"]
+
+
+def test_waiting_redeliveries_are_bounded():
+    clock, registry, sub = setup(max_waiting=3)
+    registry.publish("t", [b"%d" % i for i in range(10)])
+    sub.subscribe("t")
+    for _ in range(3):
+        sub.window.nack()
+    assert sub.window.in_flight == 0  # three wait; the cursor does not move on
+    clock.advance(1.0)
+    assert sub.payloads()[-1] == b"0"
+
+
+class SlowLog:
+    """A log whose reads answer later, as a networked store would."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.first_offset = 0
+        self.reads: list[Deferred] = []
+
+    @property
+    def next_offset(self) -> int:
+        return len(self.messages)
+
+    def append(self, payloads):
+        first = len(self.messages)
+        self.messages.extend(payloads)
+        return first
+
+    def read(self, offset, max_messages):
+        d: Deferred = Deferred()
+        self.reads.append((d, self.messages[offset : offset + max_messages]))
+        return d
+
+
+def test_a_log_that_answers_reads_later():
+    clock = Clock()
+    slow = SlowLog()
+    registry = TopicRegistry(make_log=lambda name: slow)
+    sub = Subscriber(clock, registry)
+    registry.publish("t", [b"a", b"b"])
+    sub.subscribe("t")
+    assert sub.sent == []
+    d, batch = slow.reads.pop()
+    d.callback(batch)
+    assert sub.payloads() == [b"a"]
+    sub.window.ack()
+    assert sub.payloads() == [b"a", b"b"]
+
+
+def test_deadline_queue_uses_one_timer_and_expires_in_order():
+    clock = Clock()
+    expired: list[str] = []
+    queue: DeadlineQueue[str] = DeadlineQueue(clock, 1.0, expired.append)
+    queue.add("a")
+    clock.advance(0.4)
+    queue.add("b")
+    queue.add("c")
+    queue.discard("b")
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0.6)
+    assert expired == ["a"]
+    clock.advance(0.4)
+    assert expired == ["a", "c"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_deadline_queue_survives_float_rounding():
+    clock = Clock()
+    expired: list[int] = []
+    queue: DeadlineQueue[int] = DeadlineQueue(clock, 0.3, expired.append)
+    clock.advance(0.1)
+    queue.add(1)
+    clock.advance(0.2)
+    clock.advance(0.1)
+    assert expired == [1]
