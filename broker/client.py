@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionClosed, ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -83,9 +83,14 @@ class _ClientProtocol(Protocol):
     def __init__(self) -> None:
         self.decoder = ClientDecoder(self, CLIENT_MAX_PAYLOAD)
         self.on_error: Callable[[str], None] = lambda text: None
+        self.lost: Deferred[None] = Deferred()
+        """Fires when the connection is gone."""
 
     def dataReceived(self, data: bytes) -> None:
         self.decoder.feed(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost.callback(None)
 
     def status_received(self, code: int) -> None:
         self.protocol_error(f"unexpected status {code}")
@@ -216,6 +221,7 @@ class SubscriberProtocol(_ClientProtocol):
         requests, self._requests = self._requests, deque()
         for answered, _, _ in requests:
             answered.errback(reason or ConnectionDone())
+        super().connectionLost(reason)
 
 
 class _SubscriberFactory(Factory):
@@ -266,21 +272,59 @@ class BrokerClient:
         self._subscribed: set[str] = set()
         self._publisher: ClientService | None = None
         self._subscriber: ClientService | None = None
+        self._publisher_protocol: PublisherProtocol | None = None
+        self._unsent: list[tuple[str, bytes, Deferred[None]]] = []
         self.publish_errors: list[str] = []
 
     # Publishing.
 
     def publish(self, topic: str, payload: bytes) -> Deferred[None]:
-        """Send one message; fires once it is handed to a live connection."""
+        """Send one message; fires once it is handed to a live connection.
+
+        Messages published before the connection is up wait, in order, for it.
+        """
         problem = topic_name_problem(topic)
         if problem:
             raise ValueError(f"{topic!r}: {problem}")
-        service = self._publisher
-        if service is None:
-            service = self._publisher = self._service(_PublisherFactory(self))
-        return service.whenConnected().addCallback(
-            lambda protocol: protocol.publish(topic, payload)
-        )
+        if not payload:
+            raise ValueError("the broker ignores empty messages")
+        protocol = self._publisher_protocol
+        if protocol is not None:
+            protocol.publish(topic, payload)
+            return succeed(None)
+        sent: Deferred[None] = Deferred()
+        self._unsent.append((topic, payload, sent))
+        if len(self._unsent) == 1:
+            self.publisher_connected().addCallbacks(self._flush_unsent, self._fail_unsent)
+        return sent
+
+    def publisher_connected(self) -> Deferred[PublisherProtocol]:
+        """The publisher connection, once it is up."""
+        if self._publisher_protocol is not None:
+            return succeed(self._publisher_protocol)
+        if self._publisher is None:
+            self._publisher = self._service(_PublisherFactory(self))
+        return self._next_turn(self._publisher.whenConnected())
+
+    def _flush_unsent(self, protocol: PublisherProtocol) -> None:
+        if protocol.lost.called:  # gone again before we got to it
+            self.publisher_connected().addCallbacks(self._flush_unsent, self._fail_unsent)
+            return
+        self._publisher_protocol = protocol
+        protocol.lost.addCallback(lambda _: self._publisher_lost(protocol))
+        unsent, self._unsent = self._unsent, []
+        for topic, payload, sent in unsent:
+            protocol.publish(topic, payload)
+            sent.callback(None)
+
+    def _fail_unsent(self, failure: Failure) -> None:
+        unsent, self._unsent = self._unsent, []
+        for _, _, sent in unsent:
+            sent.errback(failure)
+
+    def _publisher_lost(self, protocol: PublisherProtocol) -> None:
+        if self._publisher_protocol is protocol:
+            self._publisher_protocol = None
 
     def _publish_error(self, text: str) -> None:
         self.publish_errors.append(text)
@@ -321,10 +365,14 @@ class BrokerClient:
 
         return self._retrying(unsubscribe)
 
+    def subscriber_connected(self) -> Deferred[SubscriberProtocol]:
+        """The subscriber connection, once it is up and has resubscribed."""
+        return self._subscriber_connection()
+
     def _subscriber_connection(self) -> Deferred[SubscriberProtocol]:
         if self._subscriber is None:
             self._subscriber = self._service(_SubscriberFactory(self), self._resubscribe)
-        return self._subscriber.whenConnected()
+        return self._next_turn(self._subscriber.whenConnected())
 
     def _resubscribe(self, protocol: SubscriberProtocol) -> Deferred[None] | None:
         if not self._subscribed:
@@ -345,6 +393,7 @@ class BrokerClient:
         """Close both connections and stop reconnecting."""
         services = [s for s in (self._publisher, self._subscriber) if s is not None]
         self._publisher = self._subscriber = None
+        self._publisher_protocol = None
 
         async def close() -> None:
             for service in services:
@@ -364,6 +413,13 @@ class BrokerClient:
         )
         service.startService()
         return service
+
+    def _next_turn(self, connected: Deferred[T]) -> Deferred[T]:
+        """`connected`'s result one reactor turn later: ClientService must not
+        be re-entered from the callbacks of its own whenConnected."""
+        later: Deferred[T] = Deferred()
+        connected.addBoth(lambda result: self._reactor.callLater(0, later.callback, result))
+        return later
 
     def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
         """Run `attempt`, again if the connection drops before the answer."""

@@ -1,0 +1,185 @@
+"""The Twisted client against a real broker over loopback."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from broker.client import BrokerError, Message, connect
+from broker.delivery import DeliverySettings
+from broker.server import BrokerSettings
+from broker.testing import start_broker
+from broker.wire import StartAt
+
+SHORT = BrokerSettings(delivery=DeliverySettings(ack_delay=0.05, ack_timeout=0.1))
+
+
+class Inbox:
+    """Collects messages; `wait(n)` fires once n have arrived."""
+
+    def __init__(self, answer=True) -> None:
+        self.messages: list[Message] = []
+        self.answer = answer
+        self._waiters: list[tuple[int, Deferred]] = []
+
+    def __call__(self, message: Message):
+        self.messages.append(message)
+        for waiter in [w for w in self._waiters if len(self.messages) >= w[0]]:
+            self._waiters.remove(waiter)
+            waiter[1].callback(None)
+        return self.answer(message) if callable(self.answer) else self.answer
+
+    def wait(self, count: int, timeout: float = 5) -> Deferred:
+        d: Deferred = Deferred()
+        if len(self.messages) >= count:
+            d.callback(None)
+        else:
+            self._waiters.append((count, d))
+            d.addTimeout(timeout, reactor)
+        return d
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [m.payload for m in self.messages]
+
+
+@pytest_twisted.async_yield_fixture
+async def broker():
+    running = start_broker(SHORT)
+    yield running
+    await running.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def client(broker):
+    c = connect(reactor, broker.endpoint)
+    yield c
+    await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_and_subscribe_at_each_start(broker, client):
+    for i in range(3):
+        await client.publish("t", b"m%d" % i)
+    beginning, current, from_one = Inbox(), Inbox(), Inbox()
+    others = [connect(reactor, broker.endpoint) for _ in range(2)]
+    try:
+        await client.subscribe(["t"], beginning, start=StartAt.BEGINNING)
+        await others[0].subscribe(["t"], current, start=StartAt.CURRENT)
+        await others[1].subscribe(["t"], from_one, start=StartAt.FROM, offset=1)
+        await beginning.wait(3)
+        await from_one.wait(2)
+        await client.publish("t", b"m3")
+        await current.wait(1)
+        await beginning.wait(4)
+        await from_one.wait(3)
+        assert beginning.payloads == [b"m0", b"m1", b"m2", b"m3"]
+        assert from_one.payloads == [b"m1", b"m2", b"m3"]
+        assert current.payloads == [b"m3"]
+        assert {m.topic for m in beginning.messages} == {"t"}
+    finally:
+        for other in others:
+            await other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_letter_topics_and_requests_in_flight(broker, client):
+    """Statuses and deliveries of one-byte topics interleave (the seed's
+    ambiguous framing); the client must keep them apart."""
+    inbox = Inbox()
+    await client.subscribe(["a"], inbox)
+    for i in range(50):
+        await client.publish("a", b"%d" % i)
+        await client.subscribe([f"b{i % 3}"], inbox)
+    await inbox.wait(50)
+    assert inbox.payloads == [b"%d" % i for i in range(50)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsubscribe_stops_deliveries(broker, client):
+    inbox = Inbox()
+    await client.subscribe(["u", "v"], inbox)
+    await client.publish("u", b"1")
+    await inbox.wait(1)
+    await client.unsubscribe(["u"])
+    await client.publish("u", b"2")
+    await client.publish("v", b"3")
+    await inbox.wait(2)
+    assert inbox.payloads == [b"1", b"3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_nack_and_failure_redeliver_and_five_deliveries_then_drop(broker, client):
+    refusals = Inbox(answer=False)
+    await client.subscribe(["n"], refusals)
+    await client.publish("n", b"unwanted")
+    await refusals.wait(5)
+    failing = Inbox(answer=lambda m: 1 / 0)
+    await client.subscribe(["f"], failing)
+    await client.publish("f", b"boom")
+    await failing.wait(5)
+    # Both were dropped after five deliveries: nothing more comes.
+    await client.publish("n", b"wanted")
+    await refusals.wait(6)
+    await deferLater(reactor, 0.5, lambda: None)
+    assert refusals.payloads == [b"unwanted"] * 5 + [b"wanted"] * 5
+    assert failing.payloads == [b"boom"] * 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_handler_is_timed_out_and_redelivered(broker, client):
+    first_call: list[bool] = []
+
+    def slow_once(message):
+        if not first_call:
+            first_call.append(True)
+            return deferLater(reactor, 0.3, lambda: True)  # past the 0.1 s timeout
+        return True
+
+    inbox = Inbox(answer=slow_once)
+    await client.subscribe(["slow"], inbox)
+    await client.publish("slow", b"x")
+    await client.publish("slow", b"y")
+    await inbox.wait(3)
+    assert inbox.payloads[:2] == [b"x", b"x"]
+    assert b"y" in inbox.payloads
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_subscribe_fails_the_deferred(broker, client):
+    with pytest.raises(ValueError):
+        await client.subscribe([""], Inbox())
+    protocol = await client.subscriber_connected()
+    with pytest.raises(BrokerError, match="invalid start"):
+        await protocol._request(b'\x00\x01\x00\x00\x00\x05["a"]\x00\x09', 1, [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnects_and_resubscribes():
+    first = start_broker(SHORT)
+    port = first.port
+    client = connect(reactor, first.endpoint)
+    inbox = Inbox()
+    try:
+        await client.subscribe(["r"], inbox)
+        await client.publish("r", b"before")
+        await inbox.wait(1)
+        old_sub = await client.subscriber_connected()
+        old_pub = await client.publisher_connected()
+        await first.stop()
+        await old_sub.lost
+        await old_pub.lost
+        second = start_broker(SHORT, port=port)
+        try:
+            new_sub = await client.subscriber_connected()
+            assert new_sub is not old_sub
+            await client.publish("r", b"after")
+            await inbox.wait(2)
+            assert inbox.payloads == [b"before", b"after"]
+        finally:
+            await second.stop()
+    finally:
+        await client.close()
