@@ -1,0 +1,87 @@
+"""An example publisher and consumer over the broker's Twisted client.
+
+    python example/pubsub.py --client-type consume                 # from the next message
+    python example/pubsub.py --client-type consume --consume-from 0 # replay, then live
+    python example/pubsub.py --client-type consume --publish        # also publish every 500 ms
+    python example/pubsub.py --client-type publish --count 10
+
+Ctrl-C stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from broker.client import BrokerClient, Message, connect
+from broker.wire import MAX_U16, StartAt
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--server", default="localhost:3000", help="host:port or endpoint string")
+    parser.add_argument("--client-type", choices=["consume", "publish"], default="consume")
+    parser.add_argument("--topic", default="topic-a")
+    parser.add_argument(
+        "--consume-from",
+        type=int,
+        default=-1,
+        help="offset to start from; -1 (the default) starts at the next message",
+    )
+    parser.add_argument(
+        "--publish", action="store_true", help="while consuming, also publish every --interval"
+    )
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between publishes")
+    parser.add_argument(
+        "--count", type=int, default=0, help="publish this many, then stop (0: forever)"
+    )
+    args = parser.parse_args(argv)
+    if not -1 <= args.consume_from <= MAX_U16:
+        parser.error(f"--consume-from takes -1 to {MAX_U16}")
+    return args
+
+
+def print_message(message: Message) -> bool:
+    print(f"received on {message.topic}: {message.payload.decode('utf-8', 'replace')}", flush=True)
+    return True
+
+
+async def publish_every(reactor: Any, client: BrokerClient, args: argparse.Namespace) -> None:
+    numbers = range(args.count) if args.count else itertools.count()
+    for number in numbers:
+        text = f"message {number}"
+        await client.publish(args.topic, text.encode())
+        print(f"published to {args.topic}: {text}", flush=True)
+        await task.deferLater(reactor, args.interval, lambda: None)
+
+
+async def run(reactor: Any, args: argparse.Namespace) -> None:
+    client = connect(reactor, args.server)
+    reactor.addSystemEventTrigger("before", "shutdown", client.close)
+    if args.client_type == "publish":
+        await publish_every(reactor, client, args)
+        await client.close()
+        return
+    if args.consume_from < 0:
+        start, offset = StartAt.CURRENT, 0
+    else:
+        start, offset = StartAt.FROM, args.consume_from
+    await client.subscribe([args.topic], print_message, start=start, offset=offset)
+    print(f"subscribed to {args.topic}", flush=True)
+    if args.publish:
+        await publish_every(reactor, client, args)
+    await Deferred()  # consume until Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    task.react(lambda reactor: ensureDeferred(run(reactor, args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The broker as `twistd broker` and the example, run as real processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from broker.client import connect
+from broker.testing import start_broker
+from broker.wire import StartAt
+from tests.process import ROOT, free_port, spawn, spawn_broker
+from tests.test_client import Inbox
+
+EXAMPLE = str(ROOT / "example" / "pubsub.py")
+
+
+async def stopped_cleanly(broker) -> None:
+    """twistd shuts down, then ends itself with the signal it was sent."""
+    assert await broker.ended in (0, "signal 15"), broker.output
+    assert "Server Shut Down." in broker.output
+
+
+async def round_trip(endpoint: str) -> None:
+    client = connect(reactor, endpoint)
+    inbox = Inbox()
+    try:
+        await client.subscribe(["p"], inbox, start=StartAt.BEGINNING)
+        await client.publish("p", b"through twistd")
+        await inbox.wait(1)
+        assert inbox.payloads == [b"through twistd"]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_broker_serves_tcp_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    broker = spawn_broker(
+        tmp_path, "--port", f"tcp:{port}:interface=127.0.0.1", "--ack-timeout", "5"
+    )
+    try:
+        await broker.line(f"BrokerFactory starting on {port}")
+        await round_trip(f"tcp:127.0.0.1:{port}")
+        await broker.line("subscribed to ['p'] at Beginning")
+    finally:
+        broker.signal("TERM")
+        await stopped_cleanly(broker)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_broker_on_a_unix_socket(tmp_path):
+    path = tmp_path / "broker.sock"
+    broker = spawn_broker(tmp_path, "--port", f"unix:{path}")
+    try:
+        await broker.line("BrokerFactory starting on")
+        await round_trip(f"unix:{path}")
+    finally:
+        broker.signal("TERM")
+        await stopped_cleanly(broker)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_broker_refuses_bad_options(tmp_path):
+    broker = spawn_broker(tmp_path, "--ack-timeout", "-1")
+    assert await broker.ended != 0
+    assert "ack-timeout" in broker.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_example_consumer_and_publisher():
+    running = start_broker()
+    server = f"127.0.0.1:{running.port}"
+    try:
+        consumer = spawn([sys.executable, EXAMPLE, "--client-type", "consume", "--server", server])
+        await consumer.line("subscribed to topic-a")
+        publisher = spawn(
+            [
+                sys.executable,
+                EXAMPLE,
+                "--client-type",
+                "publish",
+                "--server",
+                server,
+                "--count",
+                "3",
+                "--interval",
+                "0.01",
+            ]
+        )
+        assert await publisher.ended == 0
+        await consumer.line("received on topic-a: message 2")
+        # Replay from offset 1, and publish while consuming.
+        replayer = spawn(
+            [
+                sys.executable,
+                EXAMPLE,
+                "--client-type",
+                "consume",
+                "--server",
+                server,
+                "--consume-from",
+                "1",
+                "--publish",
+                "--interval",
+                "0.05",
+            ]
+        )
+        await replayer.line("received on topic-a: message 2")
+        await replayer.line("published to topic-a: message 0")
+        assert "received on topic-a: message 0\n" not in replayer.output.split("subscribed")[1][:60]
+        for child in (consumer, replayer):
+            child.signal("INT")  # Ctrl-C
+            assert await child.ended == 0, child.output
+        assert consumer.output.count("received on topic-a: message 1") == 1
+    finally:
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bench_runs_and_checks_what_it_gets(tmp_path):
+    bench = spawn(
+        [
+            sys.executable,
+            "-m",
+            "broker.bench",
+            "fanout",
+            "--messages",
+            "3000",
+            "--subscribers",
+            "2",
+            "--json",
+        ],
+        cwd=tmp_path,
+    )
+    assert await bench.ended == 0, bench.output
+    result = json.loads(bench.output.strip().splitlines()[-1])
+    assert result["delivered"] == 6000
+    assert result["complete"] and not result["corrupt"] and not result["out_of_order"]
+    assert result["broker_rss_mb"] > 0
