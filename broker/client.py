@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from broker.wire import (
     ACK,
     ACTION_PUBLISH,
+    MAX_U16,
     NACK,
     STATUS_SUBSCRIBED,
     STATUS_UNSUBSCRIBED,
@@ -139,8 +140,14 @@ class SubscriberProtocol(_ClientProtocol):
     def subscribe(
         self, topics: Iterable[str], start: StartAt = StartAt.CURRENT, offset: int = 0
     ) -> Deferred[None]:
-        """Fires once the broker answers Subscribed; fails with BrokerError."""
+        """Fires once the broker answers Subscribed; fails with BrokerError.
+
+        From an offset past 65,535 is sent as From64, an extension the seed's
+        broker does not know.
+        """
         names = _check_topics(topics)
+        if start == StartAt.FROM and offset > MAX_U16:
+            start = StartAt.FROM64
         frame = encode_subscribe(names, start, offset)
         new = [name for name in names if name not in self.topics]
         for name in new:

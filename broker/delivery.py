@@ -163,7 +163,7 @@ class Subscription:
         self.position = position
         self.active = True
         self.queued = False
-        self._buffer: list[bytes] = []
+        self._buffer: list[bytes | None] = []
         self._index = 0
         self._fetching = False
 
@@ -172,33 +172,39 @@ class Subscription:
 
     def take(self) -> tuple[int, bytes] | None:
         """The next (offset, payload), or None once caught up (then it waits)."""
-        if self._index < len(self._buffer):
-            payload = self._buffer[self._index]
-            self._index += 1
-            offset = self.position
-            self.position += 1
-            return offset, payload
-        if self._fetching:
-            return None
-        log_ = self.topic.log
-        # Retention may have removed what the cursor points at.
-        self.position = max(self.position, log_.first_offset)
-        if self.position >= log_.next_offset:
-            self.topic.wait(self)
-            return None
-        batch = log_.read(self.position, READ_AHEAD)
-        if isinstance(batch, Deferred):
-            self._fetching = True
-            batch.addCallbacks(self._fetched, self._fetch_failed)
-            return None
-        self._fill(batch)
-        return self.take()
+        while True:
+            if self._index < len(self._buffer):
+                payload = self._buffer[self._index]
+                self._index += 1
+                offset = self.position
+                self.position += 1
+                if payload is None:
+                    continue  # a corrupt record: the store logged it; never served
+                return offset, payload
+            if self._fetching:
+                return None
+            log_ = self.topic.log
+            # Retention may have removed what the cursor points at.
+            self.position = max(self.position, log_.first_offset)
+            if self.position >= log_.committed_offset:
+                self.topic.wait(self)
+                return None
+            try:
+                batch = log_.read(self.position, READ_AHEAD)
+            except Exception:
+                self._fetch_failed(Failure())
+                return None
+            if isinstance(batch, Deferred):
+                self._fetching = True
+                batch.addCallbacks(self._fetched, self._fetch_failed)
+                return None
+            self._fill(batch)
 
-    def _fill(self, batch: list[bytes]) -> None:
+    def _fill(self, batch: list[bytes | None]) -> None:
         self._buffer = batch
         self._index = 0
 
-    def _fetched(self, batch: list[bytes]) -> None:
+    def _fetched(self, batch: list[bytes | None]) -> None:
         self._fetching = False
         if self.active:
             self._fill(batch)
@@ -272,7 +278,8 @@ class DeliveryWindow:
         elif start == StartAt.CURRENT:
             position = log_.next_offset
         else:
-            # At or past the end means "live from now".
+            # At or past the end means "live from now"; before the start (removed
+            # by retention) means the oldest message still held.
             position = min(max(offset, log_.first_offset), log_.next_offset)
         subscription = Subscription(topic, self, position)
         self.subscriptions[topic.name] = subscription

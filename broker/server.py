@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker.delivery import Delivery, DeliverySettings, DeliveryTimers, DeliveryWindow
+from broker.log import DEFAULT_MEMORY_RETENTION, MemoryLog, Retention, StoreError
 from broker.topics import TooManyTopics, TopicRegistry
 from broker.wire import (
     ERR_HANDSHAKE_TIMEOUT,
@@ -45,6 +46,8 @@ class BrokerSettings:
     max_topics: int = 100_000
     """Topics the broker will hold; creating one more is refused."""
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    retention: Retention = DEFAULT_MEMORY_RETENTION
+    """What each topic's log keeps."""
 
 
 def describe_peer(address: IAddress) -> str:
@@ -194,14 +197,16 @@ class BrokerProtocol(Int32StringReceiver):
         for topic, payloads in batch.items():
             try:
                 registry.publish(topic, payloads)
-            except TooManyTopics:
+            except (TooManyTopics, StoreError) as error:
                 log.warn(
-                    "{peer}: too many topics, {n} message(s) to {topic!r} refused",
+                    "{peer}: {n} message(s) to {topic!r} refused: {error}",
                     peer=self.peer,
                     n=len(payloads),
                     topic=topic,
+                    error=error,
                 )
-                self.transport.write(encode_error(ERR_TOO_MANY_TOPICS) * len(payloads))
+                # One Error per message refused, as a publisher counts them.
+                self.transport.write(encode_error(str(error)) * len(payloads))
 
     def _subscriber_window(self) -> DeliveryWindow:
         if self._window is None:
@@ -261,7 +266,10 @@ class BrokerFactory(ServerFactory):
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.settings = settings or BrokerSettings()
         self.clock: IReactorTime = clock  # type: ignore[assignment]
-        self.registry = registry or TopicRegistry(max_topics=self.settings.max_topics)
+        if registry is None:
+            retention = self.settings.retention
+            registry = TopicRegistry(lambda name: MemoryLog(retention), self.settings.max_topics)
+        self.registry = registry
         self.timers = DeliveryTimers(self.clock, self.settings.delivery)
         self.connections: set[BrokerProtocol] = set()
 

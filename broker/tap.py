@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from twisted.application import strports
+from pathlib import Path
+
 from twisted.application.service import IService
 from twisted.python import usage
 
 from broker.delivery import DeliverySettings
-from broker.server import BrokerFactory, BrokerSettings
+from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
+from broker.server import BrokerSettings
+from broker.service import BrokerService
 
 
 def endpoint_description(port: str) -> str:
@@ -25,6 +28,13 @@ def _positive(kind: type[int] | type[float]):
 
     parse.coerceDoc = f"A positive {'whole number' if kind is int else 'number'}."  # type: ignore[attr-defined]
     return parse
+
+
+def _fsync_policy(text: str) -> FsyncPolicy:
+    return FsyncPolicy(text)
+
+
+_fsync_policy.coerceDoc = "One of: always, interval, never."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -81,13 +91,87 @@ class Options(usage.Options):
             _positive(float),
         ],
         ["max-topics", None, 100_000, "Topics the broker holds at most.", _positive(int)],
+        [
+            "data-dir",
+            "d",
+            None,
+            "Keep topics in files in this directory, and recover them at "
+            "start. Without it, topics live in memory and are lost when the broker stops.",
+        ],
+        [
+            "segment-bytes",
+            None,
+            64 * 1024 * 1024,
+            "With --data-dir: roll a topic's segment file at this size.",
+            _positive(int),
+        ],
+        [
+            "fsync",
+            None,
+            "interval",
+            "With --data-dir: always (a message is on disk before it "
+            "is delivered), interval (every --fsync-interval) or never (left to the OS).",
+            _fsync_policy,
+        ],
+        [
+            "fsync-interval",
+            None,
+            1.0,
+            "Seconds between fsyncs under --fsync interval.",
+            _positive(float),
+        ],
+        [
+            "retention-messages",
+            None,
+            None,
+            "Messages kept per topic (default: no limit).",
+            _positive(int),
+        ],
+        [
+            "retention-bytes",
+            None,
+            None,
+            "Bytes kept per topic (default: 256 MiB of payloads in memory, no limit on disk).",
+            _positive(int),
+        ],
+        [
+            "retention-age",
+            None,
+            None,
+            "Seconds a message is kept (default: no limit).",
+            _positive(float),
+        ],
     ]
+
+    def postOptions(self) -> None:
+        # usage.Options coerces what is given, never the defaults.
+        self["fsync"] = FsyncPolicy(self["fsync"])
+        if self["data-dir"] is None and self["fsync"] is not FsyncPolicy.INTERVAL:
+            raise usage.UsageError("--fsync needs --data-dir")
+
+    def retention(self) -> Retention:
+        on_disk = self["data-dir"] is not None
+        default_bytes = None if on_disk else DEFAULT_MEMORY_RETENTION.max_bytes
+        return Retention(
+            max_messages=self["retention-messages"],
+            max_bytes=self["retention-bytes"] or default_bytes,
+            max_age=self["retention-age"],
+        )
+
+    def file_settings(self) -> FileStoreSettings:
+        return FileStoreSettings(
+            segment_bytes=self["segment-bytes"],
+            fsync=self["fsync"],
+            fsync_interval=self["fsync-interval"],
+            retention=self.retention(),
+        )
 
     def settings(self) -> BrokerSettings:
         return BrokerSettings(
             max_message_size=self["max-message-size"],
             handshake_timeout=self["handshake-timeout"],
             max_topics=self["max-topics"],
+            retention=self.retention(),
             delivery=DeliverySettings(
                 ack_delay=self["ack-delay"],
                 ack_timeout=self["ack-timeout"],
@@ -97,6 +181,11 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    """The broker listening where --port says."""
-    factory = BrokerFactory(options.settings())
-    return strports.service(endpoint_description(options["port"]), factory)
+    """The broker listening where --port says, its topics where --data-dir says."""
+    data_dir = options["data-dir"]
+    return BrokerService(
+        endpoint_description(options["port"]),
+        options.settings(),
+        data_dir=Path(data_dir) if data_dir else None,
+        file_settings=options.file_settings(),
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from broker.log import IMessageLog, MemoryLog
@@ -36,14 +36,22 @@ class Topic:
         self.waiting: dict[Waiter, None] = {}
 
     def append(self, payloads: Sequence[bytes]) -> int:
-        """Store a batch and wake everyone waiting; return the first offset."""
+        """Store a batch and wake everyone waiting once it can be read; return
+        the first offset. May raise StoreError."""
         first = self.log.append(payloads)
+        if self.log.committed_offset > first:
+            self._wake()
+        else:
+            # A durable log holds the batch back until it is on disk.
+            self.log.flush().addCallbacks(lambda _: self._wake(), lambda _: None)
+        return first
+
+    def _wake(self) -> None:
         if self.waiting:
             waiting = self.waiting
             self.waiting = {}
             for waiter in waiting:
                 waiter.log_grew()
-        return first
 
     def wait(self, waiter: Waiter) -> None:
         """Call `waiter.log_grew()` once, after the next append."""
@@ -60,10 +68,17 @@ class TopicRegistry:
         self,
         make_log: Callable[[str], IMessageLog] = lambda name: MemoryLog(),
         max_topics: int = 100_000,
+        existing: Iterable[str] = (),
     ) -> None:
         self._make_log = make_log
         self._max_topics = max_topics
         self._topics: dict[str, Topic] = {}
+        # Topics a durable store already holds are reopened (and recovered) now.
+        for name in existing:
+            self._topics[name] = Topic(name, make_log(name))
+
+    def __iter__(self) -> Iterator[Topic]:
+        return iter(self._topics.values())
 
     def __len__(self) -> int:
         return len(self._topics)

@@ -34,6 +34,8 @@ class StartAt(IntEnum):
     BEGINNING = 0
     CURRENT = 1
     FROM = 2
+    FROM64 = 3
+    """An extension: a u64 offset follows (the seed's From takes a u16)."""
 
 
 TOPIC_PREFIX = b"topic:"
@@ -61,6 +63,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _unpack_u16 = _U16.unpack_from
 _unpack_u32 = _U32.unpack_from
+_unpack_u64 = _U64.unpack_from
 
 
 class ProtocolError(ValueError):
@@ -153,12 +156,14 @@ def encode_topic_list(topics: Iterable[str]) -> bytes:
 
 
 def encode_subscribe(topics: Iterable[str], start: StartAt, offset: int = 0) -> bytes:
-    """Subscribe request: u16 1 | u32 n | JSON | u16 start-at | [u16 offset]."""
+    """Subscribe request: u16 1 | u32 n | JSON | u16 start-at | [u16 or u64 offset]."""
     frame = _U16.pack(ACTION_SUBSCRIBE) + encode_topic_list(topics) + _U16.pack(start)
     if start == StartAt.FROM:
         if not 0 <= offset <= MAX_U16:
-            raise ValueError(f"a From offset must fit in a u16, not {offset}")
+            raise ValueError(f"a From offset must fit in a u16, not {offset} (use FROM64)")
         frame += _U16.pack(offset)
+    elif start == StartAt.FROM64:
+        frame += _U64.pack(offset)
     return frame
 
 
@@ -264,6 +269,9 @@ class ServerEvents(Protocol):
     def refused(self, reason: str) -> None: ...
 
 
+_VALID_STARTS = frozenset(StartAt)
+
+
 class _Role(IntEnum):
     NEW = 0
     SUBSCRIBER = 1
@@ -364,6 +372,8 @@ class ServerDecoder(_Decoder):
         (self._start,) = _unpack_u16(data, pos)
         if self._start == StartAt.FROM:
             self._goto(self._from_offset, 2)
+        elif self._start == StartAt.FROM64:
+            self._goto(self._from64_offset, 8)
         else:
             self._finish_request(0)
         return pos + 2
@@ -372,6 +382,11 @@ class ServerDecoder(_Decoder):
         (offset,) = _unpack_u16(data, pos)
         self._finish_request(offset)
         return pos + 2
+
+    def _from64_offset(self, data: bytes, pos: int) -> int:
+        (offset,) = _unpack_u64(data, pos)
+        self._finish_request(offset)
+        return pos + 8
 
     def _finish_request(self, offset: int = 0) -> None:
         self._goto(self._action, 2)
@@ -386,7 +401,7 @@ class ServerDecoder(_Decoder):
             return
         if self._unsubscribing:
             self._events.unsubscribe_requested(topics)
-        elif self._start in (StartAt.BEGINNING, StartAt.CURRENT, StartAt.FROM):
+        elif self._start in _VALID_STARTS:
             self._events.subscribe_requested(topics, StartAt(self._start), offset)
         else:
             self._events.refused(ERR_INVALID_START)

@@ -167,6 +167,8 @@ class SlowLog:
     def next_offset(self) -> int:
         return len(self.messages)
 
+    committed_offset = next_offset
+
     def append(self, payloads):
         first = len(self.messages)
         self.messages.extend(payloads)

@@ -1,6 +1,16 @@
-"""Message stores behind one interface."""
+"""Message stores behind one interface: in memory, and on disk."""
 
-from broker.log.interface import IMessageLog
-from broker.log.memory import MemoryLog
+from broker.log.file import FileStore, FileStoreSettings, FsyncPolicy
+from broker.log.interface import IMessageLog, Retention, StoreError
+from broker.log.memory import DEFAULT_MEMORY_RETENTION, MemoryLog
 
-__all__ = ["IMessageLog", "MemoryLog"]
+__all__ = [
+    "DEFAULT_MEMORY_RETENTION",
+    "FileStore",
+    "FileStoreSettings",
+    "FsyncPolicy",
+    "IMessageLog",
+    "MemoryLog",
+    "Retention",
+    "StoreError",
+]

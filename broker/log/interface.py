@@ -1,38 +1,62 @@
-"""The interface every message store implements."""
+"""The interface every message store implements, and the retention it obeys."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much of a topic a log keeps; None means no limit of that kind."""
+
+    max_messages: int | None = None
+    max_bytes: int | None = None
+    """Payload bytes (the memory store) or segment bytes (the file store)."""
+    max_age: float | None = None
+    """Seconds."""
+
+
+class StoreError(Exception):
+    """A store could not take or give what was asked (disk full, file gone...)."""
 
 
 class IMessageLog(Interface):
     """An append-only log of one topic's messages, addressed by dense offsets.
 
     Offsets are given out synchronously by `append`, so that order is fixed
-    the moment a publish is accepted; durability is separate (`flush`), so
-    that a store on disk can batch its syncs and a networked store can answer
-    later. `read` may answer with a Deferred for the same reason.
+    the moment a publish is accepted. Readers see messages only up to
+    `committed_offset`: a durable store can hold that back until its messages
+    are on disk, so that nobody depends on a message a crash could take back.
+    `read` may answer with a Deferred, so that a networked store fits too.
     """
 
     first_offset = Attribute("Offset of the oldest message still held.")
     next_offset = Attribute("Offset the next appended message will get.")
+    committed_offset = Attribute("Readers may read below this offset.")
 
     def append(payloads):
         """Append a batch of payloads (a sequence of bytes, in order).
 
-        Return the offset of the first. Raise an exception if none of them
-        could be stored.
+        Return the offset of the first. Raise StoreError if they could not be
+        stored; then none of them were, and the log is as it was.
         """
 
     def read(offset, max_messages):
-        """Return up to `max_messages` payloads starting at `offset`.
+        """Up to `max_messages` payloads from `offset`, a list or a Deferred of one.
 
-        `first_offset <= offset < next_offset`. The answer is a list, or a
-        Deferred that fires with one.
+        `first_offset <= offset < committed_offset`. An entry is None where a
+        record is corrupt: it keeps its offset but is never served.
         """
 
     def flush():
-        """Return a Deferred that fires once everything appended so far is durable."""
+        """A Deferred that fires once everything appended so far is durable and
+        committed."""
+
+    def apply_retention(now):
+        """Drop what the retention policy no longer keeps, as of `now` (seconds
+        since the epoch); return how many messages were dropped."""
 
     def close():
-        """Release what the log holds open."""
+        """Make everything durable that can be, and release what is held open."""

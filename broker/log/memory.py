@@ -1,40 +1,112 @@
-"""A log kept in memory: fast, and lost when the broker stops."""
+"""A log kept in memory: fast, bounded by its retention, lost when the broker stops."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from broker.log.interface import IMessageLog
+from broker.log.interface import IMessageLog, Retention
+
+# Bounds the memory store when the operator sets no limit: 256 MiB of
+# payloads per topic (about two million 100-byte messages).
+DEFAULT_MEMORY_RETENTION = Retention(max_bytes=256 * 1024 * 1024)
 
 
 @implementer(IMessageLog)
 class MemoryLog:
-    """Payloads in a list; a stored message exists once, here."""
+    """Payloads in a list; a stored message exists once, here.
 
-    def __init__(self) -> None:
+    The head is trimmed by advancing an index, and the list is compacted
+    only once the dead part is large, so trimming stays O(1) per message.
+    """
+
+    def __init__(
+        self,
+        retention: Retention = DEFAULT_MEMORY_RETENTION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._retention = retention
+        self._clock = clock
         self._messages: list[bytes] = []
-        self.first_offset = 0
+        self._start = 0  # index in _messages of the oldest message held
+        self._base = 0  # offset of _messages[0]
+        self.bytes_held = 0
+        # (first offset, time) of each appended batch: enough for age retention.
+        self._batches: deque[tuple[int, float]] = deque()
+
+    @property
+    def first_offset(self) -> int:
+        return self._base + self._start
 
     @property
     def next_offset(self) -> int:
-        return self.first_offset + len(self._messages)
+        return self._base + len(self._messages)
+
+    committed_offset = next_offset
 
     def append(self, payloads: Sequence[bytes]) -> int:
         first = self.next_offset
         self._messages.extend(payloads)
+        self.bytes_held += sum(map(len, payloads))
+        if self._retention.max_age is not None:
+            self._batches.append((first, self._clock()))
+        self._trim_to_limits()
         return first
 
     def read(self, offset: int, max_messages: int) -> list[bytes]:
-        start = offset - self.first_offset
-        if start < 0:
+        start = offset - self._base
+        if start < self._start:
             raise IndexError(f"offset {offset} is before the log's start {self.first_offset}")
         return self._messages[start : start + max_messages]
 
     def flush(self) -> Deferred[None]:
         return succeed(None)
 
+    def apply_retention(self, now: float) -> int:
+        before = self.first_offset
+        max_age = self._retention.max_age
+        if max_age is not None:
+            batches = self._batches
+            while batches and batches[0][1] < now - max_age:
+                batches.popleft()
+                self._drop_until(batches[0][0] if batches else self.next_offset)
+        self._trim_to_limits()
+        return self.first_offset - before
+
     def close(self) -> None:
         self._messages = []
+        self._start = 0
+        self.bytes_held = 0
+
+    def _trim_to_limits(self) -> None:
+        retention = self._retention
+        held = len(self._messages) - self._start
+        if retention.max_messages is not None and held > retention.max_messages:
+            self._drop_until(self.next_offset - retention.max_messages)
+        if retention.max_bytes is not None and self.bytes_held > retention.max_bytes:
+            messages = self._messages
+            index = self._start
+            excess = self.bytes_held - retention.max_bytes
+            while excess > 0:
+                excess -= len(messages[index])
+                index += 1
+            self._drop_until(self._base + index)
+
+    def _drop_until(self, offset: int) -> None:
+        """Forget every message before `offset`."""
+        end = offset - self._base
+        if end <= self._start:
+            return
+        messages = self._messages
+        self.bytes_held -= sum(map(len, messages[self._start : end]))
+        for index in range(self._start, end):
+            messages[index] = b""  # release the payload now
+        self._start = end
+        if self._start > 4096 and self._start * 2 > len(messages):
+            del messages[: self._start]
+            self._base += self._start
+            self._start = 0

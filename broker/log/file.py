@@ -1,0 +1,591 @@
+"""A durable log on disk: per-topic append-only segments, checksummed records,
+a sparse index, crash recovery, group-committed fsyncs and retention.
+
+Layout inside the data directory:
+
+    <topic dir>/name                    the topic's name, UTF-8
+    <topic dir>/00000000000000000000.log records from offset 0
+    <topic dir>/00000000000000000000.index  its sparse index, written when it rolls
+
+A record is `u32 crc32 | u32 length | u64 offset | u64 time_ms | payload`; the
+CRC covers everything after itself. Offsets are dense: a segment's records
+run from its base offset (its file name) up to the next segment's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import struct
+import time
+import zlib
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from broker.log.interface import IMessageLog, Retention, StoreError
+
+log = Logger()
+
+HEADER = struct.Struct(">IIQQ")
+_HEADER_TAIL = struct.Struct(">IQQ")
+_unpack_header = HEADER.unpack_from
+INDEX_EVERY = 32  # records between two index entries
+_READ_CHUNK = 64 * 1024
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
+
+
+class FsyncPolicy(Enum):
+    """When appended records are forced to disk."""
+
+    ALWAYS = "always"
+    """Before anyone can read them: a message is never delivered (or confirmed)
+    before it is on disk. One fsync covers every append made meanwhile."""
+    INTERVAL = "interval"
+    """Every `fsync_interval` seconds; readers see records at once."""
+    NEVER = "never"
+    """Left to the operating system."""
+
+
+@dataclass(frozen=True)
+class FileStoreSettings:
+    segment_bytes: int = 64 * 1024 * 1024
+    fsync: FsyncPolicy = FsyncPolicy.INTERVAL
+    fsync_interval: float = 1.0
+    retention: Retention = field(default_factory=Retention)
+
+
+def topic_directory_name(topic: str) -> str:
+    """A safe, collision-free directory name for any valid topic name.
+
+    A readable prefix of letters, digits, '-' and '_' (never '.' or '/'),
+    then a SHA-256 digest of the full name, which makes it unique.
+    """
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", topic)[:40]
+    digest = hashlib.sha256(topic.encode("utf-8")).hexdigest()[:32]
+    return f"{readable}-{digest}"
+
+
+def encode_records(first_offset: int, payloads: Sequence[bytes], time_ms: int) -> list[bytes]:
+    """The records of a batch, as a list of parts to join or write."""
+    parts: list[bytes] = []
+    pack_tail = _HEADER_TAIL.pack
+    crc32 = zlib.crc32
+    offset = first_offset
+    for payload in payloads:
+        tail = pack_tail(len(payload), offset, time_ms)
+        parts.append(struct.pack(">I", crc32(payload, crc32(tail))) + tail)
+        parts.append(payload)
+        offset += 1
+    return parts
+
+
+def _records(
+    fd: int, position: int, file_size: int, with_payload: bool = False
+) -> Iterator[tuple[int, int, int, int, Any]]:
+    """Yield (position, length, offset, time_ms, good) for each record from
+    `position`, reading in large chunks; with_payload, `good` is the payload
+    (None if the record fails its check). Stops after the first bad record."""
+    data = b""
+    data_start = position
+    while position < file_size:
+        local = position - data_start
+        if local + HEADER.size > len(data):
+            data = os.pread(fd, _READ_CHUNK, position)
+            data_start, local = position, 0
+        if local + HEADER.size > len(data):
+            yield position, 0, -1, 0, None if with_payload else False
+            return
+        crc, length, offset, time_ms = _unpack_header(data, local)
+        if position + HEADER.size + length > file_size:
+            yield position, length, offset, time_ms, None if with_payload else False
+            return
+        end = local + HEADER.size + length
+        if end > len(data):
+            data = os.pread(fd, max(_READ_CHUNK, HEADER.size + length), position)
+            data_start, local, end = position, 0, HEADER.size + length
+        payload = data[local + HEADER.size : end]
+        good = len(payload) == length and (
+            zlib.crc32(payload, zlib.crc32(data[local + 4 : local + HEADER.size])) == crc
+        )
+        if with_payload:
+            yield position, length, offset, time_ms, payload if good else None
+        else:
+            yield position, length, offset, time_ms, good
+        if not good:
+            return
+        position += HEADER.size + length
+
+
+class _Segment:
+    """One file of consecutive records, from `base` on."""
+
+    __slots__ = ("base", "count", "fd", "last_time_ms", "path", "positions", "size")
+
+    def __init__(self, path: Path, base: int, fd: int) -> None:
+        self.path = path
+        self.base = base
+        self.fd = fd
+        self.size = 0
+        self.count = 0
+        self.last_time_ms = 0
+        # positions[i] is the file position of record base + i * INDEX_EVERY.
+        self.positions = array("Q")
+
+    @property
+    def end(self) -> int:
+        return self.base + self.count
+
+    @property
+    def index_path(self) -> Path:
+        return self.path.with_suffix(".index")
+
+    def scan(self, expect_base: int) -> int | None:
+        """Read every record, building the index; return the position of the
+        first bad one (a torn or corrupt tail), or None if all are good."""
+        self.count = 0
+        self.positions = array("Q")
+        position = 0
+        file_size = os.fstat(self.fd).st_size
+        for position, _length, record_offset, time_ms, good in _records(self.fd, 0, file_size):
+            if not good or record_offset != expect_base + self.count:
+                self.size = position
+                return position
+            if self.count % INDEX_EVERY == 0:
+                self.positions.append(position)
+            self.count += 1
+            self.last_time_ms = time_ms
+        self.size = file_size
+        return None
+
+    def load_index(self, count: int) -> bool:
+        """Take the index written when the segment rolled, if it fits."""
+        try:
+            raw = self.index_path.read_bytes()
+        except OSError:
+            return False
+        expected_entries = (count + INDEX_EVERY - 1) // INDEX_EVERY
+        if len(raw) != 8 * expected_entries + 8:
+            return False
+        positions = array("Q")
+        positions.frombytes(raw[:-8])
+        (last_time_ms,) = struct.unpack(">Q", raw[-8:])
+        if positions.itemsize != 8 or (positions and positions[-1] >= self.size):
+            return False
+        self.positions = positions
+        self.count = count
+        self.last_time_ms = last_time_ms
+        return True
+
+    def write_index(self) -> None:
+        self.index_path.write_bytes(self.positions.tobytes() + struct.pack(">Q", self.last_time_ms))
+
+    def read(self, offset: int, max_messages: int) -> list[bytes | None]:
+        """Up to max_messages payloads from offset (within this segment).
+
+        A record that fails its check is returned as None, and nothing after
+        it in this read: its length cannot be trusted to find the next one.
+        """
+        relative = offset - self.base
+        entry = relative // INDEX_EVERY
+        current = self.base + entry * INDEX_EVERY
+        wanted = min(max_messages, self.count - relative)
+        out: list[bytes | None] = []
+        records = _records(self.fd, self.positions[entry], self.size, with_payload=True)
+        for _, _, record_offset, _, payload in records:
+            if payload is None or record_offset != current:
+                log.error(
+                    "corrupt record at offset {offset} in {path}; not serving it",
+                    offset=current,
+                    path=str(self.path),
+                )
+                out.append(None)
+                break
+            if current >= offset:
+                out.append(payload)
+                if len(out) == wanted:
+                    break
+            current += 1
+        if not out and wanted > 0:
+            out.append(None)  # the record is not where the index says
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@implementer(IMessageLog)
+class FileLog:
+    """One topic's log on disk."""
+
+    def __init__(self, directory: Path, settings: FileStoreSettings, reactor: Any) -> None:
+        self.directory = directory
+        self._settings = settings
+        self._reactor = reactor
+        self._segments: list[_Segment] = []
+        self._bases: list[int] = []
+        self.committed_offset = 0
+        self._dirty: set[int] = set()  # fds written since their last fsync
+        self._syncing = False
+        self._flushes: list[tuple[int, Deferred[None]]] = []
+        self._open_segments()
+
+    # Opening and recovery.
+
+    def _open_segments(self) -> None:
+        """Reopen the segments: rolled ones through their index, the last (and
+        any without a usable index) by reading it, truncating a bad tail."""
+        bases = sorted(
+            int(match.group(1))
+            for match in map(_SEGMENT_NAME.match, os.listdir(self.directory))
+            if match
+        )
+        for number, base in enumerate(bases):
+            path = self.directory / f"{base:020d}.log"
+            segment = _Segment(path, base, os.open(path, os.O_RDWR))
+            segment.size = os.fstat(segment.fd).st_size
+            following = bases[number + 1] if number + 1 < len(bases) else None
+            if self._segments and base != self._segments[-1].end:
+                raise StoreError(f"{path}: expected a segment from offset {self._segments[-1].end}")
+            self._add_segment(segment)
+            if following is not None and segment.load_index(following - base):
+                continue
+            bad_at = segment.scan(base)
+            if bad_at is not None:
+                log.warn(
+                    "{path}: torn or corrupt record at byte {at}; truncated there "
+                    "({lost} bytes dropped)",
+                    path=str(path),
+                    at=bad_at,
+                    lost=os.fstat(segment.fd).st_size - bad_at,
+                )
+                os.ftruncate(segment.fd, bad_at)
+                os.fsync(segment.fd)
+            if following is not None and segment.end != following:
+                # Later segments would leave a gap in the offsets: they go too.
+                log.error(
+                    "{path} ends at offset {end}, not {following}; dropping the segments after it",
+                    path=str(path),
+                    end=segment.end,
+                    following=following,
+                )
+                for later in bases[number + 1 :]:
+                    self._remove_files(self.directory / f"{later:020d}.log")
+                break
+        if not self._segments:
+            self._add_segment(self._create_segment(0))
+        self.committed_offset = self.next_offset
+
+    def _add_segment(self, segment: _Segment) -> None:
+        self._segments.append(segment)
+        self._bases.append(segment.base)
+
+    def _create_segment(self, base: int) -> _Segment:
+        path = self.directory / f"{base:020d}.log"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        if self._settings.fsync is not FsyncPolicy.NEVER:
+            _fsync_directory(self.directory)
+        return _Segment(path, base, fd)
+
+    # IMessageLog.
+
+    @property
+    def first_offset(self) -> int:
+        return self._segments[0].base
+
+    @property
+    def next_offset(self) -> int:
+        return self._segments[-1].end
+
+    @property
+    def size(self) -> int:
+        return sum(segment.size for segment in self._segments)
+
+    def append(self, payloads: Sequence[bytes]) -> int:
+        active = self._segments[-1]
+        if active.size >= self._settings.segment_bytes:
+            active = self._roll()
+        first = active.end
+        time_ms = int(self._reactor.seconds() * 1000)
+        parts = encode_records(first, payloads, time_ms)
+        data = b"".join(parts)
+        try:
+            written = os.pwrite(active.fd, data, active.size)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as error:
+            # Leave the file as it was: a partial record would be a torn tail.
+            with contextlib.suppress(OSError):
+                os.ftruncate(active.fd, active.size)
+            log.error("could not append to {path}: {error}", path=str(active.path), error=error)
+            raise StoreError(f"could not store message: {error.strerror or error}") from error
+        # Index the new records.
+        position = active.size
+        count = active.count
+        for i in range(0, len(parts), 2):
+            if count % INDEX_EVERY == 0:
+                active.positions.append(position)
+            position += len(parts[i]) + len(parts[i + 1])
+            count += 1
+        active.size = position
+        active.count = count
+        active.last_time_ms = time_ms
+        policy = self._settings.fsync
+        if policy is FsyncPolicy.NEVER:
+            self.committed_offset = active.end
+        else:
+            self._dirty.add(active.fd)
+            if policy is FsyncPolicy.INTERVAL:
+                self.committed_offset = active.end
+            else:
+                self._sync_soon()
+        return first
+
+    def read(self, offset: int, max_messages: int) -> list[bytes | None]:
+        if offset < self.first_offset:
+            raise IndexError(f"offset {offset} is before the log's start {self.first_offset}")
+        wanted = min(max_messages, self.committed_offset - offset)
+        out: list[bytes | None] = []
+        number = bisect.bisect_right(self._bases, offset) - 1
+        while len(out) < wanted:
+            segment = self._segments[number]
+            try:
+                out += segment.read(offset + len(out), wanted - len(out))
+            except OSError as error:
+                raise StoreError(f"could not read {segment.path}: {error}") from error
+            if out[-1] is None or number + 1 == len(self._segments):
+                break
+            number += 1
+        return out
+
+    def flush(self) -> Deferred[None]:
+        if self.committed_offset >= self.next_offset and not self._dirty:
+            return succeed(None)
+        if self._settings.fsync is FsyncPolicy.NEVER:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._flushes.append((self.next_offset, done))
+        self._sync_soon()
+        return done
+
+    def apply_retention(self, now: float | None) -> int:
+        retention = self._settings.retention
+        segments = self._segments
+        before = self.first_offset
+        total_bytes = sum(s.size for s in segments)
+        total_messages = self.next_offset - self.first_offset
+        oldest_allowed_ms = (
+            None if retention.max_age is None or now is None else (now - retention.max_age) * 1000
+        )
+        while len(segments) > 1:
+            oldest = segments[0]
+            too_many = (
+                retention.max_messages is not None
+                and total_messages - oldest.count >= retention.max_messages
+            )
+            too_big = (
+                retention.max_bytes is not None and total_bytes - oldest.size >= retention.max_bytes
+            )
+            too_old = oldest_allowed_ms is not None and oldest.last_time_ms < oldest_allowed_ms
+            if not (too_many or too_big or too_old):
+                break
+            segments.pop(0)
+            self._bases.pop(0)
+            total_bytes -= oldest.size
+            total_messages -= oldest.count
+            self._dirty.discard(oldest.fd)
+            oldest.close()
+            self._remove_files(oldest.path)
+        return self.first_offset - before
+
+    def close(self) -> None:
+        if self._settings.fsync is not FsyncPolicy.NEVER:
+            for segment in self._segments:
+                if segment.fd in self._dirty:
+                    os.fsync(segment.fd)
+        self._dirty.clear()
+        self.committed_offset = self.next_offset
+        for segment in self._segments:
+            segment.close()
+
+    # Internals.
+
+    def _roll(self) -> _Segment:
+        """Close the active segment (index written, data synced) and start another."""
+        old = self._segments[-1]
+        try:
+            new = self._create_segment(old.end)
+        except OSError as error:
+            raise StoreError(f"could not start a segment: {error.strerror}") from error
+        if self._settings.fsync is not FsyncPolicy.NEVER:
+            self._dirty.add(old.fd)
+            self._sync_soon()
+        try:
+            old.write_index()
+        except OSError as error:
+            log.warn(
+                "could not write {path}: {error}; it will be rebuilt at start",
+                path=str(old.index_path),
+                error=error,
+            )
+        self._add_segment(new)
+        self.apply_retention(None)  # whole segments go, so only a roll can free one
+        return new
+
+    def _sync_soon(self) -> None:
+        """Group commit: one fsync covers everything appended before it starts."""
+        if self._syncing or not self._dirty:
+            return
+        self._syncing = True
+        fds = list(self._dirty)
+        self._dirty.clear()
+        covered = self.next_offset
+        pool = self._reactor.getThreadPool()
+        synced = deferToThreadPool(self._reactor, pool, _fsync_all, fds)
+        synced.addCallbacks(
+            self._synced, self._sync_failed, callbackArgs=(covered,), errbackArgs=(fds,)
+        )
+
+    def _synced(self, _: object, covered: int) -> None:
+        self._syncing = False
+        self.committed_offset = max(self.committed_offset, covered)
+        ready = [d for upto, d in self._flushes if upto <= covered]
+        self._flushes = [(upto, d) for upto, d in self._flushes if upto > covered]
+        for done in ready:
+            done.callback(None)
+        self._sync_soon()
+
+    def _sync_failed(self, failure: Any, fds: list[int]) -> None:
+        self._syncing = False
+        log.failure("fsync failed in {dir}", failure, dir=str(self.directory))
+        self._dirty.update(fd for fd in fds if fd >= 0)
+        flushes, self._flushes = self._flushes, []
+        for _, done in flushes:
+            done.errback(StoreError("could not sync messages to disk"))
+
+    def _remove_files(self, path: Path) -> None:
+        for victim in (path, path.with_suffix(".index")):
+            try:
+                victim.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                log.warn("could not remove {path}: {error}", path=str(victim), error=error)
+
+
+def _fsync_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as error:
+            if error.errno != errno.EBADF:  # closed meanwhile (retention)
+                raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    """The data directory: one FileLog per topic, found again at start."""
+
+    NAME_FILE = "name"
+
+    def __init__(self, root: Path, settings: FileStoreSettings, reactor: Any) -> None:
+        self.root = Path(root).resolve()
+        self.settings = settings
+        self._reactor = reactor
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".writable"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise StoreError(f"data directory {self.root} is not usable: {error}") from error
+        self.logs: dict[str, FileLog] = {}
+
+    def topic_names(self) -> list[str]:
+        """The names of the topics stored here."""
+        names = []
+        for entry in sorted(self.root.iterdir()):
+            name_file = entry / self.NAME_FILE
+            try:
+                name = name_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                if entry.is_dir():
+                    log.warn("{entry} holds no readable topic name; ignored", entry=str(entry))
+                continue
+            if topic_directory_name(name) != entry.name:
+                log.warn(
+                    "{entry} names topic {name!r}, which maps elsewhere; ignored",
+                    entry=str(entry),
+                    name=name,
+                )
+                continue
+            names.append(name)
+        return names
+
+    def open(self, topic: str) -> FileLog:
+        """The log of `topic`, recovered from disk or created."""
+        directory = self.root / topic_directory_name(topic)
+        if directory.parent != self.root:  # cannot happen; the name has no '/' or '.'
+            raise StoreError(f"topic {topic!r} maps outside the data directory")
+        started = time.monotonic()
+        try:
+            directory.mkdir(exist_ok=True)
+            name_file = directory / self.NAME_FILE
+            if not name_file.exists():
+                temporary = directory / (self.NAME_FILE + ".tmp")
+                temporary.write_text(topic, encoding="utf-8")
+                os.replace(temporary, name_file)
+                _fsync_directory(directory)
+                _fsync_directory(self.root)
+            elif name_file.read_text(encoding="utf-8") != topic:
+                raise StoreError(f"{directory} belongs to another topic")
+            topic_log = FileLog(directory, self.settings, self._reactor)
+        except OSError as error:
+            raise StoreError(
+                f"could not open topic {topic!r}: {error.strerror or error}"
+            ) from error
+        self.logs[topic] = topic_log
+        elapsed = time.monotonic() - started
+        if elapsed > 0.1:
+            log.info(
+                "opened {topic!r} ({count} messages) in {seconds:.2f} s",
+                topic=topic,
+                count=topic_log.next_offset - topic_log.first_offset,
+                seconds=elapsed,
+            )
+        return topic_log
+
+    def sync_all(self) -> None:
+        """The interval policy's tick: sync every log with unsynced writes."""
+        for topic_log in self.logs.values():
+            if topic_log._dirty:
+                topic_log.flush()
+
+    def apply_retention(self, now: float) -> int:
+        return sum(topic_log.apply_retention(now) for topic_log in self.logs.values())
+
+    def close(self) -> None:
+        for topic_log in self.logs.values():
+            topic_log.close()
+        self.logs.clear()

@@ -1,0 +1,255 @@
+"""The file store: records, segments, index, recovery, retention, names, disk trouble."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+
+from broker.log import FileStore, FileStoreSettings, FsyncPolicy, MemoryLog, Retention, StoreError
+from broker.log import file as file_module
+from broker.log.file import HEADER, FileLog, topic_directory_name
+
+
+def store(tmp_path: Path, **settings) -> FileStore:
+    settings.setdefault("fsync", FsyncPolicy.NEVER)
+    return FileStore(tmp_path, FileStoreSettings(**settings), reactor)
+
+
+def payloads(start: int, stop: int) -> list[bytes]:
+    return [b"message %d " % i + b"x" * (i % 50) for i in range(start, stop)]
+
+
+def read_all(topic_log) -> list[bytes]:
+    out: list[bytes] = []
+    offset = topic_log.first_offset
+    while offset < topic_log.committed_offset:
+        batch = topic_log.read(offset, 100)
+        out.extend(batch)
+        offset += len(batch)
+    return out
+
+
+def test_round_trip_and_reopen(tmp_path):
+    s = store(tmp_path)
+    topic_log = s.open("orders")
+    assert topic_log.append(payloads(0, 10)) == 0
+    assert topic_log.append(payloads(10, 25)) == 10
+    assert read_all(topic_log) == payloads(0, 25)
+    s.close()
+    again = store(tmp_path)
+    assert again.topic_names() == ["orders"]
+    reopened = again.open("orders")
+    assert (reopened.first_offset, reopened.next_offset) == (0, 25)
+    assert read_all(reopened) == payloads(0, 25)
+    assert reopened.append([b"next"]) == 25
+
+
+def test_segments_roll_and_reads_cross_them(tmp_path):
+    s = store(tmp_path, segment_bytes=1000)
+    topic_log = s.open("t")
+    for i in range(0, 300, 7):
+        topic_log.append(payloads(i, min(300, i + 7)))
+    files = sorted(p.name for p in topic_log.directory.iterdir())
+    logs = [f for f in files if f.endswith(".log")]
+    assert len(logs) > 10
+    assert len([f for f in files if f.endswith(".index")]) == len(logs) - 1
+    assert read_all(topic_log) == payloads(0, 300)
+    s.close()
+    # Rolled segments are reopened through their index; without it, by reading them.
+    (topic_log.directory / logs[3].replace(".log", ".index")).unlink()
+    reopened = store(tmp_path, segment_bytes=1000).open("t")
+    assert read_all(reopened) == payloads(0, 300)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.integers(min_value=0, max_value=499), min_size=1, max_size=20),
+    st.integers(min_value=1, max_value=80),
+)
+def test_seeking_anywhere(tmp_path_factory, offsets, count):
+    root = tmp_path_factory.mktemp("seek")
+    topic_log = store(root, segment_bytes=2048).open("t")
+    topic_log.append(payloads(0, 500))
+    expected = payloads(0, 500)
+    for offset in offsets:
+        assert (
+            topic_log.read(offset, count)
+            == expected[offset : offset + count][: len(topic_log.read(offset, count))]
+        )
+        assert topic_log.read(offset, count)[0] == expected[offset]
+
+
+def test_a_torn_tail_is_truncated_at_the_last_good_record(tmp_path, caplog):
+    s = store(tmp_path)
+    topic_log = s.open("t")
+    topic_log.append(payloads(0, 20))
+    path = topic_log.directory / f"{0:020d}.log"
+    s.close()
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - 3)  # a crash in the middle of the last record
+    reopened = store(tmp_path).open("t")
+    assert reopened.next_offset == 19
+    assert read_all(reopened) == payloads(0, 19)
+    assert reopened.append([b"after the crash"]) == 19
+    assert read_all(reopened)[-1] == b"after the crash"
+
+
+def test_a_corrupt_record_in_the_tail_is_never_served(tmp_path):
+    s = store(tmp_path)
+    topic_log = s.open("t")
+    topic_log.append(payloads(0, 20))
+    path = topic_log.directory / f"{0:020d}.log"
+    s.close()
+    data = bytearray(path.read_bytes())
+    # Flip a payload byte of record 15.
+    position = 0
+    for _ in range(15):
+        (_, length, _, _) = HEADER.unpack_from(data, position)
+        position += HEADER.size + length
+    data[position + HEADER.size + 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    reopened = store(tmp_path).open("t")
+    assert reopened.next_offset == 15
+    assert read_all(reopened) == payloads(0, 15)
+
+
+def test_a_corrupt_record_in_a_rolled_segment_is_skipped_not_served(tmp_path):
+    s = store(tmp_path, segment_bytes=1000)
+    topic_log = s.open("t")
+    for i in range(100):
+        topic_log.append(payloads(i, i + 1))
+    first = topic_log.directory / f"{0:020d}.log"
+    data = bytearray(first.read_bytes())
+    data[HEADER.size + 1] ^= 0xFF  # record 0's payload
+    first.write_bytes(bytes(data))
+    assert topic_log.read(0, 10)[0] is None
+    # The rest of the log is unaffected.
+    assert topic_log.read(50, 10) == payloads(50, 60)
+
+
+def test_retention_in_the_file_store(tmp_path):
+    by_messages = store(tmp_path / "m", segment_bytes=500, retention=Retention(max_messages=50))
+    topic_log = by_messages.open("t")
+    for i in range(200):
+        topic_log.append(payloads(i, i + 1))
+    assert 50 <= topic_log.next_offset - topic_log.first_offset < 80
+    assert read_all(topic_log) == payloads(topic_log.first_offset, 200)
+
+    by_bytes = store(tmp_path / "b", segment_bytes=500, retention=Retention(max_bytes=2000))
+    topic_log = by_bytes.open("t")
+    for i in range(200):
+        topic_log.append(payloads(i, i + 1))
+    assert 2000 <= topic_log.size < 2000 + 1100
+
+    by_age = store(tmp_path / "a", segment_bytes=500, retention=Retention(max_age=60))
+    topic_log = by_age.open("t")
+    for i in range(100):
+        topic_log.append(payloads(i, i + 1))
+    segments = len(list(topic_log.directory.glob("*.log")))
+    assert topic_log.apply_retention(reactor.seconds()) == 0
+    removed = topic_log.apply_retention(reactor.seconds() + 61)
+    assert removed > 0 and len(list(topic_log.directory.glob("*.log"))) == 1 < segments
+    assert read_all(topic_log) == payloads(topic_log.first_offset, 100)
+
+
+def test_retention_in_the_memory_store():
+    by_messages = MemoryLog(Retention(max_messages=10))
+    for i in range(10_000):
+        by_messages.append([b"%d" % i])
+    assert (by_messages.first_offset, by_messages.next_offset) == (9990, 10_000)
+    assert by_messages.read(9990, 100) == [b"%d" % i for i in range(9990, 10_000)]
+    by_bytes = MemoryLog(Retention(max_bytes=100))
+    by_bytes.append([b"x" * 60, b"y" * 60, b"z" * 30])
+    assert by_bytes.first_offset == 1 and by_bytes.bytes_held == 90
+    now = [1000.0]
+    by_age = MemoryLog(Retention(max_age=10), clock=lambda: now[0])
+    by_age.append([b"old"])
+    now[0] += 5
+    by_age.append([b"newer"])
+    assert by_age.apply_retention(1012) == 1
+    assert by_age.read(by_age.first_offset, 5) == [b"newer"]
+    assert by_age.apply_retention(1016) == 1
+    assert by_age.first_offset == by_age.next_offset == 2
+
+
+NASTY_NAMES = [
+    "../escape",
+    "..",
+    ".",
+    "/etc/passwd",
+    "a/../../b",
+    " ",
+    "con",
+    "ü/ß",
+    "x" * 255,
+    "..\\..\\win",
+    "topic.d",
+    "a" * 40 + "1",
+    "a" * 40 + "2",
+    "\u202e",
+]
+
+
+def test_topic_names_never_leave_the_data_directory(tmp_path):
+    root = tmp_path / "data"
+    s = store(root)
+    for name in NASTY_NAMES:
+        s.open(name).append([name.encode()])
+    directories = [p for p in root.iterdir()]
+    assert len(directories) == len(NASTY_NAMES)
+    for directory in directories:
+        assert directory.parent == root.resolve() and directory.is_dir()
+        assert not directory.name.startswith(".")
+    assert sorted(os.listdir(tmp_path)) == ["data"]
+    assert sorted(store(root).topic_names()) == sorted(NASTY_NAMES)
+    assert len({topic_directory_name(n) for n in NASTY_NAMES}) == len(NASTY_NAMES)
+
+
+def test_a_full_disk_refuses_the_batch_and_leaves_the_log_intact(tmp_path, monkeypatch):
+    topic_log = store(tmp_path).open("t")
+    topic_log.append(payloads(0, 5))
+    path = topic_log.directory / f"{0:020d}.log"
+    size = path.stat().st_size
+    real_pwrite = os.pwrite
+
+    def half_then_full(fd, data, offset):
+        real_pwrite(fd, data[: len(data) // 2], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file_module.os, "pwrite", half_then_full)
+    with pytest.raises(StoreError, match="No space left"):
+        topic_log.append(payloads(5, 10))
+    assert path.stat().st_size == size and topic_log.next_offset == 5
+    monkeypatch.setattr(file_module.os, "pwrite", real_pwrite)
+    assert topic_log.append(payloads(5, 10)) == 5
+    assert read_all(store(tmp_path).open("t")) == payloads(0, 10)
+
+
+def test_an_unusable_data_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="data directory"):
+        store(blocker / "data")
+
+
+@pytest_twisted.ensureDeferred
+async def test_fsync_always_commits_in_groups(tmp_path, monkeypatch):
+    syncs: list[int] = []
+    real = file_module._fsync_all
+    monkeypatch.setattr(file_module, "_fsync_all", lambda fds: (syncs.append(1), real(fds)))
+    topic_log: FileLog = store(tmp_path, fsync=FsyncPolicy.ALWAYS).open("t")
+    for i in range(200):
+        topic_log.append([b"%d" % i])
+    assert topic_log.committed_offset < 200  # nobody may read what is not on disk
+    await topic_log.flush()
+    assert topic_log.committed_offset == topic_log.next_offset == 200
+    assert 1 <= len(syncs) <= 3, syncs  # one fsync covered many appends
+    assert topic_log.read(0, 200) == [b"%d" % i for i in range(200)]
