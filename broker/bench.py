@@ -3,6 +3,7 @@
     broker-bench fanout --messages 100000 --subscribers 1
     broker-bench latency --rate 1000 --messages 10000
     broker-bench ingest --messages 200000
+    broker-bench ingest --store file --fsync always
     broker-bench fanout --broker localhost:3000 --json
 
 Without --broker it starts `twistd broker` on a free loopback port and stops
@@ -16,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -72,9 +75,10 @@ class Result:
 class BenchSubscriber(Protocol):
     """A legacy subscriber that acks everything and checks what it gets."""
 
-    def __init__(self, topic: str, expected: int, size: int) -> None:
+    def __init__(self, topic: str, expected: int, size: int, until: int | None = None) -> None:
         self.topic = topic
         self.expected = expected
+        self.until = until  # if set: done when this sequence number arrives
         self.size = size
         self.decoder = ClientDecoder(self, 1 << 30)
         self.decoder.expect_topic(topic)
@@ -111,6 +115,11 @@ class BenchSubscriber(Protocol):
         sequence, sent = _HEADER.unpack_from(payload)
         if payload != make_payload(sequence, self.size, sent):
             self.corrupt += 1
+        if self.until is not None:
+            if sequence == self.until and not self.done.called:
+                self.last_at = now
+                self.done.callback(None)
+            return
         if sequence != self.next_sequence:
             self.out_of_order += 1
         self.next_sequence = sequence + 1
@@ -250,17 +259,24 @@ async def ingest(reactor: Any, host: str, port: int, args: argparse.Namespace) -
     for start in range(0, args.messages, chunk):
         publisher.publish_range(topic, start, min(args.messages, start + chunk), args.size)
         await deferLater(reactor, 0, lambda: None)
-    # The broker handles a connection's bytes in order: once a marker
-    # published after the burst reaches a subscriber, the burst is stored.
-    marker = BenchSubscriber(topic, 1, args.size)
-    marker.next_sequence = args.messages
+    # The broker handles a connection's bytes in order: once a marker published
+    # after the burst (to a topic of its own, so that its subscriber does not
+    # have to wade through the burst) reaches a subscriber, the burst is stored.
+    marker_topic = topic + "-marker"
+    marker = BenchSubscriber(marker_topic, 1, args.size, until=args.messages)
     await connect(reactor, host, port, marker)
     await marker.subscribed
-    publisher.publish_range(topic, args.messages, args.messages + 1, args.size)
+    publisher.publish_range(marker_topic, args.messages, args.messages + 1, args.size)
     await _all_done(reactor, [marker], args.timeout)
-    result = Result("ingest", args.messages, args.messages, time.perf_counter() - started)
-    result.msgs_per_sec = args.messages / result.seconds
-    return result
+    seconds = marker.last_at - started
+    return Result(
+        "ingest",
+        args.messages,
+        args.messages,
+        round(seconds, 3),
+        round(args.messages / seconds, 1),
+        corrupt=marker.corrupt,
+    )
 
 
 async def _all_done(reactor: Any, subscribers: list[BenchSubscriber], timeout: float) -> None:
@@ -309,7 +325,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=1000.0, help="msg/s, for latency")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("broker_options", nargs="*", help="after --: options for twistd broker")
+    parser.add_argument(
+        "--store",
+        choices=["memory", "file"],
+        default="memory",
+        help="the broker's store, when the bench starts it",
+    )
+    parser.add_argument(
+        "--fsync",
+        choices=["always", "interval", "never"],
+        default="interval",
+        help="with --store file",
+    )
     args = parser.parse_args(argv)
     if args.size < _HEADER.size:
         parser.error(f"--size must be at least {_HEADER.size}")
@@ -321,11 +348,16 @@ def run(args: argparse.Namespace) -> Result:
     from twisted.internet import reactor
 
     process = None
+    data_dir = None
     if args.broker:
         host, _, port_text = args.broker.rpartition(":")
         host, port = host or "127.0.0.1", int(port_text)
     else:
-        process = BrokerProcess(["--ack-timeout", "60", *args.broker_options])
+        options = ["--ack-timeout", "60"]
+        if args.store == "file":
+            data_dir = tempfile.mkdtemp(prefix="broker-bench-")
+            options += ["--data-dir", data_dir, "--fsync", args.fsync]
+        process = BrokerProcess(options)
         host, port = "127.0.0.1", process.port
     outcome: list[Any] = []
     try:
@@ -338,6 +370,8 @@ def run(args: argparse.Namespace) -> Result:
     finally:
         if process is not None:
             process.stop()
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
     result = outcome[0]
     if not isinstance(result, Result):
         result.raiseException()

@@ -140,3 +140,18 @@ async def test_the_bench_runs_and_checks_what_it_gets(tmp_path):
     assert result["delivered"] == 6000
     assert result["complete"] and not result["corrupt"] and not result["out_of_order"]
     assert result["broker_rss_mb"] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_broker_stops_at_start_on_an_unusable_data_dir(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    broker = spawn_broker(
+        tmp_path,
+        "--port",
+        f"tcp:{free_port()}:interface=127.0.0.1",
+        "--data-dir",
+        str(blocker / "data"),
+    )
+    assert await broker.ended != 0
+    assert "is not usable" in broker.output
