@@ -253,3 +253,30 @@ async def test_fsync_always_commits_in_groups(tmp_path, monkeypatch):
     assert topic_log.committed_offset == topic_log.next_offset == 200
     assert 1 <= len(syncs) <= 3, syncs  # one fsync covered many appends
     assert topic_log.read(0, 200) == [b"%d" % i for i in range(200)]
+
+
+def test_a_vanished_active_segment_is_replaced_and_the_log_stays_dense(tmp_path):
+    topic_log = store(tmp_path).open("t")
+    topic_log.append(payloads(0, 5))
+    for path in topic_log.directory.iterdir():
+        path.unlink()
+    topic_log.directory.rmdir()  # the whole topic directory, even
+    assert topic_log.append(payloads(5, 8)) == 5
+    assert read_all(topic_log) == payloads(0, 8)  # the old file is still open
+    # After a restart, what the vanished file held is gone; offsets go on from 5.
+    reopened = store(tmp_path).open("t")
+    assert (reopened.first_offset, reopened.next_offset) == (5, 8)
+    assert read_all(reopened) == payloads(5, 8)
+
+
+def test_a_missing_middle_segment_leaves_a_dense_log_and_the_rest_set_aside(tmp_path):
+    topic_log = store(tmp_path, segment_bytes=500).open("t")
+    for i in range(60):
+        topic_log.append(payloads(i, i + 1))
+    logs = sorted(topic_log.directory.glob("*.log"))
+    assert len(logs) >= 4
+    logs[1].unlink()
+    reopened = store(tmp_path, segment_bytes=500).open("t")
+    assert reopened.first_offset == int(logs[2].stem)
+    assert read_all(reopened) == payloads(reopened.first_offset, 60)
+    assert (topic_log.directory / (logs[0].name + ".orphaned")).exists()

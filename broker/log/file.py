@@ -5,7 +5,9 @@ Layout inside the data directory:
 
     <topic dir>/name                    the topic's name, UTF-8
     <topic dir>/00000000000000000000.log records from offset 0
-    <topic dir>/00000000000000000000.index  its sparse index, written when it rolls
+    <topic dir>/00000000000000000000.index  its sparse index, written when it rolls:
+                                        positions of every 32nd record, then the
+                                        record count and the last record's time
 
 A record is `u32 crc32 | u32 length | u64 offset | u64 time_ms | payload`; the
 CRC covers everything after itself. Offsets are dense: a segment's records
@@ -43,6 +45,7 @@ HEADER = struct.Struct(">IIQQ")
 _HEADER_TAIL = struct.Struct(">IQQ")
 _unpack_header = HEADER.unpack_from
 INDEX_EVERY = 32  # records between two index entries
+_INDEX_TRAILER = struct.Struct(">QQ")  # record count, time of the last record
 _READ_CHUNK = 64 * 1024
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
 
@@ -171,18 +174,19 @@ class _Segment:
         return None
 
     def load_index(self, count: int) -> bool:
-        """Take the index written when the segment rolled, if it fits."""
+        """Take the index written when the segment rolled, if it is whole and
+        says the segment holds `count` records (what the next base implies)."""
         try:
             raw = self.index_path.read_bytes()
         except OSError:
             return False
-        expected_entries = (count + INDEX_EVERY - 1) // INDEX_EVERY
-        if len(raw) != 8 * expected_entries + 8:
+        entries = (count + INDEX_EVERY - 1) // INDEX_EVERY
+        if len(raw) != 8 * entries + _INDEX_TRAILER.size:
             return False
+        stored_count, last_time_ms = _INDEX_TRAILER.unpack_from(raw, 8 * entries)
         positions = array("Q")
-        positions.frombytes(raw[:-8])
-        (last_time_ms,) = struct.unpack(">Q", raw[-8:])
-        if positions.itemsize != 8 or (positions and positions[-1] >= self.size):
+        positions.frombytes(raw[: 8 * entries])
+        if stored_count != count or (positions and positions[-1] >= self.size):
             return False
         self.positions = positions
         self.count = count
@@ -190,7 +194,8 @@ class _Segment:
         return True
 
     def write_index(self) -> None:
-        self.index_path.write_bytes(self.positions.tobytes() + struct.pack(">Q", self.last_time_ms))
+        trailer = _INDEX_TRAILER.pack(self.count, self.last_time_ms)
+        self.index_path.write_bytes(self.positions.tobytes() + trailer)
 
     def read(self, offset: int, max_messages: int) -> list[bytes | None]:
         """Up to max_messages payloads from offset (within this segment).
@@ -230,9 +235,14 @@ class _Segment:
 
 @implementer(IMessageLog)
 class FileLog:
-    """One topic's log on disk."""
+    """One topic's log on disk, in its own directory."""
 
-    def __init__(self, directory: Path, settings: FileStoreSettings, reactor: Any) -> None:
+    NAME_FILE = "name"
+
+    def __init__(
+        self, topic: str, directory: Path, settings: FileStoreSettings, reactor: Any
+    ) -> None:
+        self.topic = topic
         self.directory = directory
         self._settings = settings
         self._reactor = reactor
@@ -242,7 +252,21 @@ class FileLog:
         self._dirty: set[int] = set()  # fds written since their last fsync
         self._syncing = False
         self._flushes: list[tuple[int, Deferred[None]]] = []
+        self._ensure_directory()
         self._open_segments()
+
+    def _ensure_directory(self) -> None:
+        """The topic's directory with its name file, created if missing."""
+        self.directory.mkdir(exist_ok=True)
+        name_file = self.directory / self.NAME_FILE
+        if not name_file.exists():
+            temporary = self.directory / (self.NAME_FILE + ".tmp")
+            temporary.write_text(self.topic, encoding="utf-8")
+            os.replace(temporary, name_file)
+            _fsync_directory(self.directory)
+            _fsync_directory(self.directory.parent)
+        elif name_file.read_text(encoding="utf-8") != self.topic:
+            raise StoreError(f"{self.directory} belongs to another topic")
 
     # Opening and recovery.
 
@@ -260,7 +284,7 @@ class FileLog:
             segment.size = os.fstat(segment.fd).st_size
             following = bases[number + 1] if number + 1 < len(bases) else None
             if self._segments and base != self._segments[-1].end:
-                raise StoreError(f"{path}: expected a segment from offset {self._segments[-1].end}")
+                self._set_aside_before(base)
             self._add_segment(segment)
             if following is not None and segment.load_index(following - base):
                 continue
@@ -275,20 +299,29 @@ class FileLog:
                 )
                 os.ftruncate(segment.fd, bad_at)
                 os.fsync(segment.fd)
-            if following is not None and segment.end != following:
-                # Later segments would leave a gap in the offsets: they go too.
-                log.error(
-                    "{path} ends at offset {end}, not {following}; dropping the segments after it",
-                    path=str(path),
-                    end=segment.end,
-                    following=following,
-                )
-                for later in bases[number + 1 :]:
-                    self._remove_files(self.directory / f"{later:020d}.log")
-                break
         if not self._segments:
             self._add_segment(self._create_segment(0))
         self.committed_offset = self.next_offset
+
+    def _set_aside_before(self, base: int) -> None:
+        """A hole in the offsets (a vanished segment, or one cut short by
+        corruption): the log goes on from `base`, and the segments before
+        the hole are renamed *.orphaned for the operator. Keeping the newer
+        side means no offset a subscriber has seen ever holds another message."""
+        log.error(
+            "{dir}: the segments between offset {end} and {base} are missing; the log "
+            "now starts at {base}, older segments renamed *.orphaned",
+            dir=str(self.directory),
+            end=self._segments[-1].end,
+            base=base,
+        )
+        for segment in self._segments:
+            segment.close()
+            for path in (segment.path, segment.index_path):
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_name(path.name + ".orphaned"))
+        self._segments.clear()
+        self._bases.clear()
 
     def _add_segment(self, segment: _Segment) -> None:
         self._segments.append(segment)
@@ -319,6 +352,8 @@ class FileLog:
         active = self._segments[-1]
         if active.size >= self._settings.segment_bytes:
             active = self._roll()
+        elif os.fstat(active.fd).st_nlink == 0:
+            active = self._replace_vanished(active)
         first = active.end
         time_ms = int(self._reactor.seconds() * 1000)
         parts = encode_records(first, payloads, time_ms)
@@ -446,6 +481,21 @@ class FileLog:
         self.apply_retention(None)  # whole segments go, so only a roll can free one
         return new
 
+    def _replace_vanished(self, active: _Segment) -> _Segment:
+        """The active segment's file was deleted under us: what it held is
+        still readable until restart, then lost; new records go to a new file."""
+        log.error(
+            "{path} vanished; its {count} message(s) will be gone after a restart; "
+            "continuing in a new segment",
+            path=str(active.path),
+            count=active.count,
+        )
+        try:
+            self._ensure_directory()
+        except OSError as error:
+            raise StoreError(f"could not store message: {error.strerror or error}") from error
+        return self._roll()
+
     def _sync_soon(self) -> None:
         """Group commit: one fsync covers everything appended before it starts."""
         if self._syncing or not self._dirty:
@@ -507,8 +557,6 @@ def _fsync_directory(directory: Path) -> None:
 class FileStore:
     """The data directory: one FileLog per topic, found again at start."""
 
-    NAME_FILE = "name"
-
     def __init__(self, root: Path, settings: FileStoreSettings, reactor: Any) -> None:
         self.root = Path(root).resolve()
         self.settings = settings
@@ -526,7 +574,7 @@ class FileStore:
         """The names of the topics stored here."""
         names = []
         for entry in sorted(self.root.iterdir()):
-            name_file = entry / self.NAME_FILE
+            name_file = entry / FileLog.NAME_FILE
             try:
                 name = name_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
@@ -550,17 +598,7 @@ class FileStore:
             raise StoreError(f"topic {topic!r} maps outside the data directory")
         started = time.monotonic()
         try:
-            directory.mkdir(exist_ok=True)
-            name_file = directory / self.NAME_FILE
-            if not name_file.exists():
-                temporary = directory / (self.NAME_FILE + ".tmp")
-                temporary.write_text(topic, encoding="utf-8")
-                os.replace(temporary, name_file)
-                _fsync_directory(directory)
-                _fsync_directory(self.root)
-            elif name_file.read_text(encoding="utf-8") != topic:
-                raise StoreError(f"{directory} belongs to another topic")
-            topic_log = FileLog(directory, self.settings, self._reactor)
+            topic_log = FileLog(topic, directory, self.settings, self._reactor)
         except OSError as error:
             raise StoreError(
                 f"could not open topic {topic!r}: {error.strerror or error}"
