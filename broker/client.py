@@ -1,13 +1,20 @@
 """A Twisted client for the broker: protocols for both roles, and a small
 Deferred-returning API that reconnects with backoff.
 
-    client = connect(reactor, "tcp:localhost:3000")
+    client = connect(reactor, "tcp:localhost:3000", extensions=True)
     yield client.subscribe(["orders"], handle, start=StartAt.BEGINNING)
-    yield client.publish("orders", b"...")
+    offset = yield client.publish("orders", b"...")
     yield client.close()
 
 A handler gets a `Message`; its result acks the message, unless it is False
 or a failure (also through a Deferred), which nack it.
+
+With `extensions=True` the client asks the broker for its extensions (the
+seed's broker refuses, and the client goes on without them): `publish` fires
+with the offset the message was stored at, and is retried after a reconnect
+until it is confirmed; a subscriber handles up to `prefetch` messages at a
+time, acks them by id, and after a reconnect resumes from its lowest offset
+not yet answered, so that nothing is missed.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    ensureDeferred,
+    fail,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionClosed, ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -29,6 +43,7 @@ from twisted.python.failure import Failure
 from broker.wire import (
     ACK,
     ACTION_PUBLISH,
+    EXTENSIONS_VERSION,
     MAX_U16,
     NACK,
     STATUS_SUBSCRIBED,
@@ -36,6 +51,8 @@ from broker.wire import (
     UNSOLICITED_ERRORS,
     ClientDecoder,
     StartAt,
+    encode_ack_id,
+    encode_hello,
     encode_publish,
     encode_subscribe,
     encode_u16,
@@ -58,10 +75,12 @@ class BrokerError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One delivery: the topic it was published to, and its payload."""
+    """One delivery. With extensions, also its offset and which delivery this is."""
 
     topic: str
     payload: bytes
+    offset: int | None = None
+    attempt: int = 1
 
 
 Handler = Callable[[Message], Any]
@@ -78,30 +97,78 @@ def _check_topics(topics: Iterable[str]) -> list[str]:
     return names
 
 
-class _ClientProtocol(Protocol):
-    """Decoding and the reactions both roles share."""
+def _check_publish(topic: str, payload: bytes) -> None:
+    problem = topic_name_problem(topic)
+    if problem:
+        raise ValueError(f"{topic!r}: {problem}")
+    if not payload:
+        raise ValueError("the broker does not take empty messages")
 
-    def __init__(self) -> None:
+
+class _ClientProtocol(Protocol):
+    """Negotiation, decoding and the reactions both roles share.
+
+    `ask` is the Hello to send (None: speak the seed's protocol); `negotiated`
+    fires with what the server granted, or None without extensions.
+    """
+
+    def __init__(self, ask: dict[str, Any] | None = None) -> None:
         self.decoder = ClientDecoder(self, CLIENT_MAX_PAYLOAD)
         self.on_error: Callable[[str], None] = lambda text: None
         self.lost: Deferred[None] = Deferred()
         """Fires when the connection is gone."""
+        self.negotiated: Deferred[dict[str, Any] | None] = Deferred()
+        self.server: dict[str, Any] | None = None
+        """The extensions the server granted, or None."""
+        self._ask = ask
+
+    def connectionMade(self) -> None:
+        if self._ask is None:
+            self._begin(None)
+        else:
+            self.decoder.expect_hello()
+            self.transport.write(encode_hello({"version": EXTENSIONS_VERSION, **self._ask}))
+
+    def _begin(self, server: dict[str, Any] | None) -> None:
+        self.server = server
+        self._start_role()
+        self.negotiated.callback(server)
+
+    def _start_role(self) -> None:
+        """Send what the role sends first, once negotiation is over."""
+
+    def hello_received(self, fields: dict[str, Any]) -> None:
+        self._begin(fields)
 
     def dataReceived(self, data: bytes) -> None:
         self.decoder.feed(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.negotiated.called:
+            self.negotiated.errback(reason or ConnectionDone())
         self.lost.callback(None)
 
     def status_received(self, code: int) -> None:
         self.protocol_error(f"unexpected status {code}")
 
     def error_received(self, text: str) -> None:
+        if not self.negotiated.called:
+            log.info("the broker has no extensions ({text}); using the seed's protocol", text=text)
+            self._begin(None)
+            return
         log.warn("broker error: {text}", text=text)
         self.on_error(text)
 
     def delivery_received(self, topic: str, payload: bytes) -> None:
         self.protocol_error(f"unexpected delivery of {topic!r}")
+
+    def extended_delivery_received(
+        self, topic: str, offset: int, attempt: int, delivery_id: int, payload: bytes
+    ) -> None:
+        self.protocol_error(f"unexpected delivery of {topic!r}")
+
+    def confirmed(self, count: int, first_offset: int) -> None:
+        self.protocol_error("unexpected confirm")
 
     def protocol_error(self, reason: str) -> None:
         log.error("closing a broken connection: {reason}", reason=reason)
@@ -109,29 +176,49 @@ class _ClientProtocol(Protocol):
 
 
 class PublisherProtocol(_ClientProtocol):
-    """A publisher connection. The seed's protocol answers nothing on success;
-    errors come back asynchronously and go to `on_error`."""
+    """A publisher connection. Without confirms the broker answers nothing on
+    success and errors go to `on_error`; with them, every publish is answered
+    in order, through `on_confirmed` and `on_refused`."""
 
-    def connectionMade(self) -> None:
+    def __init__(self, confirms: bool = False) -> None:
+        super().__init__({"confirms": True} if confirms else None)
+        self.on_confirmed: Callable[[int, int], None] = lambda count, first: None
+        self.on_refused: Callable[[str], None] = lambda text: None
+
+    @property
+    def confirming(self) -> bool:
+        return bool(self.server and self.server.get("confirms"))
+
+    def _start_role(self) -> None:
         self.transport.write(encode_u16(ACTION_PUBLISH))
 
     def publish(self, topic: str, payload: bytes) -> None:
-        problem = topic_name_problem(topic)
-        if problem:
-            raise ValueError(f"{topic!r}: {problem}")
-        if not payload:
-            raise ValueError("the broker ignores empty messages")
+        _check_publish(topic, payload)
         self.transport.write(encode_publish(topic, payload))
+
+    def confirmed(self, count: int, first_offset: int) -> None:
+        self.on_confirmed(count, first_offset)
+
+    def error_received(self, text: str) -> None:
+        if self.confirming:
+            self.on_refused(text)
+        else:
+            super().error_received(text)
 
 
 class SubscriberProtocol(_ClientProtocol):
     """A subscriber connection: requests with their answers, and each
-    delivery handed to `handler` one at a time and answered with its result."""
+    delivery handed to `handler` and answered with its result.
 
-    def __init__(self, handler: Handler) -> None:
-        super().__init__()
+    Without extensions deliveries are handled one at a time (the seed's acks
+    carry no id); with them, up to the prefetch at once, acked by id.
+    """
+
+    def __init__(self, handler: Handler, prefetch: int | None = None) -> None:
+        super().__init__(None if prefetch is None else {"prefetch": prefetch})
         self.handler = handler
         self.topics: set[str] = set()
+        self.on_answered: Callable[[Message, bool], None] = lambda message, acked: None
         self._requests: deque[tuple[Deferred[None], int, list[str]]] = deque()
         self._deliveries: deque[Message] = deque()
         self._busy = False
@@ -190,7 +277,7 @@ class SubscriberProtocol(_ClientProtocol):
             answered.errback(BrokerError(f"unexpected status {code}"))
 
     def error_received(self, text: str) -> None:
-        if text in UNSOLICITED_ERRORS or not self._requests:
+        if not self.negotiated.called or text in UNSOLICITED_ERRORS or not self._requests:
             super().error_received(text)
             return
         answered, _, added = self._requests.popleft()
@@ -198,29 +285,41 @@ class SubscriberProtocol(_ClientProtocol):
         self._forget(added)
         answered.errback(BrokerError(text))
 
+    # The seed's deliveries: one at a time.
+
     def delivery_received(self, topic: str, payload: bytes) -> None:
         self._deliveries.append(Message(topic, payload))
         if not self._busy:
             self._handle_next()
 
     def _handle_next(self) -> None:
-        # Deliveries are answered in order: the seed's acks carry no id.
         while self._deliveries and not self._busy and not self._lost:
             message = self._deliveries.popleft()
             self._busy = True
-            result = maybeDeferred(self.handler, message)
-            result.addBoth(self._answer, message)
+            maybeDeferred(self.handler, message).addBoth(self._answer, message)
 
     def _answer(self, result: object, message: Message) -> None:
         self._busy = False
-        if isinstance(result, Failure):
-            log.failure(
-                "handler failed on a message of {topic!r}; nacking it", result, topic=message.topic
-            )
+        acked = _acks(result, message)
         if self._lost:
             return
-        self.transport.write(_NACK if result is False or isinstance(result, Failure) else _ACK)
+        self.transport.write(_ACK if acked else _NACK)
         self._handle_next()
+
+    # Extended deliveries: many at once, acked by id.
+
+    def extended_delivery_received(
+        self, topic: str, offset: int, attempt: int, delivery_id: int, payload: bytes
+    ) -> None:
+        message = Message(topic, payload, offset, attempt)
+        maybeDeferred(self.handler, message).addBoth(self._answer_id, message, delivery_id)
+
+    def _answer_id(self, result: object, message: Message, delivery_id: int) -> None:
+        acked = _acks(result, message)
+        if self._lost:
+            return
+        self.transport.write(encode_ack_id(delivery_id, acked))
+        self.on_answered(message, acked)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._lost = True
@@ -231,23 +330,46 @@ class SubscriberProtocol(_ClientProtocol):
         super().connectionLost(reason)
 
 
-class _SubscriberFactory(Factory):
-    def __init__(self, client: BrokerClient) -> None:
-        self._client = client
+def _acks(result: object, message: Message) -> bool:
+    if isinstance(result, Failure):
+        log.failure(
+            "handler failed on message {offset} of {topic!r}; nacking it",
+            result,
+            offset=message.offset,
+            topic=message.topic,
+        )
+        return False
+    return result is not False
 
-    def buildProtocol(self, addr: object) -> SubscriberProtocol:
-        protocol = SubscriberProtocol(self._client._dispatch)
-        protocol.factory = self
-        return protocol
+
+class _Progress:
+    """Where a topic's subscription resumes: the lowest offset delivered and
+    not yet answered for good, else the one after the highest delivered."""
+
+    __slots__ = ("next", "open")
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+        self.next: int | None = None
+
+    def delivered(self, offset: int) -> None:
+        self.open.add(offset)
+        if self.next is None or offset >= self.next:
+            self.next = offset + 1
+
+    def answered(self, offset: int) -> None:
+        self.open.discard(offset)
+
+    def resume_at(self) -> int | None:
+        return min(self.open) if self.open else self.next
 
 
-class _PublisherFactory(Factory):
-    def __init__(self, client: BrokerClient) -> None:
-        self._client = client
+class _Factory(Factory):
+    def __init__(self, build: Callable[[], Protocol]) -> None:
+        self._build = build
 
-    def buildProtocol(self, addr: object) -> PublisherProtocol:
-        protocol = PublisherProtocol()
-        protocol.on_error = self._client._publish_error
+    def buildProtocol(self, addr: object) -> Protocol:
+        protocol = self._build()
         protocol.factory = self
         return protocol
 
@@ -255,11 +377,11 @@ class _PublisherFactory(Factory):
 class BrokerClient:
     """Publishes and subscribes through one broker, reconnecting with backoff.
 
-    Publishing and subscribing use a connection each (the seed's protocol
-    fixes a connection's role), opened on first use by a `ClientService`.
-    After a reconnection the subscriber resubscribes to all its topics at
-    Current: deliveries in the seed's protocol carry no offsets, so what was
-    published while it was away is not replayed.
+    Publishing and subscribing use a connection each (a connection's role is
+    fixed), opened on first use by a `ClientService`. After a reconnection the
+    subscriber resubscribes to all its topics: with extensions from where it
+    left off; without them at Current, since the seed's deliveries carry no
+    offsets and what was published meanwhile cannot be found again.
     """
 
     def __init__(
@@ -268,6 +390,8 @@ class BrokerClient:
         reactor: Any = None,
         retry_policy: Callable[[int], float] | None = None,
         on_publish_error: Callable[[str], None] | None = None,
+        extensions: bool = False,
+        prefetch: int = 256,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -275,43 +399,72 @@ class BrokerClient:
         self._reactor = reactor
         self._retry_policy = retry_policy or backoffPolicy(initialDelay=0.2, maxDelay=10.0)
         self._on_publish_error = on_publish_error
+        self.extensions = extensions
+        self.prefetch = prefetch
         self._handlers: dict[str, Handler] = {}
+        self._starts: dict[str, tuple[StartAt, int]] = {}
+        self._progress: dict[str, _Progress] = {}
         self._subscribed: set[str] = set()
         self._publisher: ClientService | None = None
         self._subscriber: ClientService | None = None
         self._publisher_protocol: PublisherProtocol | None = None
-        self._unsent: list[tuple[str, bytes, Deferred[None]]] = []
+        self._subscriber_server: dict[str, Any] | None = None
+        self._unsent: deque[tuple[str, bytes, Deferred[int | None]]] = deque()
+        self._unconfirmed: deque[tuple[str, bytes, Deferred[int | None]]] = deque()
         self.publish_errors: list[str] = []
 
     # Publishing.
 
-    def publish(self, topic: str, payload: bytes) -> Deferred[None]:
-        """Send one message; fires once it is handed to a live connection.
+    def publish(self, topic: str, payload: bytes) -> Deferred[int | None]:
+        """Send one message.
 
-        Messages published before the connection is up wait, in order, for it.
+        With confirms, fires with the offset it was stored at once the broker
+        confirms it (resent after a reconnect until then), or fails with
+        BrokerError. Without, fires with None once it is handed to a live
+        connection. Messages published before a connection is up wait for it,
+        in order.
         """
-        problem = topic_name_problem(topic)
-        if problem:
-            raise ValueError(f"{topic!r}: {problem}")
-        if not payload:
-            raise ValueError("the broker ignores empty messages")
+        _check_publish(topic, payload)
+        sent: Deferred[int | None] = Deferred()
         protocol = self._publisher_protocol
         if protocol is not None:
-            protocol.publish(topic, payload)
-            return succeed(None)
-        sent: Deferred[None] = Deferred()
+            self._send(protocol, topic, payload, sent)
+            return sent
         self._unsent.append((topic, payload, sent))
         if len(self._unsent) == 1:
             self.publisher_connected().addCallbacks(self._flush_unsent, self._fail_unsent)
         return sent
 
+    def _send(
+        self, protocol: PublisherProtocol, topic: str, payload: bytes, sent: Deferred[int | None]
+    ) -> None:
+        protocol.publish(topic, payload)
+        if protocol.confirming:
+            self._unconfirmed.append((topic, payload, sent))
+        else:
+            sent.callback(None)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Publishes sent and not yet confirmed (with confirms)."""
+        return len(self._unconfirmed)
+
     def publisher_connected(self) -> Deferred[PublisherProtocol]:
-        """The publisher connection, once it is up."""
+        """The publisher connection, once it is up (and has negotiated)."""
         if self._publisher_protocol is not None:
             return succeed(self._publisher_protocol)
         if self._publisher is None:
-            self._publisher = self._service(_PublisherFactory(self))
+            self._publisher = self._service(
+                _Factory(self._build_publisher), lambda protocol: protocol.negotiated
+            )
         return self._next_turn(self._publisher.whenConnected())
+
+    def _build_publisher(self) -> PublisherProtocol:
+        protocol = PublisherProtocol(confirms=self.extensions)
+        protocol.on_error = self._publish_error
+        protocol.on_confirmed = self._confirmed
+        protocol.on_refused = self._refused
+        return protocol
 
     def _flush_unsent(self, protocol: PublisherProtocol) -> None:
         if protocol.lost.called:  # gone again before we got to it
@@ -319,19 +472,37 @@ class BrokerClient:
             return
         self._publisher_protocol = protocol
         protocol.lost.addCallback(lambda _: self._publisher_lost(protocol))
-        unsent, self._unsent = self._unsent, []
-        for topic, payload, sent in unsent:
-            protocol.publish(topic, payload)
-            sent.callback(None)
+        # What was sent but never confirmed goes again first, in its order.
+        pending = self._unconfirmed + self._unsent
+        self._unconfirmed, self._unsent = deque(), deque()
+        for topic, payload, sent in pending:
+            self._send(protocol, topic, payload, sent)
 
     def _fail_unsent(self, failure: Failure) -> None:
-        unsent, self._unsent = self._unsent, []
-        for _, _, sent in unsent:
+        pending = self._unconfirmed + self._unsent
+        self._unconfirmed, self._unsent = deque(), deque()
+        for _, _, sent in pending:
             sent.errback(failure)
 
     def _publisher_lost(self, protocol: PublisherProtocol) -> None:
         if self._publisher_protocol is protocol:
             self._publisher_protocol = None
+            if self._unconfirmed and self._publisher is not None:
+                log.info(
+                    "resending {n} unconfirmed message(s) after reconnecting",
+                    n=len(self._unconfirmed),
+                )
+                self.publisher_connected().addCallbacks(self._flush_unsent, self._fail_unsent)
+
+    def _confirmed(self, count: int, first_offset: int) -> None:
+        for offset in range(first_offset, first_offset + count):
+            _, _, sent = self._unconfirmed.popleft()
+            sent.callback(offset)
+
+    def _refused(self, text: str) -> None:
+        self._publish_error(text)
+        _, _, sent = self._unconfirmed.popleft()
+        sent.errback(BrokerError(text))
 
     def _publish_error(self, text: str) -> None:
         self.publish_errors.append(text)
@@ -353,6 +524,8 @@ class BrokerClient:
         async def subscribe() -> None:
             for name in names:
                 self._handlers[name] = handler
+                self._starts[name] = (start, offset)
+                self._progress[name] = _Progress()
             protocol = await self._subscriber_connection()
             await protocol.subscribe(names, start, offset)
             self._subscribed.update(names)
@@ -369,6 +542,7 @@ class BrokerClient:
             await protocol.unsubscribe(names)
             for name in names:
                 self._handlers.pop(name, None)
+                self._progress.pop(name, None)
 
         return self._retrying(unsubscribe)
 
@@ -378,21 +552,56 @@ class BrokerClient:
 
     def _subscriber_connection(self) -> Deferred[SubscriberProtocol]:
         if self._subscriber is None:
-            self._subscriber = self._service(_SubscriberFactory(self), self._resubscribe)
+            self._subscriber = self._service(_Factory(self._build_subscriber), self._prepare)
         return self._next_turn(self._subscriber.whenConnected())
+
+    def _build_subscriber(self) -> SubscriberProtocol:
+        protocol = SubscriberProtocol(
+            self._dispatch, prefetch=self.prefetch if self.extensions else None
+        )
+        protocol.on_answered = self._answered
+        return protocol
+
+    def _prepare(self, protocol: SubscriberProtocol) -> Deferred[None]:
+        def negotiated(server: dict[str, Any] | None) -> Deferred[None] | None:
+            self._subscriber_server = server
+            return self._resubscribe(protocol)
+
+        return protocol.negotiated.addCallback(negotiated)
 
     def _resubscribe(self, protocol: SubscriberProtocol) -> Deferred[None] | None:
         if not self._subscribed:
             return None
-        topics = sorted(self._subscribed)
-        log.info("resubscribing to {topics} at Current", topics=topics)
-        return protocol.subscribe(topics, StartAt.CURRENT)
+        requests = []
+        for topic in sorted(self._subscribed):
+            progress = self._progress.get(topic)
+            resume = progress.resume_at() if progress and protocol.server else None
+            if resume is not None:
+                requests.append(protocol.subscribe([topic], StartAt.FROM, resume))
+            elif protocol.server:
+                requests.append(protocol.subscribe([topic], *self._starts[topic]))
+            else:
+                requests.append(protocol.subscribe([topic], StartAt.CURRENT))
+        log.info("resubscribed to {n} topic(s)", n=len(requests))
+        return gatherResults(requests, consumeErrors=True).addCallback(lambda _: None)
 
     def _dispatch(self, message: Message) -> Any:
         handler = self._handlers.get(message.topic)
         if handler is None:
             return True  # unsubscribed meanwhile: ack so it is not sent again
+        if message.offset is not None:
+            progress = self._progress.get(message.topic)
+            if progress is not None:
+                progress.delivered(message.offset)
         return handler(message)
+
+    def _answered(self, message: Message, acked: bool) -> None:
+        progress = self._progress.get(message.topic)
+        if progress is None or message.offset is None:
+            return
+        max_deliveries = (self._subscriber_server or {}).get("max_deliveries", 0)
+        if acked or message.attempt >= max_deliveries:
+            progress.answered(message.offset)  # acked, or given up on by the broker
 
     # Both.
 
@@ -445,7 +654,7 @@ class BrokerClient:
 
 def connect(reactor: Any, description: str, **options: Any) -> BrokerClient:
     """A client for the broker at a client endpoint string ("tcp:host:port")
-    or a plain "host:port"."""
+    or a plain "host:port". Options: see BrokerClient (extensions, prefetch...)."""
     if description.partition(":")[0] not in ("tcp", "unix", "ssl", "tls"):
         host, _, port = description.rpartition(":")
         description = f"tcp:{host}:{port}"

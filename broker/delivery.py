@@ -99,13 +99,15 @@ class DeadlineQueue(Generic[K]):
 class Delivery:
     """One message on its way to one subscriber, and how often it went."""
 
-    __slots__ = ("attempts", "held", "offset", "payload", "subscription")
+    __slots__ = ("attempts", "held", "id", "offset", "payload", "subscription")
 
     def __init__(self, subscription: Subscription, offset: int, payload: bytes) -> None:
         self.subscription = subscription
         self.offset = offset
         self.payload = payload
         self.attempts = 0
+        # Given at the first dispatch; kept through redeliveries (acks name it).
+        self.id = -1
         # Timed out, but keeps its slot until its redelivery (see DeliveryWindow).
         self.held = False
 
@@ -231,36 +233,38 @@ class Subscription:
 class DeliveryWindow:
     """One connection's deliveries: which subscription goes next, what is in flight.
 
-    The seed's acks carry no id, so a legacy window has one slot: an ack or a
-    nack answers the delivery in flight. A delivery that times out keeps its
-    slot until it is sent again after the ack delay, so that a late ack still
-    answers that message and never one sent after it. A nacked delivery frees
-    the slot at once, and the others flow while it waits. Subscriptions with
-    messages ready take turns, so one busy topic cannot starve the others.
+    Up to `capacity` deliveries occupy slots at once. The seed's acks carry
+    no id, so a legacy window has one slot and an ack answers the oldest; an
+    extended window names deliveries by id. A delivery that times out keeps
+    its slot until it is sent again after the ack delay, so that a late ack
+    still answers that message and never one sent after it. A nacked delivery
+    frees its slot at once, and the others flow while it waits. Subscriptions
+    with messages ready take turns, so one busy topic cannot starve the others.
     """
 
     def __init__(
         self,
         timers: DeliveryTimers,
         send: Callable[[Delivery], None],
-        dropped: Callable[[Delivery], None],
+        dropped: Callable[[Delivery, str], None],
         capacity: int = 1,
     ) -> None:
         self._timers = timers
         self._settings = timers.settings
         self._send = send
         self._dropped = dropped
-        self._capacity = capacity
+        self.capacity = capacity
         self.subscriptions: dict[str, Subscription] = {}
         self._ready: deque[Subscription] = deque()
         self._due: deque[Delivery] = deque()
-        self._in_flight: deque[Delivery] = deque()
+        self._slots: dict[int, Delivery] = {}
         self._waiting: dict[Delivery, None] = {}
+        self._next_id = 0
         self._pumping = False
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return len(self._slots)
 
     @property
     def waiting(self) -> int:
@@ -296,34 +300,43 @@ class DeliveryWindow:
             self._forget_waiting(delivery)
         return True
 
-    def ack(self) -> bool:
-        """The subscriber acked the delivery in flight; False if there is none."""
-        if not self._in_flight:
+    def ack(self, delivery_id: int | None = None) -> bool:
+        """The subscriber acked a delivery (the oldest, if no id is given);
+        False if there is no such delivery in flight."""
+        delivery = self._take_slot(delivery_id)
+        if delivery is None:
             return False
-        delivery = self._in_flight.popleft()
         self._timers.forget(delivery)
         self._pump()
         return True
 
-    def nack(self) -> bool:
-        """The subscriber nacked the delivery in flight; False if there is none."""
-        if not self._in_flight:
+    def nack(self, delivery_id: int | None = None) -> bool:
+        """The subscriber nacked a delivery (the oldest, if no id is given)."""
+        delivery = self._take_slot(delivery_id)
+        if delivery is None:
             return False
-        delivery = self._in_flight.popleft()
         self._timers.forget(delivery)
         if delivery.attempts >= self._settings.max_deliveries:
-            self._dropped(delivery)
+            self._dropped(delivery, "nacked")
         elif delivery.subscription.active:
             self._waiting[delivery] = None
             self._timers.delays.add(delivery)
         self._pump()
         return True
 
+    def _take_slot(self, delivery_id: int | None) -> Delivery | None:
+        slots = self._slots
+        if delivery_id is None:
+            if not slots:
+                return None
+            delivery_id = next(iter(slots))
+        return slots.pop(delivery_id, None)
+
     def close(self) -> None:
         """Release everything at once: the connection is gone."""
-        for delivery in [*self._in_flight, *self._waiting]:
+        for delivery in [*self._slots.values(), *self._waiting]:
             self._timers.forget(delivery)
-        self._in_flight.clear()
+        self._slots.clear()
         self._waiting.clear()
         self._due.clear()
         self._ready.clear()
@@ -339,9 +352,9 @@ class DeliveryWindow:
 
     def _delay_over(self, delivery: Delivery) -> None:
         if delivery.held:
-            self._in_flight.remove(delivery)
+            del self._slots[delivery.id]
             if delivery.attempts >= self._settings.max_deliveries:
-                self._dropped(delivery)
+                self._dropped(delivery, "timed out")
             elif delivery.subscription.active:
                 self._dispatch(delivery)
         else:
@@ -363,7 +376,7 @@ class DeliveryWindow:
             return
         self._pumping = True
         try:
-            while len(self._in_flight) < self._capacity:
+            while len(self._slots) < self.capacity:
                 delivery = self._next()
                 if delivery is None:
                     break
@@ -390,9 +403,12 @@ class DeliveryWindow:
         return None
 
     def _dispatch(self, delivery: Delivery) -> None:
+        if delivery.id < 0:
+            delivery.id = self._next_id
+            self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         delivery.attempts += 1
         delivery.held = False
-        self._in_flight.append(delivery)
+        self._slots[delivery.id] = delivery
         self._timers.timeouts.add(delivery)
         self._send(delivery)
 

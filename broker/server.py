@@ -12,19 +12,28 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from broker import __version__
+from broker.confirms import ConfirmQueue, answers_in_order
+from broker.dead_letters import DEFAULT_TEMPLATE, DeadLetterPolicy, encode_dead_letter
 from broker.delivery import Delivery, DeliverySettings, DeliveryTimers, DeliveryWindow
 from broker.log import DEFAULT_MEMORY_RETENTION, MemoryLog, Retention, StoreError
 from broker.topics import TooManyTopics, TopicRegistry
 from broker.wire import (
+    ERR_EMPTY_MESSAGE,
     ERR_HANDSHAKE_TIMEOUT,
     ERR_NOTHING_TO_ACK,
     ERR_TOO_MANY_TOPICS,
     ERR_UNKNOWN_ACTION,
+    EXTENSIONS_VERSION,
     STATUS_SUBSCRIBED,
     STATUS_UNSUBSCRIBED,
+    ProtocolError,
     ServerDecoder,
     StartAt,
+    decode_hello,
+    encode_delivery_tail,
     encode_error,
+    encode_hello,
     encode_u16,
     encode_u64,
 )
@@ -48,6 +57,10 @@ class BrokerSettings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     retention: Retention = DEFAULT_MEMORY_RETENTION
     """What each topic's log keeps."""
+    max_prefetch: int = 1024
+    """Deliveries in flight per connection an extended subscriber may ask for."""
+    dead_letter_topic: str | None = DEFAULT_TEMPLATE
+    """Where given-up messages go ("{topic}" is replaced); None: dropped."""
 
 
 def describe_peer(address: IAddress) -> str:
@@ -96,6 +109,11 @@ class BrokerProtocol(Int32StringReceiver):
         self._window: DeliveryWindow | None = None
         self._batch: dict[str, list[bytes]] = {}
         self._handshake: IDelayedCall | None = None
+        # Extensions, once Hello agreed them.
+        self.extended = False
+        self._prefetch = 1
+        self._confirms: ConfirmQueue | None = None
+        self._order: list[tuple[str, bool]] = []  # this read's publishes, for confirms
 
     # Connection events.
 
@@ -115,11 +133,13 @@ class BrokerProtocol(Int32StringReceiver):
     def dataReceived(self, data: bytes) -> None:
         assert self._decoder is not None
         self._decoder.feed(data)
-        if self._batch:
+        if self._batch or self._order:
             self._publish_batch()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._end_handshake()
+        if self._confirms is not None:
+            self._confirms.close()
         if self._window is not None:
             self._window.close()
             self._window = None
@@ -139,7 +159,47 @@ class BrokerProtocol(Int32StringReceiver):
 
     def refused(self, reason: str) -> None:
         log.warn("{peer}: {reason}", peer=self.peer, reason=reason)
-        self._send_error(reason)
+        if self._confirms is not None and self._decoder.role == "publisher":
+            self._order.append((reason, False))  # answered in its place
+        else:
+            self._send_error(reason)
+
+    def hello_requested(self, payload: bytes) -> None:
+        settings = self.factory.settings
+        try:
+            fields = decode_hello(payload)
+            prefetch = int(fields.get("prefetch", 1))
+            confirms = bool(fields.get("confirms", False))
+        except (ProtocolError, TypeError, ValueError):
+            self.refused("invalid hello")
+            return
+        self.extended = self._decoder.extended = True
+        self._prefetch = max(1, min(prefetch, settings.max_prefetch))
+        if confirms:
+            self._confirms = ConfirmQueue(self.transport.write)
+        self.transport.write(
+            encode_hello(
+                {
+                    "version": EXTENSIONS_VERSION,
+                    "server": f"twisted-broker/{__version__}",
+                    "confirms": confirms,
+                    "prefetch": self._prefetch,
+                    "max_prefetch": settings.max_prefetch,
+                    "max_message_size": settings.max_message_size,
+                    "max_deliveries": settings.delivery.max_deliveries,
+                    "ack_timeout": settings.delivery.ack_timeout,
+                    "ack_delay": settings.delivery.ack_delay,
+                    "dead_letters": settings.dead_letter_topic,
+                    "from64": True,
+                }
+            )
+        )
+        log.info(
+            "{peer} agreed extensions: confirms={confirms}, prefetch={prefetch}",
+            peer=self.peer,
+            confirms=confirms,
+            prefetch=self._prefetch,
+        )
 
     def became_publisher(self) -> None:
         self._end_handshake()
@@ -180,7 +240,21 @@ class BrokerProtocol(Int32StringReceiver):
         if not self._subscriber_window().nack():
             self.refused(ERR_NOTHING_TO_ACK)
 
+    def acked_id(self, delivery_id: int) -> None:
+        # An unknown id is a late ack of a message given up on: nothing to do.
+        self._subscriber_window().ack(delivery_id)
+
+    def nacked_id(self, delivery_id: int) -> None:
+        self._subscriber_window().nack(delivery_id)
+
     def published(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            # The reference ignores empty messages; a confirming publisher is told.
+            if self._confirms is not None:
+                self.refused(ERR_EMPTY_MESSAGE)
+            return
+        if self._confirms is not None:
+            self._order.append((topic, True))
         batch = self._batch.get(topic)
         if batch is None:
             self._batch[topic] = [payload]
@@ -190,14 +264,18 @@ class BrokerProtocol(Int32StringReceiver):
     # Internals.
 
     def _publish_batch(self) -> None:
-        """Append what this read brought, one batch per topic."""
+        """Append what this read brought, one batch per topic; answer a
+        confirming publisher once it is committed."""
         batch = self._batch
         self._batch = {}
         registry = self.factory.registry
+        firsts: dict[str, int | str] = {}
+        committed = []
         for topic, payloads in batch.items():
             try:
-                registry.publish(topic, payloads)
+                first = firsts[topic] = registry.publish(topic, payloads)
             except (TooManyTopics, StoreError) as error:
+                firsts[topic] = str(error)
                 log.warn(
                     "{peer}: {n} message(s) to {topic!r} refused: {error}",
                     peer=self.peer,
@@ -205,13 +283,24 @@ class BrokerProtocol(Int32StringReceiver):
                     topic=topic,
                     error=error,
                 )
-                # One Error per message refused, as a publisher counts them.
-                self.transport.write(encode_error(str(error)) * len(payloads))
+                if self._confirms is None:
+                    # One Error per message refused, as a publisher counts them.
+                    self.transport.write(encode_error(str(error)) * len(payloads))
+                continue
+            topic_log = registry.get(topic).log
+            if self._confirms is not None and topic_log.committed_offset < first + len(payloads):
+                committed.append(topic_log.flush())
+        if self._confirms is not None:
+            order, self._order = self._order, []
+            self._confirms.add(answers_in_order(order, firsts), committed)
 
     def _subscriber_window(self) -> DeliveryWindow:
         if self._window is None:
             self._window = DeliveryWindow(
-                self.factory.timers, self._send_delivery, self._delivery_dropped
+                self.factory.timers,
+                self._send_extended_delivery if self.extended else self._send_delivery,
+                self._delivery_dropped,
+                capacity=self._prefetch,
             )
             # A subscriber that vanishes without a FIN is found by keepalive.
             keep_alive = getattr(self.transport, "setTcpKeepAlive", None)
@@ -225,13 +314,27 @@ class BrokerProtocol(Int32StringReceiver):
             (delivery.topic.delivery_prefix, encode_u64(len(payload)), payload)
         )
 
-    def _delivery_dropped(self, delivery: Delivery) -> None:
+    def _send_extended_delivery(self, delivery: Delivery) -> None:
+        payload = delivery.payload
+        self.transport.writeSequence(
+            (
+                delivery.topic.extended_prefix,
+                encode_delivery_tail(delivery.offset, delivery.attempts, delivery.id, len(payload)),
+                payload,
+            )
+        )
+
+    def _delivery_dropped(self, delivery: Delivery, reason: str) -> None:
+        letter_topic = self.factory.dead_letter(delivery, reason, self.peer)
         log.warn(
-            "{peer}: dropped message {offset} of {topic!r} after {attempts} deliveries",
+            "{peer}: gave up on message {offset} of {topic!r} after {attempts} deliveries "
+            "({reason}); {fate}",
             peer=self.peer,
             offset=delivery.offset,
             topic=delivery.topic.name,
             attempts=delivery.attempts,
+            reason=reason,
+            fate=f"dead-lettered to {letter_topic!r}" if letter_topic else "dropped",
         )
 
     def _send_error(self, text: str) -> None:
@@ -271,7 +374,32 @@ class BrokerFactory(ServerFactory):
             registry = TopicRegistry(lambda name: MemoryLog(retention), self.settings.max_topics)
         self.registry = registry
         self.timers = DeliveryTimers(self.clock, self.settings.delivery)
+        self.dead_letters = DeadLetterPolicy(self.settings.dead_letter_topic)
         self.connections: set[BrokerProtocol] = set()
+
+    def dead_letter(self, delivery: Delivery, reason: str, subscriber: str) -> str | None:
+        """Append a given-up message to its dead-letter topic; return that
+        topic, or None if it was dropped."""
+        topic = self.dead_letters.topic_for(delivery.topic.name)
+        if topic is None:
+            return None
+        letter = encode_dead_letter(
+            {
+                "topic": delivery.topic.name,
+                "offset": delivery.offset,
+                "deliveries": delivery.attempts,
+                "reason": reason,
+                "subscriber": subscriber,
+                "time": self.clock.seconds(),
+            },
+            delivery.payload,
+        )
+        try:
+            self.registry.publish(topic, [letter])
+        except (TooManyTopics, StoreError) as error:
+            log.error("could not dead-letter to {topic!r}: {error}", topic=topic, error=error)
+            return None
+        return topic
 
     def stopFactory(self) -> None:
         self.timers.stop()

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from broker.log import IMessageLog, MemoryLog
-from broker.wire import ERR_TOO_MANY_TOPICS, delivery_prefix
+from broker.wire import ERR_TOO_MANY_TOPICS, delivery_prefix, extended_delivery_prefix
 
 
 class Waiter(Protocol):
@@ -25,13 +25,14 @@ class TooManyTopics(Exception):
 class Topic:
     """A named log and the cursors that have caught up with its end."""
 
-    __slots__ = ("delivery_prefix", "log", "name", "waiting")
+    __slots__ = ("delivery_prefix", "extended_prefix", "log", "name", "waiting")
 
     def __init__(self, name: str, log: IMessageLog) -> None:
         self.name = name
         self.log = log
         # Computed once: every delivery of this topic starts with it.
         self.delivery_prefix = delivery_prefix(name)
+        self.extended_prefix = extended_delivery_prefix(name)
         # An ordered set, so that waiters are woken in the order they waited.
         self.waiting: dict[Waiter, None] = {}
 

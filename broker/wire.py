@@ -27,6 +27,19 @@ STATUS_SUBSCRIBED = 1
 STATUS_UNSUBSCRIBED = 2
 STATUS_ERROR = 3
 
+# Extensions, negotiated by Hello; a client that never sends it never sees them.
+HELLO = 16
+"""Client -> server as the first action, and the server's answer: u16 | u32 n | JSON."""
+CONFIRMED = 17
+"""Server -> publisher: u16 | u32 count | u64 first offset."""
+DELIVERY = 18
+"""Server -> subscriber: u16 | u16 t | topic | u64 offset | u16 attempt | u32 id | u32 n | data."""
+ACK_ID = 20
+"""Subscriber -> server: u16 | u32 delivery id."""
+NACK_ID = 21
+"""Subscriber -> server: u16 | u32 delivery id."""
+EXTENSIONS_VERSION = 1
+
 
 class StartAt(IntEnum):
     """Where a new subscription starts in its topic's log."""
@@ -54,6 +67,8 @@ ERR_TOPIC_LIST_TOO_LARGE = "topic list too large"
 ERR_NOTHING_TO_ACK = "nothing to acknowledge"
 ERR_TOO_MANY_TOPICS = "too many topics"
 ERR_HANDSHAKE_TIMEOUT = "handshake timed out"
+ERR_INVALID_HELLO = "invalid hello"
+ERR_EMPTY_MESSAGE = "empty message"
 
 # Errors that answer something other than a subscribe or unsubscribe request.
 UNSOLICITED_ERRORS = frozenset({ERR_UNKNOWN_ACTION, ERR_NOTHING_TO_ACK, ERR_HANDSHAKE_TIMEOUT})
@@ -172,6 +187,47 @@ def encode_unsubscribe(topics: Iterable[str]) -> bytes:
     return _U16.pack(ACTION_UNSUBSCRIBE) + encode_topic_list(topics)
 
 
+def encode_hello(fields: dict) -> bytes:
+    """Hello, either way: u16 16 | u32 n | JSON object."""
+    data = json.dumps(fields, separators=(",", ":")).encode("utf-8")
+    return _U16.pack(HELLO) + _U32.pack(len(data)) + data
+
+
+def decode_hello(payload: bytes) -> dict:
+    """The JSON object of a Hello, or ProtocolError."""
+    try:
+        fields = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(ERR_INVALID_HELLO) from None
+    if not isinstance(fields, dict):
+        raise ProtocolError(ERR_INVALID_HELLO)
+    return fields
+
+
+_CONFIRMED_HEAD = struct.Struct(">HIQ")
+_CONFIRMED_BODY = struct.Struct(">IQ")
+_DELIVERY_TAIL = struct.Struct(">QHII")
+
+
+def encode_confirmed(count: int, first_offset: int) -> bytes:
+    """Confirmed: the next `count` publishes are stored from `first_offset` on."""
+    return _CONFIRMED_HEAD.pack(CONFIRMED, count, first_offset)
+
+
+def extended_delivery_prefix(topic: str) -> bytes:
+    """The constant head of a topic's extended deliveries: u16 18 | u16 t | topic."""
+    return _U16.pack(DELIVERY) + delivery_prefix(topic)
+
+
+def encode_delivery_tail(offset: int, attempt: int, delivery_id: int, size: int) -> bytes:
+    """What follows the prefix of an extended delivery, before the data."""
+    return _DELIVERY_TAIL.pack(offset, min(attempt, MAX_U16), delivery_id, size)
+
+
+def encode_ack_id(delivery_id: int, ack: bool = True) -> bytes:
+    return _U16.pack(ACK_ID if ack else NACK_ID) + _U32.pack(delivery_id)
+
+
 def encode_publish(topic: str, payload: bytes) -> bytes:
     """Publish frame: u16 t | "topic:" + name | u32 n | data."""
     name = TOPIC_PREFIX + topic.encode("utf-8")
@@ -264,6 +320,12 @@ class ServerEvents(Protocol):
 
     def nacked(self) -> None: ...
 
+    def hello_requested(self, payload: bytes) -> None: ...
+
+    def acked_id(self, delivery_id: int) -> None: ...
+
+    def nacked_id(self, delivery_id: int) -> None: ...
+
     def published(self, topic: str, payload: bytes) -> None: ...
 
     def refused(self, reason: str) -> None: ...
@@ -300,6 +362,9 @@ class ServerDecoder(_Decoder):
         self._problem: str | None = None
         self._start = 0
         self._topic: str | None = None
+        self._ack_code = ACK_ID
+        self.extended = False
+        """Set once Hello is agreed: acks then name their delivery id."""
         self._goto(self._action, 2)
 
     @property
@@ -312,10 +377,20 @@ class ServerDecoder(_Decoder):
     def _action(self, data: bytes, pos: int) -> int:
         (code,) = _unpack_u16(data, pos)
         role = self._role
+        if role is _Role.SUBSCRIBER and self.extended:
+            if code in (ACK_ID, NACK_ID):
+                self._ack_code = code
+                self._goto(self._ack_id, 4)
+                return pos + 2
+            if code in (ACK, NACK):
+                self._events.unknown_action(code)
+                return pos + 2
         if role is _Role.SUBSCRIBER and code == ACK:
             self._events.acked()
         elif role is _Role.SUBSCRIBER and code == NACK:
             self._events.nacked()
+        elif code == HELLO and role is _Role.NEW and not self.extended:
+            self._goto(self._hello_length, 4)
         elif code == ACTION_SUBSCRIBE and role is not _Role.PUBLISHER:
             self._unsubscribing = False
             self._goto(self._topics_length, 4)
@@ -332,6 +407,33 @@ class ServerDecoder(_Decoder):
         else:
             self._events.unknown_action(code)
         return pos + 2
+
+    def _ack_id(self, data: bytes, pos: int) -> int:
+        (delivery_id,) = _unpack_u32(data, pos)
+        self._goto(self._action, 2)
+        if self._ack_code == ACK_ID:
+            self._events.acked_id(delivery_id)
+        else:
+            self._events.nacked_id(delivery_id)
+        return pos + 4
+
+    def _hello_length(self, data: bytes, pos: int) -> int:
+        (length,) = _unpack_u32(data, pos)
+        if length > self._max_payload:
+            self._events.refused(ERR_INVALID_HELLO)
+            self._skip(length, self._action, 2)
+        elif length == 0:
+            self._goto(self._action, 2)
+            self._events.refused(ERR_INVALID_HELLO)
+        else:
+            self._goto(self._hello, length)
+        return pos + 4
+
+    def _hello(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._goto(self._action, 2)
+        self._events.hello_requested(data[pos:end])
+        return end
 
     def _topics_length(self, data: bytes, pos: int) -> int:
         (length,) = _unpack_u32(data, pos)
@@ -421,7 +523,7 @@ class ServerDecoder(_Decoder):
             frame_end = topic_end + 4 + size
             if size <= self._max_payload and len(data) >= frame_end:
                 topic = self._publish_topic(data[pos + 2 : topic_end])
-                if topic is not None and size:
+                if topic is not None:
                     self._events.published(topic, data[topic_end + 4 : frame_end])
                 return frame_end
         self._goto(self._publish_topic_name, length)
@@ -458,8 +560,10 @@ class ServerDecoder(_Decoder):
                 self._events.refused(ERR_MESSAGE_TOO_LARGE)
             self._skip(size, self._publish_topic_length, 2)
         elif size == 0:
-            # The reference ignores empty messages: a subscriber could not ack one.
+            # Reported all the same: the protocol decides (the reference ignores it).
             self._goto(self._publish_topic_length, 2)
+            if self._topic is not None:
+                self._events.published(self._topic, b"")
         else:
             self._goto(self._publish_data, size)
         return pos
@@ -486,6 +590,16 @@ class ClientEvents(Protocol):
 
     def protocol_error(self, reason: str) -> None: ...
 
+    # Extensions.
+
+    def hello_received(self, fields: dict) -> None: ...
+
+    def confirmed(self, count: int, first_offset: int) -> None: ...
+
+    def extended_delivery_received(
+        self, topic: str, offset: int, attempt: int, delivery_id: int, payload: bytes
+    ) -> None: ...
+
 
 class ClientDecoder(_Decoder):
     """Decodes what the server sends a client: statuses and deliveries.
@@ -508,7 +622,14 @@ class ClientDecoder(_Decoder):
         self.pending_requests = 0
         self.topic_lengths: dict[int, int] = {}
         self._topic = ""
+        self._tail: tuple[int, int, int] = (0, 0, 0)
+        self.tagged = False
+        """True once extensions are agreed: every frame then starts with its kind."""
         self._goto(self._head, 2)
+
+    def expect_hello(self) -> None:
+        """A Hello was sent: its answer (or the seed's Error) comes first."""
+        self._goto(self._hello_head, 2)
 
     def expect_topic(self, topic: str) -> None:
         """A delivery of `topic` may come from now on."""
@@ -563,8 +684,106 @@ class ClientDecoder(_Decoder):
         return end
 
     def _error_done(self, text: str) -> None:
-        self._goto(self._head, 2)
+        self._goto(self._after_frame, 2)
         self._events.error_received(text)
+
+    @property
+    def _after_frame(self) -> _State:
+        return self._tagged_head if self.tagged else self._head
+
+    # Extensions: the Hello answer, then tagged frames.
+
+    def _hello_head(self, data: bytes, pos: int) -> int:
+        (code,) = _unpack_u16(data, pos)
+        if code == HELLO:
+            self._goto(self._hello_length, 4)
+        elif code == STATUS_ERROR:
+            # The seed's broker: "unknown action". The client goes on without extensions.
+            self._goto(self._error_length, 2)
+        else:
+            self._events.protocol_error(f"unexpected u16 {code} in answer to Hello")
+            self._goto(self._ignore_rest, 1)
+        return pos + 2
+
+    def _hello_length(self, data: bytes, pos: int) -> int:
+        (length,) = _unpack_u32(data, pos)
+        if length > self._max_payload:
+            self._events.protocol_error("oversized Hello answer")
+            self._goto(self._ignore_rest, 1)
+        else:
+            self._goto(self._hello_body, length)
+        return pos + 4
+
+    def _hello_body(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self.tagged = True
+        self._goto(self._tagged_head, 2)
+        try:
+            fields = decode_hello(data[pos:end])
+        except ProtocolError as error:
+            self._events.protocol_error(str(error))
+            self._goto(self._ignore_rest, 1)
+            return end
+        self._events.hello_received(fields)
+        return end
+
+    def _tagged_head(self, data: bytes, pos: int) -> int:
+        (code,) = _unpack_u16(data, pos)
+        if code == DELIVERY:
+            self._goto(self._tagged_topic_length, 2)
+        elif code == CONFIRMED:
+            self._goto(self._confirmed, 12)
+        elif code == STATUS_ERROR:
+            self._goto(self._error_length, 2)
+        elif code in (STATUS_SUBSCRIBED, STATUS_UNSUBSCRIBED):
+            self._events.status_received(code)
+        else:
+            self._events.protocol_error(f"unexpected frame {code} from the server")
+            self._goto(self._ignore_rest, 1)
+        return pos + 2
+
+    def _confirmed(self, data: bytes, pos: int) -> int:
+        count, first = _CONFIRMED_BODY.unpack_from(data, pos)
+        self._goto(self._tagged_head, 2)
+        self._events.confirmed(count, first)
+        return pos + 12
+
+    def _tagged_topic_length(self, data: bytes, pos: int) -> int:
+        (length,) = _unpack_u16(data, pos)
+        self._topic = ""
+        if length:
+            self._goto(self._tagged_topic, length)
+        else:
+            self._goto(self._tagged_tail, 18)
+        return pos + 2
+
+    def _tagged_topic(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._topic = data[pos:end].decode("utf-8", "replace")
+        self._goto(self._tagged_tail, 18)
+        return end
+
+    def _tagged_tail(self, data: bytes, pos: int) -> int:
+        offset, attempt, delivery_id, size = _DELIVERY_TAIL.unpack_from(data, pos)
+        self._tail = (offset, attempt, delivery_id)
+        if size > self._max_payload:
+            self._events.protocol_error(f"delivery of {size} bytes is over the client's limit")
+            self._goto(self._ignore_rest, 1)
+        elif size == 0:
+            self._tagged_delivery_done(b"")
+        else:
+            self._goto(self._tagged_data, size)
+        return pos + 18
+
+    def _tagged_data(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._tagged_delivery_done(data[pos:end])
+        return end
+
+    def _tagged_delivery_done(self, payload: bytes) -> None:
+        self._goto(self._tagged_head, 2)
+        offset, attempt, delivery_id = self._tail
+        self._events.extended_delivery_received(self._topic, offset, attempt, delivery_id, payload)
 
     def _delivery_topic(self, data: bytes, pos: int) -> int:
         end = pos + self._need

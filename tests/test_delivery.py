@@ -25,7 +25,9 @@ class Subscriber:
         self.sent: list[tuple[float, str, bytes]] = []
         self.dropped: list[Delivery] = []
         self.timers = DeliveryTimers(clock, DeliverySettings(**settings))
-        self.window = DeliveryWindow(self.timers, self._send, self.dropped.append)
+        self.window = DeliveryWindow(
+            self.timers, self._send, lambda delivery, reason: self.dropped.append(delivery)
+        )
 
     def _send(self, delivery: Delivery) -> None:
         self.sent.append((self.clock.seconds(), delivery.topic.name, delivery.payload))

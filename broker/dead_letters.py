@@ -1,0 +1,64 @@
+"""Dead letters: where a message goes once a subscriber has had it delivered
+the maximum number of times, instead of vanishing.
+
+A dead letter's payload is `u32 n | n bytes of JSON metadata | the original
+payload`. The metadata says where it came from: topic, offset, deliveries,
+why it was given up (nacked or timed out), the subscriber, and when.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from broker.wire import topic_name_problem
+
+DEFAULT_TEMPLATE = "{topic}.dead-letter"
+_LENGTH = struct.Struct(">I")
+
+
+class DeadLetterPolicy:
+    """Names the dead-letter topic of a topic from a template.
+
+    "{topic}.dead-letter" gives each topic its own; a template without
+    "{topic}" sends all to one topic; None turns dead letters off. Messages
+    given up on a dead-letter topic itself are dropped, never re-lettered.
+    """
+
+    def __init__(self, template: str | None = DEFAULT_TEMPLATE) -> None:
+        self.template = template or None
+        if self.template is not None and "{topic}" in self.template:
+            self._prefix, _, self._suffix = self.template.partition("{topic}")
+        else:
+            self._prefix = self._suffix = None
+
+    def topic_for(self, topic: str) -> str | None:
+        """The dead-letter topic for `topic`, or None (off, or `topic` is one)."""
+        if self.template is None or self.is_dead_letter_topic(topic):
+            return None
+        name = self.template.replace("{topic}", topic)
+        return None if topic_name_problem(name) else name
+
+    def is_dead_letter_topic(self, topic: str) -> bool:
+        if self.template is None:
+            return False
+        if self._prefix is None:
+            return topic == self.template
+        return (
+            topic.startswith(self._prefix)
+            and topic.endswith(self._suffix)
+            and len(topic) > len(self._prefix) + len(self._suffix)
+        )
+
+
+def encode_dead_letter(metadata: dict[str, Any], payload: bytes) -> bytes:
+    data = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _LENGTH.pack(len(data)) + data + payload
+
+
+def decode_dead_letter(letter: bytes) -> tuple[dict[str, Any], bytes]:
+    """(metadata, original payload) of a dead letter."""
+    (length,) = _LENGTH.unpack_from(letter)
+    end = _LENGTH.size + length
+    return json.loads(letter[_LENGTH.size : end]), letter[end:]
