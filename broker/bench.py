@@ -3,7 +3,8 @@
     broker-bench fanout --messages 100000 --subscribers 1
     broker-bench latency --rate 1000 --messages 10000
     broker-bench ingest --messages 200000
-    broker-bench ingest --store file --fsync always
+    broker-bench fanout --prefetch 256 --subscribers 10
+    broker-bench ingest --store file --fsync always --confirms
     broker-bench fanout --broker localhost:3000 --json
 
 Without --broker it starts `twistd broker` on a free loopback port and stops
@@ -73,10 +74,14 @@ class Result:
 
 
 class BenchSubscriber(Protocol):
-    """A legacy subscriber that acks everything and checks what it gets."""
+    """A subscriber that acks everything and checks what it gets; with a
+    prefetch over 1 it uses the extensions (many in flight, acks by id)."""
 
-    def __init__(self, topic: str, expected: int, size: int, until: int | None = None) -> None:
+    def __init__(
+        self, topic: str, expected: int, size: int, until: int | None = None, prefetch: int = 1
+    ) -> None:
         self.topic = topic
+        self.prefetch = prefetch
         self.expected = expected
         self.until = until  # if set: done when this sequence number arrives
         self.size = size
@@ -92,8 +97,23 @@ class BenchSubscriber(Protocol):
         self.last_at = 0.0
 
     def connectionMade(self) -> None:
+        if self.prefetch > 1:
+            self.decoder.expect_hello()
+            self.transport.write(wire.encode_hello({"version": 1, "prefetch": self.prefetch}))
+        else:
+            self._subscribe()
+
+    def hello_received(self, fields: dict) -> None:
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         self.decoder.pending_requests = 1
         self.transport.write(wire.encode_subscribe([self.topic], StartAt.CURRENT))
+
+    def extended_delivery_received(
+        self, topic: str, offset: int, attempt: int, delivery_id: int, payload: bytes
+    ) -> None:
+        self._received(payload, wire.encode_ack_id(delivery_id))
 
     def dataReceived(self, data: bytes) -> None:
         self.decoder.feed(data)
@@ -110,8 +130,11 @@ class BenchSubscriber(Protocol):
         self.transport.loseConnection()
 
     def delivery_received(self, topic: str, payload: bytes) -> None:
+        self._received(payload, _ACK)
+
+    def _received(self, payload: bytes, ack: bytes) -> None:
         now = time.perf_counter()
-        self.transport.write(_ACK)
+        self.transport.write(ack)
         sequence, sent = _HEADER.unpack_from(payload)
         if payload != make_payload(sequence, self.size, sent):
             self.corrupt += 1
@@ -131,8 +154,47 @@ class BenchSubscriber(Protocol):
 
 
 class BenchPublisher(Protocol):
+    """Publishes pre-built frames; with confirms, counts what the broker confirmed."""
+
+    def __init__(self, confirms: bool = False, expected: int = 0) -> None:
+        self.confirms = confirms
+        self.expected = expected
+        self.confirmed_count = 0
+        self.refused = 0
+        self.all_confirmed: Deferred[None] = Deferred()
+        self.ready: Deferred[None] = Deferred()
+        self.decoder = ClientDecoder(self, 1 << 20)
+
     def connectionMade(self) -> None:
+        if self.confirms:
+            self.decoder.expect_hello()
+            self.transport.write(wire.encode_hello({"version": 1, "confirms": True}))
+        else:
+            self.hello_received({})
+
+    def hello_received(self, fields: dict) -> None:
         self.transport.write(wire.encode_u16(wire.ACTION_PUBLISH))
+        self.ready.callback(None)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.decoder.feed(data)
+
+    def confirmed(self, count: int, first_offset: int) -> None:
+        self.confirmed_count += count
+        self._check_done()
+
+    def error_received(self, text: str) -> None:
+        print(f"broker error: {text}", file=sys.stderr)
+        self.refused += 1
+        self._check_done()
+
+    def protocol_error(self, reason: str) -> None:
+        print(f"protocol error: {reason}", file=sys.stderr)
+        self.transport.loseConnection()
+
+    def _check_done(self) -> None:
+        if self.confirmed_count + self.refused >= self.expected and not self.all_confirmed.called:
+            self.all_confirmed.callback(None)
 
     def publish_range(self, topic: str, start: int, stop: int, size: int) -> None:
         prefix = struct.pack(">H", 6 + len(topic)) + b"topic:" + topic.encode()
@@ -204,7 +266,12 @@ async def fanout(reactor: Any, host: str, port: int, args: argparse.Namespace) -
     """A burst of --messages to --subscribers legacy subscribers."""
     topic = f"bench-fanout-{os.getpid()}-{time.monotonic_ns()}"
     subscribers = [
-        await connect(reactor, host, port, BenchSubscriber(topic, args.messages, args.size))
+        await connect(
+            reactor,
+            host,
+            port,
+            BenchSubscriber(topic, args.messages, args.size, None, args.prefetch),
+        )
         for _ in range(args.subscribers)
     ]
     for subscriber in subscribers:
@@ -224,7 +291,12 @@ async def latency(reactor: Any, host: str, port: int, args: argparse.Namespace) 
     """--messages at a steady --rate to --subscribers legacy subscribers."""
     topic = f"bench-latency-{os.getpid()}-{time.monotonic_ns()}"
     subscribers = [
-        await connect(reactor, host, port, BenchSubscriber(topic, args.messages, args.size))
+        await connect(
+            reactor,
+            host,
+            port,
+            BenchSubscriber(topic, args.messages, args.size, None, args.prefetch),
+        )
         for _ in range(args.subscribers)
     ]
     for subscriber in subscribers:
@@ -253,12 +325,25 @@ async def ingest(reactor: Any, host: str, port: int, args: argparse.Namespace) -
     """--messages published with no subscriber; timed until the broker has
     taken them all (a subscriber from the end of the burst then sees the next)."""
     topic = f"bench-ingest-{os.getpid()}-{time.monotonic_ns()}"
-    publisher = await connect(reactor, host, port, BenchPublisher())
+    publisher = await connect(reactor, host, port, BenchPublisher(args.confirms, args.messages))
+    await publisher.ready
     started = time.perf_counter()
     chunk = 2000
     for start in range(0, args.messages, chunk):
         publisher.publish_range(topic, start, min(args.messages, start + chunk), args.size)
         await deferLater(reactor, 0, lambda: None)
+    if args.confirms:
+        publisher.all_confirmed.addTimeout(args.timeout, reactor)
+        await publisher.all_confirmed
+        seconds = time.perf_counter() - started
+        return Result(
+            "ingest",
+            args.messages,
+            publisher.confirmed_count,
+            round(seconds, 3),
+            round(publisher.confirmed_count / seconds, 1),
+            complete=publisher.refused == 0,
+        )
     # The broker handles a connection's bytes in order: once a marker published
     # after the burst (to a topic of its own, so that its subscriber does not
     # have to wade through the burst) reaches a subscriber, the burst is stored.
@@ -323,6 +408,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--subscribers", type=int, default=1)
     parser.add_argument("--size", type=int, default=100, help="payload bytes (at least 16)")
     parser.add_argument("--rate", type=float, default=1000.0, help="msg/s, for latency")
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=1,
+        help="deliveries in flight per subscriber; 1 is the seed's protocol",
+    )
+    parser.add_argument(
+        "--confirms",
+        action="store_true",
+        help="ingest: publish with confirms, timed until the last one",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(

@@ -92,6 +92,22 @@ class Options(usage.Options):
         ],
         ["max-topics", None, 100_000, "Topics the broker holds at most.", _positive(int)],
         [
+            "max-prefetch",
+            None,
+            1024,
+            "Deliveries in flight per connection that a subscriber "
+            "using the extensions may ask for.",
+            _positive(int),
+        ],
+        [
+            "dead-letter-topic",
+            None,
+            "{topic}.dead-letter",
+            "Where a message goes once a "
+            "subscriber has had it --max-deliveries times ({topic} is replaced by its topic); "
+            "'' drops it instead.",
+        ],
+        [
             "data-dir",
             "d",
             None,
@@ -172,6 +188,8 @@ class Options(usage.Options):
             handshake_timeout=self["handshake-timeout"],
             max_topics=self["max-topics"],
             retention=self.retention(),
+            max_prefetch=self["max-prefetch"],
+            dead_letter_topic=self["dead-letter-topic"] or None,
             delivery=DeliverySettings(
                 ack_delay=self["ack-delay"],
                 ack_timeout=self["ack-timeout"],

@@ -4,6 +4,7 @@
     python example/pubsub.py --client-type consume --consume-from 0 # replay, then live
     python example/pubsub.py --client-type consume --publish        # also publish every 500 ms
     python example/pubsub.py --client-type publish --count 10
+    python example/pubsub.py --client-type publish --extensions     # confirmed, with offsets
 
 Ctrl-C stops it cleanly.
 """
@@ -40,6 +41,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--count", type=int, default=0, help="publish this many, then stop (0: forever)"
     )
+    parser.add_argument(
+        "--extensions",
+        action="store_true",
+        help="use the broker's extensions: confirmed publishes, offsets, prefetch, resume",
+    )
     args = parser.parse_args(argv)
     if not -1 <= args.consume_from <= MAX_U16:
         parser.error(f"--consume-from takes -1 to {MAX_U16}")
@@ -47,7 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def print_message(message: Message) -> bool:
-    print(f"received on {message.topic}: {message.payload.decode('utf-8', 'replace')}", flush=True)
+    where = "" if message.offset is None else f" (offset {message.offset})"
+    text = message.payload.decode("utf-8", "replace")
+    print(f"received on {message.topic}: {text}{where}", flush=True)
     return True
 
 
@@ -55,13 +63,14 @@ async def publish_every(reactor: Any, client: BrokerClient, args: argparse.Names
     numbers = range(args.count) if args.count else itertools.count()
     for number in numbers:
         text = f"message {number}"
-        await client.publish(args.topic, text.encode())
-        print(f"published to {args.topic}: {text}", flush=True)
+        offset = await client.publish(args.topic, text.encode())
+        stored = "" if offset is None else f" (stored at offset {offset})"
+        print(f"published to {args.topic}: {text}{stored}", flush=True)
         await task.deferLater(reactor, args.interval, lambda: None)
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> None:
-    client = connect(reactor, args.server)
+    client = connect(reactor, args.server, extensions=args.extensions)
     reactor.addSystemEventTrigger("before", "shutdown", client.close)
     if args.client_type == "publish":
         await publish_every(reactor, client, args)

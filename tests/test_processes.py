@@ -120,6 +120,48 @@ async def test_example_consumer_and_publisher():
 
 
 @pytest_twisted.ensureDeferred
+async def test_example_with_extensions():
+    running = start_broker()
+    server = f"127.0.0.1:{running.port}"
+    try:
+        publisher = spawn(
+            [
+                sys.executable,
+                EXAMPLE,
+                "--client-type",
+                "publish",
+                "--server",
+                server,
+                "--count",
+                "2",
+                "--interval",
+                "0.01",
+                "--extensions",
+            ]
+        )
+        assert await publisher.ended == 0, publisher.output
+        assert "message 1 (stored at offset 1)" in publisher.output
+        consumer = spawn(
+            [
+                sys.executable,
+                EXAMPLE,
+                "--client-type",
+                "consume",
+                "--server",
+                server,
+                "--consume-from",
+                "0",
+                "--extensions",
+            ]
+        )
+        await consumer.line("received on topic-a: message 1 (offset 1)")
+        consumer.signal("INT")
+        assert await consumer.ended == 0, consumer.output
+    finally:
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_bench_runs_and_checks_what_it_gets(tmp_path):
     bench = spawn(
         [
