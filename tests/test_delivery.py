@@ -223,3 +223,25 @@ def test_deadline_queue_survives_float_rounding():
     clock.advance(0.2)
     clock.advance(0.1)
     assert expired == [1]
+
+
+def test_a_prefetch_window_acks_by_id_and_times_out_each_delivery():
+    clock = Clock()
+    registry = TopicRegistry()
+    sent: list[Delivery] = []
+    timers = DeliveryTimers(clock, DeliverySettings())
+    window = DeliveryWindow(timers, sent.append, lambda d, reason: None, capacity=3)
+    registry.publish("t", [b"%d" % i for i in range(6)])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    assert [d.payload for d in sent] == [b"0", b"1", b"2"]
+    assert window.ack(sent[1].id)  # out of order
+    assert not window.ack(sent[1].id)  # only once
+    assert [d.payload for d in sent] == [b"0", b"1", b"2", b"3"]
+    clock.advance(1.0)
+    window.ack(sent[3].id)  # b"4" goes out at t=1
+    clock.advance(1.0)  # 0 and 2 time out at t=2 and keep their slots
+    assert window.in_flight == 3 and len(sent) == 5
+    clock.advance(1.0)  # t=3: 0 and 2 again, same ids, second attempt; 4 times out
+    again = sent[5:]
+    assert [(d.payload, d.attempts) for d in again] == [(b"0", 2), (b"2", 2)]
+    assert {d.id for d in again} == {sent[0].id, sent[2].id}

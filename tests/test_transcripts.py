@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from broker import wire
 from broker.delivery import DeliverySettings
 from broker.server import BrokerSettings
 from broker.testing import start_broker
@@ -70,9 +71,14 @@ async def test_transcripts_with_short_timers():
         delivery=DeliverySettings(ack_delay=1.0 * scale, ack_timeout=2.0 * scale)
     )
     broker = start_broker(settings)
+    # An extended client on the same broker changes nothing for the others.
+    extended = await connect_raw(broker.port)
+    extended.send(wire.encode_hello({"version": 1, "prefetch": 8, "confirms": True}))
+    extended.send(wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("x", b"1"))
     try:
         await replay(broker.port, scale)
     finally:
+        extended.transport.loseConnection()
         await broker.stop()
 
 
