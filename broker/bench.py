@@ -1,23 +1,27 @@
-"""`broker-bench`: throughput and latency of a broker, measured over TCP.
+"""`broker-bench`: throughput, latency and memory of a broker, over TCP.
 
-    broker-bench fanout --messages 100000 --subscribers 1
+    broker-bench fanout --messages 100000                 # one legacy subscriber
+    broker-bench fanout --prefetch 256 --subscribers 10   # extensions, ten subscribers
     broker-bench latency --rate 1000 --messages 10000
-    broker-bench ingest --messages 200000
-    broker-bench fanout --prefetch 256 --subscribers 10
     broker-bench ingest --store file --fsync always --confirms
+    broker-bench replay --messages 1000000 --prefetch 256
+    broker-bench connections --subscribers 10000
+    broker-bench ceiling --prefetch 256                   # the bench's own limit
     broker-bench fanout --broker localhost:3000 --json
 
-Without --broker it starts `twistd broker` on a free loopback port and stops
-it afterwards. Every payload carries its sequence number and send time, so
-each delivery is checked for order and integrity and timed from publish to
-delivery. Every message is acked.
+Without --broker it starts `twistd broker` on a free loopback port (memory or
+file store) and stops it afterwards. Every payload carries its sequence
+number and send time: each delivery is checked for order and integrity and
+timed from publish to delivery, and every message is acked.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import resource
 import shutil
 import socket
 import struct
@@ -25,12 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
@@ -44,16 +48,51 @@ _ACK = wire.encode_u16(wire.ACK)
 
 def make_payload(sequence: int, size: int, sent: float) -> bytes:
     """A payload whose body is derived from its sequence number, to check integrity."""
+    return _HEADER.pack(sequence, sent) + _body(sequence, size)
+
+
+def _body(sequence: int, size: int) -> bytes:
     body_size = max(0, size - _HEADER.size)
-    body = (sequence.to_bytes(8, "big") * (body_size // 8 + 1))[:body_size]
-    return _HEADER.pack(sequence, sent) + body
+    return (sequence.to_bytes(8, "big") * (body_size // 8 + 1))[:body_size]
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
+class Histogram:
+    """Latencies in log-linear buckets: two significant digits (about 1%),
+    bounded memory whatever the number of samples."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.total = 0
+
+    def record(self, seconds: float) -> None:
+        micros = seconds * 1e6
+        if micros < 1:
+            key = 0
+        else:
+            exponent = int(math.log10(micros))
+            key = exponent * 1000 + int(micros / 10 ** (exponent - 1))
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.total += 1
+
+    def merge(self, other: Histogram) -> None:
+        for key, count in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + count
+        self.total += other.total
+
+    def percentile(self, fraction: float) -> float:
+        """The upper bound of the bucket holding that fraction, in seconds."""
+        if not self.total:
+            return float("nan")
+        wanted = fraction * self.total
+        seen = 0
+        for key in sorted(self.counts):
+            seen += self.counts[key]
+            if seen >= wanted:
+                if key == 0:
+                    return 1e-6
+                exponent, mantissa = divmod(key, 1000)
+                return (mantissa + 1) * 10 ** (exponent - 1) / 1e6
         return float("nan")
-    index = min(len(sorted_values) - 1, int(fraction * len(sorted_values)))
-    return sorted_values[index]
 
 
 @dataclass
@@ -67,24 +106,36 @@ class Result:
     p99_ms: float = float("nan")
     p999_ms: float = float("nan")
     broker_rss_mb: float = float("nan")
+    bench_cpu_percent: float = float("nan")
     complete: bool = True
     out_of_order: int = 0
     corrupt: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
 
 class BenchSubscriber(Protocol):
     """A subscriber that acks everything and checks what it gets; with a
-    prefetch over 1 it uses the extensions (many in flight, acks by id)."""
+    prefetch over 1 it uses the extensions (many in flight, acks by id).
+    Acks of one read go out in one write."""
 
     def __init__(
-        self, topic: str, expected: int, size: int, until: int | None = None, prefetch: int = 1
+        self,
+        topic: str,
+        expected: int,
+        size: int,
+        prefetch: int = 1,
+        start: StartAt = StartAt.CURRENT,
+        until: int | None = None,
+        timed: bool = True,
     ) -> None:
         self.topic = topic
-        self.prefetch = prefetch
         self.expected = expected
-        self.until = until  # if set: done when this sequence number arrives
         self.size = size
+        self.prefetch = prefetch
+        self.start = start
+        self.until = until  # if set: done when this sequence number arrives
+        self.timed = timed
         self.decoder = ClientDecoder(self, 1 << 30)
         self.decoder.expect_topic(topic)
         self.subscribed: Deferred[None] = Deferred()
@@ -93,8 +144,9 @@ class BenchSubscriber(Protocol):
         self.next_sequence = 0
         self.out_of_order = 0
         self.corrupt = 0
-        self.latencies: list[float] = []
+        self.latencies = Histogram()
         self.last_at = 0.0
+        self._acks: list[bytes] = []
 
     def connectionMade(self) -> None:
         if self.prefetch > 1:
@@ -108,19 +160,18 @@ class BenchSubscriber(Protocol):
 
     def _subscribe(self) -> None:
         self.decoder.pending_requests = 1
-        self.transport.write(wire.encode_subscribe([self.topic], StartAt.CURRENT))
-
-    def extended_delivery_received(
-        self, topic: str, offset: int, attempt: int, delivery_id: int, payload: bytes
-    ) -> None:
-        self._received(payload, wire.encode_ack_id(delivery_id))
+        self.transport.write(wire.encode_subscribe([self.topic], self.start))
 
     def dataReceived(self, data: bytes) -> None:
         self.decoder.feed(data)
+        if self._acks:
+            self.transport.write(b"".join(self._acks))
+            self._acks.clear()
 
     def status_received(self, code: int) -> None:
         self.decoder.pending_requests = 0
-        self.subscribed.callback(None)
+        if not self.subscribed.called:
+            self.subscribed.callback(None)
 
     def error_received(self, text: str) -> None:
         print(f"broker error: {text}", file=sys.stderr)
@@ -132,11 +183,16 @@ class BenchSubscriber(Protocol):
     def delivery_received(self, topic: str, payload: bytes) -> None:
         self._received(payload, _ACK)
 
+    def extended_delivery_received(
+        self, topic: str, offset: int, attempt: int, delivery_id: int, payload: bytes
+    ) -> None:
+        self._received(payload, wire.encode_ack_id(delivery_id))
+
     def _received(self, payload: bytes, ack: bytes) -> None:
         now = time.perf_counter()
-        self.transport.write(ack)
+        self._acks.append(ack)
         sequence, sent = _HEADER.unpack_from(payload)
-        if payload != make_payload(sequence, self.size, sent):
+        if payload[_HEADER.size :] != _body(sequence, self.size):
             self.corrupt += 1
         if self.until is not None:
             if sequence == self.until and not self.done.called:
@@ -146,7 +202,8 @@ class BenchSubscriber(Protocol):
         if sequence != self.next_sequence:
             self.out_of_order += 1
         self.next_sequence = sequence + 1
-        self.latencies.append(now - sent)
+        if self.timed:
+            self.latencies.record(now - sent)
         self.received += 1
         self.last_at = now
         if self.received == self.expected and not self.done.called:
@@ -154,7 +211,8 @@ class BenchSubscriber(Protocol):
 
 
 class BenchPublisher(Protocol):
-    """Publishes pre-built frames; with confirms, counts what the broker confirmed."""
+    """Publishes frames it builds in bulk; with confirms, counts what the
+    broker confirmed."""
 
     def __init__(self, confirms: bool = False, expected: int = 0) -> None:
         self.confirms = confirms
@@ -179,6 +237,13 @@ class BenchPublisher(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.decoder.feed(data)
 
+    def publish_range(self, topic: str, start: int, stop: int, size: int) -> None:
+        prefix = struct.pack(">H", 6 + len(topic)) + b"topic:" + topic.encode()
+        length = struct.pack(">I", size)
+        now = time.perf_counter()
+        frames = [prefix + length + make_payload(n, size, now) for n in range(start, stop)]
+        self.transport.write(b"".join(frames))
+
     def confirmed(self, count: int, first_offset: int) -> None:
         self.confirmed_count += count
         self._check_done()
@@ -195,15 +260,6 @@ class BenchPublisher(Protocol):
     def _check_done(self) -> None:
         if self.confirmed_count + self.refused >= self.expected and not self.all_confirmed.called:
             self.all_confirmed.callback(None)
-
-    def publish_range(self, topic: str, start: int, stop: int, size: int) -> None:
-        prefix = struct.pack(">H", 6 + len(topic)) + b"topic:" + topic.encode()
-        now = time.perf_counter()
-        frames = []
-        for sequence in range(start, stop):
-            payload = make_payload(sequence, size, now)
-            frames.append(prefix + struct.pack(">I", len(payload)) + payload)
-        self.transport.write(b"".join(frames))
 
 
 class BrokerProcess:
@@ -222,7 +278,7 @@ class BrokerProcess:
             os.devnull,
             "broker",
             "--port",
-            f"tcp:{self.port}:interface=127.0.0.1",
+            f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
             *extra,
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
@@ -255,53 +311,98 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def connect(reactor: Any, host: str, port: int, protocol: Protocol) -> Any:
-    endpoint = TCP4ClientEndpoint(reactor, host, port)
-    connected = await connectProtocol(endpoint, protocol)
-    connected.transport.setTcpNoDelay(True)
-    return connected
+@dataclass
+class Bench:
+    """What a scenario works with."""
+
+    reactor: Any
+    host: str
+    port: int
+    args: argparse.Namespace
+    broker_rss: Callable[[], float]
+
+    def topic(self, kind: str) -> str:
+        return f"bench-{kind}-{os.getpid()}-{time.monotonic_ns()}"
+
+    async def connect(self, protocol: Protocol) -> Any:
+        endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port)
+        connected = await connectProtocol(endpoint, protocol)
+        connected.transport.setTcpNoDelay(True)
+        return connected
+
+    async def subscribers(self, topic: str, count: int, **options: Any) -> list[BenchSubscriber]:
+        args = self.args
+        subscribers = [
+            await self.connect(
+                BenchSubscriber(topic, args.messages, args.size, args.prefetch, **options)
+            )
+            for _ in range(count)
+        ]
+        for subscriber in subscribers:
+            await subscriber.subscribed
+        return subscribers
+
+    async def burst(self, publisher: BenchPublisher, topic: str, start: int, stop: int) -> None:
+        """Publish [start, stop) in chunks, a reactor turn apart."""
+        for first in range(start, stop, 2000):
+            publisher.publish_range(topic, first, min(stop, first + 2000), self.args.size)
+            await deferLater(self.reactor, 0, lambda: None)
+
+    async def wait(self, subscribers: list[BenchSubscriber]) -> None:
+        for subscriber in subscribers:
+            subscriber.done.addTimeout(self.args.timeout, self.reactor)
+            try:
+                await subscriber.done
+            except Exception:
+                print(
+                    f"timed out with {subscriber.received}/{subscriber.expected} delivered",
+                    file=sys.stderr,
+                )
+                raise
 
 
-async def fanout(reactor: Any, host: str, port: int, args: argparse.Namespace) -> Result:
-    """A burst of --messages to --subscribers legacy subscribers."""
-    topic = f"bench-fanout-{os.getpid()}-{time.monotonic_ns()}"
-    subscribers = [
-        await connect(
-            reactor,
-            host,
-            port,
-            BenchSubscriber(topic, args.messages, args.size, None, args.prefetch),
-        )
-        for _ in range(args.subscribers)
-    ]
+def _delivery_result(
+    name: str, bench: Bench, subscribers: list[BenchSubscriber], seconds: float
+) -> Result:
+    latencies = Histogram()
     for subscriber in subscribers:
-        await subscriber.subscribed
-    publisher = await connect(reactor, host, port, BenchPublisher())
-    started = time.perf_counter()
-    chunk = 2000
-    for start in range(0, args.messages, chunk):
-        publisher.publish_range(topic, start, min(args.messages, start + chunk), args.size)
-        await deferLater(reactor, 0, lambda: None)
-    await _all_done(reactor, subscribers, args.timeout)
-    finished = max(s.last_at for s in subscribers)
-    return _result("fanout", args, subscribers, finished - started)
+        latencies.merge(subscriber.latencies)
+    delivered = sum(s.received for s in subscribers)
+    return Result(
+        scenario=name,
+        messages=bench.args.messages,
+        delivered=delivered,
+        seconds=round(seconds, 3),
+        msgs_per_sec=round(delivered / seconds, 1),
+        p50_ms=round(latencies.percentile(0.50) * 1000, 3),
+        p99_ms=round(latencies.percentile(0.99) * 1000, 3),
+        p999_ms=round(latencies.percentile(0.999) * 1000, 3),
+        complete=all(s.received == s.expected for s in subscribers),
+        out_of_order=sum(s.out_of_order for s in subscribers),
+        corrupt=sum(s.corrupt for s in subscribers),
+    )
 
 
-async def latency(reactor: Any, host: str, port: int, args: argparse.Namespace) -> Result:
-    """--messages at a steady --rate to --subscribers legacy subscribers."""
-    topic = f"bench-latency-{os.getpid()}-{time.monotonic_ns()}"
-    subscribers = [
-        await connect(
-            reactor,
-            host,
-            port,
-            BenchSubscriber(topic, args.messages, args.size, None, args.prefetch),
-        )
-        for _ in range(args.subscribers)
-    ]
-    for subscriber in subscribers:
-        await subscriber.subscribed
-    publisher = await connect(reactor, host, port, BenchPublisher())
+async def fanout(bench: Bench) -> Result:
+    """A burst of --messages to --subscribers subscribers of one topic."""
+    topic = bench.topic("fanout")
+    subscribers = await bench.subscribers(topic, bench.args.subscribers)
+    publisher = await bench.connect(BenchPublisher())
+    with Progress(bench, subscribers):
+        started = time.perf_counter()
+        await bench.burst(publisher, topic, 0, bench.args.messages)
+        await bench.wait(subscribers)
+    return _delivery_result(
+        "fanout", bench, subscribers, max(s.last_at for s in subscribers) - started
+    )
+
+
+async def latency(bench: Bench) -> Result:
+    """--messages at a steady --rate to --subscribers subscribers."""
+    args = bench.args
+    topic = bench.topic("latency")
+    subscribers = await bench.subscribers(topic, args.subscribers)
+    publisher = await bench.connect(BenchPublisher())
     sent = 0
     started = time.perf_counter()
 
@@ -315,94 +416,201 @@ async def latency(reactor: Any, host: str, port: int, args: argparse.Namespace) 
             loop.stop()
 
     loop = LoopingCall(publish_due)
-    loop.clock = reactor
-    await loop.start(0.001)  # whatever is due each millisecond
-    await _all_done(reactor, subscribers, args.timeout)
-    return _result("latency", args, subscribers, time.perf_counter() - started)
+    loop.clock = bench.reactor
+    with Progress(bench, subscribers):
+        await loop.start(0.001)  # whatever is due each millisecond
+        await bench.wait(subscribers)
+    return _delivery_result("latency", bench, subscribers, time.perf_counter() - started)
 
 
-async def ingest(reactor: Any, host: str, port: int, args: argparse.Namespace) -> Result:
-    """--messages published with no subscriber; timed until the broker has
-    taken them all (a subscriber from the end of the burst then sees the next)."""
-    topic = f"bench-ingest-{os.getpid()}-{time.monotonic_ns()}"
-    publisher = await connect(reactor, host, port, BenchPublisher(args.confirms, args.messages))
+async def ingest(bench: Bench) -> Result:
+    """--messages published with no subscriber, timed until the broker has
+    stored them all (with --confirms: until the last is confirmed)."""
+    args = bench.args
+    topic = bench.topic("ingest")
+    publisher = await bench.connect(BenchPublisher(args.confirms, args.messages))
     await publisher.ready
     started = time.perf_counter()
-    chunk = 2000
-    for start in range(0, args.messages, chunk):
-        publisher.publish_range(topic, start, min(args.messages, start + chunk), args.size)
-        await deferLater(reactor, 0, lambda: None)
+    await bench.burst(publisher, topic, 0, args.messages)
     if args.confirms:
-        publisher.all_confirmed.addTimeout(args.timeout, reactor)
+        publisher.all_confirmed.addTimeout(args.timeout, bench.reactor)
         await publisher.all_confirmed
-        seconds = time.perf_counter() - started
-        return Result(
-            "ingest",
-            args.messages,
-            publisher.confirmed_count,
-            round(seconds, 3),
-            round(publisher.confirmed_count / seconds, 1),
-            complete=publisher.refused == 0,
-        )
-    # The broker handles a connection's bytes in order: once a marker published
-    # after the burst (to a topic of its own, so that its subscriber does not
-    # have to wade through the burst) reaches a subscriber, the burst is stored.
-    marker_topic = topic + "-marker"
-    marker = BenchSubscriber(marker_topic, 1, args.size, until=args.messages)
-    await connect(reactor, host, port, marker)
-    await marker.subscribed
-    publisher.publish_range(marker_topic, args.messages, args.messages + 1, args.size)
-    await _all_done(reactor, [marker], args.timeout)
-    seconds = marker.last_at - started
+        finished = time.perf_counter()
+        stored = publisher.confirmed_count
+    else:
+        # The broker handles a connection's bytes in order: once a marker
+        # published after the burst (to a topic of its own, so that its
+        # subscriber does not wade through the burst) arrives, all is stored.
+        marker_topic = topic + "-marker"
+        marker = BenchSubscriber(marker_topic, 1, args.size, until=args.messages)
+        await bench.connect(marker)
+        await marker.subscribed
+        publisher.publish_range(marker_topic, args.messages, args.messages + 1, args.size)
+        await bench.wait([marker])
+        finished, stored = marker.last_at, args.messages
+    seconds = finished - started
     return Result(
         "ingest",
         args.messages,
-        args.messages,
+        stored,
         round(seconds, 3),
-        round(args.messages / seconds, 1),
-        corrupt=marker.corrupt,
+        round(stored / seconds, 1),
+        complete=publisher.refused == 0,
     )
 
 
-async def _all_done(reactor: Any, subscribers: list[BenchSubscriber], timeout: float) -> None:
-    for subscriber in subscribers:
-        subscriber.done.addTimeout(timeout, reactor)
-        try:
-            await subscriber.done
-        except Exception:
-            print(
-                f"timed out with {subscriber.received}/{subscriber.expected} delivered",
-                file=sys.stderr,
-            )
-            raise
+async def replay(bench: Bench) -> Result:
+    """--messages stored first (with confirms), then one subscriber reads
+    them all from Beginning; only the reading is timed."""
+    args = bench.args
+    topic = bench.topic("replay")
+    publisher = await bench.connect(BenchPublisher(True, args.messages))
+    await publisher.ready
+    await bench.burst(publisher, topic, 0, args.messages)
+    publisher.all_confirmed.addTimeout(args.timeout, bench.reactor)
+    await publisher.all_confirmed
+    stored_rss = bench.broker_rss()
+    reader = BenchSubscriber(
+        topic, args.messages, args.size, args.prefetch, start=StartAt.BEGINNING, timed=False
+    )
+    with Progress(bench, [reader]):
+        started = time.perf_counter()
+        await bench.connect(reader)
+        await bench.wait([reader])
+    result = _delivery_result("replay", bench, [reader], reader.last_at - started)
+    result.extra["rss_mb_with_messages_stored"] = round(stored_rss, 1)
+    return result
 
 
-def _result(
-    name: str, args: argparse.Namespace, subscribers: list[BenchSubscriber], seconds: float
-) -> Result:
-    latencies = sorted(x for s in subscribers for x in s.latencies)
-    delivered = sum(s.received for s in subscribers)
+async def connections(bench: Bench) -> Result:
+    """--subscribers idle legacy subscribers; what they cost the broker."""
+    args = bench.args
+    before = bench.broker_rss()
+    started = time.perf_counter()
+    opened: list[BenchSubscriber] = []
+    for first in range(0, args.subscribers, 500):
+        batch = [
+            BenchSubscriber(f"bench-idle-{i % 100}", 0, args.size, timed=False)
+            for i in range(first, min(args.subscribers, first + 500))
+        ]
+        await gatherResults([ensureDeferred(bench.connect(s)) for s in batch])
+        await gatherResults([s.subscribed for s in batch])
+        opened += batch
+    seconds = time.perf_counter() - started
+    after = bench.broker_rss()
+    result = Result(
+        "connections", 0, 0, round(seconds, 3), complete=len(opened) == args.subscribers
+    )
+    result.broker_rss_mb = round(after, 1)
+    result.extra.update(
+        connections=len(opened),
+        rss_mb_before=round(before, 1),
+        kb_per_connection=round((after - before) * 1024 / max(1, len(opened)), 2),
+    )
+    return result
+
+
+class _NullTransport:
+    """A do-nothing peer: whatever is written to it is dropped."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+
+def ceiling(args: argparse.Namespace) -> Result:
+    """How fast the bench's own publisher and subscriber go against a
+    do-nothing peer: the most any broker could be measured at."""
+    count, size, topic = args.messages, args.size, "ceiling"
+    subscriber = BenchSubscriber(topic, count, size, args.prefetch, timed=True)
+    subscriber.transport = _NullTransport()
+    if args.prefetch > 1:
+        subscriber.decoder.expect_hello()
+        subscriber.decoder.feed(wire.encode_hello({"version": 1}))
+        prefix = wire.extended_delivery_prefix(topic)
+        frames = [
+            prefix
+            + wire.encode_delivery_tail(n, 1, n, size)
+            + make_payload(n, size, time.perf_counter())
+            for n in range(count)
+        ]
+    else:
+        frames = [
+            wire.encode_delivery(topic, make_payload(n, size, time.perf_counter()))
+            for n in range(count)
+        ]
+    stream = b"".join(frames)
+    started = time.perf_counter()
+    for position in range(0, len(stream), 65536):  # as TCP would hand it over
+        subscriber.dataReceived(stream[position : position + 65536])
+    receive_seconds = time.perf_counter() - started
+    publisher = BenchPublisher()
+    publisher.transport = _NullTransport()
+    started = time.perf_counter()
+    for first in range(0, count, 2000):
+        publisher.publish_range(topic, first, min(count, first + 2000), size)
+    publish_seconds = time.perf_counter() - started
     return Result(
-        scenario=name,
-        messages=args.messages,
-        delivered=delivered,
-        seconds=round(seconds, 3),
-        msgs_per_sec=round(delivered / seconds, 1),
-        p50_ms=round(percentile(latencies, 0.50) * 1000, 3),
-        p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
-        p999_ms=round(percentile(latencies, 0.999) * 1000, 3),
-        complete=all(s.received == s.expected for s in subscribers),
-        out_of_order=sum(s.out_of_order for s in subscribers),
-        corrupt=sum(s.corrupt for s in subscribers),
+        "ceiling",
+        count,
+        subscriber.received,
+        round(receive_seconds, 3),
+        round(subscriber.received / receive_seconds, 1),
+        complete=subscriber.received == count,
+        out_of_order=subscriber.out_of_order,
+        corrupt=subscriber.corrupt,
+        extra={"publish_msgs_per_sec": round(count / publish_seconds, 1)},
     )
 
 
-SCENARIOS: dict[str, Callable[..., Any]] = {"fanout": fanout, "latency": latency, "ingest": ingest}
+SCENARIOS: dict[str, Callable[[Bench], Awaitable[Result]]] = {
+    "fanout": fanout,
+    "latency": latency,
+    "ingest": ingest,
+    "replay": replay,
+    "connections": connections,
+}
+
+
+class Progress:
+    """A progress bar on stderr while messages arrive, if stderr is a terminal."""
+
+    def __init__(self, bench: Bench, subscribers: list[BenchSubscriber]) -> None:
+        self._subscribers = subscribers
+        self._total = sum(s.expected for s in subscribers)
+        self._loop = LoopingCall(self._show)
+        self._loop.clock = bench.reactor
+        self._started = time.perf_counter()
+        self._on = sys.stderr.isatty() and self._total > 0
+
+    def __enter__(self) -> Progress:
+        if self._on:
+            self._loop.start(0.25)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._on:
+            self._loop.stop()
+            self._show()
+            sys.stderr.write("\n")
+
+    def _show(self) -> None:
+        done = sum(s.received for s in self._subscribers)
+        fraction = done / self._total
+        rate = done / max(1e-9, time.perf_counter() - self._started)
+        bar = "#" * int(fraction * 30)
+        sys.stderr.write(f"\r[{bar:<30}] {fraction:6.1%} {done}/{self._total} {rate:,.0f} msg/s")
+        sys.stderr.flush()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="broker-bench", description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("scenario", choices=[*sorted(SCENARIOS), "ceiling"])
     parser.add_argument("--broker", help="HOST:PORT of a running broker (default: start one)")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--subscribers", type=int, default=1)
@@ -419,8 +627,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="ingest: publish with confirms, timed until the last one",
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--store",
         choices=["memory", "file"],
@@ -433,6 +639,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="interval",
         help="with --store file",
     )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.size < _HEADER.size:
         parser.error(f"--size must be at least {_HEADER.size}")
@@ -440,7 +648,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> Result:
-    """Run one scenario against a broker, starting one if none is given."""
+    """Run one scenario, starting a broker unless --broker names one."""
+    if args.scenario == "ceiling":
+        return ceiling(args)
     from twisted.internet import reactor
 
     process = None
@@ -449,20 +659,26 @@ def run(args: argparse.Namespace) -> Result:
         host, _, port_text = args.broker.rpartition(":")
         host, port = host or "127.0.0.1", int(port_text)
     else:
-        options = ["--ack-timeout", "60"]
+        options = ["--ack-timeout", "60", "--max-prefetch", str(max(1024, args.prefetch))]
         if args.store == "file":
             data_dir = tempfile.mkdtemp(prefix="broker-bench-")
             options += ["--data-dir", data_dir, "--fsync", args.fsync]
         process = BrokerProcess(options)
         host, port = "127.0.0.1", process.port
+    bench = Bench(reactor, host, port, args, process.rss_mb if process else (lambda: float("nan")))
     outcome: list[Any] = []
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    wall_before = time.perf_counter()
     try:
-        done = ensureDeferred(SCENARIOS[args.scenario](reactor, host, port, args))
-        done.addBoth(outcome.append)
-        done.addBoth(lambda _: reactor.stop())
+
+        def start() -> None:
+            done = ensureDeferred(SCENARIOS[args.scenario](bench))
+            done.addBoth(outcome.append)
+            done.addBoth(lambda _: reactor.stop())
+
+        reactor.callWhenRunning(start)  # a scenario that fails at once must still stop it
         reactor.run()
-        if process is not None:
-            outcome.append(process.rss_mb())
+        rss = bench.broker_rss()
     finally:
         if process is not None:
             process.stop()
@@ -471,8 +687,11 @@ def run(args: argparse.Namespace) -> Result:
     result = outcome[0]
     if not isinstance(result, Result):
         result.raiseException()
-    if process is not None:
-        result.broker_rss_mb = round(outcome[1], 1)
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    result.bench_cpu_percent = round(100 * cpu / (time.perf_counter() - wall_before), 1)
+    if math.isnan(result.broker_rss_mb):
+        result.broker_rss_mb = round(rss, 1)
     result.settings = {k: v for k, v in vars(args).items() if k not in ("json", "scenario")}
     return result
 
@@ -485,7 +704,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         for key, value in asdict(result).items():
             if key != "settings":
-                print(f"{key:>14}: {value}")
+                print(f"{key:>18}: {value}")
     if result.corrupt or result.out_of_order or not result.complete:
         sys.exit(1)
 

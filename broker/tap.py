@@ -14,9 +14,10 @@ from broker.service import BrokerService
 
 
 def endpoint_description(port: str) -> str:
-    """A plain port number means TCP on every interface; anything else is
-    taken as a Twisted server endpoint string (tcp:, unix:, ssl:, ...)."""
-    return f"tcp:{port}" if port.isdigit() else port
+    """A plain port number means TCP on every interface, with a listen
+    backlog fit for crowds of clients (Twisted's default is 50); anything
+    else is taken as a Twisted server endpoint string (tcp:, unix:, ssl:, ...)."""
+    return f"tcp:{port}:backlog=1024" if port.isdigit() else port
 
 
 def _positive(kind: type[int] | type[float]):
