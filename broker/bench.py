@@ -238,11 +238,7 @@ class BenchPublisher(Protocol):
         self.decoder.feed(data)
 
     def publish_range(self, topic: str, start: int, stop: int, size: int) -> None:
-        prefix = struct.pack(">H", 6 + len(topic)) + b"topic:" + topic.encode()
-        length = struct.pack(">I", size)
-        now = time.perf_counter()
-        frames = [prefix + length + make_payload(n, size, now) for n in range(start, stop)]
-        self.transport.write(b"".join(frames))
+        self.transport.write(publish_frames(topic, start, stop, size))
 
     def confirmed(self, count: int, first_offset: int) -> None:
         self.confirmed_count += count
@@ -260,6 +256,14 @@ class BenchPublisher(Protocol):
     def _check_done(self) -> None:
         if self.confirmed_count + self.refused >= self.expected and not self.all_confirmed.called:
             self.all_confirmed.callback(None)
+
+
+def publish_frames(topic: str, start: int, stop: int, size: int) -> bytes:
+    """Publish frames for sequence numbers [start, stop), stamped now."""
+    prefix = struct.pack(">H", 6 + len(topic)) + b"topic:" + topic.encode()
+    length = struct.pack(">I", size)
+    now = time.perf_counter()
+    return b"".join(prefix + length + make_payload(n, size, now) for n in range(start, stop))
 
 
 class BrokerProcess:
@@ -342,10 +346,20 @@ class Bench:
             await subscriber.subscribed
         return subscribers
 
-    async def burst(self, publisher: BenchPublisher, topic: str, start: int, stop: int) -> None:
-        """Publish [start, stop) in chunks, a reactor turn apart."""
-        for first in range(start, stop, 2000):
-            publisher.publish_range(topic, first, min(stop, first + 2000), self.args.size)
+    def prepare_burst(self, topic: str, count: int) -> list[bytes]:
+        """The frames of a burst, built before the clock starts, in chunks: a
+        bench that built them while its subscribers wait for their acks to go
+        out would slow the round trips it measures."""
+        size = self.args.size
+        return [
+            publish_frames(topic, first, min(count, first + 2000), size)
+            for first in range(0, count, 2000)
+        ]
+
+    async def burst(self, publisher: BenchPublisher, chunks: list[bytes]) -> None:
+        """Write a prepared burst, a chunk per reactor turn."""
+        for chunk in chunks:
+            publisher.transport.write(chunk)
             await deferLater(self.reactor, 0, lambda: None)
 
     async def wait(self, subscribers: list[BenchSubscriber]) -> None:
@@ -388,9 +402,10 @@ async def fanout(bench: Bench) -> Result:
     topic = bench.topic("fanout")
     subscribers = await bench.subscribers(topic, bench.args.subscribers)
     publisher = await bench.connect(BenchPublisher())
+    chunks = bench.prepare_burst(topic, bench.args.messages)
     with Progress(bench, subscribers):
         started = time.perf_counter()
-        await bench.burst(publisher, topic, 0, bench.args.messages)
+        await bench.burst(publisher, chunks)
         await bench.wait(subscribers)
     return _delivery_result(
         "fanout", bench, subscribers, max(s.last_at for s in subscribers) - started
@@ -430,8 +445,9 @@ async def ingest(bench: Bench) -> Result:
     topic = bench.topic("ingest")
     publisher = await bench.connect(BenchPublisher(args.confirms, args.messages))
     await publisher.ready
+    chunks = bench.prepare_burst(topic, args.messages)
     started = time.perf_counter()
-    await bench.burst(publisher, topic, 0, args.messages)
+    await bench.burst(publisher, chunks)
     if args.confirms:
         publisher.all_confirmed.addTimeout(args.timeout, bench.reactor)
         await publisher.all_confirmed
@@ -466,7 +482,7 @@ async def replay(bench: Bench) -> Result:
     topic = bench.topic("replay")
     publisher = await bench.connect(BenchPublisher(True, args.messages))
     await publisher.ready
-    await bench.burst(publisher, topic, 0, args.messages)
+    await bench.burst(publisher, bench.prepare_burst(topic, args.messages))
     publisher.all_confirmed.addTimeout(args.timeout, bench.reactor)
     await publisher.all_confirmed
     stored_rss = bench.broker_rss()

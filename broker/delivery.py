@@ -67,7 +67,7 @@ class DeadlineQueue(Generic[K]):
         return key in self._deadlines
 
     def add(self, key: K) -> None:
-        self._deadlines.pop(key, None)
+        """Add a key that is not in the queue (a key comes back only after it left)."""
         self._deadlines[key] = self._clock.seconds() + self.delay
         if self._call is None:
             self._call = self._clock.callLater(self.delay, self._fire)
@@ -134,7 +134,8 @@ class DeliveryTimers:
 
     def forget(self, delivery: Delivery) -> None:
         self.timeouts.discard(delivery)
-        self.delays.discard(delivery)
+        if delivery.held:
+            self.delays.discard(delivery)
 
     def stop(self) -> None:
         self.timeouts.stop()
@@ -248,10 +249,12 @@ class DeliveryWindow:
         send: Callable[[Delivery], None],
         dropped: Callable[[Delivery, str], None],
         capacity: int = 1,
+        flush: Callable[[], None] = lambda: None,
     ) -> None:
         self._timers = timers
         self._settings = timers.settings
         self._send = send
+        self._flush = flush
         self._dropped = dropped
         self.capacity = capacity
         self.subscriptions: dict[str, Subscription] = {}
@@ -300,17 +303,19 @@ class DeliveryWindow:
             self._forget_waiting(delivery)
         return True
 
-    def ack(self, delivery_id: int | None = None) -> bool:
+    def ack(self, delivery_id: int | None = None, pump: bool = True) -> bool:
         """The subscriber acked a delivery (the oldest, if no id is given);
-        False if there is no such delivery in flight."""
+        False if there is no such delivery in flight. With pump=False the
+        freed slot is filled by the next `pump()` (one per read, not per ack)."""
         delivery = self._take_slot(delivery_id)
         if delivery is None:
             return False
         self._timers.forget(delivery)
-        self._pump()
+        if pump:
+            self._pump()
         return True
 
-    def nack(self, delivery_id: int | None = None) -> bool:
+    def nack(self, delivery_id: int | None = None, pump: bool = True) -> bool:
         """The subscriber nacked a delivery (the oldest, if no id is given)."""
         delivery = self._take_slot(delivery_id)
         if delivery is None:
@@ -321,8 +326,13 @@ class DeliveryWindow:
         elif delivery.subscription.active:
             self._waiting[delivery] = None
             self._timers.delays.add(delivery)
-        self._pump()
+        if pump:
+            self._pump()
         return True
+
+    def pump(self) -> None:
+        """Fill the free slots."""
+        self._pump()
 
     def _take_slot(self, delivery_id: int | None) -> Delivery | None:
         slots = self._slots
@@ -334,8 +344,10 @@ class DeliveryWindow:
 
     def close(self) -> None:
         """Release everything at once: the connection is gone."""
-        for delivery in [*self._slots.values(), *self._waiting]:
+        for delivery in self._slots.values():
             self._timers.forget(delivery)
+        for delivery in self._waiting:
+            self._timers.delays.discard(delivery)
         self._slots.clear()
         self._waiting.clear()
         self._due.clear()
@@ -383,6 +395,7 @@ class DeliveryWindow:
                 self._dispatch(delivery)
         finally:
             self._pumping = False
+        self._flush()
 
     def _next(self) -> Delivery | None:
         while self._due:

@@ -114,6 +114,8 @@ class BrokerProtocol(Int32StringReceiver):
         self._prefetch = 1
         self._confirms: ConfirmQueue | None = None
         self._order: list[tuple[str, bool]] = []  # this read's publishes, for confirms
+        self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
+        self._acks_to_pump = False
 
     # Connection events.
 
@@ -135,6 +137,11 @@ class BrokerProtocol(Int32StringReceiver):
         self._decoder.feed(data)
         if self._batch or self._order:
             self._publish_batch()
+        if self._acks_to_pump:
+            # The slots this read's acks freed are filled at once, in one write.
+            self._acks_to_pump = False
+            if self._window is not None:
+                self._window.pump()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._end_handshake()
@@ -242,10 +249,12 @@ class BrokerProtocol(Int32StringReceiver):
 
     def acked_id(self, delivery_id: int) -> None:
         # An unknown id is a late ack of a message given up on: nothing to do.
-        self._subscriber_window().ack(delivery_id)
+        self._subscriber_window().ack(delivery_id, pump=False)
+        self._acks_to_pump = True
 
     def nacked_id(self, delivery_id: int) -> None:
-        self._subscriber_window().nack(delivery_id)
+        self._subscriber_window().nack(delivery_id, pump=False)
+        self._acks_to_pump = True
 
     def published(self, topic: str, payload: bytes) -> None:
         if not payload:
@@ -301,6 +310,7 @@ class BrokerProtocol(Int32StringReceiver):
                 self._send_extended_delivery if self.extended else self._send_delivery,
                 self._delivery_dropped,
                 capacity=self._prefetch,
+                flush=self._flush_deliveries,
             )
             # A subscriber that vanishes without a FIN is found by keepalive.
             keep_alive = getattr(self.transport, "setTcpKeepAlive", None)
@@ -310,19 +320,20 @@ class BrokerProtocol(Int32StringReceiver):
 
     def _send_delivery(self, delivery: Delivery) -> None:
         payload = delivery.payload
-        self.transport.writeSequence(
-            (delivery.topic.delivery_prefix, encode_u64(len(payload)), payload)
-        )
+        self._outgoing += (delivery.topic.delivery_prefix, encode_u64(len(payload)), payload)
 
     def _send_extended_delivery(self, delivery: Delivery) -> None:
         payload = delivery.payload
-        self.transport.writeSequence(
-            (
-                delivery.topic.extended_prefix,
-                encode_delivery_tail(delivery.offset, delivery.attempts, delivery.id, len(payload)),
-                payload,
-            )
+        self._outgoing += (
+            delivery.topic.extended_prefix,
+            encode_delivery_tail(delivery.offset, delivery.attempts, delivery.id, len(payload)),
+            payload,
         )
+
+    def _flush_deliveries(self) -> None:
+        if self._outgoing:
+            self.transport.writeSequence(self._outgoing)
+            self._outgoing = []
 
     def _delivery_dropped(self, delivery: Delivery, reason: str) -> None:
         letter_topic = self.factory.dead_letter(delivery, reason, self.peer)

@@ -245,3 +245,14 @@ def test_a_prefetch_window_acks_by_id_and_times_out_each_delivery():
     again = sent[5:]
     assert [(d.payload, d.attempts) for d in again] == [(b"0", 2), (b"2", 2)]
     assert {d.id for d in again} == {sent[0].id, sent[2].id}
+
+
+def test_closing_with_a_redelivery_pending_leaves_no_timer_behind():
+    clock, registry, sub = setup()
+    registry.publish("t", [b"a", b"b"])
+    sub.subscribe("t")
+    sub.window.nack()  # a waits for its redelivery
+    sub.window.close()
+    assert len(sub.timers.delays) == 0 and len(sub.timers.timeouts) == 0
+    clock.advance(10)  # nothing fires into the closed window
+    assert sub.payloads() == [b"a", b"b"]
