@@ -43,6 +43,7 @@ from broker import wire
 from broker.wire import ClientDecoder, StartAt
 
 _HEADER = struct.Struct(">Qd")  # sequence number, send time (perf_counter)
+READ_SIZE = 4096  # bytes a subscriber reads at a time (see BenchSubscriber)
 _ACK = wire.encode_u16(wire.ACK)
 
 
@@ -149,6 +150,12 @@ class BenchSubscriber(Protocol):
         self._acks: list[bytes] = []
 
     def connectionMade(self) -> None:
+        # Small reads keep the window moving: read 64 KiB (a whole prefetch
+        # window) at once and ack it all at the end, and broker and bench take
+        # turns; read a few deliveries at a time, and the broker refills the
+        # window while the bench is still working. (Measured: prefetch 256,
+        # 93k msg/s with 64 KiB reads, 143-155k with 4 KiB.)
+        self.transport.bufferSize = READ_SIZE
         if self.prefetch > 1:
             self.decoder.expect_hello()
             self.transport.write(wire.encode_hello({"version": 1, "prefetch": self.prefetch}))
