@@ -315,6 +315,16 @@ class DeliveryWindow:
             self._pump()
         return True
 
+    def ack_many(self, delivery_ids: list[int]) -> None:
+        """Acks by id, many at once; the freed slots wait for `pump()`.
+        Ids not in flight (late acks of messages given up on) are ignored."""
+        slots = self._slots
+        forget = self._timers.forget
+        for delivery_id in delivery_ids:
+            delivery = slots.pop(delivery_id, None)
+            if delivery is not None:
+                forget(delivery)
+
     def nack(self, delivery_id: int | None = None, pump: bool = True) -> bool:
         """The subscriber nacked a delivery (the oldest, if no id is given)."""
         delivery = self._take_slot(delivery_id)

@@ -247,9 +247,8 @@ class BrokerProtocol(Int32StringReceiver):
         if not self._subscriber_window().nack():
             self.refused(ERR_NOTHING_TO_ACK)
 
-    def acked_id(self, delivery_id: int) -> None:
-        # An unknown id is a late ack of a message given up on: nothing to do.
-        self._subscriber_window().ack(delivery_id, pump=False)
+    def acked_ids(self, delivery_ids: list[int]) -> None:
+        self._subscriber_window().ack_many(delivery_ids)
         self._acks_to_pump = True
 
     def nacked_id(self, delivery_id: int) -> None:

@@ -322,7 +322,7 @@ class ServerEvents(Protocol):
 
     def hello_requested(self, payload: bytes) -> None: ...
 
-    def acked_id(self, delivery_id: int) -> None: ...
+    def acked_ids(self, delivery_ids: list[int]) -> None: ...
 
     def nacked_id(self, delivery_id: int) -> None: ...
 
@@ -379,9 +379,17 @@ class ServerDecoder(_Decoder):
         role = self._role
         if role is _Role.SUBSCRIBER and self.extended:
             if code == ACK_ID and len(data) >= pos + 6:
-                # Fast path: a whole ack, the most frequent frame of all.
-                self._events.acked_id(_unpack_u32(data, pos + 2)[0])
-                return pos + 6
+                # Fast path: a run of whole acks, the most frequent frames of all,
+                # reported together.
+                ids = []
+                end = len(data) - 6
+                while True:
+                    ids.append(_unpack_u32(data, pos + 2)[0])
+                    pos += 6
+                    if pos > end or data[pos] != 0 or data[pos + 1] != ACK_ID:
+                        break
+                self._events.acked_ids(ids)
+                return pos
             if code in (ACK_ID, NACK_ID):
                 self._ack_code = code
                 self._goto(self._ack_id, 4)
@@ -416,7 +424,7 @@ class ServerDecoder(_Decoder):
         (delivery_id,) = _unpack_u32(data, pos)
         self._goto(self._action, 2)
         if self._ack_code == ACK_ID:
-            self._events.acked_id(delivery_id)
+            self._events.acked_ids([delivery_id])
         else:
             self._events.nacked_id(delivery_id)
         return pos + 4
