@@ -1,0 +1,93 @@
+"""Micro-benchmarks of the hot pure pieces (codec, logs, window), run in CI
+as a smoke test: they check results, never timings. Figures come from
+`python -m pytest tests/test_micro_benchmarks.py --benchmark-enable`."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from broker import wire
+from broker.delivery import DeliverySettings, DeliveryTimers, DeliveryWindow
+from broker.log import FileStore, FileStoreSettings, FsyncPolicy, MemoryLog, Retention
+from broker.topics import TopicRegistry
+from broker.wire import ServerDecoder, StartAt
+
+PAYLOAD = b"x" * 100
+BURST = wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("bench", PAYLOAD) * 1000
+
+
+class Count:
+    """Counts publishes; ignores every other decoder event."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def published(self, topic: str, payload: bytes) -> None:
+        self.count += 1
+
+    def __getattr__(self, name: str):
+        return lambda *args: None
+
+
+def test_decode_1000_publishes(benchmark):
+    def decode() -> int:
+        events = Count()
+        decoder = ServerDecoder(events, 1 << 20)
+        for start in range(0, len(BURST), 65536):
+            decoder.feed(BURST[start : start + 65536])
+        return events.count
+
+    assert benchmark(decode) == 1000
+
+
+def test_encode_1000_deliveries(benchmark):
+    prefix = wire.extended_delivery_prefix("bench")
+
+    def encode() -> int:
+        parts = []
+        for offset in range(1000):
+            parts += (prefix, wire.encode_delivery_tail(offset, 1, offset, 100), PAYLOAD)
+        return len(b"".join(parts))
+
+    assert benchmark(encode) == 1000 * (len(prefix) + 18 + 100)
+
+
+def test_memory_log_append_and_read(benchmark):
+    def append_and_read() -> int:
+        log = MemoryLog(Retention(max_messages=5000))
+        for _ in range(10):
+            log.append([PAYLOAD] * 1000)
+        return len(log.read(log.first_offset, 64))
+
+    assert benchmark(append_and_read) == 64
+
+
+def test_file_log_append_and_read(benchmark, tmp_path):
+    from twisted.internet import reactor
+
+    store = FileStore(tmp_path, FileStoreSettings(fsync=FsyncPolicy.NEVER), reactor)
+    topic_log = store.open("bench")
+
+    def append_and_read() -> int:
+        first = topic_log.append([PAYLOAD] * 1000)
+        return len(topic_log.read(first, 64))
+
+    assert benchmark(append_and_read) == 64
+    store.close()
+
+
+def test_window_delivers_and_acks_1000(benchmark):
+    def deliver() -> int:
+        registry = TopicRegistry()
+        sent = []
+        timers = DeliveryTimers(Clock(), DeliverySettings())
+        window = DeliveryWindow(timers, sent.append, lambda d, r: None, capacity=256)
+        registry.publish("bench", [PAYLOAD] * 1000)
+        window.subscribe(registry.get("bench"), StartAt.BEGINNING)
+        while len(sent) < 1000:
+            window.ack_many([d.id for d in sent[-256:]])
+            window.pump()
+        window.ack_many([d.id for d in sent[-256:]])
+        return len(sent)
+
+    assert benchmark(deliver) == 1000
