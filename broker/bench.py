@@ -309,7 +309,12 @@ class BrokerProcess:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(10)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            print("twistd broker did not stop within 30 s; killing it", file=sys.stderr)
+            self.process.kill()
+            self.process.wait()
 
 
 def rss_mb(pid: int) -> float:

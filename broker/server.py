@@ -227,7 +227,9 @@ class BrokerProtocol(Int32StringReceiver):
         self.transport.write(_SUBSCRIBED)
         for topic in resolved:
             window.subscribe(topic, start, offset)
-        where = f"From {offset}" if start == StartAt.FROM else start.name.title()
+        where = (
+            f"offset {offset}" if start in (StartAt.FROM, StartAt.FROM64) else start.name.title()
+        )
         log.info(
             "{peer} subscribed to {topics} at {where}", peer=self.peer, topics=topics, where=where
         )
