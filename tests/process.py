@@ -75,3 +75,20 @@ def spawn(args: list[str], cwd: Path | None = None) -> Child:
 def spawn_broker(tmp_path: Path, *options: str) -> Child:
     """`twistd -n broker OPTIONS` in tmp_path (its pid file lands there)."""
     return spawn([twistd(), "-n", "--pidfile=", "broker", *options], cwd=tmp_path)
+
+
+async def start_durable_broker(tmp_path: Path, port: int, *options: str) -> Child:
+    """A broker on 127.0.0.1:port keeping tmp_path/data with --fsync always,
+    once it listens."""
+    broker = spawn_broker(
+        tmp_path,
+        "--port",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--fsync",
+        "always",
+        *options,
+    )
+    await broker.line("BrokerFactory starting on")
+    return broker

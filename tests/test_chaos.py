@@ -10,30 +10,16 @@ from twisted.internet.task import deferLater
 
 from broker.client import Message, connect
 from broker.wire import StartAt
-from tests.process import free_port, spawn_broker
+from tests.process import free_port, start_durable_broker
 
 MESSAGES = 100_000
-
-
-async def start(tmp_path, port):
-    broker = spawn_broker(
-        tmp_path,
-        "--port",
-        f"tcp:{port}:interface=127.0.0.1",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--fsync",
-        "always",
-    )
-    await broker.line("BrokerFactory starting on")
-    return broker
 
 
 @pytest_twisted.ensureDeferred
 async def test_nothing_confirmed_is_lost_across_kills_and_dropped_subscribers(tmp_path):
     port = free_port()
     endpoint = f"tcp:127.0.0.1:{port}"
-    broker = await start(tmp_path, port)
+    broker = await start_durable_broker(tmp_path, port)
     publisher = connect(reactor, endpoint, extensions=True)
     subscriber = connect(reactor, endpoint, extensions=True, prefetch=256)
     delivered: dict[int, bytes] = {}  # offset -> payload, as received
@@ -67,7 +53,7 @@ async def test_nothing_confirmed_is_lost_across_kills_and_dropped_subscribers(tm
                 broker.signal("KILL")
                 assert await broker.ended == "signal 9"
                 kills_done += 1
-                broker = await start(tmp_path, port)
+                broker = await start_durable_broker(tmp_path, port)
             if drops and len(delivered) >= drops[0]:
                 drops.pop(0)
                 connection = await subscriber.subscriber_connected()

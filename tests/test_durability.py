@@ -20,7 +20,7 @@ from broker.server import BrokerFactory, BrokerSettings
 from broker.testing import RunningBroker, start_broker
 from broker.topics import TopicRegistry
 from broker.wire import StartAt
-from tests.process import free_port, spawn_broker
+from tests.process import free_port, start_durable_broker
 from tests.raw import connect_raw
 from tests.test_client import Inbox
 
@@ -100,20 +100,9 @@ async def test_sigkill_at_random_points_loses_nothing_delivered_and_keeps_offset
     port = free_port()
     delivered_before_kill = -1
     for round_number in range(4):
-        broker = spawn_broker(
-            tmp_path,
-            "--port",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--fsync",
-            "always",
-            "--segment-bytes",
-            "30000",
-            "--ack-timeout",
-            "30",
+        broker = await start_durable_broker(
+            tmp_path, port, "--segment-bytes", "30000", "--ack-timeout", "30"
         )
-        await broker.line("BrokerFactory starting on")
         sequences = await recovered_sequences(f"tcp:127.0.0.1:{port}", b"marker %d" % round_number)
         assert len(sequences) - 1 >= delivered_before_kill, "a delivered message was lost"
         delivered_before_kill = await publish_until_killed(
