@@ -63,9 +63,6 @@ class DeadlineQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._deadlines)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._deadlines
-
     def add(self, key: K) -> None:
         """Add a key that is not in the queue (a key comes back only after it left)."""
         self._deadlines[key] = self._clock.seconds() + self.delay
@@ -269,11 +266,6 @@ class DeliveryWindow:
     def in_flight(self) -> int:
         return len(self._slots)
 
-    @property
-    def waiting(self) -> int:
-        """Nacked deliveries waiting for their redelivery."""
-        return len(self._waiting) + len(self._due)
-
     def subscribe(self, topic: Topic, start: StartAt, offset: int = 0) -> Subscription:
         """Start (or move) this connection's cursor on `topic`."""
         old = self.subscriptions.pop(topic.name, None)
@@ -303,16 +295,14 @@ class DeliveryWindow:
             self._forget_waiting(delivery)
         return True
 
-    def ack(self, delivery_id: int | None = None, pump: bool = True) -> bool:
+    def ack(self, delivery_id: int | None = None) -> bool:
         """The subscriber acked a delivery (the oldest, if no id is given);
-        False if there is no such delivery in flight. With pump=False the
-        freed slot is filled by the next `pump()` (one per read, not per ack)."""
+        False if there is no such delivery in flight."""
         delivery = self._take_slot(delivery_id)
         if delivery is None:
             return False
         self._timers.forget(delivery)
-        if pump:
-            self._pump()
+        self._pump()
         return True
 
     def ack_many(self, delivery_ids: list[int]) -> None:
@@ -326,7 +316,8 @@ class DeliveryWindow:
                 forget(delivery)
 
     def nack(self, delivery_id: int | None = None, pump: bool = True) -> bool:
-        """The subscriber nacked a delivery (the oldest, if no id is given)."""
+        """The subscriber nacked a delivery (the oldest, if no id is given).
+        With pump=False the freed slot waits for `pump()` (once per read)."""
         delivery = self._take_slot(delivery_id)
         if delivery is None:
             return False
