@@ -742,6 +742,21 @@ class ClientDecoder(_Decoder):
     def _tagged_head(self, data: bytes, pos: int) -> int:
         (code,) = _unpack_u16(data, pos)
         if code == DELIVERY:
+            # Fast path: the whole delivery is here.
+            if len(data) >= pos + 4:
+                topic_end = pos + 4 + _unpack_u16(data, pos + 2)[0]
+                if len(data) >= topic_end + 18:
+                    offset, attempt, delivery_id, size = _DELIVERY_TAIL.unpack_from(data, topic_end)
+                    end = topic_end + 18 + size
+                    if len(data) >= end and size <= self._max_payload:
+                        self._events.extended_delivery_received(
+                            data[pos + 4 : topic_end].decode("utf-8", "replace"),
+                            offset,
+                            attempt,
+                            delivery_id,
+                            data[topic_end + 18 : end],
+                        )
+                        return end
             self._goto(self._tagged_topic_length, 2)
         elif code == CONFIRMED:
             self._goto(self._confirmed, 12)

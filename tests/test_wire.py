@@ -236,3 +236,37 @@ def test_runs_of_acks_decode_the_same_however_split(cuts):
     )
     assert extended_subscriber_events([EXTENDED_STREAM]) == expected
     assert extended_subscriber_events(split(EXTENDED_STREAM, cuts)) == expected
+
+
+@given(st.lists(st.integers(min_value=0), max_size=10))
+def test_tagged_frames_decode_the_same_however_split(cuts):
+    stream = (
+        wire.encode_hello({"version": 1})
+        + wire.encode_u16(wire.STATUS_SUBSCRIBED)
+        + wire.extended_delivery_prefix("t")
+        + wire.encode_delivery_tail(5, 1, 9, 3)
+        + b"abc"
+        + wire.encode_confirmed(2, 40)
+        + wire.extended_delivery_prefix("")
+        + wire.encode_delivery_tail(6, 2, 10, 0)
+        + wire.encode_error("empty message")
+        + wire.extended_delivery_prefix("ü" * 3)
+        + wire.encode_delivery_tail(7, 1, 11, 300)
+        + b"z" * 300
+    )
+    expected = [
+        ("hello_received", {"version": 1}),
+        ("status_received", 1),
+        ("extended_delivery_received", "t", 5, 1, 9, b"abc"),
+        ("confirmed", 2, 40),
+        ("extended_delivery_received", "", 6, 2, 10, b""),
+        ("error_received", "empty message"),
+        ("extended_delivery_received", "ü" * 3, 7, 1, 11, b"z" * 300),
+    ]
+    for chunks in ([stream], split(stream, cuts)):
+        recorder = ClientRecorder()
+        decoder = ClientDecoder(recorder, 1 << 20)
+        decoder.expect_hello()
+        for chunk in chunks:
+            decoder.feed(chunk)
+        assert recorder.events == expected
