@@ -40,6 +40,10 @@ from broker.wire import (
 
 log = Logger()
 
+# Refusals logged per connection before the rest are only counted: a client
+# flooding bad frames must not flood the log too.
+LOGGED_REFUSALS = 10
+
 _SUBSCRIBED = encode_u16(STATUS_SUBSCRIBED)
 _UNSUBSCRIBED = encode_u16(STATUS_UNSUBSCRIBED)
 
@@ -116,6 +120,7 @@ class BrokerProtocol(Int32StringReceiver):
         self._order: list[tuple[str, bool]] = []  # this read's publishes, for confirms
         self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
         self._acks_to_pump = False
+        self._refusals = 0
 
     # Connection events.
 
@@ -153,6 +158,13 @@ class BrokerProtocol(Int32StringReceiver):
         self.factory.connections.discard(self)
         role = self._decoder.role if self._decoder else "new"
         log.info("{peer} ({role}) disconnected", peer=self.peer, role=role)
+        if self._refusals > LOGGED_REFUSALS:
+            log.warn(
+                "{peer}: {n} refusals in all, {unlogged} not logged",
+                peer=self.peer,
+                n=self._refusals,
+                unlogged=self._refusals - LOGGED_REFUSALS,
+            )
 
     def stringReceived(self, string: bytes) -> None:
         # Frames are decoded by ServerDecoder, never by Int32StringReceiver.
@@ -161,11 +173,11 @@ class BrokerProtocol(Int32StringReceiver):
     # Decoder events.
 
     def unknown_action(self, code: int) -> None:
-        log.warn("{peer} sent unknown action {code}", peer=self.peer, code=code)
+        self._log_refusal(f"unknown action {code}")
         self._send_error(ERR_UNKNOWN_ACTION)
 
     def refused(self, reason: str) -> None:
-        log.warn("{peer}: {reason}", peer=self.peer, reason=reason)
+        self._log_refusal(reason)
         if self._confirms is not None and self._decoder.role == "publisher":
             self._order.append((reason, False))  # answered in its place
         else:
@@ -272,6 +284,13 @@ class BrokerProtocol(Int32StringReceiver):
             batch.append(payload)
 
     # Internals.
+
+    def _log_refusal(self, reason: str) -> None:
+        self._refusals += 1
+        if self._refusals <= LOGGED_REFUSALS:
+            log.warn("{peer}: {reason}", peer=self.peer, reason=reason)
+            if self._refusals == LOGGED_REFUSALS:
+                log.warn("{peer}: further refusals are counted, not logged", peer=self.peer)
 
     def _publish_batch(self) -> None:
         """Append what this read brought, one batch per topic; answer a

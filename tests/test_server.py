@@ -179,9 +179,12 @@ async def test_a_peer_that_never_reads_is_throttled(broker):
     flood = wire.encode_u16(0x63) * 65536  # 128 KiB of unknown actions
     for _ in range(64):
         conn.send(flood)
-    await deferLater(reactor, 0.5, lambda: None)
     (server_side,) = broker.factory.connections
     transport = server_side.transport
+    for _ in range(200):  # until the server stops reading from it (10 s at most)
+        if transport.producerPaused:
+            break
+        await deferLater(reactor, 0.05, lambda: None)
     assert transport.producerPaused  # the server stopped reading from it
     pending = len(transport.dataBuffer) + transport._tempDataLen
     assert pending < 8 * 1024 * 1024, pending  # not 8 MiB of errors per 2 MiB sent
@@ -249,3 +252,28 @@ async def test_handshake_timeout_end_to_end():
         assert bytes(conn.received) == error(wire.ERR_HANDSHAKE_TIMEOUT)
     finally:
         await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_bad_frames_does_not_flood_the_log(broker):
+    from twisted.logger import globalLogPublisher
+
+    from broker.server import LOGGED_REFUSALS
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        conn = await connect_raw(broker.port)
+        port = conn.transport.getHost().port
+        conn.send(wire.encode_u16(0x63) * 500)
+        answer = error(wire.ERR_UNKNOWN_ACTION)
+        assert await conn.read(len(answer) * 500) == answer * 500  # each one answered
+        conn.transport.loseConnection()
+        await conn.closed
+        await deferLater(reactor, 0.05, lambda: None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    mine = [e for e in events if f":{port}" in str(e.get("peer", ""))]
+    refusals = [e for e in mine if e.get("reason", "").startswith("unknown action")]
+    assert len(refusals) == LOGGED_REFUSALS
+    assert any(e.get("n") == 500 and e.get("unlogged") == 500 - LOGGED_REFUSALS for e in mine)
