@@ -194,6 +194,10 @@ class PublisherProtocol(_ClientProtocol):
 
     def publish(self, topic: str, payload: bytes) -> None:
         _check_publish(topic, payload)
+        self.write_publish(topic, payload)
+
+    def write_publish(self, topic: str, payload: bytes) -> None:
+        """Send a publish frame whose topic and payload are already checked."""
         self.transport.write(encode_publish(topic, payload))
 
     def confirmed(self, count: int, first_offset: int) -> None:
@@ -438,7 +442,7 @@ class BrokerClient:
     def _send(
         self, protocol: PublisherProtocol, topic: str, payload: bytes, sent: Deferred[int | None]
     ) -> None:
-        protocol.publish(topic, payload)
+        protocol.write_publish(topic, payload)  # checked once, in publish()
         if protocol.confirming:
             self._unconfirmed.append((topic, payload, sent))
         else:

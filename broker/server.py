@@ -302,7 +302,8 @@ class BrokerProtocol(Int32StringReceiver):
         committed = []
         for topic, payloads in batch.items():
             try:
-                first = firsts[topic] = registry.publish(topic, payloads)
+                stored = registry.get(topic)
+                first = firsts[topic] = stored.append(payloads)
             except (TooManyTopics, StoreError) as error:
                 firsts[topic] = str(error)
                 log.warn(
@@ -316,9 +317,8 @@ class BrokerProtocol(Int32StringReceiver):
                     # One Error per message refused, as a publisher counts them.
                     self.transport.write(encode_error(str(error)) * len(payloads))
                 continue
-            topic_log = registry.get(topic).log
-            if self._confirms is not None and topic_log.committed_offset < first + len(payloads):
-                committed.append(topic_log.flush())
+            if self._confirms is not None and stored.log.committed_offset < first + len(payloads):
+                committed.append(stored.log.flush())
         if self._confirms is not None:
             order, self._order = self._order, []
             self._confirms.add(answers_in_order(order, firsts), committed)
