@@ -24,8 +24,14 @@ log = Logger()
 
 K = TypeVar("K", bound=Hashable)
 
-# How many payloads a cursor reads from its log at a time.
+# How many payloads a cursor reads from its log at a time, and how many
+# bytes of them it keeps at most (one payload at least): what it holds stays
+# alive even once retention has dropped it from the log.
 READ_AHEAD = 64
+READ_AHEAD_BYTES = 1 << 20
+# Bytes in flight per connection by default: enough for a prefetch of 256
+# messages of 32 KiB.
+DEFAULT_MAX_INFLIGHT_BYTES = 8 << 20
 # Deadlines within this many seconds of now count as reached (float rounding).
 _EPSILON = 1e-9
 
@@ -201,6 +207,13 @@ class Subscription:
             self._fill(batch)
 
     def _fill(self, batch: list[bytes | None]) -> None:
+        if len(batch) > 1:
+            kept = 0
+            for count, payload in enumerate(batch):
+                kept += len(payload) if payload is not None else 0
+                if kept > READ_AHEAD_BYTES and count:
+                    del batch[count:]  # read again when the cursor gets there
+                    break
         self._buffer = batch
         self._index = 0
 
@@ -231,7 +244,10 @@ class Subscription:
 class DeliveryWindow:
     """One connection's deliveries: which subscription goes next, what is in flight.
 
-    Up to `capacity` deliveries occupy slots at once. The seed's acks carry
+    Up to `capacity` deliveries occupy slots at once, holding at most
+    `max_bytes` of payload between them (a larger message still goes when
+    nothing else is in flight). While `paused` (the connection's output is
+    full) nothing new is sent. The seed's acks carry
     no id, so a legacy window has one slot and an ack answers the oldest; an
     extended window names deliveries by id. A delivery that times out keeps
     its slot until it is sent again after the ack delay, so that a late ack
@@ -247,6 +263,7 @@ class DeliveryWindow:
         dropped: Callable[[Delivery, str], None],
         capacity: int = 1,
         flush: Callable[[], None] = lambda: None,
+        max_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
     ) -> None:
         self._timers = timers
         self._settings = timers.settings
@@ -254,6 +271,11 @@ class DeliveryWindow:
         self._flush = flush
         self._dropped = dropped
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes_in_flight = 0
+        self.paused = False
+        # Taken from its queue but over the byte limit: goes first next time.
+        self._parked: Delivery | None = None
         self.subscriptions: dict[str, Subscription] = {}
         self._ready: deque[Subscription] = deque()
         self._due: deque[Delivery] = deque()
@@ -265,6 +287,15 @@ class DeliveryWindow:
     @property
     def in_flight(self) -> int:
         return len(self._slots)
+
+    def pause(self) -> None:
+        """Send nothing new until `resume`: the connection cannot take more."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Send again, at once."""
+        self.paused = False
+        self._pump()
 
     def subscribe(self, topic: Topic, start: StartAt, offset: int = 0) -> Subscription:
         """Start (or move) this connection's cursor on `topic`."""
@@ -310,10 +341,13 @@ class DeliveryWindow:
         Ids not in flight (late acks of messages given up on) are ignored."""
         slots = self._slots
         forget = self._timers.forget
+        freed = 0
         for delivery_id in delivery_ids:
             delivery = slots.pop(delivery_id, None)
             if delivery is not None:
+                freed += len(delivery.payload)
                 forget(delivery)
+        self.bytes_in_flight -= freed
 
     def nack(self, delivery_id: int | None = None, pump: bool = True) -> bool:
         """The subscriber nacked a delivery (the oldest, if no id is given).
@@ -341,7 +375,10 @@ class DeliveryWindow:
             if not slots:
                 return None
             delivery_id = next(iter(slots))
-        return slots.pop(delivery_id, None)
+        delivery = slots.pop(delivery_id, None)
+        if delivery is not None:
+            self.bytes_in_flight -= len(delivery.payload)
+        return delivery
 
     def close(self) -> None:
         """Release everything at once: the connection is gone."""
@@ -350,6 +387,8 @@ class DeliveryWindow:
         for delivery in self._waiting:
             self._timers.delays.discard(delivery)
         self._slots.clear()
+        self.bytes_in_flight = 0
+        self._parked = None
         self._waiting.clear()
         self._due.clear()
         self._ready.clear()
@@ -366,9 +405,15 @@ class DeliveryWindow:
     def _delay_over(self, delivery: Delivery) -> None:
         if delivery.held:
             del self._slots[delivery.id]
+            self.bytes_in_flight -= len(delivery.payload)
             if delivery.attempts >= self._settings.max_deliveries:
                 self._dropped(delivery, "timed out")
-            elif delivery.subscription.active:
+            elif not delivery.subscription.active:
+                pass
+            elif self.paused:
+                # Not sent again into a full connection: it goes first on resume.
+                self._due.appendleft(delivery)
+            else:
                 self._dispatch(delivery)
         else:
             del self._waiting[delivery]
@@ -388,10 +433,14 @@ class DeliveryWindow:
         if self._pumping:
             return
         self._pumping = True
+        slots = self._slots
         try:
-            while len(self._slots) < self.capacity:
+            while len(slots) < self.capacity and not self.paused:
                 delivery = self._next()
                 if delivery is None:
+                    break
+                if slots and self.bytes_in_flight + len(delivery.payload) > self.max_bytes:
+                    self._parked = delivery
                     break
                 self._dispatch(delivery)
         finally:
@@ -399,6 +448,11 @@ class DeliveryWindow:
         self._flush()
 
     def _next(self) -> Delivery | None:
+        parked = self._parked
+        if parked is not None:
+            self._parked = None
+            if parked.subscription.active:
+                return parked
         while self._due:
             delivery = self._due.popleft()
             if delivery.subscription.active:
@@ -423,6 +477,7 @@ class DeliveryWindow:
         delivery.attempts += 1
         delivery.held = False
         self._slots[delivery.id] = delivery
+        self.bytes_in_flight += len(delivery.payload)
         self._timers.timeouts.add(delivery)
         self._send(delivery)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ServerFactory
@@ -15,11 +14,20 @@ from zope.interface import implementer
 from broker import __version__
 from broker.confirms import ConfirmQueue, answers_in_order
 from broker.dead_letters import DEFAULT_TEMPLATE, DeadLetterPolicy, encode_dead_letter
-from broker.delivery import Delivery, DeliverySettings, DeliveryTimers, DeliveryWindow
+from broker.delivery import (
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    Delivery,
+    DeliverySettings,
+    DeliveryTimers,
+    DeliveryWindow,
+)
+from broker.hello import parse_hello_request
+from broker.input_budget import InputBudget
 from broker.log import DEFAULT_MEMORY_RETENTION, MemoryLog, Retention, StoreError
 from broker.topics import TooManyTopics, TopicRegistry
 from broker.wire import (
     ERR_EMPTY_MESSAGE,
+    ERR_FRAME_TIMEOUT,
     ERR_HANDSHAKE_TIMEOUT,
     ERR_NOTHING_TO_ACK,
     ERR_TOO_MANY_TOPICS,
@@ -30,7 +38,6 @@ from broker.wire import (
     ProtocolError,
     ServerDecoder,
     StartAt,
-    decode_hello,
     encode_delivery_tail,
     encode_error,
     encode_hello,
@@ -43,6 +50,12 @@ log = Logger()
 # Refusals logged per connection before the rest are only counted: a client
 # flooding bad frames must not flood the log too.
 LOGGED_REFUSALS = 10
+# Deliveries of one pump are written in chunks of about this many bytes, so
+# that a connection whose output is full stops the pump between chunks.
+FLUSH_BYTES = 256 * 1024
+# Seconds a connection closed for misbehaving has to take its last Error
+# before it is cut off (a peer that reads nothing would keep it open).
+CLOSE_GRACE = 5.0
 
 _SUBSCRIBED = encode_u16(STATUS_SUBSCRIBED)
 _UNSUBSCRIBED = encode_u16(STATUS_UNSUBSCRIBED)
@@ -65,6 +78,16 @@ class BrokerSettings:
     """Deliveries in flight per connection an extended subscriber may ask for."""
     dead_letter_topic: str | None = DEFAULT_TEMPLATE
     """Where given-up messages go ("{topic}" is replaced); None: dropped."""
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    """Payload bytes in flight per connection (one larger message still goes alone)."""
+    slow_consumer_timeout: float = 30.0
+    """Seconds a subscriber's output may stay full before it is called slow."""
+    disconnect_slow_consumers: bool = False
+    """Close a slow consumer (its deliveries go back to its topics' logs)."""
+    max_pending_input: int = 256 << 20
+    """Bytes held in incomplete frames across all connections, at most."""
+    frame_timeout: float = 30.0
+    """Seconds a frame may stay incomplete before its connection is closed."""
 
 
 def describe_peer(address: IAddress) -> str:
@@ -76,21 +99,23 @@ def describe_peer(address: IAddress) -> str:
 
 
 @implementer(IPushProducer)
-class _ReadThrottle:
-    """Stops reading from a peer while what we wrote to it piles up unread.
+class _OutputBackpressure:
+    """Registered as the producer of a connection's own transport: told when
+    what we wrote piles up unread, and when it has drained.
 
-    Registered as the producer of the connection's own transport, it bounds
-    the memory a client can make us spend on answers it never reads.
+    While it is full the connection sends no new deliveries and is not read
+    from (so a peer cannot make us answer requests it never reads), which
+    bounds the memory any peer can make us spend on its output.
     """
 
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
+    def __init__(self, protocol: BrokerProtocol) -> None:
+        self._protocol = protocol
 
     def pauseProducing(self) -> None:
-        self._transport.pauseProducing()
+        self._protocol.output_full()
 
     def resumeProducing(self) -> None:
-        self._transport.resumeProducing()
+        self._protocol.output_drained()
 
     def stopProducing(self) -> None:
         pass
@@ -120,7 +145,18 @@ class BrokerProtocol(Int32StringReceiver):
         self._order: list[tuple[str, bool]] = []  # this read's publishes, for confirms
         self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
         self._acks_to_pump = False
+        self._outgoing_bytes = 0
         self._refusals = 0
+        # Why reading is paused: "output" (our answers pile up), "input" (budget).
+        self._read_pauses: set[str] = set()
+        self._output_full = False
+        self._slow_consumer: IDelayedCall | None = None
+        # The incomplete frame held, and since when (for --frame-timeout).
+        self._held_input = 0
+        self._partial_since: float | None = None
+        self._partial_progress = -1
+        self._frame_timer: IDelayedCall | None = None
+        self._cut_off: IDelayedCall | None = None
 
     # Connection events.
 
@@ -133,13 +169,14 @@ class BrokerProtocol(Int32StringReceiver):
         self._handshake = factory.clock.callLater(
             settings.handshake_timeout, self._handshake_expired
         )
-        self.transport.registerProducer(_ReadThrottle(self.transport), True)
+        self.transport.registerProducer(_OutputBackpressure(self), True)
         factory.connections.add(self)
         log.info("{peer} connected", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
-        assert self._decoder is not None
-        self._decoder.feed(data)
+        decoder = self._decoder
+        assert decoder is not None
+        decoder.feed(data)
         if self._batch or self._order:
             self._publish_batch()
         if self._acks_to_pump:
@@ -147,9 +184,17 @@ class BrokerProtocol(Int32StringReceiver):
             self._acks_to_pump = False
             if self._window is not None:
                 self._window.pump()
+        if decoder.buffered or self._held_input:
+            self._track_incomplete_frame(decoder.buffered, decoder.progress)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._end_handshake()
+        self._cancel_slow_consumer()
+        for timer in (self._frame_timer, self._cut_off):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._frame_timer = self._cut_off = None
+        self.factory.input_budget.remove(self)
         if self._confirms is not None:
             self._confirms.close()
         if self._window is not None:
@@ -176,8 +221,8 @@ class BrokerProtocol(Int32StringReceiver):
         self._log_refusal(f"unknown action {code}")
         self._send_error(ERR_UNKNOWN_ACTION)
 
-    def refused(self, reason: str) -> None:
-        self._log_refusal(reason)
+    def refused(self, reason: str, detail: str | None = None) -> None:
+        self._log_refusal(detail or reason)
         if self._confirms is not None and self._decoder.role == "publisher":
             self._order.append((reason, False))  # answered in its place
         else:
@@ -186,14 +231,13 @@ class BrokerProtocol(Int32StringReceiver):
     def hello_requested(self, payload: bytes) -> None:
         settings = self.factory.settings
         try:
-            fields = decode_hello(payload)
-            prefetch = int(fields.get("prefetch", 1))
-            confirms = bool(fields.get("confirms", False))
-        except (ProtocolError, TypeError, ValueError):
-            self.refused("invalid hello")
+            request = parse_hello_request(payload)
+        except ProtocolError as error:
+            self.refused(str(error), error.detail)
             return
+        confirms = request.confirms
         self.extended = self._decoder.extended = True
-        self._prefetch = max(1, min(prefetch, settings.max_prefetch))
+        self._prefetch = min(request.prefetch, settings.max_prefetch)
         if confirms:
             self._confirms = ConfirmQueue(self.transport.write)
         self.transport.write(
@@ -205,6 +249,7 @@ class BrokerProtocol(Int32StringReceiver):
                     "prefetch": self._prefetch,
                     "max_prefetch": settings.max_prefetch,
                     "max_message_size": settings.max_message_size,
+                    "max_inflight_bytes": settings.max_inflight_bytes,
                     "max_deliveries": settings.delivery.max_deliveries,
                     "ack_timeout": settings.delivery.ack_timeout,
                     "ack_delay": settings.delivery.ack_delay,
@@ -331,7 +376,11 @@ class BrokerProtocol(Int32StringReceiver):
                 self._delivery_dropped,
                 capacity=self._prefetch,
                 flush=self._flush_deliveries,
+                max_bytes=self.factory.settings.max_inflight_bytes,
             )
+            if self._output_full:
+                self._window.pause()
+                self._start_slow_consumer_timer()
             # A subscriber that vanishes without a FIN is found by keepalive.
             keep_alive = getattr(self.transport, "setTcpKeepAlive", None)
             if keep_alive is not None:
@@ -341,6 +390,9 @@ class BrokerProtocol(Int32StringReceiver):
     def _send_delivery(self, delivery: Delivery) -> None:
         payload = delivery.payload
         self._outgoing += (delivery.topic.delivery_prefix, encode_u64(len(payload)), payload)
+        self._outgoing_bytes += len(payload)
+        if self._outgoing_bytes >= FLUSH_BYTES:
+            self._flush_deliveries()
 
     def _send_extended_delivery(self, delivery: Delivery) -> None:
         payload = delivery.payload
@@ -349,11 +401,117 @@ class BrokerProtocol(Int32StringReceiver):
             encode_delivery_tail(delivery.offset, delivery.attempts, delivery.id, len(payload)),
             payload,
         )
+        self._outgoing_bytes += len(payload)
+        if self._outgoing_bytes >= FLUSH_BYTES:
+            self._flush_deliveries()
 
     def _flush_deliveries(self) -> None:
         if self._outgoing:
-            self.transport.writeSequence(self._outgoing)
+            outgoing = self._outgoing
             self._outgoing = []
+            self._outgoing_bytes = 0
+            # May pause the window at once (output_full), between two chunks.
+            self.transport.writeSequence(outgoing)
+
+    # Backpressure, both ways.
+
+    def output_full(self) -> None:
+        """What we wrote piles up unread: send nothing new, read nothing."""
+        self._output_full = True
+        self._pause_reading("output")
+        if self._window is not None:
+            self._window.pause()
+            self._start_slow_consumer_timer()
+
+    def output_drained(self) -> None:
+        """Everything we wrote has gone to the peer's socket."""
+        self._output_full = False
+        self._cancel_slow_consumer()
+        self._resume_reading("output")
+        if self._window is not None:
+            self._window.resume()
+
+    def pause_input(self) -> None:
+        """The broker-wide input budget is spent: stop reading for now."""
+        self._pause_reading("input")
+
+    def resume_input(self) -> None:
+        self._resume_reading("input")
+
+    def _pause_reading(self, reason: str) -> None:
+        if not self._read_pauses:
+            self.transport.pauseProducing()
+        self._read_pauses.add(reason)
+
+    def _resume_reading(self, reason: str) -> None:
+        if reason in self._read_pauses:
+            self._read_pauses.discard(reason)
+            if not self._read_pauses:
+                self.transport.resumeProducing()
+
+    def _start_slow_consumer_timer(self) -> None:
+        if self._slow_consumer is None:
+            self._slow_consumer = self.factory.clock.callLater(
+                self.factory.settings.slow_consumer_timeout, self._slow_consumer_expired
+            )
+
+    def _cancel_slow_consumer(self) -> None:
+        if self._slow_consumer is not None:
+            if self._slow_consumer.active():
+                self._slow_consumer.cancel()
+            self._slow_consumer = None
+
+    def _slow_consumer_expired(self) -> None:
+        settings = self.factory.settings
+        window = self._window
+        disconnect = settings.disconnect_slow_consumers
+        log.warn(
+            "{peer}: slow consumer: has read none of its deliveries for {seconds} s "
+            "({in_flight} in flight, {bytes} bytes); {action}",
+            peer=self.peer,
+            seconds=settings.slow_consumer_timeout,
+            in_flight=window.in_flight if window else 0,
+            bytes=window.bytes_in_flight if window else 0,
+            action="disconnecting; its deliveries go back to their topics"
+            if disconnect
+            else "waiting for it",
+        )
+        if disconnect:
+            self.transport.abortConnection()
+
+    def _track_incomplete_frame(self, held: int, progress: int) -> None:
+        """Account the incomplete frame left after a read, and time it."""
+        factory = self.factory
+        if held != self._held_input:
+            self._held_input = held
+            factory.input_budget.update(self, held)
+        if not held:
+            self._partial_since = None
+        elif self._partial_since is None or progress != self._partial_progress:
+            self._partial_since = factory.clock.seconds()
+            self._partial_progress = progress
+            if self._frame_timer is None:
+                self._frame_timer = factory.clock.callLater(
+                    factory.settings.frame_timeout, self._frame_timer_fired
+                )
+
+    def _frame_timer_fired(self) -> None:
+        self._frame_timer = None
+        if self._partial_since is None:
+            return
+        clock = self.factory.clock
+        timeout = self.factory.settings.frame_timeout
+        left = self._partial_since + timeout - clock.seconds()
+        if left > 1e-6:
+            self._frame_timer = clock.callLater(left, self._frame_timer_fired)
+            return
+        log.warn(
+            "{peer}: a frame stayed incomplete for {seconds} s ({held} bytes held); closing",
+            peer=self.peer,
+            seconds=timeout,
+            held=self._held_input,
+        )
+        self._close_with_error(ERR_FRAME_TIMEOUT)
 
     def _delivery_dropped(self, delivery: Delivery, reason: str) -> None:
         letter_topic = self.factory.dead_letter(delivery, reason, self.peer)
@@ -380,8 +538,16 @@ class BrokerProtocol(Int32StringReceiver):
     def _handshake_expired(self) -> None:
         self._handshake = None
         log.warn("{peer} sent no valid first action in time; closing", peer=self.peer)
-        self._send_error(ERR_HANDSHAKE_TIMEOUT)
+        self._close_with_error(ERR_HANDSHAKE_TIMEOUT)
+
+    def _close_with_error(self, text: str) -> None:
+        """Send an Error and close; cut off a peer that does not take it in time."""
+        self._send_error(text)
         self.transport.loseConnection()
+        if self._cut_off is None:
+            self._cut_off = self.factory.clock.callLater(
+                CLOSE_GRACE, self.transport.abortConnection
+            )
 
 
 class BrokerFactory(ServerFactory):
@@ -407,6 +573,7 @@ class BrokerFactory(ServerFactory):
         self.timers = DeliveryTimers(self.clock, self.settings.delivery)
         self.dead_letters = DeadLetterPolicy(self.settings.dead_letter_topic)
         self.connections: set[BrokerProtocol] = set()
+        self.input_budget = InputBudget(self.settings.max_pending_input)
 
     def dead_letter(self, delivery: Delivery, reason: str, subscriber: str) -> str | None:
         """Append a given-up message to its dead-letter topic; return that

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from enum import IntEnum
 from typing import Protocol
 
+from broker import untrusted_json
+
 # Actions, client -> server.
 ACTION_SUBSCRIBE = 1
 ACTION_UNSUBSCRIBE = 2
@@ -67,11 +69,14 @@ ERR_TOPIC_LIST_TOO_LARGE = "topic list too large"
 ERR_NOTHING_TO_ACK = "nothing to acknowledge"
 ERR_TOO_MANY_TOPICS = "too many topics"
 ERR_HANDSHAKE_TIMEOUT = "handshake timed out"
+ERR_FRAME_TIMEOUT = "frame timed out"
 ERR_INVALID_HELLO = "invalid hello"
 ERR_EMPTY_MESSAGE = "empty message"
 
 # Errors that answer something other than a subscribe or unsubscribe request.
-UNSOLICITED_ERRORS = frozenset({ERR_UNKNOWN_ACTION, ERR_NOTHING_TO_ACK, ERR_HANDSHAKE_TIMEOUT})
+UNSOLICITED_ERRORS = frozenset(
+    {ERR_UNKNOWN_ACTION, ERR_NOTHING_TO_ACK, ERR_HANDSHAKE_TIMEOUT, ERR_FRAME_TIMEOUT}
+)
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -82,7 +87,14 @@ _unpack_u64 = _U64.unpack_from
 
 
 class ProtocolError(ValueError):
-    """A frame that is well delimited but whose content is refused."""
+    """A frame that is well delimited but whose content is refused.
+
+    Its text is what the peer is told; `detail` (for the log) may say more.
+    """
+
+    def __init__(self, text: str, detail: str | None = None) -> None:
+        super().__init__(text)
+        self.detail = detail or text
 
 
 # ---------------------------------------------------------------- topic names
@@ -123,11 +135,13 @@ def decode_topic_name(raw: bytes) -> str:
 def decode_topic_list(payload: bytes) -> list[str]:
     """Decode a subscribe/unsubscribe payload: a JSON array of topic names."""
     try:
-        topics = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError(ERR_INVALID_TOPIC_DATA) from None
+        topics = untrusted_json.parse(payload)
+    except untrusted_json.UntrustedJSONError as error:
+        raise ProtocolError(ERR_INVALID_TOPIC_DATA, f"{ERR_INVALID_TOPIC_DATA}: {error}") from None
     if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
-        raise ProtocolError(ERR_INVALID_TOPIC_DATA)
+        raise ProtocolError(
+            ERR_INVALID_TOPIC_DATA, f"{ERR_INVALID_TOPIC_DATA}: not a list of topic names"
+        )
     for name in topics:
         problem = topic_name_problem(name)
         if problem:
@@ -196,11 +210,11 @@ def encode_hello(fields: dict) -> bytes:
 def decode_hello(payload: bytes) -> dict:
     """The JSON object of a Hello, or ProtocolError."""
     try:
-        fields = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError(ERR_INVALID_HELLO) from None
+        fields = untrusted_json.parse(payload)
+    except untrusted_json.UntrustedJSONError as error:
+        raise ProtocolError(ERR_INVALID_HELLO, f"{ERR_INVALID_HELLO}: {error}") from None
     if not isinstance(fields, dict):
-        raise ProtocolError(ERR_INVALID_HELLO)
+        raise ProtocolError(ERR_INVALID_HELLO, f"{ERR_INVALID_HELLO}: not a JSON object")
     return fields
 
 
@@ -250,6 +264,8 @@ class _Decoder:
 
     def __init__(self) -> None:
         self._held = bytearray()
+        self.progress = 0
+        """Counts the reads that completed at least one step of a frame."""
         self._skip_left = 0
         self._after_skip: tuple[_State, int] | None = None
 
@@ -265,6 +281,7 @@ class _Decoder:
         elif len(data) < self._need:
             held += data
             return
+        self.progress += 1
         pos = 0
         end = len(data)
         while end - pos >= self._need:
@@ -328,7 +345,7 @@ class ServerEvents(Protocol):
 
     def published(self, topic: str, payload: bytes) -> None: ...
 
-    def refused(self, reason: str) -> None: ...
+    def refused(self, reason: str, detail: str | None = None) -> None: ...
 
 
 _VALID_STARTS = frozenset(StartAt)
@@ -511,7 +528,7 @@ class ServerDecoder(_Decoder):
         try:
             topics = decode_topic_list(self._topics_payload)
         except ProtocolError as error:
-            self._events.refused(str(error))
+            self._events.refused(str(error), error.detail)
             return
         if self._unsubscribing:
             self._events.unsubscribe_requested(topics)

@@ -21,6 +21,10 @@ class ServerRecorder:
     def __getattr__(self, name: str):
         return lambda *args: self.events.append((name, *args))
 
+    def refused(self, reason: str, detail: str | None = None) -> None:
+        # The detail is for the log; the events record what the peer is told.
+        self.events.append(("refused", reason))
+
 
 def decode_server(chunks: list[bytes], max_payload: int = 1 << 20) -> list[tuple]:
     recorder = ServerRecorder()

@@ -1,0 +1,53 @@
+"""What a client may ask for in its Hello, checked field by field.
+
+A Hello is a JSON object. Known fields must have the right type and lie in
+range (a boolean `true` is not the integer 1, and 1.0 is not a prefetch);
+unknown fields are ignored, so that newer clients can talk to this broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.wire import ERR_INVALID_HELLO, ProtocolError, decode_hello
+
+MAX_U32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class HelloRequest:
+    """The extensions a client asked for."""
+
+    version: int = 1
+    prefetch: int = 1
+    """Deliveries in flight the client can take (the broker may grant fewer)."""
+    confirms: bool = False
+
+
+def _invalid(reason: str) -> ProtocolError:
+    return ProtocolError(ERR_INVALID_HELLO, f"{ERR_INVALID_HELLO}: {reason}")
+
+
+def _integer(fields: dict, name: str, default: int, low: int, high: int) -> int:
+    value = fields.get(name, default)
+    # bool is a subclass of int: true must not pass for 1.
+    if type(value) is not int or not low <= value <= high:
+        raise _invalid(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def _boolean(fields: dict, name: str, default: bool) -> bool:
+    value = fields.get(name, default)
+    if type(value) is not bool:
+        raise _invalid(f"{name} must be true or false")
+    return value
+
+
+def parse_hello_request(payload: bytes) -> HelloRequest:
+    """A client's Hello, checked; ProtocolError("invalid hello") for anything off."""
+    fields = decode_hello(payload)
+    return HelloRequest(
+        version=_integer(fields, "version", 1, 1, MAX_U32),
+        prefetch=_integer(fields, "prefetch", 1, 1, MAX_U32),
+        confirms=_boolean(fields, "confirms", False),
+    )
