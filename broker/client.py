@@ -368,6 +368,62 @@ class _Progress:
         return min(self.open) if self.open else self.next
 
 
+class _Publish:
+    """One `publish()`: its message, and the Deferred its caller holds."""
+
+    __slots__ = ("done", "payload", "topic")
+
+    def __init__(self, topic: str, payload: bytes) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.done: Deferred[int | None] = Deferred()
+
+
+class _PublisherLink:
+    """One publisher connection and the publishes written on it that the
+    broker has not answered yet, oldest first.
+
+    Answers come in publish order on the connection that carried the
+    publishes, so each answer belongs to the oldest unanswered publish of
+    *this* connection; nothing another connection sent can be mistaken for it.
+    """
+
+    def __init__(self, protocol: PublisherProtocol, on_error: Callable[[str], None]) -> None:
+        self.protocol = protocol
+        self.unanswered: deque[_Publish] = deque()
+        self._on_error = on_error
+        protocol.on_confirmed = self._confirmed
+        protocol.on_refused = self._refused
+
+    def write(self, entry: _Publish) -> None:
+        self.protocol.write_publish(entry.topic, entry.payload)  # checked in publish()
+        if self.protocol.confirming:
+            self.unanswered.append(entry)
+        elif not entry.done.called:
+            entry.done.callback(None)
+
+    def _confirmed(self, count: int, first_offset: int) -> None:
+        unanswered = self.unanswered
+        if count > len(unanswered):
+            self.protocol.protocol_error(
+                f"{count} confirms for {len(unanswered)} unanswered publishes"
+            )
+            return
+        for offset in range(first_offset, first_offset + count):
+            entry = unanswered.popleft()
+            if not entry.done.called:  # else cancelled after it was written
+                entry.done.callback(offset)
+
+    def _refused(self, text: str) -> None:
+        if not self.unanswered:
+            self.protocol.protocol_error(f"an error answers no publish: {text}")
+            return
+        self._on_error(text)
+        entry = self.unanswered.popleft()
+        if not entry.done.called:
+            entry.done.errback(BrokerError(text))
+
+
 class _Factory(Factory):
     def __init__(self, build: Callable[[], Protocol]) -> None:
         self._build = build
@@ -411,11 +467,11 @@ class BrokerClient:
         self._subscribed: set[str] = set()
         self._publisher: ClientService | None = None
         self._subscriber: ClientService | None = None
-        self._publisher_protocol: PublisherProtocol | None = None
         self._subscriber_server: dict[str, Any] | None = None
-        self._unsent: deque[tuple[str, bytes, Deferred[int | None]]] = deque()
-        self._unconfirmed: deque[tuple[str, bytes, Deferred[int | None]]] = deque()
-        self.publish_errors: list[str] = []
+        # Publishes not yet written to a live connection, in publish order.
+        self._queue: deque[_Publish] = deque()
+        self._link: _PublisherLink | None = None
+        self._closed = False
 
     # Publishing.
 
@@ -426,90 +482,91 @@ class BrokerClient:
         confirms it (resent after a reconnect until then), or fails with
         BrokerError. Without, fires with None once it is handed to a live
         connection. Messages published before a connection is up wait for it,
-        in order.
+        in order. Cancelling the Deferred of a message not yet written
+        withdraws it; one already written is stored all the same.
         """
         _check_publish(topic, payload)
-        sent: Deferred[int | None] = Deferred()
-        protocol = self._publisher_protocol
-        if protocol is not None:
-            self._send(protocol, topic, payload, sent)
-            return sent
-        self._unsent.append((topic, payload, sent))
-        if len(self._unsent) == 1:
-            self.publisher_connected().addCallbacks(self._flush_unsent, self._fail_unsent)
-        return sent
-
-    def _send(
-        self, protocol: PublisherProtocol, topic: str, payload: bytes, sent: Deferred[int | None]
-    ) -> None:
-        protocol.write_publish(topic, payload)  # checked once, in publish()
-        if protocol.confirming:
-            self._unconfirmed.append((topic, payload, sent))
+        if self._closed:
+            return fail(ConnectionDone("the client is closed"))
+        entry = _Publish(topic, payload)
+        entry.done = Deferred(lambda _: self._withdraw(entry))
+        link = self._link
+        if link is not None:
+            link.write(entry)
         else:
-            sent.callback(None)
+            self._queue.append(entry)
+            self._start_publisher()
+        return entry.done
+
+    def _withdraw(self, entry: _Publish) -> None:
+        # A cancelled publish still queued is never sent; a written one is
+        # answered by the broker and the answer ignored.
+        if entry in self._queue:
+            self._queue.remove(entry)
 
     @property
     def unconfirmed(self) -> int:
-        """Publishes sent and not yet confirmed (with confirms)."""
-        return len(self._unconfirmed)
+        """Publishes not yet confirmed: queued, or written and unanswered."""
+        link = self._link
+        return len(self._queue) + (len(link.unanswered) if link else 0)
 
     def publisher_connected(self) -> Deferred[PublisherProtocol]:
         """The publisher connection, once it is up (and has negotiated)."""
-        if self._publisher_protocol is not None:
-            return succeed(self._publisher_protocol)
+        if self._link is not None:
+            return succeed(self._link.protocol)
+        service = self._start_publisher()
+        return self._next_turn(service.whenConnected())
+
+    def _start_publisher(self) -> ClientService:
         if self._publisher is None:
             self._publisher = self._service(
-                _Factory(self._build_publisher), lambda protocol: protocol.negotiated
+                _Factory(self._build_publisher), self._prepare_publisher
             )
-        return self._next_turn(self._publisher.whenConnected())
+        return self._publisher
 
     def _build_publisher(self) -> PublisherProtocol:
         protocol = PublisherProtocol(confirms=self.extensions)
         protocol.on_error = self._publish_error
-        protocol.on_confirmed = self._confirmed
-        protocol.on_refused = self._refused
+        link = _PublisherLink(protocol, self._publish_error)
+        # Registered before ClientService's own callbacks (prepareConnection).
+        protocol.negotiated.addCallback(lambda _: self._adopt(link))
         return protocol
 
-    def _flush_unsent(self, protocol: PublisherProtocol) -> None:
-        if protocol.lost.called:  # gone again before we got to it
-            self.publisher_connected().addCallbacks(self._flush_unsent, self._fail_unsent)
-            return
-        self._publisher_protocol = protocol
-        protocol.lost.addCallback(lambda _: self._publisher_lost(protocol))
-        # What was sent but never confirmed goes again first, in its order.
-        pending = self._unconfirmed + self._unsent
-        self._unconfirmed, self._unsent = deque(), deque()
-        for topic, payload, sent in pending:
-            self._send(protocol, topic, payload, sent)
+    @staticmethod
+    def _prepare_publisher(protocol: PublisherProtocol) -> Deferred[Any]:
+        # `protocol` is ClientService's proxy of the one built above.
+        return protocol.negotiated
 
-    def _fail_unsent(self, failure: Failure) -> None:
-        pending = self._unconfirmed + self._unsent
-        self._unconfirmed, self._unsent = deque(), deque()
-        for _, _, sent in pending:
-            sent.errback(failure)
+    def _adopt(self, link: _PublisherLink) -> None:
+        """A new connection has negotiated: it carries every publish from now
+        on, starting with those queued, in order (what the last connection
+        left unanswered comes first)."""
+        self._link = link
+        link.protocol.lost.addCallback(lambda _: self._publisher_lost(link))
+        queue, self._queue = self._queue, deque()
+        if queue:
+            log.info("sending {n} queued message(s)", n=len(queue))
+        for entry in queue:
+            link.write(entry)
 
-    def _publisher_lost(self, protocol: PublisherProtocol) -> None:
-        if self._publisher_protocol is protocol:
-            self._publisher_protocol = None
-            if self._unconfirmed and self._publisher is not None:
-                log.info(
-                    "resending {n} unconfirmed message(s) after reconnecting",
-                    n=len(self._unconfirmed),
-                )
-                self.publisher_connected().addCallbacks(self._flush_unsent, self._fail_unsent)
+    def _publisher_lost(self, link: _PublisherLink) -> None:
+        if self._link is link:
+            self._link = None
+        # Unanswered publishes of the lost connection go again, before anything
+        # published since; the next connection sends them (ClientService
+        # reconnects by itself).
+        self._queue.extendleft(reversed(link.unanswered))
+        link.unanswered.clear()
+        if self._closed:
+            self._fail_queue(ConnectionDone("the client was closed"))
 
-    def _confirmed(self, count: int, first_offset: int) -> None:
-        for offset in range(first_offset, first_offset + count):
-            _, _, sent = self._unconfirmed.popleft()
-            sent.callback(offset)
-
-    def _refused(self, text: str) -> None:
-        self._publish_error(text)
-        _, _, sent = self._unconfirmed.popleft()
-        sent.errback(BrokerError(text))
+    def _fail_queue(self, reason: Exception) -> None:
+        queue, self._queue = self._queue, deque()
+        for entry in queue:
+            if not entry.done.called:
+                entry.done.errback(reason)
 
     def _publish_error(self, text: str) -> None:
-        self.publish_errors.append(text)
         if self._on_publish_error is not None:
             self._on_publish_error(text)
 
@@ -613,11 +670,12 @@ class BrokerClient:
         """Close both connections and stop reconnecting."""
         services = [s for s in (self._publisher, self._subscriber) if s is not None]
         self._publisher = self._subscriber = None
-        self._publisher_protocol = None
+        self._closed = True
 
         async def close() -> None:
             for service in services:
                 await service.stopService()
+            self._fail_queue(ConnectionDone("the client was closed"))
 
         return ensureDeferred(close())
 
