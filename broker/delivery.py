@@ -411,8 +411,8 @@ class DeliveryWindow:
             elif not delivery.subscription.active:
                 pass
             elif self.paused:
-                # Not sent again into a full connection: it goes first on resume.
-                self._due.appendleft(delivery)
+                # Not sent again into a full connection: it goes on resume, in turn.
+                self._due.append(delivery)
             else:
                 self._dispatch(delivery)
         else:

@@ -185,7 +185,7 @@ class BrokerProtocol(Int32StringReceiver):
             if self._window is not None:
                 self._window.pump()
         if decoder.buffered or self._held_input:
-            self._track_incomplete_frame(decoder.buffered, decoder.progress)
+            self._track_incomplete_frame(decoder)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._end_handshake()
@@ -479,12 +479,14 @@ class BrokerProtocol(Int32StringReceiver):
         if disconnect:
             self.transport.abortConnection()
 
-    def _track_incomplete_frame(self, held: int, progress: int) -> None:
+    def _track_incomplete_frame(self, decoder: ServerDecoder) -> None:
         """Account the incomplete frame left after a read, and time it."""
         factory = self.factory
+        held = decoder.buffered
+        progress = decoder.progress
         if held != self._held_input:
             self._held_input = held
-            factory.input_budget.update(self, held)
+            factory.input_budget.update(self, held, decoder.missing)
         if not held:
             self._partial_since = None
         elif self._partial_since is None or progress != self._partial_progress:

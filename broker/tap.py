@@ -7,7 +7,7 @@ from pathlib import Path
 from twisted.application.service import IService
 from twisted.python import usage
 
-from broker.delivery import DeliverySettings
+from broker.delivery import DEFAULT_MAX_INFLIGHT_BYTES, DeliverySettings
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
 from broker.server import BrokerSettings
 from broker.service import BrokerService
@@ -47,6 +47,14 @@ class Options(usage.Options):
         "Publishers' messages fan out to every subscriber of their topic, and "
         "each topic keeps a replay log that subscribers can start from."
     )
+
+    optFlags = [
+        [
+            "disconnect-slow-consumers",
+            None,
+            "Close a slow consumer's connection (its deliveries go back to their topics).",
+        ],
+    ]
 
     optParameters = [
         [
@@ -99,6 +107,36 @@ class Options(usage.Options):
             "Deliveries in flight per connection that a subscriber "
             "using the extensions may ask for.",
             _positive(int),
+        ],
+        [
+            "max-inflight-bytes",
+            None,
+            DEFAULT_MAX_INFLIGHT_BYTES,
+            "Payload bytes in flight per connection (a larger message still goes alone).",
+            _positive(int),
+        ],
+        [
+            "slow-consumer-timeout",
+            None,
+            30.0,
+            "Seconds a subscriber may leave its deliveries unread before it is logged "
+            "as a slow consumer (and disconnected, with --disconnect-slow-consumers).",
+            _positive(float),
+        ],
+        [
+            "max-pending-input",
+            None,
+            256 << 20,
+            "Bytes held in incomplete frames across all connections; past it the broker "
+            "stops reading from the connections holding the largest ones.",
+            _positive(int),
+        ],
+        [
+            "frame-timeout",
+            None,
+            30.0,
+            "Seconds a frame may stay incomplete before its connection is closed.",
+            _positive(float),
         ],
         [
             "dead-letter-topic",
@@ -191,6 +229,11 @@ class Options(usage.Options):
             retention=self.retention(),
             max_prefetch=self["max-prefetch"],
             dead_letter_topic=self["dead-letter-topic"] or None,
+            max_inflight_bytes=self["max-inflight-bytes"],
+            slow_consumer_timeout=self["slow-consumer-timeout"],
+            disconnect_slow_consumers=bool(self["disconnect-slow-consumers"]),
+            max_pending_input=self["max-pending-input"],
+            frame_timeout=self["frame-timeout"],
             delivery=DeliverySettings(
                 ack_delay=self["ack-delay"],
                 ack_timeout=self["ack-timeout"],

@@ -294,6 +294,12 @@ class _Decoder:
         """Bytes held for a frame not yet complete (bounded by the limits)."""
         return len(self._held)
 
+    @property
+    def missing(self) -> int:
+        """Bytes the step being decoded still waits for (0 if none is held)."""
+        held = len(self._held)
+        return self._need - held if held else 0
+
     def _goto(self, state: _State, need: int) -> None:
         self._state = state
         self._need = need

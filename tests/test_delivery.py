@@ -256,3 +256,72 @@ def test_closing_with_a_redelivery_pending_leaves_no_timer_behind():
     assert len(sub.timers.delays) == 0 and len(sub.timers.timeouts) == 0
     clock.advance(10)  # nothing fires into the closed window
     assert sub.payloads() == [b"a", b"b"]
+
+
+def _window(clock: Clock, capacity: int, max_bytes: int) -> tuple[DeliveryWindow, list[Delivery]]:
+    sent: list[Delivery] = []
+    timers = DeliveryTimers(clock, DeliverySettings())
+    window = DeliveryWindow(
+        timers, sent.append, lambda d, reason: None, capacity=capacity, max_bytes=max_bytes
+    )
+    return window, sent
+
+
+def test_a_window_holds_at_most_its_bytes_whatever_its_prefetch():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, sent = _window(clock, capacity=100, max_bytes=250)
+    registry.publish("t", [b"a" * 100, b"b" * 100, b"c" * 100, b"d" * 40])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    assert [d.payload[:1] for d in sent] == [b"a", b"b"]  # c would make 300
+    assert window.bytes_in_flight == 200
+    window.ack_many([sent[0].id])
+    window.pump()
+    assert [d.payload[:1] for d in sent] == [b"a", b"b", b"c", b"d"]  # 240 bytes
+    assert window.bytes_in_flight == 240 and window.in_flight == 3
+
+
+def test_a_message_larger_than_the_byte_limit_goes_alone():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, sent = _window(clock, capacity=100, max_bytes=10)
+    registry.publish("t", [b"x" * 50, b"y"])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    assert [d.payload for d in sent] == [b"x" * 50]
+    window.ack(sent[0].id)
+    assert [d.payload for d in sent][-1] == b"y"
+    assert window.bytes_in_flight == 1
+
+
+def test_a_paused_window_sends_nothing_new_nor_again_until_resumed():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, sent = _window(clock, capacity=10, max_bytes=1 << 20)
+    registry.publish("t", [b"1", b"2"])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    assert len(sent) == 2
+    window.pause()
+    registry.publish("t", [b"3"])
+    clock.advance(2.0)  # both time out and keep their slots...
+    clock.advance(1.0)  # ...until their ack delay passes
+    assert window.in_flight == 0
+    assert [d.payload for d in sent] == [b"1", b"2"]  # not sent into a full connection
+    window.resume()
+    assert [(d.payload, d.attempts) for d in sent[2:]] == [(b"1", 2), (b"2", 2), (b"3", 1)]
+
+
+def test_read_ahead_is_bounded_in_bytes():
+    from broker.delivery import READ_AHEAD_BYTES
+
+    registry = TopicRegistry()
+    window, sent = _window(Clock(), capacity=1, max_bytes=1 << 30)
+    big = b"z" * (READ_AHEAD_BYTES // 4 + 1)
+    registry.publish("t", [big] * 10)
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    subscription = window.subscriptions["t"]
+    held = sum(len(p) for p in subscription._buffer[subscription._index :] if p)
+    assert held <= READ_AHEAD_BYTES
+    for _ in range(9):
+        window.ack(sent[-1].id)
+    assert len(sent) == 10 and all(d.payload == big for d in sent)
+    assert [d.offset for d in sent] == list(range(10))

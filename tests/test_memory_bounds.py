@@ -1,0 +1,105 @@
+"""Memory bounded broker-wide, measured on a real `twistd` broker from /proc:
+subscribers that never read, and many connections holding incomplete frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+
+from broker import wire
+from broker.client import connect
+from broker.wire import StartAt
+from tests.process import Child, free_port, spawn_broker
+from tests.raw import RawConnection, connect_raw
+
+MIB = 1 << 20
+
+
+def memory(child: Child) -> dict[str, int]:
+    """VmRSS and VmHWM (the peak) of a child, in MiB."""
+    status = Path(f"/proc/{child.transport.pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    return {name: int(fields[name].split()[0]) // 1024 for name in ("VmRSS", "VmHWM")}
+
+
+async def start(tmp_path: Path, port: int, *options: str) -> Child:
+    broker = spawn_broker(tmp_path, "--port", f"tcp:{port}:interface=127.0.0.1", *options)
+    await broker.line("BrokerFactory starting on")
+    return broker
+
+
+async def stop(broker: Child) -> None:
+    broker.signal("TERM")
+    await broker.ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribers_that_never_read_cost_a_bounded_amount(tmp_path):
+    port = free_port()
+    broker = await start(tmp_path, port, "--retention-bytes", str(32 * MIB))
+    stalled: list[RawConnection] = []
+    publisher = connect(reactor, f"tcp:127.0.0.1:{port}", extensions=True)
+    try:
+        started = memory(broker)["VmRSS"]
+        for _ in range(4):
+            conn = await connect_raw(port)
+            conn.send(wire.encode_hello({"version": 1, "prefetch": 1024}))
+            head = await conn.read(6)
+            await conn.read(int.from_bytes(head[2:], "big"))  # the Hello answer
+            conn.send(wire.encode_subscribe(["big"], StartAt.BEGINNING))
+            assert await conn.read(2) == wire.encode_u16(wire.STATUS_SUBSCRIBED)
+            conn.transport.pauseProducing()  # and never reads again
+            stalled.append(conn)
+        payload = b"m" * MIB
+        await gatherResults([publisher.publish("big", payload) for _ in range(256)])
+        used = memory(broker)
+        print(f"\nnever-reading subscribers: RSS {started} MiB at start, peak {used['VmHWM']} MiB")
+        # 256 MiB went to four subscribers that read nothing; 32 MiB are retained.
+        assert used["VmHWM"] - started < 160
+    finally:
+        await publisher.close()
+        for conn in stalled:
+            conn.transport.abortConnection()
+        await stop(broker)
+
+
+@pytest_twisted.ensureDeferred
+async def test_incomplete_frames_are_bounded_broker_wide_and_time_out(tmp_path):
+    port = free_port()
+    broker = await start(
+        tmp_path, port, "--max-pending-input", str(16 * MIB), "--frame-timeout", "8"
+    )
+    stuck: list[RawConnection] = []
+    try:
+        started = memory(broker)["VmRSS"]
+        frame = wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("t", b"s" * MIB)
+        for _ in range(200):
+            conn = await connect_raw(port)
+            conn.send(frame[:-1])  # all but the last byte, for ever
+            stuck.append(conn)
+        await broker.line("over --max-pending-input")
+        # Clients with ordinary frames are still served meanwhile.
+        subscriber = await connect_raw(port)
+        subscriber.send(wire.encode_subscribe(["fine"], StartAt.CURRENT))
+        assert await subscriber.read(2) == wire.encode_u16(wire.STATUS_SUBSCRIBED)
+        publisher = await connect_raw(port)
+        publisher.send(wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("fine", b"hi"))
+        delivery = wire.encode_delivery("fine", b"hi")
+        assert await subscriber.read(len(delivery)) == delivery
+        # Every stuck frame times out, paused or not, with an Error.
+        await gatherResults([conn.closed for conn in stuck])
+        timed_out = wire.encode_error(wire.ERR_FRAME_TIMEOUT)
+        assert all(bytes(conn.received) == timed_out for conn in stuck)
+        used = memory(broker)
+        print(f"\nincomplete frames: RSS {started} MiB at start, peak {used['VmHWM']} MiB")
+        # 200 MiB were sent in incomplete frames; the budget is 16 MiB.
+        assert used["VmHWM"] - started < 80
+        subscriber.transport.loseConnection()
+        publisher.transport.loseConnection()
+    finally:
+        for conn in stuck:
+            conn.transport.abortConnection()
+        await stop(broker)
