@@ -19,8 +19,8 @@ from typing import Any
 from twisted.internet import task
 from twisted.internet.defer import Deferred, ensureDeferred
 
-from broker.client import BrokerClient, Message, connect
-from broker.wire import MAX_U16, StartAt
+from broker.client import BrokerClient, BrokerUnreachable, Message, connect
+from broker.wire import MAX_U16, StartAt, topic_name_problem
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -32,7 +32,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--consume-from",
         type=int,
         default=-1,
-        help="offset to start from; -1 (the default) starts at the next message",
+        help="offset to start from; -1 (the default) starts at the next message; "
+        "offsets past 65,535 need --extensions",
     )
     parser.add_argument(
         "--publish", action="store_true", help="while consuming, also publish every --interval"
@@ -47,8 +48,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="use the broker's extensions: confirmed publishes, offsets, prefetch, resume",
     )
     args = parser.parse_args(argv)
-    if not -1 <= args.consume_from <= MAX_U16:
-        parser.error(f"--consume-from takes -1 to {MAX_U16}")
+    if args.consume_from < -1:
+        parser.error("--consume-from takes -1 or an offset")
+    if args.consume_from > MAX_U16 and not args.extensions:
+        parser.error(f"--consume-from past {MAX_U16:,} needs --extensions (From is a u16)")
+    problem = topic_name_problem(args.topic)
+    if problem:
+        parser.error(f"--topic {args.topic!r}: {problem}")
     return args
 
 
@@ -69,9 +75,20 @@ async def publish_every(reactor: Any, client: BrokerClient, args: argparse.Names
         await task.deferLater(reactor, args.interval, lambda: None)
 
 
+async def wait_for_broker(client: BrokerClient, server: str) -> None:
+    """Say so while the broker cannot be reached; the client keeps trying."""
+    while True:
+        try:
+            await client.connected(timeout=2.0)
+            return
+        except BrokerUnreachable:
+            print(f"cannot reach {server} ({client.last_problem}), retrying", flush=True)
+
+
 async def run(reactor: Any, args: argparse.Namespace) -> None:
     client = connect(reactor, args.server, extensions=args.extensions)
     reactor.addSystemEventTrigger("before", "shutdown", client.close)
+    await wait_for_broker(client, args.server)
     if args.client_type == "publish":
         await publish_every(reactor, client, args)
         await client.close()

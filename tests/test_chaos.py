@@ -24,7 +24,7 @@ async def test_nothing_confirmed_is_lost_across_kills_and_dropped_subscribers(tm
     port = free_port()
     endpoint = f"tcp:127.0.0.1:{port}"
     broker = await start_durable_broker(tmp_path, port)
-    publisher = connect(reactor, endpoint, extensions=True)
+    publisher = connect(reactor, endpoint, extensions=True, max_queued=MESSAGES)
     subscriber = connect(reactor, endpoint, extensions=True, prefetch=256)
     delivered: dict[int, bytes] = {}  # offset -> payload, as received
     first_deliveries: list[int] = []

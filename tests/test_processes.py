@@ -154,3 +154,52 @@ async def test_twistd_broker_stops_at_start_on_an_unusable_data_dir(tmp_path):
     )
     assert await broker.ended != 0
     assert "is not usable" in broker.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_example_says_it_cannot_reach_the_broker_then_finds_it():
+    port = free_port()
+    consumer = example(f"127.0.0.1:{port}", "consume")
+    try:
+        await consumer.line(f"cannot reach 127.0.0.1:{port} (cannot connect:")
+        await consumer.line("retrying")
+        running = start_broker(port=port)
+        try:
+            await consumer.line("subscribed to topic-a", timeout=30)
+        finally:
+            await running.stop()
+    finally:
+        consumer.signal("INT")
+        await consumer.ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_example_checks_its_options():
+    empty = example("127.0.0.1:1", "consume", "--topic", "")
+    assert await empty.ended == 2
+    assert "--topic '': invalid topic name: empty" in empty.output
+    far = example("127.0.0.1:1", "consume", "--consume-from", "70000")
+    assert await far.ended == 2
+    assert "needs --extensions" in far.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_example_replays_from_an_offset_past_65535_with_extensions():
+    running = start_broker()
+    running.factory.registry.publish("far", [b"m%d" % n for n in range(70_002)])
+    try:
+        consumer = example(
+            f"127.0.0.1:{running.port}",
+            "consume",
+            "--topic",
+            "far",
+            "--consume-from",
+            "70000",
+            "--extensions",
+        )
+        await consumer.line("received on far: m70001 (offset 70001)")
+        assert "m69999" not in consumer.output
+        consumer.signal("INT")
+        assert await consumer.ended == 0
+    finally:
+        await running.stop()

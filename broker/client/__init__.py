@@ -1,0 +1,53 @@
+"""A Twisted client for the broker.
+
+    client = connect(reactor, "tcp:localhost:3000", extensions=True)
+    await client.connected(timeout=5)       # optional: fail fast if unreachable
+    await client.subscribe(["orders"], handle, start=StartAt.BEGINNING)
+    offset = await client.publish("orders", b"...")
+    await client.close()
+
+A handler gets a `Message`; its result acks the message, unless it is False
+or a failure (also through a Deferred), which nack it.
+
+With `extensions=True` the client asks the broker for its extensions (a
+broker that refuses them, like the seed's Go broker, is detected and spoken
+to plainly): `publish` fires with the offset the message was stored at, and
+is retried after a reconnect until it is confirmed; a subscriber handles up
+to `prefetch` messages at a time, acks them by id, and after a reconnect
+resumes from its lowest offset not yet answered, so that nothing is missed.
+
+`broker.client.protocols` holds the two connections as plain Twisted
+protocols; `broker.client.reconnecting` the client that drives them.
+"""
+
+from broker.client.protocols import (
+    BrokerError,
+    ExtensionsRefused,
+    Handler,
+    Message,
+    PublisherProtocol,
+    SubscriberProtocol,
+)
+from broker.client.reconnecting import (
+    DEFAULT_MAX_QUEUED,
+    BrokerClient,
+    BrokerUnreachable,
+    QueueFull,
+    connect,
+)
+from broker.wire import StartAt
+
+__all__ = [
+    "DEFAULT_MAX_QUEUED",
+    "BrokerClient",
+    "BrokerError",
+    "BrokerUnreachable",
+    "ExtensionsRefused",
+    "Handler",
+    "Message",
+    "PublisherProtocol",
+    "QueueFull",
+    "StartAt",
+    "SubscriberProtocol",
+    "connect",
+]

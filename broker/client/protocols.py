@@ -1,0 +1,342 @@
+"""The client's two connections as Twisted protocols: a publisher and a
+subscriber, each negotiating the extensions (or not) and decoding what the
+broker sends. `broker.client.BrokerClient` drives them; they can also be used
+alone, with any endpoint.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import (
+    Deferred,
+    fail,
+    maybeDeferred,
+)
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from broker.wire import (
+    ACK,
+    ACTION_PUBLISH,
+    EXTENSIONS_VERSION,
+    MAX_U16,
+    NACK,
+    STATUS_SUBSCRIBED,
+    STATUS_UNSUBSCRIBED,
+    UNSOLICITED_ERRORS,
+    ClientDecoder,
+    StartAt,
+    encode_ack_id,
+    encode_hello,
+    encode_publish,
+    encode_subscribe,
+    encode_u16,
+    encode_unsubscribe,
+    topic_name_problem,
+)
+
+log = Logger()
+
+_ACK = encode_u16(ACK)
+_NACK = encode_u16(NACK)
+# Deliveries larger than this are taken as a broken stream.
+CLIENT_MAX_PAYLOAD = 1 << 30
+
+
+class BrokerError(Exception):
+    """The broker answered with an Error status."""
+
+
+class ExtensionsRefused(BrokerError):
+    """The broker answered Hello with an Error: it speaks only the seed's
+    protocol (the Go broker then stops reading that connection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One delivery. With extensions, also its offset and which delivery this is."""
+
+    topic: str
+    payload: bytes
+    offset: int | None = None
+    attempt: int = 1
+
+
+Handler = Callable[[Message], Any]
+
+
+def _check_topics(topics: Iterable[str]) -> list[str]:
+    names = list(dict.fromkeys(topics))
+    if not names:
+        raise ValueError("name at least one topic")
+    for name in names:
+        problem = topic_name_problem(name)
+        if problem:
+            raise ValueError(f"{name!r}: {problem}")
+    return names
+
+
+def _check_publish(topic: str, payload: bytes) -> None:
+    if not isinstance(topic, str):
+        raise TypeError(f"topic must be str, not {type(topic).__name__}")
+    if not isinstance(payload, bytes):
+        hint = " (encode it first)" if isinstance(payload, str) else ""
+        raise TypeError(f"payload must be bytes, not {type(payload).__name__}{hint}")
+    problem = topic_name_problem(topic)
+    if problem:
+        raise ValueError(f"{topic!r}: {problem}")
+    if not payload:
+        raise ValueError("the broker does not take empty messages")
+
+
+class _ClientProtocol(Protocol):
+    """Negotiation, decoding and the reactions both roles share.
+
+    `ask` is the Hello to send (None: speak the seed's protocol); `negotiated`
+    fires with what the server granted, or None without extensions.
+    """
+
+    def __init__(self, ask: dict[str, Any] | None = None) -> None:
+        self.decoder = ClientDecoder(self, CLIENT_MAX_PAYLOAD)
+        self.on_error: Callable[[str], None] = lambda text: None
+        self.lost: Deferred[None] = Deferred()
+        """Fires when the connection is gone."""
+        self.negotiated: Deferred[dict[str, Any] | None] = Deferred()
+        self.server: dict[str, Any] | None = None
+        """The extensions the server granted, or None."""
+        self._ask = ask
+
+    @property
+    def asked_for_extensions(self) -> bool:
+        return self._ask is not None
+
+    def connectionMade(self) -> None:
+        if self._ask is None:
+            self._begin(None)
+        else:
+            self.decoder.expect_hello()
+            self.transport.write(encode_hello({"version": EXTENSIONS_VERSION, **self._ask}))
+
+    def _begin(self, server: dict[str, Any] | None) -> None:
+        self.server = server
+        self._start_role()
+        self.negotiated.callback(server)
+
+    def _start_role(self) -> None:
+        """Send what the role sends first, once negotiation is over."""
+
+    def hello_received(self, fields: dict[str, Any]) -> None:
+        self._begin(fields)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.decoder.feed(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.negotiated.called:
+            self.negotiated.errback(reason or ConnectionDone())
+        self.lost.callback(None)
+
+    def status_received(self, code: int) -> None:
+        self.protocol_error(f"unexpected status {code}")
+
+    def error_received(self, text: str) -> None:
+        if not self.negotiated.called:
+            # The seed's broker answers Hello with "unknown action" and then
+            # never reads this connection again: it is of no more use.
+            self.negotiated.errback(ExtensionsRefused(text))
+            self.transport.loseConnection()
+            return
+        log.warn("broker error: {text}", text=text)
+        self.on_error(text)
+
+    def delivery_received(self, topic: str, payload: bytes) -> None:
+        self.protocol_error(f"unexpected delivery of {topic!r}")
+
+    def extended_delivery_received(
+        self, topic: str, offset: int, attempt: int, delivery_id: int, payload: bytes
+    ) -> None:
+        self.protocol_error(f"unexpected delivery of {topic!r}")
+
+    def confirmed(self, count: int, first_offset: int) -> None:
+        self.protocol_error("unexpected confirm")
+
+    def protocol_error(self, reason: str) -> None:
+        log.error("closing a broken connection: {reason}", reason=reason)
+        self.transport.loseConnection()
+
+
+class PublisherProtocol(_ClientProtocol):
+    """A publisher connection. Without confirms the broker answers nothing on
+    success and errors go to `on_error`; with them, every publish is answered
+    in order, through `on_confirmed` and `on_refused`."""
+
+    def __init__(self, confirms: bool = False) -> None:
+        super().__init__({"confirms": True} if confirms else None)
+        self.on_confirmed: Callable[[int, int], None] = lambda count, first: None
+        self.on_refused: Callable[[str], None] = lambda text: None
+
+    @property
+    def confirming(self) -> bool:
+        return bool(self.server and self.server.get("confirms"))
+
+    def _start_role(self) -> None:
+        self.transport.write(encode_u16(ACTION_PUBLISH))
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        _check_publish(topic, payload)
+        self.write_publish(topic, payload)
+
+    def write_publish(self, topic: str, payload: bytes) -> None:
+        """Send a publish frame whose topic and payload are already checked."""
+        self.transport.write(encode_publish(topic, payload))
+
+    def confirmed(self, count: int, first_offset: int) -> None:
+        self.on_confirmed(count, first_offset)
+
+    def error_received(self, text: str) -> None:
+        if self.confirming:
+            self.on_refused(text)
+        else:
+            super().error_received(text)
+
+
+class SubscriberProtocol(_ClientProtocol):
+    """A subscriber connection: requests with their answers, and each
+    delivery handed to `handler` and answered with its result.
+
+    Without extensions deliveries are handled one at a time (the seed's acks
+    carry no id); with them, up to the prefetch at once, acked by id.
+    """
+
+    def __init__(self, handler: Handler, prefetch: int | None = None) -> None:
+        super().__init__(None if prefetch is None else {"prefetch": prefetch})
+        self.handler = handler
+        self.topics: set[str] = set()
+        self.on_answered: Callable[[Message, bool], None] = lambda message, acked: None
+        self._requests: deque[tuple[Deferred[None], int, list[str]]] = deque()
+        self._deliveries: deque[Message] = deque()
+        self._busy = False
+        self._lost = False
+
+    def subscribe(
+        self, topics: Iterable[str], start: StartAt = StartAt.CURRENT, offset: int = 0
+    ) -> Deferred[None]:
+        """Fires once the broker answers Subscribed; fails with BrokerError.
+
+        From an offset past 65,535 is sent as From64, an extension the seed's
+        broker does not know.
+        """
+        names = _check_topics(topics)
+        if start == StartAt.FROM and offset > MAX_U16:
+            start = StartAt.FROM64
+        frame = encode_subscribe(names, start, offset)
+        new = [name for name in names if name not in self.topics]
+        for name in new:
+            # Deliveries of a new topic may follow the status at once.
+            self.topics.add(name)
+            self.decoder.expect_topic(name)
+        return self._request(frame, STATUS_SUBSCRIBED, new)
+
+    def unsubscribe(self, topics: Iterable[str]) -> Deferred[None]:
+        """Fires once the broker answers Unsubscribed."""
+        names = _check_topics(topics)
+        done = self._request(encode_unsubscribe(names), STATUS_UNSUBSCRIBED, [])
+        done.addCallback(lambda _: self._forget(name for name in names if name in self.topics))
+        return done
+
+    def _request(self, frame: bytes, status: int, added: list[str]) -> Deferred[None]:
+        if self._lost:
+            return fail(ConnectionDone("the connection is closed"))
+        answered: Deferred[None] = Deferred()
+        self._requests.append((answered, status, added))
+        self.decoder.pending_requests += 1
+        self.transport.write(frame)
+        return answered
+
+    def _forget(self, names: Iterable[str]) -> None:
+        for name in list(names):
+            self.topics.discard(name)
+            self.decoder.forget_topic(name)
+
+    def status_received(self, code: int) -> None:
+        if not self._requests:
+            self.protocol_error(f"status {code} answers no request")
+            return
+        answered, expected, added = self._requests.popleft()
+        self.decoder.pending_requests -= 1
+        if code == expected:
+            answered.callback(None)
+        else:
+            self._forget(added)
+            answered.errback(BrokerError(f"unexpected status {code}"))
+
+    def error_received(self, text: str) -> None:
+        if not self.negotiated.called or text in UNSOLICITED_ERRORS or not self._requests:
+            super().error_received(text)
+            return
+        answered, _, added = self._requests.popleft()
+        self.decoder.pending_requests -= 1
+        self._forget(added)
+        answered.errback(BrokerError(text))
+
+    # The seed's deliveries: one at a time.
+
+    def delivery_received(self, topic: str, payload: bytes) -> None:
+        self._deliveries.append(Message(topic, payload))
+        if not self._busy:
+            self._handle_next()
+
+    def _handle_next(self) -> None:
+        while self._deliveries and not self._busy and not self._lost:
+            message = self._deliveries.popleft()
+            self._busy = True
+            maybeDeferred(self.handler, message).addBoth(self._answer, message)
+
+    def _answer(self, result: object, message: Message) -> None:
+        self._busy = False
+        acked = _acks(result, message)
+        if self._lost:
+            return
+        self.transport.write(_ACK if acked else _NACK)
+        self._handle_next()
+
+    # Extended deliveries: many at once, acked by id.
+
+    def extended_delivery_received(
+        self, topic: str, offset: int, attempt: int, delivery_id: int, payload: bytes
+    ) -> None:
+        message = Message(topic, payload, offset, attempt)
+        maybeDeferred(self.handler, message).addBoth(self._answer_id, message, delivery_id)
+
+    def _answer_id(self, result: object, message: Message, delivery_id: int) -> None:
+        acked = _acks(result, message)
+        if self._lost:
+            return
+        self.transport.write(encode_ack_id(delivery_id, acked))
+        self.on_answered(message, acked)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._lost = True
+        self._deliveries.clear()
+        requests, self._requests = self._requests, deque()
+        for answered, _, _ in requests:
+            answered.errback(reason or ConnectionDone())
+        super().connectionLost(reason)
+
+
+def _acks(result: object, message: Message) -> bool:
+    if isinstance(result, Failure):
+        log.failure(
+            "handler failed on message {offset} of {topic!r}; nacking it",
+            result,
+            offset=message.offset,
+            topic=message.topic,
+        )
+        return False
+    return result is not False

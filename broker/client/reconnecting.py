@@ -1,0 +1,588 @@
+"""`BrokerClient`: publishes and subscribes through one broker, reconnecting
+with backoff, and `connect()`, which makes one from an endpoint string.
+
+Each role has its own connection (a connection's role is fixed), kept up by
+a `ClientService`. The service only keeps a TCP connection up; what the
+client waits for is its own: a connection is *ready* once it has negotiated
+(and, for the subscriber, resubscribed). Twisted's ClientService cannot take
+a connection lost while its `prepareConnection` is pending, which an early
+close by the server (a TLS port spoken to in plain text, the seed's broker
+refusing Hello) would do on every attempt.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Generic, TypeVar
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    ensureDeferred,
+    fail,
+    gatherResults,
+    succeed,
+)
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import ConnectionClosed, ConnectionDone
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from broker.client.protocols import (
+    BrokerError,
+    ExtensionsRefused,
+    Handler,
+    Message,
+    PublisherProtocol,
+    SubscriberProtocol,
+    _check_publish,
+    _check_topics,
+)
+from broker.wire import StartAt
+
+log = Logger()
+T = TypeVar("T")
+P = TypeVar("P", PublisherProtocol, SubscriberProtocol)
+
+# Publishes a client holds for a connection, by default, before publish() fails.
+DEFAULT_MAX_QUEUED = 10_000
+
+
+class QueueFull(BrokerError):
+    """publish() while --max-queued messages already wait for a connection."""
+
+
+class BrokerUnreachable(Exception):
+    """No connection to the broker came up in time; the message says why."""
+
+
+class _Progress:
+    """Where a topic's subscription resumes: the lowest offset delivered and
+    not yet answered for good, else the one after the highest delivered."""
+
+    __slots__ = ("next", "open")
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+        self.next: int | None = None
+
+    def delivered(self, offset: int) -> None:
+        self.open.add(offset)
+        if self.next is None or offset >= self.next:
+            self.next = offset + 1
+
+    def answered(self, offset: int) -> None:
+        self.open.discard(offset)
+
+    def resume_at(self) -> int | None:
+        return min(self.open) if self.open else self.next
+
+
+class _Publish:
+    """One `publish()`: its message, and the Deferred its caller holds."""
+
+    __slots__ = ("done", "payload", "topic")
+
+    def __init__(self, topic: str, payload: bytes) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.done: Deferred[int | None] = Deferred()
+
+
+class _PublisherLink:
+    """One publisher connection and the publishes written on it that the
+    broker has not answered yet, oldest first.
+
+    Answers come in publish order on the connection that carried the
+    publishes, so each answer belongs to the oldest unanswered publish of
+    *this* connection; nothing another connection sent can be mistaken for it.
+    """
+
+    def __init__(self, protocol: PublisherProtocol, on_error: Callable[[str], None]) -> None:
+        self.protocol = protocol
+        self.unanswered: deque[_Publish] = deque()
+        self._on_error = on_error
+        protocol.on_confirmed = self._confirmed
+        protocol.on_refused = self._refused
+
+    def write(self, entry: _Publish) -> None:
+        self.protocol.write_publish(entry.topic, entry.payload)  # checked in publish()
+        if self.protocol.confirming:
+            self.unanswered.append(entry)
+        elif not entry.done.called:
+            entry.done.callback(None)
+
+    def _confirmed(self, count: int, first_offset: int) -> None:
+        unanswered = self.unanswered
+        if count > len(unanswered):
+            self.protocol.protocol_error(
+                f"{count} confirms for {len(unanswered)} unanswered publishes"
+            )
+            return
+        for offset in range(first_offset, first_offset + count):
+            entry = unanswered.popleft()
+            if not entry.done.called:  # else cancelled after it was written
+                entry.done.callback(offset)
+
+    def _refused(self, text: str) -> None:
+        if not self.unanswered:
+            self.protocol.protocol_error(f"an error answers no publish: {text}")
+            return
+        self._on_error(text)
+        entry = self.unanswered.popleft()
+        if not entry.done.called:
+            entry.done.errback(BrokerError(text))
+
+
+class _Role(Generic[P]):
+    """One role's connection: the service that keeps it up, and the protocol
+    that is ready on it (negotiated, and whatever `prepare` adds)."""
+
+    def __init__(
+        self,
+        client: BrokerClient,
+        name: str,
+        build: Callable[[], P],
+        prepare: Callable[[P], Deferred[None] | None],
+    ) -> None:
+        self._client = client
+        self.name = name
+        self._build = build
+        self._prepare = prepare
+        self.service: ClientService | None = None
+        self.current: P | None = None
+        self._waiters: list[Deferred[P]] = []
+
+    @property
+    def started(self) -> bool:
+        return self.service is not None
+
+    def start(self) -> None:
+        if self.service is None:
+            self.service = self._client._service(_Factory(self._make))
+
+    def when_ready(self) -> Deferred[P]:
+        """The ready protocol, now or once the next one is."""
+        if self.current is not None:
+            return succeed(self.current)
+        self.start()
+        waiter: Deferred[P] = Deferred(self._waiters.remove)
+        self._waiters.append(waiter)
+        return waiter
+
+    def stop(self) -> Deferred[None] | None:
+        service, self.service = self.service, None
+        self.current = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(ConnectionDone("the client was closed"))
+        return service.stopService() if service is not None else None
+
+    def _make(self) -> P:
+        protocol = self._build()
+        protocol.negotiated.addCallbacks(
+            lambda _: self._negotiated(protocol), lambda f: self._client._negotiation_failed(f)
+        )
+        protocol.lost.addCallback(lambda _: self._lost(protocol))
+        return protocol
+
+    def _negotiated(self, protocol: P) -> Deferred[None] | None:
+        prepared = self._prepare(protocol)
+        if prepared is None:
+            self._ready(protocol)
+            return None
+        return prepared.addCallbacks(lambda _: self._ready(protocol), lambda _: None)
+
+    def _ready(self, protocol: P) -> None:
+        if protocol.lost.called or self.service is None:
+            return
+        self.current = protocol
+        self._client._now_connected()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(protocol)
+
+    def _lost(self, protocol: P) -> None:
+        if self.current is protocol:
+            self.current = None
+
+
+class _Factory(Factory):
+    def __init__(self, build: Callable[[], Protocol]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        protocol = self._build()
+        protocol.factory = self
+        return protocol
+
+
+class _ReportingEndpoint:
+    """Wraps the broker's endpoint to report each failed attempt once."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, report: Callable[[str], None]) -> None:
+        self._endpoint = endpoint
+        self._report = report
+
+    def connect(self, factory: Factory) -> Deferred[Protocol]:
+        attempt = self._endpoint.connect(factory)
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                self._report(f"cannot connect: {failure.getErrorMessage()}")
+            return failure
+
+        return attempt.addErrback(failed)
+
+
+class BrokerClient:
+    """Publishes and subscribes through one broker, reconnecting with backoff.
+
+    After a reconnection the subscriber resubscribes to all its topics: with
+    extensions from where it left off; without them at Current, since the
+    seed's deliveries carry no offsets and what was published meanwhile cannot
+    be found again. A broker that refuses the extensions (the Go broker) is
+    remembered: the client reconnects and speaks the seed's protocol to it.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        reactor: Any = None,
+        *,
+        retry_policy: Callable[[int], float] | None = None,
+        on_publish_error: Callable[[str], None] | None = None,
+        extensions: bool = False,
+        prefetch: int = 256,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        where: str = "the broker",
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self._endpoint = _ReportingEndpoint(endpoint, self._attempt_failed)
+        self._reactor = reactor
+        self._retry_policy = retry_policy or backoffPolicy(initialDelay=0.2, maxDelay=10.0)
+        self._on_publish_error = on_publish_error
+        self.extensions = extensions
+        """True if the client asks for the extensions (until a broker refuses them)."""
+        self.prefetch = prefetch
+        self.max_queued = max_queued
+        self.where = where
+        self.last_problem: str | None = None
+        """Why the last attempt to connect failed, if it did."""
+        self._connected_waiters: list[Deferred[None]] = []
+        self._handlers: dict[str, Handler] = {}
+        self._starts: dict[str, tuple[StartAt, int]] = {}
+        self._progress: dict[str, _Progress] = {}
+        self._subscribed: set[str] = set()
+        self._subscriber_server: dict[str, Any] | None = None
+        self._publisher: _Role[PublisherProtocol] = _Role(
+            self, "publisher", self._build_publisher, self._adopt
+        )
+        self._subscriber: _Role[SubscriberProtocol] = _Role(
+            self, "subscriber", self._build_subscriber, self._resubscribe
+        )
+        # Publishes not yet written to a live connection, in publish order.
+        self._queue: deque[_Publish] = deque()
+        self._link: _PublisherLink | None = None
+        self._closed = False
+
+    # Connecting.
+
+    def connected(self, timeout: float | None = None) -> Deferred[None]:
+        """Fires once a connection to the broker is ready (opening the
+        publisher's if none is open yet); with a timeout, fails with
+        BrokerUnreachable saying why if none is ready by then. The client
+        keeps trying either way."""
+        if self._publisher.current is not None or self._subscriber.current is not None:
+            return succeed(None)
+        if self._closed:
+            return fail(ConnectionDone("the client is closed"))
+        if not (self._publisher.started or self._subscriber.started):
+            self._publisher.start()
+        waiter: Deferred[None] = Deferred(self._connected_waiters.remove)
+        self._connected_waiters.append(waiter)
+        if timeout is not None:
+
+            def timed_out(result: object, seconds: float) -> Failure:
+                reason = self.last_problem or "no answer"
+                return Failure(
+                    BrokerUnreachable(f"cannot reach {self.where} within {seconds} s: {reason}")
+                )
+
+            waiter.addTimeout(timeout, self._reactor, onTimeoutCancel=timed_out)
+        return waiter
+
+    def _now_connected(self) -> None:
+        if self.last_problem is not None:
+            log.info("connected to {where}", where=self.where)
+            self.last_problem = None
+        waiters, self._connected_waiters = self._connected_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _attempt_failed(self, problem: str) -> None:
+        """Once per attempt (so once per backoff step), with the reason."""
+        self.last_problem = problem
+        log.warn("{where}: {problem}; retrying", where=self.where, problem=problem)
+
+    def _negotiation_failed(self, failure: Failure) -> None:
+        if failure.check(ExtensionsRefused):
+            if self.extensions:
+                log.info(
+                    "{where} refused the extensions ({text}); reconnecting with the "
+                    "seed's protocol",
+                    where=self.where,
+                    text=failure.getErrorMessage(),
+                )
+            self.extensions = False
+            return
+        if self._closed:
+            return
+        self._attempt_failed(
+            f"the connection closed before the broker answered ({failure.getErrorMessage()})"
+        )
+
+    def _service(self, factory: Factory) -> ClientService:
+        service = ClientService(
+            self._endpoint, factory, retryPolicy=self._retry_policy, clock=self._reactor
+        )
+        service.startService()
+        return service
+
+    # Publishing.
+
+    def publish(self, topic: str, payload: bytes) -> Deferred[int | None]:
+        """Send one message.
+
+        With confirms, fires with the offset it was stored at once the broker
+        confirms it (resent after a reconnect until then), or fails with
+        BrokerError. Without, fires with None once it is handed to a live
+        connection. Messages published before a connection is up wait for it,
+        in order, up to `max_queued` of them; past that publish() fails at
+        once with QueueFull. Cancelling the Deferred of a message not yet
+        written withdraws it; one already written is stored all the same.
+        """
+        _check_publish(topic, payload)
+        if self._closed:
+            return fail(ConnectionDone("the client is closed"))
+        entry = _Publish(topic, payload)
+        entry.done = Deferred(lambda _: self._withdraw(entry))
+        link = self._link
+        if link is not None:
+            link.write(entry)
+        elif len(self._queue) >= self.max_queued:
+            return fail(QueueFull(f"{len(self._queue)} messages already wait for a connection"))
+        else:
+            self._queue.append(entry)
+            self._publisher.start()
+        return entry.done
+
+    def _withdraw(self, entry: _Publish) -> None:
+        # A cancelled publish still queued is never sent; a written one is
+        # answered by the broker and the answer ignored.
+        if entry in self._queue:
+            self._queue.remove(entry)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Publishes not yet confirmed: queued, or written and unanswered."""
+        link = self._link
+        return len(self._queue) + (len(link.unanswered) if link else 0)
+
+    def publisher_connected(self) -> Deferred[PublisherProtocol]:
+        """The publisher connection, once it is up and has negotiated."""
+        return self._publisher.when_ready()
+
+    def _build_publisher(self) -> PublisherProtocol:
+        protocol = PublisherProtocol(confirms=self.extensions)
+        protocol.on_error = self._publish_error
+        return protocol
+
+    def _adopt(self, protocol: PublisherProtocol) -> None:
+        """A new connection has negotiated: it carries every publish from now
+        on, starting with those queued, in order (what the last connection
+        left unanswered comes first)."""
+        link = _PublisherLink(protocol, self._publish_error)
+        self._link = link
+        protocol.lost.addCallback(lambda _: self._publisher_lost(link))
+        queue, self._queue = self._queue, deque()
+        if queue:
+            log.info("sending {n} queued message(s)", n=len(queue))
+        for entry in queue:
+            link.write(entry)
+
+    def _publisher_lost(self, link: _PublisherLink) -> None:
+        if self._link is link:
+            self._link = None
+        # Unanswered publishes of the lost connection go again, before anything
+        # published since; the next connection sends them (ClientService
+        # reconnects by itself).
+        self._queue.extendleft(reversed(link.unanswered))
+        link.unanswered.clear()
+        if self._closed:
+            self._fail_queue(ConnectionDone("the client was closed"))
+
+    def _fail_queue(self, reason: Exception) -> None:
+        queue, self._queue = self._queue, deque()
+        for entry in queue:
+            if not entry.done.called:
+                entry.done.errback(reason)
+
+    def _publish_error(self, text: str) -> None:
+        if self._on_publish_error is not None:
+            self._on_publish_error(text)
+
+    # Subscribing.
+
+    def subscribe(
+        self,
+        topics: Iterable[str],
+        handler: Handler,
+        start: StartAt = StartAt.CURRENT,
+        offset: int = 0,
+    ) -> Deferred[None]:
+        """Subscribe `handler` to `topics`; fires once the broker confirms."""
+        names = _check_topics(topics)
+
+        async def subscribe() -> None:
+            for name in names:
+                self._handlers[name] = handler
+                self._starts[name] = (start, offset)
+                self._progress[name] = _Progress()
+            protocol = await self._subscriber.when_ready()
+            await protocol.subscribe(names, start, offset)
+            self._subscribed.update(names)
+
+        return self._retrying(subscribe)
+
+    def unsubscribe(self, topics: Iterable[str]) -> Deferred[None]:
+        """Stop the deliveries of `topics`; fires once the broker confirms."""
+        names = _check_topics(topics)
+
+        async def unsubscribe() -> None:
+            self._subscribed.difference_update(names)
+            protocol = await self._subscriber.when_ready()
+            await protocol.unsubscribe(names)
+            for name in names:
+                self._handlers.pop(name, None)
+                self._progress.pop(name, None)
+
+        return self._retrying(unsubscribe)
+
+    def subscriber_connected(self) -> Deferred[SubscriberProtocol]:
+        """The subscriber connection, once it is up and has resubscribed."""
+        return self._subscriber.when_ready()
+
+    def _build_subscriber(self) -> SubscriberProtocol:
+        protocol = SubscriberProtocol(
+            self._dispatch, prefetch=self.prefetch if self.extensions else None
+        )
+        protocol.on_answered = self._answered
+        return protocol
+
+    def _resubscribe(self, protocol: SubscriberProtocol) -> Deferred[None] | None:
+        self._subscriber_server = protocol.server
+        if not self._subscribed:
+            return None
+        requests = []
+        for topic in sorted(self._subscribed):
+            progress = self._progress.get(topic)
+            resume = progress.resume_at() if progress and protocol.server else None
+            if resume is not None:
+                requests.append(protocol.subscribe([topic], StartAt.FROM, resume))
+            elif protocol.server:
+                requests.append(protocol.subscribe([topic], *self._starts[topic]))
+            else:
+                requests.append(protocol.subscribe([topic], StartAt.CURRENT))
+        log.info("resubscribed to {n} topic(s)", n=len(requests))
+        return gatherResults(requests, consumeErrors=True).addCallback(lambda _: None)
+
+    def _dispatch(self, message: Message) -> Any:
+        handler = self._handlers.get(message.topic)
+        if handler is None:
+            return True  # unsubscribed meanwhile: ack so it is not sent again
+        if message.offset is not None:
+            progress = self._progress.get(message.topic)
+            if progress is not None:
+                progress.delivered(message.offset)
+        return handler(message)
+
+    def _answered(self, message: Message, acked: bool) -> None:
+        progress = self._progress.get(message.topic)
+        if progress is None or message.offset is None:
+            return
+        max_deliveries = (self._subscriber_server or {}).get("max_deliveries", 0)
+        if acked or message.attempt >= max_deliveries:
+            progress.answered(message.offset)  # acked, or given up on by the broker
+
+    # Both.
+
+    def close(self) -> Deferred[None]:
+        """Close both connections and stop reconnecting; what is still queued
+        or unanswered fails with ConnectionDone."""
+        self._closed = True
+        stopping = [role.stop() for role in (self._publisher, self._subscriber)]
+        waiters, self._connected_waiters = self._connected_waiters, []
+        for waiter in waiters:
+            waiter.errback(ConnectionDone("the client was closed"))
+
+        async def close() -> None:
+            for stopped in stopping:
+                if stopped is not None:
+                    await stopped
+            self._fail_queue(ConnectionDone("the client was closed"))
+
+        return ensureDeferred(close())
+
+    def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
+        """Run `attempt`, again if the connection drops before the answer."""
+
+        async def run() -> T:
+            while True:
+                try:
+                    return await attempt()
+                except ConnectionClosed:
+                    if self._closed:
+                        raise
+                    log.info("connection lost before the broker answered; trying again")
+
+        return ensureDeferred(run())
+
+
+def connect(
+    reactor: Any,
+    description: str,
+    *,
+    extensions: bool = False,
+    prefetch: int = 256,
+    retry_policy: Callable[[int], float] | None = None,
+    on_publish_error: Callable[[str], None] | None = None,
+    max_queued: int = DEFAULT_MAX_QUEUED,
+) -> BrokerClient:
+    """A client for the broker at a client endpoint string ("tcp:host:port",
+    "unix:/path") or a plain "host:port".
+
+    extensions: ask for confirms, offsets, prefetch and resume (a broker
+    without them is detected and spoken to plainly). prefetch: deliveries in
+    flight with extensions. retry_policy: seconds to wait before attempt n.
+    on_publish_error: called with each Error a publish gets. max_queued:
+    publishes held while disconnected before publish() fails.
+    """
+    if description.partition(":")[0] not in ("tcp", "unix", "ssl", "tls"):
+        host, _, port = description.rpartition(":")
+        description = f"tcp:{host}:{port}"
+    return BrokerClient(
+        clientFromString(reactor, description),
+        reactor,
+        retry_policy=retry_policy,
+        on_publish_error=on_publish_error,
+        extensions=extensions,
+        prefetch=prefetch,
+        max_queued=max_queued,
+        where=description,
+    )
