@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -200,7 +201,7 @@ class BrokerProtocol(Int32StringReceiver):
         if self._window is not None:
             self._window.close()
             self._window = None
-        self.factory.connections.discard(self)
+        self.factory.connection_gone(self)
         role = self._decoder.role if self._decoder else "new"
         log.info("{peer} ({role}) disconnected", peer=self.peer, role=role)
         if self._refusals > LOGGED_REFUSALS:
@@ -570,12 +571,40 @@ class BrokerFactory(ServerFactory):
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         if registry is None:
             retention = self.settings.retention
-            registry = TopicRegistry(lambda name: MemoryLog(retention), self.settings.max_topics)
+            seconds = self.clock.seconds
+            registry = TopicRegistry(
+                lambda name: MemoryLog(retention, clock=seconds), self.settings.max_topics
+            )
         self.registry = registry
         self.timers = DeliveryTimers(self.clock, self.settings.delivery)
         self.dead_letters = DeadLetterPolicy(self.settings.dead_letter_topic)
         self.connections: set[BrokerProtocol] = set()
         self.input_budget = InputBudget(self.settings.max_pending_input)
+        self._when_empty: list[Deferred[None]] = []
+
+    def connection_gone(self, protocol: BrokerProtocol) -> None:
+        self.connections.discard(protocol)
+        if not self.connections and self._when_empty:
+            waiters, self._when_empty = self._when_empty, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_connections(self, grace: float = 1.0) -> Deferred[None]:
+        """Close every connection (cutting off, after `grace` seconds, those
+        that do not take what is still written to them); fires once all are gone."""
+        if not self.connections:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._when_empty.append(done)
+        for protocol in list(self.connections):
+            protocol.transport.loseConnection()
+        cut_off = self.clock.callLater(grace, self._abort_all)
+        done.addBoth(lambda result: (cut_off.active() and cut_off.cancel(), result)[1])
+        return done
+
+    def _abort_all(self) -> None:
+        for protocol in list(self.connections):
+            protocol.transport.abortConnection()
 
     def dead_letter(self, delivery: Delivery, reason: str, subscriber: str) -> str | None:
         """Append a given-up message to its dead-letter topic; return that

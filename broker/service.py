@@ -1,4 +1,12 @@
-"""The broker as a service: its store, the store's upkeep, and its listener."""
+"""The broker as a service: its store, the store's upkeep, and its listener.
+
+Started by twistd in Twisted's order: the listener binds its port in
+`privilegedStartService` (as root, for a port below 1024), the store opens
+in `startService` (after privileges are shed, so its files belong to the
+broker's user, and before the reactor runs, so no connection comes first),
+and the upkeep runs as `TimerService` children. On stop, the listener stops,
+the connections close, and only then is the store synced and closed.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from broker.log import FileStore, FileStoreSettings, FsyncPolicy
+from broker.log import FileStore, FileStoreSettings, FsyncPolicy, StoreError
 from broker.server import BrokerFactory, BrokerSettings
 from broker.topics import TopicRegistry
 
@@ -21,12 +31,15 @@ log = Logger()
 RETENTION_SWEEP_SECONDS = 1.0
 
 
-class BrokerService(MultiService):
-    """Listens where `endpoint` says; keeps topics in memory, or in `data_dir`.
+class StartupError(SystemExit):
+    """The broker cannot start: one line for the operator, exit status 1."""
 
-    Opening a file store recovers every topic it holds, so a store that
-    cannot be opened stops the broker before it listens.
-    """
+    def __init__(self, message: str) -> None:
+        super().__init__(f"twistd broker: {message}")
+
+
+class BrokerService(MultiService):
+    """Listens where `endpoint` says; keeps topics in memory, or in `data_dir`."""
 
     def __init__(
         self,
@@ -40,53 +53,74 @@ class BrokerService(MultiService):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self._endpoint = endpoint
+        self._data_dir = data_dir
+        self._file_settings = file_settings or FileStoreSettings()
         self.store: FileStore | None = None
-        registry = None
-        if data_dir is not None:
-            file_settings = file_settings or FileStoreSettings()
-            started = time.monotonic()
-            self.store = FileStore(data_dir, file_settings, reactor)
-            registry = TopicRegistry(
-                self.store.open, settings.max_topics, existing=self.store.topic_names()
-            )
-            log.info(
-                "file store {root}: {topics} topic(s), {messages} message(s), opened in "
-                "{seconds:.2f} s (fsync {fsync})",
-                root=str(self.store.root),
-                topics=len(registry),
-                messages=sum(t.log.next_offset - t.log.first_offset for t in registry),
-                seconds=time.monotonic() - started,
-                fsync=file_settings.fsync.value,
-            )
-        self.factory = BrokerFactory(settings, clock=reactor, registry=registry)
-        strports.service(endpoint, self.factory).setServiceParent(self)
-        self._loops: list[tuple[LoopingCall, float]] = [
-            (LoopingCall(self._apply_retention), RETENTION_SWEEP_SECONDS)
-        ]
-        if self.store is not None and file_settings.fsync is FsyncPolicy.INTERVAL:
-            self._loops.append((LoopingCall(self.store.sync_all), file_settings.fsync_interval))
-        for loop, _ in self._loops:
-            loop.clock = reactor
+        self.factory = BrokerFactory(settings, clock=reactor)
+        self._listener = strports.service(endpoint, self.factory)
+        self._listener.setServiceParent(self)
+        self._timer(RETENTION_SWEEP_SECONDS, self._apply_retention)
+        if data_dir is not None and self._file_settings.fsync is FsyncPolicy.INTERVAL:
+            self._timer(self._file_settings.fsync_interval, self._sync_store)
+
+    def _timer(self, interval: float, call: Any) -> None:
+        timer = TimerService(interval, call)
+        timer.clock = self._reactor
+        timer.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            raise StartupError(f"cannot listen on {self._endpoint}: {error.socketError}") from None
 
     def startService(self) -> None:
-        for loop, interval in self._loops:
-            loop.start(interval, now=False)
+        self._open_store()
         super().startService()
 
+    def _open_store(self) -> None:
+        if self._data_dir is None:
+            log.info(
+                "topics live in memory: they are lost when the broker stops "
+                "(use --data-dir to keep them)"
+            )
+            return
+        started = time.monotonic()
+        try:
+            self.store = FileStore(self._data_dir, self._file_settings, self._reactor)
+            registry = TopicRegistry(
+                self.store.open,
+                self.factory.settings.max_topics,
+                existing=self.store.topic_names(),
+            )
+        except StoreError as error:
+            raise StartupError(str(error)) from None
+        self.factory.registry = registry
+        log.info(
+            "topics live in {root}: {topics} topic(s), {messages} message(s), opened in "
+            "{seconds:.2f} s (fsync {fsync})",
+            root=str(self.store.root),
+            topics=len(registry),
+            messages=sum(t.log.next_offset - t.log.first_offset for t in registry),
+            seconds=time.monotonic() - started,
+            fsync=self._file_settings.fsync.value,
+        )
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
     async def _stop(self) -> None:
-        await super().stopService()  # stop listening and drop connections first
-        for loop, _ in self._loops:
-            if loop.running:
-                loop.stop()
+        await super().stopService()  # stop listening and the upkeep
+        await self.factory.close_connections()
         self.factory.registry.close()  # a file store syncs and closes here
         log.info("broker stopped")
-
-    def stopService(self):  # type: ignore[override]
-        from twisted.internet.defer import ensureDeferred
-
-        return ensureDeferred(self._stop())
 
     def _apply_retention(self) -> None:
         now = self._reactor.seconds()
         for topic in self.factory.registry:
             topic.log.apply_retention(now)
+
+    def _sync_store(self) -> None:
+        if self.store is not None:
+            self.store.sync_all()

@@ -1,16 +1,29 @@
-"""`twistd broker`: command-line options and the service they make."""
+"""`twistd broker`: command-line options and the service they make.
+
+Every default is read from the settings dataclasses, so the help and the
+behaviour cannot drift apart.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from broker.delivery import DEFAULT_MAX_INFLIGHT_BYTES, DeliverySettings
+from broker import __version__
+from broker.delivery import DeliverySettings
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
 from broker.server import BrokerSettings
 from broker.service import BrokerService
+from twisted import __version__ as twisted_version
+
+_BROKER = BrokerSettings()
+_DELIVERY = DeliverySettings()
+_FILES = FileStoreSettings()
 
 
 def endpoint_description(port: str) -> str:
@@ -20,22 +33,47 @@ def endpoint_description(port: str) -> str:
     return f"tcp:{port}:backlog=1024" if port.isdigit() else port
 
 
-def _positive(kind: type[int] | type[float]):
+class _Checked:
+    """A coerce function for usage.Options whose errors name their option."""
+
+    def __init__(self, parse: Callable[[str], Any], doc: str) -> None:
+        self._parse = parse
+        self.coerceDoc = doc
+        self.option = "?"
+
+    def __call__(self, text: str) -> Any:
+        try:
+            return self._parse(text)
+        except ValueError as error:
+            raise usage.UsageError(f"--{self.option}: {error}") from None
+
+
+def _positive(kind: type[int] | type[float]) -> _Checked:
     def parse(text: str) -> int | float:
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"not a number: {text!r}") from None
         if value <= 0:
             raise ValueError(f"must be positive, not {text}")
         return value
 
-    parse.coerceDoc = f"A positive {'whole number' if kind is int else 'number'}."  # type: ignore[attr-defined]
-    return parse
+    return _Checked(parse, f"A positive {'whole number' if kind is int else 'number'}.")
 
 
 def _fsync_policy(text: str) -> FsyncPolicy:
-    return FsyncPolicy(text)
+    try:
+        return FsyncPolicy(text)
+    except ValueError:
+        raise ValueError(f"must be always, interval or never, not {text!r}") from None
 
 
-_fsync_policy.coerceDoc = "One of: always, interval, never."  # type: ignore[attr-defined]
+def _named(rows: list[list[Any]]) -> list[list[Any]]:
+    """Tell each checked coerce function the name of its option."""
+    for row in rows:
+        if len(row) > 4 and isinstance(row[4], _Checked):
+            row[4].option = row[0]
+    return rows
 
 
 class Options(usage.Options):
@@ -43,9 +81,10 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Runs a pub/sub message broker that speaks the seed's wire protocol. "
-        "Publishers' messages fan out to every subscriber of their topic, and "
-        "each topic keeps a replay log that subscribers can start from."
+        "Runs a pub/sub message broker that speaks the Go broker's wire protocol, so "
+        "its Go clients work unchanged. Publishers' messages fan out to every "
+        "subscriber of their topic, and each topic keeps a replay log that "
+        "subscribers can start from."
     )
 
     optFlags = [
@@ -56,152 +95,166 @@ class Options(usage.Options):
         ],
     ]
 
-    optParameters = [
+    optParameters = _named(
         [
-            "port",
-            "p",
-            "3000",
-            "Port number, or a Twisted server endpoint string such as "
-            "tcp:3000:interface=127.0.0.1, unix:/run/broker.sock or ssl:3001:privateKey=...",
-        ],
-        [
-            "max-message-size",
-            None,
-            1 << 20,
-            "Largest message (and topic list) accepted, in bytes.",
-            _positive(int),
-        ],
-        [
-            "ack-delay",
-            None,
-            1.0,
-            "Seconds before a nacked message is delivered again.",
-            _positive(float),
-        ],
-        [
-            "ack-timeout",
-            None,
-            2.0,
-            "Seconds to wait for an ack before treating it as a nack.",
-            _positive(float),
-        ],
-        [
-            "max-deliveries",
-            None,
-            5,
-            "Deliveries of one message to one subscriber, then it is dropped.",
-            _positive(int),
-        ],
-        [
-            "handshake-timeout",
-            None,
-            10.0,
-            "Seconds a new connection has to send its first action before it is closed.",
-            _positive(float),
-        ],
-        ["max-topics", None, 100_000, "Topics the broker holds at most.", _positive(int)],
-        [
-            "max-prefetch",
-            None,
-            1024,
-            "Deliveries in flight per connection that a subscriber "
-            "using the extensions may ask for.",
-            _positive(int),
-        ],
-        [
-            "max-inflight-bytes",
-            None,
-            DEFAULT_MAX_INFLIGHT_BYTES,
-            "Payload bytes in flight per connection (a larger message still goes alone).",
-            _positive(int),
-        ],
-        [
-            "slow-consumer-timeout",
-            None,
-            30.0,
-            "Seconds a subscriber may leave its deliveries unread before it is logged "
-            "as a slow consumer (and disconnected, with --disconnect-slow-consumers).",
-            _positive(float),
-        ],
-        [
-            "max-pending-input",
-            None,
-            256 << 20,
-            "Bytes held in incomplete frames across all connections; past it the broker "
-            "stops reading from the connections holding the largest ones.",
-            _positive(int),
-        ],
-        [
-            "frame-timeout",
-            None,
-            30.0,
-            "Seconds a frame may stay incomplete before its connection is closed.",
-            _positive(float),
-        ],
-        [
-            "dead-letter-topic",
-            None,
-            "{topic}.dead-letter",
-            "Where a message goes once a "
-            "subscriber has had it --max-deliveries times ({topic} is replaced by its topic); "
-            "'' drops it instead.",
-        ],
-        [
-            "data-dir",
-            "d",
-            None,
-            "Keep topics in files in this directory, and recover them at "
-            "start. Without it, topics live in memory and are lost when the broker stops.",
-        ],
-        [
-            "segment-bytes",
-            None,
-            64 * 1024 * 1024,
-            "With --data-dir: roll a topic's segment file at this size.",
-            _positive(int),
-        ],
-        [
-            "fsync",
-            None,
-            "interval",
-            "With --data-dir: always (a message is on disk before it "
-            "is delivered), interval (every --fsync-interval) or never (left to the OS).",
-            _fsync_policy,
-        ],
-        [
-            "fsync-interval",
-            None,
-            1.0,
-            "Seconds between fsyncs under --fsync interval.",
-            _positive(float),
-        ],
-        [
-            "retention-messages",
-            None,
-            None,
-            "Messages kept per topic (default: no limit).",
-            _positive(int),
-        ],
-        [
-            "retention-bytes",
-            None,
-            None,
-            "Bytes kept per topic (default: 256 MiB of payloads in memory, no limit on disk).",
-            _positive(int),
-        ],
-        [
-            "retention-age",
-            None,
-            None,
-            "Seconds a message is kept (default: no limit).",
-            _positive(float),
-        ],
-    ]
+            [
+                "port",
+                "p",
+                "3000",
+                "Port number, or a Twisted server endpoint string such as "
+                "tcp:3000:interface=127.0.0.1, unix:/run/broker.sock or ssl:3001:privateKey=...",
+            ],
+            [
+                "max-message-size",
+                None,
+                _BROKER.max_message_size,
+                "Largest message (and topic list) accepted, in bytes.",
+                _positive(int),
+            ],
+            [
+                "ack-delay",
+                None,
+                _DELIVERY.ack_delay,
+                "Seconds before a nacked message is delivered again.",
+                _positive(float),
+            ],
+            [
+                "ack-timeout",
+                None,
+                _DELIVERY.ack_timeout,
+                "Seconds to wait for an ack before treating it as a nack.",
+                _positive(float),
+            ],
+            [
+                "max-deliveries",
+                None,
+                _DELIVERY.max_deliveries,
+                "Deliveries of one message to one subscriber, then it is dead-lettered.",
+                _positive(int),
+            ],
+            [
+                "handshake-timeout",
+                None,
+                _BROKER.handshake_timeout,
+                "Seconds a new connection has to send its first action before it is closed.",
+                _positive(float),
+            ],
+            [
+                "max-topics",
+                None,
+                _BROKER.max_topics,
+                "Topics the broker holds at most.",
+                _positive(int),
+            ],
+            [
+                "max-prefetch",
+                None,
+                _BROKER.max_prefetch,
+                "Deliveries in flight per connection that a subscriber "
+                "using the extensions may ask for.",
+                _positive(int),
+            ],
+            [
+                "max-inflight-bytes",
+                None,
+                _BROKER.max_inflight_bytes,
+                "Payload bytes in flight per connection (a larger message still goes alone).",
+                _positive(int),
+            ],
+            [
+                "slow-consumer-timeout",
+                None,
+                _BROKER.slow_consumer_timeout,
+                "Seconds a subscriber may leave its deliveries unread before it is logged "
+                "as a slow consumer (and disconnected, with --disconnect-slow-consumers).",
+                _positive(float),
+            ],
+            [
+                "max-pending-input",
+                None,
+                _BROKER.max_pending_input,
+                "Bytes held in incomplete frames across all connections; past it the broker "
+                "stops reading from the connections that hold them.",
+                _positive(int),
+            ],
+            [
+                "frame-timeout",
+                None,
+                _BROKER.frame_timeout,
+                "Seconds a frame may stay incomplete before its connection is closed.",
+                _positive(float),
+            ],
+            [
+                "dead-letter-topic",
+                None,
+                _BROKER.dead_letter_topic,
+                "Where a message goes once a subscriber has had it --max-deliveries times "
+                "({topic} is replaced by its topic); '' drops it instead.",
+            ],
+            [
+                "data-dir",
+                "d",
+                None,
+                "Keep topics in files in this directory, and recover them at "
+                "start. Without it, topics live in memory and are lost when the broker stops.",
+            ],
+            [
+                "segment-bytes",
+                None,
+                _FILES.segment_bytes,
+                "With --data-dir: roll a topic's segment file at this size.",
+                _positive(int),
+            ],
+            [
+                "fsync",
+                None,
+                _FILES.fsync.value,
+                "With --data-dir: always (a message is on disk before it "
+                "is delivered), interval (every --fsync-interval) or never (left to the OS).",
+                _Checked(_fsync_policy, "One of: always, interval, never."),
+            ],
+            [
+                "fsync-interval",
+                None,
+                _FILES.fsync_interval,
+                "Seconds between fsyncs under --fsync interval.",
+                _positive(float),
+            ],
+            [
+                "retention-messages",
+                None,
+                None,
+                "Messages kept per topic (default: no limit).",
+                _positive(int),
+            ],
+            [
+                "retention-bytes",
+                None,
+                None,
+                "Bytes kept per topic (default: "
+                f"{DEFAULT_MEMORY_RETENTION.max_bytes} of payloads in memory, "
+                "no limit on disk).",
+                _positive(int),
+            ],
+            [
+                "retention-age",
+                None,
+                None,
+                "Seconds a message is kept (default: no limit).",
+                _positive(float),
+            ],
+        ]
+    )
+
+    def opt_version(self) -> None:
+        """Display the broker's version and exit."""
+        print(f"twisted-broker {__version__} (Twisted {twisted_version})")
+        sys.exit(0)
 
     def postOptions(self) -> None:
         # usage.Options coerces what is given, never the defaults.
         self["fsync"] = FsyncPolicy(self["fsync"])
-        if self["data-dir"] is None and self["fsync"] is not FsyncPolicy.INTERVAL:
+        if self["data-dir"] is None and self["fsync"] is not _FILES.fsync:
             raise usage.UsageError("--fsync needs --data-dir")
 
     def retention(self) -> Retention:

@@ -7,11 +7,13 @@ import sys
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.protocol import Factory
 
+from broker import __version__
 from broker.client import connect
 from broker.testing import start_broker
 from broker.wire import StartAt
-from tests.process import ROOT, free_port, spawn, spawn_broker
+from tests.process import ROOT, free_port, spawn, spawn_broker, twistd
 from tests.test_client import Inbox
 
 EXAMPLE = str(ROOT / "example" / "pubsub.py")
@@ -152,8 +154,59 @@ async def test_twistd_broker_stops_at_start_on_an_unusable_data_dir(tmp_path):
         "--data-dir",
         str(blocker / "data"),
     )
-    assert await broker.ended != 0
-    assert "is not usable" in broker.output
+    assert await broker.ended == 1
+    assert f"twistd broker: data directory {blocker / 'data'} is not usable" in broker.output
+    assert "Traceback" not in broker.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_broker_on_a_port_in_use_says_so_in_one_line(tmp_path):
+    taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    port = taken.getHost().port
+    try:
+        broker = spawn_broker(tmp_path, "--port", f"tcp:{port}:interface=127.0.0.1")
+        assert await broker.ended == 1
+        assert f"twistd broker: cannot listen on tcp:{port}:interface=127.0.0.1" in broker.output
+        assert "Address already in use" in broker.output
+        assert "Traceback" not in broker.output
+    finally:
+        await taken.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_broker_version_help_and_bad_values(tmp_path):
+    version = spawn([twistd(), "broker", "--version"])
+    assert await version.ended == 0
+    assert version.output.startswith(f"twisted-broker {__version__} (Twisted ")
+    helped = spawn([twistd(), "broker", "--help"])
+    assert await helped.ended == 0
+    assert "the Go broker's wire protocol" in helped.output
+    assert "seed" not in helped.output
+    for option, value, said in [
+        ("--retention-age", "-1", "--retention-age: must be positive, not -1"),
+        ("--max-topics", "many", "--max-topics: not a number: 'many'"),
+        ("--fsync", "sometimes", "--fsync: must be always, interval or never"),
+    ]:
+        refused = spawn_broker(tmp_path, option, value)
+        assert await refused.ended == 1
+        assert said in refused.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_broker_says_where_topics_live(tmp_path):
+    port = free_port()
+    in_memory = spawn_broker(tmp_path, "--port", f"tcp:{port}:interface=127.0.0.1")
+    await in_memory.line("topics live in memory: they are lost when the broker stops")
+    await round_trip(f"tcp:127.0.0.1:{port}")  # the reactor runs: SIGTERM is handled
+    in_memory.signal("TERM")
+    await stopped_cleanly(in_memory)
+    on_disk = spawn_broker(
+        tmp_path, "--port", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(tmp_path / "d")
+    )
+    await on_disk.line(f"topics live in {tmp_path / 'd'}: 0 topic(s)")
+    await round_trip(f"tcp:127.0.0.1:{port}")
+    on_disk.signal("TERM")
+    await stopped_cleanly(on_disk)
 
 
 @pytest_twisted.ensureDeferred
