@@ -375,7 +375,8 @@ class ServerDecoder(_Decoder):
 
     def __init__(self, events: ServerEvents, max_payload: int) -> None:
         super().__init__()
-        self._events = events
+        self.events = events
+        """Who hears of decoded frames: the protocol, then its role's session."""
         self._max_payload = max_payload
         self._role = _Role.NEW
         self._topics_cache: dict[bytes, str] = {}
@@ -411,19 +412,19 @@ class ServerDecoder(_Decoder):
                     pos += 6
                     if pos > end or data[pos] != 0 or data[pos + 1] != ACK_ID:
                         break
-                self._events.acked_ids(ids)
+                self.events.acked_ids(ids)
                 return pos
             if code in (ACK_ID, NACK_ID):
                 self._ack_code = code
                 self._goto(self._ack_id, 4)
                 return pos + 2
             if code in (ACK, NACK):
-                self._events.unknown_action(code)
+                self.events.unknown_action(code)
                 return pos + 2
         if role is _Role.SUBSCRIBER and code == ACK:
-            self._events.acked()
+            self.events.acked()
         elif role is _Role.SUBSCRIBER and code == NACK:
-            self._events.nacked()
+            self.events.nacked()
         elif code == HELLO and role is _Role.NEW and not self.extended:
             self._goto(self._hello_length, 4)
         elif code == ACTION_SUBSCRIBE and role is not _Role.PUBLISHER:
@@ -431,35 +432,35 @@ class ServerDecoder(_Decoder):
             self._goto(self._topics_length, 4)
             if role is _Role.NEW:
                 self._role = _Role.SUBSCRIBER
-                self._events.became_subscriber()
+                self.events.became_subscriber()
         elif code == ACTION_UNSUBSCRIBE and role is _Role.SUBSCRIBER:
             self._unsubscribing = True
             self._goto(self._topics_length, 4)
         elif code == ACTION_PUBLISH and role is _Role.NEW:
             self._role = _Role.PUBLISHER
             self._goto(self._publish_topic_length, 2)
-            self._events.became_publisher()
+            self.events.became_publisher()
         else:
-            self._events.unknown_action(code)
+            self.events.unknown_action(code)
         return pos + 2
 
     def _ack_id(self, data: bytes, pos: int) -> int:
         (delivery_id,) = _unpack_u32(data, pos)
         self._goto(self._action, 2)
         if self._ack_code == ACK_ID:
-            self._events.acked_ids([delivery_id])
+            self.events.acked_ids([delivery_id])
         else:
-            self._events.nacked_id(delivery_id)
+            self.events.nacked_id(delivery_id)
         return pos + 4
 
     def _hello_length(self, data: bytes, pos: int) -> int:
         (length,) = _unpack_u32(data, pos)
         if length > self._max_payload:
-            self._events.refused(ERR_INVALID_HELLO)
+            self.events.refused(ERR_INVALID_HELLO)
             self._skip(length, self._action, 2)
         elif length == 0:
             self._goto(self._action, 2)
-            self._events.refused(ERR_INVALID_HELLO)
+            self.events.refused(ERR_INVALID_HELLO)
         else:
             self._goto(self._hello, length)
         return pos + 4
@@ -467,7 +468,7 @@ class ServerDecoder(_Decoder):
     def _hello(self, data: bytes, pos: int) -> int:
         end = pos + self._need
         self._goto(self._action, 2)
-        self._events.hello_requested(data[pos:end])
+        self.events.hello_requested(data[pos:end])
         return end
 
     def _topics_length(self, data: bytes, pos: int) -> int:
@@ -478,7 +479,7 @@ class ServerDecoder(_Decoder):
         if length == 0:
             # The reference answers at once and reads no start-at after it.
             self._goto(self._action, 2)
-            self._events.refused(ERR_EMPTY_TOPIC_DATA)
+            self.events.refused(ERR_EMPTY_TOPIC_DATA)
         elif length > self._max_payload:
             self._problem = ERR_TOPIC_LIST_TOO_LARGE
             self._skip(length, *self._after_topics())
@@ -528,20 +529,20 @@ class ServerDecoder(_Decoder):
     def _finish_request(self, offset: int = 0) -> None:
         self._goto(self._action, 2)
         if self._problem is not None:
-            self._events.refused(self._problem)
+            self.events.refused(self._problem)
             return
         assert self._topics_payload is not None
         try:
             topics = decode_topic_list(self._topics_payload)
         except ProtocolError as error:
-            self._events.refused(str(error), error.detail)
+            self.events.refused(str(error), error.detail)
             return
         if self._unsubscribing:
-            self._events.unsubscribe_requested(topics)
+            self.events.unsubscribe_requested(topics)
         elif self._start in _VALID_STARTS:
-            self._events.subscribe_requested(topics, StartAt(self._start), offset)
+            self.events.subscribe_requested(topics, StartAt(self._start), offset)
         else:
-            self._events.refused(ERR_INVALID_START)
+            self.events.refused(ERR_INVALID_START)
 
     # Publisher loop.
 
@@ -559,7 +560,7 @@ class ServerDecoder(_Decoder):
             if size <= self._max_payload and len(data) >= frame_end:
                 topic = self._publish_topic(data[pos + 2 : topic_end])
                 if topic is not None:
-                    self._events.published(topic, data[topic_end + 4 : frame_end])
+                    self.events.published(topic, data[topic_end + 4 : frame_end])
                 return frame_end
         self._goto(self._publish_topic_name, length)
         return pos + 2
@@ -580,7 +581,7 @@ class ServerDecoder(_Decoder):
                 raise ProtocolError(ERR_NO_TOPIC_PREFIX)
             topic = decode_topic_name(raw[len(TOPIC_PREFIX) :])
         except ProtocolError as error:
-            self._events.refused(str(error))
+            self.events.refused(str(error))
             return None
         if len(self._topics_cache) >= self._TOPIC_CACHE_SIZE:
             self._topics_cache.clear()
@@ -592,13 +593,13 @@ class ServerDecoder(_Decoder):
         pos += 4
         if size > self._max_payload:
             if self._topic is not None:
-                self._events.refused(ERR_MESSAGE_TOO_LARGE)
+                self.events.refused(ERR_MESSAGE_TOO_LARGE)
             self._skip(size, self._publish_topic_length, 2)
         elif size == 0:
             # Reported all the same: the protocol decides (the reference ignores it).
             self._goto(self._publish_topic_length, 2)
             if self._topic is not None:
-                self._events.published(self._topic, b"")
+                self.events.published(self._topic, b"")
         else:
             self._goto(self._publish_data, size)
         return pos
@@ -607,7 +608,7 @@ class ServerDecoder(_Decoder):
         end = pos + self._need
         self._goto(self._publish_topic_length, 2)
         if self._topic is not None:
-            self._events.published(self._topic, data[pos:end])
+            self.events.published(self._topic, data[pos:end])
         return end
 
 
@@ -651,7 +652,7 @@ class ClientDecoder(_Decoder):
 
     def __init__(self, events: ClientEvents, max_payload: int) -> None:
         super().__init__()
-        self._events = events
+        self.events = events
         self._max_payload = max_payload
         # Kept by the client protocol: requests sent and not yet answered.
         self.pending_requests = 0
@@ -687,11 +688,11 @@ class ClientDecoder(_Decoder):
             if value == STATUS_ERROR:
                 self._goto(self._error_length, 2)
             else:
-                self._events.status_received(value)
+                self.events.status_received(value)
         elif value in self.topic_lengths:
             self._goto(self._delivery_topic, value)
         else:
-            self._events.protocol_error(f"unexpected u16 {value} from the server")
+            self.events.protocol_error(f"unexpected u16 {value} from the server")
             self._goto(self._ignore_rest, 1)
         return pos
 
@@ -720,7 +721,7 @@ class ClientDecoder(_Decoder):
 
     def _error_done(self, text: str) -> None:
         self._goto(self._after_frame, 2)
-        self._events.error_received(text)
+        self.events.error_received(text)
 
     @property
     def _after_frame(self) -> _State:
@@ -736,14 +737,14 @@ class ClientDecoder(_Decoder):
             # The seed's broker: "unknown action". The client goes on without extensions.
             self._goto(self._error_length, 2)
         else:
-            self._events.protocol_error(f"unexpected u16 {code} in answer to Hello")
+            self.events.protocol_error(f"unexpected u16 {code} in answer to Hello")
             self._goto(self._ignore_rest, 1)
         return pos + 2
 
     def _hello_length(self, data: bytes, pos: int) -> int:
         (length,) = _unpack_u32(data, pos)
         if length > self._max_payload:
-            self._events.protocol_error("oversized Hello answer")
+            self.events.protocol_error("oversized Hello answer")
             self._goto(self._ignore_rest, 1)
         else:
             self._goto(self._hello_body, length)
@@ -756,10 +757,10 @@ class ClientDecoder(_Decoder):
         try:
             fields = decode_hello(data[pos:end])
         except ProtocolError as error:
-            self._events.protocol_error(str(error))
+            self.events.protocol_error(str(error))
             self._goto(self._ignore_rest, 1)
             return end
-        self._events.hello_received(fields)
+        self.events.hello_received(fields)
         return end
 
     def _tagged_head(self, data: bytes, pos: int) -> int:
@@ -772,7 +773,7 @@ class ClientDecoder(_Decoder):
                     offset, attempt, delivery_id, size = _DELIVERY_TAIL.unpack_from(data, topic_end)
                     end = topic_end + 18 + size
                     if len(data) >= end and size <= self._max_payload:
-                        self._events.extended_delivery_received(
+                        self.events.extended_delivery_received(
                             data[pos + 4 : topic_end].decode("utf-8", "replace"),
                             offset,
                             attempt,
@@ -786,16 +787,16 @@ class ClientDecoder(_Decoder):
         elif code == STATUS_ERROR:
             self._goto(self._error_length, 2)
         elif code in (STATUS_SUBSCRIBED, STATUS_UNSUBSCRIBED):
-            self._events.status_received(code)
+            self.events.status_received(code)
         else:
-            self._events.protocol_error(f"unexpected frame {code} from the server")
+            self.events.protocol_error(f"unexpected frame {code} from the server")
             self._goto(self._ignore_rest, 1)
         return pos + 2
 
     def _confirmed(self, data: bytes, pos: int) -> int:
         count, first = _CONFIRMED_BODY.unpack_from(data, pos)
         self._goto(self._tagged_head, 2)
-        self._events.confirmed(count, first)
+        self.events.confirmed(count, first)
         return pos + 12
 
     def _tagged_topic_length(self, data: bytes, pos: int) -> int:
@@ -817,7 +818,7 @@ class ClientDecoder(_Decoder):
         offset, attempt, delivery_id, size = _DELIVERY_TAIL.unpack_from(data, pos)
         self._tail = (offset, attempt, delivery_id)
         if size > self._max_payload:
-            self._events.protocol_error(f"delivery of {size} bytes is over the client's limit")
+            self.events.protocol_error(f"delivery of {size} bytes is over the client's limit")
             self._goto(self._ignore_rest, 1)
         elif size == 0:
             self._tagged_delivery_done(b"")
@@ -833,7 +834,7 @@ class ClientDecoder(_Decoder):
     def _tagged_delivery_done(self, payload: bytes) -> None:
         self._goto(self._tagged_head, 2)
         offset, attempt, delivery_id = self._tail
-        self._events.extended_delivery_received(self._topic, offset, attempt, delivery_id, payload)
+        self.events.extended_delivery_received(self._topic, offset, attempt, delivery_id, payload)
 
     def _delivery_topic(self, data: bytes, pos: int) -> int:
         end = pos + self._need
@@ -844,11 +845,11 @@ class ClientDecoder(_Decoder):
     def _delivery_length(self, data: bytes, pos: int) -> int:
         (size,) = _U64.unpack_from(data, pos)
         if size > self._max_payload:
-            self._events.protocol_error(f"delivery of {size} bytes is over the client's limit")
+            self.events.protocol_error(f"delivery of {size} bytes is over the client's limit")
             self._goto(self._ignore_rest, 1)
         elif size == 0:
             self._goto(self._head, 2)
-            self._events.delivery_received(self._topic, b"")
+            self.events.delivery_received(self._topic, b"")
         else:
             self._goto(self._delivery_data, size)
         return pos + 8
@@ -856,7 +857,7 @@ class ClientDecoder(_Decoder):
     def _delivery_data(self, data: bytes, pos: int) -> int:
         end = pos + self._need
         self._goto(self._head, 2)
-        self._events.delivery_received(self._topic, data[pos:end])
+        self.events.delivery_received(self._topic, data[pos:end])
         return end
 
     def _ignore_rest(self, data: bytes, pos: int) -> int:

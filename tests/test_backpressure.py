@@ -48,10 +48,10 @@ def test_a_full_output_stops_deliveries_and_reading_until_it_drains():
     assert transport.producerState == "paused"  # we stopped reading it too
     factory.registry.publish("t", [b"b", b"c"])
     transport.clear()
-    assert protocol._window.in_flight == 1
+    assert protocol.session.window.in_flight == 1
     transport.producer.resumeProducing()
     assert transport.producerState == "producing"
-    assert transport.value().endswith(b"c") and protocol._window.in_flight == 3
+    assert transport.value().endswith(b"c") and protocol.session.window.in_flight == 3
 
 
 def test_one_pump_is_written_in_chunks_and_stops_when_the_transport_fills():
@@ -68,7 +68,7 @@ def test_one_pump_is_written_in_chunks_and_stops_when_the_transport_fills():
     transport.writeSequence = write_and_fill
     factory.registry.publish("t", [b"x" * 100_000] * 50)
     assert len(writes) == 1 and 256 * 1024 <= writes[0] < 400_000
-    assert protocol._window.in_flight == 3
+    assert protocol.session.window.in_flight == 3
 
 
 def test_a_slow_consumer_is_logged_and_dropped_only_when_asked():

@@ -111,8 +111,8 @@ async def test_a_4_gib_length_is_refused_without_buffering_it(broker):
     for _ in range(16):
         pub.send(b"\0" * 65536)
     await next_turn()
-    (server_side,) = [c for c in broker.factory.connections if c._decoder.role == "publisher"]
-    assert server_side._decoder.buffered == 0
+    (server_side,) = [c for c in broker.factory.connections if c.decoder.role == "publisher"]
+    assert server_side.decoder.buffered == 0
     # Everyone else is served meanwhile.
     other = await publisher(broker.port)
     other.send(wire.encode_publish("t", b"still here"))
@@ -202,7 +202,7 @@ async def test_a_vanishing_subscriber_releases_everything(broker):
     await deferLater(reactor, 0.05, lambda: None)
     assert len(broker.factory.timers.timeouts) == 0
     assert broker.factory.registry.get("t").waiting == {}
-    assert all(c._decoder.role == "publisher" for c in broker.factory.connections)
+    assert all(c.decoder.role == "publisher" for c in broker.factory.connections)
     # Another subscriber from the beginning gets both, in order.
     again = await subscriber(broker.port, ["t"], StartAt.BEGINNING)
     await expect_delivery(again, "t", b"in flight")

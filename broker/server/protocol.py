@@ -1,0 +1,318 @@
+"""One connection: the handshake and Hello, then a session for its role;
+backpressure both ways, timeouts of incomplete frames, and refusals.
+
+The seed's frames mix u16 fields with Int32 strings, so `dataReceived`
+hands every byte to one incremental decoder (`broker.wire.ServerDecoder`)
+that walks a single buffer; `MAX_LENGTH` is the broker's message limit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from broker import __version__
+from broker.hello import HelloRequest, parse_hello_request
+from broker.server.publisher import PublisherSession
+from broker.server.session import Session
+from broker.server.subscriber import SubscriberSession
+from broker.wire import (
+    ERR_FRAME_TIMEOUT,
+    ERR_HANDSHAKE_TIMEOUT,
+    ERR_UNKNOWN_ACTION,
+    EXTENSIONS_VERSION,
+    ProtocolError,
+    ServerDecoder,
+    encode_error,
+    encode_hello,
+)
+
+if TYPE_CHECKING:
+    from broker.server.factory import BrokerFactory
+
+log = Logger()
+
+# Refusals logged per connection before the rest are only counted: a client
+# flooding bad frames must not flood the log too.
+LOGGED_REFUSALS = 10
+# Seconds a connection closed for misbehaving has to take its last Error
+# before it is cut off (a peer that reads nothing would keep it open).
+CLOSE_GRACE = 5.0
+
+
+def describe_peer(address: IAddress) -> str:
+    """host:port for TCP, the path (or 'unix') for UNIX sockets."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"{host}:{address.port}"  # type: ignore[attr-defined]
+    return getattr(address, "name", None) or type(address).__name__
+
+
+@implementer(IPushProducer)
+class _OutputBackpressure:
+    """Registered as the producer of a connection's own transport: told when
+    what we wrote piles up unread, and when it has drained.
+
+    While it is full the connection sends no new deliveries and is not read
+    from (so a peer cannot make us answer requests it never reads), which
+    bounds the memory any peer can make us spend on its output.
+    """
+
+    def __init__(self, protocol: BrokerProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol.output_full()
+
+    def resumeProducing(self) -> None:
+        self._protocol.output_drained()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class BrokerProtocol(Int32StringReceiver):
+    """One client connection. Until its first action it is handled here
+    (Hello included); then its decoder reports to its role's session."""
+
+    factory: BrokerFactory
+
+    def __init__(self) -> None:
+        self.peer = "?"
+        self.decoder: ServerDecoder | None = None
+        self.session: Session | None = None
+        self.hello: HelloRequest | None = None
+        """What Hello agreed (prefetch already capped), or None without extensions."""
+        self._handshake: IDelayedCall | None = None
+        self._refusals = 0
+        # Why reading is paused: "output" (our answers pile up), "input" (budget).
+        self._read_pauses: set[str] = set()
+        self._output_full = False
+        # The incomplete frame held, and since when (for --frame-timeout).
+        self._held_input = 0
+        self._partial_since: float | None = None
+        self._partial_progress = -1
+        self._frame_timer: IDelayedCall | None = None
+        self._cut_off: IDelayedCall | None = None
+
+    # Connection events.
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        settings = factory.settings
+        self.peer = describe_peer(self.transport.getPeer())
+        self.MAX_LENGTH = settings.max_message_size
+        self.decoder = ServerDecoder(self, settings.max_message_size)
+        self._handshake = factory.clock.callLater(
+            settings.handshake_timeout, self._handshake_expired
+        )
+        self.transport.registerProducer(_OutputBackpressure(self), True)
+        factory.connections.add(self)
+        log.info("{peer} connected", peer=self.peer)
+
+    def dataReceived(self, data: bytes) -> None:
+        decoder = self.decoder
+        assert decoder is not None
+        decoder.feed(data)
+        if self.session is not None:
+            self.session.end_of_read()
+        if decoder.buffered or self._held_input:
+            self._track_incomplete_frame(decoder)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._end_handshake()
+        for timer in (self._frame_timer, self._cut_off):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._frame_timer = self._cut_off = None
+        self.factory.input_budget.remove(self)
+        if self.session is not None:
+            self.session.close()
+        self.factory.connection_gone(self)
+        role = self.decoder.role if self.decoder else "new"
+        log.info("{peer} ({role}) disconnected", peer=self.peer, role=role)
+        if self._refusals > LOGGED_REFUSALS:
+            log.warn(
+                "{peer}: {n} refusals in all, {unlogged} not logged",
+                peer=self.peer,
+                n=self._refusals,
+                unlogged=self._refusals - LOGGED_REFUSALS,
+            )
+
+    def stringReceived(self, string: bytes) -> None:
+        # Frames are decoded by ServerDecoder, never by Int32StringReceiver.
+        raise NotImplementedError
+
+    # Decoder events before a role (and those sessions pass back).
+
+    def unknown_action(self, code: int) -> None:
+        self.log_refusal(f"unknown action {code}")
+        self.send_error(ERR_UNKNOWN_ACTION)
+
+    def refused(self, reason: str, detail: str | None = None) -> None:
+        self.log_refusal(detail or reason)
+        self.send_error(reason)
+
+    def hello_requested(self, payload: bytes) -> None:
+        settings = self.factory.settings
+        try:
+            request = parse_hello_request(payload)
+        except ProtocolError as error:
+            self.refused(str(error), error.detail)
+            return
+        prefetch = min(request.prefetch, settings.max_prefetch)
+        self.hello = HelloRequest(request.version, prefetch, request.confirms)
+        assert self.decoder is not None
+        self.decoder.extended = True
+        self.transport.write(
+            encode_hello(
+                {
+                    "version": EXTENSIONS_VERSION,
+                    "server": f"twisted-broker/{__version__}",
+                    "confirms": request.confirms,
+                    "prefetch": prefetch,
+                    "max_prefetch": settings.max_prefetch,
+                    "max_message_size": settings.max_message_size,
+                    "max_inflight_bytes": settings.max_inflight_bytes,
+                    "max_deliveries": settings.delivery.max_deliveries,
+                    "ack_timeout": settings.delivery.ack_timeout,
+                    "ack_delay": settings.delivery.ack_delay,
+                    "dead_letters": settings.dead_letter_topic,
+                    "from64": True,
+                }
+            )
+        )
+        log.info(
+            "{peer} agreed extensions: confirms={confirms}, prefetch={prefetch}",
+            peer=self.peer,
+            confirms=request.confirms,
+            prefetch=prefetch,
+        )
+
+    def became_publisher(self) -> None:
+        self._begin(PublisherSession(self, confirms=bool(self.hello and self.hello.confirms)))
+
+    def became_subscriber(self) -> None:
+        hello = self.hello
+        session = SubscriberSession(
+            self, extended=hello is not None, prefetch=hello.prefetch if hello else 1
+        )
+        self._begin(session)
+
+    def _begin(self, session: Session) -> None:
+        self._end_handshake()
+        self.session = session
+        assert self.decoder is not None
+        self.decoder.events = session  # type: ignore[assignment]
+        if self._output_full:
+            session.output_full()
+        log.info("{peer} is a {role}", peer=self.peer, role=session.role)
+
+    # Refusals and errors.
+
+    def log_refusal(self, reason: str) -> None:
+        self._refusals += 1
+        if self._refusals <= LOGGED_REFUSALS:
+            log.warn("{peer}: {reason}", peer=self.peer, reason=reason)
+            if self._refusals == LOGGED_REFUSALS:
+                log.warn("{peer}: further refusals are counted, not logged", peer=self.peer)
+
+    def send_error(self, text: str) -> None:
+        self.transport.write(encode_error(text))
+
+    def _close_with_error(self, text: str) -> None:
+        """Send an Error and close; cut off a peer that does not take it in time."""
+        self.send_error(text)
+        self.transport.loseConnection()
+        if self._cut_off is None:
+            self._cut_off = self.factory.clock.callLater(
+                CLOSE_GRACE, self.transport.abortConnection
+            )
+
+    # Backpressure, both ways.
+
+    def output_full(self) -> None:
+        """What we wrote piles up unread: send nothing new, read nothing."""
+        self._output_full = True
+        self._pause_reading("output")
+        if self.session is not None:
+            self.session.output_full()
+
+    def output_drained(self) -> None:
+        """Everything we wrote has gone to the peer's socket."""
+        self._output_full = False
+        self._resume_reading("output")
+        if self.session is not None:
+            self.session.output_drained()
+
+    def pause_input(self) -> None:
+        """The broker-wide input budget is spent: stop reading for now."""
+        self._pause_reading("input")
+
+    def resume_input(self) -> None:
+        self._resume_reading("input")
+
+    def _pause_reading(self, reason: str) -> None:
+        if not self._read_pauses:
+            self.transport.pauseProducing()
+        self._read_pauses.add(reason)
+
+    def _resume_reading(self, reason: str) -> None:
+        if reason in self._read_pauses:
+            self._read_pauses.discard(reason)
+            if not self._read_pauses:
+                self.transport.resumeProducing()
+
+    # Incomplete frames and timeouts.
+
+    def _track_incomplete_frame(self, decoder: ServerDecoder) -> None:
+        """Account the incomplete frame left after a read, and time it."""
+        factory = self.factory
+        held = decoder.buffered
+        progress = decoder.progress
+        if held != self._held_input:
+            self._held_input = held
+            factory.input_budget.update(self, held, decoder.missing)
+        if not held:
+            self._partial_since = None
+        elif self._partial_since is None or progress != self._partial_progress:
+            self._partial_since = factory.clock.seconds()
+            self._partial_progress = progress
+            if self._frame_timer is None:
+                self._frame_timer = factory.clock.callLater(
+                    factory.settings.frame_timeout, self._frame_timer_fired
+                )
+
+    def _frame_timer_fired(self) -> None:
+        self._frame_timer = None
+        if self._partial_since is None:
+            return
+        clock = self.factory.clock
+        timeout = self.factory.settings.frame_timeout
+        left = self._partial_since + timeout - clock.seconds()
+        if left > 1e-6:
+            self._frame_timer = clock.callLater(left, self._frame_timer_fired)
+            return
+        log.warn(
+            "{peer}: a frame stayed incomplete for {seconds} s ({held} bytes held); closing",
+            peer=self.peer,
+            seconds=timeout,
+            held=self._held_input,
+        )
+        self._close_with_error(ERR_FRAME_TIMEOUT)
+
+    def _end_handshake(self) -> None:
+        if self._handshake is not None:
+            if self._handshake.active():
+                self._handshake.cancel()
+            self._handshake = None
+
+    def _handshake_expired(self) -> None:
+        self._handshake = None
+        log.warn("{peer} sent no valid first action in time; closing", peer=self.peer)
+        self._close_with_error(ERR_HANDSHAKE_TIMEOUT)

@@ -1,0 +1,95 @@
+"""A publisher's session: publishes batched per read and topic, and, for a
+confirming publisher, an answer to each, in order, once committed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from broker.confirms import ConfirmQueue, answers_in_order
+from broker.log import StoreError
+from broker.server.session import Session
+from broker.topics import TooManyTopics
+from broker.wire import ERR_EMPTY_MESSAGE, encode_error
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from broker.server.protocol import BrokerProtocol
+
+log = Logger()
+
+
+class PublisherSession(Session):
+    """Appends what each read brings, one batch per topic."""
+
+    role = "publisher"
+
+    def __init__(self, protocol: BrokerProtocol, confirms: bool) -> None:
+        super().__init__(protocol)
+        self._batch: dict[str, list[bytes]] = {}
+        self._confirms = ConfirmQueue(protocol.transport.write) if confirms else None
+        # This read's publishes in order, for confirms: (topic, True) or (error, False).
+        self._order: list[tuple[str, bool]] = []
+
+    def published(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            # The reference ignores empty messages; a confirming publisher is told.
+            if self._confirms is not None:
+                self.refused(ERR_EMPTY_MESSAGE)
+            return
+        if self._confirms is not None:
+            self._order.append((topic, True))
+        batch = self._batch.get(topic)
+        if batch is None:
+            self._batch[topic] = [payload]
+        else:
+            batch.append(payload)
+
+    def refused(self, reason: str, detail: str | None = None) -> None:
+        if self._confirms is None:
+            super().refused(reason, detail)
+            return
+        self.protocol.log_refusal(detail or reason)
+        self._order.append((reason, False))  # answered in its place
+
+    def end_of_read(self) -> None:
+        if self._batch or self._order:
+            self._publish_batch()
+
+    def close(self) -> None:
+        if self._confirms is not None:
+            self._confirms.close()
+
+    def _publish_batch(self) -> None:
+        """Append what this read brought, one batch per topic; answer a
+        confirming publisher once it is committed."""
+        batch = self._batch
+        self._batch = {}
+        registry = self.factory.registry
+        confirms = self._confirms
+        firsts: dict[str, int | str] = {}
+        committed: list[Deferred[None]] = []
+        for topic, payloads in batch.items():
+            try:
+                stored = registry.get(topic)
+                first = firsts[topic] = stored.append(payloads)
+            except (TooManyTopics, StoreError) as error:
+                firsts[topic] = str(error)
+                log.warn(
+                    "{peer}: {n} message(s) to {topic!r} refused: {error}",
+                    peer=self.peer,
+                    n=len(payloads),
+                    topic=topic,
+                    error=error,
+                )
+                if confirms is None:
+                    # One Error per message refused, as a publisher counts them.
+                    self.protocol.transport.write(encode_error(str(error)) * len(payloads))
+                continue
+            if confirms is not None and stored.log.committed_offset < first + len(payloads):
+                committed.append(stored.log.flush())
+        if confirms is not None:
+            order, self._order = self._order, []
+            confirms.add(answers_in_order(order, firsts), committed)

@@ -1,0 +1,39 @@
+"""The limits and timers of one broker, with their defaults (the single
+source of the command line's defaults too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from broker.dead_letters import DEFAULT_TEMPLATE
+from broker.delivery import DEFAULT_MAX_INFLIGHT_BYTES, DeliverySettings
+from broker.log import DEFAULT_MEMORY_RETENTION, Retention
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Limits and timers of one broker."""
+
+    max_message_size: int = 1 << 20
+    """Largest payload (and topic list) accepted, in bytes."""
+    handshake_timeout: float = 10.0
+    """Seconds a new connection has to send its first valid action."""
+    max_topics: int = 100_000
+    """Topics the broker will hold; creating one more is refused."""
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    retention: Retention = DEFAULT_MEMORY_RETENTION
+    """What each topic's log keeps."""
+    max_prefetch: int = 1024
+    """Deliveries in flight per connection an extended subscriber may ask for."""
+    dead_letter_topic: str | None = DEFAULT_TEMPLATE
+    """Where given-up messages go ("{topic}" is replaced); None: dropped."""
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    """Payload bytes in flight per connection (one larger message still goes alone)."""
+    slow_consumer_timeout: float = 30.0
+    """Seconds a subscriber's output may stay full before it is called slow."""
+    disconnect_slow_consumers: bool = False
+    """Close a slow consumer (its deliveries go back to its topics' logs)."""
+    max_pending_input: int = 256 << 20
+    """Bytes held in incomplete frames across all connections, at most."""
+    frame_timeout: float = 30.0
+    """Seconds a frame may stay incomplete before its connection is closed."""

@@ -1,0 +1,194 @@
+"""A subscriber's session: its subscriptions and window of deliveries, the
+frames that carry them, and what to do when its output fills."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from broker.delivery import Delivery, DeliveryWindow
+from broker.server.session import Session
+from broker.topics import TooManyTopics
+from broker.wire import (
+    ERR_NOTHING_TO_ACK,
+    ERR_TOO_MANY_TOPICS,
+    STATUS_SUBSCRIBED,
+    STATUS_UNSUBSCRIBED,
+    StartAt,
+    encode_delivery_tail,
+    encode_u16,
+    encode_u64,
+)
+
+if TYPE_CHECKING:
+    from broker.server.protocol import BrokerProtocol
+
+log = Logger()
+
+# Deliveries of one pump are written in chunks of about this many bytes, so
+# that a connection whose output is full stops the pump between chunks.
+FLUSH_BYTES = 256 * 1024
+
+_SUBSCRIBED = encode_u16(STATUS_SUBSCRIBED)
+_UNSUBSCRIBED = encode_u16(STATUS_UNSUBSCRIBED)
+
+
+class SubscriberSession(Session):
+    """Subscriptions, deliveries in flight, acks; slow-consumer detection."""
+
+    role = "subscriber"
+
+    def __init__(self, protocol: BrokerProtocol, extended: bool, prefetch: int) -> None:
+        super().__init__(protocol)
+        settings = self.factory.settings
+        self._transport = protocol.transport
+        self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
+        self._outgoing_bytes = 0
+        self._acks_to_pump = False
+        self._slow_consumer: IDelayedCall | None = None
+        self.window = DeliveryWindow(
+            self.factory.timers,
+            self._send_extended_delivery if extended else self._send_delivery,
+            self._delivery_dropped,
+            capacity=prefetch,
+            flush=self._flush_deliveries,
+            max_bytes=settings.max_inflight_bytes,
+        )
+        # A subscriber that vanishes without a FIN is found by keepalive.
+        keep_alive = getattr(self._transport, "setTcpKeepAlive", None)
+        if keep_alive is not None:
+            keep_alive(True)
+
+    # Decoder events.
+
+    def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None:
+        try:
+            resolved = self.factory.registry.get_all(topics)
+        except TooManyTopics:
+            self.refused(ERR_TOO_MANY_TOPICS)
+            return
+        # The status goes out before any delivery the new cursors produce.
+        self._transport.write(_SUBSCRIBED)
+        for topic in resolved:
+            self.window.subscribe(topic, start, offset)
+        where = (
+            f"offset {offset}" if start in (StartAt.FROM, StartAt.FROM64) else start.name.title()
+        )
+        log.info(
+            "{peer} subscribed to {topics} at {where}", peer=self.peer, topics=topics, where=where
+        )
+
+    def unsubscribe_requested(self, topics: list[str]) -> None:
+        for name in topics:
+            self.window.unsubscribe(name)
+        self._transport.write(_UNSUBSCRIBED)
+        log.info("{peer} unsubscribed from {topics}", peer=self.peer, topics=topics)
+
+    def acked(self) -> None:
+        if not self.window.ack():
+            self.refused(ERR_NOTHING_TO_ACK)
+
+    def nacked(self) -> None:
+        if not self.window.nack():
+            self.refused(ERR_NOTHING_TO_ACK)
+
+    def acked_ids(self, delivery_ids: list[int]) -> None:
+        self.window.ack_many(delivery_ids)
+        self._acks_to_pump = True
+
+    def nacked_id(self, delivery_id: int) -> None:
+        self.window.nack(delivery_id, pump=False)
+        self._acks_to_pump = True
+
+    # Hooks of the protocol.
+
+    def end_of_read(self) -> None:
+        if self._acks_to_pump:
+            # The slots this read's acks freed are filled at once, in one write.
+            self._acks_to_pump = False
+            self.window.pump()
+
+    def output_full(self) -> None:
+        self.window.pause()
+        if self._slow_consumer is None:
+            self._slow_consumer = self.factory.clock.callLater(
+                self.factory.settings.slow_consumer_timeout, self._slow_consumer_expired
+            )
+
+    def output_drained(self) -> None:
+        self._cancel_slow_consumer()
+        self.window.resume()
+
+    def close(self) -> None:
+        self._cancel_slow_consumer()
+        self.window.close()
+
+    # Deliveries.
+
+    def _send_delivery(self, delivery: Delivery) -> None:
+        payload = delivery.payload
+        self._outgoing += (delivery.topic.delivery_prefix, encode_u64(len(payload)), payload)
+        self._outgoing_bytes += len(payload)
+        if self._outgoing_bytes >= FLUSH_BYTES:
+            self._flush_deliveries()
+
+    def _send_extended_delivery(self, delivery: Delivery) -> None:
+        payload = delivery.payload
+        self._outgoing += (
+            delivery.topic.extended_prefix,
+            encode_delivery_tail(delivery.offset, delivery.attempts, delivery.id, len(payload)),
+            payload,
+        )
+        self._outgoing_bytes += len(payload)
+        if self._outgoing_bytes >= FLUSH_BYTES:
+            self._flush_deliveries()
+
+    def _flush_deliveries(self) -> None:
+        if self._outgoing:
+            outgoing = self._outgoing
+            self._outgoing = []
+            self._outgoing_bytes = 0
+            # May pause the window at once (output_full), between two chunks.
+            self._transport.writeSequence(outgoing)
+
+    def _delivery_dropped(self, delivery: Delivery, reason: str) -> None:
+        letter_topic = self.factory.dead_letter(delivery, reason, self.peer)
+        log.warn(
+            "{peer}: gave up on message {offset} of {topic!r} after {attempts} deliveries "
+            "({reason}); {fate}",
+            peer=self.peer,
+            offset=delivery.offset,
+            topic=delivery.topic.name,
+            attempts=delivery.attempts,
+            reason=reason,
+            fate=f"dead-lettered to {letter_topic!r}" if letter_topic else "dropped",
+        )
+
+    # Slow consumers.
+
+    def _cancel_slow_consumer(self) -> None:
+        if self._slow_consumer is not None:
+            if self._slow_consumer.active():
+                self._slow_consumer.cancel()
+            self._slow_consumer = None
+
+    def _slow_consumer_expired(self) -> None:
+        self._slow_consumer = None
+        settings = self.factory.settings
+        window = self.window
+        disconnect = settings.disconnect_slow_consumers
+        log.warn(
+            "{peer}: slow consumer: has read none of its deliveries for {seconds} s "
+            "({in_flight} in flight, {bytes} bytes); {action}",
+            peer=self.peer,
+            seconds=settings.slow_consumer_timeout,
+            in_flight=window.in_flight,
+            bytes=window.bytes_in_flight,
+            action="disconnecting; its deliveries go back to their topics"
+            if disconnect
+            else "waiting for it",
+        )
+        if disconnect:
+            self._transport.abortConnection()
