@@ -158,7 +158,7 @@ class BenchSubscriber(Protocol):
         self.transport.bufferSize = READ_SIZE
         if self.prefetch > 1:
             self.decoder.expect_hello()
-            self.transport.write(wire.encode_hello({"version": 1, "prefetch": self.prefetch}))
+            self.transport.write(wire.encode_client_hello(prefetch=self.prefetch))
         else:
             self._subscribe()
 
@@ -233,7 +233,7 @@ class BenchPublisher(Protocol):
     def connectionMade(self) -> None:
         if self.confirms:
             self.decoder.expect_hello()
-            self.transport.write(wire.encode_hello({"version": 1, "confirms": True}))
+            self.transport.write(wire.encode_client_hello(confirms=True))
         else:
             self.hello_received({})
 
@@ -267,7 +267,7 @@ class BenchPublisher(Protocol):
 
 def publish_frames(topic: str, start: int, stop: int, size: int) -> bytes:
     """Publish frames for sequence numbers [start, stop), stamped now."""
-    prefix = struct.pack(">H", 6 + len(topic)) + b"topic:" + topic.encode()
+    prefix = wire.publish_prefix(topic)
     length = struct.pack(">I", size)
     now = time.perf_counter()
     return b"".join(prefix + length + make_payload(n, size, now) for n in range(start, stop))
@@ -559,7 +559,7 @@ def ceiling(args: argparse.Namespace) -> Result:
     subscriber.transport = _NullTransport()
     if args.prefetch > 1:
         subscriber.decoder.expect_hello()
-        subscriber.decoder.feed(wire.encode_hello({"version": 1}))
+        subscriber.decoder.feed(wire.encode_hello({"version": wire.EXTENSIONS_VERSION}))
         prefix = wire.extended_delivery_prefix(topic)
         frames = [
             prefix

@@ -129,10 +129,10 @@ class DeliveryTimers:
     def __init__(self, clock: IReactorTime, settings: DeliverySettings) -> None:
         self.settings = settings
         self.timeouts: DeadlineQueue[Delivery] = DeadlineQueue(
-            clock, settings.ack_timeout, lambda d: d.window._timed_out(d)
+            clock, settings.ack_timeout, lambda d: d.window.timed_out(d)
         )
         self.delays: DeadlineQueue[Delivery] = DeadlineQueue(
-            clock, settings.ack_delay, lambda d: d.window._delay_over(d)
+            clock, settings.ack_delay, lambda d: d.window.delay_over(d)
         )
 
     def forget(self, delivery: Delivery) -> None:
@@ -398,11 +398,14 @@ class DeliveryWindow:
 
     # Called by the timers.
 
-    def _timed_out(self, delivery: Delivery) -> None:
+    def timed_out(self, delivery: Delivery) -> None:
+        """`delivery` went unanswered for the ack timeout: it keeps its slot
+        for the ack delay, then goes again."""
         delivery.held = True
         self._timers.delays.add(delivery)
 
-    def _delay_over(self, delivery: Delivery) -> None:
+    def delay_over(self, delivery: Delivery) -> None:
+        """The ack delay of a nacked or timed-out `delivery` has passed."""
         if delivery.held:
             del self._slots[delivery.id]
             self.bytes_in_flight -= len(delivery.payload)

@@ -242,10 +242,25 @@ def encode_ack_id(delivery_id: int, ack: bool = True) -> bytes:
     return _U16.pack(ACK_ID if ack else NACK_ID) + _U32.pack(delivery_id)
 
 
+def publish_prefix(topic: str) -> bytes:
+    """The constant head of every publish to a topic: u16 t | "topic:" + name."""
+    name = TOPIC_PREFIX + topic.encode("utf-8")
+    return _U16.pack(len(name)) + name
+
+
 def encode_publish(topic: str, payload: bytes) -> bytes:
     """Publish frame: u16 t | "topic:" + name | u32 n | data."""
-    name = TOPIC_PREFIX + topic.encode("utf-8")
-    return _U16.pack(len(name)) + name + _U32.pack(len(payload)) + payload
+    return publish_prefix(topic) + _U32.pack(len(payload)) + payload
+
+
+def encode_client_hello(prefetch: int | None = None, confirms: bool = False) -> bytes:
+    """A client's Hello asking for this version of the extensions."""
+    fields: dict[str, object] = {"version": EXTENSIONS_VERSION}
+    if prefetch is not None:
+        fields["prefetch"] = prefetch
+    if confirms:
+        fields["confirms"] = True
+    return encode_hello(fields)
 
 
 # ---------------------------------------------------------- decoder machinery

@@ -33,7 +33,7 @@ def broker(**settings) -> tuple[BrokerFactory, Clock]:
 
 def extended_subscriber(factory: BrokerFactory, topic: str, prefetch: int):
     protocol, transport = connect(factory)
-    protocol.dataReceived(wire.encode_hello({"version": 1, "prefetch": prefetch}))
+    protocol.dataReceived(wire.encode_client_hello(prefetch=prefetch))
     protocol.dataReceived(wire.encode_subscribe([topic], StartAt.BEGINNING))
     transport.clear()
     return protocol, transport
@@ -152,7 +152,7 @@ async def test_end_to_end_a_subscriber_that_stops_reading_is_disconnected_and_lo
     )
     try:
         stalled = await connect_raw(running.port)
-        stalled.send(wire.encode_hello({"version": 1, "prefetch": 1024}))
+        stalled.send(wire.encode_client_hello(prefetch=1024))
         head = await stalled.read(6)
         await stalled.read(int.from_bytes(head[2:], "big"))
         stalled.send(wire.encode_subscribe(["s"], StartAt.BEGINNING))

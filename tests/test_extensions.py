@@ -31,7 +31,7 @@ async def broker():
 
 
 async def hello(conn: RawConnection, **fields) -> dict:
-    conn.send(wire.encode_hello({"version": 1, **fields}))
+    conn.send(wire.encode_hello({"version": wire.EXTENSIONS_VERSION, **fields}))
     code, length = struct.unpack(">HI", await conn.read(6))
     assert code == wire.HELLO
     return json.loads(await conn.read(length))
@@ -65,7 +65,7 @@ async def test_hello_negotiates_and_a_silent_client_sees_the_seed_protocol(broke
     late = await connect_raw(broker.port)
     late.send(wire.encode_subscribe(["h"], StartAt.CURRENT))
     assert await late.read(2) == b"\x00\x01"
-    late.send(wire.encode_hello({"version": 1}))
+    late.send(wire.encode_client_hello())
     assert await read_answer(late) == ("error", wire.ERR_UNKNOWN_ACTION)
     bad = await connect_raw(broker.port)
     bad.send(b"\x00\x10\x00\x00\x00\x03[1]" + wire.encode_u16(wire.ACTION_PUBLISH))

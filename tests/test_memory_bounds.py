@@ -46,7 +46,7 @@ async def test_subscribers_that_never_read_cost_a_bounded_amount(tmp_path):
         started = memory(broker)["VmRSS"]
         for _ in range(4):
             conn = await connect_raw(port)
-            conn.send(wire.encode_hello({"version": 1, "prefetch": 1024}))
+            conn.send(wire.encode_client_hello(prefetch=1024))
             head = await conn.read(6)
             await conn.read(int.from_bytes(head[2:], "big"))  # the Hello answer
             conn.send(wire.encode_subscribe(["big"], StartAt.BEGINNING))

@@ -73,7 +73,7 @@ async def test_transcripts_with_short_timers():
     broker = start_broker(settings)
     # An extended client on the same broker changes nothing for the others.
     extended = await connect_raw(broker.port)
-    extended.send(wire.encode_hello({"version": 1, "prefetch": 8, "confirms": True}))
+    extended.send(wire.encode_client_hello(prefetch=8, confirms=True))
     extended.send(wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("x", b"1"))
     try:
         await replay(broker.port, scale)

@@ -3,6 +3,7 @@ the same stream split in every way."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 from hypothesis import given
@@ -274,3 +275,17 @@ def test_tagged_frames_decode_the_same_however_split(cuts):
         for chunk in chunks:
             decoder.feed(chunk)
         assert recorder.events == expected
+
+
+def test_frame_helpers_count_encoded_bytes_not_characters():
+    frame = wire.encode_publish("café", b"x")
+    assert frame.startswith(wire.publish_prefix("café"))
+    assert frame[:2] == (len("topic:café".encode())).to_bytes(2, "big")  # 11, not 10
+    events = decode_server([wire.encode_u16(wire.ACTION_PUBLISH) + frame])
+    assert events[-1] == ("published", "café", b"x")
+    hello = wire.encode_client_hello(prefetch=8, confirms=True)
+    assert json.loads(hello[6:]) == {
+        "version": wire.EXTENSIONS_VERSION,
+        "prefetch": 8,
+        "confirms": True,
+    }

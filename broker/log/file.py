@@ -620,9 +620,6 @@ class FileStore:
             if topic_log._dirty:
                 topic_log.flush()
 
-    def apply_retention(self, now: float) -> int:
-        return sum(topic_log.apply_retention(now) for topic_log in self.logs.values())
-
     def close(self) -> None:
         for topic_log in self.logs.values():
             topic_log.close()
