@@ -28,10 +28,10 @@ class DeadLetterPolicy:
 
     def __init__(self, template: str | None = DEFAULT_TEMPLATE) -> None:
         self.template = template or None
+        self._prefix: str | None = None
+        self._suffix: str | None = None
         if self.template is not None and "{topic}" in self.template:
             self._prefix, _, self._suffix = self.template.partition("{topic}")
-        else:
-            self._prefix = self._suffix = None
 
     def topic_for(self, topic: str) -> str | None:
         """The dead-letter topic for `topic`, or None (off, or `topic` is one)."""
@@ -43,7 +43,7 @@ class DeadLetterPolicy:
     def is_dead_letter_topic(self, topic: str) -> bool:
         if self.template is None:
             return False
-        if self._prefix is None:
+        if self._prefix is None or self._suffix is None:
             return topic == self.template
         return (
             topic.startswith(self._prefix)

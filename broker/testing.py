@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IListeningPort,
+    IProtocol,
+    IProtocolFactory,
     IReactorTCP,
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump
@@ -47,7 +48,7 @@ class _MemoryEndpoint:
     def __init__(self, broker: InMemoryBroker) -> None:
         self._broker = broker
 
-    def connect(self, factory: Factory) -> Deferred[Protocol]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         return succeed(self._broker.connect(factory))
 
 
@@ -81,7 +82,7 @@ class InMemoryBroker:
         options.setdefault("retry_policy", lambda attempt: 0.1)
         return BrokerClient(self.endpoint, self.clock, where="the in-memory broker", **options)
 
-    def connect(self, factory: Factory) -> Protocol:
+    def connect(self, factory: IProtocolFactory) -> IProtocol:
         """Connect a protocol built by `factory` to the broker; return it."""
         port = next(_ports)
         client_address = IPv4Address("TCP", "127.0.0.1", port)
@@ -154,7 +155,7 @@ class RunningBroker:
 
     @property
     def port(self) -> int:
-        return self.listening.getHost().port  # type: ignore[attr-defined]
+        return self.listening.getHost().port  # type: ignore[attr-defined]  # IAddress has no port; TCP's does
 
     @property
     def endpoint(self) -> str:
@@ -165,7 +166,7 @@ class RunningBroker:
         """Stop listening and drop every connection."""
         for connection in list(self.factory.connections):
             connection.transport.abortConnection()
-        return self.listening.stopListening()  # type: ignore[return-value]
+        return self.listening.stopListening()  # type: ignore[return-value]  # a TCP port returns one
 
 
 def start_broker(
@@ -176,7 +177,9 @@ def start_broker(
 ) -> RunningBroker:
     """Start a broker on 127.0.0.1 (`port` 0: any free port)."""
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[assignment]
-    factory = BrokerFactory(settings, clock=clock or reactor)  # type: ignore[arg-type]
-    listening = reactor.listenTCP(port, factory, interface="127.0.0.1")  # type: ignore[union-attr]
+        from twisted.internet import reactor as default
+
+        reactor = cast(IReactorTCP, default)
+    factory = BrokerFactory(settings, clock=clock or cast(IReactorTime, reactor))
+    listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
     return RunningBroker(factory, listening)

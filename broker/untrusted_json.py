@@ -73,12 +73,12 @@ def _depth_exceeds(value: object, limit: int) -> bool:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
-            children: object = item.values()
+            children: list[object] = list(item.values())
         elif isinstance(item, list):
             children = item
         else:
             continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)  # type: ignore[attr-defined]
+        stack.extend((child, depth + 1) for child in children)
     return False

@@ -17,10 +17,11 @@ from twisted.internet.defer import (
     maybeDeferred,
 )
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from broker.transport import IStreamTransport
 from broker.wire import (
     ACK,
     ACTION_PUBLISH,
@@ -102,6 +103,8 @@ class _ClientProtocol(Protocol):
     fires with what the server granted, or None without extensions.
     """
 
+    transport: IStreamTransport
+
     def __init__(self, ask: dict[str, Any] | None = None) -> None:
         self.decoder = ClientDecoder(self, CLIENT_MAX_PAYLOAD)
         self.on_error: Callable[[str], None] = lambda text: None
@@ -137,7 +140,7 @@ class _ClientProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.decoder.feed(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.negotiated.called:
             self.negotiated.errback(reason or ConnectionDone())
         self.lost.callback(None)
@@ -321,7 +324,7 @@ class SubscriberProtocol(_ClientProtocol):
         self.transport.write(encode_ack_id(delivery_id, acked))
         self.on_answered(message, acked)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self._deliveries.clear()
         requests, self._requests = self._requests, deque()

@@ -27,10 +27,11 @@ from twisted.internet.defer import (
 )
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionClosed, ConnectionDone
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from broker.client.protocols import (
     BrokerError,
@@ -151,8 +152,8 @@ class _Role(Generic[P]):
     ) -> None:
         self._client = client
         self.name = name
-        self._build = build
-        self._prepare = prepare
+        self._build: Callable[[], P] = build
+        self._prepare: Callable[[P], Deferred[None] | None] = prepare
         self.service: ClientService | None = None
         self.current: P | None = None
         self._waiters: list[Deferred[P]] = []
@@ -221,6 +222,7 @@ class _Factory(Factory):
         return protocol
 
 
+@implementer(IStreamClientEndpoint)
 class _ReportingEndpoint:
     """Wraps the broker's endpoint to report each failed attempt once."""
 
@@ -228,7 +230,7 @@ class _ReportingEndpoint:
         self._endpoint = endpoint
         self._report = report
 
-    def connect(self, factory: Factory) -> Deferred[Protocol]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         attempt = self._endpoint.connect(factory)
 
         def failed(failure: Failure) -> Failure:

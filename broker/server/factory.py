@@ -3,6 +3,8 @@ log), the delivery timers all its connections share, and its connections."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
@@ -23,7 +25,7 @@ class BrokerFactory(ServerFactory):
     """One broker: its settings, its topic registry (with each topic's replay
     log) and the delivery timers all its connections share."""
 
-    protocol = BrokerProtocol
+    protocol = BrokerProtocol  # type: ignore[assignment]  # Factory's stub wants a callable
 
     def __init__(
         self,
@@ -32,9 +34,11 @@ class BrokerFactory(ServerFactory):
         registry: TopicRegistry | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self.settings = settings or BrokerSettings()
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock
         if registry is None:
             retention = self.settings.retention
             seconds = self.clock.seconds
@@ -65,8 +69,12 @@ class BrokerFactory(ServerFactory):
         for protocol in list(self.connections):
             protocol.transport.loseConnection()
         cut_off = self.clock.callLater(grace, self._abort_all)
-        done.addBoth(lambda result: (cut_off.active() and cut_off.cancel(), result)[1])
-        return done
+
+        def stop_cutting_off(result: None) -> None:
+            if cut_off.active():
+                cut_off.cancel()
+
+        return done.addCallback(stop_cutting_off)
 
     def _abort_all(self) -> None:
         for protocol in list(self.connections):

@@ -8,9 +8,10 @@ that walks a single buffer; `MAX_LENGTH` is the broker's message limit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
@@ -21,6 +22,7 @@ from broker.hello import HelloRequest, parse_hello_request
 from broker.server.publisher import PublisherSession
 from broker.server.session import Session
 from broker.server.subscriber import SubscriberSession
+from broker.transport import IStreamTransport
 from broker.wire import (
     ERR_FRAME_TIMEOUT,
     ERR_HANDSHAKE_TIMEOUT,
@@ -28,6 +30,7 @@ from broker.wire import (
     EXTENSIONS_VERSION,
     ProtocolError,
     ServerDecoder,
+    ServerEvents,
     encode_error,
     encode_hello,
 )
@@ -49,7 +52,7 @@ def describe_peer(address: IAddress) -> str:
     """host:port for TCP, the path (or 'unix') for UNIX sockets."""
     host = getattr(address, "host", None)
     if host is not None:
-        return f"{host}:{address.port}"  # type: ignore[attr-defined]
+        return f"{host}:{getattr(address, 'port', '?')}"
     return getattr(address, "name", None) or type(address).__name__
 
 
@@ -81,6 +84,7 @@ class BrokerProtocol(Int32StringReceiver):
     (Hello included); then its decoder reports to its role's session."""
 
     factory: BrokerFactory
+    transport: IStreamTransport
 
     def __init__(self) -> None:
         self.peer = "?"
@@ -107,7 +111,8 @@ class BrokerProtocol(Int32StringReceiver):
         settings = factory.settings
         self.peer = describe_peer(self.transport.getPeer())
         self.MAX_LENGTH = settings.max_message_size
-        self.decoder = ServerDecoder(self, settings.max_message_size)
+        # The protocol hears what comes before a role; its session the rest.
+        self.decoder = ServerDecoder(cast(ServerEvents, self), settings.max_message_size)
         self._handshake = factory.clock.callLater(
             settings.handshake_timeout, self._handshake_expired
         )
@@ -124,7 +129,7 @@ class BrokerProtocol(Int32StringReceiver):
         if decoder.buffered or self._held_input:
             self._track_incomplete_frame(decoder)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._end_handshake()
         for timer in (self._frame_timer, self._cut_off):
             if timer is not None and timer.active():
@@ -208,7 +213,7 @@ class BrokerProtocol(Int32StringReceiver):
         self._end_handshake()
         self.session = session
         assert self.decoder is not None
-        self.decoder.events = session  # type: ignore[assignment]
+        self.decoder.events = cast(ServerEvents, session)
         if self._output_full:
             session.output_full()
         log.info("{peer} is a {role}", peer=self.peer, role=session.role)

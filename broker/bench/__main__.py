@@ -1,0 +1,5 @@
+"""`python -m broker.bench`."""
+
+from broker.bench.cli import main
+
+main()

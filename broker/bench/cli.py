@@ -1,0 +1,125 @@
+"""`broker-bench`'s command line: options, progress bar, table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from broker.bench.payloads import HEADER, Result
+from broker.bench.process import BrokerProcess
+from broker.bench.scenarios import SCENARIOS, Bench, ceiling
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="broker-bench", description=__doc__.split("\n")[0])
+    parser.add_argument("scenario", choices=[*sorted(SCENARIOS), "ceiling"])
+    parser.add_argument("--broker", help="HOST:PORT of a running broker (default: start one)")
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--subscribers", type=int, default=1)
+    parser.add_argument("--size", type=int, default=100, help="payload bytes (at least 16)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="msg/s, for latency")
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=1,
+        help="deliveries in flight per subscriber; 1 is the seed's protocol",
+    )
+    parser.add_argument(
+        "--confirms",
+        action="store_true",
+        help="ingest: publish with confirms, timed until the last one",
+    )
+    parser.add_argument(
+        "--store",
+        choices=["memory", "file"],
+        default="memory",
+        help="the broker's store, when the bench starts it",
+    )
+    parser.add_argument(
+        "--fsync",
+        choices=["always", "interval", "never"],
+        default="interval",
+        help="with --store file",
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.size < HEADER.size:
+        parser.error(f"--size must be at least {HEADER.size}")
+    return args
+
+
+def run(args: argparse.Namespace) -> Result:
+    """Run one scenario, starting a broker unless --broker names one."""
+    if args.scenario == "ceiling":
+        return ceiling(args)
+    from twisted.internet import reactor
+
+    process = None
+    data_dir = None
+    if args.broker:
+        host, _, port_text = args.broker.rpartition(":")
+        host, port = host or "127.0.0.1", int(port_text)
+    else:
+        options = ["--ack-timeout", "60", "--max-prefetch", str(max(1024, args.prefetch))]
+        if args.store == "file":
+            data_dir = tempfile.mkdtemp(prefix="broker-bench-")
+            options += ["--data-dir", data_dir, "--fsync", args.fsync]
+        process = BrokerProcess(options)
+        host, port = "127.0.0.1", process.port
+    bench = Bench(reactor, host, port, args, process.rss_mb if process else (lambda: float("nan")))
+    outcome: list[Any] = []
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    wall_before = time.perf_counter()
+    try:
+
+        def start() -> None:
+            done: Deferred[Result] = ensureDeferred(SCENARIOS[args.scenario](bench))
+            done.addBoth(outcome.append)
+            done.addBoth(lambda _: reactor.stop())
+
+        reactor.callWhenRunning(start)  # a scenario that fails at once must still stop it
+        reactor.run()
+        rss = bench.broker_rss()
+    finally:
+        if process is not None:
+            process.stop()
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    result = outcome[0]
+    if not isinstance(result, Result):
+        result.raiseException()
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    result.bench_cpu_percent = round(100 * cpu / (time.perf_counter() - wall_before), 1)
+    if math.isnan(result.broker_rss_mb):
+        result.broker_rss_mb = round(rss, 1)
+    result.settings = {k: v for k, v in vars(args).items() if k not in ("json", "scenario")}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        for key, value in asdict(result).items():
+            if key != "settings":
+                print(f"{key:>18}: {value}")
+    if result.corrupt or result.out_of_order or not result.complete:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

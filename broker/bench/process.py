@@ -1,0 +1,64 @@
+"""A `twistd broker` child for the bench, and its memory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class BrokerProcess:
+    """`twistd -n broker` on a free loopback port, for the bench's duration."""
+
+    def __init__(self, extra: list[str]) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        twistd = Path(sys.executable).with_name("twistd")
+        command = [
+            str(twistd) if twistd.exists() else "twistd",
+            "-n",
+            "--pidfile=",
+            "-l",
+            os.devnull,
+            "broker",
+            "--port",
+            f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
+            *extra,
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError("twistd broker exited at start") from None
+                time.sleep(0.05)
+        raise RuntimeError("twistd broker did not start listening")
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            print("twistd broker did not stop within 30 s; killing it", file=sys.stderr)
+            self.process.kill()
+            self.process.wait()
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
