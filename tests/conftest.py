@@ -7,7 +7,11 @@ from twisted.logger import globalLogPublisher
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: takes tens of seconds (the seed's real timers)")
+    config.addinivalue_line(
+        "markers",
+        "slow: long runs left out by default (SIGKILL chaos, the seed's real timers); "
+        "`pytest -m slow` runs them, and CI does",
+    )
 
 
 class FailureLog:

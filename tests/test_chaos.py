@@ -6,6 +6,7 @@ the records the store holds on disk afterwards."""
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
@@ -19,6 +20,7 @@ from tests.process import free_port, start_durable_broker
 MESSAGES = 100_000
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_nothing_confirmed_is_lost_across_kills_and_dropped_subscribers(tmp_path):
     port = free_port()

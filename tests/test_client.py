@@ -6,12 +6,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 
 from broker.client import BrokerError, Message, connect
 from broker.delivery import DeliverySettings
 from broker.server import BrokerSettings
-from broker.testing import start_broker
+from broker.testing import InMemoryBroker, start_broker
 from broker.wire import StartAt
 
 SHORT = BrokerSettings(delivery=DeliverySettings(ack_delay=0.05, ack_timeout=0.1))
@@ -111,41 +110,51 @@ async def test_unsubscribe_stops_deliveries(broker, client):
     assert inbox.payloads == [b"1", b"3"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_nack_and_failure_redeliver_and_five_deliveries_then_drop(broker, client):
+def test_nack_and_failure_redeliver_and_five_deliveries_then_drop():
+    broker = InMemoryBroker(SHORT)
+    client = broker.client()  # the seed's protocol
     refusals = Inbox(answer=False)
-    await client.subscribe(["n"], refusals)
-    await client.publish("n", b"unwanted")
-    await refusals.wait(5)
     failing = Inbox(answer=lambda m: 1 / 0)
-    await client.subscribe(["f"], failing)
-    await client.publish("f", b"boom")
-    await failing.wait(5)
-    # Both were dropped after five deliveries: nothing more comes.
-    await client.publish("n", b"wanted")
-    await refusals.wait(6)
-    await deferLater(reactor, 0.5, lambda: None)
+    client.subscribe(["n"], refusals)
+    client.subscribe(["f"], failing)
+    broker.flush()
+    client.publish("n", b"unwanted")
+    client.publish("f", b"boom")
+    for _ in range(20):
+        broker.advance(0.05)  # the ack delay, twenty times over
+    # Both were dropped after five deliveries: nothing more comes, however long.
+    client.publish("n", b"wanted")
+    for _ in range(20):
+        broker.advance(0.05)
+    broker.advance(60)
     assert refusals.payloads == [b"unwanted"] * 5 + [b"wanted"] * 5
     assert failing.payloads == [b"boom"] * 5
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_slow_handler_is_timed_out_and_redelivered(broker, client):
-    first_call: list[bool] = []
+def test_a_slow_handler_is_timed_out_and_redelivered():
+    broker = InMemoryBroker(SHORT)  # ack timeout 0.1 s, ack delay 0.05 s
+    client = broker.client()
+    answers: list[Deferred] = []
 
-    def slow_once(message):
-        if not first_call:
-            first_call.append(True)
-            return deferLater(reactor, 0.3, lambda: True)  # past the 0.1 s timeout
+    def slow_first(message):
+        if message.payload == b"x" and not answers:
+            answers.append(Deferred())
+            return answers[0]  # answered only when the test says
         return True
 
-    inbox = Inbox(answer=slow_once)
-    await client.subscribe(["slow"], inbox)
-    await client.publish("slow", b"x")
-    await client.publish("slow", b"y")
-    await inbox.wait(3)
-    assert inbox.payloads[:2] == [b"x", b"x"]
-    assert b"y" in inbox.payloads
+    inbox = Inbox(answer=slow_first)
+    client.subscribe(["slow"], inbox)
+    broker.flush()
+    client.publish("slow", b"x")
+    client.publish("slow", b"y")
+    broker.advance(0.099)
+    assert inbox.payloads == [b"x"]  # one in flight: y waits behind x
+    broker.advance(0.001)  # timed out...
+    broker.advance(0.05)  # ...sent again after the ack delay; a client of the
+    assert inbox.payloads == [b"x"]  # seed's protocol handles one at a time
+    answers[0].callback(True)
+    broker.advance(0.2)
+    assert inbox.payloads[:2] == [b"x", b"x"] and b"y" in inbox.payloads
 
 
 @pytest_twisted.ensureDeferred

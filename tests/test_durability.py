@@ -7,6 +7,7 @@ import os
 import random
 import threading
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -97,6 +98,7 @@ async def publish_until_killed(broker, port: int, first: int, seconds: float) ->
     return max(seen)
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_sigkill_at_random_points_loses_nothing_delivered_and_keeps_offsets_dense(tmp_path):
     rng = random.Random(20261127)

@@ -8,14 +8,13 @@ import struct
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from broker import wire
 from broker.client import BrokerError, Message, connect
 from broker.dead_letters import decode_dead_letter
 from broker.delivery import DeliverySettings
 from broker.server import BrokerSettings
-from broker.testing import start_broker
+from broker.testing import InMemoryBroker, start_broker
 from broker.wire import StartAt
 from tests.raw import RawConnection, connect_raw
 from tests.test_client import Inbox
@@ -174,53 +173,51 @@ async def test_a_subscriber_resumes_where_it_left_off(broker):
         await subscriber.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_exhausted_messages_go_to_the_dead_letter_topic(broker):
-    client = connect(reactor, broker.endpoint, extensions=True)
-    legacy = connect(reactor, broker.endpoint)
+def test_exhausted_messages_go_to_the_dead_letter_topic():
+    broker = InMemoryBroker(SHORT)
+    client = broker.client(extensions=True)
+    legacy = broker.client()
     letters = Inbox()
-    try:
-        await client.subscribe(["orders.dead-letter"], letters)
-        refuse = Inbox(answer=False)
-        await client.subscribe(["orders"], refuse)
-        await legacy.subscribe(["orders"], Inbox(answer=False))  # a legacy subscriber too
-        await client.publish("orders", b"poison")
-        await letters.wait(2)
-        assert [m.attempt for m in refuse.messages] == [1, 2, 3, 4, 5]
-        metadata = [decode_dead_letter(m.payload) for m in letters.messages]
-        assert {payload for _, payload in metadata} == {b"poison"}
-        for meta, _ in metadata:
-            assert meta["topic"] == "orders" and meta["offset"] == 0
-            assert meta["deliveries"] == 5 and meta["reason"] == "nacked"
-            assert meta["subscriber"].startswith("127.0.0.1:")
-        # Letters given up on are not lettered again.
-        await client.unsubscribe(["orders.dead-letter"])
-        await client.subscribe(["orders.dead-letter"], Inbox(answer=False), StartAt.BEGINNING)
-        await deferLater(reactor, 1.5, lambda: None)
-        assert "orders.dead-letter.dead-letter" not in broker.factory.registry
-    finally:
-        await client.close()
-        await legacy.close()
+    refuse = Inbox(answer=False)
+    client.subscribe(["orders.dead-letter"], letters)
+    client.subscribe(["orders"], refuse)
+    legacy.subscribe(["orders"], Inbox(answer=False))  # a legacy subscriber too
+    broker.flush()
+    client.publish("orders", b"poison")
+    for _ in range(40):
+        broker.advance(0.05)
+    assert [m.attempt for m in refuse.messages] == [1, 2, 3, 4, 5]
+    metadata = [decode_dead_letter(m.payload) for m in letters.messages]
+    assert len(metadata) == 2 and {payload for _, payload in metadata} == {b"poison"}
+    for meta, _ in metadata:
+        assert meta["topic"] == "orders" and meta["offset"] == 0
+        assert meta["deliveries"] == 5 and meta["reason"] == "nacked"
+        assert meta["subscriber"].startswith("127.0.0.1:")
+    # Letters given up on are not lettered again, however long it runs.
+    client.unsubscribe(["orders.dead-letter"])
+    client.subscribe(["orders.dead-letter"], Inbox(answer=False), StartAt.BEGINNING)
+    for _ in range(40):
+        broker.advance(0.05)
+    broker.advance(60)
+    assert "orders.dead-letter.dead-letter" not in broker.factory.registry
 
 
-@pytest_twisted.ensureDeferred
-async def test_dead_letters_can_be_turned_off():
-    running = start_broker(
+def test_dead_letters_can_be_turned_off():
+    broker = InMemoryBroker(
         BrokerSettings(
             delivery=DeliverySettings(ack_delay=0.01, ack_timeout=0.05), dead_letter_topic=None
         )
     )
-    client = connect(reactor, running.endpoint, extensions=True)
-    try:
-        refuse = Inbox(answer=lambda m: False)
-        await client.subscribe(["t"], refuse)
-        await client.publish("t", b"x")
-        await refuse.wait(5)
-        await deferLater(reactor, 0.2, lambda: None)
-        assert len(running.factory.registry) == 1  # no dead-letter topic was created
-    finally:
-        await client.close()
-        await running.stop()
+    client = broker.client(extensions=True)
+    refuse = Inbox(answer=lambda m: False)
+    client.subscribe(["t"], refuse)
+    broker.flush()
+    client.publish("t", b"x")
+    for _ in range(10):
+        broker.advance(0.01)
+    broker.advance(60)
+    assert [m.attempt for m in refuse.messages] == [1, 2, 3, 4, 5]
+    assert list(broker.factory.registry) == [broker.factory.registry.get("t")]  # no letters
 
 
 def test_unused_message_fields_default():

@@ -164,13 +164,15 @@ class _Role(Generic[P]):
 
     def start(self) -> None:
         if self.service is None:
+            # Set before it starts: a connection may be ready at once.
             self.service = self._client._service(_Factory(self._make))
+            self.service.startService()
 
     def when_ready(self) -> Deferred[P]:
         """The ready protocol, now or once the next one is."""
-        if self.current is not None:
-            return succeed(self.current)
         self.start()
+        if self.current is not None:  # perhaps ready at once, as it started
+            return succeed(self.current)
         waiter: Deferred[P] = Deferred(self._waiters.remove)
         self._waiters.append(waiter)
         return waiter
@@ -350,11 +352,9 @@ class BrokerClient:
         )
 
     def _service(self, factory: Factory) -> ClientService:
-        service = ClientService(
+        return ClientService(
             self._endpoint, factory, retryPolicy=self._retry_policy, clock=self._reactor
         )
-        service.startService()
-        return service
 
     # Publishing.
 
