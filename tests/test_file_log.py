@@ -14,7 +14,8 @@ from twisted.internet import reactor
 
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, MemoryLog, Retention, StoreError
 from broker.log import file as file_module
-from broker.log.file import HEADER, FileLog, topic_directory_name
+from broker.log.file import FileLog, topic_directory_name
+from broker.log.records import HEADER
 
 
 def store(tmp_path: Path, **settings) -> FileStore:

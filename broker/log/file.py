@@ -22,11 +22,8 @@ import errno
 import hashlib
 import os
 import re
-import struct
 import time
-import zlib
-from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -38,16 +35,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from broker.log.interface import IMessageLog, Retention, StoreError
+from broker.log.records import encode_records
+from broker.log.segment import INDEX_EVERY, SEGMENT_NAME, Segment
 
 log = Logger()
-
-HEADER = struct.Struct(">IIQQ")
-_HEADER_TAIL = struct.Struct(">IQQ")
-_unpack_header = HEADER.unpack_from
-INDEX_EVERY = 32  # records between two index entries
-_INDEX_TRAILER = struct.Struct(">QQ")  # record count, time of the last record
-_READ_CHUNK = 64 * 1024
-_SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
 
 
 class FsyncPolicy(Enum):
@@ -81,158 +72,6 @@ def topic_directory_name(topic: str) -> str:
     return f"{readable}-{digest}"
 
 
-def encode_records(first_offset: int, payloads: Sequence[bytes], time_ms: int) -> list[bytes]:
-    """The records of a batch, as a list of parts to join or write."""
-    parts: list[bytes] = []
-    pack_tail = _HEADER_TAIL.pack
-    crc32 = zlib.crc32
-    offset = first_offset
-    for payload in payloads:
-        tail = pack_tail(len(payload), offset, time_ms)
-        parts.append(struct.pack(">I", crc32(payload, crc32(tail))) + tail)
-        parts.append(payload)
-        offset += 1
-    return parts
-
-
-def _records(
-    fd: int, position: int, file_size: int, with_payload: bool = False
-) -> Iterator[tuple[int, int, int, int, Any]]:
-    """Yield (position, length, offset, time_ms, good) for each record from
-    `position`, reading in large chunks; with_payload, `good` is the payload
-    (None if the record fails its check). Stops after the first bad record."""
-    data = b""
-    data_start = position
-    while position < file_size:
-        local = position - data_start
-        if local + HEADER.size > len(data):
-            data = os.pread(fd, _READ_CHUNK, position)
-            data_start, local = position, 0
-        if local + HEADER.size > len(data):
-            yield position, 0, -1, 0, None if with_payload else False
-            return
-        crc, length, offset, time_ms = _unpack_header(data, local)
-        if position + HEADER.size + length > file_size:
-            yield position, length, offset, time_ms, None if with_payload else False
-            return
-        end = local + HEADER.size + length
-        if end > len(data):
-            data = os.pread(fd, max(_READ_CHUNK, HEADER.size + length), position)
-            data_start, local, end = position, 0, HEADER.size + length
-        payload = data[local + HEADER.size : end]
-        good = len(payload) == length and (
-            zlib.crc32(payload, zlib.crc32(data[local + 4 : local + HEADER.size])) == crc
-        )
-        if with_payload:
-            yield position, length, offset, time_ms, payload if good else None
-        else:
-            yield position, length, offset, time_ms, good
-        if not good:
-            return
-        position += HEADER.size + length
-
-
-class _Segment:
-    """One file of consecutive records, from `base` on."""
-
-    __slots__ = ("base", "count", "fd", "last_time_ms", "path", "positions", "size")
-
-    def __init__(self, path: Path, base: int, fd: int) -> None:
-        self.path = path
-        self.base = base
-        self.fd = fd
-        self.size = 0
-        self.count = 0
-        self.last_time_ms = 0
-        # positions[i] is the file position of record base + i * INDEX_EVERY.
-        self.positions = array("Q")
-
-    @property
-    def end(self) -> int:
-        return self.base + self.count
-
-    @property
-    def index_path(self) -> Path:
-        return self.path.with_suffix(".index")
-
-    def scan(self, expect_base: int) -> int | None:
-        """Read every record, building the index; return the position of the
-        first bad one (a torn or corrupt tail), or None if all are good."""
-        self.count = 0
-        self.positions = array("Q")
-        position = 0
-        file_size = os.fstat(self.fd).st_size
-        for position, _length, record_offset, time_ms, good in _records(self.fd, 0, file_size):
-            if not good or record_offset != expect_base + self.count:
-                self.size = position
-                return position
-            if self.count % INDEX_EVERY == 0:
-                self.positions.append(position)
-            self.count += 1
-            self.last_time_ms = time_ms
-        self.size = file_size
-        return None
-
-    def load_index(self, count: int) -> bool:
-        """Take the index written when the segment rolled, if it is whole and
-        says the segment holds `count` records (what the next base implies)."""
-        try:
-            raw = self.index_path.read_bytes()
-        except OSError:
-            return False
-        entries = (count + INDEX_EVERY - 1) // INDEX_EVERY
-        if len(raw) != 8 * entries + _INDEX_TRAILER.size:
-            return False
-        stored_count, last_time_ms = _INDEX_TRAILER.unpack_from(raw, 8 * entries)
-        positions = array("Q")
-        positions.frombytes(raw[: 8 * entries])
-        if stored_count != count or (positions and positions[-1] >= self.size):
-            return False
-        self.positions = positions
-        self.count = count
-        self.last_time_ms = last_time_ms
-        return True
-
-    def write_index(self) -> None:
-        trailer = _INDEX_TRAILER.pack(self.count, self.last_time_ms)
-        self.index_path.write_bytes(self.positions.tobytes() + trailer)
-
-    def read(self, offset: int, max_messages: int) -> list[bytes | None]:
-        """Up to max_messages payloads from offset (within this segment).
-
-        A record that fails its check is returned as None, and nothing after
-        it in this read: its length cannot be trusted to find the next one.
-        """
-        relative = offset - self.base
-        entry = relative // INDEX_EVERY
-        current = self.base + entry * INDEX_EVERY
-        wanted = min(max_messages, self.count - relative)
-        out: list[bytes | None] = []
-        records = _records(self.fd, self.positions[entry], self.size, with_payload=True)
-        for _, _, record_offset, _, payload in records:
-            if payload is None or record_offset != current:
-                log.error(
-                    "corrupt record at offset {offset} in {path}; not serving it",
-                    offset=current,
-                    path=str(self.path),
-                )
-                out.append(None)
-                break
-            if current >= offset:
-                out.append(payload)
-                if len(out) == wanted:
-                    break
-            current += 1
-        if not out and wanted > 0:
-            out.append(None)  # the record is not where the index says
-        return out
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
 @implementer(IMessageLog)
 class FileLog:
     """One topic's log on disk, in its own directory."""
@@ -246,7 +85,7 @@ class FileLog:
         self.directory = directory
         self._settings = settings
         self._reactor = reactor
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._bases: list[int] = []
         self.committed_offset = 0
         self._dirty: set[int] = set()  # fds written since their last fsync
@@ -275,12 +114,12 @@ class FileLog:
         any without a usable index) by reading it, truncating a bad tail."""
         bases = sorted(
             int(match.group(1))
-            for match in map(_SEGMENT_NAME.match, os.listdir(self.directory))
+            for match in map(SEGMENT_NAME.match, os.listdir(self.directory))
             if match
         )
         for number, base in enumerate(bases):
             path = self.directory / f"{base:020d}.log"
-            segment = _Segment(path, base, os.open(path, os.O_RDWR))
+            segment = Segment(path, base, os.open(path, os.O_RDWR))
             segment.size = os.fstat(segment.fd).st_size
             following = bases[number + 1] if number + 1 < len(bases) else None
             if self._segments and base != self._segments[-1].end:
@@ -323,16 +162,16 @@ class FileLog:
         self._segments.clear()
         self._bases.clear()
 
-    def _add_segment(self, segment: _Segment) -> None:
+    def _add_segment(self, segment: Segment) -> None:
         self._segments.append(segment)
         self._bases.append(segment.base)
 
-    def _create_segment(self, base: int) -> _Segment:
+    def _create_segment(self, base: int) -> Segment:
         path = self.directory / f"{base:020d}.log"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         if self._settings.fsync is not FsyncPolicy.NEVER:
             _fsync_directory(self.directory)
-        return _Segment(path, base, fd)
+        return Segment(path, base, fd)
 
     # IMessageLog.
 
@@ -459,7 +298,7 @@ class FileLog:
 
     # Internals.
 
-    def _roll(self) -> _Segment:
+    def _roll(self) -> Segment:
         """Close the active segment (index written, data synced) and start another."""
         old = self._segments[-1]
         try:
@@ -481,7 +320,7 @@ class FileLog:
         self.apply_retention(None)  # whole segments go, so only a roll can free one
         return new
 
-    def _replace_vanished(self, active: _Segment) -> _Segment:
+    def _replace_vanished(self, active: Segment) -> Segment:
         """The active segment's file was deleted under us: what it held is
         still readable until restart, then lost; new records go to a new file."""
         log.error(

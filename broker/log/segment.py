@@ -1,0 +1,122 @@
+"""One segment file of a topic's log and its sparse index (as Kafka's
+LogSegment and OffsetIndex): records from a base offset on, the positions of
+every 32nd record, and the index written when the segment rolls."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from array import array
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from broker.log.records import read_records
+
+log = Logger()
+
+INDEX_EVERY = 32  # records between two index entries
+_INDEX_TRAILER = struct.Struct(">QQ")  # record count, time of the last record
+SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
+
+
+class Segment:
+    """One file of consecutive records, from `base` on."""
+
+    __slots__ = ("base", "count", "fd", "last_time_ms", "path", "positions", "size")
+
+    def __init__(self, path: Path, base: int, fd: int) -> None:
+        self.path = path
+        self.base = base
+        self.fd = fd
+        self.size = 0
+        self.count = 0
+        self.last_time_ms = 0
+        # positions[i] is the file position of record base + i * INDEX_EVERY.
+        self.positions = array("Q")
+
+    @property
+    def end(self) -> int:
+        return self.base + self.count
+
+    @property
+    def index_path(self) -> Path:
+        return self.path.with_suffix(".index")
+
+    def scan(self, expect_base: int) -> int | None:
+        """Read every record, building the index; return the position of the
+        first bad one (a torn or corrupt tail), or None if all are good."""
+        self.count = 0
+        self.positions = array("Q")
+        position = 0
+        file_size = os.fstat(self.fd).st_size
+        for position, _length, record_offset, time_ms, good in read_records(self.fd, 0, file_size):
+            if not good or record_offset != expect_base + self.count:
+                self.size = position
+                return position
+            if self.count % INDEX_EVERY == 0:
+                self.positions.append(position)
+            self.count += 1
+            self.last_time_ms = time_ms
+        self.size = file_size
+        return None
+
+    def load_index(self, count: int) -> bool:
+        """Take the index written when the segment rolled, if it is whole and
+        says the segment holds `count` records (what the next base implies)."""
+        try:
+            raw = self.index_path.read_bytes()
+        except OSError:
+            return False
+        entries = (count + INDEX_EVERY - 1) // INDEX_EVERY
+        if len(raw) != 8 * entries + _INDEX_TRAILER.size:
+            return False
+        stored_count, last_time_ms = _INDEX_TRAILER.unpack_from(raw, 8 * entries)
+        positions = array("Q")
+        positions.frombytes(raw[: 8 * entries])
+        if stored_count != count or (positions and positions[-1] >= self.size):
+            return False
+        self.positions = positions
+        self.count = count
+        self.last_time_ms = last_time_ms
+        return True
+
+    def write_index(self) -> None:
+        trailer = _INDEX_TRAILER.pack(self.count, self.last_time_ms)
+        self.index_path.write_bytes(self.positions.tobytes() + trailer)
+
+    def read(self, offset: int, max_messages: int) -> list[bytes | None]:
+        """Up to max_messages payloads from offset (within this segment).
+
+        A record that fails its check is returned as None, and nothing after
+        it in this read: its length cannot be trusted to find the next one.
+        """
+        relative = offset - self.base
+        entry = relative // INDEX_EVERY
+        current = self.base + entry * INDEX_EVERY
+        wanted = min(max_messages, self.count - relative)
+        out: list[bytes | None] = []
+        records = read_records(self.fd, self.positions[entry], self.size, with_payload=True)
+        for _, _, record_offset, _, payload in records:
+            if payload is None or record_offset != current:
+                log.error(
+                    "corrupt record at offset {offset} in {path}; not serving it",
+                    offset=current,
+                    path=str(self.path),
+                )
+                out.append(None)
+                break
+            if current >= offset:
+                out.append(payload)
+                if len(out) == wanted:
+                    break
+            current += 1
+        if not out and wanted > 0:
+            out.append(None)  # the record is not where the index says
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

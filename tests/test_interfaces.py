@@ -1,0 +1,36 @@
+"""Every class that declares an interface provides it (zope.interface's
+verifyObject checks the methods and attributes, not just the declaration)."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from broker.client.reconnecting import _ReportingEndpoint
+from broker.log import FileStore, FileStoreSettings, IMessageLog, MemoryLog
+from broker.server import BrokerFactory
+from broker.server.protocol import _OutputBackpressure
+from broker.testing import InMemoryBroker
+
+
+def test_message_logs_provide_imessagelog(tmp_path):
+    assert verifyObject(IMessageLog, MemoryLog())
+    store = FileStore(tmp_path, FileStoreSettings(), reactor)
+    try:
+        assert verifyObject(IMessageLog, store.open("t"))
+    finally:
+        store.close()
+
+
+def test_the_output_backpressure_is_a_push_producer():
+    protocol = BrokerFactory(clock=Clock()).buildProtocol(None)
+    assert verifyObject(IPushProducer, _OutputBackpressure(protocol))
+
+
+def test_the_client_endpoints_are_stream_client_endpoints():
+    tcp = TCP4ClientEndpoint(reactor, "127.0.0.1", 1)
+    assert verifyObject(IStreamClientEndpoint, _ReportingEndpoint(tcp, lambda problem: None))
+    assert verifyObject(IStreamClientEndpoint, InMemoryBroker().endpoint)
