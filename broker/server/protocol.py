@@ -20,7 +20,7 @@ from zope.interface import implementer
 from broker import __version__
 from broker.hello import HelloRequest, parse_hello_request
 from broker.server.publisher import PublisherSession
-from broker.server.session import Session
+from broker.server.session import Session, cancel_call
 from broker.server.subscriber import SubscriberSession
 from broker.transport import IStreamTransport
 from broker.wire import (
@@ -131,9 +131,8 @@ class BrokerProtocol(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._end_handshake()
-        for timer in (self._frame_timer, self._cut_off):
-            if timer is not None and timer.active():
-                timer.cancel()
+        cancel_call(self._frame_timer)
+        cancel_call(self._cut_off)
         self._frame_timer = self._cut_off = None
         self.factory.input_budget.remove(self)
         if self.session is not None:
@@ -312,10 +311,8 @@ class BrokerProtocol(Int32StringReceiver):
         self._close_with_error(ERR_FRAME_TIMEOUT)
 
     def _end_handshake(self) -> None:
-        if self._handshake is not None:
-            if self._handshake.active():
-                self._handshake.cancel()
-            self._handshake = None
+        cancel_call(self._handshake)
+        self._handshake = None
 
     def _handshake_expired(self) -> None:
         self._handshake = None

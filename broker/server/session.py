@@ -10,12 +10,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
     from broker.server.protocol import BrokerProtocol
 
 log = Logger()
+
+
+def cancel_call(call: IDelayedCall | None) -> None:
+    """Cancel a delayed call unless it is gone or has run."""
+    if call is not None and call.active():
+        call.cancel()
 
 
 class Session:

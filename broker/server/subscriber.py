@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from broker.delivery import Delivery, DeliveryWindow
-from broker.server.session import Session
+from broker.server.session import Session, cancel_call
 from broker.topics import TooManyTopics
 from broker.wire import (
     ERR_NOTHING_TO_ACK,
@@ -169,10 +169,8 @@ class SubscriberSession(Session):
     # Slow consumers.
 
     def _cancel_slow_consumer(self) -> None:
-        if self._slow_consumer is not None:
-            if self._slow_consumer.active():
-                self._slow_consumer.cancel()
-            self._slow_consumer = None
+        cancel_call(self._slow_consumer)
+        self._slow_consumer = None
 
     def _slow_consumer_expired(self) -> None:
         self._slow_consumer = None
