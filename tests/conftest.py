@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
+
+from broker.client import Message
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -42,3 +46,32 @@ def _capture():
 
 logged_failures = pytest.fixture(_capture)
 module_logged_failures = pytest.fixture(scope="module")(_capture)
+
+
+class Inbox:
+    """Collects messages; `wait(n)` fires once n have arrived."""
+
+    def __init__(self, answer=True) -> None:
+        self.messages: list[Message] = []
+        self.answer = answer
+        self._waiters: list[tuple[int, Deferred]] = []
+
+    def __call__(self, message: Message):
+        self.messages.append(message)
+        for waiter in [w for w in self._waiters if len(self.messages) >= w[0]]:
+            self._waiters.remove(waiter)
+            waiter[1].callback(None)
+        return self.answer(message) if callable(self.answer) else self.answer
+
+    def wait(self, count: int, timeout: float = 5) -> Deferred:
+        d: Deferred = Deferred()
+        if len(self.messages) >= count:
+            d.callback(None)
+        else:
+            self._waiters.append((count, d))
+            d.addTimeout(timeout, reactor)
+        return d
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [m.payload for m in self.messages]

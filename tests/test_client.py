@@ -7,42 +7,14 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from broker.client import BrokerError, Message, connect
+from broker.client import BrokerError, connect
 from broker.delivery import DeliverySettings
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker, start_broker
 from broker.wire import StartAt
+from tests.conftest import Inbox
 
 SHORT = BrokerSettings(delivery=DeliverySettings(ack_delay=0.05, ack_timeout=0.1))
-
-
-class Inbox:
-    """Collects messages; `wait(n)` fires once n have arrived."""
-
-    def __init__(self, answer=True) -> None:
-        self.messages: list[Message] = []
-        self.answer = answer
-        self._waiters: list[tuple[int, Deferred]] = []
-
-    def __call__(self, message: Message):
-        self.messages.append(message)
-        for waiter in [w for w in self._waiters if len(self.messages) >= w[0]]:
-            self._waiters.remove(waiter)
-            waiter[1].callback(None)
-        return self.answer(message) if callable(self.answer) else self.answer
-
-    def wait(self, count: int, timeout: float = 5) -> Deferred:
-        d: Deferred = Deferred()
-        if len(self.messages) >= count:
-            d.callback(None)
-        else:
-            self._waiters.append((count, d))
-            d.addTimeout(timeout, reactor)
-        return d
-
-    @property
-    def payloads(self) -> list[bytes]:
-        return [m.payload for m in self.messages]
 
 
 @pytest_twisted.async_yield_fixture

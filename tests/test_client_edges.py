@@ -16,8 +16,8 @@ from broker import wire
 from broker.client import BrokerUnreachable, QueueFull, connect
 from broker.testing import RunningBroker, start_broker
 from broker.wire import StartAt
+from tests.conftest import Inbox
 from tests.process import free_port
-from tests.test_client import Inbox
 
 FAST_RETRY = {"retry_policy": lambda attempt: 0.05}
 

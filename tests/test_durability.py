@@ -21,9 +21,9 @@ from broker.server import BrokerFactory, BrokerSettings
 from broker.testing import RunningBroker, start_broker
 from broker.topics import TopicRegistry
 from broker.wire import StartAt
+from tests.conftest import Inbox
 from tests.process import free_port, start_durable_broker
 from tests.raw import connect_raw
-from tests.test_client import Inbox
 
 
 class UntilMarker:

@@ -16,8 +16,8 @@ from broker.delivery import DeliverySettings
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker, start_broker
 from broker.wire import StartAt
+from tests.conftest import Inbox
 from tests.raw import RawConnection, connect_raw
-from tests.test_client import Inbox
 
 SHORT = BrokerSettings(delivery=DeliverySettings(ack_delay=0.05, ack_timeout=0.2), max_prefetch=64)
 

@@ -13,8 +13,8 @@ from broker import __version__
 from broker.client import connect
 from broker.testing import start_broker
 from broker.wire import StartAt
+from tests.conftest import Inbox
 from tests.process import ROOT, free_port, spawn, spawn_broker, twistd
-from tests.test_client import Inbox
 
 EXAMPLE = str(ROOT / "example" / "pubsub.py")
 
