@@ -207,7 +207,11 @@ class Subscription:
             self._fill(batch)
 
     def _fill(self, batch: list[bytes | None]) -> None:
-        if len(batch) > 1:
+        try:
+            small = sum(map(len, batch)) <= READ_AHEAD_BYTES  # type: ignore[arg-type]
+        except TypeError:  # a corrupt record (None) among them
+            small = False
+        if not small and len(batch) > 1:
             kept = 0
             for count, payload in enumerate(batch):
                 kept += len(payload) if payload is not None else 0
@@ -437,15 +441,19 @@ class DeliveryWindow:
             return
         self._pumping = True
         slots = self._slots
+        capacity = self.capacity
+        max_bytes = self.max_bytes
+        next_delivery = self._next
+        dispatch = self._dispatch
         try:
-            while len(slots) < self.capacity and not self.paused:
-                delivery = self._next()
+            while len(slots) < capacity and not self.paused:
+                delivery = next_delivery()
                 if delivery is None:
                     break
-                if slots and self.bytes_in_flight + len(delivery.payload) > self.max_bytes:
+                if slots and self.bytes_in_flight + len(delivery.payload) > max_bytes:
                     self._parked = delivery
                     break
-                self._dispatch(delivery)
+                dispatch(delivery)
         finally:
             self._pumping = False
         self._flush()
