@@ -10,19 +10,21 @@ the connections close, and only then is the store synced and closed.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from twisted.application import strports
-from twisted.application.internet import TimerService
-from twisted.application.service import MultiService
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from broker.listeners import ListenerError, endpoint_description, server_endpoint
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, StoreError
 from broker.server import BrokerFactory, BrokerSettings
+from broker.tls import ReloadableServerContext, ServerTLS, TLSConfigError
 from broker.topics import TopicRegistry
 
 log = Logger()
@@ -39,27 +41,42 @@ class StartupError(SystemExit):
 
 
 class BrokerService(MultiService):
-    """Listens where `endpoint` says; keeps topics in memory, or in `data_dir`."""
+    """Listens where each of `ports` says (see broker.listeners); keeps topics
+    in memory, or in `data_dir`; serves TLS ports with `tls`."""
 
     def __init__(
         self,
-        endpoint: str,
+        ports: str | list[str],
         settings: BrokerSettings,
         data_dir: Path | None = None,
         file_settings: FileStoreSettings | None = None,
         reactor: Any = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
-        self._endpoint = endpoint
+        self._ports = [ports] if isinstance(ports, str) else list(ports)
         self._data_dir = data_dir
         self._file_settings = file_settings or FileStoreSettings()
         self.store: FileStore | None = None
         self.factory = BrokerFactory(settings, clock=reactor)
-        self._listener = strports.service(endpoint, self.factory)
-        self._listener.setServiceParent(self)
+        self.tls: ReloadableServerContext | None = None
+        if tls is not None:
+            try:
+                self.tls = ReloadableServerContext(tls)
+            except TLSConfigError as error:
+                raise StartupError(str(error)) from None
+        for port in self._ports:
+            try:
+                endpoint = server_endpoint(port, reactor, self.tls)
+            except ListenerError as error:
+                raise StartupError(str(error)) from None
+            listener = StreamServerEndpointService(endpoint, self.factory)
+            listener._raiseSynchronously = True  # a port in use stops the start
+            listener.setName(port)
+            listener.setServiceParent(self)
         self._timer(RETENTION_SWEEP_SECONDS, self._apply_retention)
         if data_dir is not None and self._file_settings.fsync is FsyncPolicy.INTERVAL:
             self._timer(self._file_settings.fsync_interval, self._sync_store)
@@ -70,14 +87,25 @@ class BrokerService(MultiService):
         timer.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as error:
-            raise StartupError(f"cannot listen on {self._endpoint}: {error.socketError}") from None
+        # As MultiService does, but saying which --port could not listen.
+        Service.privilegedStartService(self)
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except CannotListenError as error:
+                where = endpoint_description(child.name or "?")
+                raise StartupError(f"cannot listen on {where}: {error.socketError}") from None
 
     def startService(self) -> None:
         self._open_store()
+        if self.tls is not None:
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         super().startService()
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        # Re-read certificates outside the signal handler, in the reactor.
+        if self.tls is not None:
+            self._reactor.callFromThread(self.tls.reload)
 
     def _open_store(self) -> None:
         if self._data_dir is None:

@@ -16,21 +16,16 @@ from twisted.python import usage
 
 from broker import __version__
 from broker.delivery import DeliverySettings
+from broker.listeners import is_tls
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
 from broker.server import BrokerSettings
 from broker.service import BrokerService
+from broker.tls import ServerTLS
 from twisted import __version__ as twisted_version
 
 _BROKER = BrokerSettings()
 _DELIVERY = DeliverySettings()
 _FILES = FileStoreSettings()
-
-
-def endpoint_description(port: str) -> str:
-    """A plain port number means TCP on every interface, with a listen
-    backlog fit for crowds of clients (Twisted's default is 50); anything
-    else is taken as a Twisted server endpoint string (tcp:, unix:, ssl:, ...)."""
-    return f"tcp:{port}:backlog=1024" if port.isdigit() else port
 
 
 class _Checked:
@@ -97,13 +92,6 @@ class Options(usage.Options):
 
     optParameters = _named(
         [
-            [
-                "port",
-                "p",
-                "3000",
-                "Port number, or a Twisted server endpoint string such as "
-                "tcp:3000:interface=127.0.0.1, unix:/run/broker.sock or ssl:3001:privateKey=...",
-            ],
             [
                 "max-message-size",
                 None,
@@ -192,6 +180,25 @@ class Options(usage.Options):
                 "({topic} is replaced by its topic); '' drops it instead.",
             ],
             [
+                "tls-cert",
+                None,
+                None,
+                "PEM file of the broker's certificate (its chain may follow) for tls: ports.",
+            ],
+            [
+                "tls-key",
+                None,
+                None,
+                "PEM file of the certificate's private key (default: in --tls-cert's file).",
+            ],
+            [
+                "tls-ca",
+                None,
+                None,
+                "PEM bundle of the CAs that sign client certificates: with it, clients of "
+                "tls: ports must present one (mutual TLS).",
+            ],
+            [
                 "data-dir",
                 "d",
                 None,
@@ -246,12 +253,35 @@ class Options(usage.Options):
         ]
     )
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["ports"] = []
+
+    def opt_port(self, port: str) -> None:
+        self["ports"].append(port)
+
+    opt_port.__doc__ = (  # one line: usage.Options wraps it itself
+        "Where to listen; may be given more than once. A port number (TCP on every "
+        "interface), tls:PORT[:interface=ADDRESS] (TLS with --tls-cert), or a Twisted "
+        "server endpoint string such as tcp:3000:interface=127.0.0.1 or "
+        "unix:/run/broker.sock [default: 3000]."
+    )
+
+    opt_p = opt_port
+
     def opt_version(self) -> None:
         """Display the broker's version and exit."""
         print(f"twisted-broker {__version__} (Twisted {twisted_version})")
         sys.exit(0)
 
     def postOptions(self) -> None:
+        if not self["ports"]:
+            self["ports"] = ["3000"]
+        tls_ports = [port for port in self["ports"] if is_tls(port)]
+        if tls_ports and self["tls-cert"] is None:
+            raise usage.UsageError(f"--port {tls_ports[0]} needs --tls-cert")
+        if self["tls-cert"] is None and (self["tls-key"] or self["tls-ca"]):
+            raise usage.UsageError("--tls-key and --tls-ca go with --tls-cert")
         # usage.Options coerces what is given, never the defaults.
         self["fsync"] = FsyncPolicy(self["fsync"])
         if self["data-dir"] is None and self["fsync"] is not _FILES.fsync:
@@ -294,13 +324,24 @@ class Options(usage.Options):
             ),
         )
 
+    def tls(self) -> ServerTLS | None:
+        if self["tls-cert"] is None:
+            return None
+        return ServerTLS(
+            cert=Path(self["tls-cert"]),
+            key=Path(self["tls-key"]) if self["tls-key"] else None,
+            ca=Path(self["tls-ca"]) if self["tls-ca"] else None,
+        )
+
 
 def makeService(options: Options) -> IService:
-    """The broker listening where --port says, its topics where --data-dir says."""
+    """The broker listening where each --port says, its topics where
+    --data-dir says."""
     data_dir = options["data-dir"]
     return BrokerService(
-        endpoint_description(options["port"]),
+        options["ports"],
         options.settings(),
         data_dir=Path(data_dir) if data_dir else None,
         file_settings=options.file_settings(),
+        tls=options.tls(),
     )

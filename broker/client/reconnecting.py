@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -25,7 +26,7 @@ from twisted.internet.defer import (
     gatherResults,
     succeed,
 )
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.internet.error import ConnectionClosed, ConnectionDone
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -43,6 +44,7 @@ from broker.client.protocols import (
     _check_publish,
     _check_topics,
 )
+from broker.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
 from broker.wire import StartAt
 
 log = Logger()
@@ -347,6 +349,10 @@ class BrokerClient:
             return
         if self._closed:
             return
+        certificate_error = describe_tls_failure(failure.value)
+        if certificate_error is not None:
+            self._attempt_failed(certificate_error)
+            return
         self._attempt_failed(
             f"the connection closed before the broker answered ({failure.getErrorMessage()})"
         )
@@ -556,6 +562,22 @@ class BrokerClient:
         return ensureDeferred(run())
 
 
+def _tls_endpoint(
+    reactor: Any,
+    description: str,
+    ca: str | Path | None,
+    certificate: str | Path | None,
+    private_key: str | Path | None,
+) -> IStreamClientEndpoint:
+    host, _, port = description[len("tls:") :].rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{description!r}: write tls:HOST:PORT")
+    options = client_options(host, ca=ca, certificate=certificate, private_key=private_key)
+    return HandshakeFirstEndpoint(
+        wrapClientTLS(options, HostnameEndpoint(reactor, host, int(port)))
+    )
+
+
 def connect(
     reactor: Any,
     description: str,
@@ -565,21 +587,40 @@ def connect(
     retry_policy: Callable[[int], float] | None = None,
     on_publish_error: Callable[[str], None] | None = None,
     max_queued: int = DEFAULT_MAX_QUEUED,
+    ca: str | Path | None = None,
+    certificate: str | Path | None = None,
+    private_key: str | Path | None = None,
 ) -> BrokerClient:
-    """A client for the broker at a client endpoint string ("tcp:host:port",
-    "unix:/path") or a plain "host:port".
+    """A client for the broker at "host:port", "tls:host:port", or a client
+    endpoint string ("tcp:host:port", "unix:/path").
 
     extensions: ask for confirms, offsets, prefetch and resume (a broker
     without them is detected and spoken to plainly). prefetch: deliveries in
     flight with extensions. retry_policy: seconds to wait before attempt n.
     on_publish_error: called with each Error a publish gets. max_queued:
     publishes held while disconnected before publish() fails.
+
+    With tls: the broker's certificate is checked against the system's trust
+    roots, or the CAs in the PEM file `ca`, and its name against the host;
+    `certificate` (and `private_key`, if not in the same file) is presented
+    to a broker that asks for one. The ssl: endpoint, which checks nothing,
+    is refused.
     """
-    if description.partition(":")[0] not in ("tcp", "unix", "ssl", "tls"):
-        host, _, port = description.rpartition(":")
-        description = f"tcp:{host}:{port}"
+    scheme = description.partition(":")[0]
+    if scheme == "ssl":
+        raise ValueError(
+            "the ssl: client endpoint accepts any certificate; use tls:HOST:PORT "
+            "(with ca=... for a private CA)"
+        )
+    if scheme == "tls":
+        endpoint = _tls_endpoint(reactor, description, ca, certificate, private_key)
+    else:
+        if scheme not in ("tcp", "unix"):
+            host, _, port = description.rpartition(":")
+            description = f"tcp:{host}:{port}"
+        endpoint = clientFromString(reactor, description)
     return BrokerClient(
-        clientFromString(reactor, description),
+        endpoint,
         reactor,
         retry_policy=retry_policy,
         on_publish_error=on_publish_error,

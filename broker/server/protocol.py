@@ -21,6 +21,7 @@ from broker import __version__
 from broker.hello import HelloRequest, parse_hello_request
 from broker.server.publisher import PublisherSession
 from broker.server.session import Session, cancel_call
+from broker.server.settings import BrokerSettings
 from broker.server.subscriber import SubscriberSession
 from broker.transport import IStreamTransport
 from broker.wire import (
@@ -44,8 +45,9 @@ log = Logger()
 # flooding bad frames must not flood the log too.
 LOGGED_REFUSALS = 10
 # Seconds a connection closed for misbehaving has to take its last Error
-# before it is cut off (a peer that reads nothing would keep it open).
-CLOSE_GRACE = 5.0
+# before it is cut off (a peer that reads nothing, or a TLS handshake that
+# never comes, would keep it open), unless the settings say otherwise.
+CLOSE_GRACE = BrokerSettings.close_grace
 
 
 def describe_peer(address: IAddress) -> str:
@@ -235,7 +237,7 @@ class BrokerProtocol(Int32StringReceiver):
         self.transport.loseConnection()
         if self._cut_off is None:
             self._cut_off = self.factory.clock.callLater(
-                CLOSE_GRACE, self.transport.abortConnection
+                self.factory.settings.close_grace, self.transport.abortConnection
             )
 
     # Backpressure, both ways.

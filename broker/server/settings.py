@@ -37,3 +37,6 @@ class BrokerSettings:
     """Bytes held in incomplete frames across all connections, at most."""
     frame_timeout: float = 30.0
     """Seconds a frame may stay incomplete before its connection is closed."""
+    close_grace: float = 5.0
+    """Seconds a connection closed for misbehaving (or a TLS connection that
+    never completed its handshake) has before it is cut off."""

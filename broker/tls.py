@@ -1,0 +1,188 @@
+"""TLS for the broker and its client: certificates from PEM files, mutual
+TLS, and certificates re-read without dropping connections.
+
+The server's context is asked for anew by each connection, so replacing it
+(on SIGHUP) changes what new connections get and leaves open ones alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLContextFactory,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import implementer
+
+log = Logger()
+
+
+class TLSConfigError(ValueError):
+    """Certificates or keys that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """The broker's certificate (a chain allowed), its key, and the CA that
+    client certificates must be signed by (None: no client certificate asked)."""
+
+    cert: Path
+    key: Path | None = None
+    """The private key; None: it is in the certificate's file."""
+    ca: Path | None = None
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise TLSConfigError(f"cannot read the {what} {path}: {error.strerror}") from None
+
+
+def _certificates(path: Path, what: str) -> list[x509.Certificate]:
+    data = _read(path, what)
+    try:
+        found = x509.load_pem_x509_certificates(data)
+    except ValueError as error:
+        raise TLSConfigError(f"the {what} {path} holds no PEM certificate: {error}") from None
+    return found
+
+
+def server_options(config: ServerTLS) -> ssl.CertificateOptions:
+    """CertificateOptions for the broker, or TLSConfigError."""
+    chain = _certificates(config.cert, "certificate")
+    key_pem = _read(config.key or config.cert, "private key")
+    leaf_pem = chain[0].public_bytes(Encoding.PEM)
+    try:
+        leaf = ssl.PrivateCertificate.loadPEM(leaf_pem + b"\n" + key_pem)
+    except (SSL.Error, ValueError) as error:
+        raise TLSConfigError(
+            f"the private key {config.key or config.cert} does not fit {config.cert}: {error}"
+        ) from None
+    options: dict[str, Any] = {
+        "privateKey": leaf.privateKey.original,
+        "certificate": leaf.original,
+        "extraCertChain": [
+            ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)).original for c in chain[1:]
+        ],
+    }
+    if config.ca is not None:
+        authorities = [
+            ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM))
+            for c in _certificates(config.ca, "CA bundle")
+        ]
+        # A trust root makes a certificate required (and checked against it).
+        options["trustRoot"] = ssl.trustRootFromCertificates(authorities)
+    try:
+        return ssl.CertificateOptions(**options)
+    except SSL.Error as error:
+        raise TLSConfigError(f"{config.cert}: {error}") from None
+
+
+@implementer(IOpenSSLContextFactory)
+class ReloadableServerContext:
+    """The broker's TLS context; `reload()` re-reads the files for the
+    connections that come next, keeping the old ones if the new are bad."""
+
+    def __init__(self, config: ServerTLS) -> None:
+        self.config = config
+        self._options = server_options(config)
+
+    def getContext(self) -> SSL.Context:
+        return self._options.getContext()
+
+    def reload(self) -> bool:
+        try:
+            self._options = server_options(self.config)
+        except TLSConfigError as error:
+            log.error("certificates not reloaded, the old ones stay: {error}", error=error)
+            return False
+        log.info("certificates reloaded from {cert}", cert=str(self.config.cert))
+        return True
+
+
+def client_options(
+    hostname: str,
+    ca: str | Path | None = None,
+    certificate: str | Path | None = None,
+    private_key: str | Path | None = None,
+) -> Any:
+    """What a client checks the broker against (the system's trust roots, or
+    `ca`), and the certificate it presents, if any."""
+    trust: Any = None
+    if ca is not None:
+        authorities = [
+            ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM))
+            for c in _certificates(Path(ca), "CA bundle")
+        ]
+        trust = ssl.trustRootFromCertificates(authorities)
+    client_certificate = None
+    if certificate is not None:
+        pem = _read(Path(certificate), "certificate")
+        key = _read(Path(private_key or certificate), "private key")
+        try:
+            client_certificate = ssl.PrivateCertificate.loadPEM(pem + b"\n" + key)
+        except (SSL.Error, ValueError) as error:
+            raise TLSConfigError(
+                f"cannot use the client certificate {certificate}: {error}"
+            ) from None
+    return ssl.optionsForClientTLS(hostname, trustRoot=trust, clientCertificate=client_certificate)
+
+
+@implementer(IHandshakeListener)
+class _AfterHandshake(ProtocolWrapper):
+    """Starts the protocol it wraps only once the TLS handshake is done (the
+    broker verified), so nothing is sent to, or trusted from, a peer that
+    has not proved who it is."""
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.connected = True
+        self.factory.registerProtocol(self)
+
+    def handshakeCompleted(self) -> None:
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))
+
+
+class _AfterHandshakeFactory(WrappingFactory):
+    protocol = _AfterHandshake
+
+
+@implementer(IStreamClientEndpoint)
+class HandshakeFirstEndpoint:
+    """A TLS client endpoint whose protocols start after the handshake; the
+    Deferred fires with the protocol built by the caller's factory."""
+
+    def __init__(self, tls_endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = tls_endpoint
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        def unwrapped(wrapper: IProtocol) -> IProtocol:
+            return cast(ProtocolWrapper, wrapper).wrappedProtocol
+
+        return self._endpoint.connect(_AfterHandshakeFactory(factory)).addCallback(unwrapped)
+
+
+def describe_tls_failure(failure_value: BaseException | None) -> str | None:
+    """A readable certificate error, if `failure_value` is one."""
+    if not isinstance(failure_value, SSL.Error):
+        return None
+    reasons = []
+    for item in failure_value.args[0] if failure_value.args else []:
+        if isinstance(item, tuple) and item:
+            reasons.append(str(item[-1]))
+    return "certificate error: " + ("; ".join(reasons) or str(failure_value))
