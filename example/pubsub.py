@@ -79,7 +79,7 @@ async def wait_for_broker(client: BrokerClient, server: str) -> None:
     """Say so while the broker cannot be reached; the client keeps trying."""
     while True:
         try:
-            await client.connected(timeout=2.0)
+            await client.connected(timeout=1.0)
             return
         except BrokerUnreachable:
             print(f"cannot reach {server} ({client.last_problem}), retrying", flush=True)

@@ -180,7 +180,7 @@ def hostile_inputs(count: int, seed: int = 8):
 def test_a_long_fuzz_of_json_inputs_leaves_no_unhandled_error(logged_failures):
     """BROKER_FUZZ_INPUTS inputs (a million for the record) fed to broker
     protocols over in-memory transports; every one answered, none raised."""
-    count = int(os.environ.get("BROKER_FUZZ_INPUTS", "20000"))
+    count = int(os.environ.get("BROKER_FUZZ_INPUTS", "10000"))
     factory = BrokerFactory(BrokerSettings(), clock=Clock())
     answered = 0
     for number, payload in enumerate(hostile_inputs(count)):

@@ -175,21 +175,23 @@ async def test_twistd_broker_on_a_port_in_use_says_so_in_one_line(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_twistd_broker_version_help_and_bad_values(tmp_path):
+    # All at once: each is a Python start-up.
     version = spawn([twistd(), "broker", "--version"])
-    assert await version.ended == 0
-    assert version.output.startswith(f"twisted-broker {__version__} (Twisted ")
     helped = spawn([twistd(), "broker", "--help"])
-    assert await helped.ended == 0
-    assert "the Go broker's wire protocol" in helped.output
-    assert "seed" not in helped.output
-    for option, value, said in [
+    bad_values = [
         ("--retention-age", "-1", "--retention-age: must be positive, not -1"),
         ("--max-topics", "many", "--max-topics: not a number: 'many'"),
         ("--fsync", "sometimes", "--fsync: must be always, interval or never"),
-    ]:
-        refused = spawn_broker(tmp_path, option, value)
-        assert await refused.ended == 1
-        assert said in refused.output
+    ]
+    refused = [spawn_broker(tmp_path, option, value) for option, value, _ in bad_values]
+    assert await version.ended == 0
+    assert version.output.startswith(f"twisted-broker {__version__} (Twisted ")
+    assert await helped.ended == 0
+    assert "the Go broker's wire protocol" in helped.output
+    assert "seed" not in helped.output
+    for child, (_, _, said) in zip(refused, bad_values, strict=True):
+        assert await child.ended == 1
+        assert said in child.output
 
 
 @pytest_twisted.ensureDeferred

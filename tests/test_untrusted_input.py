@@ -49,7 +49,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(value=JSON_VALUES)
 def test_any_json_value_parses_or_is_refused_never_raises_otherwise(value):
     payload = json.dumps(value).encode()  # may hold NaN and Infinity
@@ -60,7 +60,7 @@ def test_any_json_value_parses_or_is_refused_never_raises_otherwise(value):
     assert parsed == json.loads(payload)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(payload=st.binary(max_size=200) | JSON_VALUES.map(lambda v: json.dumps(v).encode()))
 def test_hello_and_topic_lists_raise_only_protocol_errors(payload):
     for parse, text in ((parse_hello_request, ERR_INVALID_HELLO), (decode_topic_list, None)):
