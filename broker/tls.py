@@ -24,8 +24,10 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     ITransport,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 log = Logger()
@@ -147,15 +149,27 @@ def client_options(
 class _AfterHandshake(ProtocolWrapper):
     """Starts the protocol it wraps only once the TLS handshake is done (the
     broker verified), so nothing is sent to, or trusted from, a peer that
-    has not proved who it is."""
+    has not proved who it is. `ready` fires then, or fails with the reason
+    the connection was lost before; a protocol never started is never told
+    of a loss."""
 
     def makeConnection(self, transport: Any) -> None:
+        self.ready: Deferred[IProtocol] = Deferred()
         self.transport = transport
         self.connected = True
         self.factory.registerProtocol(self)
 
     def handshakeCompleted(self) -> None:
         self.wrappedProtocol.makeConnection(cast(ITransport, self))
+        self.ready.callback(self.wrappedProtocol)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.ready.called:
+            super().connectionLost(reason)
+            return
+        self.connected = False
+        self.factory.unregisterProtocol(self)
+        self.ready.errback(reason)
 
 
 class _AfterHandshakeFactory(WrappingFactory):
@@ -171,10 +185,11 @@ class HandshakeFirstEndpoint:
         self._endpoint = tls_endpoint
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        def unwrapped(wrapper: IProtocol) -> IProtocol:
-            return cast(ProtocolWrapper, wrapper).wrappedProtocol
+        def handshake_done(wrapper: IProtocol) -> Deferred[IProtocol]:
+            return cast(_AfterHandshake, wrapper).ready
 
-        return self._endpoint.connect(_AfterHandshakeFactory(factory)).addCallback(unwrapped)
+        connecting = self._endpoint.connect(_AfterHandshakeFactory(factory))
+        return connecting.addCallback(handshake_done)
 
 
 def describe_tls_failure(failure_value: BaseException | None) -> str | None:

@@ -9,6 +9,7 @@ import pytest_twisted
 from cryptography import x509
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 
 from broker.client import BrokerUnreachable, connect
 from broker.server import BrokerSettings
@@ -198,3 +199,17 @@ async def test_twistd_refuses_unusable_tls_options_in_one_line(tmp_path, server_
     assert await missing.ended == 1
     assert "twistd broker: cannot read the certificate" in missing.output
     assert "Traceback" not in missing.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_during_a_pending_handshake_is_clean(ca, logged_failures):
+    silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    port = silent.getHost().port
+    client = connect(reactor, f"tls:localhost:{port}", ca=ca.pem, **FAST)
+    try:
+        with pytest.raises(BrokerUnreachable):
+            await client.connected(timeout=0.3)  # connected by TCP, the handshake pending
+    finally:
+        await client.close()
+        await silent.stopListening()
+    logged_failures.assert_none()

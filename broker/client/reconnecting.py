@@ -239,7 +239,8 @@ class _ReportingEndpoint:
 
         def failed(failure: Failure) -> Failure:
             if not failure.check(CancelledError):
-                self._report(f"cannot connect: {failure.getErrorMessage()}")
+                problem = describe_tls_failure(failure.value)
+                self._report(problem or f"cannot connect: {failure.getErrorMessage()}")
             return failure
 
         return attempt.addErrback(failed)
