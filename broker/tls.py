@@ -64,17 +64,28 @@ def _certificates(path: Path, what: str) -> list[x509.Certificate]:
     return found
 
 
+def _with_key(chain: list[x509.Certificate], cert: Path, key: Path) -> ssl.PrivateCertificate:
+    """The first certificate of `chain` with the private key in `key`."""
+    key_pem = _read(key, "private key")
+    try:
+        return ssl.PrivateCertificate.loadPEM(chain[0].public_bytes(Encoding.PEM) + b"\n" + key_pem)
+    except (SSL.Error, ValueError) as error:
+        raise TLSConfigError(f"the private key {key} does not fit {cert}: {error}") from None
+
+
+def _trust_root(path: Path) -> Any:
+    """The CAs of a PEM bundle, as a trust root."""
+    authorities = [
+        ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM))
+        for c in _certificates(path, "CA bundle")
+    ]
+    return ssl.trustRootFromCertificates(authorities)
+
+
 def server_options(config: ServerTLS) -> ssl.CertificateOptions:
     """CertificateOptions for the broker, or TLSConfigError."""
     chain = _certificates(config.cert, "certificate")
-    key_pem = _read(config.key or config.cert, "private key")
-    leaf_pem = chain[0].public_bytes(Encoding.PEM)
-    try:
-        leaf = ssl.PrivateCertificate.loadPEM(leaf_pem + b"\n" + key_pem)
-    except (SSL.Error, ValueError) as error:
-        raise TLSConfigError(
-            f"the private key {config.key or config.cert} does not fit {config.cert}: {error}"
-        ) from None
+    leaf = _with_key(chain, config.cert, config.key or config.cert)
     options: dict[str, Any] = {
         "privateKey": leaf.privateKey.original,
         "certificate": leaf.original,
@@ -83,12 +94,8 @@ def server_options(config: ServerTLS) -> ssl.CertificateOptions:
         ],
     }
     if config.ca is not None:
-        authorities = [
-            ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM))
-            for c in _certificates(config.ca, "CA bundle")
-        ]
         # A trust root makes a certificate required (and checked against it).
-        options["trustRoot"] = ssl.trustRootFromCertificates(authorities)
+        options["trustRoot"] = _trust_root(config.ca)
     try:
         return ssl.CertificateOptions(**options)
     except SSL.Error as error:
@@ -125,23 +132,11 @@ def client_options(
 ) -> Any:
     """What a client checks the broker against (the system's trust roots, or
     `ca`), and the certificate it presents, if any."""
-    trust: Any = None
-    if ca is not None:
-        authorities = [
-            ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM))
-            for c in _certificates(Path(ca), "CA bundle")
-        ]
-        trust = ssl.trustRootFromCertificates(authorities)
+    trust = _trust_root(Path(ca)) if ca is not None else None
     client_certificate = None
     if certificate is not None:
-        pem = _read(Path(certificate), "certificate")
-        key = _read(Path(private_key or certificate), "private key")
-        try:
-            client_certificate = ssl.PrivateCertificate.loadPEM(pem + b"\n" + key)
-        except (SSL.Error, ValueError) as error:
-            raise TLSConfigError(
-                f"cannot use the client certificate {certificate}: {error}"
-            ) from None
+        chain = _certificates(Path(certificate), "certificate")
+        client_certificate = _with_key(chain, Path(certificate), Path(private_key or certificate))
     return ssl.optionsForClientTLS(hostname, trustRoot=trust, clientCertificate=client_certificate)
 
 

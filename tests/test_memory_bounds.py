@@ -70,7 +70,7 @@ async def test_subscribers_that_never_read_cost_a_bounded_amount(tmp_path):
 async def test_incomplete_frames_are_bounded_broker_wide_and_time_out(tmp_path):
     port = free_port()
     broker = await start(
-        tmp_path, port, "--max-pending-input", str(16 * MIB), "--frame-timeout", "4"
+        tmp_path, port, "--max-pending-input", str(16 * MIB), "--frame-timeout", "3"
     )
     stuck: list[RawConnection] = []
     try:
