@@ -1,0 +1,216 @@
+"""The users file (TOML): who may connect, with what secret, and what each
+may publish and subscribe to. Secrets are stored as scrypt hashes, never as
+they are.
+
+    [users.alice]
+    password = "scrypt$16384$8$1$<salt>$<hash>"
+    publish = ["orders.>"]
+    subscribe = ["orders.>", "audit"]
+    deny_subscribe = ["orders.secret"]
+    max_connections = 10
+
+    [users.anonymous]            # clients that give no credentials (Go clients)
+    subscribe = ["public.>"]
+
+`python -m broker.users add NAME` appends a user, asking for the password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker.permissions import PatternError, Rules
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found]  # Python 3.10 only
+
+ANONYMOUS = "anonymous"
+USER_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+# scrypt's cost: about 50 ms and 16 MiB per check here; stored in each hash.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+_FIELDS = {
+    "password",
+    "token",
+    "publish",
+    "subscribe",
+    "deny_publish",
+    "deny_subscribe",
+    "max_connections",
+}
+
+
+class UsersFileError(ValueError):
+    """A users file that cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class User:
+    """One user: its hashed secrets, its permissions, its connection limit."""
+
+    name: str
+    password_hash: str | None = None
+    token_hash: str | None = None
+    publish: Rules = field(default_factory=Rules)
+    subscribe: Rules = field(default_factory=Rules)
+    max_connections: int | None = None
+
+
+@dataclass(frozen=True)
+class Users:
+    """Everyone in a users file; `anonymous` may connect with no credentials."""
+
+    by_name: dict[str, User]
+
+    @property
+    def anonymous(self) -> User:
+        return self.by_name.get(ANONYMOUS, User(ANONYMOUS))
+
+
+def hash_secret(secret: str, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    """A password or token as stored: scrypt$n$r$p$salt$hash (base64)."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(secret.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=32)
+    encode = base64.b64encode
+    return f"scrypt${n}${r}${p}${encode(salt).decode()}${encode(digest).decode()}"
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    """Whether `secret` is the one `stored` was made from (compared in
+    constant time); False for a malformed hash."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest, validate=True)
+        actual = hashlib.scrypt(
+            secret.encode("utf-8"),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+            maxmem=64 * 1024 * 1024,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def _strings(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise UsersFileError(f'{where}: a list of topic patterns, like ["orders.>"]')
+    return value
+
+
+def _user(name: str, entry: object, path: Path) -> User:
+    where = f"{path}: [users.{name}]"
+    if not USER_NAME.match(name):
+        raise UsersFileError(f"{where}: a user name is 1-64 of A-Z a-z 0-9 _ . @ -")
+    if not isinstance(entry, dict):
+        raise UsersFileError(f"{where}: a table of fields")
+    unknown = sorted(set(entry) - _FIELDS)
+    if unknown:
+        raise UsersFileError(f"{where}: unknown field {unknown[0]!r}")
+    for secret in ("password", "token"):
+        value = entry.get(secret)
+        if value is not None and (not isinstance(value, str) or not value.startswith("scrypt$")):
+            raise UsersFileError(
+                f"{where}: {secret} must be a hash from 'python -m broker.users', never the secret"
+            )
+    limit = entry.get("max_connections")
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise UsersFileError(f"{where}: max_connections must be a positive integer")
+    try:
+        publish = Rules.of(
+            _strings(entry.get("publish", []), f"{where} publish"),
+            _strings(entry.get("deny_publish", []), f"{where} deny_publish"),
+        )
+        subscribe = Rules.of(
+            _strings(entry.get("subscribe", []), f"{where} subscribe"),
+            _strings(entry.get("deny_subscribe", []), f"{where} deny_subscribe"),
+        )
+    except PatternError as error:
+        raise UsersFileError(f"{where}: {error}") from None
+    return User(name, entry.get("password"), entry.get("token"), publish, subscribe, limit)
+
+
+def load_users(path: Path) -> Users:
+    """The users of a users file, or UsersFileError saying what is wrong."""
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UsersFileError(f"cannot read the users file {path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsersFileError(f"{path} is not valid TOML: {error}") from None
+    unknown = sorted(set(document) - {"users"})
+    if unknown:
+        raise UsersFileError(f"{path}: unknown table {unknown[0]!r} (users go in [users.NAME])")
+    users = document.get("users", {})
+    if not isinstance(users, dict):
+        raise UsersFileError(f"{path}: users go in [users.NAME] tables")
+    return Users({name: _user(name, entry, Path(path)) for name, entry in users.items()})
+
+
+def user_entry(name: str, password_hash: str, publish: list[str], subscribe: list[str]) -> str:
+    """A [users.NAME] table to append to a users file."""
+    lines = [
+        f"[users.{json.dumps(name)}]",
+        f"password = {json.dumps(password_hash)}",
+        f"publish = {json.dumps(publish)}",
+        f"subscribe = {json.dumps(subscribe)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m broker.users add NAME --file users.toml [--publish P] [--subscribe P]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m broker.users", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("add", help="append a user, asking for its password")
+    add.add_argument("name")
+    add.add_argument("--file", required=True, type=Path, help="the users file (created if need be)")
+    add.add_argument("--publish", action="append", default=[], help="a pattern it may publish to")
+    add.add_argument("--subscribe", action="append", default=[], help="a pattern it may read")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    args = parser.parse_args(argv)
+    if not USER_NAME.match(args.name):
+        parser.error("a user name is 1-64 of A-Z a-z 0-9 _ . @ -")
+    try:
+        for pattern in [*args.publish, *args.subscribe]:
+            Rules.of([pattern])
+        existing = load_users(args.file).by_name if args.file.exists() else {}
+    except (PatternError, UsersFileError) as error:
+        parser.error(str(error))
+    if args.name in existing:
+        parser.error(f"{args.name} is in {args.file} already")
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            parser.error("the passwords differ")
+    if not password:
+        parser.error("an empty password")
+    entry = user_entry(args.name, hash_secret(password), args.publish, args.subscribe)
+    with args.file.open("a", encoding="utf-8") as users_file:
+        users_file.write(("\n" if existing else "") + entry)
+    print(f"added {args.name} to {args.file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
