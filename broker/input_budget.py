@@ -51,9 +51,6 @@ class InputBudget:
         """Connections not read from because of the budget."""
         return len(self._paused)
 
-    def held_by(self, reader: InputReader) -> int:
-        return self._held.get(reader, (0, 0))[0]
-
     def update(self, reader: InputReader, held: int, missing: int = 0) -> None:
         """After a read, `reader` holds `held` bytes of a frame that still
         misses `missing` bytes (0 and 0: it holds no incomplete frame)."""

@@ -81,7 +81,3 @@ class Rules:
     def forbidden(self, topics: Iterable[str]) -> list[str]:
         """The topics of `topics` these rules do not permit, in order."""
         return [topic for topic in topics if not self.permits(topic)]
-
-
-EVERYTHING = Rules.of(allow=[">"])
-NOTHING = Rules()

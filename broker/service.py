@@ -63,6 +63,7 @@ class BrokerService(MultiService):
         self.store: FileStore | None = None
         self.factory = BrokerFactory(settings, clock=reactor)
         self.tls: ReloadableServerContext | None = None
+        self._previous_sighup: Any = None  # restored on stop
         if tls is not None:
             try:
                 self.tls = ReloadableServerContext(tls)
@@ -140,6 +141,9 @@ class BrokerService(MultiService):
 
     async def _stop(self) -> None:
         await super().stopService()  # stop listening and the upkeep
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         await self.factory.close_connections()
         self.factory.registry.close()  # a file store syncs and closes here
         log.info("broker stopped")

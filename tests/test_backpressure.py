@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 
 from broker import wire
 from broker.client import connect as connect_client
-from broker.server import CLOSE_GRACE, BrokerFactory, BrokerProtocol, BrokerSettings
+from broker.server import BrokerFactory, BrokerProtocol, BrokerSettings
 from broker.testing import start_broker
 from broker.wire import StartAt
 from tests.raw import connect_raw
@@ -102,7 +102,7 @@ def test_a_frame_incomplete_past_the_timeout_closes_its_connection_with_an_error
     clock.advance(5)
     assert transport.value() == wire.encode_error(wire.ERR_FRAME_TIMEOUT)
     assert transport.disconnecting
-    clock.advance(CLOSE_GRACE)
+    clock.advance(BrokerSettings().close_grace)
     assert transport.disconnected  # cut off: it never read the Error
 
 

@@ -115,10 +115,6 @@ class _ClientProtocol(Protocol):
         """The extensions the server granted, or None."""
         self._ask = ask
 
-    @property
-    def asked_for_extensions(self) -> bool:
-        return self._ask is not None
-
     def connectionMade(self) -> None:
         if self._ask is None:
             self._begin(None)

@@ -9,11 +9,10 @@ factory.py    BrokerFactory: the registry, the shared timers, the connections
 """
 
 from broker.server.factory import BrokerFactory
-from broker.server.protocol import CLOSE_GRACE, LOGGED_REFUSALS, BrokerProtocol, describe_peer
+from broker.server.protocol import LOGGED_REFUSALS, BrokerProtocol, describe_peer
 from broker.server.settings import BrokerSettings
 
 __all__ = [
-    "CLOSE_GRACE",
     "LOGGED_REFUSALS",
     "BrokerFactory",
     "BrokerProtocol",

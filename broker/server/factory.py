@@ -67,18 +67,8 @@ class BrokerFactory(ServerFactory):
         done: Deferred[None] = Deferred()
         self._when_empty.append(done)
         for protocol in list(self.connections):
-            protocol.transport.loseConnection()
-        cut_off = self.clock.callLater(grace, self._abort_all)
-
-        def stop_cutting_off(result: None) -> None:
-            if cut_off.active():
-                cut_off.cancel()
-
-        return done.addCallback(stop_cutting_off)
-
-    def _abort_all(self) -> None:
-        for protocol in list(self.connections):
-            protocol.transport.abortConnection()
+            protocol.close(grace)
+        return done
 
     def dead_letter(self, delivery: Delivery, reason: str, subscriber: str) -> str | None:
         """Append a given-up message to its dead-letter topic; return that

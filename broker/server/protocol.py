@@ -8,6 +8,7 @@ that walks a single buffer; `MAX_LENGTH` is the broker's message limit.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
@@ -21,7 +22,6 @@ from broker import __version__
 from broker.hello import HelloRequest, parse_hello_request
 from broker.server.publisher import PublisherSession
 from broker.server.session import Session, cancel_call
-from broker.server.settings import BrokerSettings
 from broker.server.subscriber import SubscriberSession
 from broker.transport import IStreamTransport
 from broker.wire import (
@@ -44,10 +44,6 @@ log = Logger()
 # Refusals logged per connection before the rest are only counted: a client
 # flooding bad frames must not flood the log too.
 LOGGED_REFUSALS = 10
-# Seconds a connection closed for misbehaving has to take its last Error
-# before it is cut off (a peer that reads nothing, or a TLS handshake that
-# never comes, would keep it open), unless the settings say otherwise.
-CLOSE_GRACE = BrokerSettings.close_grace
 
 
 def describe_peer(address: IAddress) -> str:
@@ -172,7 +168,7 @@ class BrokerProtocol(Int32StringReceiver):
             self.refused(str(error), error.detail)
             return
         prefetch = min(request.prefetch, settings.max_prefetch)
-        self.hello = HelloRequest(request.version, prefetch, request.confirms)
+        self.hello = replace(request, prefetch=prefetch)
         assert self.decoder is not None
         self.decoder.extended = True
         self.transport.write(
@@ -231,14 +227,20 @@ class BrokerProtocol(Int32StringReceiver):
     def send_error(self, text: str) -> None:
         self.transport.write(encode_error(text))
 
-    def _close_with_error(self, text: str) -> None:
-        """Send an Error and close; cut off a peer that does not take it in time."""
-        self.send_error(text)
+    def close(self, grace: float | None = None) -> None:
+        """Close once what is written has gone; cut the peer off if that
+        takes longer than `grace` seconds (default: the close grace), as a
+        peer that reads nothing, or a TLS handshake that never comes, would."""
         self.transport.loseConnection()
         if self._cut_off is None:
             self._cut_off = self.factory.clock.callLater(
-                self.factory.settings.close_grace, self.transport.abortConnection
+                self.factory.settings.close_grace if grace is None else grace,
+                self.transport.abortConnection,
             )
+
+    def _close_with_error(self, text: str) -> None:
+        self.send_error(text)
+        self.close()
 
     # Backpressure, both ways.
 
