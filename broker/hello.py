@@ -3,15 +3,19 @@
 A Hello is a JSON object. Known fields must have the right type and lie in
 range (a boolean `true` is not the integer 1, and 1.0 is not a prefetch);
 unknown fields are ignored, so that newer clients can talk to this broker.
+Credentials are `user` with `password`, or a `token`: strings of bounded
+length, never logged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker.wire import ERR_INVALID_HELLO, ProtocolError, decode_hello
 
 MAX_U32 = 0xFFFFFFFF
+MAX_USER_NAME = 256
+MAX_SECRET = 4096
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,13 @@ class HelloRequest:
     prefetch: int = 1
     """Deliveries in flight the client can take (the broker may grant fewer)."""
     confirms: bool = False
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.user is not None or self.token is not None
 
 
 def _invalid(reason: str) -> ProtocolError:
@@ -43,11 +54,28 @@ def _boolean(fields: dict, name: str, default: bool) -> bool:
     return value
 
 
+def _string(fields: dict, name: str, longest: int) -> str | None:
+    value = fields.get(name)
+    if value is not None and (type(value) is not str or not 1 <= len(value) <= longest):
+        raise _invalid(f"{name} must be a string of 1 to {longest} characters")
+    return value
+
+
 def parse_hello_request(payload: bytes) -> HelloRequest:
     """A client's Hello, checked; ProtocolError("invalid hello") for anything off."""
     fields = decode_hello(payload)
+    user = _string(fields, "user", MAX_USER_NAME)
+    password = _string(fields, "password", MAX_SECRET)
+    token = _string(fields, "token", MAX_SECRET)
+    if (user is None) != (password is None):
+        raise _invalid("user and password go together")
+    if token is not None and user is not None:
+        raise _invalid("give a token or a user and password, not both")
     return HelloRequest(
         version=_integer(fields, "version", 1, 1, MAX_U32),
         prefetch=_integer(fields, "prefetch", 1, 1, MAX_U32),
         confirms=_boolean(fields, "confirms", False),
+        user=user,
+        password=password,
+        token=token,
     )

@@ -8,6 +8,8 @@ anything else                    a Twisted server endpoint string
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
@@ -29,6 +31,26 @@ def endpoint_description(port: str) -> str:
 
 def is_tls(port: str) -> bool:
     return port.startswith("tls:")
+
+
+_INTERFACE = re.compile(r"(?:^|:)interface=((?:\\.|[^:])*)")
+
+
+def is_local_only(port: str) -> bool:
+    """Whether a --port value listens only to this machine: a UNIX socket,
+    or an interface that is a loopback address (or "localhost")."""
+    if port.startswith("unix:"):
+        return True
+    found = _INTERFACE.search(port)
+    if found is None:
+        return False  # every interface
+    interface = found.group(1).replace("\\", "")
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
 
 
 def server_endpoint(

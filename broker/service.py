@@ -1,4 +1,5 @@
-"""The broker as a service: its store, the store's upkeep, and its listener.
+"""The broker as a service: its store, the store's upkeep, its listeners,
+and what SIGHUP re-reads (certificates, the users file).
 
 Started by twistd in Twisted's order: the listener binds its port in
 `privilegedStartService` (as root, for a port below 1024), the store opens
@@ -19,13 +20,22 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from broker.listeners import ListenerError, endpoint_description, server_endpoint
+from broker.auth import Authenticator
+from broker.listeners import (
+    ListenerError,
+    endpoint_description,
+    is_local_only,
+    is_tls,
+    server_endpoint,
+)
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, StoreError
 from broker.server import BrokerFactory, BrokerSettings
 from broker.tls import ReloadableServerContext, ServerTLS, TLSConfigError
 from broker.topics import TopicRegistry
+from broker.users import Users, UsersFileError, load_users
 
 log = Logger()
 
@@ -42,7 +52,8 @@ class StartupError(SystemExit):
 
 class BrokerService(MultiService):
     """Listens where each of `ports` says (see broker.listeners); keeps topics
-    in memory, or in `data_dir`; serves TLS ports with `tls`."""
+    in memory, or in `data_dir`; serves TLS ports with `tls`; with
+    `users_file`, lets in only its users, each to what it grants."""
 
     def __init__(
         self,
@@ -52,6 +63,7 @@ class BrokerService(MultiService):
         file_settings: FileStoreSettings | None = None,
         reactor: Any = None,
         tls: ServerTLS | None = None,
+        users_file: Path | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -61,7 +73,16 @@ class BrokerService(MultiService):
         self._data_dir = data_dir
         self._file_settings = file_settings or FileStoreSettings()
         self.store: FileStore | None = None
-        self.factory = BrokerFactory(settings, clock=reactor)
+        self._users_file = users_file
+        authenticator = None
+        if users_file is not None:
+            authenticator = Authenticator(
+                self._read_users(users_file),
+                reactor,
+                run_blocking=self._in_thread,
+                identity=settings.tls_identity,
+            )
+        self.factory = BrokerFactory(settings, clock=reactor, users=authenticator)
         self.tls: ReloadableServerContext | None = None
         self._previous_sighup: Any = None  # restored on stop
         if tls is not None:
@@ -82,6 +103,19 @@ class BrokerService(MultiService):
         if data_dir is not None and self._file_settings.fsync is FsyncPolicy.INTERVAL:
             self._timer(self._file_settings.fsync_interval, self._sync_store)
 
+    @staticmethod
+    def _read_users(path: Path) -> Users:
+        try:
+            users = load_users(path)
+        except UsersFileError as error:
+            raise StartupError(str(error)) from None
+        log.info("{count} user(s) from {path}", count=len(users.by_name), path=str(path))
+        return users
+
+    def _in_thread(self, function: Any, *args: Any) -> Deferred[Any]:
+        """Run a blocking call (a password check) in the reactor's thread pool."""
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+
     def _timer(self, interval: float, call: Any) -> None:
         timer = TimerService(interval, call)
         timer.clock = self._reactor
@@ -99,14 +133,47 @@ class BrokerService(MultiService):
 
     def startService(self) -> None:
         self._open_store()
-        if self.tls is not None:
+        if self.tls is not None or self._users_file is not None:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        self._warn_if_open()
         super().startService()
 
+    def _warn_if_open(self) -> None:
+        exposed = [port for port in self._ports if not is_local_only(port)]
+        if self._users_file is None and exposed:
+            log.warn(
+                "anyone who can reach --port {port} may publish to and read every topic: "
+                "give --users (and --tls-cert) to restrict it",
+                port=exposed[0],
+            )
+        in_clear = [port for port in exposed if not is_tls(port)]
+        if self._users_file is not None and in_clear:
+            log.warn(
+                "passwords sent to --port {port} cross the network unencrypted: prefer a tls: port",
+                port=in_clear[0],
+            )
+
     def _sighup(self, signum: int, frame: object) -> None:
-        # Re-read certificates outside the signal handler, in the reactor.
+        # Re-read outside the signal handler, in the reactor.
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """Re-read certificates and the users file (as SIGHUP does); keep
+        what was in use if the new ones cannot be used."""
         if self.tls is not None:
-            self._reactor.callFromThread(self.tls.reload)
+            self.tls.reload()
+        if self._users_file is not None:
+            try:
+                users = load_users(self._users_file)
+            except UsersFileError as error:
+                log.error("users not reloaded, the old ones stay: {error}", error=error)
+                return
+            self.factory.reload_users(users)
+            log.info(
+                "users reloaded from {path}: {count} user(s)",
+                path=str(self._users_file),
+                count=len(users.by_name),
+            )
 
     def _open_store(self) -> None:
         if self._data_dir is None:

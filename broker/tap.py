@@ -20,7 +20,7 @@ from broker.listeners import is_tls
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
 from broker.server import BrokerSettings
 from broker.service import BrokerService
-from broker.tls import ServerTLS
+from broker.tls import IDENTITY_KINDS, ServerTLS
 from twisted import __version__ as twisted_version
 
 _BROKER = BrokerSettings()
@@ -61,6 +61,12 @@ def _fsync_policy(text: str) -> FsyncPolicy:
         return FsyncPolicy(text)
     except ValueError:
         raise ValueError(f"must be always, interval or never, not {text!r}") from None
+
+
+def _identity_kind(text: str) -> str:
+    if text not in IDENTITY_KINDS:
+        raise ValueError(f"must be one of {', '.join(IDENTITY_KINDS)}, not {text!r}")
+    return text
 
 
 def _named(rows: list[list[Any]]) -> list[list[Any]]:
@@ -199,6 +205,23 @@ class Options(usage.Options):
                 "tls: ports must present one (mutual TLS).",
             ],
             [
+                "tls-identity",
+                None,
+                _BROKER.tls_identity,
+                "With --users and --tls-ca: which name of a client certificate is its user: "
+                "cn (subject common name), dns or email (first such subject alternative "
+                "name), or none (the client then signs in with its Hello).",
+                _Checked(_identity_kind, "One of: " + ", ".join(IDENTITY_KINDS) + "."),
+            ],
+            [
+                "users",
+                None,
+                None,
+                "TOML users file: who may connect and what each may publish and subscribe "
+                "to (see 'python -m broker.users'). Re-read on SIGHUP. Without it, anyone "
+                "who reaches a port may publish and read everything.",
+            ],
+            [
                 "data-dir",
                 "d",
                 None,
@@ -317,6 +340,7 @@ class Options(usage.Options):
             disconnect_slow_consumers=bool(self["disconnect-slow-consumers"]),
             max_pending_input=self["max-pending-input"],
             frame_timeout=self["frame-timeout"],
+            tls_identity=self["tls-identity"],
             delivery=DeliverySettings(
                 ack_delay=self["ack-delay"],
                 ack_timeout=self["ack-timeout"],
@@ -344,4 +368,5 @@ def makeService(options: Options) -> IService:
         data_dir=Path(data_dir) if data_dir else None,
         file_settings=options.file_settings(),
         tls=options.tls(),
+        users_file=Path(options["users"]) if options["users"] else None,
     )

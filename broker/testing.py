@@ -35,7 +35,9 @@ from twisted.test.iosim import connect as connect_in_memory
 from zope.interface import implementer
 
 from broker.client import BrokerClient
+from broker.client.reconnecting import credentials_of
 from broker.server import BrokerFactory, BrokerSettings
+from broker.users import Users
 
 T = TypeVar("T")
 _ports = itertools.count(40000)
@@ -67,9 +69,10 @@ class InMemoryBroker:
     connection writes waits for them, and so does every timer.
     """
 
-    def __init__(self, settings: BrokerSettings | None = None) -> None:
+    def __init__(self, settings: BrokerSettings | None = None, users: Users | None = None) -> None:
         self.clock = MemoryReactorClock()
-        self.factory = BrokerFactory(settings, clock=self.clock)
+        # Passwords are checked at once, in the caller, not in a thread.
+        self.factory = BrokerFactory(settings, clock=self.clock, users=users)
         self._pumps: list[IOPump] = []
 
     @property
@@ -77,10 +80,22 @@ class InMemoryBroker:
         """A client endpoint that connects to this broker in memory."""
         return _MemoryEndpoint(self)
 
-    def client(self, **options: Any) -> BrokerClient:
+    def client(
+        self,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        **options: Any,
+    ) -> BrokerClient:
         """A BrokerClient of this broker; options as for `broker.client.connect`."""
         options.setdefault("retry_policy", lambda attempt: 0.1)
-        return BrokerClient(self.endpoint, self.clock, where="the in-memory broker", **options)
+        return BrokerClient(
+            self.endpoint,
+            self.clock,
+            where="the in-memory broker",
+            credentials=credentials_of(user, password, token),
+            **options,
+        )
 
     def connect(self, factory: IProtocolFactory) -> IProtocol:
         """Connect a protocol built by `factory` to the broker; return it."""
@@ -174,12 +189,15 @@ def start_broker(
     reactor: IReactorTCP | None = None,
     clock: IReactorTime | None = None,
     port: int = 0,
+    users: Users | None = None,
 ) -> RunningBroker:
-    """Start a broker on 127.0.0.1 (`port` 0: any free port)."""
+    """Start a broker on 127.0.0.1 (`port` 0: any free port), open to all or
+    to the `users` given (whose passwords it checks in the reactor: fine for
+    tests, where hashes are made cheap; the service uses a thread)."""
     if reactor is None:
         from twisted.internet import reactor as default
 
         reactor = cast(IReactorTCP, default)
-    factory = BrokerFactory(settings, clock=clock or cast(IReactorTime, reactor))
+    factory = BrokerFactory(settings, clock=clock or cast(IReactorTime, reactor), users=users)
     listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
     return RunningBroker(factory, listening)

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
@@ -22,6 +23,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IStreamClientEndpoint,
+    ITCPTransport,
     ITransport,
 )
 from twisted.internet.protocol import connectionDone
@@ -31,6 +33,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 log = Logger()
+
+
+# Which name of a client certificate is its user (--tls-identity).
+IDENTITY_KINDS = ("cn", "dns", "email", "none")
 
 
 class TLSConfigError(ValueError):
@@ -149,22 +155,31 @@ class _AfterHandshake(ProtocolWrapper):
     of a loss."""
 
     def makeConnection(self, transport: Any) -> None:
-        self.ready: Deferred[IProtocol] = Deferred()
+        self.ready: Deferred[IProtocol] = Deferred(self._given_up)
+        self._started = False
         self.transport = transport
         self.connected = True
         self.factory.registerProtocol(self)
 
+    def _given_up(self, ready: Deferred[IProtocol]) -> None:
+        # The caller stopped waiting (a client closed mid-handshake): drop it.
+        cast(ITCPTransport, self.transport).abortConnection()
+
     def handshakeCompleted(self) -> None:
+        if self.ready.called:
+            return  # given up on
+        self._started = True
         self.wrappedProtocol.makeConnection(cast(ITransport, self))
         self.ready.callback(self.wrappedProtocol)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.ready.called:
+        if self._started:
             super().connectionLost(reason)
             return
         self.connected = False
         self.factory.unregisterProtocol(self)
-        self.ready.errback(reason)
+        if not self.ready.called:
+            self.ready.errback(reason)
 
 
 class _AfterHandshakeFactory(WrappingFactory):
@@ -196,3 +211,31 @@ def describe_tls_failure(failure_value: BaseException | None) -> str | None:
         if isinstance(item, tuple) and item:
             reasons.append(str(item[-1]))
     return "certificate error: " + ("; ".join(reasons) or str(failure_value))
+
+
+def peer_certificate(transport: object) -> x509.Certificate | None:
+    """The certificate the peer of a TLS connection presented (verified
+    against --tls-ca before any byte of it is read), or None."""
+    get = getattr(transport, "getPeerCertificate", None)
+    certificate = get() if get is not None else None
+    return certificate.to_cryptography() if certificate is not None else None
+
+
+def certificate_identity(certificate: x509.Certificate, kind: str) -> str | None:
+    """The user a client certificate names: its subject's common name
+    ("cn"), or its first DNS ("dns") or email ("email") subject alternative
+    name; None if it has no such name."""
+    if kind == "cn":
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(names[0].value) if names else None
+    try:
+        alternatives = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    alternative_names = alternatives.value
+    found = (
+        alternative_names.get_values_for_type(x509.DNSName)
+        if kind == "dns"
+        else alternative_names.get_values_for_type(x509.RFC822Name)
+    )
+    return found[0] if found else None

@@ -1,6 +1,7 @@
 """The users file (TOML): who may connect, with what secret, and what each
-may publish and subscribe to. Secrets are stored as scrypt hashes, never as
-they are.
+may publish and subscribe to. Secrets are stored hashed, never as they are:
+passwords with scrypt (memory-hard, since people choose them), tokens with
+SHA-256 (the broker makes them: 256 random bits need no slow hash).
 
     [users.alice]
     password = "scrypt$16384$8$1$<salt>$<hash>"
@@ -9,10 +10,15 @@ they are.
     deny_subscribe = ["orders.secret"]
     max_connections = 10
 
+    [users.ingest]
+    token = "sha256$<hash>"
+    publish = ["metrics.>"]
+
     [users.anonymous]            # clients that give no credentials (Go clients)
     subscribe = ["public.>"]
 
-`python -m broker.users add NAME` appends a user, asking for the password.
+`python -m broker.users add NAME` appends a user, asking for the password
+(or, with --token, making a token and printing it once).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import hmac
 import json
 import os
 import re
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +93,21 @@ def hash_secret(secret: str, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRY
     return f"scrypt${n}${r}${p}${encode(salt).decode()}${encode(digest).decode()}"
 
 
+def new_token() -> str:
+    """A token for a user: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """A token as stored: sha256$hex."""
+    return "sha256$" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def verify_token(token: str, stored: str) -> bool:
+    """Whether `token` is the one `stored` was made from (constant time)."""
+    return hmac.compare_digest(hash_token(token).encode(), stored.encode())
+
+
 def verify_secret(secret: str, stored: str) -> bool:
     """Whether `secret` is the one `stored` was made from (compared in
     constant time); False for a malformed hash."""
@@ -123,9 +145,9 @@ def _user(name: str, entry: object, path: Path) -> User:
     unknown = sorted(set(entry) - _FIELDS)
     if unknown:
         raise UsersFileError(f"{where}: unknown field {unknown[0]!r}")
-    for secret in ("password", "token"):
+    for secret, scheme in (("password", "scrypt$"), ("token", "sha256$")):
         value = entry.get(secret)
-        if value is not None and (not isinstance(value, str) or not value.startswith("scrypt$")):
+        if value is not None and (not isinstance(value, str) or not value.startswith(scheme)):
             raise UsersFileError(
                 f"{where}: {secret} must be a hash from 'python -m broker.users', never the secret"
             )
@@ -163,11 +185,13 @@ def load_users(path: Path) -> Users:
     return Users({name: _user(name, entry, Path(path)) for name, entry in users.items()})
 
 
-def user_entry(name: str, password_hash: str, publish: list[str], subscribe: list[str]) -> str:
+def user_entry(
+    name: str, secret_field: str, secret_hash: str, publish: list[str], subscribe: list[str]
+) -> str:
     """A [users.NAME] table to append to a users file."""
     lines = [
         f"[users.{json.dumps(name)}]",
-        f"password = {json.dumps(password_hash)}",
+        f"{secret_field} = {json.dumps(secret_hash)}",
         f"publish = {json.dumps(publish)}",
         f"subscribe = {json.dumps(subscribe)}",
     ]
@@ -186,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--publish", action="append", default=[], help="a pattern it may publish to")
     add.add_argument("--subscribe", action="append", default=[], help="a pattern it may read")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add.add_argument(
+        "--token", action="store_true", help="make a token instead of a password, and print it"
+    )
     args = parser.parse_args(argv)
     if not USER_NAME.match(args.name):
         parser.error("a user name is 1-64 of A-Z a-z 0-9 _ . @ -")
@@ -197,18 +224,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.name in existing:
         parser.error(f"{args.name} is in {args.file} already")
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    token = None
+    if args.token:
+        token = new_token()
+        secret_field, secret_hash = "token", hash_token(token)
     else:
-        password = getpass.getpass(f"password for {args.name}: ")
-        if getpass.getpass("again: ") != password:
-            parser.error("the passwords differ")
-    if not password:
-        parser.error("an empty password")
-    entry = user_entry(args.name, hash_secret(password), args.publish, args.subscribe)
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                parser.error("the passwords differ")
+        if not password:
+            parser.error("an empty password")
+        secret_field, secret_hash = "password", hash_secret(password)
+    entry = user_entry(args.name, secret_field, secret_hash, args.publish, args.subscribe)
     with args.file.open("a", encoding="utf-8") as users_file:
         users_file.write(("\n" if existing else "") + entry)
     print(f"added {args.name} to {args.file}")
+    if token is not None:
+        print(f"its token (shown once, keep it secret): {token}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from enum import IntEnum
 from typing import Protocol
@@ -72,11 +73,31 @@ ERR_HANDSHAKE_TIMEOUT = "handshake timed out"
 ERR_FRAME_TIMEOUT = "frame timed out"
 ERR_INVALID_HELLO = "invalid hello"
 ERR_EMPTY_MESSAGE = "empty message"
+# With a users file: the connection is closed after each of these three.
+ERR_AUTH_FAILED = "authentication failed"
+ERR_AUTH_REVOKED = "authentication revoked"
+ERR_TOO_MANY_CONNECTIONS = "too many connections for this user"
+# Followed by ": " and what was refused, e.g. "permission denied: publish to 'a.b'".
+ERR_PERMISSION_DENIED = "permission denied"
+ERR_PERMISSION_WITHDRAWN = "permission withdrawn"
 
 # Errors that answer something other than a subscribe or unsubscribe request.
 UNSOLICITED_ERRORS = frozenset(
-    {ERR_UNKNOWN_ACTION, ERR_NOTHING_TO_ACK, ERR_HANDSHAKE_TIMEOUT, ERR_FRAME_TIMEOUT}
+    {
+        ERR_UNKNOWN_ACTION,
+        ERR_NOTHING_TO_ACK,
+        ERR_HANDSHAKE_TIMEOUT,
+        ERR_FRAME_TIMEOUT,
+        ERR_AUTH_REVOKED,
+        ERR_TOO_MANY_CONNECTIONS,
+    }
 )
+
+
+def is_unsolicited(text: str) -> bool:
+    """Whether an Error answers no subscribe or unsubscribe request."""
+    return text in UNSOLICITED_ERRORS or text.startswith(ERR_PERMISSION_WITHDRAWN)
+
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -283,6 +304,7 @@ class _Decoder:
         """Counts the reads that completed at least one step of a frame."""
         self._skip_left = 0
         self._after_skip: tuple[_State, int] | None = None
+        self._on_hold: tuple[_State, int] | None = None
 
     def feed(self, data: bytes) -> None:
         """Decode as much as `data` (appended to what is held) allows."""
@@ -304,6 +326,25 @@ class _Decoder:
         if pos < end:
             held += memoryview(data)[pos:]
 
+    def hold(self) -> None:
+        """Decode nothing after the current step until `release`: what comes
+        meanwhile is kept as it is. Costs the decoding loop nothing: the
+        step waited for is one no input can complete."""
+        if self._on_hold is None:
+            self._on_hold = (self._state, self._need)
+            self._goto(self._state, sys.maxsize)
+
+    def release(self) -> None:
+        """Decode again, starting with what was kept."""
+        if self._on_hold is not None:
+            self._goto(*self._on_hold)
+            self._on_hold = None
+            self.feed(b"")
+
+    @property
+    def on_hold(self) -> bool:
+        return self._on_hold is not None
+
     @property
     def buffered(self) -> int:
         """Bytes held for a frame not yet complete (bounded by the limits)."""
@@ -313,7 +354,7 @@ class _Decoder:
     def missing(self) -> int:
         """Bytes the step being decoded still waits for (0 if none is held)."""
         held = len(self._held)
-        return self._need - held if held else 0
+        return self._need - held if held and self._on_hold is None else 0
 
     def _goto(self, state: _State, need: int) -> None:
         self._state = state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from broker.client import Message
 
@@ -75,3 +75,28 @@ class Inbox:
     @property
     def payloads(self) -> list[bytes]:
         return [m.payload for m in self.messages]
+
+
+class LogLines:
+    """Every event logged through twisted.logger, as the text it formats to."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, event: dict) -> None:
+        self.lines.append(formatEvent(event) or "")
+
+    def matching(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def log_lines():
+    observer = LogLines()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)

@@ -203,12 +203,21 @@ async def test_twistd_refuses_unusable_tls_options_in_one_line(tmp_path, server_
 
 @pytest_twisted.ensureDeferred
 async def test_closing_during_a_pending_handshake_is_clean(ca, logged_failures):
-    silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    dropped: Deferred[None] = Deferred()
+
+    class Silent(Protocol):
+        def connectionLost(self, reason=None):
+            dropped.callback(None)
+
+    silent = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
     port = silent.getHost().port
     client = connect(reactor, f"tls:localhost:{port}", ca=ca.pem, **FAST)
     try:
         with pytest.raises(BrokerUnreachable):
             await client.connected(timeout=0.3)  # connected by TCP, the handshake pending
+        await client.close()
+        # The client gives up the half-made connection itself, not at exit.
+        await dropped.addTimeout(5, reactor)
     finally:
         await client.close()
         await silent.stopListening()

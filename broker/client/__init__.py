@@ -16,11 +16,15 @@ is retried after a reconnect until it is confirmed; a subscriber handles up
 to `prefetch` messages at a time, acks them by id, and after a reconnect
 resumes from its lowest offset not yet answered, so that nothing is missed.
 
+A broker with a users file wants `user=` and `password=` (or `token=`), or
+a client certificate (`certificate=` with tls:).
+
 `broker.client.protocols` holds the two connections as plain Twisted
 protocols; `broker.client.reconnecting` the client that drives them.
 """
 
 from broker.client.protocols import (
+    AuthenticationFailed,
     BrokerError,
     ExtensionsRefused,
     Handler,
@@ -39,6 +43,7 @@ from broker.wire import StartAt
 
 __all__ = [
     "DEFAULT_MAX_QUEUED",
+    "AuthenticationFailed",
     "BrokerClient",
     "BrokerError",
     "BrokerUnreachable",

@@ -25,12 +25,14 @@ from broker.transport import IStreamTransport
 from broker.wire import (
     ACK,
     ACTION_PUBLISH,
+    ERR_AUTH_FAILED,
+    ERR_PERMISSION_WITHDRAWN,
+    ERR_TOO_MANY_CONNECTIONS,
     EXTENSIONS_VERSION,
     MAX_U16,
     NACK,
     STATUS_SUBSCRIBED,
     STATUS_UNSUBSCRIBED,
-    UNSOLICITED_ERRORS,
     ClientDecoder,
     StartAt,
     encode_ack_id,
@@ -39,6 +41,7 @@ from broker.wire import (
     encode_subscribe,
     encode_u16,
     encode_unsubscribe,
+    is_unsolicited,
     topic_name_problem,
 )
 
@@ -52,6 +55,11 @@ CLIENT_MAX_PAYLOAD = 1 << 30
 
 class BrokerError(Exception):
     """The broker answered with an Error status."""
+
+
+class AuthenticationFailed(BrokerError):
+    """The broker refused the client's credentials (or its certificate's
+    user), or that user has all the connections it may have."""
 
 
 class ExtensionsRefused(BrokerError):
@@ -148,7 +156,10 @@ class _ClientProtocol(Protocol):
         if not self.negotiated.called:
             # The seed's broker answers Hello with "unknown action" and then
             # never reads this connection again: it is of no more use.
-            self.negotiated.errback(ExtensionsRefused(text))
+            refused = text in (ERR_AUTH_FAILED, ERR_TOO_MANY_CONNECTIONS)
+            self.negotiated.errback(
+                AuthenticationFailed(text) if refused else ExtensionsRefused(text)
+            )
             self.transport.loseConnection()
             return
         log.warn("broker error: {text}", text=text)
@@ -175,8 +186,9 @@ class PublisherProtocol(_ClientProtocol):
     success and errors go to `on_error`; with them, every publish is answered
     in order, through `on_confirmed` and `on_refused`."""
 
-    def __init__(self, confirms: bool = False) -> None:
-        super().__init__({"confirms": True} if confirms else None)
+    def __init__(self, confirms: bool = False, credentials: dict[str, str] | None = None) -> None:
+        ask = {"confirms": True} if confirms else {}
+        super().__init__({**ask, **credentials} if credentials else ask or None)
         self.on_confirmed: Callable[[int, int], None] = lambda count, first: None
         self.on_refused: Callable[[str], None] = lambda text: None
 
@@ -213,11 +225,19 @@ class SubscriberProtocol(_ClientProtocol):
     carry no id); with them, up to the prefetch at once, acked by id.
     """
 
-    def __init__(self, handler: Handler, prefetch: int | None = None) -> None:
-        super().__init__(None if prefetch is None else {"prefetch": prefetch})
+    def __init__(
+        self,
+        handler: Handler,
+        prefetch: int | None = None,
+        credentials: dict[str, str] | None = None,
+    ) -> None:
+        ask = {} if prefetch is None else {"prefetch": prefetch}
+        super().__init__({**ask, **credentials} if credentials else ask or None)
         self.handler = handler
         self.topics: set[str] = set()
         self.on_answered: Callable[[Message, bool], None] = lambda message, acked: None
+        self.on_withdrawn: Callable[[str], None] = lambda topic: None
+        """Called with a topic the broker stopped (the user may no longer read it)."""
         self._requests: deque[tuple[Deferred[None], int, list[str]]] = deque()
         self._deliveries: deque[Message] = deque()
         self._busy = False
@@ -276,7 +296,11 @@ class SubscriberProtocol(_ClientProtocol):
             answered.errback(BrokerError(f"unexpected status {code}"))
 
     def error_received(self, text: str) -> None:
-        if not self.negotiated.called or text in UNSOLICITED_ERRORS or not self._requests:
+        if text.startswith(ERR_PERMISSION_WITHDRAWN + ": "):
+            topic = text[len(ERR_PERMISSION_WITHDRAWN) + 2 :]
+            self._forget([topic])
+            self.on_withdrawn(topic)
+        if not self.negotiated.called or is_unsolicited(text) or not self._requests:
             super().error_received(text)
             return
         answered, _, added = self._requests.popleft()

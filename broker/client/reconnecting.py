@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker.client.protocols import (
+    AuthenticationFailed,
     BrokerError,
     ExtensionsRefused,
     Handler,
@@ -267,6 +268,7 @@ class BrokerClient:
         prefetch: int = 256,
         max_queued: int = DEFAULT_MAX_QUEUED,
         where: str = "the broker",
+        credentials: dict[str, str] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -274,7 +276,9 @@ class BrokerClient:
         self._reactor = reactor
         self._retry_policy = retry_policy or backoffPolicy(initialDelay=0.2, maxDelay=10.0)
         self._on_publish_error = on_publish_error
-        self.extensions = extensions
+        self._credentials = credentials
+        # Credentials travel in Hello, so they need the extensions.
+        self.extensions = extensions or bool(credentials)
         """True if the client asks for the extensions (until a broker refuses them)."""
         self.prefetch = prefetch
         self.max_queued = max_queued
@@ -338,6 +342,9 @@ class BrokerClient:
         log.warn("{where}: {problem}; retrying", where=self.where, problem=problem)
 
     def _negotiation_failed(self, failure: Failure) -> None:
+        if failure.check(AuthenticationFailed):
+            self._attempt_failed(f"the broker refused the credentials: {failure.value}")
+            return
         if failure.check(ExtensionsRefused):
             if self.extensions:
                 log.info(
@@ -408,7 +415,9 @@ class BrokerClient:
         return self._publisher.when_ready()
 
     def _build_publisher(self) -> PublisherProtocol:
-        protocol = PublisherProtocol(confirms=self.extensions)
+        protocol = PublisherProtocol(
+            confirms=self.extensions, credentials=self._credentials if self.extensions else None
+        )
         protocol.on_error = self._publish_error
         return protocol
 
@@ -489,10 +498,20 @@ class BrokerClient:
 
     def _build_subscriber(self) -> SubscriberProtocol:
         protocol = SubscriberProtocol(
-            self._dispatch, prefetch=self.prefetch if self.extensions else None
+            self._dispatch,
+            prefetch=self.prefetch if self.extensions else None,
+            credentials=self._credentials if self.extensions else None,
         )
         protocol.on_answered = self._answered
+        protocol.on_withdrawn = self._withdrawn
         return protocol
+
+    def _withdrawn(self, topic: str) -> None:
+        """The broker ended a subscription the user may no longer have: it is
+        not asked for again after a reconnect (which would be refused whole)."""
+        self._subscribed.discard(topic)
+        self._handlers.pop(topic, None)
+        self._progress.pop(topic, None)
 
     def _resubscribe(self, protocol: SubscriberProtocol) -> Deferred[None] | None:
         self._subscriber_server = protocol.server
@@ -579,6 +598,19 @@ def _tls_endpoint(
     )
 
 
+def credentials_of(
+    user: str | None = None, password: str | None = None, token: str | None = None
+) -> dict[str, str] | None:
+    """What Hello carries to sign in, checked; None for no credentials."""
+    if (user is None) != (password is None):
+        raise ValueError("give user and password together")
+    if token is not None and user is not None:
+        raise ValueError("give a token or a user and password, not both")
+    if user is not None and password is not None:
+        return {"user": user, "password": password}
+    return {"token": token} if token is not None else None
+
+
 def connect(
     reactor: Any,
     description: str,
@@ -591,6 +623,9 @@ def connect(
     ca: str | Path | None = None,
     certificate: str | Path | None = None,
     private_key: str | Path | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
 ) -> BrokerClient:
     """A client for the broker at "host:port", "tls:host:port", or a client
     endpoint string ("tcp:host:port", "unix:/path").
@@ -606,7 +641,13 @@ def connect(
     `certificate` (and `private_key`, if not in the same file) is presented
     to a broker that asks for one. The ssl: endpoint, which checks nothing,
     is refused.
+
+    user and password, or token: who the client is to a broker with a users
+    file (they go in Hello, so they turn the extensions on). Refused
+    credentials are retried with backoff, each refusal logged and kept in
+    `last_problem`.
     """
+    credentials = credentials_of(user, password, token)
     scheme = description.partition(":")[0]
     if scheme == "ssl":
         raise ValueError(
@@ -629,4 +670,5 @@ def connect(
         prefetch=prefetch,
         max_queued=max_queued,
         where=description,
+        credentials=credentials,
     )

@@ -3,6 +3,7 @@ log), the delivery timers all its connections share, and its connections."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -10,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from broker.auth import Authenticator
 from broker.dead_letters import DeadLetterPolicy, encode_dead_letter
 from broker.delivery import Delivery, DeliveryTimers
 from broker.input_budget import InputBudget
@@ -17,6 +19,7 @@ from broker.log import MemoryLog, StoreError
 from broker.server.protocol import BrokerProtocol
 from broker.server.settings import BrokerSettings
 from broker.topics import TooManyTopics, TopicRegistry
+from broker.users import Users
 
 log = Logger()
 
@@ -32,6 +35,7 @@ class BrokerFactory(ServerFactory):
         settings: BrokerSettings | None = None,
         clock: IReactorTime | None = None,
         registry: TopicRegistry | None = None,
+        users: Users | Authenticator | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -51,6 +55,19 @@ class BrokerFactory(ServerFactory):
         self.connections: set[BrokerProtocol] = set()
         self.input_budget = InputBudget(self.settings.max_pending_input)
         self._when_empty: list[Deferred[None]] = []
+        if isinstance(users, Users):
+            users = Authenticator(users, self.clock, identity=self.settings.tls_identity)
+        self.authenticator: Authenticator | None = users
+        """Who connections are and what they may do; None: no users file, all open."""
+        self.user_connections: Counter[str] = Counter()
+
+    def reload_users(self, users: Users) -> None:
+        """Use a re-read users file: new connections are checked against it,
+        and connected users lose what it no longer grants them."""
+        assert self.authenticator is not None
+        self.authenticator.users = users
+        for protocol in list(self.connections):
+            protocol.users_reloaded(users)
 
     def connection_gone(self, protocol: BrokerProtocol) -> None:
         self.connections.discard(protocol)

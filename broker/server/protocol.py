@@ -1,5 +1,6 @@
-"""One connection: the handshake and Hello, then a session for its role;
-backpressure both ways, timeouts of incomplete frames, and refusals.
+"""One connection: the handshake, Hello and who the peer is, then a session
+for its role; backpressure both ways, timeouts of incomplete frames, and
+refusals.
 
 The seed's frames mix u16 fields with Int32 strings, so `dataReceived`
 hands every byte to one incremental decoder (`broker.wire.ServerDecoder`)
@@ -8,7 +9,7 @@ that walks a single buffer; `MAX_LENGTH` is the broker's message limit.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
@@ -19,14 +20,20 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker import __version__
+from broker.auth import AuthenticationFailed
 from broker.hello import HelloRequest, parse_hello_request
 from broker.server.publisher import PublisherSession
 from broker.server.session import Session, cancel_call
 from broker.server.subscriber import SubscriberSession
+from broker.tls import peer_certificate
 from broker.transport import IStreamTransport
+from broker.users import ANONYMOUS, User, Users
 from broker.wire import (
+    ERR_AUTH_FAILED,
+    ERR_AUTH_REVOKED,
     ERR_FRAME_TIMEOUT,
     ERR_HANDSHAKE_TIMEOUT,
+    ERR_TOO_MANY_CONNECTIONS,
     ERR_UNKNOWN_ACTION,
     EXTENSIONS_VERSION,
     ProtocolError,
@@ -90,6 +97,13 @@ class BrokerProtocol(Int32StringReceiver):
         self.session: Session | None = None
         self.hello: HelloRequest | None = None
         """What Hello agreed (prefetch already capped), or None without extensions."""
+        self.user: User | None = None
+        """Who the peer is, once decided; always None without a users file."""
+        # Which stored secret the peer proved it knows ("password_hash",
+        # "token_hash"), if any: a reload that changes it closes the connection.
+        self._proved: str | None = None
+        self._authenticating = False
+        self._gone = False
         self._handshake: IDelayedCall | None = None
         self._refusals = 0
         # Why reading is paused: "output" (our answers pile up), "input" (budget).
@@ -122,12 +136,16 @@ class BrokerProtocol(Int32StringReceiver):
         decoder = self.decoder
         assert decoder is not None
         decoder.feed(data)
+        self._after_decoding(decoder)
+
+    def _after_decoding(self, decoder: ServerDecoder) -> None:
         if self.session is not None:
             self.session.end_of_read()
-        if decoder.buffered or self._held_input:
+        if (decoder.buffered or self._held_input) and not decoder.on_hold:
             self._track_incomplete_frame(decoder)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._gone = True
         self._end_handshake()
         cancel_call(self._frame_timer)
         cancel_call(self._cut_off)
@@ -135,6 +153,11 @@ class BrokerProtocol(Int32StringReceiver):
         self.factory.input_budget.remove(self)
         if self.session is not None:
             self.session.close()
+        if self.user is not None:
+            counts = self.factory.user_connections
+            counts[self.user.name] -= 1
+            if not counts[self.user.name]:
+                del counts[self.user.name]
         self.factory.connection_gone(self)
         role = self.decoder.role if self.decoder else "new"
         log.info("{peer} ({role}) disconnected", peer=self.peer, role=role)
@@ -161,34 +184,40 @@ class BrokerProtocol(Int32StringReceiver):
         self.send_error(reason)
 
     def hello_requested(self, payload: bytes) -> None:
-        settings = self.factory.settings
         try:
             request = parse_hello_request(payload)
         except ProtocolError as error:
             self.refused(str(error), error.detail)
             return
+        if self.factory.authenticator is None:
+            self._agree(request)
+        else:
+            self._authenticate(request, lambda: self._agree(request))
+
+    def _agree(self, request: HelloRequest) -> None:
+        settings = self.factory.settings
         prefetch = min(request.prefetch, settings.max_prefetch)
-        self.hello = replace(request, prefetch=prefetch)
+        # Only what was agreed is kept: no secret outlives the check.
+        self.hello = HelloRequest(request.version, prefetch, request.confirms)
         assert self.decoder is not None
         self.decoder.extended = True
-        self.transport.write(
-            encode_hello(
-                {
-                    "version": EXTENSIONS_VERSION,
-                    "server": f"twisted-broker/{__version__}",
-                    "confirms": request.confirms,
-                    "prefetch": prefetch,
-                    "max_prefetch": settings.max_prefetch,
-                    "max_message_size": settings.max_message_size,
-                    "max_inflight_bytes": settings.max_inflight_bytes,
-                    "max_deliveries": settings.delivery.max_deliveries,
-                    "ack_timeout": settings.delivery.ack_timeout,
-                    "ack_delay": settings.delivery.ack_delay,
-                    "dead_letters": settings.dead_letter_topic,
-                    "from64": True,
-                }
-            )
-        )
+        answer: dict[str, object] = {
+            "version": EXTENSIONS_VERSION,
+            "server": f"twisted-broker/{__version__}",
+            "confirms": request.confirms,
+            "prefetch": prefetch,
+            "max_prefetch": settings.max_prefetch,
+            "max_message_size": settings.max_message_size,
+            "max_inflight_bytes": settings.max_inflight_bytes,
+            "max_deliveries": settings.delivery.max_deliveries,
+            "ack_timeout": settings.delivery.ack_timeout,
+            "ack_delay": settings.delivery.ack_delay,
+            "dead_letters": settings.dead_letter_topic,
+            "from64": True,
+        }
+        if self.user is not None:
+            answer["user"] = self.user.name
+        self.transport.write(encode_hello(answer))
         log.info(
             "{peer} agreed extensions: confirms={confirms}, prefetch={prefetch}",
             peer=self.peer,
@@ -197,12 +226,29 @@ class BrokerProtocol(Int32StringReceiver):
         )
 
     def became_publisher(self) -> None:
-        self._begin(PublisherSession(self, confirms=bool(self.hello and self.hello.confirms)))
+        self._as_user(self._begin_publisher)
 
     def became_subscriber(self) -> None:
+        self._as_user(self._begin_subscriber)
+
+    def _begin_publisher(self) -> None:
+        user = self.user
+        self._begin(
+            PublisherSession(
+                self,
+                confirms=bool(self.hello and self.hello.confirms),
+                may_publish=user.publish if user is not None else None,
+            )
+        )
+
+    def _begin_subscriber(self) -> None:
         hello = self.hello
+        user = self.user
         session = SubscriberSession(
-            self, extended=hello is not None, prefetch=hello.prefetch if hello else 1
+            self,
+            extended=hello is not None,
+            prefetch=hello.prefetch if hello else 1,
+            may_subscribe=user.subscribe if user is not None else None,
         )
         self._begin(session)
 
@@ -214,6 +260,105 @@ class BrokerProtocol(Int32StringReceiver):
         if self._output_full:
             session.output_full()
         log.info("{peer} is a {role}", peer=self.peer, role=session.role)
+
+    # Who the peer is.
+
+    def _as_user(self, then: Callable[[], None]) -> None:
+        """Run `then` once the peer's user is known (a client that sent no
+        Hello is its certificate's user, or anonymous)."""
+        if self.factory.authenticator is None or self.user is not None:
+            then()
+        else:
+            self._authenticate(None, then)
+
+    def _authenticate(self, request: HelloRequest | None, then: Callable[[], None]) -> None:
+        """Decide who the peer is, then run `then`. A password is checked in
+        a thread: until then nothing more from this peer is decoded or read."""
+        authenticator = self.factory.authenticator
+        assert authenticator is not None and self.decoder is not None
+        certificate = peer_certificate(self.transport)
+        if certificate is not None and authenticator.identity != "none":
+            self._proved = None
+        elif request is not None and request.token is not None:
+            self._proved = "token_hash"
+        elif request is not None and request.user is not None:
+            self._proved = "password_hash"
+        address = getattr(self.transport.getPeer(), "host", None) or "local"
+        self._authenticating = True
+        answer = authenticator.authenticate(address, request, certificate)
+        answer.addCallbacks(self._authenticated, self._authentication_failed, callbackArgs=(then,))
+        if self._authenticating:
+            self.decoder.hold()
+            self._pause_reading("auth")
+
+    def _authenticated(self, user: User, then: Callable[[], None]) -> None:
+        self._authenticating = False
+        if self._gone:
+            return
+        counts = self.factory.user_connections
+        limit = user.max_connections
+        if limit is not None and counts[user.name] >= limit:
+            log.warn(
+                "{peer}: refused as user {user}: it has {limit} connection(s) already",
+                peer=self.peer,
+                user=user.name,
+                limit=limit,
+            )
+            self._refuse_connection(ERR_TOO_MANY_CONNECTIONS)
+            return
+        self.user = user
+        counts[user.name] += 1
+        if user.name != ANONYMOUS:
+            log.info("{peer} is user {user}", peer=self.peer, user=user.name)
+        then()
+        if "auth" in self._read_pauses:
+            assert self.decoder is not None
+            self._resume_reading("auth")
+            self.decoder.release()
+            self._after_decoding(self.decoder)
+
+    def _authentication_failed(self, failure: Failure) -> None:
+        self._authenticating = False
+        if self._gone:
+            return
+        if failure.check(AuthenticationFailed):
+            log.warn(
+                "{peer}: authentication failed: {reason}",
+                peer=self.peer,
+                reason=failure.getErrorMessage(),
+            )
+        else:
+            log.failure("{peer}: authentication broke", failure, peer=self.peer)
+        self._refuse_connection(ERR_AUTH_FAILED)
+
+    def users_reloaded(self, users: Users) -> None:
+        """The users file was re-read: keep to what it grants now."""
+        user = self.user
+        if user is None or self._gone:
+            return  # not decided yet: it will be, against the new file
+        fresh = users.anonymous if user.name == ANONYMOUS else users.by_name.get(user.name)
+        proved = self._proved
+        if fresh is None or (
+            proved is not None and getattr(fresh, proved) != getattr(user, proved)
+        ):
+            log.warn(
+                "{peer}: user {user} was removed or its secret changed; closing",
+                peer=self.peer,
+                user=user.name,
+            )
+            self._refuse_connection(ERR_AUTH_REVOKED)
+            return
+        self.user = fresh
+        if self.session is not None:
+            self.session.permissions_changed(fresh)
+
+    def _refuse_connection(self, text: str) -> None:
+        """Say why, hear nothing more, send nothing more, and close."""
+        assert self.decoder is not None
+        self.decoder.hold()
+        if self.session is not None:
+            self.session.halt()
+        self._close_with_error(text)
 
     # Refusals and errors.
 

@@ -1,5 +1,7 @@
 """A publisher's session: publishes batched per read and topic, and, for a
-confirming publisher, an answer to each, in order, once committed."""
+confirming publisher, an answer to each, in order, once committed. With a
+users file, a publish to a topic the user may not publish to is refused on
+its own (an Error, or a failed confirm in its place)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ from broker.confirms import ConfirmQueue, answers_in_order
 from broker.log import StoreError
 from broker.server.session import Session
 from broker.topics import TooManyTopics
-from broker.wire import ERR_EMPTY_MESSAGE, encode_error
+from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from broker.permissions import Rules
     from broker.server.protocol import BrokerProtocol
+    from broker.users import User
 
 log = Logger()
 
@@ -26,8 +30,12 @@ class PublisherSession(Session):
 
     role = "publisher"
 
-    def __init__(self, protocol: BrokerProtocol, confirms: bool) -> None:
+    def __init__(
+        self, protocol: BrokerProtocol, confirms: bool, may_publish: Rules | None = None
+    ) -> None:
         super().__init__(protocol)
+        self._may_publish = may_publish
+        """The user's publish rules; None: no users file, every topic allowed."""
         self._batch: dict[str, list[bytes]] = {}
         self._confirms = ConfirmQueue(protocol.transport.write) if confirms else None
         # This read's publishes in order, for confirms: (topic, True) or (error, False).
@@ -38,6 +46,10 @@ class PublisherSession(Session):
             # The reference ignores empty messages; a confirming publisher is told.
             if self._confirms is not None:
                 self.refused(ERR_EMPTY_MESSAGE)
+            return
+        may_publish = self._may_publish
+        if may_publish is not None and not may_publish.permits(topic):
+            self.refused(f"{ERR_PERMISSION_DENIED}: publish to {topic!r}")
             return
         if self._confirms is not None:
             self._order.append((topic, True))
@@ -53,6 +65,9 @@ class PublisherSession(Session):
             return
         self.protocol.log_refusal(detail or reason)
         self._order.append((reason, False))  # answered in its place
+
+    def permissions_changed(self, user: User) -> None:
+        self._may_publish = user.publish
 
     def end_of_read(self) -> None:
         if self._batch or self._order:

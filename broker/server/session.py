@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 if TYPE_CHECKING:
     from broker.server.protocol import BrokerProtocol
+    from broker.users import User
 
 log = Logger()
 
@@ -54,6 +55,12 @@ class Session:
 
     def output_drained(self) -> None:
         """The connection's output has drained."""
+
+    def permissions_changed(self, user: User) -> None:
+        """The users file was re-read: `user` is what it says now."""
+
+    def halt(self) -> None:
+        """The connection is being closed: start nothing new."""
 
     def close(self) -> None:
         """The connection is gone."""

@@ -37,6 +37,9 @@ class BrokerSettings:
     """Bytes held in incomplete frames across all connections, at most."""
     frame_timeout: float = 30.0
     """Seconds a frame may stay incomplete before its connection is closed."""
+    tls_identity: str = "cn"
+    """With a users file and --tls-ca: which name of a client certificate is
+    its user (cn, dns, email), or none (certificates then name no user)."""
     close_grace: float = 5.0
     """Seconds a connection closed for misbehaving (or a TLS connection that
     never completed its handshake) has before it is cut off."""

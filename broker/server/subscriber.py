@@ -1,5 +1,7 @@
 """A subscriber's session: its subscriptions and window of deliveries, the
-frames that carry them, and what to do when its output fills."""
+frames that carry them, and what to do when its output fills. With a users
+file, a subscribe naming any topic the user may not read is refused whole,
+and a reload that withdraws a topic ends its subscription."""
 
 from __future__ import annotations
 
@@ -13,17 +15,22 @@ from broker.server.session import Session, cancel_call
 from broker.topics import TooManyTopics
 from broker.wire import (
     ERR_NOTHING_TO_ACK,
+    ERR_PERMISSION_DENIED,
+    ERR_PERMISSION_WITHDRAWN,
     ERR_TOO_MANY_TOPICS,
     STATUS_SUBSCRIBED,
     STATUS_UNSUBSCRIBED,
     StartAt,
     encode_delivery_tail,
+    encode_error,
     encode_u16,
     encode_u64,
 )
 
 if TYPE_CHECKING:
+    from broker.permissions import Rules
     from broker.server.protocol import BrokerProtocol
+    from broker.users import User
 
 log = Logger()
 
@@ -40,9 +47,18 @@ class SubscriberSession(Session):
 
     role = "subscriber"
 
-    def __init__(self, protocol: BrokerProtocol, extended: bool, prefetch: int) -> None:
+    def __init__(
+        self,
+        protocol: BrokerProtocol,
+        extended: bool,
+        prefetch: int,
+        may_subscribe: Rules | None = None,
+    ) -> None:
         super().__init__(protocol)
         settings = self.factory.settings
+        self._may_subscribe = may_subscribe
+        """The user's subscribe rules; None: no users file, every topic allowed."""
+        self._halted = False
         self._transport = protocol.transport
         self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
         self._outgoing_bytes = 0
@@ -64,6 +80,12 @@ class SubscriberSession(Session):
     # Decoder events.
 
     def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None:
+        if self._may_subscribe is not None:
+            forbidden = self._may_subscribe.forbidden(topics)
+            if forbidden:
+                more = f" (and {len(forbidden) - 1} more)" if len(forbidden) > 1 else ""
+                self.refused(f"{ERR_PERMISSION_DENIED}: subscribe to {forbidden[0]!r}{more}")
+                return
         try:
             resolved = self.factory.registry.get_all(topics)
         except TooManyTopics:
@@ -119,7 +141,24 @@ class SubscriberSession(Session):
 
     def output_drained(self) -> None:
         self._cancel_slow_consumer()
-        self.window.resume()
+        if not self._halted:
+            self.window.resume()
+
+    def permissions_changed(self, user: User) -> None:
+        rules = self._may_subscribe = user.subscribe
+        for name in [name for name in self.window.subscriptions if not rules.permits(name)]:
+            self.window.unsubscribe(name)
+            self._transport.write(encode_error(f"{ERR_PERMISSION_WITHDRAWN}: {name}"))
+            log.warn(
+                "{peer}: no longer subscribed to {topic!r}: user {user} may not read it now",
+                peer=self.peer,
+                topic=name,
+                user=user.name,
+            )
+
+    def halt(self) -> None:
+        self._halted = True
+        self.window.pause()
 
     def close(self) -> None:
         self._cancel_slow_consumer()

@@ -1,0 +1,222 @@
+"""Who a connection is, decided against the users file.
+
+In this order: a client certificate (verified by TLS against --tls-ca
+before the broker reads a byte) names its user; else the Hello's `user` and
+`password`, or its `token`; else the connection is the user `anonymous`.
+
+A password is checked with scrypt, which takes about 50 ms on purpose: the
+check runs in a thread (`run_blocking`), never in the reactor. An unknown
+user costs the same check as a known one, against a hash made up for the
+purpose, so the answer's timing does not tell which names exist. Repeated
+failures from one address are answered ever later, and the wait comes
+before the check, so a guesser spends our CPU no faster either.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cryptography import x509
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+
+from broker.hello import HelloRequest
+from broker.tls import certificate_identity
+from broker.users import (
+    ANONYMOUS,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    User,
+    Users,
+    verify_secret,
+    verify_token,
+)
+
+T = TypeVar("T")
+RunBlocking = Callable[..., "Deferred[Any]"]
+
+
+class AuthenticationFailed(Exception):
+    """Credentials refused. The message is for the log; the peer is only
+    told "authentication failed", whatever the reason."""
+
+
+def run_here(function: Callable[..., T], *args: Any) -> Deferred[T]:
+    """Run a blocking check at once, in the caller (for tests in memory)."""
+    return maybeDeferred(function, *args)
+
+
+class FailureThrottle:
+    """Counts authentication failures per address and says how long that
+    address must wait before its next attempt is checked: nothing for the
+    first `free` failures, then a doubling delay up to `longest` seconds.
+    An address is forgotten after `forget_after` quiet seconds, and at most
+    `max_addresses` are remembered (the least recent go first)."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        free: int = 3,
+        first_delay: float = 0.5,
+        longest: float = 30.0,
+        forget_after: float = 600.0,
+        max_addresses: int = 10_000,
+    ) -> None:
+        self._clock = clock
+        self._free = free
+        self._first_delay = first_delay
+        self._longest = longest
+        self._forget_after = forget_after
+        self._max_addresses = max_addresses
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def delay(self, address: str) -> float:
+        """Seconds to wait before checking this address's next attempt."""
+        entry = self._failures.get(address)
+        if entry is None:
+            return 0.0
+        count, last = entry
+        if self._clock.seconds() - last > self._forget_after:
+            del self._failures[address]
+            return 0.0
+        if count < self._free:
+            return 0.0
+        return min(self._longest, self._first_delay * 2 ** (count - self._free))
+
+    def failed(self, address: str) -> None:
+        count = self._failures.pop(address, (0, 0.0))[0]
+        self._failures[address] = (count + 1, self._clock.seconds())
+        while len(self._failures) > self._max_addresses:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+
+class Authenticator:
+    """Decides which user of `users` a connection is (see the module)."""
+
+    def __init__(
+        self,
+        users: Users,
+        clock: IReactorTime,
+        run_blocking: RunBlocking = run_here,
+        identity: str = "cn",
+        throttle: FailureThrottle | None = None,
+    ) -> None:
+        self._clock = clock
+        self.run_blocking = run_blocking
+        """Runs a blocking check (scrypt) and gives a Deferred of its result."""
+        self.identity = identity
+        """Which name of a client certificate is its user; "none": certificates name no one."""
+        self.throttle = throttle or FailureThrottle(clock)
+        # Checked for unknown users: as costly as a real hash, matched by nothing.
+        salt, digest = (base64.b64encode(os.urandom(size)).decode() for size in (16, 32))
+        self._decoy = f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt}${digest}"
+        # A process-secret key, and per user the keyed digest of the password
+        # last verified: a client that reconnects is not charged scrypt again.
+        self._key = os.urandom(32)
+        self._verified: dict[tuple[str, str], bytes] = {}
+        self.users = users
+
+    @property
+    def users(self) -> Users:
+        return self._users
+
+    @users.setter
+    def users(self, users: Users) -> None:
+        self._users = users
+        self._verified = {}
+
+    def authenticate(
+        self,
+        address: str,
+        request: HelloRequest | None,
+        certificate: x509.Certificate | None = None,
+    ) -> Deferred[User]:
+        """The user this connection is, or AuthenticationFailed."""
+        if certificate is not None and self.identity != "none":
+            return self._certified(certificate, request)
+        if request is None or not request.has_credentials:
+            return succeed(self.users.anonymous)
+        wait = self.throttle.delay(address)
+        checking = (
+            deferLater(self._clock, wait, self._check, request) if wait else self._check(request)
+        )
+
+        def counted(user: User) -> User:
+            self.throttle.succeeded(address)
+            return user
+
+        def refused(failure: Any) -> Any:
+            if failure.check(AuthenticationFailed):
+                self.throttle.failed(address)
+            return failure
+
+        return checking.addCallbacks(counted, refused)
+
+    def _certified(
+        self, certificate: x509.Certificate, request: HelloRequest | None
+    ) -> Deferred[User]:
+        name = certificate_identity(certificate, self.identity)
+        if name is None:
+            return fail(AuthenticationFailed(f"its certificate has no {self.identity} name"))
+        user = self.users.by_name.get(name)
+        if user is None or name == ANONYMOUS:
+            return fail(AuthenticationFailed(f"its certificate names unknown user {name!r}"))
+        if request is not None and request.user not in (None, name):
+            return fail(
+                AuthenticationFailed(f"its Hello names {request.user!r}, its certificate {name!r}")
+            )
+        return succeed(user)
+
+    def _check(self, request: HelloRequest) -> Deferred[User]:
+        if request.token is not None:
+            return self._check_token(request.token)
+        assert request.user is not None and request.password is not None
+        return self._check_password(request.user, request.password)
+
+    def _check_token(self, token: str) -> Deferred[User]:
+        found = None
+        for user in self.users.by_name.values():
+            # Every stored token is compared, each in constant time.
+            if user.token_hash is not None and verify_token(token, user.token_hash):
+                found = user
+        if found is None:
+            return fail(AuthenticationFailed("unknown token"))
+        return succeed(found)
+
+    def _check_password(self, name: str, password: str) -> Deferred[User]:
+        user = self.users.by_name.get(name)
+        stored = user.password_hash if user is not None else None
+        digest = hmac.new(self._key, password.encode("utf-8"), hashlib.sha256).digest()
+        if stored is not None and user is not None:
+            remembered = self._verified.get((name, stored))
+            if remembered is not None and hmac.compare_digest(remembered, digest):
+                return succeed(user)
+        if stored is None:
+            # Unknown, or a user without a password: the same work, then no.
+            stored = self._decoy
+        users = self.users
+
+        def checked(right: bool) -> User:
+            if user is None or user.password_hash is None:
+                raise AuthenticationFailed(f"unknown user {name!r}")
+            if not right:
+                raise AuthenticationFailed(f"wrong password for {name!r}")
+            if users is self.users:
+                self._verified[(name, user.password_hash)] = digest
+            return user
+
+        return self.run_blocking(verify_secret, password, stored).addCallback(checked)
