@@ -61,7 +61,13 @@ class Authority:
         )
         self.pem = _write(directory, "ca", self.cert, self.key).cert
 
-    def issue(self, stem: str, common_name: str, server: bool) -> Pair:
+    def issue(
+        self,
+        stem: str,
+        common_name: str,
+        server: bool,
+        alternative_names: list[x509.GeneralName] | None = None,
+    ) -> Pair:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         builder = (
@@ -88,6 +94,10 @@ class Authority:
                     ]
                 ),
                 critical=False,
+            )
+        if alternative_names:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(alternative_names), critical=False
             )
         return _write(self.directory, stem, builder.sign(self.key, hashes.SHA256()), key)
 

@@ -340,3 +340,20 @@ def _factory_of(protocol):
     factory = Factory()
     factory.buildProtocol = lambda address: protocol  # type: ignore[method-assign]
     return factory
+
+
+def test_a_refused_client_backs_off_further_with_each_refusal():
+    broker = InMemoryBroker(users=make_users())
+    asked: list[int] = []
+
+    def policy(attempt: int) -> float:
+        asked.append(attempt)
+        return 1.0
+
+    wrong = broker.client(user="alice", password="guess", retry_policy=policy)
+    wrong.connected().addErrback(lambda failure: None)
+    for _ in range(4):
+        broker.advance(1.0)
+    # Each attempt connects by TCP before it is refused; the steps still grow.
+    assert len(asked) >= 4 and asked == sorted(asked) and asked[-1] > asked[0]
+    closed(broker, wrong)

@@ -17,7 +17,9 @@ from broker.users import (
     UsersFileError,
     hash_secret,
     load_users,
+    main,
     verify_secret,
+    verify_token,
 )
 
 FAST = {"n": 2**4, "r": 1, "p": 1}  # scrypt made cheap for tests
@@ -172,3 +174,15 @@ def test_the_add_command_appends_a_hashed_user(tmp_path):
         timeout=60,
     )
     assert again.returncode == 2 and "alice is in" in again.stderr
+
+
+def test_the_add_command_makes_a_token_shows_it_once_and_stores_its_hash(tmp_path, capsys):
+    path = tmp_path / "users.toml"
+    assert main(["add", "ingest", "--file", str(path), "--token", "--publish", "metrics.>"]) == 0
+    token = capsys.readouterr().out.rsplit(": ", 1)[1].strip()
+    assert len(token) >= 40 and token not in path.read_text()
+    ingest = load_users(path).by_name["ingest"]
+    assert ingest.password_hash is None and ingest.token_hash is not None
+    assert verify_token(token, ingest.token_hash)
+    assert not verify_token(token + "x", ingest.token_hash)
+    assert ingest.publish.permits("metrics.cpu") and not ingest.subscribe.permits("metrics.cpu")

@@ -211,7 +211,9 @@ class PublisherProtocol(_ClientProtocol):
         self.on_confirmed(count, first_offset)
 
     def error_received(self, text: str) -> None:
-        if self.confirming:
+        # With confirms every publish is answered in order; an Error that
+        # answers none (a revoked sign-in, a frame timeout) is not one of them.
+        if self.confirming and not is_unsolicited(text):
             self.on_refused(text)
         else:
             super().error_received(text)

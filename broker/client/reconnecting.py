@@ -285,6 +285,9 @@ class BrokerClient:
         self.where = where
         self.last_problem: str | None = None
         """Why the last attempt to connect failed, if it did."""
+        # Credentials refused in a row: each connected by TCP, so the
+        # service's own count starts over; this keeps the backoff growing.
+        self._refusals = 0
         self._connected_waiters: list[Deferred[None]] = []
         self._handlers: dict[str, Handler] = {}
         self._starts: dict[str, tuple[StartAt, int]] = {}
@@ -329,6 +332,7 @@ class BrokerClient:
         return waiter
 
     def _now_connected(self) -> None:
+        self._refusals = 0
         if self.last_problem is not None:
             log.info("connected to {where}", where=self.where)
             self.last_problem = None
@@ -343,6 +347,7 @@ class BrokerClient:
 
     def _negotiation_failed(self, failure: Failure) -> None:
         if failure.check(AuthenticationFailed):
+            self._refusals += 1
             self._attempt_failed(f"the broker refused the credentials: {failure.value}")
             return
         if failure.check(ExtensionsRefused):
@@ -367,7 +372,10 @@ class BrokerClient:
 
     def _service(self, factory: Factory) -> ClientService:
         return ClientService(
-            self._endpoint, factory, retryPolicy=self._retry_policy, clock=self._reactor
+            self._endpoint,
+            factory,
+            retryPolicy=lambda attempt: self._retry_policy(attempt + self._refusals),
+            clock=self._reactor,
         )
 
     # Publishing.

@@ -1,0 +1,152 @@
+"""Users over real sockets: a broker service in this process with TLS,
+client certificates naming users, passwords checked in the reactor's thread
+pool, the users file re-read on a real SIGHUP, and the warning an open
+broker gives."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from broker.client import BrokerError, BrokerUnreachable, connect
+from broker.server import BrokerSettings
+from broker.service import BrokerService
+from broker.tls import ServerTLS, certificate_identity
+from broker.users import hash_secret, user_entry
+from tests.certs import Authority
+from tests.process import free_port
+
+FAST_HASH = {"n": 2**4, "r": 1, "p": 1}
+QUICK = {"retry_policy": lambda attempt: 0.05}
+
+
+ALICE_HASH = hash_secret("s3cret", **FAST_HASH)
+
+
+def users_file(path, alice_publishes: list[str]) -> None:
+    path.write_text(
+        user_entry("alice", "password", ALICE_HASH, alice_publishes, ["orders.>"])
+        + '\n[users.device-7]\npublish = ["telemetry.device-7"]\n'
+    )
+
+
+@pytest.fixture
+def ca(tmp_path) -> Authority:
+    return Authority(tmp_path / "pki")
+
+
+def wait_for(log_lines, text: str) -> Deferred[None]:
+    """Fires once a log line containing `text` has been seen."""
+    seen: Deferred[None] = Deferred()
+
+    def check() -> None:
+        if log_lines.matching(text):
+            seen.callback(None)
+        else:
+            reactor.callLater(0.01, check)
+
+    check()
+    return seen.addTimeout(5, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificates_and_passwords_name_users_and_sighup_narrows_them(
+    tmp_path, ca, log_lines, logged_failures
+):
+    server = ca.issue("server", "localhost", server=True)
+    users = tmp_path / "users.toml"
+    users_file(users, ["orders.>"])
+    tls_port, plain_port = free_port(), free_port()
+    service = BrokerService(
+        [f"tls:{tls_port}:interface=127.0.0.1", f"tcp:{plain_port}:interface=127.0.0.1"],
+        BrokerSettings(),
+        tls=ServerTLS(server.cert, server.key, ca=ca.pem),
+        users_file=users,
+    )
+    service.privilegedStartService()
+    service.startService()
+    device = ca.issue("device", "device-7", server=False)
+    stranger = ca.issue("stranger", "mallory", server=False)
+    clients = [
+        connect(
+            reactor,
+            f"tls:localhost:{tls_port}",
+            extensions=True,
+            ca=ca.pem,
+            certificate=device.cert,
+            private_key=device.key,
+        ),
+        connect(reactor, f"127.0.0.1:{plain_port}", user="alice", password="s3cret"),
+        connect(
+            reactor,
+            f"tls:localhost:{tls_port}",
+            extensions=True,
+            ca=ca.pem,
+            certificate=stranger.cert,
+            private_key=stranger.key,
+            **QUICK,
+        ),
+        connect(reactor, f"127.0.0.1:{plain_port}", user="alice", password="nope", **QUICK),
+    ]
+    by_certificate, by_password, unknown_certificate, wrong_password = clients
+    try:
+        assert await by_certificate.publish("telemetry.device-7", b"21.5") == 0
+        with pytest.raises(BrokerError, match="permission denied"):
+            await by_certificate.publish("orders.eu", b"not its topic")
+        assert await by_password.publish("orders.eu", b"checked in a thread") == 0
+        for refused in (unknown_certificate, wrong_password):
+            with pytest.raises(BrokerUnreachable, match="authentication failed"):
+                await refused.connected(timeout=1)
+        assert log_lines.matching("its certificate names unknown user 'mallory'")
+        assert log_lines.matching("wrong password for 'alice'")
+
+        connection = await by_password.publisher_connected()
+        users_file(users, ["orders.eu"])
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(log_lines, "users reloaded from")
+        with pytest.raises(BrokerError, match="permission denied"):
+            await by_password.publish("orders.us", b"no longer")
+        assert await by_password.publish("orders.eu", b"still") == 1
+        assert await by_password.publisher_connected() is connection  # never dropped
+        users.write_text("[users.alice\n")  # broken: the old users stay
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(log_lines, "users not reloaded, the old ones stay")
+        assert await by_password.publish("orders.eu", b"still fine") == 2
+    finally:
+        for client in clients:
+            await client.close()
+        await service.stopService()
+    logged_failures.assert_none()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_open_broker_on_every_interface_says_so(log_lines):
+    exposed = BrokerService([f"tcp:{free_port()}"], BrokerSettings())
+    local = BrokerService([f"tcp:{free_port()}:interface=127.0.0.1"], BrokerSettings())
+    for service in (exposed, local):
+        service.privilegedStartService()
+        service.startService()
+        await service.stopService()
+    warnings = log_lines.matching("may publish to and read every topic")
+    assert len(warnings) == 1 and "--users" in warnings[0]
+
+
+def test_a_certificate_names_its_user_by_the_configured_name(ca):
+    pair = ca.issue(
+        "both",
+        "cn-name",
+        server=False,
+        alternative_names=[x509.DNSName("dns-name"), x509.RFC822Name("mail@example.org")],
+    )
+    certificate = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    assert certificate_identity(certificate, "cn") == "cn-name"
+    assert certificate_identity(certificate, "dns") == "dns-name"
+    assert certificate_identity(certificate, "email") == "mail@example.org"
+    bare = x509.load_pem_x509_certificate(ca.issue("bare", "x", server=False).cert.read_bytes())
+    assert certificate_identity(bare, "dns") is None
