@@ -189,7 +189,7 @@ async def test_twistd_serves_plain_and_tls_and_rereads_certificates_on_sighup(tm
 
 
 @pytest_twisted.ensureDeferred
-async def test_twistd_refuses_unusable_tls_options_in_one_line(tmp_path, server_pair):
+async def test_twistd_refuses_unusable_tls_and_users_options_in_one_line(tmp_path, server_pair):
     needs_cert = spawn_broker(tmp_path, "--port", "tls:3001")
     assert await needs_cert.ended == 1
     assert "--port tls:3001 needs --tls-cert" in needs_cert.output
@@ -199,6 +199,12 @@ async def test_twistd_refuses_unusable_tls_options_in_one_line(tmp_path, server_
     assert await missing.ended == 1
     assert "twistd broker: cannot read the certificate" in missing.output
     assert "Traceback" not in missing.output
+    bad_users = tmp_path / "users.toml"
+    bad_users.write_text('[users.alice]\npassword = "hunter2"\n')
+    refused = spawn_broker(tmp_path, "--port", f"tcp:{free_port()}", "--users", str(bad_users))
+    assert await refused.ended == 1
+    assert "password must be a hash from 'python -m broker.users'" in refused.output
+    assert "Traceback" not in refused.output
 
 
 @pytest_twisted.ensureDeferred

@@ -51,6 +51,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="interval",
         help="with --store file",
     )
+    parser.add_argument(
+        "--users",
+        help="start the broker with this users file; the bench's clients sign in as "
+        "nobody, so it must grant 'anonymous' what the scenario uses",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -72,6 +77,8 @@ def run(args: argparse.Namespace) -> Result:
         host, port = host or "127.0.0.1", int(port_text)
     else:
         options = ["--ack-timeout", "60", "--max-prefetch", str(max(1024, args.prefetch))]
+        if args.users:
+            options += ["--users", args.users]
         if args.store == "file":
             data_dir = tempfile.mkdtemp(prefix="broker-bench-")
             options += ["--data-dir", data_dir, "--fsync", args.fsync]
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> Result:
         host, port = "127.0.0.1", process.port
     bench = Bench(reactor, host, port, args, process.rss_mb if process else (lambda: float("nan")))
     outcome: list[Any] = []
+    broker_cpu_before = process.cpu_seconds() if process else float("nan")
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     wall_before = time.perf_counter()
     try:
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> Result:
         reactor.callWhenRunning(start)  # a scenario that fails at once must still stop it
         reactor.run()
         rss = bench.broker_rss()
+        broker_cpu = (process.cpu_seconds() if process else float("nan")) - broker_cpu_before
     finally:
         if process is not None:
             process.stop()
@@ -102,6 +111,8 @@ def run(args: argparse.Namespace) -> Result:
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     result.bench_cpu_percent = round(100 * cpu / (time.perf_counter() - wall_before), 1)
+    if result.delivered:
+        result.broker_cpu_us_per_msg = round(1e6 * broker_cpu / result.delivered, 2)
     if math.isnan(result.broker_rss_mb):
         result.broker_rss_mb = round(rss, 1)
     result.settings = {k: v for k, v in vars(args).items() if k not in ("json", "scenario")}

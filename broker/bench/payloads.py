@@ -75,6 +75,8 @@ class Result:
     p99_ms: float = float("nan")
     p999_ms: float = float("nan")
     broker_rss_mb: float = float("nan")
+    broker_cpu_us_per_msg: float = float("nan")
+    """The broker's CPU time over the run per message delivered (or stored)."""
     bench_cpu_percent: float = float("nan")
     complete: bool = True
     out_of_order: int = 0

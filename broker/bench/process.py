@@ -44,6 +44,10 @@ class BrokerProcess:
     def rss_mb(self) -> float:
         return rss_mb(self.process.pid)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the broker has used so far, user and system."""
+        return cpu_seconds(self.process.pid)
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -62,3 +66,12 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        # Fields 14 and 15 of /proc/PID/stat (after the command's parentheses).
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")

@@ -1,7 +1,8 @@
 """A publisher's session: publishes batched per read and topic, and, for a
 confirming publisher, an answer to each, in order, once committed. With a
 users file, a publish to a topic the user may not publish to is refused on
-its own (an Error, or a failed confirm in its place)."""
+its own (an Error, or a failed confirm in its place); the check is made once
+per topic of a read's batch, not once per message."""
 
 from __future__ import annotations
 
@@ -47,10 +48,6 @@ class PublisherSession(Session):
             if self._confirms is not None:
                 self.refused(ERR_EMPTY_MESSAGE)
             return
-        may_publish = self._may_publish
-        if may_publish is not None and not may_publish.permits(topic):
-            self.refused(f"{ERR_PERMISSION_DENIED}: publish to {topic!r}")
-            return
         if self._confirms is not None:
             self._order.append((topic, True))
         batch = self._batch.get(topic)
@@ -84,9 +81,16 @@ class PublisherSession(Session):
         self._batch = {}
         registry = self.factory.registry
         confirms = self._confirms
+        may_publish = self._may_publish
         firsts: dict[str, int | str] = {}
         committed: list[Deferred[None]] = []
         for topic, payloads in batch.items():
+            if may_publish is not None and not may_publish.permits(topic):
+                refusal = firsts[topic] = f"{ERR_PERMISSION_DENIED}: publish to {topic!r}"
+                self.protocol.log_refusal(f"{refusal} ({len(payloads)} message(s))")
+                if confirms is None:
+                    self.protocol.transport.write(encode_error(refusal) * len(payloads))
+                continue
             try:
                 stored = registry.get(topic)
                 first = firsts[topic] = stored.append(payloads)
