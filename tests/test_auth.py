@@ -18,6 +18,7 @@ from broker.auth import FailureThrottle
 from broker.client import BrokerUnreachable, Message
 from broker.client.protocols import PublisherProtocol
 from broker.permissions import Rules
+from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker
 from broker.users import User, Users, hash_secret, hash_token
 from broker.wire import (
@@ -286,19 +287,34 @@ def test_repeated_failures_from_one_address_are_answered_ever_later():
 
 
 def test_the_broker_waits_before_checking_a_guessers_next_attempt():
-    broker = InMemoryBroker(users=make_users())
-    for _ in range(3):
+    # Five failures: the next attempt waits 2 s, longer than the handshake timeout.
+    broker = InMemoryBroker(BrokerSettings(handshake_timeout=1.0), users=make_users())
+    for _ in range(5):
         guesser = broker.client(user="alice", password="guess", retry_policy=lambda a: 100)
         guesser.connected().addErrback(lambda failure: None)
-        broker.flush()
+        broker.advance(1.0)  # the fourth and fifth wait 0.5 s and 1 s
         assert ERR_AUTH_FAILED in (guesser.last_problem or "")
         closed(broker, guesser)
-    raw = PublisherProtocol(credentials={"user": "alice", "password": "s3cret"})
+
+    class HelloOnly(Protocol):
+        received = b""
+
+        def connectionMade(self):
+            hello = {"version": 1, "user": "alice", "password": "s3cret"}
+            self.transport.write(encode_hello(hello))
+
+        def dataReceived(self, data):
+            self.received += data
+
+    raw = HelloOnly()
     broker.connect(_factory_of(raw))
-    broker.flush()
-    assert not raw.negotiated.called  # even the right password waits its turn
+    broker.advance(1.5)
+    assert raw.received == b""  # even the right password waits its turn...
+    assert broker.connections == 1  # ...and is not cut off by the handshake timeout
     broker.advance(0.5)
-    assert broker.result(raw.negotiated)["user"] == "alice"
+    assert b'"user":"alice"' in raw.received
+    broker.advance(1.0)  # its role is still to come: the handshake clock runs again
+    assert raw.received.endswith(b"handshake timed out") and broker.connections == 0
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

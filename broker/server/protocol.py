@@ -125,9 +125,7 @@ class BrokerProtocol(Int32StringReceiver):
         self.MAX_LENGTH = settings.max_message_size
         # The protocol hears what comes before a role; its session the rest.
         self.decoder = ServerDecoder(cast(ServerEvents, self), settings.max_message_size)
-        self._handshake = factory.clock.callLater(
-            settings.handshake_timeout, self._handshake_expired
-        )
+        self._start_handshake_timer()
         self.transport.registerProducer(_OutputBackpressure(self), True)
         factory.connections.add(self)
         log.info("{peer} connected", peer=self.peer)
@@ -284,6 +282,9 @@ class BrokerProtocol(Int32StringReceiver):
         elif request is not None and request.user is not None:
             self._proved = "password_hash"
         address = getattr(self.transport.getPeer(), "host", None) or "local"
+        # The wait for repeated failures may outlast the handshake timeout: the
+        # clock stops while the broker, not the peer, is the one to answer.
+        self._end_handshake()
         self._authenticating = True
         answer = authenticator.authenticate(address, request, certificate)
         answer.addCallbacks(self._authenticated, self._authentication_failed, callbackArgs=(then,))
@@ -308,6 +309,8 @@ class BrokerProtocol(Int32StringReceiver):
             return
         self.user = user
         counts[user.name] += 1
+        if self.session is None and self._handshake is None:
+            self._start_handshake_timer()  # the peer's turn again: to choose its role
         if user.name != ANONYMOUS:
             log.info("{peer} is user {user}", peer=self.peer, user=user.name)
         then()
@@ -458,6 +461,12 @@ class BrokerProtocol(Int32StringReceiver):
             held=self._held_input,
         )
         self._close_with_error(ERR_FRAME_TIMEOUT)
+
+    def _start_handshake_timer(self) -> None:
+        factory = self.factory
+        self._handshake = factory.clock.callLater(
+            factory.settings.handshake_timeout, self._handshake_expired
+        )
 
     def _end_handshake(self) -> None:
         cancel_call(self._handshake)
