@@ -128,6 +128,9 @@ class DeliveryTimers:
 
     def __init__(self, clock: IReactorTime, settings: DeliverySettings) -> None:
         self.settings = settings
+        # Counted here, where they happen, for the broker's metrics.
+        self.ack_timeouts = 0
+        self.redeliveries = 0
         self.timeouts: DeadlineQueue[Delivery] = DeadlineQueue(
             clock, settings.ack_timeout, lambda d: d.window.timed_out(d)
         )
@@ -406,6 +409,7 @@ class DeliveryWindow:
         """`delivery` went unanswered for the ack timeout: it keeps its slot
         for the ack delay, then goes again."""
         delivery.held = True
+        self._timers.ack_timeouts += 1
         self._timers.delays.add(delivery)
 
     def delay_over(self, delivery: Delivery) -> None:
@@ -419,12 +423,15 @@ class DeliveryWindow:
                 pass
             elif self.paused:
                 # Not sent again into a full connection: it goes on resume, in turn.
+                self._timers.redeliveries += 1
                 self._due.append(delivery)
             else:
+                self._timers.redeliveries += 1
                 self._dispatch(delivery)
         else:
             del self._waiting[delivery]
             if delivery.subscription.active:
+                self._timers.redeliveries += 1
                 self._due.append(delivery)
         self._pump()
 

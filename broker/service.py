@@ -5,21 +5,28 @@ Started by twistd in Twisted's order: the listener binds its port in
 `privilegedStartService` (as root, for a port below 1024), the store opens
 in `startService` (after privileges are shed, so its files belong to the
 broker's user, and before the reactor runs, so no connection comes first),
-and the upkeep runs as `TimerService` children. On stop, the listener stops,
-the connections close, and only then is the store synced and closed.
+and the upkeep runs as `TimerService` children. On stop (SIGTERM) it
+drains: the listeners stop, /healthz says 503, subscribers get nothing new
+while their deliveries in flight may still be acked, for up to the drain
+timeout, publishers' pending confirms are answered, then the connections
+close and only then is the store synced and closed. A second SIGTERM cuts
+the drain short.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -32,6 +39,8 @@ from broker.listeners import (
     server_endpoint,
 )
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, StoreError
+from broker.monitoring.metrics import register as register_metrics
+from broker.monitoring.stats import RateHistory
 from broker.server import BrokerFactory, BrokerSettings
 from broker.tls import ReloadableServerContext, ServerTLS, TLSConfigError
 from broker.topics import TopicRegistry
@@ -41,6 +50,10 @@ log = Logger()
 
 # How often retention by age is applied.
 RETENTION_SWEEP_SECONDS = 1.0
+# How often the totals are sampled for the rates of the last minutes.
+RATE_SAMPLE_SECONDS = 1.0
+# How often a drain looks whether every delivery in flight is answered.
+DRAIN_POLL_SECONDS = 0.05
 
 
 class StartupError(SystemExit):
@@ -64,6 +77,7 @@ class BrokerService(MultiService):
         reactor: Any = None,
         tls: ServerTLS | None = None,
         users_file: Path | None = None,
+        monitor: str | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -73,7 +87,14 @@ class BrokerService(MultiService):
         self._data_dir = data_dir
         self._file_settings = file_settings or FileStoreSettings()
         self.store: FileStore | None = None
-        self._users_file = users_file
+        self.users_file = users_file
+        self.ports = list(self._ports)
+        self.state = "starting"
+        """starting, serving, draining or stopped (what /healthz tells)."""
+        self.rates = RateHistory()
+        self._listeners: list[StreamServerEndpointService] = []
+        self._cut_short = False
+        self._previous_sigterm: Any = None
         authenticator = None
         if users_file is not None:
             authenticator = Authenticator(
@@ -83,6 +104,7 @@ class BrokerService(MultiService):
                 identity=settings.tls_identity,
             )
         self.factory = BrokerFactory(settings, clock=reactor, users=authenticator)
+        register_metrics(self.factory)
         self.tls: ReloadableServerContext | None = None
         self._previous_sighup: Any = None  # restored on stop
         if tls is not None:
@@ -99,6 +121,21 @@ class BrokerService(MultiService):
             listener._raiseSynchronously = True  # a port in use stops the start
             listener.setName(port)
             listener.setServiceParent(self)
+            self._listeners.append(listener)
+        self._monitor: StreamServerEndpointService | None = None
+        if monitor is not None:
+            from broker.monitoring.site import monitor_site
+
+            try:
+                where = endpoint_description(monitor)
+                monitor_endpoint = serverFromString(reactor, where)
+            except (ValueError, TypeError, KeyError) as error:
+                raise StartupError(f"--monitor {monitor}: {error}") from None
+            self._monitor = StreamServerEndpointService(monitor_endpoint, monitor_site(self))
+            self._monitor._raiseSynchronously = True
+            self._monitor.setName(monitor)
+            self._monitor.setServiceParent(self)
+        self._timer(RATE_SAMPLE_SECONDS, self._sample_rates)
         self._timer(RETENTION_SWEEP_SECONDS, self._apply_retention)
         if data_dir is not None and self._file_settings.fsync is FsyncPolicy.INTERVAL:
             self._timer(self._file_settings.fsync_interval, self._sync_store)
@@ -133,21 +170,22 @@ class BrokerService(MultiService):
 
     def startService(self) -> None:
         self._open_store()
-        if self.tls is not None or self._users_file is not None:
+        if self.tls is not None or self.users_file is not None:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         self._warn_if_open()
         super().startService()
+        self.state = "serving"
 
     def _warn_if_open(self) -> None:
         exposed = [port for port in self._ports if not is_local_only(port)]
-        if self._users_file is None and exposed:
+        if self.users_file is None and exposed:
             log.warn(
                 "anyone who can reach --port {port} may publish to and read every topic: "
                 "give --users (and --tls-cert) to restrict it",
                 port=exposed[0],
             )
         in_clear = [port for port in exposed if not is_tls(port)]
-        if self._users_file is not None and in_clear:
+        if self.users_file is not None and in_clear:
             log.warn(
                 "passwords sent to --port {port} cross the network unencrypted: prefer a tls: port",
                 port=in_clear[0],
@@ -162,16 +200,16 @@ class BrokerService(MultiService):
         what was in use if the new ones cannot be used."""
         if self.tls is not None:
             self.tls.reload()
-        if self._users_file is not None:
+        if self.users_file is not None:
             try:
-                users = load_users(self._users_file)
+                users = load_users(self.users_file)
             except UsersFileError as error:
                 log.error("users not reloaded, the old ones stay: {error}", error=error)
                 return
             self.factory.reload_users(users)
             log.info(
                 "users reloaded from {path}: {count} user(s)",
-                path=str(self._users_file),
+                path=str(self.users_file),
                 count=len(users.by_name),
             )
 
@@ -184,11 +222,17 @@ class BrokerService(MultiService):
             return
         started = time.monotonic()
         try:
-            self.store = FileStore(self._data_dir, self._file_settings, self._reactor)
+            self.store = FileStore(
+                self._data_dir,
+                self._file_settings,
+                self._reactor,
+                on_fsync=self.factory.stats.fsync.observe,
+            )
             registry = TopicRegistry(
                 self.store.open,
                 self.factory.settings.max_topics,
                 existing=self.store.topic_names(),
+                clock=self._reactor.seconds,
             )
         except StoreError as error:
             raise StartupError(str(error)) from None
@@ -207,13 +251,77 @@ class BrokerService(MultiService):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        await super().stopService()  # stop listening and the upkeep
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
-        await self.factory.close_connections()
+        Service.stopService(self)
+        self.state = "draining"
+        self._catch_second_sigterm()
+        await gatherResults([listener.stopService() for listener in self._listeners])
+        await self._drain()
+        await self.factory.close_connections(grace=0 if self._cut_short else 1.0)
+        # The upkeep and the monitor stop last: /healthz says 503 until now.
+        await gatherResults([child.stopService() for child in self if child not in self._listeners])
+        for number, previous in (
+            (signal.SIGHUP, self._previous_sighup),
+            (signal.SIGTERM, self._previous_sigterm),
+        ):
+            if previous is not None:
+                signal.signal(number, previous)
+        self._previous_sighup = self._previous_sigterm = None
         self.factory.registry.close()  # a file store syncs and closes here
+        self.state = "stopped"
         log.info("broker stopped")
+
+    def _catch_second_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def second(signum: int, frame: object) -> None:
+            self._reactor.callFromThread(self._cut_drain_short)
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, second)
+
+    def _cut_drain_short(self) -> None:
+        if not self._cut_short:
+            log.warn("a second SIGTERM: stopping at once")
+        self._cut_short = True
+
+    async def _drain(self) -> None:
+        """Let deliveries in flight be acked and confirms be answered, for
+        up to the drain timeout; log what is left."""
+        factory = self.factory
+        timeout = factory.settings.drain_timeout
+        started = self._reactor.seconds()
+        connections = list(factory.connections)
+        for protocol in connections:
+            protocol.drain()
+        log.info(
+            "draining {n} connection(s) for up to {timeout} s (a second SIGTERM stops at once)",
+            n=len(connections),
+            timeout=timeout,
+        )
+        flushed = gatherResults(
+            [topic.log.flush() for topic in factory.registry], consumeErrors=True
+        )
+        flushed.addErrback(lambda failure: None)  # a store error is logged where it happens
+
+        def in_flight() -> int:
+            return sum(p.in_flight for p in factory.connections)
+
+        while (
+            (in_flight() or not flushed.called)
+            and not self._cut_short
+            and self._reactor.seconds() - started < timeout
+        ):
+            await deferLater(self._reactor, DRAIN_POLL_SECONDS, lambda: None)
+        log.info(
+            "drained in {seconds:.2f} s: {unacked} delivery(ies) not acked (they stay in "
+            "their topics' logs), {connections} connection(s) to close",
+            seconds=self._reactor.seconds() - started,
+            unacked=in_flight(),
+            connections=len(factory.connections),
+        )
+
+    def _sample_rates(self) -> None:
+        self.rates.sample(self._reactor.seconds(), self.factory.stats)
 
     def _apply_retention(self) -> None:
         now = self._reactor.seconds()

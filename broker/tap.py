@@ -205,6 +205,22 @@ class Options(usage.Options):
                 "tls: ports must present one (mutual TLS).",
             ],
             [
+                "monitor",
+                None,
+                None,
+                "Serve /metrics (Prometheus), /varz, /connz, /topicz, /healthz and a live "
+                "dashboard at / here: a port number or an endpoint string such as "
+                "tcp:8222:interface=127.0.0.1. Off by default.",
+            ],
+            [
+                "drain-timeout",
+                None,
+                _BROKER.drain_timeout,
+                "Seconds a stopping broker (SIGTERM) lets deliveries in flight be acked "
+                "before it closes the connections; a second SIGTERM stops at once.",
+                _positive(float),
+            ],
+            [
                 "tls-identity",
                 None,
                 _BROKER.tls_identity,
@@ -341,6 +357,7 @@ class Options(usage.Options):
             max_pending_input=self["max-pending-input"],
             frame_timeout=self["frame-timeout"],
             tls_identity=self["tls-identity"],
+            drain_timeout=self["drain-timeout"],
             delivery=DeliverySettings(
                 ack_delay=self["ack-delay"],
                 ack_timeout=self["ack-timeout"],
@@ -369,4 +386,5 @@ def makeService(options: Options) -> IService:
         file_settings=options.file_settings(),
         tls=options.tls(),
         users_file=Path(options["users"]) if options["users"] else None,
+        monitor=options["monitor"],
     )

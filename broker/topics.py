@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
@@ -22,14 +24,33 @@ class TooManyTopics(Exception):
         super().__init__(ERR_TOO_MANY_TOPICS)
 
 
+# Batches whose append time a topic remembers (for lag in seconds and rates).
+APPEND_TIMES = 1024
+
+
 class Topic:
-    """A named log and the cursors that have caught up with its end."""
+    """A named log, the cursors that have caught up with its end, and when
+    its recent batches were appended."""
 
-    __slots__ = ("delivery_prefix", "extended_prefix", "log", "name", "waiting")
+    __slots__ = (
+        "_batch_offsets",
+        "_batch_times",
+        "_clock",
+        "delivery_prefix",
+        "extended_prefix",
+        "log",
+        "name",
+        "waiting",
+    )
 
-    def __init__(self, name: str, log: IMessageLog) -> None:
+    def __init__(self, name: str, log: IMessageLog, clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.log = log
+        self._clock = clock
+        # First offset and time of recent batches, oldest first (at most
+        # twice APPEND_TIMES, trimmed by halves).
+        self._batch_offsets: list[int] = []
+        self._batch_times: list[float] = []
         # Computed once: every delivery of this topic starts with it.
         self.delivery_prefix = delivery_prefix(name)
         self.extended_prefix = extended_delivery_prefix(name)
@@ -40,12 +61,37 @@ class Topic:
         """Store a batch and wake everyone waiting once it can be read; return
         the first offset. May raise StoreError."""
         first = self.log.append(payloads)
+        offsets = self._batch_offsets
+        offsets.append(first)
+        self._batch_times.append(self._clock())
+        if len(offsets) > 2 * APPEND_TIMES:
+            del offsets[:APPEND_TIMES], self._batch_times[:APPEND_TIMES]
         if self.log.committed_offset > first:
             self._wake()
         else:
             # A durable log holds the batch back until it is on disk.
             self.log.flush().addCallbacks(lambda _: self._wake(), lambda _: None)
         return first
+
+    def appended_at(self, offset: int) -> float | None:
+        """When the message at `offset` was appended, as far as the recent
+        batches tell: for an older one, the oldest time known (a lower
+        bound of its age); None if no batch is known."""
+        index = bisect_right(self._batch_offsets, offset) - 1
+        if not self._batch_times:
+            return None
+        return self._batch_times[max(index, 0)]
+
+    def rate(self, seconds: float = 10.0) -> float:
+        """Messages per second appended over the last `seconds`."""
+        times = self._batch_times
+        if not times:
+            return 0.0
+        since = self._clock() - seconds
+        index = bisect_right(times, since)
+        if index >= len(times):
+            return 0.0
+        return (self.log.next_offset - self._batch_offsets[index]) / seconds
 
     def _wake(self) -> None:
         if self.waiting:
@@ -70,13 +116,15 @@ class TopicRegistry:
         make_log: Callable[[str], IMessageLog] = lambda name: MemoryLog(),
         max_topics: int = 100_000,
         existing: Iterable[str] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._make_log = make_log
         self._max_topics = max_topics
+        self._clock = clock
         self._topics: dict[str, Topic] = {}
         # Topics a durable store already holds are reopened (and recovered) now.
         for name in existing:
-            self._topics[name] = Topic(name, make_log(name))
+            self._topics[name] = Topic(name, make_log(name), clock)
 
     def __iter__(self) -> Iterator[Topic]:
         return iter(self._topics.values())
@@ -93,7 +141,7 @@ class TopicRegistry:
         if topic is None:
             if len(self._topics) >= self._max_topics:
                 raise TooManyTopics()
-            topic = self._topics[name] = Topic(name, self._make_log(name))
+            topic = self._topics[name] = Topic(name, self._make_log(name), self._clock)
         return topic
 
     def get_all(self, names: Sequence[str]) -> list[Topic]:

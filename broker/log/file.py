@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -79,12 +79,19 @@ class FileLog:
     NAME_FILE = "name"
 
     def __init__(
-        self, topic: str, directory: Path, settings: FileStoreSettings, reactor: Any
+        self,
+        topic: str,
+        directory: Path,
+        settings: FileStoreSettings,
+        reactor: Any,
+        on_fsync: Callable[[float], None] | None = None,
     ) -> None:
         self.topic = topic
         self.directory = directory
         self._settings = settings
         self._reactor = reactor
+        self._on_fsync = on_fsync
+        """Told how many seconds each group fsync took."""
         self._segments: list[Segment] = []
         self._bases: list[int] = []
         self.committed_offset = 0
@@ -186,6 +193,11 @@ class FileLog:
     @property
     def size(self) -> int:
         return sum(segment.size for segment in self._segments)
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes of its segment files (records with their headers)."""
+        return self.size
 
     def append(self, payloads: Sequence[bytes]) -> int:
         active = self._segments[-1]
@@ -344,7 +356,11 @@ class FileLog:
         self._dirty.clear()
         covered = self.next_offset
         pool = self._reactor.getThreadPool()
+        started = time.monotonic()
         synced = deferToThreadPool(self._reactor, pool, _fsync_all, fds)
+        if self._on_fsync is not None:
+            on_fsync = self._on_fsync
+            synced.addCallback(lambda result: on_fsync(time.monotonic() - started) or result)
         synced.addCallbacks(
             self._synced, self._sync_failed, callbackArgs=(covered,), errbackArgs=(fds,)
         )
@@ -396,10 +412,17 @@ def _fsync_directory(directory: Path) -> None:
 class FileStore:
     """The data directory: one FileLog per topic, found again at start."""
 
-    def __init__(self, root: Path, settings: FileStoreSettings, reactor: Any) -> None:
+    def __init__(
+        self,
+        root: Path,
+        settings: FileStoreSettings,
+        reactor: Any,
+        on_fsync: Callable[[float], None] | None = None,
+    ) -> None:
         self.root = Path(root).resolve()
         self.settings = settings
         self._reactor = reactor
+        self._on_fsync = on_fsync
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".writable"
@@ -437,7 +460,7 @@ class FileStore:
             raise StoreError(f"topic {topic!r} maps outside the data directory")
         started = time.monotonic()
         try:
-            topic_log = FileLog(topic, directory, self.settings, self._reactor)
+            topic_log = FileLog(topic, directory, self.settings, self._reactor, self._on_fsync)
         except OSError as error:
             raise StoreError(
                 f"could not open topic {topic!r}: {error.strerror or error}"

@@ -35,6 +35,7 @@ class IMessageLog(Interface):
     first_offset = Attribute("Offset of the oldest message still held.")
     next_offset = Attribute("Offset the next appended message will get.")
     committed_offset = Attribute("Readers may read below this offset.")
+    bytes_held = Attribute("Bytes the log holds now (payloads, or files on disk).")
 
     def append(payloads):
         """Append a batch of payloads (a sequence of bytes, in order).

@@ -16,6 +16,7 @@ from broker.dead_letters import DeadLetterPolicy, encode_dead_letter
 from broker.delivery import Delivery, DeliveryTimers
 from broker.input_budget import InputBudget
 from broker.log import MemoryLog, StoreError
+from broker.monitoring.stats import BrokerStats
 from broker.server.protocol import BrokerProtocol
 from broker.server.settings import BrokerSettings
 from broker.topics import TooManyTopics, TopicRegistry
@@ -47,12 +48,16 @@ class BrokerFactory(ServerFactory):
             retention = self.settings.retention
             seconds = self.clock.seconds
             registry = TopicRegistry(
-                lambda name: MemoryLog(retention, clock=seconds), self.settings.max_topics
+                lambda name: MemoryLog(retention, clock=seconds),
+                self.settings.max_topics,
+                clock=seconds,
             )
         self.registry = registry
         self.timers = DeliveryTimers(self.clock, self.settings.delivery)
         self.dead_letters = DeadLetterPolicy(self.settings.dead_letter_topic)
         self.connections: set[BrokerProtocol] = set()
+        self.stats = BrokerStats()
+        self.started = self.clock.seconds()
         self.input_budget = InputBudget(self.settings.max_pending_input)
         self._when_empty: list[Deferred[None]] = []
         if isinstance(users, Users):
@@ -109,6 +114,7 @@ class BrokerFactory(ServerFactory):
         except (TooManyTopics, StoreError) as error:
             log.error("could not dead-letter to {topic!r}: {error}", topic=topic, error=error)
             return None
+        self.stats.dead_letters += 1
         return topic
 
     def stopFactory(self) -> None:

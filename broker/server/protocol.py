@@ -115,6 +115,10 @@ class BrokerProtocol(Int32StringReceiver):
         self._partial_progress = -1
         self._frame_timer: IDelayedCall | None = None
         self._cut_off: IDelayedCall | None = None
+        self.connected_at = 0.0
+        self.bytes_received = 0
+        self.number = 0
+        """This connection's number in the broker's life (for /connz)."""
 
     # Connection events.
 
@@ -122,6 +126,9 @@ class BrokerProtocol(Int32StringReceiver):
         factory = self.factory
         settings = factory.settings
         self.peer = describe_peer(self.transport.getPeer())
+        self.connected_at = factory.clock.seconds()
+        factory.stats.connections_accepted += 1
+        self.number = factory.stats.connections_accepted
         self.MAX_LENGTH = settings.max_message_size
         # The protocol hears what comes before a role; its session the rest.
         self.decoder = ServerDecoder(cast(ServerEvents, self), settings.max_message_size)
@@ -133,6 +140,7 @@ class BrokerProtocol(Int32StringReceiver):
     def dataReceived(self, data: bytes) -> None:
         decoder = self.decoder
         assert decoder is not None
+        self.bytes_received += len(data)
         decoder.feed(data)
         self._after_decoding(decoder)
 
@@ -324,6 +332,7 @@ class BrokerProtocol(Int32StringReceiver):
         self._authenticating = False
         if self._gone:
             return
+        self.factory.stats.authentication_failures += 1
         if failure.check(AuthenticationFailed):
             log.warn(
                 "{peer}: authentication failed: {reason}",
@@ -355,6 +364,22 @@ class BrokerProtocol(Int32StringReceiver):
         if self.session is not None:
             self.session.permissions_changed(fresh)
 
+    # Stopping.
+
+    def drain(self) -> None:
+        """The broker is stopping: take no new publishes, start no new
+        deliveries; acks of those in flight are still read."""
+        if self.session is None or self.session.role == "publisher":
+            self._pause_reading("drain")
+        else:
+            self.session.halt()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries awaiting an ack on this connection."""
+        window = getattr(self.session, "window", None)
+        return window.in_flight if window is not None else 0
+
     def _refuse_connection(self, text: str) -> None:
         """Say why, hear nothing more, send nothing more, and close."""
         assert self.decoder is not None
@@ -373,6 +398,7 @@ class BrokerProtocol(Int32StringReceiver):
                 log.warn("{peer}: further refusals are counted, not logged", peer=self.peer)
 
     def send_error(self, text: str) -> None:
+        self.factory.stats.refused(text)
         self.transport.write(encode_error(text))
 
     def close(self, grace: float | None = None) -> None:

@@ -39,6 +39,8 @@ class PublisherSession(Session):
         """The user's publish rules; None: no users file, every topic allowed."""
         self._batch: dict[str, list[bytes]] = {}
         self._confirms = ConfirmQueue(protocol.transport.write) if confirms else None
+        self.messages = 0
+        self.bytes = 0
         # This read's publishes in order, for confirms: (topic, True) or (error, False).
         self._order: list[tuple[str, bool]] = []
 
@@ -61,6 +63,7 @@ class PublisherSession(Session):
             super().refused(reason, detail)
             return
         self.protocol.log_refusal(detail or reason)
+        self.factory.stats.refused(reason)
         self._order.append((reason, False))  # answered in its place
 
     def permissions_changed(self, user: User) -> None:
@@ -80,6 +83,7 @@ class PublisherSession(Session):
         batch = self._batch
         self._batch = {}
         registry = self.factory.registry
+        stats = self.factory.stats
         confirms = self._confirms
         may_publish = self._may_publish
         firsts: dict[str, int | str] = {}
@@ -88,6 +92,7 @@ class PublisherSession(Session):
             if may_publish is not None and not may_publish.permits(topic):
                 refusal = firsts[topic] = f"{ERR_PERMISSION_DENIED}: publish to {topic!r}"
                 self.protocol.log_refusal(f"{refusal} ({len(payloads)} message(s))")
+                stats.refusals[ERR_PERMISSION_DENIED] += len(payloads)
                 if confirms is None:
                     self.protocol.transport.write(encode_error(refusal) * len(payloads))
                 continue
@@ -96,6 +101,7 @@ class PublisherSession(Session):
                 first = firsts[topic] = stored.append(payloads)
             except (TooManyTopics, StoreError) as error:
                 firsts[topic] = str(error)
+                stats.refusals[str(error).partition(":")[0]] += len(payloads)
                 log.warn(
                     "{peer}: {n} message(s) to {topic!r} refused: {error}",
                     peer=self.peer,
@@ -107,6 +113,11 @@ class PublisherSession(Session):
                     # One Error per message refused, as a publisher counts them.
                     self.protocol.transport.write(encode_error(str(error)) * len(payloads))
                 continue
+            size = sum(map(len, payloads))
+            self.messages += len(payloads)
+            self.bytes += size
+            stats.published_messages += len(payloads)
+            stats.published_bytes += size
             if confirms is not None and stored.log.committed_offset < first + len(payloads):
                 committed.append(stored.log.flush())
         if confirms is not None:

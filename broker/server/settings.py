@@ -40,6 +40,8 @@ class BrokerSettings:
     tls_identity: str = "cn"
     """With a users file and --tls-ca: which name of a client certificate is
     its user (cn, dns, email), or none (certificates then name no user)."""
+    drain_timeout: float = 5.0
+    """Seconds a stopping broker lets deliveries in flight be acked."""
     close_grace: float = 5.0
     """Seconds a connection closed for misbehaving (or a TLS connection that
     never completed its handshake) has before it is cut off."""

@@ -62,6 +62,9 @@ class SubscriberSession(Session):
         self._transport = protocol.transport
         self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
         self._outgoing_bytes = 0
+        self._first_outgoing: Delivery | None = None  # sampled for latency
+        self.delivered_messages = 0
+        self.delivered_bytes = 0
         self._acks_to_pump = False
         self._slow_consumer: IDelayedCall | None = None
         self.window = DeliveryWindow(
@@ -109,19 +112,25 @@ class SubscriberSession(Session):
         log.info("{peer} unsubscribed from {topics}", peer=self.peer, topics=topics)
 
     def acked(self) -> None:
-        if not self.window.ack():
+        if self.window.ack():
+            self.factory.stats.acks += 1
+        else:
             self.refused(ERR_NOTHING_TO_ACK)
 
     def nacked(self) -> None:
-        if not self.window.nack():
+        if self.window.nack():
+            self.factory.stats.nacks += 1
+        else:
             self.refused(ERR_NOTHING_TO_ACK)
 
     def acked_ids(self, delivery_ids: list[int]) -> None:
         self.window.ack_many(delivery_ids)
+        self.factory.stats.acks += len(delivery_ids)
         self._acks_to_pump = True
 
     def nacked_id(self, delivery_id: int) -> None:
         self.window.nack(delivery_id, pump=False)
+        self.factory.stats.nacks += 1
         self._acks_to_pump = True
 
     # Hooks of the protocol.
@@ -168,6 +177,8 @@ class SubscriberSession(Session):
 
     def _send_delivery(self, delivery: Delivery) -> None:
         payload = delivery.payload
+        if not self._outgoing:
+            self._first_outgoing = delivery
         self._outgoing += (delivery.topic.delivery_prefix, encode_u64(len(payload)), payload)
         self._outgoing_bytes += len(payload)
         if self._outgoing_bytes >= FLUSH_BYTES:
@@ -175,6 +186,8 @@ class SubscriberSession(Session):
 
     def _send_extended_delivery(self, delivery: Delivery) -> None:
         payload = delivery.payload
+        if not self._outgoing:
+            self._first_outgoing = delivery
         self._outgoing += (
             delivery.topic.extended_prefix,
             encode_delivery_tail(delivery.offset, delivery.attempts, delivery.id, len(payload)),
@@ -187,8 +200,21 @@ class SubscriberSession(Session):
     def _flush_deliveries(self) -> None:
         if self._outgoing:
             outgoing = self._outgoing
+            count = len(outgoing) // 3
+            size = self._outgoing_bytes
             self._outgoing = []
             self._outgoing_bytes = 0
+            self.delivered_messages += count
+            self.delivered_bytes += size
+            stats = self.factory.stats
+            stats.delivered_messages += count
+            stats.delivered_bytes += size
+            first = self._first_outgoing
+            if first is not None:
+                self._first_outgoing = None
+                appended = first.topic.appended_at(first.offset)
+                if appended is not None:
+                    stats.latency.observe(max(0.0, self.factory.clock.seconds() - appended))
             # May pause the window at once (output_full), between two chunks.
             self._transport.writeSequence(outgoing)
 

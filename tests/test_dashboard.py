@@ -1,0 +1,130 @@
+"""The live dashboard in a real headless Chromium (Debian's, which .ci/run
+installs), against a broker service in this process under a workload: the
+rendered page shows the topic, its rate and a subscriber's lag; it copes
+with no topics and with a thousand. A screenshot is kept as a test artifact
+(in $BROKER_TEST_ARTIFACTS, else the test's temporary directory)."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+
+from broker.client import Message, connect
+from broker.server import BrokerSettings
+from broker.service import BrokerService
+from broker.wire import StartAt
+from tests.process import free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs a chromium binary (.ci/run installs Debian's)"
+)
+# As the machine's notes advise: no sandbox as root, and no calls home.
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=4000",
+]
+
+
+async def chromium(tmp_path: Path, *arguments: str) -> str:
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    out, err, code = await getProcessOutputAndValue(
+        CHROMIUM, [*FLAGS, f"--user-data-dir={profile}", *arguments], env=dict(os.environ)
+    )
+    assert code == 0, err.decode(errors="replace")[-2000:]
+    return out.decode("utf-8", errors="replace")
+
+
+async def started() -> tuple[BrokerService, int, str]:
+    port, monitor = free_port(), free_port()
+    service = BrokerService(
+        [f"tcp:{port}:interface=127.0.0.1"],
+        BrokerSettings(),
+        monitor=f"tcp:{monitor}:interface=127.0.0.1",
+    )
+    service.privilegedStartService()
+    service.startService()
+    return service, port, f"http://127.0.0.1:{monitor}/"
+
+
+def rows(dom: str, table: str) -> list[list[str]]:
+    body = re.search(rf'<table id="{table}">.*?<tbody>(.*?)</tbody>', dom, re.S)
+    assert body, f"no {table} in the page"
+    return [
+        [html.unescape(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body.group(1), re.S)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_shows_topics_rates_and_who_falls_behind(tmp_path):
+    service, port, url = await started()
+    held: list[Deferred] = []
+
+    def stall(message: Message) -> Deferred:
+        held.append(Deferred())
+        return held[-1]
+
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=16)
+    try:
+        await client.subscribe(["orders"], stall, start=StartAt.BEGINNING)
+        for n in range(400):
+            client.publish("orders", b"order %d" % n)
+        await client.publish("orders", b"last")
+        while len(held) < 16:
+            await deferLater(reactor, 0.01, lambda: None)
+        await deferLater(reactor, 2.1, lambda: None)  # two rate samples for the plot
+        dom = await chromium(tmp_path, "--dump-dom", url)
+        topics = rows(dom, "topic-table")
+        orders = next(row for row in topics if row[0] == "orders")
+        assert orders[1] == "401" and float(orders[2]) > 0  # messages, rate
+        readers = rows(dom, "subscriber-table")
+        assert readers[0][0] == "orders" and readers[0][4] == "385"  # 401 - 16 in flight
+        assert 'class="state serving"' in dom and "<polyline" in dom
+        artifacts = Path(os.environ.get("BROKER_TEST_ARTIFACTS", tmp_path))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shot = artifacts / "dashboard.png"
+        await chromium(tmp_path, "--window-size=1280,1000", f"--screenshot={shot}", url)
+        assert shot.stat().st_size > 10_000
+    finally:
+        for waiting in held:
+            waiting.callback(True)
+        await client.close()
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_copes_with_no_topics_and_with_a_thousand(tmp_path):
+    service, port, url = await started()
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True)
+    try:
+        empty = await chromium(tmp_path, "--dump-dom", url)
+        assert rows(empty, "topic-table") == [["no topics yet"]]
+        assert rows(empty, "subscriber-table") == [["no subscribers"]]
+        for n in range(999):
+            client.publish(f"topic-{n:04d}", b"x")
+        await client.publish("topic-0999", b"x")
+        crowded = await chromium(tmp_path, "--dump-dom", url)
+        assert len(rows(crowded, "topic-table")) == 50
+        assert "1000 topics; the 50 busiest shown" in crowded
+    finally:
+        await client.close()
+        await service.stopService()
