@@ -28,7 +28,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from broker.auth import Authenticator
 from broker.listeners import (
@@ -52,6 +52,8 @@ log = Logger()
 RETENTION_SWEEP_SECONDS = 1.0
 # How often the totals are sampled for the rates of the last minutes.
 RATE_SAMPLE_SECONDS = 1.0
+# How often subscriptions are checked for falling behind (--slow-consumer-lag).
+LAG_CHECK_SECONDS = 5.0
 # How often a drain looks whether every delivery in flight is answered.
 DRAIN_POLL_SECONDS = 0.05
 
@@ -78,6 +80,7 @@ class BrokerService(MultiService):
         tls: ServerTLS | None = None,
         users_file: Path | None = None,
         monitor: str | None = None,
+        log_observer: ILogObserver | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -94,6 +97,8 @@ class BrokerService(MultiService):
         self.rates = RateHistory()
         self._listeners: list[StreamServerEndpointService] = []
         self._cut_short = False
+        self._log_observer = log_observer
+        self._lagging: set[tuple[int, str]] = set()  # (connection, topic) warned of
         self._previous_sigterm: Any = None
         authenticator = None
         if users_file is not None:
@@ -136,6 +141,7 @@ class BrokerService(MultiService):
             self._monitor.setName(monitor)
             self._monitor.setServiceParent(self)
         self._timer(RATE_SAMPLE_SECONDS, self._sample_rates)
+        self._timer(LAG_CHECK_SECONDS, self.check_lag)
         self._timer(RETENTION_SWEEP_SECONDS, self._apply_retention)
         if data_dir is not None and self._file_settings.fsync is FsyncPolicy.INTERVAL:
             self._timer(self._file_settings.fsync_interval, self._sync_store)
@@ -152,6 +158,12 @@ class BrokerService(MultiService):
     def _in_thread(self, function: Any, *args: Any) -> Deferred[Any]:
         """Run a blocking call (a password check) in the reactor's thread pool."""
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd's application: it logs through the observer it finds on it.
+        if self._log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
 
     def _timer(self, interval: float, call: Any) -> None:
         timer = TimerService(interval, call)
@@ -319,6 +331,36 @@ class BrokerService(MultiService):
             unacked=in_flight(),
             connections=len(factory.connections),
         )
+
+    def check_lag(self) -> None:
+        """Warn once of each subscription that falls --slow-consumer-lag
+        messages behind its topic, and once when it has caught up."""
+        limit = self.factory.settings.slow_consumer_lag
+        lagging = set()
+        for protocol in self.factory.connections:
+            window = getattr(protocol.session, "window", None)
+            if window is None:
+                continue
+            for name, subscription in window.subscriptions.items():
+                behind = subscription.topic.log.next_offset - subscription.position
+                key = (protocol.number, name)
+                if behind > limit:
+                    lagging.add(key)
+                    if key not in self._lagging:
+                        log.warn(
+                            "{peer}: slow consumer: {behind} messages behind on {topic!r}",
+                            peer=protocol.peer,
+                            user=protocol.user.name if protocol.user else None,
+                            topic=name,
+                            behind=behind,
+                        )
+        for peer_topic in self._lagging - lagging:
+            log.info(
+                "connection {number} caught up on {topic!r}",
+                number=peer_topic[0],
+                topic=peer_topic[1],
+            )
+        self._lagging = lagging
 
     def _sample_rates(self) -> None:
         self.rates.sample(self._reactor.seconds(), self.factory.stats)

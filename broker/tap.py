@@ -6,8 +6,9 @@ behaviour cannot drift apart.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,18 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from broker import __version__
+from broker.config import (
+    ConfigError,
+    flag_value,
+    parameter_value,
+    ports_value,
+    read_environment,
+    read_file,
+)
 from broker.delivery import DeliverySettings
 from broker.listeners import is_tls
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
+from broker.logs import FORMATS, LEVELS, log_file, log_observer
 from broker.server import BrokerSettings
 from broker.service import BrokerService
 from broker.tls import IDENTITY_KINDS, ServerTLS
@@ -67,6 +77,15 @@ def _identity_kind(text: str) -> str:
     if text not in IDENTITY_KINDS:
         raise ValueError(f"must be one of {', '.join(IDENTITY_KINDS)}, not {text!r}")
     return text
+
+
+def _one_of(choices: tuple[str, ...]) -> _Checked:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {text!r}")
+        return text
+
+    return _Checked(parse, "One of: " + ", ".join(choices) + ".")
 
 
 def _named(rows: list[list[Any]]) -> list[list[Any]]:
@@ -205,6 +224,37 @@ class Options(usage.Options):
                 "tls: ports must present one (mutual TLS).",
             ],
             [
+                "config",
+                "c",
+                None,
+                "TOML file of options (their names as keys); BROKER_* environment "
+                "variables override it, and the command line overrides both.",
+            ],
+            [
+                "log-format",
+                None,
+                "text",
+                "text, or json: one JSON object per line, with the peer, user and topic "
+                "as keys (twistd's -l still says where).",
+                _one_of(FORMATS),
+            ],
+            [
+                "log-level",
+                None,
+                "info",
+                "Least level logged: debug (every connection and subscription), info, "
+                "warn, error or critical.",
+                _one_of(LEVELS),
+            ],
+            [
+                "slow-consumer-lag",
+                None,
+                _BROKER.slow_consumer_lag,
+                "Messages a subscription may fall behind its topic before it is logged "
+                "as a slow consumer (checked every few seconds).",
+                _positive(int),
+            ],
+            [
                 "monitor",
                 None,
                 None,
@@ -295,6 +345,42 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
+        self._configured_ports: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Apply the config file, then the environment, then the command line."""
+        arguments = sys.argv[1:] if options is None else options
+        try:
+            config = _config_argument(arguments)
+            if config is not None:
+                self._apply(read_file(Path(config)), config)
+            self._apply(read_environment(self.environment), "environment")
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+        super().parseOptions(options)
+
+    environment: Mapping[str, str] = os.environ
+    """Where BROKER_* variables are read (replaced in tests)."""
+
+    def _apply(self, values: dict[str, Any], source: str) -> None:
+        flags = {row[0] for row in self.optFlags}
+        for name, value in values.items():
+            if source == "environment":
+                where = "BROKER_" + name.upper().replace("-", "_")
+            else:
+                where = f"{source}: {name}"
+            if name == "port":
+                self._configured_ports = ports_value(value, where)
+            elif name in flags:
+                self.opts[name] = int(flag_value(value, where))
+            elif name in self._dispatch and name not in ("config", "help", "version"):
+                try:
+                    self._dispatch[name].dispatch(name, parameter_value(value, where))
+                except usage.UsageError as error:
+                    message = str(error).removeprefix("Parameter type enforcement failed: ")
+                    raise ConfigError(f"{where}: {message.split(': ', 1)[-1]}") from None
+            else:
+                raise ConfigError(f"{where}: no such option")
 
     def opt_port(self, port: str) -> None:
         self["ports"].append(port)
@@ -315,7 +401,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if not self["ports"]:
-            self["ports"] = ["3000"]
+            self["ports"] = self._configured_ports or ["3000"]
         tls_ports = [port for port in self["ports"] if is_tls(port)]
         if tls_ports and self["tls-cert"] is None:
             raise usage.UsageError(f"--port {tls_ports[0]} needs --tls-cert")
@@ -358,6 +444,7 @@ class Options(usage.Options):
             frame_timeout=self["frame-timeout"],
             tls_identity=self["tls-identity"],
             drain_timeout=self["drain-timeout"],
+            slow_consumer_lag=self["slow-consumer-lag"],
             delivery=DeliverySettings(
                 ack_delay=self["ack-delay"],
                 ack_timeout=self["ack-timeout"],
@@ -375,10 +462,28 @@ class Options(usage.Options):
         )
 
 
+def _config_argument(arguments: list[str]) -> str | None:
+    """The value of --config (or -c) among command-line arguments, if any."""
+    for index, argument in enumerate(arguments):
+        if argument in ("--config", "-c") and index + 1 < len(arguments):
+            return arguments[index + 1]
+        if argument.startswith("--config="):
+            return argument.split("=", 1)[1]
+        if argument == "--":
+            break
+    return None
+
+
 def makeService(options: Options) -> IService:
     """The broker listening where each --port says, its topics where
-    --data-dir says."""
+    --data-dir says, logging as --log-format and --log-level say."""
     data_dir = options["data-dir"]
+    twistd = getattr(options, "parent", None) or {}
+    observer = log_observer(
+        options["log-format"],
+        options["log-level"],
+        log_file(twistd.get("logfile"), daemon=not twistd.get("nodaemon", True)),
+    )
     return BrokerService(
         options["ports"],
         options.settings(),
@@ -387,4 +492,5 @@ def makeService(options: Options) -> IService:
         tls=options.tls(),
         users_file=Path(options["users"]) if options["users"] else None,
         monitor=options["monitor"],
+        log_observer=observer,
     )

@@ -65,16 +65,16 @@ class Child(ProcessProtocol):
         self.transport.signalProcess(name)
 
 
-def spawn(args: list[str], cwd: Path | None = None) -> Child:
+def spawn(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Child:
     child = Child()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env or {}))
     reactor.spawnProcess(child, args[0], args, env=env, path=str(cwd or ROOT))
     return child
 
 
-def spawn_broker(tmp_path: Path, *options: str) -> Child:
+def spawn_broker(tmp_path: Path, *options: str, env: dict[str, str] | None = None) -> Child:
     """`twistd -n broker OPTIONS` in tmp_path (its pid file lands there)."""
-    return spawn([twistd(), "-n", "--pidfile=", "broker", *options], cwd=tmp_path)
+    return spawn([twistd(), "-n", "--pidfile=", "broker", *options], cwd=tmp_path, env=env)
 
 
 async def start_durable_broker(tmp_path: Path, port: int, *options: str) -> Child:

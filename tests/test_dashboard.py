@@ -1,8 +1,9 @@
 """The live dashboard in a real headless Chromium (Debian's, which .ci/run
-installs), against a broker service in this process under a workload: the
-rendered page shows the topic, its rate and a subscriber's lag; it copes
-with no topics and with a thousand. A screenshot is kept as a test artifact
-(in $BROKER_TEST_ARTIFACTS, else the test's temporary directory)."""
+installs; marked slow: `pytest -m slow`), against a broker service in this
+process under a workload: the rendered page shows the topic, its rate and a
+subscriber's lag; it copes with no topics and with a thousand. A screenshot
+is kept as a test artifact (in $BROKER_TEST_ARTIFACTS, else the test's
+temporary directory)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ from broker.wire import StartAt
 from tests.process import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="needs a chromium binary (.ci/run installs Debian's)"
-)
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="needs a chromium binary (.ci/run installs it)"),
+    pytest.mark.slow,  # a browser per page: CI runs these with `pytest -m slow`
+]
 # As the machine's notes advise: no sandbox as root, and no calls home.
 FLAGS = [
     "--headless",
@@ -91,7 +93,8 @@ async def test_the_page_shows_topics_rates_and_who_falls_behind(tmp_path):
         await client.publish("orders", b"last")
         while len(held) < 16:
             await deferLater(reactor, 0.01, lambda: None)
-        await deferLater(reactor, 2.1, lambda: None)  # two rate samples for the plot
+        while len(service.rates.samples) < 3:  # two rates for the plot
+            await deferLater(reactor, 0.05, lambda: None)
         dom = await chromium(tmp_path, "--dump-dom", url)
         topics = rows(dom, "topic-table")
         orders = next(row for row in topics if row[0] == "orders")

@@ -5,6 +5,8 @@ pagination and bad queries, /healthz through a graceful drain."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import pytest_twisted
@@ -211,3 +213,55 @@ def test_the_dashboard_ships_with_the_package():
 def _no_failures(logged_failures):
     yield
     logged_failures.assert_none()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_sigterm_cuts_the_drain_short(log_lines):
+    service, port, _ = await started(drain_timeout=60.0)
+    held: list[Deferred] = []
+
+    def hold(message: Message) -> Deferred:
+        held.append(Deferred())
+        return held[-1]
+
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=4)
+    await client.subscribe(["work"], hold, start=StartAt.BEGINNING)
+    for n in range(4):
+        await client.publish("work", b"w%d" % n)
+    while len(held) < 4:
+        await deferLater(reactor, 0.01, lambda: None)
+    began = reactor.seconds()
+    stopping = service.stopService()  # catches the next SIGTERM at once
+    os.kill(os.getpid(), signal.SIGTERM)
+    await stopping
+    assert reactor.seconds() - began < 60  # not the drain timeout
+    assert log_lines.matching("a second SIGTERM: stopping at once")
+    assert log_lines.matching("4 delivery(ies) not acked")
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+    for waiting in held:
+        waiting.callback(True)
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscription_falling_far_behind_is_logged_once(log_lines):
+    service, port, _ = await started(slow_consumer_lag=10)
+    held: list[Deferred] = []
+
+    def hold(message: Message) -> Deferred:
+        held.append(Deferred())
+        return held[-1]
+
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=2)
+    try:
+        await client.subscribe(["far"], hold, start=StartAt.BEGINNING)
+        for _ in range(20):
+            await client.publish("far", b"x")
+        service.check_lag()
+        service.check_lag()
+        assert len(log_lines.matching("slow consumer: 18 messages behind on 'far'")) == 1
+    finally:
+        for waiting in held:
+            waiting.callback(True)
+        await client.close()
+        await service.stopService()

@@ -45,18 +45,39 @@ async def round_trip(endpoint: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_twistd_broker_serves_tcp_and_stops_on_sigterm(tmp_path):
-    port = free_port()
-    broker = spawn_broker(
-        tmp_path, "--port", f"tcp:{port}:interface=127.0.0.1", "--ack-timeout", "5"
+async def test_twistd_broker_takes_its_options_from_file_environment_and_command_line(tmp_path):
+    port, unused = free_port(), free_port()
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f'port = ["tcp:{unused}:interface=127.0.0.1"]\n'
+        'log-format = "json"\nlog_level = "warn"\nack-timeout = 5\nmax_prefetch = 7\n'
     )
+    broker = spawn_broker(
+        tmp_path,
+        "--config",
+        str(config),
+        "--port",
+        f"tcp:{port}:interface=127.0.0.1",  # the command line wins over the file
+        env={"BROKER_LOG_LEVEL": "debug", "BROKER_MAX_PREFETCH": "9"},  # over the file
+    )
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=100)
     try:
         await broker.line(f"BrokerFactory starting on {port}")
-        await round_trip(f"tcp:127.0.0.1:{port}")
-        await broker.line("subscribed to ['p'] at Beginning")
+        inbox = Inbox()
+        await client.subscribe(["p"], inbox, start=StartAt.BEGINNING)
+        await client.publish("p", b"through twistd")
+        await inbox.wait(1)
+        assert (await client.subscriber_connected()).server["prefetch"] == 9
+        await broker.line("subscribed to {topics} at {where}")  # debug, from the environment
     finally:
+        await client.close()
         broker.signal("TERM")
         await stopped_cleanly(broker)
+    events = [json.loads(line) for line in broker.output.splitlines() if line.strip()]
+    subscribed = [e for e in events if "subscribed to" in e.get("log_format", "")]
+    assert subscribed[0]["peer"].startswith("127.0.0.1:")
+    assert (subscribed[0]["topics"], subscribed[0]["where"]) == (["p"], "Beginning")
+    assert {e["log_level"]["name"] for e in events} >= {"debug", "info"}
 
 
 @pytest_twisted.ensureDeferred

@@ -135,7 +135,7 @@ class BrokerProtocol(Int32StringReceiver):
         self._start_handshake_timer()
         self.transport.registerProducer(_OutputBackpressure(self), True)
         factory.connections.add(self)
-        log.info("{peer} connected", peer=self.peer)
+        log.debug("{peer} connected", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
         decoder = self.decoder
@@ -166,7 +166,7 @@ class BrokerProtocol(Int32StringReceiver):
                 del counts[self.user.name]
         self.factory.connection_gone(self)
         role = self.decoder.role if self.decoder else "new"
-        log.info("{peer} ({role}) disconnected", peer=self.peer, role=role)
+        log.debug("{peer} ({role}) disconnected", peer=self.peer, role=role)
         if self._refusals > LOGGED_REFUSALS:
             log.warn(
                 "{peer}: {n} refusals in all, {unlogged} not logged",
@@ -224,7 +224,7 @@ class BrokerProtocol(Int32StringReceiver):
         if self.user is not None:
             answer["user"] = self.user.name
         self.transport.write(encode_hello(answer))
-        log.info(
+        log.debug(
             "{peer} agreed extensions: confirms={confirms}, prefetch={prefetch}",
             peer=self.peer,
             confirms=request.confirms,
@@ -265,7 +265,7 @@ class BrokerProtocol(Int32StringReceiver):
         self.decoder.events = cast(ServerEvents, session)
         if self._output_full:
             session.output_full()
-        log.info("{peer} is a {role}", peer=self.peer, role=session.role)
+        log.debug("{peer} is a {role}", peer=self.peer, role=session.role)
 
     # Who the peer is.
 
@@ -320,7 +320,7 @@ class BrokerProtocol(Int32StringReceiver):
         if self.session is None and self._handshake is None:
             self._start_handshake_timer()  # the peer's turn again: to choose its role
         if user.name != ANONYMOUS:
-            log.info("{peer} is user {user}", peer=self.peer, user=user.name)
+            log.debug("{peer} is user {user}", peer=self.peer, user=user.name)
         then()
         if "auth" in self._read_pauses:
             assert self.decoder is not None

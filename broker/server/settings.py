@@ -29,6 +29,8 @@ class BrokerSettings:
     """Where given-up messages go ("{topic}" is replaced); None: dropped."""
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     """Payload bytes in flight per connection (one larger message still goes alone)."""
+    slow_consumer_lag: int = 100_000
+    """Messages a subscription may fall behind its topic before it is logged."""
     slow_consumer_timeout: float = 30.0
     """Seconds a subscriber's output may stay full before it is called slow."""
     disconnect_slow_consumers: bool = False

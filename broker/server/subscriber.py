@@ -101,7 +101,7 @@ class SubscriberSession(Session):
         where = (
             f"offset {offset}" if start in (StartAt.FROM, StartAt.FROM64) else start.name.title()
         )
-        log.info(
+        log.debug(
             "{peer} subscribed to {topics} at {where}", peer=self.peer, topics=topics, where=where
         )
 
@@ -109,7 +109,7 @@ class SubscriberSession(Session):
         for name in topics:
             self.window.unsubscribe(name)
         self._transport.write(_UNSUBSCRIBED)
-        log.info("{peer} unsubscribed from {topics}", peer=self.peer, topics=topics)
+        log.debug("{peer} unsubscribed from {topics}", peer=self.peer, topics=topics)
 
     def acked(self) -> None:
         if self.window.ack():
