@@ -9,5 +9,12 @@ RUN pip install --no-cache-dir . && rm -rf /src \
 # topics (with --data-dir) in its home.
 USER broker
 WORKDIR /var/lib/broker
-EXPOSE 3000
-CMD ["twistd", "-n", "--pidfile=", "broker", "--port", "3000"]
+EXPOSE 3000 8222
+# /healthz answers 200 once the store is open and the port listens, and 503
+# while the broker starts or drains (SIGTERM: see --drain-timeout).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8222/healthz', timeout=2)"]
+STOPSIGNAL SIGTERM
+# The monitor listens on every interface of the container; publish it only
+# where it should be seen (the compose file maps it to the host's loopback).
+CMD ["twistd", "-n", "--pidfile=", "broker", "--port", "3000", "--monitor", "8222"]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, readBody
 
 from broker import __version__
-from broker.client import connect
+from broker.client import Message, connect
 from broker.testing import start_broker
 from broker.wire import StartAt
 from tests.conftest import Inbox
@@ -279,3 +283,58 @@ async def test_example_replays_from_an_offset_past_65535_with_extensions():
         assert await consumer.ended == 0
     finally:
         await running.stop()
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_twistd_drains_on_sigterm_and_redelivers_nothing_after_a_restart(tmp_path):
+    port, monitor = free_port(), free_port()
+    options = [
+        *("--port", f"tcp:{port}:interface=127.0.0.1"),
+        *("--monitor", f"tcp:{monitor}:interface=127.0.0.1"),
+        *("--data-dir", str(tmp_path / "data"), "--drain-timeout", "10"),
+    ]
+    broker = spawn_broker(tmp_path, *options)
+    await broker.line("BrokerFactory starting on")
+    held: list[Deferred] = []
+    seen: list[int] = []
+    restarted = False
+
+    def handle(message: Message) -> Deferred | bool:
+        seen.append(message.offset)
+        if restarted:
+            return True
+        held.append(Deferred())
+        return held[-1]
+
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=5)
+    try:
+        await client.subscribe(["jobs"], handle, start=StartAt.BEGINNING)
+        for n in range(10):
+            await client.publish("jobs", b"job %d" % n)
+        while len(held) < 5:
+            await deferLater(reactor, 0.01, lambda: None)
+        broker.signal("TERM")
+        await broker.line("draining 2 connection(s)")
+        response = await Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{monitor}/healthz".encode()
+        )
+        assert response.code == 503
+        await readBody(response)
+        for waiting in held:
+            waiting.callback(True)  # acked during the drain
+        await stopped_cleanly(broker)
+        assert "0 delivery(ies) not acked" in broker.output
+        restarted = True
+        again = spawn_broker(tmp_path, *options)
+        await again.line("BrokerFactory starting on")
+        while len(seen) < 10:
+            await deferLater(reactor, 0.05, lambda: None)
+        # Resumed at 5: a redelivery of 0-4 would have come first, in order.
+        assert seen == list(range(10))
+    finally:
+        await client.close()
+        for child in (broker, locals().get("again")):
+            if child is not None and not child.ended.called:
+                child.signal("TERM")
+                await child.ended
