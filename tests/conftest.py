@@ -13,7 +13,8 @@ from broker.client import Message
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "slow: long runs left out by default (SIGKILL chaos, the seed's real timers); "
+        "slow: long runs left out by default (SIGKILL chaos, the seed's real timers, "
+        "a drained twistd, the dashboard in Chromium); "
         "`pytest -m slow` runs them, and CI does",
     )
 

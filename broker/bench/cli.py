@@ -13,10 +13,11 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.task import LoopingCall
 
 from broker.bench.payloads import HEADER, Result
-from broker.bench.process import BrokerProcess
+from broker.bench.process import BrokerProcess, free_port
 from broker.bench.scenarios import SCENARIOS, Bench, ceiling
 
 
@@ -52,6 +53,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="with --store file",
     )
     parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="start the broker with --monitor, and ask it for /metrics, /varz, /topicz and "
+        "/connz once a second during the run, as Prometheus and the dashboard would",
+    )
+    parser.add_argument(
         "--users",
         help="start the broker with this users file; the bench's clients sign in as "
         "nobody, so it must grant 'anonymous' what the scenario uses",
@@ -79,6 +86,10 @@ def run(args: argparse.Namespace) -> Result:
         options = ["--ack-timeout", "60", "--max-prefetch", str(max(1024, args.prefetch))]
         if args.users:
             options += ["--users", args.users]
+        monitor_port = None
+        if args.monitor:
+            monitor_port = free_port()
+            options += ["--monitor", f"tcp:{monitor_port}:interface=127.0.0.1"]
         if args.store == "file":
             data_dir = tempfile.mkdtemp(prefix="broker-bench-")
             options += ["--data-dir", data_dir, "--fsync", args.fsync]
@@ -89,15 +100,23 @@ def run(args: argparse.Namespace) -> Result:
     broker_cpu_before = process.cpu_seconds() if process else float("nan")
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     wall_before = time.perf_counter()
+    watching = None
+    if process is not None and args.monitor:
+        watching = LoopingCall(_watch, reactor, monitor_port)
+        watching.clock = reactor
     try:
 
         def start() -> None:
+            if watching is not None:
+                watching.start(1.0).addErrback(lambda failure: None)
             done: Deferred[Result] = ensureDeferred(SCENARIOS[args.scenario](bench))
             done.addBoth(outcome.append)
             done.addBoth(lambda _: reactor.stop())
 
         reactor.callWhenRunning(start)  # a scenario that fails at once must still stop it
         reactor.run()
+        if watching is not None and watching.running:
+            watching.stop()
         rss = bench.broker_rss()
         broker_cpu = (process.cpu_seconds() if process else float("nan")) - broker_cpu_before
     finally:
@@ -117,6 +136,25 @@ def run(args: argparse.Namespace) -> Result:
         result.broker_rss_mb = round(rss, 1)
     result.settings = {k: v for k, v in vars(args).items() if k not in ("json", "scenario")}
     return result
+
+
+MONITOR_PATHS = ("/metrics", "/varz?history=1", "/topicz?sort=rate&limit=50", "/connz?limit=50")
+
+
+def _watch(reactor: Any, port: int | None) -> Deferred[Any]:
+    """One round of what a Prometheus scrape and an open dashboard ask."""
+    from twisted.web.client import Agent, readBody
+
+    agent = Agent(reactor)
+
+    def read(response: Any) -> Deferred[bytes]:
+        return readBody(response)
+
+    asked = [
+        agent.request(b"GET", f"http://127.0.0.1:{port}{path}".encode()).addCallback(read)
+        for path in MONITOR_PATHS
+    ]
+    return gatherResults(asked, consumeErrors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

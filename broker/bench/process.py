@@ -14,9 +14,7 @@ class BrokerProcess:
     """`twistd -n broker` on a free loopback port, for the bench's duration."""
 
     def __init__(self, extra: list[str]) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         twistd = Path(sys.executable).with_name("twistd")
         command = [
             str(twistd) if twistd.exists() else "twistd",
@@ -56,6 +54,13 @@ class BrokerProcess:
             print("twistd broker did not stop within 30 s; killing it", file=sys.stderr)
             self.process.kill()
             self.process.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
