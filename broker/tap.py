@@ -379,6 +379,9 @@ class Options(usage.Options):
                 except usage.UsageError as error:
                     message = str(error).removeprefix("Parameter type enforcement failed: ")
                     raise ConfigError(f"{where}: {message.split(': ', 1)[-1]}") from None
+            elif source == "environment":
+                # Other programs' BROKER_* variables may share the environment.
+                print(f"twistd broker: ignoring {where}: no such option", file=sys.stderr)
             else:
                 raise ConfigError(f"{where}: no such option")
 

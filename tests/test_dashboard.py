@@ -2,7 +2,7 @@
 installs; marked slow: `pytest -m slow`), against a broker service in this
 process under a workload: the rendered page shows the topic, its rate and a
 subscriber's lag; it copes with no topics and with a thousand. A screenshot
-is kept as a test artifact (in $BROKER_TEST_ARTIFACTS, else the test's
+is kept as a test artifact (in $TEST_ARTIFACTS, else the test's
 temporary directory)."""
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ async def test_the_page_shows_topics_rates_and_who_falls_behind(tmp_path):
         readers = rows(dom, "subscriber-table")
         assert readers[0][0] == "orders" and readers[0][4] == "385"  # 401 - 16 in flight
         assert 'class="state serving"' in dom and "<polyline" in dom
-        artifacts = Path(os.environ.get("BROKER_TEST_ARTIFACTS", tmp_path))
+        artifacts = Path(os.environ.get("TEST_ARTIFACTS", tmp_path))
         artifacts.mkdir(parents=True, exist_ok=True)
         shot = artifacts / "dashboard.png"
         await chromium(tmp_path, "--window-size=1280,1000", f"--screenshot={shot}", url)
