@@ -9,15 +9,11 @@ environment, `BROKER_MAX_PREFETCH=512`, and `BROKER_PORT="3000 tls:3001"`.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found]  # Python 3.10 only
+from broker.toml_file import read_toml
 
 ENVIRONMENT_PREFIX = "BROKER_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -34,12 +30,7 @@ def option_name(key: str) -> str:
 
 def read_file(path: Path) -> dict[str, Any]:
     """The options a TOML file sets, by option name."""
-    try:
-        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    document = read_toml(path, "config", ConfigError)
     options = {}
     for key, value in document.items():
         if isinstance(value, dict):

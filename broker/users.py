@@ -37,11 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.permissions import PatternError, Rules
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found]  # Python 3.10 only
+from broker.toml_file import read_toml
 
 ANONYMOUS = "anonymous"
 USER_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -170,12 +166,7 @@ def _user(name: str, entry: object, path: Path) -> User:
 
 def load_users(path: Path) -> Users:
     """The users of a users file, or UsersFileError saying what is wrong."""
-    try:
-        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise UsersFileError(f"cannot read the users file {path}: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UsersFileError(f"{path} is not valid TOML: {error}") from None
+    document = read_toml(path, "users", UsersFileError)
     unknown = sorted(set(document) - {"users"})
     if unknown:
         raise UsersFileError(f"{path}: unknown table {unknown[0]!r} (users go in [users.NAME])")

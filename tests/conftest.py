@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 
 from broker.client import Message
@@ -101,3 +102,27 @@ def log_lines():
     globalLogPublisher.addObserver(observer)
     yield observer
     globalLogPublisher.removeObserver(observer)
+
+
+class HeldAnswers:
+    """A subscriber's handler that answers nothing until told: the Deferred
+    answering each delivery waits in `waiting`."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.waiting: list[Deferred] = []
+
+    def __call__(self, message: Message) -> Deferred:
+        self.messages.append(message)
+        self.waiting.append(Deferred())
+        return self.waiting[-1]
+
+    async def until(self, count: int) -> None:
+        """Once `count` deliveries wait for their answer."""
+        while len(self.waiting) < count:
+            await deferLater(reactor, 0.01, lambda: None)
+
+    def answer_all(self, result: bool = True) -> None:
+        waiting, self.waiting = self.waiting, []
+        for answer in waiting:
+            answer.callback(result)

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
-from broker.client import Message, connect
+from broker.client import connect
 from broker.server import BrokerSettings
 from broker.service import BrokerService
 from broker.wire import StartAt
+from tests.conftest import HeldAnswers
 from tests.process import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -79,20 +79,15 @@ def rows(dom: str, table: str) -> list[list[str]]:
 @pytest_twisted.ensureDeferred
 async def test_the_page_shows_topics_rates_and_who_falls_behind(tmp_path):
     service, port, url = await started()
-    held: list[Deferred] = []
-
-    def stall(message: Message) -> Deferred:
-        held.append(Deferred())
-        return held[-1]
+    held = HeldAnswers()
 
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=16)
     try:
-        await client.subscribe(["orders"], stall, start=StartAt.BEGINNING)
+        await client.subscribe(["orders"], held, start=StartAt.BEGINNING)
         for n in range(400):
             client.publish("orders", b"order %d" % n)
         await client.publish("orders", b"last")
-        while len(held) < 16:
-            await deferLater(reactor, 0.01, lambda: None)
+        await held.until(16)
         while len(service.rates.samples) < 3:  # two rates for the plot
             await deferLater(reactor, 0.05, lambda: None)
         dom = await chromium(tmp_path, "--dump-dom", url)
@@ -108,8 +103,7 @@ async def test_the_page_shows_topics_rates_and_who_falls_behind(tmp_path):
         await chromium(tmp_path, "--window-size=1280,1000", f"--screenshot={shot}", url)
         assert shot.stat().st_size > 10_000
     finally:
-        for waiting in held:
-            waiting.callback(True)
+        held.answer_all()
         await client.close()
         await service.stopService()
 

@@ -12,7 +12,6 @@ import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, readBody
 
@@ -21,7 +20,7 @@ from broker.delivery import DeliverySettings
 from broker.server import BrokerSettings
 from broker.service import BrokerService
 from broker.wire import StartAt
-from tests.conftest import Inbox
+from tests.conftest import HeldAnswers, Inbox
 from tests.process import free_port
 
 
@@ -106,19 +105,14 @@ async def test_metrics_count_a_known_workload_exactly():
 @pytest_twisted.ensureDeferred
 async def test_lag_shows_in_topicz_and_connz_and_shrinks_when_the_subscriber_acks():
     service, port, monitor = await started()
-    held: list[Deferred] = []
-
-    def hold(message: Message) -> Deferred:
-        held.append(Deferred())
-        return held[-1]
+    held = HeldAnswers()
 
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=4)
     try:
-        await client.subscribe(["jobs"], hold, start=StartAt.BEGINNING)
+        await client.subscribe(["jobs"], held, start=StartAt.BEGINNING)
         for _ in range(20):
             await client.publish("jobs", b"job")
-        while len(held) < 4:
-            await deferLater(reactor, 0.01, lambda: None)
+        await held.until(4)
         topics = await get_json(monitor, "/topicz?topic=jobs")
         (jobs,) = topics["items"]
         (reader,) = jobs["subscribers"]
@@ -127,20 +121,16 @@ async def test_lag_shows_in_topicz_and_connz_and_shrinks_when_the_subscriber_ack
         connections = await get_json(monitor, "/connz?sort=in_flight")
         assert connections["items"][0]["in_flight"] == 4
         assert connections["items"][0]["role"] == "subscriber"
-        while held:
-            held.pop(0).callback(True)
-            await deferLater(reactor, 0.001, lambda: None)
+        held.answer_all()
         for _ in range(200):
             (jobs,) = (await get_json(monitor, "/topicz?topic=jobs"))["items"]
             if jobs["subscribers"][0]["lag_messages"] == 0:
                 break
-            while held:
-                held.pop(0).callback(True)
+            held.answer_all()
             await deferLater(reactor, 0.01, lambda: None)
         assert jobs["subscribers"][0]["lag_messages"] == 0
     finally:
-        for waiting in held:
-            waiting.callback(True)
+        held.answer_all()
         await client.close()
         await service.stopService()
 
@@ -174,26 +164,20 @@ async def test_pages_sort_and_refuse_bad_queries():
 @pytest_twisted.ensureDeferred
 async def test_a_drain_lets_deliveries_in_flight_be_acked_while_healthz_says_503(log_lines):
     service, port, monitor = await started(drain_timeout=5.0)
-    held: list[Deferred] = []
-
-    def hold(message: Message) -> Deferred:
-        held.append(Deferred())
-        return held[-1]
+    held = HeldAnswers()
 
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=8)
     assert (await get(monitor, "/healthz"))[0] == 200
-    await client.subscribe(["work"], hold, start=StartAt.BEGINNING)
+    await client.subscribe(["work"], held, start=StartAt.BEGINNING)
     for n in range(12):
         await client.publish("work", b"w%d" % n)
-    while len(held) < 8:
-        await deferLater(reactor, 0.01, lambda: None)
+    await held.until(8)
     stopping = service.stopService()
     code, body = await get(monitor, "/healthz")
     assert (code, json.loads(body)) == (503, {"status": "draining"})
-    for waiting in held:
-        waiting.callback(True)
+    held.answer_all()
     await stopping
-    assert len(held) == 8  # nothing new was sent while draining
+    assert len(held.messages) == 8  # nothing new was sent while draining
     assert service.factory.stats.acks == 8
     assert log_lines.matching("0 delivery(ies) not acked")
     assert service.state == "stopped"
@@ -218,18 +202,13 @@ def _no_failures(logged_failures):
 @pytest_twisted.ensureDeferred
 async def test_a_second_sigterm_cuts_the_drain_short(log_lines):
     service, port, _ = await started(drain_timeout=60.0)
-    held: list[Deferred] = []
-
-    def hold(message: Message) -> Deferred:
-        held.append(Deferred())
-        return held[-1]
+    held = HeldAnswers()
 
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=4)
-    await client.subscribe(["work"], hold, start=StartAt.BEGINNING)
+    await client.subscribe(["work"], held, start=StartAt.BEGINNING)
     for n in range(4):
         await client.publish("work", b"w%d" % n)
-    while len(held) < 4:
-        await deferLater(reactor, 0.01, lambda: None)
+    await held.until(4)
     began = reactor.seconds()
     stopping = service.stopService()  # catches the next SIGTERM at once
     os.kill(os.getpid(), signal.SIGTERM)
@@ -238,30 +217,24 @@ async def test_a_second_sigterm_cuts_the_drain_short(log_lines):
     assert log_lines.matching("a second SIGTERM: stopping at once")
     assert log_lines.matching("4 delivery(ies) not acked")
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
-    for waiting in held:
-        waiting.callback(True)
+    held.answer_all()
     await client.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_subscription_falling_far_behind_is_logged_once(log_lines):
     service, port, _ = await started(slow_consumer_lag=10)
-    held: list[Deferred] = []
-
-    def hold(message: Message) -> Deferred:
-        held.append(Deferred())
-        return held[-1]
+    held = HeldAnswers()
 
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=2)
     try:
-        await client.subscribe(["far"], hold, start=StartAt.BEGINNING)
+        await client.subscribe(["far"], held, start=StartAt.BEGINNING)
         for _ in range(20):
             await client.publish("far", b"x")
         service.check_lag()
         service.check_lag()
         assert len(log_lines.matching("slow consumer: 18 messages behind on 'far'")) == 1
     finally:
-        for waiting in held:
-            waiting.callback(True)
+        held.answer_all()
         await client.close()
         await service.stopService()
