@@ -26,6 +26,8 @@ class HelloRequest:
     prefetch: int = 1
     """Deliveries in flight the client can take (the broker may grant fewer)."""
     confirms: bool = False
+    patterns: bool = False
+    """Whether `*` and `>` tokens in subscribed names are patterns."""
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
@@ -75,6 +77,7 @@ def parse_hello_request(payload: bytes) -> HelloRequest:
         version=_integer(fields, "version", 1, 1, MAX_U32),
         prefetch=_integer(fields, "prefetch", 1, 1, MAX_U32),
         confirms=_boolean(fields, "confirms", False),
+        patterns=_boolean(fields, "patterns", False),
         user=user,
         password=password,
         token=token,

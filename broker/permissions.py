@@ -1,10 +1,5 @@
-"""Topic permissions: allow and deny patterns over `.`-separated topic names,
-as NATS subjects have them.
-
-    orders.*        one token: orders.eu, not orders or orders.eu.paris
-    orders.>        one token or more: orders.eu, orders.eu.paris
-    >               every topic
-    orders.new      that topic only
+"""Topic permissions: allow and deny patterns (see broker.subjects) over
+`.`-separated topic names, as NATS has them for subjects.
 
 A topic is allowed if some allow pattern matches and no deny pattern does
 (deny wins). Decisions are cached per topic name, so the check on the
@@ -16,42 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from broker.subjects import PatternError, check_pattern, matches
+
+__all__ = ["CACHE_SIZE", "PatternError", "Rules", "check_pattern", "matches"]
+
 # Topic decisions remembered per rule set; past this the cache starts over.
 CACHE_SIZE = 10_000
-
-
-class PatternError(ValueError):
-    """A pattern that cannot be used; the message says why."""
-
-
-def check_pattern(pattern: str) -> str:
-    """The pattern itself, or PatternError: tokens must not be empty, and
-    `>` may only be the last token."""
-    if not isinstance(pattern, str) or not pattern:
-        raise PatternError(f"{pattern!r}: a pattern is a non-empty string")
-    tokens = pattern.split(".")
-    for index, token in enumerate(tokens):
-        if not token:
-            raise PatternError(f"{pattern!r}: empty token")
-        if token == ">" and index != len(tokens) - 1:
-            raise PatternError(f"{pattern!r}: '>' must be the last token")
-        if token != ">" and token != "*" and (">" in token or "*" in token):
-            raise PatternError(f"{pattern!r}: '*' and '>' stand alone as tokens")
-    return pattern
-
-
-def matches(pattern: str, topic: str) -> bool:
-    """Whether `topic` matches `pattern` (a checked pattern)."""
-    wanted = pattern.split(".")
-    tokens = topic.split(".")
-    for index, token in enumerate(wanted):
-        if token == ">":
-            return len(tokens) > index
-        if index >= len(tokens):
-            return False
-        if token != "*" and token != tokens[index]:
-            return False
-    return len(tokens) == len(wanted)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from broker.log import IMessageLog, MemoryLog
+from broker.subjects import PatternIndex
 from broker.wire import ERR_TOO_MANY_TOPICS, delivery_prefix, extended_delivery_prefix
 
 
@@ -15,6 +16,14 @@ class Waiter(Protocol):
     """Something that wants to hear when a topic's log grows."""
 
     def log_grew(self) -> None: ...
+
+
+class PatternHolder(Protocol):
+    """Something that wants to hear of every new topic its pattern matches."""
+
+    def __hash__(self) -> int: ...
+
+    def topic_created(self, topic: Topic) -> None: ...
 
 
 class TooManyTopics(Exception):
@@ -122,6 +131,8 @@ class TopicRegistry:
         self._max_topics = max_topics
         self._clock = clock
         self._topics: dict[str, Topic] = {}
+        self.patterns: PatternIndex[PatternHolder] = PatternIndex()
+        """Pattern subscriptions, told of each topic created that they match."""
         # Topics a durable store already holds are reopened (and recovered) now.
         for name in existing:
             self._topics[name] = Topic(name, make_log(name), clock)
@@ -142,6 +153,9 @@ class TopicRegistry:
             if len(self._topics) >= self._max_topics:
                 raise TooManyTopics()
             topic = self._topics[name] = Topic(name, self._make_log(name), self._clock)
+            if len(self.patterns):
+                for holder in self.patterns.match(name):
+                    holder.topic_created(topic)
         return topic
 
     def get_all(self, names: Sequence[str]) -> list[Topic]:

@@ -80,6 +80,9 @@ ERR_TOO_MANY_CONNECTIONS = "too many connections for this user"
 # Followed by ": " and what was refused, e.g. "permission denied: publish to 'a.b'".
 ERR_PERMISSION_DENIED = "permission denied"
 ERR_PERMISSION_WITHDRAWN = "permission withdrawn"
+# With "patterns" agreed in Hello.
+ERR_INVALID_PATTERN = "invalid topic pattern"
+ERR_PATTERN_OFFSET = "a pattern starts at Beginning or Current, not at an offset"
 
 # Errors that answer something other than a subscribe or unsubscribe request.
 UNSOLICITED_ERRORS = frozenset(

@@ -53,6 +53,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="with --store file",
     )
     parser.add_argument(
+        "--topics",
+        type=int,
+        default=1,
+        help="ingest: spread the messages over this many topics, created during the run",
+    )
+    parser.add_argument(
+        "--patterns",
+        type=int,
+        default=0,
+        help="ingest: first subscribe this many patterns that match no bench topic",
+    )
+    parser.add_argument(
         "--monitor",
         action="store_true",
         help="start the broker with --monitor, and ask it for /metrics, /varz, /topicz and "

@@ -20,6 +20,7 @@ from broker import wire
 from broker.bench.payloads import Histogram, Result, make_payload
 from broker.bench.progress import Progress
 from broker.bench.protocols import BenchPublisher, BenchSubscriber, publish_frames
+from broker.client.protocols import SubscriberProtocol
 from broker.wire import StartAt
 
 
@@ -54,15 +55,32 @@ class Bench:
             await subscriber.subscribed
         return subscribers
 
-    def prepare_burst(self, topic: str, count: int) -> list[bytes]:
+    def prepare_burst(self, topic: str, count: int, topics: int = 1) -> list[bytes]:
         """The frames of a burst, built before the clock starts, in chunks: a
         bench that built them while its subscribers wait for their acks to go
-        out would slow the round trips it measures."""
+        out would slow the round trips it measures. With `topics` > 1, the
+        chunks go round topics `<topic>.0`, `<topic>.1`, … (created as they come)."""
         size = self.args.size
         return [
-            publish_frames(topic, first, min(count, first + 2000), size)
-            for first in range(0, count, 2000)
+            publish_frames(
+                topic if topics == 1 else f"{topic}.{index % topics}",
+                first,
+                min(count, first + 2000),
+                size,
+            )
+            for index, first in enumerate(range(0, count, 2000))
         ]
+
+    async def hold_patterns(self, count: int) -> SubscriberProtocol:
+        """A subscriber holding `count` patterns that match no bench topic."""
+        holder = await self.connect(SubscriberProtocol(lambda message: True, prefetch=1))
+        server = await holder.negotiated
+        if not (server or {}).get("patterns"):
+            raise RuntimeError("the broker does not take patterns")
+        for first in range(0, count, 1000):
+            names = [f"nomatch-{n}.*.>" for n in range(first, min(count, first + 1000))]
+            await holder.subscribe(names, StartAt.CURRENT)
+        return holder
 
     async def burst(self, publisher: BenchPublisher, chunks: list[bytes]) -> None:
         """Write a prepared burst, a chunk per reactor turn."""
@@ -151,9 +169,11 @@ async def ingest(bench: Bench) -> Result:
     stored them all (with --confirms: until the last is confirmed)."""
     args = bench.args
     topic = bench.topic("ingest")
+    if args.patterns:
+        await bench.hold_patterns(args.patterns)
     publisher = await bench.connect(BenchPublisher(args.confirms, args.messages))
     await publisher.ready
-    chunks = bench.prepare_burst(topic, args.messages)
+    chunks = bench.prepare_burst(topic, args.messages, args.topics)
     started = time.perf_counter()
     await bench.burst(publisher, chunks)
     if args.confirms:

@@ -233,7 +233,8 @@ class SubscriberProtocol(_ClientProtocol):
         prefetch: int | None = None,
         credentials: dict[str, str] | None = None,
     ) -> None:
-        ask = {} if prefetch is None else {"prefetch": prefetch}
+        # With the extensions, ask for patterns too (`*` and `>` tokens).
+        ask: dict[str, Any] = {} if prefetch is None else {"prefetch": prefetch, "patterns": True}
         super().__init__({**ask, **credentials} if credentials else ask or None)
         self.handler = handler
         self.topics: set[str] = set()

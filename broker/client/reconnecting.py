@@ -45,6 +45,7 @@ from broker.client.protocols import (
     _check_publish,
     _check_topics,
 )
+from broker.subjects import PatternError, check_pattern, is_pattern, matches
 from broker.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
 from broker.wire import StartAt
 
@@ -292,6 +293,7 @@ class BrokerClient:
         self._handlers: dict[str, Handler] = {}
         self._starts: dict[str, tuple[StartAt, int]] = {}
         self._progress: dict[str, _Progress] = {}
+        self._derived: dict[str, str] = {}  # topic -> the pattern that brought it
         self._subscribed: set[str] = set()
         self._subscriber_server: dict[str, Any] | None = None
         self._publisher: _Role[PublisherProtocol] = _Role(
@@ -474,13 +476,20 @@ class BrokerClient:
     ) -> Deferred[None]:
         """Subscribe `handler` to `topics`; fires once the broker confirms."""
         names = _check_topics(topics)
+        # Without the extensions names are literal, as the Go clients' are.
+        patterns = [name for name in names if is_pattern(name)] if self.extensions else []
+        if patterns:
+            _check_patterns(patterns, start)
 
         async def subscribe() -> None:
             for name in names:
                 self._handlers[name] = handler
                 self._starts[name] = (start, offset)
-                self._progress[name] = _Progress()
+                if name not in patterns:
+                    self._progress[name] = _Progress()
             protocol = await self._subscriber.when_ready()
+            if patterns and not (protocol.server or {}).get("patterns"):
+                raise BrokerError("this broker does not take patterns")
             await protocol.subscribe(names, start, offset)
             self._subscribed.update(names)
 
@@ -492,11 +501,14 @@ class BrokerClient:
 
         async def unsubscribe() -> None:
             self._subscribed.difference_update(names)
+            # A pattern's topics resubscribed by name after a reconnect go too.
+            derived = [t for t, p in self._derived.items() if p in names and t not in names]
             protocol = await self._subscriber.when_ready()
-            await protocol.unsubscribe(names)
-            for name in names:
+            await protocol.unsubscribe([*names, *derived])
+            for name in [*names, *derived]:
                 self._handlers.pop(name, None)
                 self._progress.pop(name, None)
+                self._derived.pop(name, None)
 
         return self._retrying(unsubscribe)
 
@@ -526,7 +538,17 @@ class BrokerClient:
         if not self._subscribed:
             return None
         requests = []
+        # Topics a pattern brought go first, from where they were left; then
+        # the pattern, from now, takes the ones created meanwhile.
+        for topic, pattern in sorted(self._derived.items()):
+            progress = self._progress.get(topic)
+            resume = progress.resume_at() if progress else None
+            if pattern in self._subscribed and resume is not None and protocol.server:
+                requests.append(protocol.subscribe([topic], StartAt.FROM64, resume))
         for topic in sorted(self._subscribed):
+            if protocol.server and is_pattern(topic):
+                requests.append(protocol.subscribe([topic], StartAt.CURRENT))
+                continue
             progress = self._progress.get(topic)
             resume = progress.resume_at() if progress and protocol.server else None
             if resume is not None:
@@ -539,7 +561,10 @@ class BrokerClient:
         return gatherResults(requests, consumeErrors=True).addCallback(lambda _: None)
 
     def _dispatch(self, message: Message) -> Any:
-        handler = self._handlers.get(message.topic)
+        topic = message.topic
+        handler = self._handlers.get(topic)
+        if handler is None:
+            handler = self._pattern_handler(topic)
         if handler is None:
             return True  # unsubscribed meanwhile: ack so it is not sent again
         if message.offset is not None:
@@ -547,6 +572,20 @@ class BrokerClient:
             if progress is not None:
                 progress.delivered(message.offset)
         return handler(message)
+
+    def _pattern_handler(self, topic: str) -> Handler | None:
+        """The handler of the most specific pattern subscribed that `topic`
+        matches (the most literal tokens; `*` before `>`): a topic comes once
+        per connection, however many patterns match it. The topic is
+        remembered, so that a reconnect resumes it where it was."""
+        candidates = [n for n in self._subscribed if is_pattern(n) and matches(n, topic)]
+        if not candidates:
+            return None
+        name = max(candidates, key=_specificity)
+        self._derived[topic] = name
+        self._progress[topic] = _Progress()
+        handler = self._handlers[topic] = self._handlers[name]
+        return handler
 
     def _answered(self, message: Message, acked: bool) -> None:
         progress = self._progress.get(message.topic)
@@ -604,6 +643,22 @@ def _tls_endpoint(
     return HandshakeFirstEndpoint(
         wrapClientTLS(options, HostnameEndpoint(reactor, host, int(port)))
     )
+
+
+def _specificity(pattern: str) -> tuple[int, int, str]:
+    tokens = pattern.split(".")
+    literal = sum(token not in ("*", ">") for token in tokens)
+    return (literal, tokens[-1] != ">", pattern)
+
+
+def _check_patterns(patterns: list[str], start: StartAt) -> None:
+    if start in (StartAt.FROM, StartAt.FROM64):
+        raise ValueError("a pattern starts at BEGINNING or CURRENT, not at an offset")
+    for pattern in patterns:
+        try:
+            check_pattern(pattern)
+        except PatternError as error:
+            raise ValueError(str(error)) from None
 
 
 def credentials_of(

@@ -204,13 +204,14 @@ class BrokerProtocol(Int32StringReceiver):
         settings = self.factory.settings
         prefetch = min(request.prefetch, settings.max_prefetch)
         # Only what was agreed is kept: no secret outlives the check.
-        self.hello = HelloRequest(request.version, prefetch, request.confirms)
+        self.hello = HelloRequest(request.version, prefetch, request.confirms, request.patterns)
         assert self.decoder is not None
         self.decoder.extended = True
         answer: dict[str, object] = {
             "version": EXTENSIONS_VERSION,
             "server": f"twisted-broker/{__version__}",
             "confirms": request.confirms,
+            "patterns": request.patterns,
             "prefetch": prefetch,
             "max_prefetch": settings.max_prefetch,
             "max_message_size": settings.max_message_size,
@@ -255,6 +256,7 @@ class BrokerProtocol(Int32StringReceiver):
             extended=hello is not None,
             prefetch=hello.prefetch if hello else 1,
             may_subscribe=user.subscribe if user is not None else None,
+            patterns=bool(hello and hello.patterns),
         )
         self._begin(session)
 

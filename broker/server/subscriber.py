@@ -1,7 +1,9 @@
 """A subscriber's session: its subscriptions and window of deliveries, the
 frames that carry them, and what to do when its output fills. With a users
 file, a subscribe naming any topic the user may not read is refused whole,
-and a reload that withdraws a topic ends its subscription."""
+and a reload that withdraws a topic ends its subscription. With "patterns"
+agreed in Hello, names with `*` or `>` tokens are patterns (see
+broker.server.patterns)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,14 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from broker.delivery import Delivery, DeliveryWindow
+from broker.server.patterns import PatternSubscriptions
 from broker.server.session import Session, cancel_call
+from broker.subjects import PatternError, check_pattern, is_pattern
 from broker.topics import TooManyTopics
 from broker.wire import (
+    ERR_INVALID_PATTERN,
     ERR_NOTHING_TO_ACK,
+    ERR_PATTERN_OFFSET,
     ERR_PERMISSION_DENIED,
     ERR_PERMISSION_WITHDRAWN,
     ERR_TOO_MANY_TOPICS,
@@ -53,6 +59,7 @@ class SubscriberSession(Session):
         extended: bool,
         prefetch: int,
         may_subscribe: Rules | None = None,
+        patterns: bool = False,
     ) -> None:
         super().__init__(protocol)
         settings = self.factory.settings
@@ -75,6 +82,12 @@ class SubscriberSession(Session):
             flush=self._flush_deliveries,
             max_bytes=settings.max_inflight_bytes,
         )
+        self.patterns: PatternSubscriptions | None = None
+        """Its pattern subscriptions, if it agreed to patterns in Hello."""
+        if patterns:
+            self.patterns = PatternSubscriptions(
+                self.factory.registry, self.window, self.factory.dead_letters, self._may_read
+            )
         # A subscriber that vanishes without a FIN is found by keepalive.
         keep_alive = getattr(self._transport, "setTcpKeepAlive", None)
         if keep_alive is not None:
@@ -83,8 +96,22 @@ class SubscriberSession(Session):
     # Decoder events.
 
     def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None:
+        wanted = [name for name in topics if is_pattern(name)] if self.patterns else []
+        if wanted:
+            if start in (StartAt.FROM, StartAt.FROM64):
+                self.refused(ERR_PATTERN_OFFSET)
+                return
+            try:
+                for pattern in wanted:
+                    check_pattern(pattern)
+            except PatternError as error:
+                self.refused(f"{ERR_INVALID_PATTERN}: {error}")
+                return
+            topics = [name for name in topics if name not in wanted]
         if self._may_subscribe is not None:
-            forbidden = self._may_subscribe.forbidden(topics)
+            # A pattern is allowed as its own name would be (orders.> by orders.>);
+            # the topics it matches are checked one by one as well.
+            forbidden = self._may_subscribe.forbidden([*topics, *wanted])
             if forbidden:
                 more = f" (and {len(forbidden) - 1} more)" if len(forbidden) > 1 else ""
                 self.refused(f"{ERR_PERMISSION_DENIED}: subscribe to {forbidden[0]!r}{more}")
@@ -98,6 +125,10 @@ class SubscriberSession(Session):
         self._transport.write(_SUBSCRIBED)
         for topic in resolved:
             self.window.subscribe(topic, start, offset)
+        if self.patterns is not None:
+            self.patterns.by_name.update(topics)
+            self.patterns.add(wanted, start)
+            topics = [*topics, *wanted]
         where = (
             f"offset {offset}" if start in (StartAt.FROM, StartAt.FROM64) else start.name.title()
         )
@@ -106,8 +137,14 @@ class SubscriberSession(Session):
         )
 
     def unsubscribe_requested(self, topics: list[str]) -> None:
+        patterns = self.patterns
         for name in topics:
-            self.window.unsubscribe(name)
+            if patterns is None:
+                self.window.unsubscribe(name)
+            elif is_pattern(name):
+                patterns.remove(name)
+            else:
+                patterns.unsubscribe_by_name(name)
         self._transport.write(_UNSUBSCRIBED)
         log.debug("{peer} unsubscribed from {topics}", peer=self.peer, topics=topics)
 
@@ -153,10 +190,22 @@ class SubscriberSession(Session):
         if not self._halted:
             self.window.resume()
 
+    def _may_read(self, name: str) -> bool:
+        return self._may_subscribe is None or self._may_subscribe.permits(name)
+
     def permissions_changed(self, user: User) -> None:
         rules = self._may_subscribe = user.subscribe
-        for name in [name for name in self.window.subscriptions if not rules.permits(name)]:
-            self.window.unsubscribe(name)
+        patterns = self.patterns
+        withdrawn = [name for name in self.window.subscriptions if not rules.permits(name)]
+        if patterns is not None:
+            withdrawn += [name for name in patterns.patterns if not rules.permits(name)]
+        for name in withdrawn:
+            if patterns is not None and name in patterns:
+                patterns.remove(name)
+            else:
+                self.window.unsubscribe(name)
+                if patterns is not None:
+                    patterns.forget_topic(name)
             self._transport.write(encode_error(f"{ERR_PERMISSION_WITHDRAWN}: {name}"))
             log.warn(
                 "{peer}: no longer subscribed to {topic!r}: user {user} may not read it now",
@@ -171,6 +220,8 @@ class SubscriberSession(Session):
 
     def close(self) -> None:
         self._cancel_slow_consumer()
+        if self.patterns is not None:
+            self.patterns.close()
         self.window.close()
 
     # Deliveries.

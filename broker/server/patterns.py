@@ -1,0 +1,123 @@
+"""One subscriber's pattern subscriptions: which topics each pattern brought
+into its window, and the new topics it is told of.
+
+A pattern subscribes the subscriber to every matching topic that exists
+(from the start asked: Beginning or Current) and to every matching topic
+created later (from its first message). A topic already in the window is
+left where it is. A topic stays subscribed while a pattern or a subscribe
+by name holds it. A dead-letter topic is taken by a pattern only when the
+pattern names its last token (`orders.*.dead-letter`), so that `orders.>`
+does not feed a subscriber the messages it gave up on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from broker.dead_letters import DeadLetterPolicy
+from broker.delivery import DeliveryWindow
+from broker.subjects import PatternIndex
+from broker.topics import Topic, TopicRegistry
+from broker.wire import StartAt
+
+
+class _Holder:
+    """What the registry's index holds for one pattern of one subscriber."""
+
+    __slots__ = ("owner", "pattern")
+
+    def __init__(self, owner: PatternSubscriptions, pattern: str) -> None:
+        self.owner = owner
+        self.pattern = pattern
+
+    def topic_created(self, topic: Topic) -> None:
+        self.owner.matched(self.pattern, topic, StartAt.BEGINNING)
+
+
+class PatternSubscriptions:
+    """The patterns of one window, and the topics they hold in it."""
+
+    def __init__(
+        self,
+        registry: TopicRegistry,
+        window: DeliveryWindow,
+        dead_letters: DeadLetterPolicy,
+        may_read: Callable[[str], bool],
+    ) -> None:
+        self._registry = registry
+        self._window = window
+        self._dead_letters = dead_letters
+        self.may_read = may_read
+        """Whether the user may read a topic (its subscribe permissions)."""
+        self._holders: dict[str, _Holder] = {}
+        self._held: dict[str, set[str]] = {}  # topic -> the patterns holding it
+        self.by_name: set[str] = set()
+        """Topics subscribed by name (they stay when their patterns go)."""
+
+    def __contains__(self, pattern: str) -> bool:
+        return pattern in self._holders
+
+    def add(self, patterns: list[str], start: StartAt) -> int:
+        """Subscribe to checked patterns; return how many topics they took now.
+        The topics that exist are walked once, whatever the number of patterns."""
+        new: PatternIndex[str] = PatternIndex()
+        for pattern in patterns:
+            if pattern not in self._holders:
+                holder = self._holders[pattern] = _Holder(self, pattern)
+                self._registry.patterns.add(pattern, holder)
+                new.add(pattern, pattern)
+        taken = 0
+        if len(new):
+            for topic in list(self._registry):
+                for pattern in new.match(topic.name):
+                    taken += self.matched(pattern, topic, start)
+        return taken
+
+    def matched(self, pattern: str, topic: Topic, start: StartAt) -> bool:
+        """`topic` matches `pattern`: take it into the window, if it may."""
+        name = topic.name
+        if not self.may_read(name):
+            return False
+        if self._dead_letters.is_dead_letter_topic(name) and (
+            pattern.rsplit(".", 1)[-1] != name.rsplit(".", 1)[-1]
+        ):
+            return False
+        self._held.setdefault(name, set()).add(pattern)
+        if name not in self._window.subscriptions:
+            self._window.subscribe(topic, start)
+        return True
+
+    def remove(self, pattern: str) -> None:
+        """Unsubscribe a pattern, and the topics only it held."""
+        holder = self._holders.pop(pattern, None)
+        if holder is None:
+            return
+        self._registry.patterns.remove(pattern, holder)
+        for name in [name for name, held in self._held.items() if pattern in held]:
+            held = self._held[name]
+            held.discard(pattern)
+            if not held:
+                del self._held[name]
+                if name not in self.by_name:
+                    self._window.unsubscribe(name)
+
+    def unsubscribe_by_name(self, name: str) -> None:
+        """An unsubscribe naming a topic: it goes unless a pattern holds it."""
+        self.by_name.discard(name)
+        if name not in self._held:
+            self._window.unsubscribe(name)
+
+    def forget_topic(self, name: str) -> None:
+        """The topic left the window for another reason (permissions)."""
+        self.by_name.discard(name)
+        self._held.pop(name, None)
+
+    @property
+    def patterns(self) -> list[str]:
+        return list(self._holders)
+
+    def close(self) -> None:
+        for pattern, holder in self._holders.items():
+            self._registry.patterns.remove(pattern, holder)
+        self._holders.clear()
+        self._held.clear()
