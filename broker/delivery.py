@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -19,6 +19,9 @@ from twisted.python.failure import Failure
 
 from broker.topics import Topic
 from broker.wire import StartAt
+
+if TYPE_CHECKING:
+    from broker.groups import ConsumerGroup
 
 log = Logger()
 
@@ -104,11 +107,13 @@ class Delivery:
 
     __slots__ = ("attempts", "held", "id", "offset", "payload", "subscription")
 
-    def __init__(self, subscription: Subscription, offset: int, payload: bytes) -> None:
+    def __init__(
+        self, subscription: Subscription, offset: int, payload: bytes, attempts: int = 0
+    ) -> None:
         self.subscription = subscription
         self.offset = offset
         self.payload = payload
-        self.attempts = 0
+        self.attempts = attempts  # more than 0 for a message a consumer group hands on
         # Given at the first dispatch; kept through redeliveries (acks name it).
         self.id = -1
         # Timed out, but keeps its slot until its redelivery (see DeliveryWindow).
@@ -179,7 +184,7 @@ class Subscription:
     def log_grew(self) -> None:
         self.window._wake(self)
 
-    def take(self) -> tuple[int, bytes] | None:
+    def take(self) -> tuple[int, bytes] | tuple[int, bytes, int] | None:
         """The next (offset, payload), or None once caught up (then it waits)."""
         while True:
             if self._index < len(self._buffer):
@@ -323,15 +328,43 @@ class DeliveryWindow:
         self._wake(subscription)
         return subscription
 
+    def join_group(self, group: ConsumerGroup) -> Subscription:
+        """Take `group`'s topic from the group, as one of its members."""
+        old = self.subscriptions.pop(group.topic.name, None)
+        if old is not None:
+            self._leave(old)
+        member = group.join(self)
+        self.subscriptions[group.topic.name] = member
+        self._wake(member)
+        return member
+
     def unsubscribe(self, name: str) -> bool:
         """Stop the cursor on topic `name`; False if there was none."""
         subscription = self.subscriptions.pop(name, None)
         if subscription is None:
             return False
-        subscription.close()
+        self._leave(subscription)
+        return True
+
+    def _leave(self, subscription: Subscription) -> None:
+        give_back = getattr(subscription, "give_back", None)
+        if give_back is not None:
+            # A group member hands back all it has not acked, in flight too
+            # (a late ack of one is ignored), before it leaves the group.
+            for delivery_id, delivery in list(self._slots.items()):
+                if delivery.subscription is subscription:
+                    self._timers.forget(delivery)
+                    self.bytes_in_flight -= len(delivery.payload)
+                    del self._slots[delivery_id]
+                    give_back(delivery)
+            for delivery in [*self._due, *([self._parked] if self._parked else [])]:
+                if delivery.subscription is subscription:
+                    give_back(delivery)
         for delivery in [d for d in self._waiting if d.subscription is subscription]:
             self._forget_waiting(delivery)
-        return True
+            if give_back is not None:
+                give_back(delivery)
+        subscription.close()
 
     def ack(self, delivery_id: int | None = None) -> bool:
         """The subscriber acked a delivery (the oldest, if no id is given);
@@ -388,7 +421,11 @@ class DeliveryWindow:
         return delivery
 
     def close(self) -> None:
-        """Release everything at once: the connection is gone."""
+        """Release everything at once: the connection is gone (what a group
+        member had not acked goes back to its group)."""
+        for subscription in list(self.subscriptions.values()):
+            if hasattr(subscription, "give_back"):
+                self._leave(subscription)
         for delivery in self._slots.values():
             self._timers.forget(delivery)
         for delivery in self._waiting:

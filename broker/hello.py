@@ -28,6 +28,8 @@ class HelloRequest:
     confirms: bool = False
     patterns: bool = False
     """Whether `*` and `>` tokens in subscribed names are patterns."""
+    groups: bool = False
+    """Whether `$share/GROUP/TOPIC` names a consumer group's subscription."""
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
@@ -78,6 +80,7 @@ def parse_hello_request(payload: bytes) -> HelloRequest:
         prefetch=_integer(fields, "prefetch", 1, 1, MAX_U32),
         confirms=_boolean(fields, "confirms", False),
         patterns=_boolean(fields, "patterns", False),
+        groups=_boolean(fields, "groups", False),
         user=user,
         password=password,
         token=token,

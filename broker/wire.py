@@ -83,6 +83,8 @@ ERR_PERMISSION_WITHDRAWN = "permission withdrawn"
 # With "patterns" agreed in Hello.
 ERR_INVALID_PATTERN = "invalid topic pattern"
 ERR_PATTERN_OFFSET = "a pattern starts at Beginning or Current, not at an offset"
+# With "groups" agreed in Hello.
+ERR_INVALID_GROUP = "invalid group"
 
 # Errors that answer something other than a subscribe or unsubscribe request.
 UNSOLICITED_ERRORS = frozenset(

@@ -234,7 +234,9 @@ class SubscriberProtocol(_ClientProtocol):
         credentials: dict[str, str] | None = None,
     ) -> None:
         # With the extensions, ask for patterns too (`*` and `>` tokens).
-        ask: dict[str, Any] = {} if prefetch is None else {"prefetch": prefetch, "patterns": True}
+        ask: dict[str, Any] = {}
+        if prefetch is not None:
+            ask = {"prefetch": prefetch, "patterns": True, "groups": True}
         super().__init__({**ask, **credentials} if credentials else ask or None)
         self.handler = handler
         self.topics: set[str] = set()

@@ -45,6 +45,7 @@ from broker.client.protocols import (
     _check_publish,
     _check_topics,
 )
+from broker.groups import GROUP_PREFIX, group_name_problem, parse_group_name
 from broker.subjects import PatternError, check_pattern, is_pattern, matches
 from broker.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
 from broker.wire import StartAt
@@ -473,9 +474,18 @@ class BrokerClient:
         handler: Handler,
         start: StartAt = StartAt.CURRENT,
         offset: int = 0,
+        group: str | None = None,
     ) -> Deferred[None]:
-        """Subscribe `handler` to `topics`; fires once the broker confirms."""
+        """Subscribe `handler` to `topics`; fires once the broker confirms.
+
+        With `group` (and the extensions), join that consumer group of each
+        topic instead: each message goes to one member of the group. A new
+        group starts where `start` says; a member that joins an existing one
+        takes up where the group is.
+        """
         names = _check_topics(topics)
+        if group is not None:
+            return self._join(names, handler, start, offset, group)
         # Without the extensions names are literal, as the Go clients' are.
         patterns = [name for name in names if is_pattern(name)] if self.extensions else []
         if patterns:
@@ -500,15 +510,20 @@ class BrokerClient:
         names = _check_topics(topics)
 
         async def unsubscribe() -> None:
-            self._subscribed.difference_update(names)
+            # A topic joined in a group is left under its group's name.
+            shares = [s for s in self._subscribed if _topic_of_share(s) in names]
+            plain = [name for name in names if name not in {_topic_of_share(s) for s in shares}]
+            asked = [*plain, *shares]
+            self._subscribed.difference_update(asked)
             # A pattern's topics resubscribed by name after a reconnect go too.
             derived = [t for t, p in self._derived.items() if p in names and t not in names]
             protocol = await self._subscriber.when_ready()
-            await protocol.unsubscribe([*names, *derived])
-            for name in [*names, *derived]:
+            await protocol.unsubscribe([*asked, *derived])
+            for name in [*names, *shares, *derived]:
                 self._handlers.pop(name, None)
                 self._progress.pop(name, None)
                 self._derived.pop(name, None)
+                self._starts.pop(name, None)
 
         return self._retrying(unsubscribe)
 
@@ -572,6 +587,30 @@ class BrokerClient:
             if progress is not None:
                 progress.delivered(message.offset)
         return handler(message)
+
+    def _join(
+        self, topics: list[str], handler: Handler, start: StartAt, offset: int, group: str
+    ) -> Deferred[None]:
+        if not self.extensions:
+            raise ValueError("consumer groups need extensions=True")
+        problem = group_name_problem(group)
+        if problem:
+            raise ValueError(f"{group!r}: {problem}")
+        if any(is_pattern(topic) for topic in topics):
+            raise ValueError("a group takes topics, not patterns")
+        shares = [f"{GROUP_PREFIX}{group}/{topic}" for topic in topics]
+
+        async def join() -> None:
+            for topic, share in zip(topics, shares, strict=True):
+                self._handlers[topic] = handler
+                self._starts[share] = (start, offset)
+            protocol = await self._subscriber.when_ready()
+            if not (protocol.server or {}).get("groups"):
+                raise BrokerError("this broker has no consumer groups")
+            await protocol.subscribe(shares, start, offset)
+            self._subscribed.update(shares)
+
+        return self._retrying(join)
 
     def _pattern_handler(self, topic: str) -> Handler | None:
         """The handler of the most specific pattern subscribed that `topic`
@@ -643,6 +682,12 @@ def _tls_endpoint(
     return HandshakeFirstEndpoint(
         wrapClientTLS(options, HostnameEndpoint(reactor, host, int(port)))
     )
+
+
+def _topic_of_share(name: str) -> str | None:
+    """The topic of a `$share/GROUP/TOPIC` name, else None."""
+    member = parse_group_name(name)
+    return member[1] if member else None
 
 
 def _specificity(pattern: str) -> tuple[int, int, str]:

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from broker.auth import Authenticator
 from broker.dead_letters import DeadLetterPolicy, encode_dead_letter
 from broker.delivery import Delivery, DeliveryTimers
+from broker.groups import GroupRegistry
 from broker.input_budget import InputBudget
 from broker.log import MemoryLog, StoreError
 from broker.monitoring.stats import BrokerStats
@@ -55,6 +56,7 @@ class BrokerFactory(ServerFactory):
         self.registry = registry
         self.timers = DeliveryTimers(self.clock, self.settings.delivery)
         self.dead_letters = DeadLetterPolicy(self.settings.dead_letter_topic)
+        self.groups = GroupRegistry(self.clock, self.settings.delivery.ack_delay)
         self.connections: set[BrokerProtocol] = set()
         self.stats = BrokerStats()
         self.started = self.clock.seconds()

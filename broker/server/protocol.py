@@ -204,7 +204,9 @@ class BrokerProtocol(Int32StringReceiver):
         settings = self.factory.settings
         prefetch = min(request.prefetch, settings.max_prefetch)
         # Only what was agreed is kept: no secret outlives the check.
-        self.hello = HelloRequest(request.version, prefetch, request.confirms, request.patterns)
+        self.hello = HelloRequest(
+            request.version, prefetch, request.confirms, request.patterns, request.groups
+        )
         assert self.decoder is not None
         self.decoder.extended = True
         answer: dict[str, object] = {
@@ -212,6 +214,7 @@ class BrokerProtocol(Int32StringReceiver):
             "server": f"twisted-broker/{__version__}",
             "confirms": request.confirms,
             "patterns": request.patterns,
+            "groups": request.groups,
             "prefetch": prefetch,
             "max_prefetch": settings.max_prefetch,
             "max_message_size": settings.max_message_size,
@@ -257,6 +260,7 @@ class BrokerProtocol(Int32StringReceiver):
             prefetch=hello.prefetch if hello else 1,
             may_subscribe=user.subscribe if user is not None else None,
             patterns=bool(hello and hello.patterns),
+            groups=bool(hello and hello.groups),
         )
         self._begin(session)
 

@@ -13,11 +13,13 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from broker.delivery import Delivery, DeliveryWindow
+from broker.groups import group_name_problem, parse_group_name
 from broker.server.patterns import PatternSubscriptions
 from broker.server.session import Session, cancel_call
 from broker.subjects import PatternError, check_pattern, is_pattern
-from broker.topics import TooManyTopics
+from broker.topics import TooManyTopics, Topic
 from broker.wire import (
+    ERR_INVALID_GROUP,
     ERR_INVALID_PATTERN,
     ERR_NOTHING_TO_ACK,
     ERR_PATTERN_OFFSET,
@@ -31,6 +33,7 @@ from broker.wire import (
     encode_error,
     encode_u16,
     encode_u64,
+    topic_name_problem,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +63,7 @@ class SubscriberSession(Session):
         prefetch: int,
         may_subscribe: Rules | None = None,
         patterns: bool = False,
+        groups: bool = False,
     ) -> None:
         super().__init__(protocol)
         settings = self.factory.settings
@@ -82,6 +86,7 @@ class SubscriberSession(Session):
             flush=self._flush_deliveries,
             max_bytes=settings.max_inflight_bytes,
         )
+        self._groups = groups
         self.patterns: PatternSubscriptions | None = None
         """Its pattern subscriptions, if it agreed to patterns in Hello."""
         if patterns:
@@ -96,6 +101,29 @@ class SubscriberSession(Session):
     # Decoder events.
 
     def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None:
+        joined: list[tuple[str, str]] = []
+        targets: list[Topic] = []
+        if self._groups:
+            try:
+                joined, topics = _split_groups(topics)
+            except ValueError as error:
+                self.refused(f"{ERR_INVALID_GROUP}: {error}")
+                return
+            if joined:
+                if self._may_subscribe is not None:
+                    forbidden = self._may_subscribe.forbidden([topic for _, topic in joined])
+                    if forbidden:
+                        self.refused(f"{ERR_PERMISSION_DENIED}: subscribe to {forbidden[0]!r}")
+                        return
+                try:
+                    targets = self.factory.registry.get_all([topic for _, topic in joined])
+                except TooManyTopics:
+                    self.refused(ERR_TOO_MANY_TOPICS)
+                    return
+                if not topics:
+                    self._transport.write(_SUBSCRIBED)
+                    self._join(joined, targets, start, offset)
+                    return
         wanted = [name for name in topics if is_pattern(name)] if self.patterns else []
         if wanted:
             if start in (StartAt.FROM, StartAt.FROM64):
@@ -125,6 +153,8 @@ class SubscriberSession(Session):
         self._transport.write(_SUBSCRIBED)
         for topic in resolved:
             self.window.subscribe(topic, start, offset)
+        if joined:
+            self._join(joined, targets, start, offset)
         if self.patterns is not None:
             self.patterns.by_name.update(topics)
             self.patterns.add(wanted, start)
@@ -136,10 +166,24 @@ class SubscriberSession(Session):
             "{peer} subscribed to {topics} at {where}", peer=self.peer, topics=topics, where=where
         )
 
+    def _join(
+        self, joined: list[tuple[str, str]], targets: list[Topic], start: StartAt, offset: int
+    ) -> None:
+        for (group, _), topic in zip(joined, targets, strict=True):
+            self.window.join_group(self.factory.groups.get(topic, group, start, offset))
+        log.debug(
+            "{peer} joined {groups}",
+            peer=self.peer,
+            groups=[f"{group} on {topic!r}" for group, topic in joined],
+        )
+
     def unsubscribe_requested(self, topics: list[str]) -> None:
         patterns = self.patterns
         for name in topics:
-            if patterns is None:
+            member = parse_group_name(name) if self._groups else None
+            if member is not None:
+                self.window.unsubscribe(member[1])
+            elif patterns is None:
                 self.window.unsubscribe(name)
             elif is_pattern(name):
                 patterns.remove(name)
@@ -306,3 +350,22 @@ class SubscriberSession(Session):
         )
         if disconnect:
             self._transport.abortConnection()
+
+
+def _split_groups(names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(group, topic) of each `$share/GROUP/TOPIC` name, and the other names;
+    ValueError for a group name that cannot be used or a pattern in a group."""
+    joined, others = [], []
+    for name in names:
+        member = parse_group_name(name)
+        if member is None:
+            others.append(name)
+            continue
+        group, topic = member
+        problem = group_name_problem(group) or topic_name_problem(topic)
+        if problem is None and is_pattern(topic):
+            problem = "a group takes a topic, not a pattern"
+        if problem:
+            raise ValueError(f"{name!r}: {problem}")
+        joined.append((group, topic))
+    return joined, others
