@@ -171,6 +171,9 @@ class Subscription:
         "window",
     )
 
+    on_done: Callable[[Delivery], None] | None = None
+    """Told of each delivery acked or given up on (durable consumers keep count)."""
+
     def __init__(self, topic: Topic, window: DeliveryWindow, position: int) -> None:
         self.topic = topic
         self.window = window
@@ -373,6 +376,9 @@ class DeliveryWindow:
         if delivery is None:
             return False
         self._timers.forget(delivery)
+        on_done = delivery.subscription.on_done
+        if on_done is not None:
+            on_done(delivery)
         self._pump()
         return True
 
@@ -387,6 +393,9 @@ class DeliveryWindow:
             if delivery is not None:
                 freed += len(delivery.payload)
                 forget(delivery)
+                on_done = delivery.subscription.on_done
+                if on_done is not None:
+                    on_done(delivery)
         self.bytes_in_flight -= freed
 
     def nack(self, delivery_id: int | None = None, pump: bool = True) -> bool:
@@ -397,7 +406,7 @@ class DeliveryWindow:
             return False
         self._timers.forget(delivery)
         if delivery.attempts >= self._settings.max_deliveries:
-            self._dropped(delivery, "nacked")
+            self._give_up(delivery, "nacked")
         elif delivery.subscription.active:
             self._waiting[delivery] = None
             self._timers.delays.add(delivery)
@@ -455,7 +464,7 @@ class DeliveryWindow:
             del self._slots[delivery.id]
             self.bytes_in_flight -= len(delivery.payload)
             if delivery.attempts >= self._settings.max_deliveries:
-                self._dropped(delivery, "timed out")
+                self._give_up(delivery, "timed out")
             elif not delivery.subscription.active:
                 pass
             elif self.paused:
@@ -535,6 +544,12 @@ class DeliveryWindow:
         self.bytes_in_flight += len(delivery.payload)
         self._timers.timeouts.add(delivery)
         self._send(delivery)
+
+    def _give_up(self, delivery: Delivery, reason: str) -> None:
+        self._dropped(delivery, reason)
+        on_done = delivery.subscription.on_done
+        if on_done is not None:
+            on_done(delivery)
 
     def _forget_waiting(self, delivery: Delivery) -> None:
         self._waiting.pop(delivery, None)

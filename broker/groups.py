@@ -17,28 +17,30 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from broker.delivery import Delivery, DeliveryWindow, Subscription
+from broker.durable import Position, PositionStore
 from broker.topics import Topic
 from broker.wire import StartAt
 
-if TYPE_CHECKING:
-    pass
+log = Logger()
 
 GROUP_PREFIX = "$share/"
+DURABLE_PREFIX = "$durable/"
 
 
-def parse_group_name(name: str) -> tuple[str, str] | None:
-    """(group, topic) of a `$share/GROUP/TOPIC` name, else None."""
-    if not name.startswith(GROUP_PREFIX):
-        return None
-    group, slash, topic = name[len(GROUP_PREFIX) :].partition("/")
-    if not slash:
-        return None
-    return group, topic
+def parse_group_name(name: str) -> tuple[str, str, bool] | None:
+    """(group, topic, durable) of a `$share/GROUP/TOPIC` or
+    `$durable/NAME/TOPIC` name, else None."""
+    for prefix, durable in ((GROUP_PREFIX, False), (DURABLE_PREFIX, True)):
+        if name.startswith(prefix):
+            group, slash, topic = name[len(prefix) :].partition("/")
+            return (group, topic, durable) if slash else None
+    return None
 
 
 def group_name_problem(group: str) -> str | None:
@@ -66,6 +68,9 @@ class GroupMember(Subscription):
         """A delivery this member will not answer: the group hands it on."""
         self.group.give_back(delivery)
 
+    def on_done(self, delivery: Delivery) -> None:
+        self.group.done(delivery)
+
     def close(self) -> None:
         if self.active:
             self.active = False
@@ -79,19 +84,24 @@ class ConsumerGroup:
         self,
         name: str,
         topic: Topic,
-        position: int,
+        start_at: int,
         clock: IReactorTime,
         ack_delay: float,
         forget: Callable[[ConsumerGroup], None],
+        position: Position | None = None,
+        positions: PositionStore | None = None,
     ) -> None:
         self.name = name
+        self.position = position
+        """A durable consumer's position (None: the group is not durable)."""
+        self._positions = positions
         self.topic = topic
         self._clock = clock
         self._ack_delay = ack_delay
         self._forget = forget
         # The group's cursor; it wakes the group (through `_wake`) as a
         # window would be woken when its topic grows.
-        self.reader = Subscription(topic, cast(DeliveryWindow, self), position)
+        self.reader = Subscription(topic, cast(DeliveryWindow, self), start_at)
         self.members: list[GroupMember] = []
         self.redo: deque[tuple[int, bytes, int]] = deque()
         self._scheduled = 0  # give-backs waiting for the ack delay
@@ -110,7 +120,26 @@ class ConsumerGroup:
     def take(self) -> tuple[int, bytes] | tuple[int, bytes, int] | None:
         if self.redo:
             return self.redo.popleft()
-        return self.reader.take()
+        position = self.position
+        while True:
+            item = self.reader.take()
+            if item is None or position is None:
+                return item
+            offset = item[0]
+            if offset in position.acked:
+                continue  # acked before the consumer (or the broker) restarted
+            if offset < position.delivered:
+                return (offset, item[1], 1)  # handed out before: a redelivery
+            position.delivered = offset + 1
+            return item
+
+    def done(self, delivery: Delivery) -> None:
+        """A member acked `delivery`, or it was given up on."""
+        position = self.position
+        if position is not None and self._positions is not None:
+            position.done(delivery.offset)
+            position.touched = self._clock.seconds()
+            self._positions.put(self.topic.name, self.name, position)
 
     def _wake(self, reader: Subscription) -> None:
         """The group's cursor has messages: wake the members, in turn."""
@@ -144,32 +173,66 @@ class ConsumerGroup:
 
 
 class GroupRegistry:
-    """The groups of a broker, by topic and name."""
+    """The groups of a broker, by topic, name and durability; and the
+    positions of its durable consumers."""
 
-    def __init__(self, clock: IReactorTime, ack_delay: float) -> None:
+    def __init__(
+        self, clock: IReactorTime, ack_delay: float, positions: PositionStore | None = None
+    ) -> None:
         self._clock = clock
         self._ack_delay = ack_delay
-        self._groups: dict[tuple[str, str], ConsumerGroup] = {}
+        self.positions = positions or PositionStore()
+        self._groups: dict[tuple[str, str, bool], ConsumerGroup] = {}
 
     def __len__(self) -> int:
         return len(self._groups)
 
-    def get(self, topic: Topic, name: str, start: StartAt, offset: int = 0) -> ConsumerGroup:
-        """The group `name` of `topic`; a new one starts where `start` says."""
-        key = (topic.name, name)
+    def get(
+        self, topic: Topic, name: str, start: StartAt, offset: int = 0, durable: bool = False
+    ) -> ConsumerGroup:
+        """The group `name` of `topic`; a new one starts where `start` says,
+        a durable one where its kept position says, if it has one."""
+        key = (topic.name, name, durable)
         group = self._groups.get(key)
-        if group is None:
-            log_ = topic.log
-            if start == StartAt.BEGINNING:
-                position = log_.first_offset
-            elif start == StartAt.CURRENT:
-                position = log_.next_offset
-            else:
-                position = min(max(offset, log_.first_offset), log_.next_offset)
-            group = self._groups[key] = ConsumerGroup(
-                name, topic, position, self._clock, self._ack_delay, self._forget
-            )
+        if group is not None:
+            return group
+        log_ = topic.log
+        if start == StartAt.BEGINNING:
+            at = log_.first_offset
+        elif start == StartAt.CURRENT:
+            at = log_.next_offset
+        else:
+            at = min(max(offset, log_.first_offset), log_.next_offset)
+        position = None
+        if durable:
+            position = self.positions.get(topic.name, name)
+            if position is None:
+                position = Position(at, delivered=at, touched=self._clock.seconds())
+                self.positions.put(topic.name, name, position)
+            elif position.low < log_.first_offset:
+                log.warn(
+                    "durable consumer {name!r} of {topic!r} skips ahead to {first}: "
+                    "retention removed {lost} message(s) it had not acked",
+                    name=name,
+                    topic=topic.name,
+                    first=log_.first_offset,
+                    lost=log_.first_offset - position.low,
+                )
+                position.acked = {o for o in position.acked if o >= log_.first_offset}
+                position.low = log_.first_offset
+                position.delivered = max(position.delivered, position.low)
+            at = position.low
+        group = self._groups[key] = ConsumerGroup(
+            name,
+            topic,
+            at,
+            self._clock,
+            self._ack_delay,
+            self._forget,
+            position,
+            self.positions if durable else None,
+        )
         return group
 
     def _forget(self, group: ConsumerGroup) -> None:
-        self._groups.pop((group.topic.name, group.name), None)
+        self._groups.pop((group.topic.name, group.name, group.position is not None), None)

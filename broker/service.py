@@ -31,6 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger
 
 from broker.auth import Authenticator
+from broker.durable import PositionStore
 from broker.listeners import (
     ListenerError,
     endpoint_description,
@@ -54,6 +55,8 @@ RETENTION_SWEEP_SECONDS = 1.0
 RATE_SAMPLE_SECONDS = 1.0
 # How often subscriptions are checked for falling behind (--slow-consumer-lag).
 LAG_CHECK_SECONDS = 5.0
+# How often durable consumers idle past --durable-idle are looked for.
+IDLE_CONSUMER_SWEEP_SECONDS = 60.0
 # How often a drain looks whether every delivery in flight is answered.
 DRAIN_POLL_SECONDS = 0.05
 
@@ -142,6 +145,7 @@ class BrokerService(MultiService):
             self._monitor.setServiceParent(self)
         self._timer(RATE_SAMPLE_SECONDS, self._sample_rates)
         self._timer(LAG_CHECK_SECONDS, self.check_lag)
+        self._timer(IDLE_CONSUMER_SWEEP_SECONDS, self._forget_idle_consumers)
         self._timer(RETENTION_SWEEP_SECONDS, self._apply_retention)
         if data_dir is not None and self._file_settings.fsync is FsyncPolicy.INTERVAL:
             self._timer(self._file_settings.fsync_interval, self._sync_store)
@@ -246,9 +250,14 @@ class BrokerService(MultiService):
                 existing=self.store.topic_names(),
                 clock=self._reactor.seconds,
             )
+            positions = PositionStore(self._data_dir, self._file_settings.fsync)
         except StoreError as error:
             raise StartupError(str(error)) from None
+        except (OSError, ValueError) as error:
+            message = f"cannot keep consumer positions in {self._data_dir}: {error}"
+            raise StartupError(message) from None
         self.factory.registry = registry
+        self.factory.groups.positions = positions
         log.info(
             "topics live in {root}: {topics} topic(s), {messages} message(s), opened in "
             "{seconds:.2f} s (fsync {fsync})",
@@ -279,6 +288,7 @@ class BrokerService(MultiService):
                 signal.signal(number, previous)
         self._previous_sighup = self._previous_sigterm = None
         self.factory.registry.close()  # a file store syncs and closes here
+        self.factory.groups.positions.close()
         self.state = "stopped"
         log.info("broker stopped")
 
@@ -373,3 +383,16 @@ class BrokerService(MultiService):
     def _sync_store(self) -> None:
         if self.store is not None:
             self.store.sync_all()
+        self.factory.groups.positions.sync()
+
+    def _forget_idle_consumers(self) -> None:
+        positions = self.factory.groups.positions
+        for topic, name in positions.forget_idle(
+            self._reactor.seconds(), self.factory.settings.durable_idle
+        ):
+            log.info(
+                "forgot durable consumer {name!r} of {topic!r}: idle too long",
+                name=name,
+                topic=topic,
+            )
+        positions.flush()

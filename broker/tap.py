@@ -263,6 +263,13 @@ class Options(usage.Options):
                 "tcp:8222:interface=127.0.0.1. Off by default.",
             ],
             [
+                "durable-idle",
+                None,
+                _BROKER.durable_idle,
+                "Seconds a durable consumer's position is kept with no activity.",
+                _positive(float),
+            ],
+            [
                 "drain-timeout",
                 None,
                 _BROKER.drain_timeout,
@@ -447,6 +454,7 @@ class Options(usage.Options):
             frame_timeout=self["frame-timeout"],
             tls_identity=self["tls-identity"],
             drain_timeout=self["drain-timeout"],
+            durable_idle=self["durable-idle"],
             slow_consumer_lag=self["slow-consumer-lag"],
             delivery=DeliverySettings(
                 ack_delay=self["ack-delay"],

@@ -26,7 +26,7 @@ async def test_the_store_opens_at_start_and_closes_after_the_connections(tmp_pat
     )
     assert service.store is None and not (tmp_path / "data").exists()  # nothing opened yet
     timers = [child for child in service if isinstance(child, TimerService)]
-    assert len(timers) == 4  # rates, lag, retention and fsync, as children
+    assert len(timers) == 5  # rates, lag, idle consumers, retention and fsync
     service.privilegedStartService()
     service.startService()
     assert service.store is not None

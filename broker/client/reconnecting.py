@@ -45,7 +45,7 @@ from broker.client.protocols import (
     _check_publish,
     _check_topics,
 )
-from broker.groups import GROUP_PREFIX, group_name_problem, parse_group_name
+from broker.groups import DURABLE_PREFIX, GROUP_PREFIX, group_name_problem, parse_group_name
 from broker.subjects import PatternError, check_pattern, is_pattern, matches
 from broker.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
 from broker.wire import StartAt
@@ -475,15 +475,24 @@ class BrokerClient:
         start: StartAt = StartAt.CURRENT,
         offset: int = 0,
         group: str | None = None,
+        durable: str | None = None,
     ) -> Deferred[None]:
         """Subscribe `handler` to `topics`; fires once the broker confirms.
 
         With `group` (and the extensions), join that consumer group of each
         topic instead: each message goes to one member of the group. A new
         group starts where `start` says; a member that joins an existing one
-        takes up where the group is.
+        takes up where the group is. With `durable`, the broker keeps the
+        consumer's position (in its data directory, if it has one): a process
+        that subscribes again with the same name, after a restart of its own
+        or of the broker, resumes at the first message not acked. Several
+        processes with one durable name share its messages, as a group.
         """
         names = _check_topics(topics)
+        if durable is not None:
+            if group not in (None, durable):
+                raise ValueError("a durable consumer is its own group: give one name")
+            return self._join(names, handler, start, offset, durable, durable=True)
         if group is not None:
             return self._join(names, handler, start, offset, group)
         # Without the extensions names are literal, as the Go clients' are.
@@ -589,7 +598,13 @@ class BrokerClient:
         return handler(message)
 
     def _join(
-        self, topics: list[str], handler: Handler, start: StartAt, offset: int, group: str
+        self,
+        topics: list[str],
+        handler: Handler,
+        start: StartAt,
+        offset: int,
+        group: str,
+        durable: bool = False,
     ) -> Deferred[None]:
         if not self.extensions:
             raise ValueError("consumer groups need extensions=True")
@@ -598,7 +613,8 @@ class BrokerClient:
             raise ValueError(f"{group!r}: {problem}")
         if any(is_pattern(topic) for topic in topics):
             raise ValueError("a group takes topics, not patterns")
-        shares = [f"{GROUP_PREFIX}{group}/{topic}" for topic in topics]
+        prefix = DURABLE_PREFIX if durable else GROUP_PREFIX
+        shares = [f"{prefix}{group}/{topic}" for topic in topics]
 
         async def join() -> None:
             for topic, share in zip(topics, shares, strict=True):

@@ -42,6 +42,8 @@ class BrokerSettings:
     tls_identity: str = "cn"
     """With a users file and --tls-ca: which name of a client certificate is
     its user (cn, dns, email), or none (certificates then name no user)."""
+    durable_idle: float = 7 * 24 * 3600.0
+    """Seconds a durable consumer's position is kept with no activity."""
     drain_timeout: float = 5.0
     """Seconds a stopping broker lets deliveries in flight be acked."""
     close_grace: float = 5.0

@@ -101,7 +101,7 @@ class SubscriberSession(Session):
     # Decoder events.
 
     def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None:
-        joined: list[tuple[str, str]] = []
+        joined: list[tuple[str, str, bool]] = []
         targets: list[Topic] = []
         if self._groups:
             try:
@@ -111,12 +111,12 @@ class SubscriberSession(Session):
                 return
             if joined:
                 if self._may_subscribe is not None:
-                    forbidden = self._may_subscribe.forbidden([topic for _, topic in joined])
+                    forbidden = self._may_subscribe.forbidden([topic for _, topic, _ in joined])
                     if forbidden:
                         self.refused(f"{ERR_PERMISSION_DENIED}: subscribe to {forbidden[0]!r}")
                         return
                 try:
-                    targets = self.factory.registry.get_all([topic for _, topic in joined])
+                    targets = self.factory.registry.get_all([topic for _, topic, _ in joined])
                 except TooManyTopics:
                     self.refused(ERR_TOO_MANY_TOPICS)
                     return
@@ -167,14 +167,19 @@ class SubscriberSession(Session):
         )
 
     def _join(
-        self, joined: list[tuple[str, str]], targets: list[Topic], start: StartAt, offset: int
+        self,
+        joined: list[tuple[str, str, bool]],
+        targets: list[Topic],
+        start: StartAt,
+        offset: int,
     ) -> None:
-        for (group, _), topic in zip(joined, targets, strict=True):
-            self.window.join_group(self.factory.groups.get(topic, group, start, offset))
+        groups = self.factory.groups
+        for (group, _, durable), topic in zip(joined, targets, strict=True):
+            self.window.join_group(groups.get(topic, group, start, offset, durable))
         log.debug(
             "{peer} joined {groups}",
             peer=self.peer,
-            groups=[f"{group} on {topic!r}" for group, topic in joined],
+            groups=[f"{group} on {topic!r}" for group, topic, _ in joined],
         )
 
     def unsubscribe_requested(self, topics: list[str]) -> None:
@@ -217,6 +222,9 @@ class SubscriberSession(Session):
     # Hooks of the protocol.
 
     def end_of_read(self) -> None:
+        positions = self.factory.groups.positions
+        if positions.dirty:
+            positions.flush()  # what durable consumers acked in this read
         if self._acks_to_pump:
             # The slots this read's acks freed are filled at once, in one write.
             self._acks_to_pump = False
@@ -352,20 +360,21 @@ class SubscriberSession(Session):
             self._transport.abortConnection()
 
 
-def _split_groups(names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """(group, topic) of each `$share/GROUP/TOPIC` name, and the other names;
-    ValueError for a group name that cannot be used or a pattern in a group."""
+def _split_groups(names: list[str]) -> tuple[list[tuple[str, str, bool]], list[str]]:
+    """(group, topic, durable) of each `$share/GROUP/TOPIC` and
+    `$durable/NAME/TOPIC` name, and the other names; ValueError for a group
+    name that cannot be used or a pattern in a group."""
     joined, others = [], []
     for name in names:
         member = parse_group_name(name)
         if member is None:
             others.append(name)
             continue
-        group, topic = member
+        group, topic, durable = member
         problem = group_name_problem(group) or topic_name_problem(topic)
         if problem is None and is_pattern(topic):
             problem = "a group takes a topic, not a pattern"
         if problem:
             raise ValueError(f"{name!r}: {problem}")
-        joined.append((group, topic))
+        joined.append((group, topic, durable))
     return joined, others

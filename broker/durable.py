@@ -1,0 +1,199 @@
+"""Positions of durable consumers, kept by the broker so that a consumer
+that restarts (or another process with its name) resumes exactly where it
+was, with no state of its own.
+
+A position is the lowest offset not yet acked, the offsets above it already
+acked, and how far messages were handed out (those below are redeliveries
+after a restart). With a data directory, positions live in
+`consumers.jsonl`: each change of a consumer appends its whole position as
+one JSON line (the last line of a consumer wins at start), written after
+each read that changed any, fsynced as --fsync says, and rewritten whole
+once the file holds four times what is live, so that it does not grow with
+the number of acks. Without one they live as long as the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger
+
+from broker.log import FsyncPolicy
+
+log = Logger()
+
+POSITIONS_FILE = "consumers.jsonl"
+# Rewrite the file once it is this many times larger than its live records
+# (and past COMPACT_AT bytes).
+COMPACT_RATIO = 4
+COMPACT_AT = 64 * 1024
+
+
+@dataclass
+class Position:
+    """Where one durable consumer of one topic is."""
+
+    low: int
+    """The lowest offset not yet acked (or given up on)."""
+    acked: set[int] = field(default_factory=set)
+    """Offsets above `low` already acked."""
+    delivered: int = 0
+    """Messages below this offset were handed out at least once."""
+    touched: float = 0.0
+    """When it last changed (seconds since the epoch)."""
+
+    def done(self, offset: int) -> None:
+        """`offset` was acked, or given up on: the position moves past it."""
+        if offset < self.low:
+            return
+        if offset == self.low:
+            self.low += 1
+            while self.low in self.acked:
+                self.acked.remove(self.low)
+                self.low += 1
+        else:
+            self.acked.add(offset)
+
+    def record(self, topic: str, name: str) -> dict[str, Any]:
+        return {
+            "topic": topic,
+            "name": name,
+            "low": self.low,
+            "acked": sorted(self.acked),
+            "delivered": self.delivered,
+            "touched": self.touched,
+        }
+
+
+class PositionStore:
+    """The positions of every durable consumer, by (topic, name)."""
+
+    def __init__(self, directory: Path | None = None, fsync: FsyncPolicy = FsyncPolicy.NEVER):
+        self.positions: dict[tuple[str, str], Position] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._fsync = fsync
+        self._path = Path(directory) / POSITIONS_FILE if directory is not None else None
+        self._file: Any = None
+        self._unsynced = False
+        if self._path is not None:
+            self._load(self._path)
+            self._rewrite()
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def get(self, topic: str, name: str) -> Position | None:
+        return self.positions.get((topic, name))
+
+    def put(self, topic: str, name: str, position: Position) -> None:
+        self.positions[(topic, name)] = position
+        self._dirty.add((topic, name))
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def flush(self) -> None:
+        """Write the positions changed since the last flush (fsynced under
+        --fsync always)."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        if self._file is None:
+            return
+        lines = []
+        for key in dirty:
+            position = self.positions.get(key)
+            record = position.record(*key) if position else {"topic": key[0], "name": key[1]}
+            lines.append(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.write("".join(lines))
+        self._file.flush()
+        if self._fsync is FsyncPolicy.ALWAYS:
+            os.fsync(self._file.fileno())
+        else:
+            self._unsynced = True
+        if self._file.tell() > max(COMPACT_AT, COMPACT_RATIO * self._live_size()):
+            self._rewrite()
+
+    def sync(self) -> None:
+        """fsync what was written (the --fsync interval timer calls this)."""
+        if self._file is not None and self._unsynced and self._fsync is not FsyncPolicy.NEVER:
+            os.fsync(self._file.fileno())
+            self._unsynced = False
+
+    def forget_idle(self, now: float, idle: float) -> list[tuple[str, str]]:
+        """Forget positions unchanged for `idle` seconds; return whose."""
+        gone = [key for key, p in self.positions.items() if now - p.touched > idle]
+        for key in gone:
+            del self.positions[key]
+            self._dirty.add(key)
+        return gone
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+            self._file = None
+
+    @property
+    def size(self) -> int:
+        """Bytes of the positions file (0 without one)."""
+        return self._file.tell() if self._file is not None else 0
+
+    def _live_size(self) -> int:
+        return sum(
+            len(json.dumps(p.record(*key), separators=(",", ":"))) + 1
+            for key, p in self.positions.items()
+        )
+
+    def _load(self, path: Path) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                record = json.loads(line)
+                key = (record["topic"], record["name"])
+                if "low" not in record:
+                    self.positions.pop(key, None)  # forgotten
+                    continue
+                self.positions[key] = Position(
+                    int(record["low"]),
+                    {int(offset) for offset in record["acked"]},
+                    int(record["delivered"]),
+                    float(record["touched"]),
+                )
+            except (ValueError, KeyError, TypeError):
+                # A line cut by a crash (the last) or damaged: the lines
+                # before it still hold.
+                log.warn(
+                    "{path}:{number}: unreadable position; skipped", path=str(path), number=number
+                )
+
+    def _rewrite(self) -> None:
+        """Write the live positions to a new file and put it in place."""
+        assert self._path is not None
+        if self._file is not None:
+            self._file.close()
+        fresh = self._path.with_suffix(".jsonl.new")
+        with fresh.open("w", encoding="utf-8") as out:
+            for key, position in self.positions.items():
+                out.write(json.dumps(position.record(*key), separators=(",", ":")) + "\n")
+            out.flush()
+            if self._fsync is not FsyncPolicy.NEVER:
+                os.fsync(out.fileno())
+        os.replace(fresh, self._path)
+        if self._fsync is not FsyncPolicy.NEVER:
+            directory = os.open(self._path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        self._file = self._path.open("a", encoding="utf-8")
+        self._dirty.clear()

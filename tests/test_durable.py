@@ -1,0 +1,172 @@
+"""Durable consumers kept by the broker: a consumer that acks half and goes
+is resumed at its first unacked message by whoever comes back with its
+name, across a restart of the broker with --data-dir (and a SIGKILL under
+--fsync always); the positions file stays small whatever the number of
+acks; idle positions are forgotten."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from broker.client import Message, connect
+from broker.delivery import DeliverySettings
+from broker.durable import COMPACT_AT, POSITIONS_FILE, Position, PositionStore
+from broker.log import FileStoreSettings, FsyncPolicy
+from broker.server import BrokerSettings
+from broker.service import BrokerService
+from broker.testing import InMemoryBroker
+from broker.wire import StartAt
+from tests.conftest import Inbox
+from tests.process import free_port, start_durable_broker
+
+
+def acks_below(limit: int, seen: list[Message]):
+    """A handler that acks offsets below `limit` and leaves the rest unanswered."""
+
+    def handle(message: Message):
+        seen.append(message)
+        return True if message.offset < limit else Deferred()
+
+    return handle
+
+
+def test_a_new_consumer_with_the_name_resumes_at_the_first_unacked():
+    broker = InMemoryBroker(BrokerSettings(delivery=DeliverySettings(ack_delay=0.5)))
+    publisher = broker.client(extensions=True)
+    sent = [publisher.publish("invoices", b"%d" % n) for n in range(10)]
+    first: list[Message] = []
+    consumer = broker.client(extensions=True, prefetch=10)
+    consumer.subscribe(
+        ["invoices"], acks_below(5, first), start=StartAt.BEGINNING, durable="billing"
+    )
+    broker.flush()
+    assert [broker.result(each) for each in sent] == list(range(10))
+    assert len(first) == 10
+    closing = consumer.close()
+    broker.advance(0.5)
+    broker.result(closing)
+    second: list[Message] = []
+    again = broker.client(extensions=True, prefetch=10)
+    again.subscribe(["invoices"], second.append, start=StartAt.CURRENT, durable="billing")
+    broker.advance(1)
+    assert sorted(m.offset for m in second) == [5, 6, 7, 8, 9]
+    assert {m.attempt for m in second} == {2}  # handed out before: redeliveries
+    position = broker.factory.groups.positions.get("invoices", "billing")
+    assert position is not None and position.low == 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_durable_position_survives_a_broker_restart(tmp_path):
+    async def broker_on(port: int) -> BrokerService:
+        service = BrokerService(
+            [f"tcp:{port}:interface=127.0.0.1"],
+            BrokerSettings(),
+            data_dir=tmp_path / "data",
+            file_settings=FileStoreSettings(fsync=FsyncPolicy.ALWAYS),
+        )
+        service.privilegedStartService()
+        service.startService()
+        return service
+
+    port = free_port()
+    service = await broker_on(port)
+    seen: list[Message] = []
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=10)
+    try:
+        for n in range(10):
+            await client.publish("ledger", b"%d" % n)
+        await client.subscribe(
+            ["ledger"], acks_below(5, seen), start=StartAt.BEGINNING, durable="audit"
+        )
+        while len(seen) < 10:
+            await deferLater(reactor, 0.01, lambda: None)
+    finally:
+        await client.close()
+        await service.stopService()
+    service = await broker_on(port)
+    resumed = Inbox()
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=10)
+    try:
+        await client.subscribe(["ledger"], resumed, durable="audit")
+        await resumed.wait(5)
+        assert sorted(m.offset for m in resumed.messages) == [5, 6, 7, 8, 9]
+        assert {m.attempt for m in resumed.messages} == {2}
+    finally:
+        await client.close()
+        await service.stopService()
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_a_durable_position_survives_a_sigkill_under_fsync_always(tmp_path):
+    port = free_port()
+    broker = await start_durable_broker(tmp_path, port)
+    seen: list[Message] = []
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=10)
+    try:
+        for n in range(10):
+            await client.publish("ledger", b"%d" % n)
+        await client.subscribe(
+            ["ledger"], acks_below(5, seen), start=StartAt.BEGINNING, durable="audit"
+        )
+        positions = tmp_path / "data" / POSITIONS_FILE
+        for _ in range(1000):  # the acks are on disk once the file says so
+            lines = positions.read_text().splitlines() if positions.exists() else []
+            if lines and json.loads(lines[-1])["low"] == 5:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        broker.signal("KILL")
+        await broker.ended
+    finally:
+        await client.close()
+    again = await start_durable_broker(tmp_path, port)
+    resumed = Inbox()
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=10)
+    try:
+        await client.subscribe(["ledger"], resumed, durable="audit")
+        await resumed.wait(5)
+        assert sorted(m.offset for m in resumed.messages) == [5, 6, 7, 8, 9]
+    finally:
+        await client.close()
+        again.signal("TERM")
+        await again.ended
+
+
+def test_the_positions_file_stays_small_after_a_million_acks(tmp_path):
+    store = PositionStore(tmp_path, FsyncPolicy.NEVER)
+    positions = [Position(0), Position(0)]
+    for offset in range(1_000_000):
+        # Two consumers; acks arrive a little out of order, as with prefetch.
+        done = offset ^ 1
+        for number, position in enumerate(positions):
+            position.done(done)
+            store.put("t", f"c{number}", position)
+        if offset % 1000 == 999:
+            store.flush()
+    store.flush()
+    assert [p.low for p in positions] == [1_000_000, 1_000_000]
+    assert store.size < COMPACT_AT + 4096
+    store.close()
+    reopened = PositionStore(tmp_path)
+    assert reopened.get("t", "c1").low == 1_000_000
+    assert (tmp_path / POSITIONS_FILE).stat().st_size < 200
+
+
+def test_idle_positions_are_forgotten_and_a_cut_last_line_is_skipped(tmp_path):
+    store = PositionStore(tmp_path, FsyncPolicy.ALWAYS)
+    store.put("t", "old", Position(3, touched=100.0))
+    store.put("t", "new", Position(7, touched=1000.0))
+    store.flush()
+    assert store.forget_idle(now=1100.0, idle=500.0) == [("t", "old")]
+    store.flush()
+    store.close()
+    with (tmp_path / POSITIONS_FILE).open("a") as damaged:
+        damaged.write('{"topic": "t", "name": "new", "lo')  # cut by a crash
+    reopened = PositionStore(tmp_path)
+    assert reopened.get("t", "old") is None and reopened.get("t", "new").low == 7
