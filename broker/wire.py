@@ -279,13 +279,17 @@ def encode_publish(topic: str, payload: bytes) -> bytes:
     return publish_prefix(topic) + _U32.pack(len(payload)) + payload
 
 
-def encode_client_hello(prefetch: int | None = None, confirms: bool = False) -> bytes:
+def encode_client_hello(
+    prefetch: int | None = None, confirms: bool = False, groups: bool = False
+) -> bytes:
     """A client's Hello asking for this version of the extensions."""
     fields: dict[str, object] = {"version": EXTENSIONS_VERSION}
     if prefetch is not None:
         fields["prefetch"] = prefetch
     if confirms:
         fields["confirms"] = True
+    if groups:
+        fields["groups"] = True
     return encode_hello(fields)
 
 

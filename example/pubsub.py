@@ -5,6 +5,8 @@
     python example/pubsub.py --client-type consume --publish        # also publish every 500 ms
     python example/pubsub.py --client-type publish --count 10
     python example/pubsub.py --client-type publish --extensions     # confirmed, with offsets
+    python example/pubsub.py --extensions --group workers           # one of a pool of workers
+    python example/pubsub.py --extensions --durable billing         # the broker keeps its place
 
 Ctrl-C stops it cleanly.
 """
@@ -47,7 +49,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="use the broker's extensions: confirmed publishes, offsets, prefetch, resume",
     )
+    parser.add_argument(
+        "--group",
+        help="consume as a member of this consumer group: each message goes to one member "
+        "(needs --extensions)",
+    )
+    parser.add_argument(
+        "--durable",
+        help="consume as this durable consumer: the broker keeps its place, so a restart "
+        "resumes at the first message not acked (needs --extensions)",
+    )
     args = parser.parse_args(argv)
+    if (args.group or args.durable) and not args.extensions:
+        parser.error("--group and --durable need --extensions")
+    if args.group and args.durable and args.group != args.durable:
+        parser.error("a durable consumer is its own group: give --durable alone")
     if args.consume_from < -1:
         parser.error("--consume-from takes -1 or an offset")
     if args.consume_from > MAX_U16 and not args.extensions:
@@ -97,8 +113,16 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         start, offset = StartAt.CURRENT, 0
     else:
         start, offset = StartAt.FROM, args.consume_from
-    await client.subscribe([args.topic], print_message, start=start, offset=offset)
-    print(f"subscribed to {args.topic}", flush=True)
+    await client.subscribe(
+        [args.topic],
+        print_message,
+        start=start,
+        offset=offset,
+        group=args.group if not args.durable else None,
+        durable=args.durable,
+    )
+    joined = f" as {args.durable or args.group}" if args.durable or args.group else ""
+    print(f"subscribed to {args.topic}{joined}", flush=True)
     if args.publish:
         await publish_every(reactor, client, args)
     await Deferred()  # consume until Ctrl-C

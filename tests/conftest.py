@@ -15,7 +15,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "slow: long runs left out by default (SIGKILL chaos, the seed's real timers, "
-        "a drained twistd, the dashboard in Chromium); "
+        "a drained twistd, the dashboard in Chromium, a million acks, a group member "
+        "leaving mid-run); "
         "`pytest -m slow` runs them, and CI does",
     )
 

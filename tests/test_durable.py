@@ -138,6 +138,7 @@ async def test_a_durable_position_survives_a_sigkill_under_fsync_always(tmp_path
         await again.ended
 
 
+@pytest.mark.slow
 def test_the_positions_file_stays_small_after_a_million_acks(tmp_path):
     store = PositionStore(tmp_path, FsyncPolicy.NEVER)
     positions = [Position(0), Position(0)]

@@ -136,6 +136,7 @@ async def test_over_loopback_three_members_share_30000_messages_once_each():
         await running.stop()
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_over_loopback_a_member_that_leaves_mid_run_loses_the_group_nothing():
     running = start_broker(BrokerSettings(delivery=DeliverySettings(ack_delay=0.05)))

@@ -261,6 +261,9 @@ async def test_example_checks_its_options():
     far = example("127.0.0.1:1", "consume", "--consume-from", "70000")
     assert await far.ended == 2
     assert "needs --extensions" in far.output
+    pooled = example("127.0.0.1:1", "consume", "--group", "workers")
+    assert await pooled.ended == 2
+    assert "--group and --durable need --extensions" in pooled.output
 
 
 @pytest_twisted.ensureDeferred

@@ -17,7 +17,7 @@ PATTERNS = st.builds(
 ).filter(bool)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     held=st.lists(st.tuples(PATTERNS, st.integers(0, 5)), max_size=20),
     removed=st.lists(st.integers(0, 19), max_size=10),

@@ -40,8 +40,11 @@ class BenchSubscriber(Protocol):
         start: StartAt = StartAt.CURRENT,
         until: int | None = None,
         timed: bool = True,
+        group: GroupTally | None = None,
     ) -> None:
         self.topic = topic
+        self.group = group
+        """With a group: a member; the group's tally counts what all get."""
         self.expected = expected
         self.size = size
         self.prefetch = prefetch
@@ -67,9 +70,11 @@ class BenchSubscriber(Protocol):
         # window while the bench is still working. (Measured: prefetch 256,
         # 93k msg/s with 64 KiB reads, 143-155k with 4 KiB.)
         self.transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]  # a FileDescriptor
-        if self.prefetch > 1:
+        if self.prefetch > 1 or self.group is not None:
             self.decoder.expect_hello()
-            self.transport.write(wire.encode_client_hello(prefetch=self.prefetch))
+            self.transport.write(
+                wire.encode_client_hello(prefetch=self.prefetch, groups=self.group is not None)
+            )
         else:
             self._subscribe()
 
@@ -78,7 +83,8 @@ class BenchSubscriber(Protocol):
 
     def _subscribe(self) -> None:
         self.decoder.pending_requests = 1
-        self.transport.write(wire.encode_subscribe([self.topic], self.start))
+        name = self.topic if self.group is None else f"$share/bench/{self.topic}"
+        self.transport.write(wire.encode_subscribe([name], self.start))
 
     def dataReceived(self, data: bytes) -> None:
         self.decoder.feed(data)
@@ -112,6 +118,14 @@ class BenchSubscriber(Protocol):
         sequence, sent = HEADER.unpack_from(payload)
         if payload[HEADER.size :] != payload_body(sequence, self.size):
             self.corrupt += 1
+        if self.group is not None:
+            # Members interleave: the group checks each message came once.
+            self.received += 1
+            self.last_at = now
+            if self.timed:
+                self.latencies.record(now - sent)
+            self.group.record(sequence, now)
+            return
         if self.until is not None:
             if sequence == self.until and not self.done.called:
                 self.last_at = now
@@ -123,6 +137,29 @@ class BenchSubscriber(Protocol):
         if self.timed:
             self.latencies.record(now - sent)
         self.received += 1
+        self.last_at = now
+        if self.received == self.expected and not self.done.called:
+            self.done.callback(None)
+
+
+class GroupTally:
+    """What the members of one group received between them: each message
+    once, `expected` in all."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.seen = bytearray(expected)
+        self.duplicates = 0
+        self.received = 0
+        self.last_at = 0.0
+        self.done: Deferred[None] = Deferred()
+
+    def record(self, sequence: int, now: float) -> None:
+        if 0 <= sequence < self.expected and not self.seen[sequence]:
+            self.seen[sequence] = 1
+            self.received += 1
+        else:
+            self.duplicates += 1
         self.last_at = now
         if self.received == self.expected and not self.done.called:
             self.done.callback(None)

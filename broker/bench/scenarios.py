@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from broker import wire
 from broker.bench.payloads import Histogram, Result, make_payload
 from broker.bench.progress import Progress
-from broker.bench.protocols import BenchPublisher, BenchSubscriber, publish_frames
+from broker.bench.protocols import BenchPublisher, BenchSubscriber, GroupTally, publish_frames
 from broker.client.protocols import SubscriberProtocol
 from broker.wire import StartAt
 
@@ -121,6 +121,25 @@ def _delivery_result(
         out_of_order=sum(s.out_of_order for s in subscribers),
         corrupt=sum(s.corrupt for s in subscribers),
     )
+
+
+async def group(bench: Bench) -> Result:
+    """A burst of --messages shared by --subscribers members of one consumer
+    group: aggregate msg/s, each message once."""
+    args = bench.args
+    topic = bench.topic("group")
+    tally = GroupTally(args.messages)
+    members = await bench.subscribers(topic, args.subscribers, group=tally)
+    publisher = await bench.connect(BenchPublisher())
+    chunks = bench.prepare_burst(topic, args.messages)
+    started = time.perf_counter()
+    await bench.burst(publisher, chunks)
+    tally.done.addTimeout(args.timeout, bench.reactor)
+    await tally.done
+    result = _delivery_result("group", bench, members, tally.last_at - started)
+    result.complete = tally.received == args.messages and not tally.duplicates
+    result.extra = {"shares": [m.received for m in members], "duplicates": tally.duplicates}
+    return result
 
 
 async def fanout(bench: Bench) -> Result:
@@ -314,6 +333,7 @@ def ceiling(args: argparse.Namespace) -> Result:
 
 SCENARIOS: dict[str, Callable[[Bench], Coroutine[Any, Any, Result]]] = {
     "fanout": fanout,
+    "group": group,
     "latency": latency,
     "ingest": ingest,
     "replay": replay,
