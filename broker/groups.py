@@ -126,12 +126,34 @@ class ConsumerGroup:
             if item is None or position is None:
                 return item
             offset = item[0]
+            if position.low < self.topic.log.first_offset:
+                self._skipped_ahead(position)
             if offset in position.acked:
                 continue  # acked before the consumer (or the broker) restarted
             if offset < position.delivered:
                 return (offset, item[1], 1)  # handed out before: a redelivery
             position.delivered = offset + 1
             return item
+
+    def _skipped_ahead(self, position: Position) -> None:
+        """A limit of bytes or age removed messages this durable consumer had
+        not acked: it moves past them, and says so."""
+        first = self.topic.log.first_offset
+        log.warn(
+            "durable consumer {name!r} of {topic!r} skips ahead to {first}: a retention "
+            "limit removed {lost} message(s) it had not acked",
+            name=self.name,
+            topic=self.topic.name,
+            first=first,
+            lost=first - position.low,
+        )
+        position.acked = {offset for offset in position.acked if offset >= first}
+        position.low = first
+        while position.low in position.acked:
+            position.acked.remove(position.low)
+            position.low += 1
+        if self._positions is not None:
+            self._positions.put(self.topic.name, self.name, position)
 
     def done(self, delivery: Delivery) -> None:
         """A member acked `delivery`, or it was given up on."""
@@ -233,6 +255,13 @@ class GroupRegistry:
             self.positions if durable else None,
         )
         return group
+
+    def floors(self) -> dict[str, int]:
+        """Per topic, the lowest offset a durable consumer has not acked."""
+        floors: dict[str, int] = {}
+        for (topic, _), position in self.positions.positions.items():
+            floors[topic] = min(floors.get(topic, position.low), position.low)
+        return floors
 
     def _forget(self, group: ConsumerGroup) -> None:
         self._groups.pop((group.topic.name, group.name, group.position is not None), None)

@@ -146,7 +146,7 @@ class BrokerService(MultiService):
         self._timer(RATE_SAMPLE_SECONDS, self._sample_rates)
         self._timer(LAG_CHECK_SECONDS, self.check_lag)
         self._timer(IDLE_CONSUMER_SWEEP_SECONDS, self._forget_idle_consumers)
-        self._timer(RETENTION_SWEEP_SECONDS, self._apply_retention)
+        self._timer(RETENTION_SWEEP_SECONDS, self.apply_retention)
         if data_dir is not None and self._file_settings.fsync is FsyncPolicy.INTERVAL:
             self._timer(self._file_settings.fsync_interval, self._sync_store)
 
@@ -375,9 +375,12 @@ class BrokerService(MultiService):
     def _sample_rates(self) -> None:
         self.rates.sample(self._reactor.seconds(), self.factory.stats)
 
-    def _apply_retention(self) -> None:
+    def apply_retention(self) -> None:
+        """Apply each topic's retention (a timer calls this every second)."""
         now = self._reactor.seconds()
+        floors = self.factory.groups.floors()
         for topic in self.factory.registry:
+            topic.log.keep_from = floors.get(topic.name)
             topic.log.apply_retention(now)
 
     def _sync_store(self) -> None:

@@ -17,12 +17,12 @@ from twisted.internet.task import deferLater
 from broker.client import Message, connect
 from broker.delivery import DeliverySettings
 from broker.durable import COMPACT_AT, POSITIONS_FILE, Position, PositionStore
-from broker.log import FileStoreSettings, FsyncPolicy
+from broker.log import FileStoreSettings, FsyncPolicy, Retention
 from broker.server import BrokerSettings
 from broker.service import BrokerService
 from broker.testing import InMemoryBroker
 from broker.wire import StartAt
-from tests.conftest import Inbox
+from tests.conftest import HeldAnswers, Inbox
 from tests.process import free_port, start_durable_broker
 
 
@@ -171,3 +171,51 @@ def test_idle_positions_are_forgotten_and_a_cut_last_line_is_skipped(tmp_path):
         damaged.write('{"topic": "t", "name": "new", "lo')  # cut by a crash
     reopened = PositionStore(tmp_path)
     assert reopened.get("t", "old") is None and reopened.get("t", "new").low == 7
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_by_count_keeps_what_a_durable_consumer_has_not_acked():
+    port = free_port()
+    service = BrokerService(
+        [f"tcp:{port}:interface=127.0.0.1"], BrokerSettings(retention=Retention(max_messages=5))
+    )
+    service.privilegedStartService()
+    service.startService()
+    held = HeldAnswers()
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=2)
+    try:
+        await client.subscribe(["kept"], held, start=StartAt.BEGINNING, durable="slow")
+        service.apply_retention()  # the durable consumer's floor: offset 0
+        for n in range(20):
+            await client.publish("kept", b"%d" % n)
+        topic = service.factory.registry.get("kept")
+        service.apply_retention()
+        assert topic.log.first_offset == 0  # nothing it has not acked is gone
+        while len(held.messages) < 20:
+            held.answer_all()
+            await deferLater(reactor, 0.01, lambda: None)
+        held.answer_all()
+        while service.factory.groups.positions.get("kept", "slow").low < 20:
+            await deferLater(reactor, 0.01, lambda: None)
+        service.apply_retention()
+        assert topic.log.first_offset == 15  # acked: the count limit applies again
+    finally:
+        held.answer_all()
+        await client.close()
+        await service.stopService()
+
+
+def test_a_limit_that_forces_removal_moves_a_durable_consumer_past_it(log_lines):
+    broker = InMemoryBroker(BrokerSettings(retention=Retention(max_bytes=50)))
+    publisher = broker.client(extensions=True)
+    held: list[Message] = []
+    consumer = broker.client(extensions=True, prefetch=1)
+    consumer.subscribe(["tiny"], held.append, start=StartAt.BEGINNING, durable="behind")
+    broker.flush()
+    published = [publisher.publish("tiny", b"x" * 20) for _ in range(10)]
+    broker.advance(1)
+    for each in published:
+        broker.result(each)
+    assert log_lines.matching("durable consumer 'behind' of 'tiny' skips ahead")
+    position = broker.factory.groups.positions.get("tiny", "behind")
+    assert position.low == 10 and not position.acked

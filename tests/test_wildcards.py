@@ -10,6 +10,7 @@ import argparse
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
 from broker.bench.scenarios import Bench
 from broker.client import BrokerError, Message, connect
@@ -197,3 +198,61 @@ async def test_over_loopback_many_patterns_held_and_one_that_matches_new_topics(
     finally:
         await client.close()
         await running.stop()
+
+
+def test_a_group_of_a_pattern_shares_each_matching_topic_new_ones_included():
+    broker = InMemoryBroker()
+    publisher = broker.client(extensions=True)
+    published(broker, publisher, ("orders.eu", b"e0"))
+    members = [broker.client(extensions=True, prefetch=4) for _ in range(2)]
+    handled: list[Message] = []
+    for member in members:
+        joined = member.subscribe(
+            ["orders.>"], handled.append, start=StartAt.BEGINNING, group="shippers"
+        )
+        broker.flush()
+        broker.result(joined)
+    watcher = broker.client(extensions=True)
+    everything: list[Message] = []
+    watcher.subscribe(["orders.>"], everything.append, start=StartAt.BEGINNING)
+    pairs = [
+        (f"orders.{region}", b"%s%d" % (region.encode(), n))
+        for n in range(20)
+        for region in ("eu", "us")
+    ]
+    published(broker, publisher, *pairs)
+    broker.advance(1)
+    assert sorted(seen(handled)) == sorted([("orders.eu", b"e0"), *pairs])  # each once
+    assert len(everything) == 41
+    assert len(broker.factory.groups) == 2  # one group per matching topic
+
+
+def test_a_durable_pattern_resumes_each_topic_at_its_first_unacked():
+    broker = InMemoryBroker(BrokerSettings(delivery=DeliverySettings(ack_delay=0.5)))
+    publisher = broker.client(extensions=True)
+    first: list[Message] = []
+
+    def ack_even(message: Message):
+        first.append(message)
+        return True if message.offset % 2 == 0 else Deferred()
+
+    consumer = broker.client(extensions=True, prefetch=20)
+    consumer.subscribe(["logs.>"], ack_even, start=StartAt.BEGINNING, durable="archive")
+    broker.flush()
+    published(
+        broker, publisher, *[(f"logs.{app}", b"%d" % n) for app in ("api", "db") for n in range(4)]
+    )
+    assert len(first) == 8
+    closing = consumer.close()
+    broker.advance(0.5)
+    broker.result(closing)
+    resumed: list[Message] = []
+    again = broker.client(extensions=True, prefetch=20)
+    again.subscribe(["logs.>"], resumed.append, start=StartAt.BEGINNING, durable="archive")
+    broker.advance(1)
+    assert sorted((m.topic, m.offset) for m in resumed) == [
+        ("logs.api", 1),
+        ("logs.api", 3),
+        ("logs.db", 1),
+        ("logs.db", 3),
+    ]

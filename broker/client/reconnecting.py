@@ -525,7 +525,7 @@ class BrokerClient:
             asked = [*plain, *shares]
             self._subscribed.difference_update(asked)
             # A pattern's topics resubscribed by name after a reconnect go too.
-            derived = [t for t, p in self._derived.items() if p in names and t not in names]
+            derived = [t for t, p in self._derived.items() if p in asked and t not in names]
             protocol = await self._subscriber.when_ready()
             await protocol.unsubscribe([*asked, *derived])
             for name in [*names, *shares, *derived]:
@@ -567,10 +567,15 @@ class BrokerClient:
         for topic, pattern in sorted(self._derived.items()):
             progress = self._progress.get(topic)
             resume = progress.resume_at() if progress else None
-            if pattern in self._subscribed and resume is not None and protocol.server:
+            if (
+                pattern in self._subscribed
+                and resume is not None
+                and protocol.server
+                and not _topic_of_share(pattern)
+            ):
                 requests.append(protocol.subscribe([topic], StartAt.FROM64, resume))
         for topic in sorted(self._subscribed):
-            if protocol.server and is_pattern(topic):
+            if protocol.server and is_pattern(_topic_of_share(topic) or topic):
                 requests.append(protocol.subscribe([topic], StartAt.CURRENT))
                 continue
             progress = self._progress.get(topic)
@@ -611,8 +616,9 @@ class BrokerClient:
         problem = group_name_problem(group)
         if problem:
             raise ValueError(f"{group!r}: {problem}")
-        if any(is_pattern(topic) for topic in topics):
-            raise ValueError("a group takes topics, not patterns")
+        patterns = [topic for topic in topics if is_pattern(topic)]
+        if patterns:
+            _check_patterns(patterns, start)
         prefix = DURABLE_PREFIX if durable else GROUP_PREFIX
         shares = [f"{prefix}{group}/{topic}" for topic in topics]
 
@@ -633,13 +639,18 @@ class BrokerClient:
         matches (the most literal tokens; `*` before `>`): a topic comes once
         per connection, however many patterns match it. The topic is
         remembered, so that a reconnect resumes it where it was."""
-        candidates = [n for n in self._subscribed if is_pattern(n) and matches(n, topic)]
+        candidates = {}
+        for name in self._subscribed:
+            pattern = _topic_of_share(name) or name
+            if is_pattern(pattern) and matches(pattern, topic):
+                candidates[pattern] = name
         if not candidates:
             return None
-        name = max(candidates, key=_specificity)
-        self._derived[topic] = name
-        self._progress[topic] = _Progress()
-        handler = self._handlers[topic] = self._handlers[name]
+        pattern = max(candidates, key=_specificity)
+        self._derived[topic] = candidates[pattern]
+        if candidates[pattern] == pattern:  # a group keeps its own place
+            self._progress[topic] = _Progress()
+        handler = self._handlers[topic] = self._handlers[pattern]
         return handler
 
     def _answered(self, message: Message, acked: bool) -> None:

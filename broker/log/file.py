@@ -95,6 +95,8 @@ class FileLog:
         self._segments: list[Segment] = []
         self._bases: list[int] = []
         self.committed_offset = 0
+        self.keep_from: int | None = None
+        """Retention by count keeps messages from here on (durable consumers)."""
         self._dirty: set[int] = set()  # fds written since their last fsync
         self._syncing = False
         self._flushes: list[tuple[int, Deferred[None]]] = []
@@ -282,6 +284,8 @@ class FileLog:
             too_many = (
                 retention.max_messages is not None
                 and total_messages - oldest.count >= retention.max_messages
+                # Not what durable consumers have yet to ack.
+                and (self.keep_from is None or oldest.end <= self.keep_from)
             )
             too_big = (
                 retention.max_bytes is not None and total_bytes - oldest.size >= retention.max_bytes

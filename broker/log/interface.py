@@ -36,6 +36,10 @@ class IMessageLog(Interface):
     next_offset = Attribute("Offset the next appended message will get.")
     committed_offset = Attribute("Readers may read below this offset.")
     bytes_held = Attribute("Bytes the log holds now (payloads, or files on disk).")
+    keep_from = Attribute(
+        "None, or an offset: retention by message count keeps what is at or after it "
+        "(what durable consumers have not acked); limits of bytes and age still apply."
+    )
 
     def append(payloads):
         """Append a batch of payloads (a sequence of bytes, in order).

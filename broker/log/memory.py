@@ -35,6 +35,8 @@ class MemoryLog:
         self._start = 0  # index in _messages of the oldest message held
         self._base = 0  # offset of _messages[0]
         self.bytes_held = 0
+        self.keep_from: int | None = None
+        """Retention by count keeps messages from here on (durable consumers)."""
         # (first offset, time) of each appended batch: enough for age retention.
         self._batches: deque[tuple[int, float]] = deque()
 
@@ -86,7 +88,10 @@ class MemoryLog:
         retention = self._retention
         held = len(self._messages) - self._start
         if retention.max_messages is not None and held > retention.max_messages:
-            self._drop_until(self.next_offset - retention.max_messages)
+            until = self.next_offset - retention.max_messages
+            if self.keep_from is not None:
+                until = min(until, self.keep_from)  # what durable consumers have not acked
+            self._drop_until(until)
         if retention.max_bytes is not None and self.bytes_held > retention.max_bytes:
             messages = self._messages
             index = self._start

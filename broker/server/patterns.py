@@ -20,18 +20,27 @@ from broker.subjects import PatternIndex
 from broker.topics import Topic, TopicRegistry
 from broker.wire import StartAt
 
+# Joins the window to a consumer group of a topic, from a start.
+Joiner = Callable[[Topic, StartAt], None]
+
 
 class _Holder:
-    """What the registry's index holds for one pattern of one subscriber."""
+    """What the registry's index holds for one pattern of one subscriber: the
+    name it was subscribed by (the pattern, or `$share/GROUP/pattern`), the
+    pattern, and how to join a matching topic's group, for a group."""
 
-    __slots__ = ("owner", "pattern")
+    __slots__ = ("join", "name", "owner", "pattern")
 
-    def __init__(self, owner: PatternSubscriptions, pattern: str) -> None:
+    def __init__(
+        self, owner: PatternSubscriptions, name: str, pattern: str, join: Joiner | None
+    ) -> None:
         self.owner = owner
+        self.name = name
         self.pattern = pattern
+        self.join = join
 
     def topic_created(self, topic: Topic) -> None:
-        self.owner.matched(self.pattern, topic, StartAt.BEGINNING)
+        self.owner.matched(self, topic, StartAt.BEGINNING)
 
 
 class PatternSubscriptions:
@@ -54,45 +63,58 @@ class PatternSubscriptions:
         self.by_name: set[str] = set()
         """Topics subscribed by name (they stay when their patterns go)."""
 
-    def __contains__(self, pattern: str) -> bool:
-        return pattern in self._holders
+    def __contains__(self, name: str) -> bool:
+        return name in self._holders
 
-    def add(self, patterns: list[str], start: StartAt) -> int:
-        """Subscribe to checked patterns; return how many topics they took now.
-        The topics that exist are walked once, whatever the number of patterns."""
-        new: PatternIndex[str] = PatternIndex()
-        for pattern in patterns:
-            if pattern not in self._holders:
-                holder = self._holders[pattern] = _Holder(self, pattern)
+    def add(
+        self,
+        patterns: list[str],
+        start: StartAt,
+        names: list[str] | None = None,
+        join: Joiner | None = None,
+    ) -> int:
+        """Subscribe to checked patterns (named `names`, if not by themselves;
+        joining each matching topic's group through `join`, for a group);
+        return how many topics they took now. The topics that exist are
+        walked once, whatever the number of patterns."""
+        new: PatternIndex[_Holder] = PatternIndex()
+        for pattern, name in zip(patterns, names or patterns, strict=True):
+            if name not in self._holders:
+                holder = self._holders[name] = _Holder(self, name, pattern, join)
                 self._registry.patterns.add(pattern, holder)
-                new.add(pattern, pattern)
+                new.add(pattern, holder)
         taken = 0
         if len(new):
             for topic in list(self._registry):
-                for pattern in new.match(topic.name):
-                    taken += self.matched(pattern, topic, start)
+                for holder in new.match(topic.name):
+                    taken += self.matched(holder, topic, start)
         return taken
 
-    def matched(self, pattern: str, topic: Topic, start: StartAt) -> bool:
-        """`topic` matches `pattern`: take it into the window, if it may."""
+    def matched(self, holder: _Holder, topic: Topic, start: StartAt) -> bool:
+        """`topic` matches `holder`'s pattern: take it into the window (or
+        join its group), if it may."""
         name = topic.name
         if not self.may_read(name):
             return False
         if self._dead_letters.is_dead_letter_topic(name) and (
-            pattern.rsplit(".", 1)[-1] != name.rsplit(".", 1)[-1]
+            holder.pattern.rsplit(".", 1)[-1] != name.rsplit(".", 1)[-1]
         ):
             return False
-        self._held.setdefault(name, set()).add(pattern)
+        self._held.setdefault(name, set()).add(holder.name)
         if name not in self._window.subscriptions:
-            self._window.subscribe(topic, start)
+            if holder.join is not None:
+                holder.join(topic, start)
+            else:
+                self._window.subscribe(topic, start)
         return True
 
     def remove(self, pattern: str) -> None:
-        """Unsubscribe a pattern, and the topics only it held."""
+        """Unsubscribe a pattern (by the name it was subscribed by), and the
+        topics only it held."""
         holder = self._holders.pop(pattern, None)
         if holder is None:
             return
-        self._registry.patterns.remove(pattern, holder)
+        self._registry.patterns.remove(holder.pattern, holder)
         for name in [name for name, held in self._held.items() if pattern in held]:
             held = self._held[name]
             held.discard(pattern)
@@ -117,7 +139,7 @@ class PatternSubscriptions:
         return list(self._holders)
 
     def close(self) -> None:
-        for pattern, holder in self._holders.items():
-            self._registry.patterns.remove(pattern, holder)
+        for holder in self._holders.values():
+            self._registry.patterns.remove(holder.pattern, holder)
         self._holders.clear()
         self._held.clear()

@@ -7,6 +7,8 @@ broker.server.patterns)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall
@@ -101,51 +103,24 @@ class SubscriberSession(Session):
     # Decoder events.
 
     def subscribe_requested(self, topics: list[str], start: StartAt, offset: int) -> None:
-        joined: list[tuple[str, str, bool]] = []
-        targets: list[Topic] = []
-        if self._groups:
-            try:
-                joined, topics = _split_groups(topics)
-            except ValueError as error:
-                self.refused(f"{ERR_INVALID_GROUP}: {error}")
-                return
-            if joined:
-                if self._may_subscribe is not None:
-                    forbidden = self._may_subscribe.forbidden([topic for _, topic, _ in joined])
-                    if forbidden:
-                        self.refused(f"{ERR_PERMISSION_DENIED}: subscribe to {forbidden[0]!r}")
-                        return
-                try:
-                    targets = self.factory.registry.get_all([topic for _, topic, _ in joined])
-                except TooManyTopics:
-                    self.refused(ERR_TOO_MANY_TOPICS)
-                    return
-                if not topics:
-                    self._transport.write(_SUBSCRIBED)
-                    self._join(joined, targets, start, offset)
-                    return
-        wanted = [name for name in topics if is_pattern(name)] if self.patterns else []
-        if wanted:
-            if start in (StartAt.FROM, StartAt.FROM64):
-                self.refused(ERR_PATTERN_OFFSET)
-                return
-            try:
-                for pattern in wanted:
-                    check_pattern(pattern)
-            except PatternError as error:
-                self.refused(f"{ERR_INVALID_PATTERN}: {error}")
-                return
-            topics = [name for name in topics if name not in wanted]
+        try:
+            request = _SubscribeRequest.sort(
+                topics, start, patterns=self.patterns is not None, groups=self._groups
+            )
+        except ValueError as error:
+            self.refused(str(error))
+            return
         if self._may_subscribe is not None:
             # A pattern is allowed as its own name would be (orders.> by orders.>);
             # the topics it matches are checked one by one as well.
-            forbidden = self._may_subscribe.forbidden([*topics, *wanted])
+            forbidden = self._may_subscribe.forbidden(request.checked)
             if forbidden:
                 more = f" (and {len(forbidden) - 1} more)" if len(forbidden) > 1 else ""
                 self.refused(f"{ERR_PERMISSION_DENIED}: subscribe to {forbidden[0]!r}{more}")
                 return
         try:
-            resolved = self.factory.registry.get_all(topics)
+            resolved = self.factory.registry.get_all(request.names)
+            targets = self.factory.registry.get_all([topic for _, topic, _ in request.joined])
         except TooManyTopics:
             self.refused(ERR_TOO_MANY_TOPICS)
             return
@@ -153,12 +128,14 @@ class SubscriberSession(Session):
         self._transport.write(_SUBSCRIBED)
         for topic in resolved:
             self.window.subscribe(topic, start, offset)
-        if joined:
-            self._join(joined, targets, start, offset)
+        groups = self.factory.groups
+        for (group, _, durable), topic in zip(request.joined, targets, strict=True):
+            self.window.join_group(groups.get(topic, group, start, offset, durable))
         if self.patterns is not None:
-            self.patterns.by_name.update(topics)
-            self.patterns.add(wanted, start)
-            topics = [*topics, *wanted]
+            self.patterns.by_name.update(request.names)
+            self.patterns.add(request.patterns, start)
+            for name, pattern, group, durable in request.pattern_groups:
+                self.patterns.add([pattern], start, [name], self._joiner(group, durable))
         where = (
             f"offset {offset}" if start in (StartAt.FROM, StartAt.FROM64) else start.name.title()
         )
@@ -166,27 +143,21 @@ class SubscriberSession(Session):
             "{peer} subscribed to {topics} at {where}", peer=self.peer, topics=topics, where=where
         )
 
-    def _join(
-        self,
-        joined: list[tuple[str, str, bool]],
-        targets: list[Topic],
-        start: StartAt,
-        offset: int,
-    ) -> None:
-        groups = self.factory.groups
-        for (group, _, durable), topic in zip(joined, targets, strict=True):
-            self.window.join_group(groups.get(topic, group, start, offset, durable))
-        log.debug(
-            "{peer} joined {groups}",
-            peer=self.peer,
-            groups=[f"{group} on {topic!r}" for group, topic, _ in joined],
-        )
+    def _joiner(self, group: str, durable: bool) -> Callable[[Topic, StartAt], None]:
+        """How a group pattern joins a matching topic's group."""
+
+        def join(topic: Topic, start: StartAt) -> None:
+            self.window.join_group(self.factory.groups.get(topic, group, start, 0, durable))
+
+        return join
 
     def unsubscribe_requested(self, topics: list[str]) -> None:
         patterns = self.patterns
         for name in topics:
             member = parse_group_name(name) if self._groups else None
-            if member is not None:
+            if member is not None and patterns is not None and name in patterns:
+                patterns.remove(name)  # a group's pattern
+            elif member is not None:
                 self.window.unsubscribe(member[1])
             elif patterns is None:
                 self.window.unsubscribe(name)
@@ -360,21 +331,56 @@ class SubscriberSession(Session):
             self._transport.abortConnection()
 
 
-def _split_groups(names: list[str]) -> tuple[list[tuple[str, str, bool]], list[str]]:
-    """(group, topic, durable) of each `$share/GROUP/TOPIC` and
-    `$durable/NAME/TOPIC` name, and the other names; ValueError for a group
-    name that cannot be used or a pattern in a group."""
-    joined, others = [], []
-    for name in names:
-        member = parse_group_name(name)
-        if member is None:
-            others.append(name)
-            continue
-        group, topic, durable = member
-        problem = group_name_problem(group) or topic_name_problem(topic)
-        if problem is None and is_pattern(topic):
-            problem = "a group takes a topic, not a pattern"
-        if problem:
-            raise ValueError(f"{name!r}: {problem}")
-        joined.append((group, topic, durable))
-    return joined, others
+@dataclass
+class _SubscribeRequest:
+    """A subscribe's names, sorted: topics by name, groups to join, patterns,
+    and groups' patterns."""
+
+    names: list[str] = field(default_factory=list)
+    joined: list[tuple[str, str, bool]] = field(default_factory=list)  # group, topic, durable
+    patterns: list[str] = field(default_factory=list)
+    pattern_groups: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    """(name, pattern, group, durable) of each `$share/GROUP/pattern`."""
+
+    @property
+    def checked(self) -> list[str]:
+        """What the user's subscribe permissions must allow."""
+        return [
+            *self.names,
+            *(topic for _, topic, _ in self.joined),
+            *self.patterns,
+            *(pattern for _, pattern, _, _ in self.pattern_groups),
+        ]
+
+    @classmethod
+    def sort(
+        cls, names: list[str], start: StartAt, patterns: bool, groups: bool
+    ) -> _SubscribeRequest:
+        """The request, or ValueError with the Error to answer."""
+        request = cls()
+        for name in names:
+            member = parse_group_name(name) if groups else None
+            if member is not None:
+                group, topic, durable = member
+                problem = group_name_problem(group) or topic_name_problem(topic)
+                if problem is None and is_pattern(topic) and not patterns:
+                    problem = "a group of a pattern needs patterns agreed in Hello"
+                if problem:
+                    raise ValueError(f"{ERR_INVALID_GROUP}: {name!r}: {problem}")
+                if patterns and is_pattern(topic):
+                    request.pattern_groups.append((name, topic, group, durable))
+                else:
+                    request.joined.append((group, topic, durable))
+            elif patterns and is_pattern(name):
+                request.patterns.append(name)
+            else:
+                request.names.append(name)
+        every = [*request.patterns, *(p for _, p, _, _ in request.pattern_groups)]
+        if every and start in (StartAt.FROM, StartAt.FROM64):
+            raise ValueError(ERR_PATTERN_OFFSET)
+        for pattern in every:
+            try:
+                check_pattern(pattern)
+            except PatternError as error:
+                raise ValueError(f"{ERR_INVALID_PATTERN}: {error}") from None
+        return request
