@@ -256,6 +256,18 @@ class Subscription:
         self._index = 0
 
 
+def start_position(topic: Topic, start: StartAt, offset: int = 0) -> int:
+    """The offset a cursor starting at `start` (and `offset`) reads first: at
+    or past the end means "live from now"; before the start (removed by
+    retention) means the oldest message still held."""
+    log_ = topic.log
+    if start == StartAt.BEGINNING:
+        return int(log_.first_offset)
+    if start == StartAt.CURRENT:
+        return int(log_.next_offset)
+    return int(min(max(offset, log_.first_offset), log_.next_offset))
+
+
 class DeliveryWindow:
     """One connection's deliveries: which subscription goes next, what is in flight.
 
@@ -317,16 +329,7 @@ class DeliveryWindow:
         old = self.subscriptions.pop(topic.name, None)
         if old is not None:
             old.close()
-        log_ = topic.log
-        if start == StartAt.BEGINNING:
-            position = log_.first_offset
-        elif start == StartAt.CURRENT:
-            position = log_.next_offset
-        else:
-            # At or past the end means "live from now"; before the start (removed
-            # by retention) means the oldest message still held.
-            position = min(max(offset, log_.first_offset), log_.next_offset)
-        subscription = Subscription(topic, self, position)
+        subscription = Subscription(topic, self, start_position(topic, start, offset))
         self.subscriptions[topic.name] = subscription
         self._wake(subscription)
         return subscription

@@ -22,7 +22,7 @@ from typing import cast
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from broker.delivery import Delivery, DeliveryWindow, Subscription
+from broker.delivery import Delivery, DeliveryWindow, Subscription, start_position
 from broker.durable import Position, PositionStore
 from broker.topics import Topic
 from broker.wire import StartAt
@@ -219,12 +219,7 @@ class GroupRegistry:
         if group is not None:
             return group
         log_ = topic.log
-        if start == StartAt.BEGINNING:
-            at = log_.first_offset
-        elif start == StartAt.CURRENT:
-            at = log_.next_offset
-        else:
-            at = min(max(offset, log_.first_offset), log_.next_offset)
+        at = start_position(topic, start, offset)
         position = None
         if durable:
             position = self.positions.get(topic.name, name)

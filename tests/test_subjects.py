@@ -7,14 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.subjects import PatternIndex, is_pattern, matches
-
-TOKENS = st.sampled_from(["a", "b", "orders", "eu"])
-TOPICS = st.lists(TOKENS, min_size=1, max_size=4).map(".".join)
-PATTERNS = st.builds(
-    lambda tokens, tail: ".".join(tokens + tail),
-    st.lists(TOKENS | st.just("*"), min_size=0, max_size=3),
-    st.sampled_from([[], [">"], ["*"]]),
-).filter(bool)
+from tests.strategies import PATTERNS, TOPICS
 
 
 @settings(max_examples=150, deadline=None)

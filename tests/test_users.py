@@ -9,7 +9,6 @@ import sys
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from broker.permissions import PatternError, Rules, check_pattern, matches
 from broker.users import (
@@ -21,6 +20,7 @@ from broker.users import (
     verify_secret,
     verify_token,
 )
+from tests.strategies import PATTERNS, TOPICS
 
 FAST = {"n": 2**4, "r": 1, "p": 1}  # scrypt made cheap for tests
 
@@ -32,15 +32,6 @@ def reference_match(pattern: str, topic: str) -> bool:
         head = p[:-1]
         return len(t) > len(head) and all(a in ("*", b) for a, b in zip(head, t, strict=False))
     return len(p) == len(t) and all(a in ("*", b) for a, b in zip(p, t, strict=True))
-
-
-TOKENS = st.sampled_from(["a", "b", "orders", "eu"])
-TOPICS = st.lists(TOKENS, min_size=1, max_size=4).map(".".join)
-PATTERNS = st.builds(
-    lambda tokens, tail: ".".join(tokens + tail),
-    st.lists(TOKENS | st.just("*"), min_size=0, max_size=3),
-    st.sampled_from([[], [">"], ["*"]]),
-).filter(bool)
 
 
 @settings(max_examples=300, deadline=None)
