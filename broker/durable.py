@@ -79,6 +79,7 @@ class PositionStore:
         self._path = Path(directory) / POSITIONS_FILE if directory is not None else None
         self._file: Any = None
         self._unsynced = False
+        self._rewritten_size = 0  # the file's size after its last rewrite
         if self._path is not None:
             self._load(self._path)
             self._rewrite()
@@ -116,7 +117,9 @@ class PositionStore:
             os.fsync(self._file.fileno())
         else:
             self._unsynced = True
-        if self._file.tell() > max(COMPACT_AT, COMPACT_RATIO * self._live_size()):
+        # Compared with the size of the last rewrite: no walk over every
+        # position on each flush.
+        if self._file.tell() > max(COMPACT_AT, COMPACT_RATIO * self._rewritten_size):
             self._rewrite()
 
     def sync(self) -> None:
@@ -144,12 +147,6 @@ class PositionStore:
     def size(self) -> int:
         """Bytes of the positions file (0 without one)."""
         return self._file.tell() if self._file is not None else 0
-
-    def _live_size(self) -> int:
-        return sum(
-            len(json.dumps(p.record(*key), separators=(",", ":"))) + 1
-            for key, p in self.positions.items()
-        )
 
     def _load(self, path: Path) -> None:
         try:
@@ -196,4 +193,5 @@ class PositionStore:
             finally:
                 os.close(directory)
         self._file = self._path.open("a", encoding="utf-8")
+        self._rewritten_size = self._file.tell()
         self._dirty.clear()
