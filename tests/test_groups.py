@@ -15,6 +15,7 @@ from twisted.internet.task import deferLater
 
 from broker.client import Message, connect
 from broker.delivery import DeliverySettings
+from broker.monitoring.metrics import snapshot
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker, start_broker
 from broker.wire import StartAt
@@ -52,6 +53,8 @@ def test_members_share_the_work_and_plain_subscribers_see_everything():
     assert all(mine for mine in handled)  # every member had work
     assert len(everything) == 600
     assert len(broker.factory.groups) == 1
+    state = snapshot(broker.factory)  # what /metrics and /varz report
+    assert (state["groups"], state["durable_consumers"]) == (1, 0)
 
 
 def test_a_member_that_goes_hands_its_unacked_messages_to_the_others():

@@ -85,6 +85,9 @@ def snapshot(factory: BrokerFactory) -> dict[str, Any]:
         "other_messages": sum(t.log.next_offset - t.log.first_offset for t in others),
         "other_bytes": sum(t.log.bytes_held for t in others),
         "uncommitted": sum(t.log.next_offset - t.log.committed_offset for t in topics),
+        "groups": len(factory.groups),
+        "durable_consumers": len(factory.groups.positions),
+        "patterns": len(factory.registry.patterns),
     }
 
 
@@ -128,6 +131,17 @@ class BrokerCollector(Collector):
             "broker_deliveries_in_flight", "Deliveries awaiting an ack", value=state["in_flight"]
         )
         yield GaugeMetricFamily("broker_topics", "Topics held", value=state["topics"])
+        yield GaugeMetricFamily(
+            "broker_consumer_groups", "Consumer groups with members", value=state["groups"]
+        )
+        yield GaugeMetricFamily(
+            "broker_durable_consumers",
+            "Durable consumers whose position is kept",
+            value=state["durable_consumers"],
+        )
+        yield GaugeMetricFamily(
+            "broker_pattern_subscriptions", "Patterns subscribed", value=state["patterns"]
+        )
         yield GaugeMetricFamily(
             "broker_store_uncommitted_messages",
             "Messages appended but not yet committed (on disk, under --fsync)",

@@ -62,6 +62,9 @@ def varz(service: BrokerService, history: bool = False) -> dict[str, Any]:
         "subscriptions": state["subscriptions"],
         "in_flight": state["in_flight"],
         "topics": state["topics"],
+        "consumer_groups": state["groups"],
+        "durable_consumers": state["durable_consumers"],
+        "pattern_subscriptions": state["patterns"],
         "rss_bytes": _rss_bytes(),
         "store": {
             "kind": "file" if service.store is not None else "memory",
