@@ -16,7 +16,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "slow: long runs left out by default (SIGKILL chaos, the seed's real timers, "
         "a drained twistd, the dashboard in Chromium, a million acks, a group member "
-        "leaving mid-run); "
+        "leaving mid-run, the example waiting for a late broker, the README's user test); "
         "`pytest -m slow` runs them, and CI does",
     )
 

@@ -236,6 +236,7 @@ async def test_twistd_broker_says_where_topics_live(tmp_path):
     await stopped_cleanly(on_disk)
 
 
+@pytest.mark.slow  # waits for a broker that starts late
 @pytest_twisted.ensureDeferred
 async def test_example_says_it_cannot_reach_the_broker_then_finds_it():
     port = free_port()

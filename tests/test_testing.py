@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -88,6 +89,7 @@ async def test_the_broker_fixture_is_a_real_broker_on_loopback(broker: RunningBr
         await client.close()
 
 
+@pytest.mark.slow  # a pytest run of its own in a child process
 def test_the_readme_user_test_passes_in_a_project_of_its_own(tmp_path):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Test your code against it", 1)[1]
