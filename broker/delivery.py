@@ -173,6 +173,9 @@ class Subscription:
 
     on_done: Callable[[Delivery], None] | None = None
     """Told of each delivery acked or given up on (durable consumers keep count)."""
+    give_back: Callable[[Delivery], None] | None = None
+    """Takes back what the subscription leaves unacked (a consumer group's
+    member hands it to the group); None: it stays in the topic's log."""
 
     def __init__(self, topic: Topic, window: DeliveryWindow, position: int) -> None:
         self.topic = topic
@@ -353,7 +356,7 @@ class DeliveryWindow:
         return True
 
     def _leave(self, subscription: Subscription) -> None:
-        give_back = getattr(subscription, "give_back", None)
+        give_back = subscription.give_back
         if give_back is not None:
             # A group member hands back all it has not acked, in flight too
             # (a late ack of one is ignored), before it leaves the group.
@@ -436,7 +439,7 @@ class DeliveryWindow:
         """Release everything at once: the connection is gone (what a group
         member had not acked goes back to its group)."""
         for subscription in list(self.subscriptions.values()):
-            if hasattr(subscription, "give_back"):
+            if subscription.give_back is not None:
                 self._leave(subscription)
         for delivery in self._slots.values():
             self._timers.forget(delivery)

@@ -218,7 +218,6 @@ class GroupRegistry:
         group = self._groups.get(key)
         if group is not None:
             return group
-        log_ = topic.log
         at = start_position(topic, start, offset)
         position = None
         if durable:
@@ -226,18 +225,8 @@ class GroupRegistry:
             if position is None:
                 position = Position(at, delivered=at, touched=self._clock.seconds())
                 self.positions.put(topic.name, name, position)
-            elif position.low < log_.first_offset:
-                log.warn(
-                    "durable consumer {name!r} of {topic!r} skips ahead to {first}: "
-                    "retention removed {lost} message(s) it had not acked",
-                    name=name,
-                    topic=topic.name,
-                    first=log_.first_offset,
-                    lost=log_.first_offset - position.low,
-                )
-                position.acked = {o for o in position.acked if o >= log_.first_offset}
-                position.low = log_.first_offset
-                position.delivered = max(position.delivered, position.low)
+            # What retention removed meanwhile is skipped (and said) at the
+            # first take, as for a group that lives through it.
             at = position.low
         group = self._groups[key] = ConsumerGroup(
             name,

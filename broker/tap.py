@@ -73,12 +73,6 @@ def _fsync_policy(text: str) -> FsyncPolicy:
         raise ValueError(f"must be always, interval or never, not {text!r}") from None
 
 
-def _identity_kind(text: str) -> str:
-    if text not in IDENTITY_KINDS:
-        raise ValueError(f"must be one of {', '.join(IDENTITY_KINDS)}, not {text!r}")
-    return text
-
-
 def _one_of(choices: tuple[str, ...]) -> _Checked:
     def parse(text: str) -> str:
         if text not in choices:
@@ -284,7 +278,7 @@ class Options(usage.Options):
                 "With --users and --tls-ca: which name of a client certificate is its user: "
                 "cn (subject common name), dns or email (first such subject alternative "
                 "name), or none (the client then signs in with its Hello).",
-                _Checked(_identity_kind, "One of: " + ", ".join(IDENTITY_KINDS) + "."),
+                _one_of(IDENTITY_KINDS),
             ],
             [
                 "users",

@@ -61,6 +61,24 @@ def test_a_new_consumer_with_the_name_resumes_at_the_first_unacked():
     assert position is not None and position.low == 10
 
 
+async def ten_acked_half(client, seen: list[Message]) -> None:
+    """Publish ten to "ledger"; durable "audit" acks the first five of them."""
+    for n in range(10):
+        await client.publish("ledger", b"%d" % n)
+    await client.subscribe(
+        ["ledger"], acks_below(5, seen), start=StartAt.BEGINNING, durable="audit"
+    )
+
+
+async def resume_audit(port: int):
+    """A new client as durable "audit" on "ledger", once it has had five."""
+    resumed = Inbox()
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=10)
+    await client.subscribe(["ledger"], resumed, durable="audit")
+    await resumed.wait(5)
+    return client, resumed
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_durable_position_survives_a_broker_restart(tmp_path):
     async def broker_on(port: int) -> BrokerService:
@@ -79,22 +97,15 @@ async def test_a_durable_position_survives_a_broker_restart(tmp_path):
     seen: list[Message] = []
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=10)
     try:
-        for n in range(10):
-            await client.publish("ledger", b"%d" % n)
-        await client.subscribe(
-            ["ledger"], acks_below(5, seen), start=StartAt.BEGINNING, durable="audit"
-        )
+        await ten_acked_half(client, seen)
         while len(seen) < 10:
             await deferLater(reactor, 0.01, lambda: None)
     finally:
         await client.close()
         await service.stopService()
     service = await broker_on(port)
-    resumed = Inbox()
-    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=10)
+    client, resumed = await resume_audit(port)
     try:
-        await client.subscribe(["ledger"], resumed, durable="audit")
-        await resumed.wait(5)
         assert sorted(m.offset for m in resumed.messages) == [5, 6, 7, 8, 9]
         assert {m.attempt for m in resumed.messages} == {2}
     finally:
@@ -110,11 +121,7 @@ async def test_a_durable_position_survives_a_sigkill_under_fsync_always(tmp_path
     seen: list[Message] = []
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=10)
     try:
-        for n in range(10):
-            await client.publish("ledger", b"%d" % n)
-        await client.subscribe(
-            ["ledger"], acks_below(5, seen), start=StartAt.BEGINNING, durable="audit"
-        )
+        await ten_acked_half(client, seen)
         positions = tmp_path / "data" / POSITIONS_FILE
         for _ in range(1000):  # the acks are on disk once the file says so
             lines = positions.read_text().splitlines() if positions.exists() else []
@@ -126,11 +133,8 @@ async def test_a_durable_position_survives_a_sigkill_under_fsync_always(tmp_path
     finally:
         await client.close()
     again = await start_durable_broker(tmp_path, port)
-    resumed = Inbox()
-    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, prefetch=10)
+    client, resumed = await resume_audit(port)
     try:
-        await client.subscribe(["ledger"], resumed, durable="audit")
-        await resumed.wait(5)
         assert sorted(m.offset for m in resumed.messages) == [5, 6, 7, 8, 9]
     finally:
         await client.close()

@@ -111,19 +111,30 @@ def test_bad_group_names_are_refused():
         broker.client().subscribe(["jobs"], print, group="g")
 
 
+async def pool(endpoint: str):
+    """Three members of group "pool" on "work", with an Inbox each, and a publisher."""
+    members = [connect(reactor, endpoint, extensions=True, prefetch=64) for _ in range(3)]
+    publisher = connect(reactor, endpoint, extensions=True)
+    inboxes = [Inbox() for _ in members]
+    for member, inbox in zip(members, inboxes, strict=True):
+        await member.subscribe(["work"], inbox, start=StartAt.BEGINNING, group="pool")
+    return members, publisher, inboxes
+
+
+async def publish_jobs(publisher, count: int) -> None:
+    """Publish `count` jobs to "work", confirmed, 5,000 at a time."""
+    for first in range(0, count, 5_000):
+        sent = [publisher.publish("work", b"job %d" % n) for n in range(first, first + 5_000)]
+        for each in sent:
+            await each
+
+
 @pytest_twisted.ensureDeferred
 async def test_over_loopback_three_members_share_30000_messages_once_each():
     running = start_broker()
-    members = [connect(reactor, running.endpoint, extensions=True, prefetch=64) for _ in range(3)]
-    publisher = connect(reactor, running.endpoint, extensions=True)
-    inboxes = [Inbox() for _ in members]
+    members, publisher, inboxes = await pool(running.endpoint)
     try:
-        for member, inbox in zip(members, inboxes, strict=True):
-            await member.subscribe(["work"], inbox, start=StartAt.BEGINNING, group="pool")
-        for first in range(0, 30_000, 5_000):
-            sent = [publisher.publish("work", b"job %d" % n) for n in range(first, first + 5_000)]
-            for each in sent:
-                await each
+        await publish_jobs(publisher, 30_000)
         for _ in range(3000):  # up to 30 s
             if sum(len(inbox.messages) for inbox in inboxes) >= 30_000:
                 break
@@ -143,16 +154,9 @@ async def test_over_loopback_three_members_share_30000_messages_once_each():
 @pytest_twisted.ensureDeferred
 async def test_over_loopback_a_member_that_leaves_mid_run_loses_the_group_nothing():
     running = start_broker(BrokerSettings(delivery=DeliverySettings(ack_delay=0.05)))
-    members = [connect(reactor, running.endpoint, extensions=True, prefetch=64) for _ in range(3)]
-    publisher = connect(reactor, running.endpoint, extensions=True)
-    inboxes = [Inbox() for _ in members]
+    members, publisher, inboxes = await pool(running.endpoint)
     try:
-        for member, inbox in zip(members, inboxes, strict=True):
-            await member.subscribe(["work"], inbox, start=StartAt.BEGINNING, group="pool")
-        for first in range(0, 10_000, 5_000):
-            sent = [publisher.publish("work", b"job %d" % n) for n in range(first, first + 5_000)]
-            for each in sent:
-                await each
+        await publish_jobs(publisher, 10_000)
         await inboxes[0].wait(500)
         await members[0].close()  # mid-run: what it had not acked goes to the others
         for _ in range(3000):
