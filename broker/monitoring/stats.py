@@ -40,7 +40,8 @@ class BrokerStats:
     def __post_init__(self) -> None:
         self.latency = Histogram(
             "broker_delivery_latency_seconds",
-            "Seconds from a message's append to its delivery (one sample per pump)",
+            "Seconds from a message's append to its delivery "
+            "(sampled: each connection at most every 10 ms)",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -48,6 +48,9 @@ log = Logger()
 # Deliveries of one pump are written in chunks of about this many bytes, so
 # that a connection whose output is full stops the pump between chunks.
 FLUSH_BYTES = 256 * 1024
+# A connection adds one publish-to-delivery sample to the latency histogram
+# at most this often (seconds).
+LATENCY_SAMPLE_SECONDS = 0.01
 
 _SUBSCRIBED = encode_u16(STATUS_SUBSCRIBED)
 _UNSUBSCRIBED = encode_u16(STATUS_UNSUBSCRIBED)
@@ -76,6 +79,7 @@ class SubscriberSession(Session):
         self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
         self._outgoing_bytes = 0
         self._first_outgoing: Delivery | None = None  # sampled for latency
+        self._next_latency_sample = 0.0
         self.delivered_messages = 0
         self.delivered_bytes = 0
         self._acks_to_pump = False
@@ -284,11 +288,15 @@ class SubscriberSession(Session):
             stats.delivered_messages += count
             stats.delivered_bytes += size
             first = self._first_outgoing
-            if first is not None:
-                self._first_outgoing = None
+            self._first_outgoing = None
+            now = self.factory.clock.seconds()
+            if first is not None and now >= self._next_latency_sample:
+                # Sampled, not observed per pump: a subscriber of the seed's
+                # protocol pumps once per message, and the histogram locks.
+                self._next_latency_sample = now + LATENCY_SAMPLE_SECONDS
                 appended = first.topic.appended_at(first.offset)
                 if appended is not None:
-                    stats.latency.observe(max(0.0, self.factory.clock.seconds() - appended))
+                    stats.latency.observe(max(0.0, now - appended))
             # May pause the window at once (output_full), between two chunks.
             self._transport.writeSequence(outgoing)
 
