@@ -67,14 +67,22 @@ class ConfirmQueue:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, answers: list[Answer], committed: list[Deferred[None]]) -> None:
-        """Queue `answers`; send them once every Deferred in `committed` fired."""
-        entry = [answers, not committed, False]
+    def add(
+        self, answers: list[Answer] | Deferred[list[Answer]], committed: list[Deferred[None]]
+    ) -> None:
+        """Queue `answers` (or a Deferred of them: a networked store gives out
+        offsets later); send them once every Deferred in `committed` fired."""
+        waiting = list(committed)
+        entry: list = [answers, False, False]
+        if isinstance(answers, Deferred):
+            waiting.append(answers.addCallback(lambda known: entry.__setitem__(0, known)))
         self._pending.append(entry)
-        if committed:
-            gatherResults(committed, consumeErrors=True).addCallbacks(
+        if waiting:
+            gatherResults(waiting, consumeErrors=True).addCallbacks(
                 lambda _: self._ready(entry, False), lambda _: self._ready(entry, True)
             )
+        else:
+            entry[1] = True
         self._drain()
 
     def close(self) -> None:

@@ -204,8 +204,9 @@ class Subscription:
             if self._fetching:
                 return None
             log_ = self.topic.log
-            # Retention may have removed what the cursor points at.
-            self.position = max(self.position, log_.first_offset)
+            # Retention may have removed what the cursor points at; a shared
+            # store that lost its unreplicated tail gives those offsets out again.
+            self.position = min(max(self.position, log_.first_offset), log_.next_offset)
             if self.position >= log_.committed_offset:
                 self.topic.wait(self)
                 return None

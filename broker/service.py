@@ -40,6 +40,7 @@ from broker.listeners import (
     server_endpoint,
 )
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, StoreError
+from broker.log.redis_settings import RedisStoreSettings
 from broker.monitoring.metrics import register as register_metrics
 from broker.monitoring.stats import RateHistory
 from broker.server import BrokerFactory, BrokerSettings
@@ -59,6 +60,18 @@ LAG_CHECK_SECONDS = 5.0
 IDLE_CONSUMER_SWEEP_SECONDS = 60.0
 # How often a drain looks whether every delivery in flight is answered.
 DRAIN_POLL_SECONDS = 0.05
+
+
+def _need_asyncio_reactor(reactor: Any) -> None:
+    """The Redis store runs on redis-py's asyncio client: say how to start
+    on the reactor it needs, rather than fail at the first publish."""
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        raise StartupError(
+            f"--store redis needs Twisted's asyncio reactor, not {type(reactor).__name__}: "
+            "start it as 'twistd -r asyncio broker --store ...'"
+        )
 
 
 class StartupError(SystemExit):
@@ -84,11 +97,17 @@ class BrokerService(MultiService):
         users_file: Path | None = None,
         monitor: str | None = None,
         log_observer: ILogObserver | None = None,
+        redis: RedisStoreSettings | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self._redis = redis
+        self.redis_store: Any = None
+        """The RedisStore, with --store."""
+        if redis is not None:
+            _need_asyncio_reactor(reactor)
         self._ports = [ports] if isinstance(ports, str) else list(ports)
         self._data_dir = data_dir
         self._file_settings = file_settings or FileStoreSettings()
@@ -230,6 +249,9 @@ class BrokerService(MultiService):
             )
 
     def _open_store(self) -> None:
+        if self._redis is not None:
+            self._open_redis(self._redis)
+            return
         if self._data_dir is None:
             log.info(
                 "topics live in memory: they are lost when the broker stops "
@@ -268,6 +290,20 @@ class BrokerService(MultiService):
             fsync=self._file_settings.fsync.value,
         )
 
+    def _open_redis(self, settings: RedisStoreSettings) -> None:
+        from broker.log.redis import RedisStore
+
+        self.redis_store = store = RedisStore(settings)
+        self.factory.registry = TopicRegistry(
+            store.open, self.factory.settings.max_topics, clock=self._reactor.seconds
+        )
+        store.start()  # retries until Redis answers; until then publishes are refused
+        log.info(
+            "topics live in Redis at {where} (confirmed once {replicas} replica(s) hold them)",
+            where=settings.target.describe(),
+            replicas=settings.replicas,
+        )
+
     def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())
 
@@ -288,6 +324,8 @@ class BrokerService(MultiService):
                 signal.signal(number, previous)
         self._previous_sighup = self._previous_sigterm = None
         self.factory.registry.close()  # a file store syncs and closes here
+        if self.redis_store is not None:
+            await self.redis_store.close()
         self.factory.groups.positions.close()
         self.state = "stopped"
         log.info("broker stopped")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,12 @@ from broker.config import (
 from broker.delivery import DeliverySettings
 from broker.listeners import is_tls
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
+from broker.log.redis_settings import (
+    RedisStoreSettings,
+    RedisTarget,
+    check_prefix,
+    parse_redis_url,
+)
 from broker.logs import FORMATS, LEVELS, log_file, log_observer
 from broker.server import BrokerSettings
 from broker.service import BrokerService
@@ -36,6 +43,18 @@ from twisted import __version__ as twisted_version
 _BROKER = BrokerSettings()
 _DELIVERY = DeliverySettings()
 _FILES = FileStoreSettings()
+_REDIS = RedisStoreSettings(RedisTarget(seeds=(("localhost", 6379),)))
+
+
+def _redis_target(text: str) -> RedisTarget:
+    return parse_redis_url(text)
+
+
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} is below 0")
+    return value
 
 
 class _Checked:
@@ -296,6 +315,46 @@ class Options(usage.Options):
                 "start. Without it, topics live in memory and are lost when the broker stops.",
             ],
             [
+                "store",
+                None,
+                None,
+                "Keep topics in Redis, shared by every broker node given the same: "
+                "redis://HOST:PORT, rediss://HOST:PORT (TLS; ?ca=FILE), or "
+                "redis+cluster://HOST:PORT,HOST:PORT (nodes of a Redis Cluster to start from). "
+                "Needs Twisted's asyncio reactor: twistd -r asyncio broker --store ...",
+                _Checked(_redis_target, "A Redis URL."),
+            ],
+            [
+                "redis-replicas",
+                None,
+                _REDIS.replicas,
+                "With --store: confirm a publish (and deliver it) only once this many "
+                "Redis replicas hold it (Redis's WAIT).",
+                _Checked(_at_least_zero, "A whole number, 0 or more."),
+            ],
+            [
+                "redis-timeout",
+                None,
+                _REDIS.timeout,
+                "With --store: seconds before a Redis call is given up; a confirm "
+                "then fails with an Error.",
+                _positive(float),
+            ],
+            [
+                "redis-prefix",
+                None,
+                _REDIS.prefix,
+                "With --store: the prefix of every key the broker writes in Redis.",
+                _Checked(check_prefix, "Text without braces."),
+            ],
+            [
+                "redis-password",
+                None,
+                None,
+                "With --store: Redis's password (prefer the BROKER_REDIS_PASSWORD "
+                "variable, which keeps it off the command line).",
+            ],
+            [
                 "segment-bytes",
                 None,
                 _FILES.segment_bytes,
@@ -415,6 +474,12 @@ class Options(usage.Options):
         self["fsync"] = FsyncPolicy(self["fsync"])
         if self["data-dir"] is None and self["fsync"] is not _FILES.fsync:
             raise usage.UsageError("--fsync needs --data-dir")
+        if self["store"] is not None and self["data-dir"] is not None:
+            raise usage.UsageError("--store and --data-dir are two places for topics: give one")
+        redis_only = ("redis-replicas", "redis-timeout", "redis-prefix")
+        changed = [name for name in redis_only if self[name] != getattr(_REDIS, name[6:])]
+        if self["store"] is None and (changed or self["redis-password"]):
+            raise usage.UsageError(f"--{(changed or ['redis-password'])[0]} needs --store")
 
     def retention(self) -> Retention:
         on_disk = self["data-dir"] is not None
@@ -423,6 +488,24 @@ class Options(usage.Options):
             max_messages=self["retention-messages"],
             max_bytes=self["retention-bytes"] or default_bytes,
             max_age=self["retention-age"],
+        )
+
+    def redis_settings(self) -> RedisStoreSettings | None:
+        target = self["store"]
+        if target is None:
+            return None
+        if self["redis-password"]:
+            target = replace(target, password=self["redis-password"])
+        return RedisStoreSettings(
+            target=target,
+            replicas=self["redis-replicas"],
+            timeout=self["redis-timeout"],
+            prefix=self["redis-prefix"],
+            retention=Retention(
+                max_messages=self["retention-messages"],
+                max_bytes=self["retention-bytes"],
+                max_age=self["retention-age"],
+            ),
         )
 
     def file_settings(self) -> FileStoreSettings:
@@ -494,6 +577,7 @@ def makeService(options: Options) -> IService:
         options.settings(),
         data_dir=Path(data_dir) if data_dir else None,
         file_settings=options.file_settings(),
+        redis=options.redis_settings(),
         tls=options.tls(),
         users_file=Path(options["users"]) if options["users"] else None,
         monitor=options["monitor"],

@@ -7,6 +7,8 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
+from twisted.internet.defer import Deferred
+
 from broker.log import IMessageLog, MemoryLog
 from broker.subjects import PatternIndex
 from broker.wire import ERR_TOO_MANY_TOPICS, delivery_prefix, extended_delivery_prefix
@@ -50,6 +52,7 @@ class Topic:
         "log",
         "name",
         "waiting",
+        "watched",
     )
 
     def __init__(self, name: str, log: IMessageLog, clock: Callable[[], float] = time.time) -> None:
@@ -65,11 +68,19 @@ class Topic:
         self.extended_prefix = extended_delivery_prefix(name)
         # An ordered set, so that waiters are woken in the order they waited.
         self.waiting: dict[Waiter, None] = {}
+        self.watched = False
+        """Whether the log was asked to tell of appends made elsewhere."""
 
-    def append(self, payloads: Sequence[bytes]) -> int:
+    def append(self, payloads: Sequence[bytes]) -> int | Deferred[int]:
         """Store a batch and wake everyone waiting once it can be read; return
-        the first offset. May raise StoreError."""
+        the first offset, or a Deferred of it (a networked store). May raise
+        StoreError, or fail with it."""
         first = self.log.append(payloads)
+        if isinstance(first, Deferred):
+            return first.addCallback(self._appended)
+        return self._appended(first)
+
+    def _appended(self, first: int) -> int:
         offsets = self._batch_offsets
         offsets.append(first)
         self._batch_times.append(self._clock())
@@ -110,8 +121,12 @@ class Topic:
                 waiter.log_grew()
 
     def wait(self, waiter: Waiter) -> None:
-        """Call `waiter.log_grew()` once, after the next append."""
+        """Call `waiter.log_grew()` once, after the next append (here or,
+        with a shared store, on another node)."""
         self.waiting[waiter] = None
+        if not self.watched:
+            self.watched = True
+            self.log.watch(self._wake)
 
     def stop_waiting(self, waiter: Waiter) -> None:
         self.waiting.pop(waiter, None)
@@ -165,8 +180,9 @@ class TopicRegistry:
             raise TooManyTopics()
         return [self.get(name) for name in names]
 
-    def publish(self, name: str, payloads: Sequence[bytes]) -> int:
-        """Append a batch to a topic; return the offset of the first."""
+    def publish(self, name: str, payloads: Sequence[bytes]) -> int | Deferred[int]:
+        """Append a batch to a topic; return the offset of the first (or a
+        Deferred of it)."""
         return self.get(name).append(payloads)
 
     def close(self) -> None:

@@ -127,3 +127,37 @@ class HeldAnswers:
         waiting, self.waiting = self.waiting, []
         for answer in waiting:
             answer.callback(result)
+
+
+@pytest.fixture(scope="session")
+def redis_servers(tmp_path_factory):
+    """The standalone Redis and the Redis Cluster the Redis tests share: the
+    ones CI started (TEST_REDIS_URL, TEST_REDIS_CLUSTER_URL), or else ones
+    started here from Debian's redis-server. Without redis-server the tests
+    skip, unless REQUIRE_REDIS is set (CI sets it), when they fail."""
+    import os
+    from pathlib import Path
+
+    from tests import redis_servers as servers
+
+    if os.environ.get(servers.CLUSTER_URL):
+        yield {
+            "standalone": os.environ[servers.STANDALONE_URL],
+            "cluster": os.environ[servers.CLUSTER_URL],
+            "dir": Path(os.environ[servers.SERVERS_DIR]),
+        }
+        return
+    if not servers.available():
+        if os.environ.get("REQUIRE_REDIS"):
+            pytest.fail("REQUIRE_REDIS is set but redis-server is not installed")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    directory = tmp_path_factory.mktemp("redis")
+    found = servers.start(directory)
+    try:
+        yield {
+            "standalone": found[servers.STANDALONE_URL],
+            "cluster": found[servers.CLUSTER_URL],
+            "dir": directory,
+        }
+    finally:
+        servers.stop(directory)

@@ -72,9 +72,14 @@ def spawn(args: list[str], cwd: Path | None = None, env: dict[str, str] | None =
     return child
 
 
-def spawn_broker(tmp_path: Path, *options: str, env: dict[str, str] | None = None) -> Child:
-    """`twistd -n broker OPTIONS` in tmp_path (its pid file lands there)."""
-    return spawn([twistd(), "-n", "--pidfile=", "broker", *options], cwd=tmp_path, env=env)
+def spawn_broker(
+    tmp_path: Path, *options: str, env: dict[str, str] | None = None, reactor: str | None = None
+) -> Child:
+    """`twistd -n broker OPTIONS` in tmp_path (its pid file lands there), on
+    `reactor` if given (`twistd -r REACTOR`)."""
+    choice = ["-r", reactor] if reactor else []
+    arguments = [twistd(), "-n", *choice, "--pidfile=", "broker", *options]
+    return spawn(arguments, cwd=tmp_path, env=env)
 
 
 async def start_durable_broker(tmp_path: Path, port: int, *options: str) -> Child:

@@ -96,6 +96,7 @@ class FileLog:
         self._bases: list[int] = []
         self.committed_offset = 0
         self.keep_from: int | None = None
+        self.opening: Deferred[None] | None = None
         """Retention by count keeps messages from here on (durable consumers)."""
         self._dirty: set[int] = set()  # fds written since their last fsync
         self._syncing = False
@@ -259,6 +260,9 @@ class FileLog:
                 break
             number += 1
         return out
+
+    def watch(self, grew: Callable[[], None]) -> None:
+        """Nothing else appends to this log."""
 
     def flush(self) -> Deferred[None]:
         if self.committed_offset >= self.next_offset and not self._dirty:

@@ -25,8 +25,10 @@ class StoreError(Exception):
 class IMessageLog(Interface):
     """An append-only log of one topic's messages, addressed by dense offsets.
 
-    Offsets are given out synchronously by `append`, so that order is fixed
-    the moment a publish is accepted. Readers see messages only up to
+    A local store gives out offsets synchronously in `append`, so that order
+    is fixed the moment a publish is accepted; a networked store, where
+    another broker node may append to the same topic, answers a Deferred of
+    the first offset instead, and keeps each node's order. Readers see messages only up to
     `committed_offset`: a durable store can hold that back until its messages
     are on disk, so that nobody depends on a message a crash could take back.
     `read` may answer with a Deferred, so that a networked store fits too.
@@ -40,12 +42,16 @@ class IMessageLog(Interface):
         "None, or an offset: retention by message count keeps what is at or after it "
         "(what durable consumers have not acked); limits of bytes and age still apply."
     )
+    opening = Attribute(
+        "None once the offsets above are known; until then a Deferred that fires "
+        "when they are (a networked store's first answer)."
+    )
 
     def append(payloads):
         """Append a batch of payloads (a sequence of bytes, in order).
 
-        Return the offset of the first. Raise StoreError if they could not be
-        stored; then none of them were, and the log is as it was.
+        Return the offset of the first, or a Deferred of it. Raise (or fail
+        with) StoreError if they could not be stored; then none of them were.
         """
 
     def read(offset, max_messages):
@@ -54,6 +60,10 @@ class IMessageLog(Interface):
         `first_offset <= offset < committed_offset`. An entry is None where a
         record is corrupt: it keeps its offset but is never served.
         """
+
+    def watch(grew):
+        """Call `grew()` whenever the log grows by appends made elsewhere
+        (other broker nodes on a shared store); a local store never calls it."""
 
     def flush():
         """A Deferred that fires once everything appended so far is durable and

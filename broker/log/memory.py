@@ -36,6 +36,7 @@ class MemoryLog:
         self._base = 0  # offset of _messages[0]
         self.bytes_held = 0
         self.keep_from: int | None = None
+        self.opening: Deferred[None] | None = None
         """Retention by count keeps messages from here on (durable consumers)."""
         # (first offset, time) of each appended batch: enough for age retention.
         self._batches: deque[tuple[int, float]] = deque()
@@ -64,6 +65,9 @@ class MemoryLog:
         if start < self._start:
             raise IndexError(f"offset {offset} is before the log's start {self.first_offset}")
         return self._messages[start : start + max_messages]
+
+    def watch(self, grew: Callable[[], None]) -> None:
+        """Nothing else appends to this log."""
 
     def flush(self) -> Deferred[None]:
         return succeed(None)

@@ -112,10 +112,16 @@ class BrokerFactory(ServerFactory):
             delivery.payload,
         )
         try:
-            self.registry.publish(topic, [letter])
+            stored = self.registry.publish(topic, [letter])
         except (TooManyTopics, StoreError) as error:
             log.error("could not dead-letter to {topic!r}: {error}", topic=topic, error=error)
             return None
+        if isinstance(stored, Deferred):  # a networked store answers later
+            stored.addErrback(
+                lambda failure: log.error(
+                    "could not dead-letter to {topic!r}: {error}", topic=topic, error=failure.value
+                )
+            )
         self.stats.dead_letters += 1
         return topic
 

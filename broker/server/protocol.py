@@ -10,8 +10,9 @@ that walks a single buffer; `MAX_LENGTH` is the broker's message limit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -143,6 +144,26 @@ class BrokerProtocol(Int32StringReceiver):
         self.bytes_received += len(data)
         decoder.feed(data)
         self._after_decoding(decoder)
+
+    def hold_input_until(self, ready: Deferred[Any], then: Callable[[], None]) -> None:
+        """Decode and read nothing more until `ready` fires (a networked store
+        learning a topic's offsets), then call `then` and go on where it stopped."""
+        decoder = self.decoder
+        assert decoder is not None
+        decoder.hold()
+        self._pause_reading("store")
+
+        def go_on(_: object) -> None:
+            if self._gone:
+                return
+            then()
+            self._resume_reading("store")
+            decoder.release()
+            self._after_decoding(decoder)
+
+        ready.addCallback(go_on).addErrback(
+            lambda failure: log.failure("{peer}: after the store answered", failure, peer=self.peer)
+        )
 
     def _after_decoding(self, decoder: ServerDecoder) -> None:
         if self.session is not None:

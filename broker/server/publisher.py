@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from broker.confirms import ConfirmQueue, answers_in_order
+from broker.confirms import Answer, ConfirmQueue, answers_in_order
 from broker.log import StoreError
 from broker.server.session import Session
 from broker.topics import TooManyTopics
 from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error
 
 if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
-
     from broker.permissions import Rules
     from broker.server.protocol import BrokerProtocol
     from broker.users import User
@@ -88,6 +88,7 @@ class PublisherSession(Session):
         may_publish = self._may_publish
         firsts: dict[str, int | str] = {}
         committed: list[Deferred[None]] = []
+        stored_later: dict[str, Deferred[int | str]] = {}
         for topic, payloads in batch.items():
             if may_publish is not None and not may_publish.permits(topic):
                 refusal = firsts[topic] = f"{ERR_PERMISSION_DENIED}: publish to {topic!r}"
@@ -98,28 +99,55 @@ class PublisherSession(Session):
                 continue
             try:
                 stored = registry.get(topic)
-                first = firsts[topic] = stored.append(payloads)
+                first = stored.append(payloads)
             except (TooManyTopics, StoreError) as error:
                 firsts[topic] = str(error)
-                stats.refusals[str(error).partition(":")[0]] += len(payloads)
-                log.warn(
-                    "{peer}: {n} message(s) to {topic!r} refused: {error}",
-                    peer=self.peer,
-                    n=len(payloads),
-                    topic=topic,
-                    error=error,
-                )
-                if confirms is None:
-                    # One Error per message refused, as a publisher counts them.
-                    self.protocol.transport.write(encode_error(str(error)) * len(payloads))
+                self._store_refused(topic, len(payloads), error, answered=confirms is not None)
                 continue
             size = sum(map(len, payloads))
             self.messages += len(payloads)
             self.bytes += size
             stats.published_messages += len(payloads)
             stats.published_bytes += size
+            if isinstance(first, Deferred):  # a networked store answers later
+                stored_later[topic] = first.addErrback(
+                    self._stored_later_failed, topic, len(payloads), confirms is not None
+                )
+                continue
+            firsts[topic] = first
             if confirms is not None and stored.log.committed_offset < first + len(payloads):
                 committed.append(stored.log.flush())
         if confirms is not None:
             order, self._order = self._order, []
-            confirms.add(answers_in_order(order, firsts), committed)
+            if not stored_later:
+                confirms.add(answers_in_order(order, firsts), committed)
+                return
+
+            def answers(outcomes: list[int | str]) -> list[Answer]:
+                firsts.update(zip(stored_later, outcomes, strict=True))
+                return answers_in_order(order, firsts)
+
+            confirms.add(gatherResults(list(stored_later.values())).addCallback(answers), committed)
+
+    def _store_refused(self, topic: str, count: int, error: Exception, answered: bool) -> None:
+        """Count and log a batch the store refused; a publisher without
+        confirms gets one Error per message, as it counts them."""
+        self.factory.stats.refusals[str(error).partition(":")[0]] += count
+        log.warn(
+            "{peer}: {n} message(s) to {topic!r} refused: {error}",
+            peer=self.peer,
+            n=count,
+            topic=topic,
+            error=error,
+        )
+        if not answered:
+            self.protocol.transport.write(encode_error(str(error)) * count)
+
+    def _stored_later_failed(self, failure: Failure, topic: str, count: int, answered: bool) -> str:
+        error = (
+            failure.value
+            if isinstance(failure.value, StoreError)
+            else StoreError(str(failure.value))
+        )
+        self._store_refused(topic, count, error, answered)
+        return str(error)

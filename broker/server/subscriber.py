@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
@@ -127,6 +128,27 @@ class SubscriberSession(Session):
             targets = self.factory.registry.get_all([topic for _, topic, _ in request.joined])
         except TooManyTopics:
             self.refused(ERR_TOO_MANY_TOPICS)
+            return
+        opening = [t.log.opening for t in (*resolved, *targets) if t.log.opening is not None]
+        if opening:
+            # A networked store is still learning where these topics start and end.
+            self.protocol.hold_input_until(
+                gatherResults(opening),
+                lambda: self._subscribe(request, resolved, targets, topics, start, offset),
+            )
+            return
+        self._subscribe(request, resolved, targets, topics, start, offset)
+
+    def _subscribe(
+        self,
+        request: _SubscribeRequest,
+        resolved: list[Topic],
+        targets: list[Topic],
+        topics: list[str],
+        start: StartAt,
+        offset: int,
+    ) -> None:
+        if self._halted:
             return
         # The status goes out before any delivery the new cursors produce.
         self._transport.write(_SUBSCRIBED)

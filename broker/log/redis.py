@@ -1,0 +1,570 @@
+"""Topics' logs in Redis Streams, shared by every broker node on one Redis or
+one Redis Cluster; the nodes themselves keep no state.
+
+Each topic is a stream with one entry per appended batch (see
+redis_functions.lua). A Redis Function, loaded by every node at start,
+appends a batch in one round trip: it gives out the topic's next offsets
+(dense from 0, so offsets mean the same on every node), applies retention
+by count and bytes, and announces the topic's new end on a sharded pub/sub
+channel. A node listens, on one connection per Redis primary, to the
+channels of the topics its own subscribers read, and reads new ranges with
+another function. With `replicas`, an append is followed on the same
+connection by `WAIT` and only then announced, so nobody reads (and no
+publisher is confirmed) what fewer replicas hold.
+
+redis-py's asyncio client runs this, so the broker must run on Twisted's
+asyncio reactor (`twistd -r asyncio broker --store redis://...`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.resources import files
+from typing import Any, TypeVar
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from broker.log.interface import IMessageLog, StoreError
+from broker.log.redis_settings import RedisStoreSettings, TopicKeys, topic_keys
+
+log = Logger()
+
+T = TypeVar("T")
+
+FUNCTIONS = files("broker.log").joinpath("redis_functions.lua").read_text(encoding="utf-8")
+LIBRARY = "broker_v1"
+APPEND, EXPIRE, READ, STATE = (
+    f"broker_{name}_v1" for name in ("append", "expire", "read", "state")
+)
+
+# One call appends at most this many payload bytes; the rest waits its turn.
+MAX_CALL_BYTES = 4 * 1024 * 1024
+# Redis commands in flight at once, over all topics.
+MAX_CONCURRENT_CALLS = 64
+# Reconnection backoff after Redis is lost (seconds).
+FIRST_RETRY = 0.1
+LAST_RETRY = 5.0
+
+
+def pack_batch(payloads: Sequence[bytes]) -> bytes:
+    """A batch as one stream field: little-endian u32 lengths, then the payloads."""
+    return struct.pack(f"<{len(payloads)}I", *map(len, payloads)) + b"".join(payloads)
+
+
+def unpack_batch(count: int, batch: bytes) -> list[bytes]:
+    lengths = struct.unpack_from(f"<{count}I", batch)
+    payloads = []
+    position = 4 * count
+    for length in lengths:
+        payloads.append(batch[position : position + length])
+        position += length
+    return payloads
+
+
+def store_error(failure: Failure, timeout: float) -> StoreError:
+    """What to tell a publisher about a failed Redis call."""
+    error = failure.value
+    if isinstance(error, StoreError):
+        return error
+    if isinstance(error, asyncio.TimeoutError | TimeoutError):
+        return StoreError(f"could not store message: Redis did not answer within {timeout:g} s")
+    if isinstance(error, redis_errors.ConnectionError | OSError):
+        return StoreError("could not store message: Redis is unreachable")
+    return StoreError(f"could not store message: Redis: {error}")
+
+
+@implementer(IMessageLog)
+class RedisLog:
+    """One topic's log in Redis, as one node sees it.
+
+    Offsets known here (`first_offset`, `next_offset`) are what Redis said
+    last: its answers to this node's appends and reads, and the ends other
+    nodes announce once this log is watched. Appends are sent one call at a
+    time per topic, so a publisher's order holds; what arrives meanwhile
+    goes in the next call, as one batch.
+    """
+
+    def __init__(self, store: RedisStore, name: str) -> None:
+        self._store = store
+        self.name = name
+        self.keys: TopicKeys = topic_keys(store.settings.prefix, name)
+        self.first_offset = 0
+        self.next_offset = 0
+        self.bytes_held = 0
+        """Not tracked per node: Redis holds the bytes."""
+        self.keep_from: int | None = None
+        self.opening: Deferred[None] | None = Deferred()
+        """Fires once the offsets are known (Redis answered once)."""
+        self._grew: Callable[[], None] | None = None
+        self._queue: list[tuple[Sequence[bytes], int, Deferred[int]]] = []
+        self._sending = False
+        self._flushes: list[Deferred[None]] = []
+        self._expiring = False
+        self._last_expiry = 0.0
+
+    @property
+    def committed_offset(self) -> int:
+        return self.next_offset
+
+    # Appending.
+
+    def append(self, payloads: Sequence[bytes]) -> Deferred[int]:
+        size = sum(map(len, payloads))
+        store = self._store
+        if store.pending_bytes + size > store.settings.max_pending_bytes and store.pending_bytes:
+            raise StoreError(
+                "could not store message: Redis is not keeping up "
+                f"({store.pending_bytes // 1024} KiB waiting)"
+            )
+        store.pending_bytes += size
+        appended: Deferred[int] = Deferred()
+        self._queue.append((payloads, size, appended))
+        if not self._sending:
+            self._send()
+        return appended
+
+    def _send(self) -> None:
+        queue = self._queue
+        taken = 1
+        size = queue[0][1]
+        while taken < len(queue) and size + queue[taken][1] <= MAX_CALL_BYTES:
+            size += queue[taken][1]
+            taken += 1
+        batches, self._queue = queue[:taken], queue[taken:]
+        payloads = [payload for batch, _, _ in batches for payload in batch]
+        self._sending = True
+        call = self._store.append(self, payloads, size)
+        call.addCallbacks(
+            self._appended, self._append_failed, callbackArgs=(batches,), errbackArgs=(batches,)
+        )
+        call.addBoth(self._sent, size)
+
+    def _appended(self, ends: tuple[int, int], batches: list) -> None:
+        first, end = ends
+        self.learn_end(end)
+        offset = first
+        for batch, _, appended in batches:
+            appended.callback(offset)
+            offset += len(batch)
+
+    def _append_failed(self, failure: Failure, batches: list) -> None:
+        error = store_error(failure, self._store.settings.timeout)
+        for _, _, appended in batches:
+            appended.errback(error)
+
+    def _sent(self, _: object, size: int) -> None:
+        self._store.pending_bytes -= size
+        self._sending = False
+        if self._queue:
+            self._send()
+        elif self._flushes:
+            flushes, self._flushes = self._flushes, []
+            for flushed in flushes:
+                flushed.callback(None)
+
+    def flush(self) -> Deferred[None]:
+        if not self._sending:
+            return succeed(None)
+        flushed: Deferred[None] = Deferred()
+        self._flushes.append(flushed)
+        return flushed
+
+    # What this node learns of the log.
+
+    def learn_end(self, end: int) -> None:
+        """Redis says the log reaches at least `end`: wake readers if it grew."""
+        if end > self.next_offset:
+            self.next_offset = end
+            if self._grew is not None:
+                self._grew()
+
+    def learn_state(self, first: int, end: int, known_end: int) -> None:
+        """Redis's answer to a state request sent when this node knew the log
+        reached `known_end`. An end below that means Redis lost its tail (a
+        failover before replication): the offsets will be given out again."""
+        if end < known_end:
+            log.warn(
+                "topic {topic!r}: Redis holds offsets up to {end} only, not {known} "
+                "(messages lost before they were replicated): reading on from {end}",
+                topic=self.name,
+                end=end,
+                known=known_end,
+            )
+            self.next_offset = end
+        self.first_offset = max(self.first_offset, min(first, end))
+        self.learn_end(end)
+        opening, self.opening = self.opening, None
+        if opening is not None:
+            opening.callback(None)
+
+    def watch(self, grew: Callable[[], None]) -> None:
+        """Call `grew` whenever any node appends: follow the topic's channel."""
+        self._grew = grew
+        self._store.follow(self)
+
+    # Reading.
+
+    def read(self, offset: int, max_messages: int) -> Deferred[list[bytes | None]]:
+        known = self.next_offset
+        reading = self._store.read(self, offset, max_messages)
+        return reading.addCallback(self._read, offset, max_messages, known)
+
+    def _read(self, answer: list, offset: int, max_messages: int, known: int) -> list[bytes | None]:
+        first, end, entries = answer[0], answer[1], answer[2:]
+        payloads: list[bytes | None] = []
+        for index in range(0, len(entries), 3):
+            entry_first = int(entries[index].split(b"-", 1)[0]) - 1
+            count = int(entries[index + 1])
+            if entry_first > offset + len(payloads):
+                break  # the messages asked for are gone (retention)
+            batch = unpack_batch(count, entries[index + 2])
+            skip = offset + len(payloads) - entry_first
+            payloads.extend(batch[skip:] if skip > 0 else batch)
+            if len(payloads) >= max_messages:
+                del payloads[max_messages:]
+                break
+        self.learn_state(first, end, known)
+        return payloads
+
+    # Retention and closing.
+
+    def apply_retention(self, now: float) -> int:
+        """Drop by age (count and bytes are applied by every append). Redis
+        does it; the dropped count shows in `first_offset` later."""
+        max_age = self._store.settings.retention.max_age
+        if max_age is None or self._expiring or now - self._last_expiry < min(max_age / 10, 10):
+            return 0
+        self._expiring = True
+        self._last_expiry = now
+        expiring = self._store.expire(self, max_age)
+        expiring.addCallbacks(
+            lambda first: setattr(self, "first_offset", max(self.first_offset, first)),
+            lambda failure: None,  # tried again at the next sweep
+        )
+        expiring.addBoth(lambda _: setattr(self, "_expiring", False))
+        return 0
+
+    def close(self) -> None:
+        self._store.forget(self)
+
+
+class _ShardListener:
+    """One connection to one Redis primary that hears the topics' ends
+    announced on the channels it is subscribed to."""
+
+    def __init__(self, store: RedisStore, host: str, port: int) -> None:
+        self.address = (host, port)
+        self.client: Redis = Redis(host=host, port=port, **store.connection_options())
+        self.pubsub = self.client.pubsub()
+        self.channels: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._store = store
+
+    async def subscribe(self, channels: Sequence[str]) -> None:
+        await self.pubsub.ssubscribe(*channels)
+        self.channels.update(channels)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        announced = self._store.announced
+        try:
+            while True:
+                message = await self.pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                kind = message["type"]
+                if kind == "smessage":
+                    announced(message["channel"], int(message["data"]))
+                elif kind == "sunsubscribe":
+                    raise redis_errors.ConnectionError("a slot moved to another primary")
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._task = None
+            self._store.lost(f"listening on {self.address[0]}:{self.address[1]}: {error}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        try:
+            await self.pubsub.aclose()
+            await self.client.aclose()
+        except Exception:
+            pass
+
+
+class RedisStore:
+    """The connection to Redis (or a Redis Cluster) and every topic this
+    node has opened in it."""
+
+    def __init__(self, settings: RedisStoreSettings) -> None:
+        self.settings = settings
+        self.pending_bytes = 0
+        self._logs: dict[str, RedisLog] = {}
+        self._followed: dict[str, RedisLog] = {}  # channel -> log
+        self._listeners: dict[tuple[str, int], _ShardListener] = {}
+        self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        self._resyncing = False
+        self._closed = False
+        self.ready: Deferred[None] = Deferred()
+        """Fires once Redis answered and the functions are loaded."""
+        target = settings.target
+        self.client: Redis | RedisCluster
+        if target.cluster:
+            self.client = RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in target.seeds],
+                **self.connection_options(),
+            )
+        else:
+            host, port = target.seeds[0]
+            self.client = Redis(host=host, port=port, db=target.db, **self.connection_options())
+
+    def connection_options(self) -> dict[str, Any]:
+        target = self.settings.target
+        options: dict[str, Any] = {
+            "username": target.username,
+            "password": target.password,
+            "socket_timeout": None,
+            "socket_connect_timeout": self.settings.timeout,
+        }
+        if target.tls:
+            options["ssl"] = True
+            if target.ca_file is not None:
+                options["ssl_ca_certs"] = target.ca_file
+        return options
+
+    # Starting and stopping.
+
+    def start(self) -> Deferred[None]:
+        """Connect and load the functions, retrying until Redis answers."""
+        self._background(self._start())
+        return self.ready
+
+    async def _start(self) -> None:
+        delay = FIRST_RETRY
+        warned = False
+        while not self._closed:
+            try:
+                await self._load_functions()
+            except Exception as error:
+                if not warned:
+                    log.warn(
+                        "cannot reach Redis at {where}: {error}; retrying",
+                        where=self.settings.target.describe(),
+                        error=error,
+                    )
+                    warned = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LAST_RETRY)
+                continue
+            log.info("connected to Redis at {where}", where=self.settings.target.describe())
+            self.ready.callback(None)
+            return
+
+    async def _load_functions(self) -> None:
+        async with self._calls:
+            await asyncio.wait_for(
+                self.client.function_load(FUNCTIONS, replace=True), self.settings.timeout
+            )
+
+    def close(self) -> Deferred[None]:
+        self._closed = True
+        return self._deferred(self._close())
+
+    async def _close(self) -> None:
+        for listener in list(self._listeners.values()):
+            await listener.close()
+        self._listeners.clear()
+        await self.client.aclose()
+
+    # Topics.
+
+    def open(self, name: str) -> RedisLog:
+        """The topic's log; its `opening` fires once Redis told its offsets."""
+        topic_log = self._logs.get(name)
+        if topic_log is None:
+            topic_log = self._logs[name] = RedisLog(self, name)
+            self._background(self._open(topic_log))
+        return topic_log
+
+    def topic_names(self) -> list[str]:
+        return []
+
+    async def _open(self, topic_log: RedisLog) -> None:
+        delay = FIRST_RETRY
+        while topic_log.opening is not None and not self._closed:
+            try:
+                await self.ready_now()
+                known = topic_log.next_offset
+                first, end = await self._call(self.client.fcall(STATE, 1, topic_log.keys.meta))
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LAST_RETRY)
+                continue
+            topic_log.learn_state(int(first), int(end), known)
+
+    async def ready_now(self) -> None:
+        if not self.ready.called:
+            await self.ready.asFuture(asyncio.get_event_loop())
+
+    def forget(self, topic_log: RedisLog) -> None:
+        self._logs.pop(topic_log.name, None)
+        self._followed.pop(topic_log.keys.channel, None)
+
+    # Calls, each bounded in time and in how many run at once.
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        async with self._calls:
+            return await asyncio.wait_for(call, self.settings.timeout)
+
+    def _deferred(self, call: Awaitable[T]) -> Deferred[T]:
+        return Deferred.fromFuture(asyncio.ensure_future(call))
+
+    def _background(self, call: Awaitable[Any]) -> None:
+        self._deferred(call).addErrback(lambda failure: log.failure("Redis store", failure))
+
+    def append(
+        self, topic_log: RedisLog, payloads: list[bytes], size: int
+    ) -> Deferred[tuple[int, int]]:
+        return self._deferred(self._append(topic_log.keys, payloads, size))
+
+    async def _append(self, keys: TopicKeys, payloads: list[bytes], size: int) -> tuple[int, int]:
+        settings = self.settings
+        retention = settings.retention
+        replicas = settings.replicas
+        arguments = (
+            "" if replicas else keys.channel,
+            len(payloads),
+            size,
+            pack_batch(payloads),
+            retention.max_messages or 0,
+            retention.max_bytes or 0,
+        )
+        if not replicas:
+            first, end = await self._call(
+                self.client.fcall(APPEND, 3, keys.log, keys.meta, keys.times, *arguments)
+            )
+            return int(first), int(end)
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.fcall(APPEND, 3, keys.log, keys.meta, keys.times, *arguments)
+        # WAIT gives up in half the call's time, so that its answer (how many
+        # replicas have it) is what the publisher hears, not a timeout.
+        wait = ("WAIT", replicas, max(int(settings.timeout * 500), 1))
+        if isinstance(self.client, RedisCluster):
+            node = self.client.get_node_from_key(keys.log)
+            pipeline.execute_command(*wait, target_nodes=node)
+        else:
+            pipeline.execute_command(*wait)
+        (first, end), acknowledged = await self._call(pipeline.execute())
+        # Announced (so readable) only once replicated, whatever WAIT said:
+        # a later append would announce it anyway.
+        self._background(self._call(self.client.spublish(keys.channel, int(end))))
+        if int(acknowledged) < replicas:
+            raise StoreError(
+                f"could not store message: {acknowledged} of {replicas} Redis replica(s) "
+                f"acknowledged it within {settings.timeout / 2:g} s"
+            )
+        return int(first), int(end)
+
+    def read(self, topic_log: RedisLog, offset: int, max_messages: int) -> Deferred[list]:
+        keys = topic_log.keys
+        return self._deferred(self._read(keys, offset, max_messages))
+
+    async def _read(self, keys: TopicKeys, offset: int, max_messages: int) -> list:
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.fcall_ro(STATE, 1, keys.meta)
+        pipeline.fcall_ro(READ, 1, keys.log, offset, max_messages)
+        (first, end), entries = await self._call(pipeline.execute())
+        return [int(first), int(end), *entries]
+
+    def expire(self, topic_log: RedisLog, max_age: float) -> Deferred[int]:
+        keys = topic_log.keys
+        call = self.client.fcall(EXPIRE, 3, keys.log, keys.meta, keys.times, int(max_age * 1000))
+        return self._deferred(self._call(call)).addCallback(int)
+
+    # Following other nodes' appends.
+
+    def follow(self, topic_log: RedisLog) -> None:
+        channel = topic_log.keys.channel
+        if channel not in self._followed:
+            self._followed[channel] = topic_log
+            self._background(self._follow([topic_log]))
+
+    async def _follow(self, logs: list[RedisLog]) -> None:
+        try:
+            await self.ready_now()
+            await self._subscribe(logs)
+        except Exception as error:
+            self.lost(f"following {len(logs)} topic(s): {error}")
+
+    async def _subscribe(self, logs: list[RedisLog]) -> None:
+        by_listener: dict[tuple[str, int], list[str]] = {}
+        for topic_log in logs:
+            channel = topic_log.keys.channel
+            by_listener.setdefault(self._owner(channel), []).append(channel)
+        for address, channels in by_listener.items():
+            listener = self._listeners.get(address)
+            if listener is None:
+                listener = self._listeners[address] = _ShardListener(self, *address)
+            for channel in channels:  # one slot a command, as a cluster needs
+                await asyncio.wait_for(listener.subscribe([channel]), self.settings.timeout)
+        # What was appended before the subscriptions took.
+        await asyncio.gather(*(self._refresh(topic_log) for topic_log in logs))
+
+    def _owner(self, channel: str) -> tuple[str, int]:
+        if isinstance(self.client, RedisCluster):
+            node = self.client.get_node_from_key(channel)
+            if node is None:
+                raise redis_errors.ConnectionError(f"no Redis primary holds {channel!r} now")
+            return str(node.host), int(node.port)
+        return self.settings.target.seeds[0]
+
+    async def _refresh(self, topic_log: RedisLog) -> None:
+        known = topic_log.next_offset
+        first, end = await self._call(self.client.fcall_ro(STATE, 1, topic_log.keys.meta))
+        topic_log.learn_state(int(first), int(end), known)
+
+    def announced(self, channel: bytes, end: int) -> None:
+        topic_log = self._followed.get(channel.decode("utf-8", "surrogateescape"))
+        if topic_log is not None:
+            topic_log.learn_end(end)
+
+    def lost(self, why: str) -> None:
+        """A listener (or following) failed: rebuild every listener, with backoff."""
+        if self._resyncing or self._closed:
+            return
+        self._resyncing = True
+        log.warn("lost Redis ({why}); reconnecting", why=why)
+        self._background(self._resync())
+
+    async def _resync(self) -> None:
+        delay = FIRST_RETRY
+        while not self._closed:
+            for listener in list(self._listeners.values()):
+                await listener.close()
+            self._listeners.clear()
+            try:
+                if isinstance(self.client, RedisCluster):
+                    await asyncio.wait_for(
+                        self.client.nodes_manager.initialize(), self.settings.timeout
+                    )
+                await self._load_functions()  # a restarted Redis may have lost them
+                await self._subscribe(list(self._followed.values()))
+            except Exception as error:
+                log.debug("Redis still unreachable: {error}", error=error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LAST_RETRY)
+                continue
+            self._resyncing = False
+            log.info("Redis reconnected: following {n} topic(s)", n=len(self._followed))
+            return

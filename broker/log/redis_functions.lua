@@ -1,0 +1,119 @@
+#!lua name=broker_v1
+-- The broker's Redis Functions, loaded by every node at start. The version is
+-- in the library's name: a node of a later version loads broker_v2 beside it.
+--
+-- Keys of one topic share its hash tag, so a topic lives in one slot:
+--   KEYS[1] the log: a stream with one entry per appended batch; entry ID
+--           "<offset of its first message + 1>-0", fields n (message count)
+--           and b (the batch: n little-endian u32 lengths, then the payloads)
+--   KEYS[2] meta: a hash; next (offset the next message gets), first (offset
+--           of the oldest message held), bytes (payload bytes ever appended)
+--   KEYS[3] times: a stream of (time, offset the next message got then),
+--           at most one entry a second: retention by age reads it, never the log
+
+-- Drop whole batches that end before `offset`: the batch holding it stays.
+local function trim_before(log, meta, offset)
+  local first = tonumber(redis.call('HGET', meta, 'first') or '0')
+  if offset <= first then
+    return
+  end
+  local holding = redis.call('XREVRANGE', log, offset + 1, '-', 'COUNT', 1)
+  if #holding == 0 then
+    return
+  end
+  local id = holding[1][1]
+  redis.call('XTRIM', log, 'MINID', id)
+  local kept = tonumber(string.match(id, '^(%d+)')) - 1
+  if kept > first then
+    redis.call('HSET', meta, 'first', kept)
+  end
+end
+
+-- append(log, meta, times; channel, count, bytes, batch, max messages, max bytes)
+-- -> {first offset, next offset}. Count and bytes limits of 0 mean none; the
+-- bytes limit is kept at the topic's mean message size (approximately).
+local function append(keys, args)
+  local log, meta, times = keys[1], keys[2], keys[3]
+  local count = tonumber(args[2])
+  local first = tonumber(redis.call('HGET', meta, 'next') or '0')
+  local following = first + count
+  redis.call('XADD', log, (first + 1) .. '-0', 'n', count, 'b', args[4])
+  redis.call('HSET', meta, 'next', following)
+  local total = redis.call('HINCRBY', meta, 'bytes', tonumber(args[3]))
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if ms - tonumber(redis.call('HGET', meta, 'marked') or '0') >= 1000 then
+    redis.call('XADD', times, '*', 'o', first)
+    redis.call('HSET', meta, 'marked', ms)
+  end
+  local keep = tonumber(args[5])
+  local max_bytes = tonumber(args[6])
+  if max_bytes > 0 and total > 0 then
+    local fit = math.max(math.floor(max_bytes * following / total), 1)
+    if keep == 0 or fit < keep then
+      keep = fit
+    end
+  end
+  if keep > 0 and following - keep > 0 then
+    trim_before(log, meta, following - keep)
+  end
+  if args[1] ~= '' then
+    redis.call('SPUBLISH', args[1], following)
+  end
+  return {first, following}
+end
+
+-- expire(log, meta, times; max age in ms) -> offset of the oldest message held.
+-- Drops the batches appended before the last mark older than the max age
+-- (by Redis's clock, which every node shares).
+local function expire(keys, args)
+  local log, meta, times = keys[1], keys[2], keys[3]
+  local now = redis.call('TIME')
+  local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(args[1])
+  local older = redis.call('XREVRANGE', times, '(' .. cutoff .. '-0', '-', 'COUNT', 1)
+  if #older > 0 then
+    trim_before(log, meta, tonumber(older[1][2][2]))
+    redis.call('XTRIM', times, 'MINID', older[1][1])
+  end
+  return tonumber(redis.call('HGET', meta, 'first') or '0')
+end
+
+-- read(log; offset, max messages) -> {entry id, count, batch, ...}: the batch
+-- holding `offset` (or the oldest held, if it is gone) and those after it.
+local function read(keys, args)
+  local log = keys[1]
+  local want = tonumber(args[2])
+  local start = '-'
+  local holding = redis.call('XREVRANGE', log, tonumber(args[1]) + 1, '-', 'COUNT', 1)
+  if #holding > 0 then
+    start = holding[1][1]
+  end
+  local out = {}
+  local got = 0
+  local entries = redis.call('XRANGE', log, start, '+', 'COUNT', 64)
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    out[#out + 1] = entry[1]
+    out[#out + 1] = fields[2]
+    out[#out + 1] = fields[4]
+    got = got + tonumber(fields[2])
+    if got >= want then
+      break
+    end
+  end
+  return out
+end
+
+-- state(meta) -> {first offset held, next offset}
+local function state(keys, args)
+  local meta = keys[1]
+  return {
+    tonumber(redis.call('HGET', meta, 'first') or '0'),
+    tonumber(redis.call('HGET', meta, 'next') or '0'),
+  }
+end
+
+redis.register_function('broker_append_v1', append)
+redis.register_function('broker_expire_v1', expire)
+redis.register_function{function_name = 'broker_read_v1', callback = read, flags = {'no-writes'}}
+redis.register_function{function_name = 'broker_state_v1', callback = state, flags = {'no-writes'}}

@@ -1,0 +1,318 @@
+"""Broker nodes sharing topics through Redis: real `twistd -r asyncio broker
+--store ...` nodes on a real Redis Cluster (three primaries, one replica
+each) and a real standalone Redis, talked to through the Twisted client and
+raw sockets; and the pure pieces (URLs, key names, batch packing)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.task import deferLater
+
+from broker.client import BrokerError, Message, connect
+from broker.log.redis import pack_batch, unpack_batch
+from broker.log.redis_settings import PASSWORD_VARIABLE, parse_redis_url, topic_keys
+from broker.wire import StartAt
+from tests import redis_servers as servers
+from tests.process import free_port, spawn_broker
+from tests.redis_nodes import Node, start_nodes, unique_prefix
+
+# The pure pieces.
+
+
+def test_urls_name_one_redis_or_a_cluster():
+    one = parse_redis_url("redis://db.example:6380/2", environ={})
+    assert (one.seeds, one.cluster, one.tls, one.db) == ((("db.example", 6380),), False, False, 2)
+    cluster = parse_redis_url("rediss+cluster://u:p%40ss@a:7000,b:7001,[::1]:7002?ca=/ca.pem", {})
+    assert cluster.seeds == (("a", 7000), ("b", 7001), ("::1", 7002))
+    assert (cluster.cluster, cluster.tls, cluster.ca_file) == (True, True, "/ca.pem")
+    assert (cluster.username, cluster.password) == ("u", "p@ss")
+    assert "p@ss" not in cluster.describe()
+    assert parse_redis_url("redis://h", {}).seeds == (("h", 6379),)
+    # The password is better kept in the environment than on the command line.
+    assert parse_redis_url("redis://h:1", {PASSWORD_VARIABLE: "s3"}).password == "s3"
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("http://h:1", "not a Redis URL"),
+        ("redis://", "not a Redis URL"),
+        ("redis://a:1,b:2", "redis+cluster://"),
+        ("redis://h:99999", "port must be"),
+        ("redis://h:x", "port must be"),
+        ("redis://h:1/zero", "not a number"),
+        ("redis+cluster://h:1/3", "one database"),
+        ("redis://h:1?ca=/x", "rediss://"),
+        ("redis://h:1?tls=1", "unknown Redis URL option"),
+        ("redis://::1:5", "brackets"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url, complaint):
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        parse_redis_url(url, {})
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_a_topics_keys_share_one_slot_and_no_other_topics(name):
+    keys = topic_keys("broker", name)
+    slots = {key_slot(key.encode("utf-8", "surrogatepass")) for key in vars(keys).values()}
+    assert len(slots) == 1
+    other = topic_keys("broker", name + "x")
+    assert not set(vars(keys).values()) & set(vars(other).values())
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=50))
+def test_batches_unpack_to_what_was_packed(payloads):
+    assert unpack_batch(len(payloads), pack_batch(payloads)) == payloads
+
+
+# Nodes on Redis.
+
+
+class Received:
+    """Deliveries of one subscriber: (offset, payload) in arrival order."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[int, bytes]] = []
+        self._waiting: list[tuple[int, Deferred[None]]] = []
+
+    def __call__(self, message: Message) -> bool:
+        self.messages.append((message.offset, message.payload))
+        for waiter in [w for w in self._waiting if len(self.messages) >= w[0]]:
+            self._waiting.remove(waiter)
+            waiter[1].callback(None)
+        return True
+
+    def wait(self, count: int, timeout: float = 20) -> Deferred[None]:
+        waiting: Deferred[None] = Deferred()
+        if len(self.messages) >= count:
+            waiting.callback(None)
+        else:
+            self._waiting.append((count, waiting))
+            waiting.addTimeout(timeout, reactor)
+        return waiting
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publish_on_one_node_reaches_subscribers_on_both(redis_servers, tmp_path):
+    a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2, "--redis-replicas", "1")
+    clients = []
+
+    def client(node: Node):
+        made = connect(reactor, node.endpoint, extensions=True, prefetch=256)
+        clients.append(made)
+        return made
+
+    try:
+        on_a, on_b = Received(), Received()
+        await client(a).subscribe(["shared"], on_a)
+        await client(b).subscribe(["shared"], on_b)
+        publisher = client(a)
+        offsets = await gatherResults(
+            [publisher.publish("shared", b"m%d" % i) for i in range(2000)]
+        )
+        assert offsets == list(range(2000))  # dense from 0, assigned by Redis
+        await gatherResults([on_a.wait(2000), on_b.wait(2000)])
+        expected = [(i, b"m%d" % i) for i in range(2000)]
+        assert on_a.messages == expected
+        assert on_b.messages == expected
+        # Replay from the other node: from the beginning, from an offset (u32
+        # and u64 forms), the same offsets and messages.
+        for start, offset, first in (
+            (StartAt.BEGINNING, 0, 0),
+            (StartAt.FROM, 1500, 1500),
+            (StartAt.FROM64, 1999, 1999),
+        ):
+            replay = Received()
+            await client(b).subscribe(["shared"], replay, start=start, offset=offset)
+            await replay.wait(2000 - first)
+            assert replay.messages == expected[first:], start
+    finally:
+        await gatherResults([made.close() for made in clients])
+        await gatherResults([a.stop(), b.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_publishers_on_both_nodes_get_dense_offsets_in_their_own_order(
+    redis_servers, tmp_path
+):
+    nodes = await start_nodes(tmp_path, redis_servers["cluster"], 2)
+    publishers = [connect(reactor, node.endpoint, extensions=True) for node in nodes]
+    reader = connect(reactor, nodes[1].endpoint, extensions=True)
+    try:
+        count = 3000
+
+        async def publish_all(number: int) -> list[int]:
+            sends = []
+            for sequence in range(count):
+                sends.append(publishers[number].publish("race", b"%d:%d" % (number, sequence)))
+                if sequence % 500 == 499:
+                    await deferLater(reactor, 0, lambda: None)  # interleave the two
+            return await gatherResults(sends)
+
+        offsets = await gatherResults([ensureDeferred(publish_all(n)) for n in (0, 1)])
+        # Dense, no duplicates: together they are exactly 0 .. 2 * count - 1.
+        assert sorted(offsets[0] + offsets[1]) == list(range(2 * count))
+        # Each publisher's messages got increasing offsets, in its order.
+        for mine in offsets:
+            assert mine == sorted(mine)
+        everything = Received()
+        await reader.subscribe(["race"], everything, start=StartAt.BEGINNING)
+        await everything.wait(2 * count)
+        assert [offset for offset, _ in everything.messages] == list(range(2 * count))
+        for number in (0, 1):
+            mine = [p for _, p in everything.messages if p.startswith(b"%d:" % number)]
+            assert mine == [b"%d:%d" % (number, s) for s in range(count)]
+            # and each sits at the offset its confirm named
+            at = dict(everything.messages)
+            assert all(at[o] == b"%d:%d" % (number, s) for s, o in enumerate(offsets[number]))
+    finally:
+        await gatherResults([made.close() for made in [*publishers, reader]])
+        await gatherResults([node.stop() for node in nodes])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_legacy_transcripts_replay_byte_for_byte_on_redis(redis_servers, tmp_path):
+    from tests.test_transcripts import replay
+
+    scale = 0.25
+    node = await Node(
+        tmp_path,
+        redis_servers["standalone"],
+        unique_prefix(),
+        "--ack-delay",
+        str(1.0 * scale),
+        "--ack-timeout",
+        str(2.0 * scale),
+    ).start()
+    try:
+        await replay(node.port, scale)
+    finally:
+        await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_the_asyncio_reactor_the_broker_says_how_to_start(tmp_path):
+    child = spawn_broker(tmp_path, "--port", str(free_port()), "--store", "redis://127.0.0.1:1")
+    assert await child.ended == 1
+    assert "twistd -r asyncio broker --store" in child.output
+    assert "Traceback" not in child.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_redis_options_are_one_line_errors(tmp_path):
+    for options, complaint in (
+        (["--store", "redis://a:1,b:2"], "redis+cluster://"),
+        (["--redis-replicas", "1"], "--redis-replicas needs --store"),
+        (["--store", "redis://h:1", "--data-dir", str(tmp_path)], "give one"),
+    ):
+        child = spawn_broker(tmp_path, "--port", str(free_port()), *options, reactor="asyncio")
+        assert await child.ended == 1, options
+        assert complaint in child.output, child.output
+        assert "Traceback" not in child.output
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A standalone Redis of this test's own (append-only, so a restart keeps
+    what it held), which the test may stop and start."""
+    if not servers.available():
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    directory = tmp_path / "own-redis"
+    config = servers._config(directory, port, cluster=False)
+    config.write_text(config.read_text().replace("appendonly no", "appendonly yes"))
+    servers.start_server(config)
+    yield directory, port
+    servers.kill(directory, port, signal.SIGTERM)
+
+
+def stop_redis(directory: Path, port: int) -> None:
+    subprocess.run(["redis-cli", "-p", str(port), "shutdown"], capture_output=True, check=False)
+    servers.kill(directory, port)  # if it was still up
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_stopped_and_started_under_load(own_redis, tmp_path):
+    directory, port = own_redis
+    node = await Node(
+        tmp_path, f"redis://127.0.0.1:{port}", unique_prefix(), "--redis-timeout", "1"
+    ).start()
+    errors: list[str] = []
+    publisher = connect(reactor, node.endpoint, extensions=True, on_publish_error=errors.append)
+    plain = connect(reactor, node.endpoint)  # no confirms: refused with an Error
+    subscriber = connect(reactor, node.endpoint, extensions=True)
+    received = Received()
+    confirmed: dict[int, bytes] = {}
+    refused: list[str] = []
+
+    def publish(payload: bytes) -> None:
+        def stored(offset: int) -> None:
+            confirmed[offset] = payload
+
+        def failed(failure) -> None:
+            failure.trap(BrokerError)
+            refused.append(str(failure.value))
+
+        publisher.publish("load", payload).addCallbacks(stored, failed)
+
+    try:
+        await subscriber.subscribe(["load"], received, start=StartAt.BEGINNING)
+        sequence = 0
+        for _ in range(20):
+            for _ in range(100):
+                publish(b"before %d" % sequence)
+                sequence += 1
+            await deferLater(reactor, 0.01, lambda: None)
+        await received.wait(2000)
+        before = node.rss_kib()
+        stop_redis(directory, port)
+        # Publishing on while Redis is away: refusals, with a clear reason.
+        highest = before
+        for _ in range(40):
+            for _ in range(250):
+                publish(b"during %d" % sequence)
+                sequence += 1
+            plain.publish("load", b"plain while away")
+            await deferLater(reactor, 0.05, lambda: None)
+            highest = max(highest, node.rss_kib())
+        while len(refused) < 5000:
+            await deferLater(reactor, 0.05, lambda: None)
+        assert refused
+        assert all(reason.startswith("could not store message: Redis") for reason in refused)
+        assert highest - before < 64 * 1024, f"memory grew from {before} to {highest} KiB"
+        servers.restart(directory, port)
+        # Back: the node reconnects by itself, publishes are confirmed again
+        # at the next offsets, and the waiting subscriber gets them.
+        after = sequence
+        for _ in range(3000):
+            publish(b"after %d" % sequence)
+            sequence += 1
+            if len(confirmed) > 2000:
+                break
+            if sequence % 100 == 0:
+                await deferLater(reactor, 0.02, lambda: None)
+        while not any(p.startswith(b"after") for p in confirmed.values()):
+            await deferLater(reactor, 0.05, lambda: None)
+        total = max(confirmed) + 1
+        await received.wait(total, timeout=30)
+        delivered = dict(received.messages)
+        assert all(delivered.get(o) == p for o, p in confirmed.items())
+        assert [o for o, _ in received.messages] == list(range(total))
+        assert sequence > after
+        assert "could not store message: Redis" in node.child.output
+        assert "Traceback" not in node.child.output
+    finally:
+        await gatherResults([c.close() for c in (publisher, plain, subscriber)])
+        await node.stop()
