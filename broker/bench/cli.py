@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import LoopingCall
 
 from broker.bench.payloads import HEADER, Result
-from broker.bench.process import BrokerProcess, free_port
+from broker.bench.process import BrokerProcess, free_port, redis_cpu_seconds
 from broker.bench.scenarios import SCENARIOS, Bench, ceiling
 
 
@@ -42,9 +42,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--store",
-        choices=["memory", "file"],
         default="memory",
-        help="the broker's store, when the bench starts it",
+        help="the broker's store, when the bench starts it: memory, file, or a "
+        "Redis URL (redis://HOST:PORT, redis+cluster://HOST:PORT,...)",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="with a Redis store: start this many broker nodes; publishers use "
+        "the first, subscribers the last",
+    )
+    parser.add_argument(
+        "--redis-replicas", type=int, default=0, help="with a Redis store: the nodes' WAIT"
+    )
+    parser.add_argument(
+        "--reactor",
+        default=None,
+        help="the reactor the broker runs on (twistd -r), e.g. asyncio; a Redis "
+        "store always runs on asyncio",
     )
     parser.add_argument(
         "--fsync",
@@ -80,6 +96,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.size < HEADER.size:
         parser.error(f"--size must be at least {HEADER.size}")
+    if args.store not in ("memory", "file") and not args.store.startswith("redis"):
+        parser.error("--store is memory, file, or a Redis URL")
+    if args.nodes != 1 and not args.store.startswith("redis"):
+        parser.error("--nodes needs a Redis --store: other stores are one node's own")
     return args
 
 
@@ -90,7 +110,9 @@ def run(args: argparse.Namespace) -> Result:
     from twisted.internet import reactor
 
     process = None
+    others: list[BrokerProcess] = []
     data_dir = None
+    redis = args.store if args.store.startswith("redis") else None
     if args.broker:
         host, _, port_text = args.broker.rpartition(":")
         host, port = host or "127.0.0.1", int(port_text)
@@ -105,11 +127,22 @@ def run(args: argparse.Namespace) -> Result:
         if args.store == "file":
             data_dir = tempfile.mkdtemp(prefix="broker-bench-")
             options += ["--data-dir", data_dir, "--fsync", args.fsync]
-        process = BrokerProcess(options)
+        reactor_name = args.reactor
+        if redis is not None:
+            prefix = f"bench-{time.time_ns()}"  # keys of this run only
+            options += ["--store", redis, "--redis-prefix", prefix]
+            options += ["--redis-replicas", str(args.redis_replicas)]
+            reactor_name = "asyncio"
+        process = BrokerProcess(options, reactor_name)
+        others = [BrokerProcess(options, reactor_name) for _ in range(args.nodes - 1)]
         host, port = "127.0.0.1", process.port
     bench = Bench(reactor, host, port, args, process.rss_mb if process else (lambda: float("nan")))
+    if others:
+        bench.subscribe_port = others[-1].port
+    nodes = [process, *others] if process is not None else []
     outcome: list[Any] = []
-    broker_cpu_before = process.cpu_seconds() if process else float("nan")
+    broker_cpu_before = sum(node.cpu_seconds() for node in nodes) if nodes else float("nan")
+    redis_cpu_before = redis_cpu_seconds(redis) if redis else float("nan")
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     wall_before = time.perf_counter()
     watching = None
@@ -130,10 +163,13 @@ def run(args: argparse.Namespace) -> Result:
         if watching is not None and watching.running:
             watching.stop()
         rss = bench.broker_rss()
-        broker_cpu = (process.cpu_seconds() if process else float("nan")) - broker_cpu_before
+        broker_cpu = (
+            sum(node.cpu_seconds() for node in nodes) if nodes else float("nan")
+        ) - broker_cpu_before
+        redis_cpu = (redis_cpu_seconds(redis) if redis else float("nan")) - redis_cpu_before
     finally:
-        if process is not None:
-            process.stop()
+        for node in nodes:
+            node.stop()
         if data_dir is not None:
             shutil.rmtree(data_dir, ignore_errors=True)
     result = outcome[0]
@@ -144,6 +180,9 @@ def run(args: argparse.Namespace) -> Result:
     result.bench_cpu_percent = round(100 * cpu / (time.perf_counter() - wall_before), 1)
     if result.delivered:
         result.broker_cpu_us_per_msg = round(1e6 * broker_cpu / result.delivered, 2)
+        if redis:
+            # Broker CPU above is every node's; Redis's is every server's.
+            result.extra["redis_cpu_us_per_msg"] = round(1e6 * redis_cpu / result.delivered, 2)
     if math.isnan(result.broker_rss_mb):
         result.broker_rss_mb = round(rss, 1)
     result.settings = {k: v for k, v in vars(args).items() if k not in ("json", "scenario")}

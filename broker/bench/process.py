@@ -8,17 +8,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 class BrokerProcess:
     """`twistd -n broker` on a free loopback port, for the bench's duration."""
 
-    def __init__(self, extra: list[str]) -> None:
+    def __init__(self, extra: list[str], reactor: str | None = None) -> None:
         self.port = free_port()
         twistd = Path(sys.executable).with_name("twistd")
         command = [
             str(twistd) if twistd.exists() else "twistd",
             "-n",
+            *(["-r", reactor] if reactor else []),
             "--pidfile=",
             "-l",
             os.devnull,
@@ -80,3 +82,32 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return float("nan")
+
+
+def redis_cpu_seconds(url: str) -> float:
+    """CPU time every Redis server behind a --store URL has used so far
+    (INFO cpu, summed over a cluster's nodes, replicas included)."""
+    from redis import Redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    from broker.log.redis_settings import parse_redis_url
+
+    target = parse_redis_url(url)
+    options: dict[str, Any] = {
+        "username": target.username,
+        "password": target.password,
+        "ssl": target.tls,
+    }
+    if target.cluster:
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.seeds], **options
+        )
+        try:
+            infos = cluster.info("cpu", target_nodes=RedisCluster.ALL_NODES)
+            return sum(info["used_cpu_sys"] + info["used_cpu_user"] for info in infos.values())
+        finally:
+            cluster.close()
+    host, port = target.seeds[0]
+    with Redis(host=host, port=port, **options) as client:
+        info = client.info("cpu")
+        return float(info["used_cpu_sys"] + info["used_cpu_user"])

@@ -34,11 +34,17 @@ class Bench:
     args: argparse.Namespace
     broker_rss: Callable[[], float]
 
+    subscribe_port: int | None = None
+    """Where subscribers connect, if not to `port` (another node on a shared store)."""
+
     def topic(self, kind: str) -> str:
         return f"bench-{kind}-{os.getpid()}-{time.monotonic_ns()}"
 
     async def connect(self, protocol: Protocol) -> Any:
-        endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port)
+        port = self.port
+        if self.subscribe_port is not None and not isinstance(protocol, BenchPublisher):
+            port = self.subscribe_port  # publish on one node, read on the other
+        endpoint = TCP4ClientEndpoint(self.reactor, self.host, port)
         connected = await connectProtocol(endpoint, protocol)
         connected.transport.setTcpNoDelay(True)
         return connected

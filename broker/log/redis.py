@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from broker.log.batch_cache import BatchCache
 from broker.log.interface import IMessageLog, StoreError
 from broker.log.redis_settings import RedisStoreSettings, TopicKeys, topic_keys
 
@@ -41,12 +42,21 @@ T = TypeVar("T")
 
 FUNCTIONS = files("broker.log").joinpath("redis_functions.lua").read_text(encoding="utf-8")
 LIBRARY = "broker_v1"
-APPEND, EXPIRE, READ, STATE = (
-    f"broker_{name}_v1" for name in ("append", "expire", "read", "state")
-)
+APPEND, EXPIRE = "broker_append_v1", "broker_expire_v1"
 
 # One call appends at most this many payload bytes; the rest waits its turn.
-MAX_CALL_BYTES = 4 * 1024 * 1024
+MAX_CALL_BYTES = 256 * 1024
+# Batches up to this size travel in the announcement of the topic's new end,
+# so that nodes following it need not read them.
+ANNOUNCED_BATCH_BYTES = 64 * 1024
+# A fetch from Redis reads the batch holding the offset asked and at most
+# this many after it.
+FETCH_BATCHES = 16
+# Recent batches a node holds per topic: at most this many bytes, and at most
+# CACHE_BYTES over all topics (shared out evenly, never under the minimum).
+CACHE_BYTES_PER_TOPIC = 4 * 1024 * 1024
+CACHE_BYTES = 256 * 1024 * 1024
+MIN_CACHE_BYTES_PER_TOPIC = 256 * 1024
 # Redis commands in flight at once, over all topics.
 MAX_CONCURRENT_CALLS = 64
 # Reconnection backoff after Redis is lost (seconds).
@@ -109,6 +119,9 @@ class RedisLog:
         self._flushes: list[Deferred[None]] = []
         self._expiring = False
         self._last_expiry = 0.0
+        self._cache = BatchCache(store.cache_bytes_per_topic())
+        self._readers: list[tuple[int, int, Deferred[list[bytes]]]] = []
+        self._fetching = False
 
     @property
     def committed_offset(self) -> int:
@@ -149,6 +162,8 @@ class RedisLog:
 
     def _appended(self, ends: tuple[int, int], batches: list) -> None:
         first, end = ends
+        # Readers on this node take it from here, not from Redis.
+        self._cache.add(first, [payload for batch, _, _ in batches for payload in batch])
         self.learn_end(end)
         offset = first
         for batch, _, appended in batches:
@@ -186,6 +201,11 @@ class RedisLog:
             if self._grew is not None:
                 self._grew()
 
+    def learn_batch(self, first: int, payloads: list[bytes]) -> None:
+        """Another node appended `payloads` at `first`: hold them for readers."""
+        self._cache.add(first, payloads)
+        self.learn_end(first + len(payloads))
+
     def learn_state(self, first: int, end: int, known_end: int) -> None:
         """Redis's answer to a state request sent when this node knew the log
         reached `known_end`. An end below that means Redis lost its tail (a
@@ -212,27 +232,52 @@ class RedisLog:
 
     # Reading.
 
-    def read(self, offset: int, max_messages: int) -> Deferred[list[bytes | None]]:
-        known = self.next_offset
-        reading = self._store.read(self, offset, max_messages)
-        return reading.addCallback(self._read, offset, max_messages, known)
+    def read(self, offset: int, max_messages: int) -> list[bytes] | Deferred[list[bytes]]:
+        """From the batches held here if they have `offset`, else from Redis:
+        one fetch at a time per topic, which every reader waiting shares."""
+        cached = self._cache.read(offset, max_messages)
+        if cached is not None:
+            return cached
+        waiting: Deferred[list[bytes]] = Deferred()
+        self._readers.append((offset, max_messages, waiting))
+        if not self._fetching:
+            self._fetch(offset)
+        return waiting
 
-    def _read(self, answer: list, offset: int, max_messages: int, known: int) -> list[bytes | None]:
+    def _fetch(self, offset: int) -> None:
+        self._fetching = True
+        known = self.next_offset
+        fetched = self._store.read(self, offset)
+        fetched.addCallbacks(self._fetched, self._fetch_failed, callbackArgs=(offset, known))
+
+    def _fetched(self, answer: list, asked: int, known: int) -> None:
+        self._fetching = False
         first, end, entries = answer[0], answer[1], answer[2:]
-        payloads: list[bytes | None] = []
         for index in range(0, len(entries), 3):
             entry_first = int(entries[index].split(b"-", 1)[0]) - 1
             count = int(entries[index + 1])
-            if entry_first > offset + len(payloads):
-                break  # the messages asked for are gone (retention)
-            batch = unpack_batch(count, entries[index + 2])
-            skip = offset + len(payloads) - entry_first
-            payloads.extend(batch[skip:] if skip > 0 else batch)
-            if len(payloads) >= max_messages:
-                del payloads[max_messages:]
-                break
+            self._cache.add(entry_first, unpack_batch(count, entries[index + 2]), evict=False)
+        self.first_offset = max(self.first_offset, min(first, end))
+        readers, self._readers = self._readers, []
+        for offset, max_messages, waiting in readers:
+            cached = self._cache.read(offset, max_messages)
+            if cached is not None:
+                waiting.callback(cached)
+            elif offset == asked or offset < first or offset >= end:
+                # Gone (retention, or lost in a failover): the cursor moves on.
+                waiting.callback([])
+            else:
+                self._readers.append((offset, max_messages, waiting))
+        self._cache.evict()  # once every reader has what it waited for
+        if self._readers and not self._fetching:
+            self._fetch(self._readers[0][0])
         self.learn_state(first, end, known)
-        return payloads
+
+    def _fetch_failed(self, failure: Failure) -> None:
+        self._fetching = False
+        readers, self._readers = self._readers, []
+        for _, _, waiting in readers:
+            waiting.errback(failure)
 
     # Retention and closing.
 
@@ -246,13 +291,18 @@ class RedisLog:
         self._last_expiry = now
         expiring = self._store.expire(self, max_age)
         expiring.addCallbacks(
-            lambda first: setattr(self, "first_offset", max(self.first_offset, first)),
+            self._expired,
             lambda failure: None,  # tried again at the next sweep
         )
         expiring.addBoth(lambda _: setattr(self, "_expiring", False))
         return 0
 
+    def _expired(self, first: int) -> None:
+        self.first_offset = max(self.first_offset, first)
+        self._cache.drop_before(first)
+
     def close(self) -> None:
+        self._cache.clear()
         self._store.forget(self)
 
 
@@ -283,7 +333,7 @@ class _ShardListener:
                     continue
                 kind = message["type"]
                 if kind == "smessage":
-                    announced(message["channel"], int(message["data"]))
+                    announced(message["channel"], message["data"])
                 elif kind == "sunsubscribe":
                     raise redis_errors.ConnectionError("a slot moved to another primary")
         except asyncio.CancelledError:
@@ -406,7 +456,7 @@ class RedisStore:
             try:
                 await self.ready_now()
                 known = topic_log.next_offset
-                first, end = await self._call(self.client.fcall(STATE, 1, topic_log.keys.meta))
+                first, end = await self._state(topic_log.keys)
             except Exception:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAST_RETRY)
@@ -416,6 +466,10 @@ class RedisStore:
     async def ready_now(self) -> None:
         if not self.ready.called:
             await self.ready.asFuture(asyncio.get_event_loop())
+
+    def cache_bytes_per_topic(self) -> int:
+        shared = CACHE_BYTES // (len(self._logs) + 1)
+        return max(MIN_CACHE_BYTES_PER_TOPIC, min(CACHE_BYTES_PER_TOPIC, shared))
 
     def forget(self, topic_log: RedisLog) -> None:
         self._logs.pop(topic_log.name, None)
@@ -449,6 +503,7 @@ class RedisStore:
             pack_batch(payloads),
             retention.max_messages or 0,
             retention.max_bytes or 0,
+            0 if replicas else ANNOUNCED_BATCH_BYTES,
         )
         if not replicas:
             first, end = await self._call(
@@ -468,7 +523,8 @@ class RedisStore:
         (first, end), acknowledged = await self._call(pipeline.execute())
         # Announced (so readable) only once replicated, whatever WAIT said:
         # a later append would announce it anyway.
-        self._background(self._call(self.client.spublish(keys.channel, int(end))))
+        announcement = arguments[3] if len(arguments[3]) <= ANNOUNCED_BATCH_BYTES else None
+        self._background(self._announce(keys, int(first), len(payloads), announcement))
         if int(acknowledged) < replicas:
             raise StoreError(
                 f"could not store message: {acknowledged} of {replicas} Redis replica(s) "
@@ -476,16 +532,30 @@ class RedisStore:
             )
         return int(first), int(end)
 
-    def read(self, topic_log: RedisLog, offset: int, max_messages: int) -> Deferred[list]:
-        keys = topic_log.keys
-        return self._deferred(self._read(keys, offset, max_messages))
+    async def _announce(self, keys: TopicKeys, first: int, count: int, batch: bytes | None) -> None:
+        """What the append function does itself without replicas: tell the
+        nodes following the topic of its new end, or of a small batch."""
+        message = b"%d:%d:%s" % (first, count, batch) if batch is not None else first + count
+        await self._call(self.client.spublish(keys.channel, message))
 
-    async def _read(self, keys: TopicKeys, offset: int, max_messages: int) -> list:
+    def read(self, topic_log: RedisLog, offset: int) -> Deferred[list]:
+        """[first offset held, next offset, then (entry ID, count, batch) for
+        the batch holding `offset` and those after it]."""
+        return self._deferred(self._read(topic_log.keys, offset))
+
+    async def _read(self, keys: TopicKeys, offset: int) -> list:
+        # Plain commands in one round trip: the batch holding `offset` (its
+        # ID is at most offset + 1) and the batches after it. Payloads are
+        # never copied through Lua.
         pipeline = self.client.pipeline(transaction=False)
-        pipeline.fcall_ro(STATE, 1, keys.meta)
-        pipeline.fcall_ro(READ, 1, keys.log, offset, max_messages)
-        (first, end), entries = await self._call(pipeline.execute())
-        return [int(first), int(end), *entries]
+        pipeline.hmget(keys.meta, "first", "next")
+        pipeline.xrevrange(keys.log, offset + 1, "-", count=1)
+        pipeline.xrange(keys.log, f"({offset + 1}", "+", count=FETCH_BATCHES)
+        (first, end), holding, after = await self._call(pipeline.execute())
+        answer: list = [int(first or 0), int(end or 0)]
+        for entry_id, fields in holding + after:
+            answer += (entry_id, fields[b"n"], fields[b"b"])
+        return answer
 
     def expire(self, topic_log: RedisLog, max_age: float) -> Deferred[int]:
         keys = topic_log.keys
@@ -531,13 +601,24 @@ class RedisStore:
 
     async def _refresh(self, topic_log: RedisLog) -> None:
         known = topic_log.next_offset
-        first, end = await self._call(self.client.fcall_ro(STATE, 1, topic_log.keys.meta))
-        topic_log.learn_state(int(first), int(end), known)
+        first, end = await self._state(topic_log.keys)
+        topic_log.learn_state(first, end, known)
 
-    def announced(self, channel: bytes, end: int) -> None:
+    async def _state(self, keys: TopicKeys) -> tuple[int, int]:
+        """The offsets of the oldest message held and of the next to come."""
+        first, end = await self._call(self.client.hmget(keys.meta, "first", "next"))
+        return int(first or 0), int(end or 0)
+
+    def announced(self, channel: bytes, message: bytes) -> None:
+        """A topic grew: `message` is its new end, or "first:count:batch"."""
         topic_log = self._followed.get(channel.decode("utf-8", "surrogateescape"))
-        if topic_log is not None:
-            topic_log.learn_end(end)
+        if topic_log is None:
+            return
+        if b":" not in message:
+            topic_log.learn_end(int(message))
+            return
+        first, count, batch = message.split(b":", 2)
+        topic_log.learn_batch(int(first), unpack_batch(int(count), batch))
 
     def lost(self, why: str) -> None:
         """A listener (or following) failed: rebuild every listener, with backoff."""

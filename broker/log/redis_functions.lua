@@ -29,9 +29,10 @@ local function trim_before(log, meta, offset)
   end
 end
 
--- append(log, meta, times; channel, count, bytes, batch, max messages, max bytes)
--- -> {first offset, next offset}. Count and bytes limits of 0 mean none; the
--- bytes limit is kept at the topic's mean message size (approximately).
+-- append(log, meta, times; channel, count, bytes, batch, max messages, max bytes,
+-- largest batch announced) -> {first offset, next offset}. Count and bytes
+-- limits of 0 mean none; the bytes limit is kept at the topic's mean message
+-- size (approximately).
 local function append(keys, args)
   local log, meta, times = keys[1], keys[2], keys[3]
   local count = tonumber(args[2])
@@ -58,7 +59,13 @@ local function append(keys, args)
     trim_before(log, meta, following - keep)
   end
   if args[1] ~= '' then
-    redis.call('SPUBLISH', args[1], following)
+    -- Nodes following the topic hear its new end, and a small batch itself
+    -- ("first:count:batch"), which saves them a read.
+    if #args[4] <= tonumber(args[7]) then
+      redis.call('SPUBLISH', args[1], first .. ':' .. count .. ':' .. args[4])
+    else
+      redis.call('SPUBLISH', args[1], following)
+    end
   end
   return {first, following}
 end
@@ -78,42 +85,5 @@ local function expire(keys, args)
   return tonumber(redis.call('HGET', meta, 'first') or '0')
 end
 
--- read(log; offset, max messages) -> {entry id, count, batch, ...}: the batch
--- holding `offset` (or the oldest held, if it is gone) and those after it.
-local function read(keys, args)
-  local log = keys[1]
-  local want = tonumber(args[2])
-  local start = '-'
-  local holding = redis.call('XREVRANGE', log, tonumber(args[1]) + 1, '-', 'COUNT', 1)
-  if #holding > 0 then
-    start = holding[1][1]
-  end
-  local out = {}
-  local got = 0
-  local entries = redis.call('XRANGE', log, start, '+', 'COUNT', 64)
-  for _, entry in ipairs(entries) do
-    local fields = entry[2]
-    out[#out + 1] = entry[1]
-    out[#out + 1] = fields[2]
-    out[#out + 1] = fields[4]
-    got = got + tonumber(fields[2])
-    if got >= want then
-      break
-    end
-  end
-  return out
-end
-
--- state(meta) -> {first offset held, next offset}
-local function state(keys, args)
-  local meta = keys[1]
-  return {
-    tonumber(redis.call('HGET', meta, 'first') or '0'),
-    tonumber(redis.call('HGET', meta, 'next') or '0'),
-  }
-end
-
 redis.register_function('broker_append_v1', append)
 redis.register_function('broker_expire_v1', expire)
-redis.register_function{function_name = 'broker_read_v1', callback = read, flags = {'no-writes'}}
-redis.register_function{function_name = 'broker_state_v1', callback = state, flags = {'no-writes'}}

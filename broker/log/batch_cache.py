@@ -1,0 +1,96 @@
+"""The recent batches of one topic's log, as one node holds them: what it
+appended itself and what it last read from a shared store. Subscribers of a
+topic on one node follow each other closely, so one read from the store
+serves them all, and a batch is never fetched again for each slice of it a
+cursor takes."""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+
+
+class BatchCache:
+    """Batches by first offset, at most `max_bytes` of payloads; the least
+    recently used goes first, so a cursor reading history keeps the batch it
+    reads while new appends come and go (the batch just added or read always
+    stays, however large)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._firsts: list[int] = []  # sorted
+        self._batches: list[list[bytes]] = []
+        self._sizes: list[int] = []
+        self._recency: OrderedDict[int, None] = OrderedDict()  # first offsets, least recent first
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._firsts)
+
+    def add(self, first: int, payloads: list[bytes], evict: bool = True) -> None:
+        """Hold the batch of `payloads` starting at offset `first`; with
+        `evict` false, leave it to a later `evict()` to come within bounds."""
+        index = bisect_left(self._firsts, first)
+        if index < len(self._firsts) and self._firsts[index] == first:
+            return  # held already
+        size = sum(map(len, payloads))
+        self._firsts.insert(index, first)
+        self._batches.insert(index, payloads)
+        self._sizes.insert(index, size)
+        self._recency[first] = None
+        self.bytes += size
+        if evict:
+            self.evict(keep=first)
+
+    def evict(self, keep: int | None = None) -> None:
+        """Come within bounds, least recently used first; the batch starting
+        at `keep` (else the one used last) stays, however large."""
+        recency = self._recency
+        if keep is None and recency:
+            keep = next(reversed(recency))
+        while self.bytes > self.max_bytes and len(recency) > 1:
+            oldest = iter(recency)
+            victim = next(oldest)
+            if victim == keep:
+                victim = next(oldest)
+            self._remove(bisect_left(self._firsts, victim))
+
+    def read(self, offset: int, max_messages: int) -> list[bytes] | None:
+        """Up to `max_messages` payloads from `offset` on, across batches
+        that follow each other; None if the batch holding `offset` is not here."""
+        index = bisect_right(self._firsts, offset) - 1
+        if index < 0:
+            return None
+        first, batch = self._firsts[index], self._batches[index]
+        if offset >= first + len(batch):
+            return None
+        taken = batch[offset - first : offset - first + max_messages]
+        self._recency.move_to_end(first)
+        end = first + len(batch)
+        index += 1
+        while len(taken) < max_messages and index < len(self._firsts):
+            if self._firsts[index] != end:
+                break
+            batch = self._batches[index]
+            taken.extend(batch[: max_messages - len(taken)])
+            self._recency.move_to_end(end)
+            end += len(batch)
+            index += 1
+        return taken
+
+    def drop_before(self, offset: int) -> None:
+        """Forget batches that end at or before `offset` (retention took them)."""
+        while self._firsts and self._firsts[0] + len(self._batches[0]) <= offset:
+            self._remove(0)
+
+    def clear(self) -> None:
+        self._firsts.clear()
+        self._batches.clear()
+        self._sizes.clear()
+        self._recency.clear()
+        self.bytes = 0
+
+    def _remove(self, index: int) -> None:
+        self.bytes -= self._sizes.pop(index)
+        del self._recency[self._firsts[index]]
+        del self._firsts[index], self._batches[index]
