@@ -320,3 +320,78 @@ async def test_redis_stopped_and_started_under_load(own_redis, tmp_path):
     finally:
         await gatherResults([c.close() for c in (publisher, plain, subscriber)])
         await node.stop()
+
+
+async def first_offset_from_beginning(node: Node, topic: str, marker_offset: int) -> int:
+    """Where a new subscriber from Beginning starts: the oldest message held."""
+    client = connect(reactor, node.endpoint, extensions=True)
+    received = Received()
+    try:
+        await client.subscribe([topic], received, start=StartAt.BEGINNING)
+        await received.wait(1)
+        return received.messages[0][0]
+    finally:
+        await client.close()
+
+
+async def publish_batches(node: Node, topic: str, batches: int, size: int) -> int:
+    """`batches` batches of `size` 100-byte messages, each confirmed before
+    the next goes, so that each is appended apart; the next offset."""
+    client = connect(reactor, node.endpoint, extensions=True)
+    try:
+        last = 0
+        for number in range(batches):
+            sent = [client.publish(topic, b"%099d" % (number * size + i)) for i in range(size)]
+            last = max(await gatherResults(sent))
+        return last + 1
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--retention-messages", "100"), ("--retention-bytes", "10000")]
+)
+@pytest_twisted.ensureDeferred
+async def test_retention_by_count_and_bytes_keeps_the_newest_whole_batches(
+    redis_servers, tmp_path, option, value
+):
+    node = await Node(tmp_path, redis_servers["standalone"], unique_prefix(), option, value).start()
+    try:
+        end = await publish_batches(node, "kept", 10, 50)
+        assert end == 500
+        first = await first_offset_from_beginning(node, "kept", end)
+        # About 100 messages (10,000 bytes of 100-byte ones) stay, in whole
+        # batches: never fewer, and at most one batch more.
+        assert 500 - 100 - 50 <= first <= 400, first
+    finally:
+        await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_by_age_drops_what_is_older(redis_servers, tmp_path):
+    from redis import Redis
+
+    prefix = unique_prefix()
+    node = await Node(tmp_path, redis_servers["standalone"], prefix, "--retention-age", "1").start()
+    host, port = parse_redis_url(redis_servers["standalone"], {}).seeds[0]
+    meta = topic_keys(prefix, "aging").meta
+    try:
+        subscriber = connect(reactor, node.endpoint, extensions=True)
+        await subscriber.subscribe(["aging"], Received())  # the node serves the topic
+        end = await publish_batches(node, "aging", 2, 25)
+        with Redis(host=host, port=port) as redis:
+            held = lambda: int(redis.hget(meta, "first") or 0)  # noqa: E731
+            assert held() == 0
+            waited = 0.0
+            while held() < end:  # the sweep runs every second
+                assert waited < 10, "nothing expired"
+                await deferLater(reactor, 0.1, lambda: None)
+                waited += 0.1
+            assert waited > 0.5  # not before it was a second old
+            assert redis.xlen(topic_keys(prefix, "aging").log) == 0
+        await subscriber.close()
+        # A new message is all a reader from the beginning finds.
+        await publish_batches(node, "aging", 1, 1)
+        assert await first_offset_from_beginning(node, "aging", end) == end
+    finally:
+        await node.stop()

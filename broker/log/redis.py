@@ -160,8 +160,9 @@ class RedisLog:
         )
         call.addBoth(self._sent, size)
 
-    def _appended(self, ends: tuple[int, int], batches: list) -> None:
-        first, end = ends
+    def _appended(self, ends: tuple[int, int, int], batches: list) -> None:
+        first, end, held = ends
+        self.learn_start(held)
         # Readers on this node take it from here, not from Redis.
         self._cache.add(first, [payload for batch, _, _ in batches for payload in batch])
         self.learn_end(end)
@@ -201,6 +202,12 @@ class RedisLog:
             if self._grew is not None:
                 self._grew()
 
+    def learn_start(self, first: int) -> None:
+        """Redis holds nothing before `first` now (retention)."""
+        if first > self.first_offset:
+            self.first_offset = first
+            self._cache.drop_before(first)
+
     def learn_batch(self, first: int, payloads: list[bytes]) -> None:
         """Another node appended `payloads` at `first`: hold them for readers."""
         self._cache.add(first, payloads)
@@ -219,7 +226,7 @@ class RedisLog:
                 known=known_end,
             )
             self.next_offset = end
-        self.first_offset = max(self.first_offset, min(first, end))
+        self.learn_start(min(first, end))
         self.learn_end(end)
         opening, self.opening = self.opening, None
         if opening is not None:
@@ -257,7 +264,7 @@ class RedisLog:
             entry_first = int(entries[index].split(b"-", 1)[0]) - 1
             count = int(entries[index + 1])
             self._cache.add(entry_first, unpack_batch(count, entries[index + 2]), evict=False)
-        self.first_offset = max(self.first_offset, min(first, end))
+        self.learn_start(min(first, end))
         readers, self._readers = self._readers, []
         for offset, max_messages, waiting in readers:
             cached = self._cache.read(offset, max_messages)
@@ -298,8 +305,7 @@ class RedisLog:
         return 0
 
     def _expired(self, first: int) -> None:
-        self.first_offset = max(self.first_offset, first)
-        self._cache.drop_before(first)
+        self.learn_start(first)
 
     def close(self) -> None:
         self._cache.clear()
@@ -489,10 +495,12 @@ class RedisStore:
 
     def append(
         self, topic_log: RedisLog, payloads: list[bytes], size: int
-    ) -> Deferred[tuple[int, int]]:
+    ) -> Deferred[tuple[int, int, int]]:
         return self._deferred(self._append(topic_log.keys, payloads, size))
 
-    async def _append(self, keys: TopicKeys, payloads: list[bytes], size: int) -> tuple[int, int]:
+    async def _append(
+        self, keys: TopicKeys, payloads: list[bytes], size: int
+    ) -> tuple[int, int, int]:
         settings = self.settings
         retention = settings.retention
         replicas = settings.replicas
@@ -506,10 +514,10 @@ class RedisStore:
             0 if replicas else ANNOUNCED_BATCH_BYTES,
         )
         if not replicas:
-            first, end = await self._call(
+            first, end, held = await self._call(
                 self.client.fcall(APPEND, 3, keys.log, keys.meta, keys.times, *arguments)
             )
-            return int(first), int(end)
+            return int(first), int(end), int(held)
         pipeline = self.client.pipeline(transaction=False)
         pipeline.fcall(APPEND, 3, keys.log, keys.meta, keys.times, *arguments)
         # WAIT gives up in half the call's time, so that its answer (how many
@@ -520,7 +528,7 @@ class RedisStore:
             pipeline.execute_command(*wait, target_nodes=node)
         else:
             pipeline.execute_command(*wait)
-        (first, end), acknowledged = await self._call(pipeline.execute())
+        (first, end, held), acknowledged = await self._call(pipeline.execute())
         # Announced (so readable) only once replicated, whatever WAIT said:
         # a later append would announce it anyway.
         announcement = arguments[3] if len(arguments[3]) <= ANNOUNCED_BATCH_BYTES else None
@@ -530,7 +538,7 @@ class RedisStore:
                 f"could not store message: {acknowledged} of {replicas} Redis replica(s) "
                 f"acknowledged it within {settings.timeout / 2:g} s"
             )
-        return int(first), int(end)
+        return int(first), int(end), int(held)
 
     async def _announce(self, keys: TopicKeys, first: int, count: int, batch: bytes | None) -> None:
         """What the append function does itself without replicas: tell the

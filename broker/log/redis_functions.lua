@@ -7,14 +7,22 @@
 --           "<offset of its first message + 1>-0", fields n (message count)
 --           and b (the batch: n little-endian u32 lengths, then the payloads)
 --   KEYS[2] meta: a hash; next (offset the next message gets), first (offset
---           of the oldest message held), bytes (payload bytes ever appended)
+--           of the oldest message held), bytes (payload bytes ever appended),
+--           appended (when the last batch was, in ms by Redis's clock)
 --   KEYS[3] times: a stream of (time, offset the next message got then),
 --           at most one entry a second: retention by age reads it, never the log
 
 -- Drop whole batches that end before `offset`: the batch holding it stays.
+-- At the log's end, drop everything.
 local function trim_before(log, meta, offset)
   local first = tonumber(redis.call('HGET', meta, 'first') or '0')
   if offset <= first then
+    return
+  end
+  local following = tonumber(redis.call('HGET', meta, 'next') or '0')
+  if offset >= following then
+    redis.call('XTRIM', log, 'MAXLEN', 0)
+    redis.call('HSET', meta, 'first', following)
     return
   end
   local holding = redis.call('XREVRANGE', log, offset + 1, '-', 'COUNT', 1)
@@ -30,7 +38,7 @@ local function trim_before(log, meta, offset)
 end
 
 -- append(log, meta, times; channel, count, bytes, batch, max messages, max bytes,
--- largest batch announced) -> {first offset, next offset}. Count and bytes
+-- largest batch announced) -> {first offset, next offset, oldest held}. Count and bytes
 -- limits of 0 mean none; the bytes limit is kept at the topic's mean message
 -- size (approximately).
 local function append(keys, args)
@@ -39,10 +47,10 @@ local function append(keys, args)
   local first = tonumber(redis.call('HGET', meta, 'next') or '0')
   local following = first + count
   redis.call('XADD', log, (first + 1) .. '-0', 'n', count, 'b', args[4])
-  redis.call('HSET', meta, 'next', following)
-  local total = redis.call('HINCRBY', meta, 'bytes', tonumber(args[3]))
   local now = redis.call('TIME')
   local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('HSET', meta, 'next', following, 'appended', ms)
+  local total = redis.call('HINCRBY', meta, 'bytes', tonumber(args[3]))
   if ms - tonumber(redis.call('HGET', meta, 'marked') or '0') >= 1000 then
     redis.call('XADD', times, '*', 'o', first)
     redis.call('HSET', meta, 'marked', ms)
@@ -67,7 +75,7 @@ local function append(keys, args)
       redis.call('SPUBLISH', args[1], following)
     end
   end
-  return {first, following}
+  return {first, following, tonumber(redis.call('HGET', meta, 'first') or '0')}
 end
 
 -- expire(log, meta, times; max age in ms) -> offset of the oldest message held.
@@ -78,7 +86,11 @@ local function expire(keys, args)
   local now = redis.call('TIME')
   local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(args[1])
   local older = redis.call('XREVRANGE', times, '(' .. cutoff .. '-0', '-', 'COUNT', 1)
-  if #older > 0 then
+  if tonumber(redis.call('HGET', meta, 'appended') or '0') < cutoff then
+    -- Nothing appended since the cutoff: everything is older.
+    trim_before(log, meta, tonumber(redis.call('HGET', meta, 'next') or '0'))
+    redis.call('XTRIM', times, 'MAXLEN', 0)
+  elseif #older > 0 then
     trim_before(log, meta, tonumber(older[1][2][2]))
     redis.call('XTRIM', times, 'MINID', older[1][1])
   end
