@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -90,8 +90,10 @@ class ConsumerGroup:
         forget: Callable[[ConsumerGroup], None],
         position: Position | None = None,
         positions: PositionStore | None = None,
+        shared: Callable[[ConsumerGroup], Any] | None = None,
     ) -> None:
         self.name = name
+        self.durable = position is not None
         self.position = position
         """A durable consumer's position (None: the group is not durable)."""
         self._positions = positions
@@ -100,8 +102,14 @@ class ConsumerGroup:
         self._ack_delay = ack_delay
         self._forget = forget
         # The group's cursor; it wakes the group (through `_wake`) as a
-        # window would be woken when its topic grows.
-        self.reader = Subscription(topic, cast(DeliveryWindow, self), start_at)
+        # window would be woken when its topic grows. A shared store keeps it
+        # itself, shared with the group's members on other nodes.
+        self._shared = shared is not None
+        self.reader: Any = (
+            shared(self)
+            if shared is not None
+            else Subscription(topic, cast(DeliveryWindow, self), start_at)
+        )
         self.members: list[GroupMember] = []
         self.redo: deque[tuple[int, bytes, int]] = deque()
         self._scheduled = 0  # give-backs waiting for the ack delay
@@ -157,6 +165,9 @@ class ConsumerGroup:
 
     def done(self, delivery: Delivery) -> None:
         """A member acked `delivery`, or it was given up on."""
+        if self._shared:
+            self.reader.done(delivery.offset)
+            return
         position = self.position
         if position is not None and self._positions is not None:
             position.done(delivery.offset)
@@ -218,6 +229,23 @@ class GroupRegistry:
         group = self._groups.get(key)
         if group is not None:
             return group
+        shared_cursor = getattr(topic.log, "group_cursor", None)
+        if shared_cursor is not None:
+            # The store keeps the group (and a durable consumer's place) for
+            # every node: no position is kept here.
+            where = {StartAt.BEGINNING: "beginning", StartAt.CURRENT: "current"}.get(start, "from")
+            kept_as = f"{'durable' if durable else 'share'}:{name}"
+
+            def cursor(group: ConsumerGroup) -> Any:
+                return shared_cursor(
+                    topic, kept_as, (where, offset), group.wake_members, self._clock
+                )
+
+            group = self._groups[key] = ConsumerGroup(
+                name, topic, 0, self._clock, self._ack_delay, self._forget, shared=cursor
+            )
+            group.durable = durable
+            return group
         at = start_position(topic, start, offset)
         position = None
         if durable:
@@ -248,4 +276,4 @@ class GroupRegistry:
         return floors
 
     def _forget(self, group: ConsumerGroup) -> None:
-        self._groups.pop((group.topic.name, group.name, group.position is not None), None)
+        self._groups.pop((group.topic.name, group.name, group.durable), None)

@@ -7,6 +7,7 @@ behaviour cannot drift apart.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -348,6 +349,22 @@ class Options(usage.Options):
                 _Checked(check_prefix, "Text without braces."),
             ],
             [
+                "node-name",
+                None,
+                None,
+                "With --store: this node's name among the consumers of consumer groups "
+                "in Redis (default: HOST:PORT of its first --port). Keep it when the node "
+                "restarts, so that it takes back what it had claimed.",
+            ],
+            [
+                "redis-claim-idle",
+                None,
+                _REDIS.claim_idle,
+                "With --store: seconds a consumer group's batch may stay claimed and "
+                "unacknowledged by a node before another node takes it over.",
+                _positive(float),
+            ],
+            [
                 "redis-password",
                 None,
                 None,
@@ -476,10 +493,13 @@ class Options(usage.Options):
             raise usage.UsageError("--fsync needs --data-dir")
         if self["store"] is not None and self["data-dir"] is not None:
             raise usage.UsageError("--store and --data-dir are two places for topics: give one")
-        redis_only = ("redis-replicas", "redis-timeout", "redis-prefix")
-        changed = [name for name in redis_only if self[name] != getattr(_REDIS, name[6:])]
-        if self["store"] is None and (changed or self["redis-password"]):
-            raise usage.UsageError(f"--{(changed or ['redis-password'])[0]} needs --store")
+        redis_only = ("redis-replicas", "redis-timeout", "redis-prefix", "redis-claim-idle")
+        changed = [
+            name for name in redis_only if self[name] != getattr(_REDIS, name[6:].replace("-", "_"))
+        ]
+        changed += [name for name in ("redis-password", "node-name") if self[name]]
+        if self["store"] is None and changed:
+            raise usage.UsageError(f"--{changed[0]} needs --store")
 
     def retention(self) -> Retention:
         on_disk = self["data-dir"] is not None
@@ -501,6 +521,8 @@ class Options(usage.Options):
             replicas=self["redis-replicas"],
             timeout=self["redis-timeout"],
             prefix=self["redis-prefix"],
+            node_name=self["node-name"] or _default_node_name(self["ports"]),
+            claim_idle=self["redis-claim-idle"],
             retention=Retention(
                 max_messages=self["retention-messages"],
                 max_bytes=self["retention-bytes"],
@@ -548,6 +570,14 @@ class Options(usage.Options):
             key=Path(self["tls-key"]) if self["tls-key"] else None,
             ca=Path(self["tls-ca"]) if self["tls-ca"] else None,
         )
+
+
+def _default_node_name(ports: list[str]) -> str:
+    """HOST:PORT of the first listening port: unique per node, and the same
+    after a restart."""
+    first = ports[0] if ports else "3000"
+    port = next((part for part in first.split(":") if part.isdigit()), first)
+    return f"{socket.gethostname()}:{port}"
 
 
 def _config_argument(arguments: list[str]) -> str | None:

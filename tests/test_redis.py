@@ -20,8 +20,13 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 
 from broker.client import BrokerError, Message, connect
-from broker.log.redis import pack_batch, unpack_batch
-from broker.log.redis_settings import PASSWORD_VARIABLE, parse_redis_url, topic_keys
+from broker.log.redis_settings import (
+    PASSWORD_VARIABLE,
+    pack_batch,
+    parse_redis_url,
+    topic_keys,
+    unpack_batch,
+)
 from broker.wire import StartAt
 from tests import redis_servers as servers
 from tests.process import free_port, spawn_broker
@@ -395,3 +400,80 @@ async def test_retention_by_age_drops_what_is_older(redis_servers, tmp_path):
         assert await first_offset_from_beginning(node, "aging", end) == end
     finally:
         await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_shares_its_messages_between_members_on_two_nodes(redis_servers, tmp_path):
+    a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2)
+    members = [connect(reactor, node.endpoint, extensions=True, prefetch=32) for node in (a, b)]
+    publisher = connect(reactor, a.endpoint, extensions=True)
+    everyone = Received()
+    mine: list[list[int]] = [[], []]
+
+    def member(number: int):
+        def handle(message: Message) -> bool:
+            mine[number].append(message.offset)
+            return everyone(message)
+
+        return handle
+
+    try:
+        for number, client in enumerate(members):
+            await client.subscribe(["jobs"], member(number), group="workers")
+        for chunk in range(30):
+            await gatherResults(
+                [publisher.publish("jobs", b"%d" % (chunk * 100 + i)) for i in range(100)]
+            )
+        await everyone.wait(3000)
+        await deferLater(reactor, 0.3, lambda: None)  # nothing more may come
+        offsets = mine[0] + mine[1]
+        assert sorted(offsets) == list(range(3000))  # each message once
+        assert mine[0] and mine[1]  # both nodes' members had a share
+    finally:
+        await gatherResults([c.close() for c in (*members, publisher)])
+        await gatherResults([a.stop(), b.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_durable_consumer_resumes_on_another_node_when_its_node_dies(
+    redis_servers, tmp_path
+):
+    a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2, "--redis-claim-idle", "1")
+    first = connect(reactor, a.endpoint, extensions=True, prefetch=50)
+    publisher = connect(reactor, a.endpoint, extensions=True)
+    second = None
+    on_a = Received()
+    never: list[Deferred[bool]] = []
+
+    def ack_the_first_500(message: Message):
+        on_a(message)
+        if message.offset < 500:
+            return True
+        waiting: Deferred[bool] = Deferred()  # never answered: its node dies
+        never.append(waiting)
+        return waiting
+
+    try:
+        await first.subscribe(["audit"], ack_the_first_500, durable="auditor")
+        for chunk in range(10):
+            await gatherResults(
+                [publisher.publish("audit", b"%d" % (chunk * 100 + i)) for i in range(100)]
+            )
+        await on_a.wait(550)  # 500 acked, 50 in flight unanswered
+        await a.kill()
+        second = connect(reactor, b.endpoint, extensions=True, prefetch=50)
+        on_b = Received()
+        await second.subscribe(["audit"], on_b, durable="auditor")
+        await on_b.wait(500, timeout=30)
+        offsets = [offset for offset, _ in on_b.messages]
+        # What the dead node's consumer had acked stays done; the rest,
+        # claimed and unanswered or never handed out, comes on the other node.
+        assert set(offsets) == set(range(500, 1000))
+        payloads = dict(on_b.messages)
+        assert all(payloads[o] == b"%d" % o for o in offsets)
+    finally:
+        await publisher.close()
+        await first.close()
+        if second is not None:
+            await second.close()
+        await b.stop()

@@ -19,22 +19,32 @@ asyncio reactor (`twistd -r asyncio broker --store redis://...`).
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker.log.batch_cache import BatchCache
 from broker.log.interface import IMessageLog, StoreError
-from broker.log.redis_settings import RedisStoreSettings, TopicKeys, topic_keys
+from broker.log.redis_groups import RedisGroupCursor
+from broker.log.redis_settings import (
+    RedisStoreSettings,
+    TopicKeys,
+    pack_batch,
+    topic_keys,
+    unpack_batch,
+)
+
+if TYPE_CHECKING:
+    from broker.topics import Topic
 
 log = Logger()
 
@@ -64,21 +74,6 @@ FIRST_RETRY = 0.1
 LAST_RETRY = 5.0
 
 
-def pack_batch(payloads: Sequence[bytes]) -> bytes:
-    """A batch as one stream field: little-endian u32 lengths, then the payloads."""
-    return struct.pack(f"<{len(payloads)}I", *map(len, payloads)) + b"".join(payloads)
-
-
-def unpack_batch(count: int, batch: bytes) -> list[bytes]:
-    lengths = struct.unpack_from(f"<{count}I", batch)
-    payloads = []
-    position = 4 * count
-    for length in lengths:
-        payloads.append(batch[position : position + length])
-        position += length
-    return payloads
-
-
 def store_error(failure: Failure, timeout: float) -> StoreError:
     """What to tell a publisher about a failed Redis call."""
     error = failure.value
@@ -103,6 +98,7 @@ class RedisLog:
     """
 
     def __init__(self, store: RedisStore, name: str) -> None:
+        self.store = store
         self._store = store
         self.name = name
         self.keys: TopicKeys = topic_keys(store.settings.prefix, name)
@@ -285,6 +281,21 @@ class RedisLog:
         readers, self._readers = self._readers, []
         for _, _, waiting in readers:
             waiting.errback(failure)
+
+    # Consumer groups.
+
+    def group_cursor(
+        self,
+        topic: Topic,
+        group: str,
+        start: tuple[str, int],
+        wake: Callable[[], None],
+        clock: IReactorTime,
+    ) -> RedisGroupCursor:
+        """The cursor of `group` (a Redis consumer group on this log, shared by
+        every node), for this node's members; `start` says where a new group
+        begins: ("beginning", 0), ("current", 0) or ("from", offset)."""
+        return RedisGroupCursor(topic, self, group, start, wake, clock)
 
     # Retention and closing.
 
@@ -570,6 +581,72 @@ class RedisStore:
         call = self.client.fcall(EXPIRE, 3, keys.log, keys.meta, keys.times, int(max_age * 1000))
         return self._deferred(self._call(call)).addCallback(int)
 
+    # Consumer groups: Redis Streams' own, one consumer per node.
+
+    def read_group(
+        self, topic_log: RedisLog, group: str, from_id: bytes, count: int, start: tuple[str, int]
+    ) -> Deferred[list]:
+        """Batches of `group` for this node: its own pending ones after
+        `from_id`, or new ones (`>`); the group is made if it does not exist."""
+        return self._deferred(self._read_group(topic_log.keys, group, from_id, count, start))
+
+    async def _read_group(
+        self, keys: TopicKeys, group: str, from_id: bytes, count: int, start: tuple[str, int]
+    ) -> list:
+        consumer = self.settings.node_name
+        read = self.client.xreadgroup
+        try:
+            reply = await self._call(read(group, consumer, {keys.log: from_id}, count=count))
+        except redis_errors.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            await self._create_group(keys, group, start)
+            reply = await self._call(read(group, consumer, {keys.log: from_id}, count=count))
+        return _stream_entries(reply)
+
+    async def _create_group(self, keys: TopicKeys, group: str, start: tuple[str, int]) -> None:
+        where, offset = start
+        if where == "beginning":
+            start_id = "0"
+        elif where == "current":
+            start_id = "$"
+        else:  # from an offset: from the batch that holds it
+            holding: Any = await self._call(
+                self.client.xrevrange(keys.log, offset + 1, "-", count=1)
+            )
+            first = int(holding[0][0].split(b"-", 1)[0]) - 1 if holding else offset
+            start_id = f"{first}-0" if first > 0 else "0"
+        try:
+            await self._call(self.client.xgroup_create(keys.log, group, start_id, mkstream=True))
+        except redis_errors.ResponseError as error:
+            if "BUSYGROUP" not in str(error):  # another node made it first
+                raise
+
+    def ack_group(self, topic_log: RedisLog, group: str, entry_ids: list[bytes]) -> None:
+        """Every message of these batches is done (fire and forget: if it is
+        lost, the batch is delivered again, at least once)."""
+        self._background(self._call(self.client.xack(topic_log.keys.log, group, *entry_ids)))
+
+    def claim_group(
+        self, topic_log: RedisLog, group: str, held: list[bytes], count: int
+    ) -> Deferred[list]:
+        """Keep this node's claims fresh, and take over batches another node
+        left unacknowledged for claim_idle seconds."""
+        return self._deferred(self._claim_group(topic_log.keys, group, held, count))
+
+    async def _claim_group(
+        self, keys: TopicKeys, group: str, held: list[bytes], count: int
+    ) -> list:
+        consumer = self.settings.node_name
+        if held:
+            ids: list[Any] = list(held)
+            await self._call(self.client.xclaim(keys.log, group, consumer, 0, ids, justid=True))
+        idle = int(self.settings.claim_idle * 1000)
+        reply = await self._call(
+            self.client.xautoclaim(keys.log, group, consumer, idle, "0-0", count=count)
+        )
+        return list(reply[1]) if reply else []
+
     # Following other nodes' appends.
 
     def follow(self, topic_log: RedisLog) -> None:
@@ -657,3 +734,14 @@ class RedisStore:
             self._resyncing = False
             log.info("Redis reconnected: following {n} topic(s)", n=len(self._followed))
             return
+
+
+def _stream_entries(reply: Any) -> list:
+    """The (entry ID, fields) of an XREADGROUP reply of one stream, in
+    RESP2's or RESP3's shape."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        (entries,) = reply.values()
+        return list(entries[0]) if entries and isinstance(entries[0], list) else list(entries)
+    return list(reply[0][1])

@@ -1,10 +1,12 @@
-"""The Redis store's settings: where it lives (`--store` URLs), what it
-waits for, and the names of a topic's keys. Pure: no connection is made
-here, and redis-py is not imported."""
+"""The Redis store's pure parts: its settings, where it lives (`--store`
+URLs), the names of a topic's keys, and how a batch is packed into one
+stream entry. No connection is made here, and redis-py is not imported."""
 
 from __future__ import annotations
 
 import os
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -147,3 +149,24 @@ class RedisStoreSettings:
     max_pending_bytes: int = 64 * 1024 * 1024
     """Payload bytes waiting for Redis, over all topics, before publishes are
     refused: what a node holds while Redis is slow or away."""
+    node_name: str = "broker"
+    """This node's name among a consumer group's consumers in Redis: the same
+    after a restart, so that the node takes back what it had claimed."""
+    claim_idle: float = 60.0
+    """Seconds a batch claimed by a group's consumer (a node) may stay
+    unacknowledged before another node takes it over."""
+
+
+def pack_batch(payloads: Sequence[bytes]) -> bytes:
+    """A batch as one stream field: little-endian u32 lengths, then the payloads."""
+    return struct.pack(f"<{len(payloads)}I", *map(len, payloads)) + b"".join(payloads)
+
+
+def unpack_batch(count: int, batch: bytes) -> list[bytes]:
+    lengths = struct.unpack_from(f"<{count}I", batch)
+    payloads = []
+    position = 4 * count
+    for length in lengths:
+        payloads.append(batch[position : position + length])
+        position += length
+    return payloads
