@@ -294,9 +294,13 @@ class BrokerService(MultiService):
         from broker.log.redis import RedisStore
 
         self.redis_store = store = RedisStore(settings)
-        self.factory.registry = TopicRegistry(
-            store.open, self.factory.settings.max_topics, clock=self._reactor.seconds
+        self.factory.registry = registry = TopicRegistry(
+            store.open,
+            self.factory.settings.max_topics,
+            clock=self._reactor.seconds,
+            shared_names=lambda: store.topic_names,
         )
+        store.on_new_topic = registry.discover
         store.start()  # retries until Redis answers; until then publishes are refused
         log.info(
             "topics live in Redis at {where} (confirmed once {replicas} replica(s) hold them)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -141,8 +142,11 @@ class TopicRegistry:
         max_topics: int = 100_000,
         existing: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
+        shared_names: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self._make_log = make_log
+        self._shared_names = shared_names
+        """Every topic a shared store holds, whichever node made it."""
         self._max_topics = max_topics
         self._clock = clock
         self._topics: dict[str, Topic] = {}
@@ -172,6 +176,24 @@ class TopicRegistry:
                 for holder in self.patterns.match(name):
                     holder.topic_created(topic)
         return topic
+
+    def discover(self, name: str) -> None:
+        """Another node made topic `name` in the shared store: open it here
+        if a pattern here matches it (which then takes it from its start)."""
+        if name not in self._topics and len(self.patterns) and self.patterns.match(name):
+            self._open_quietly(name)
+
+    def open_shared(self, index: PatternIndex) -> None:
+        """Open the topics of the shared store that `index` matches and that
+        are not open here yet (before new patterns walk the topics)."""
+        for name in list(self._shared_names()):
+            if name not in self._topics and index.match(name):
+                self._open_quietly(name)
+
+    def _open_quietly(self, name: str) -> None:
+        # A pattern takes topics up to the limit, as any subscribe does.
+        with contextlib.suppress(TooManyTopics):
+            self.get(name)
 
     def get_all(self, names: Sequence[str]) -> list[Topic]:
         """All the named topics, or none: TooManyTopics before creating any."""

@@ -477,3 +477,32 @@ async def test_a_durable_consumer_resumes_on_another_node_when_its_node_dies(
         if second is not None:
             await second.close()
         await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_patterns_find_topics_other_nodes_made(redis_servers, tmp_path):
+    a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2)
+    publisher = connect(reactor, a.endpoint, extensions=True)
+    readers = []
+    try:
+        # Made on A before anyone on B asks: a pattern from the beginning finds it.
+        await gatherResults([publisher.publish("orders.us", b"us %d" % i) for i in range(3)])
+        history = Received()
+        readers.append(connect(reactor, b.endpoint, extensions=True))
+        await readers[-1].subscribe(["orders.>"], history, start=StartAt.BEGINNING)
+        await history.wait(3)
+        # Made on A after B's pattern subscribed: B hears of it and takes it
+        # from its first message; a pattern from now leaves old topics' history.
+        live = Received()
+        readers.append(connect(reactor, b.endpoint, extensions=True))
+        await readers[-1].subscribe(["orders.*"], live)
+        await gatherResults([publisher.publish("orders.eu", b"eu %d" % i) for i in range(3)])
+        await publisher.publish("orders.us", b"us 3")
+        await gatherResults([live.wait(4), history.wait(7)])
+        assert sorted(p for _, p in live.messages) == [b"eu 0", b"eu 1", b"eu 2", b"us 3"]
+        assert sorted(p for _, p in history.messages) == sorted(
+            [b"us 0", b"us 1", b"us 2", b"us 3", b"eu 0", b"eu 1", b"eu 2"]
+        )
+    finally:
+        await gatherResults([c.close() for c in (publisher, *readers)])
+        await gatherResults([a.stop(), b.stop()])

@@ -158,6 +158,7 @@ class RedisLog:
 
     def _appended(self, ends: tuple[int, int, int], batches: list) -> None:
         first, end, held = ends
+        self._store.register_topic(self.name)
         self.learn_start(held)
         # Readers on this node take it from here, not from Redis.
         self._cache.add(first, [payload for batch, _, _ in batches for payload in batch])
@@ -383,6 +384,13 @@ class RedisStore:
         self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         self._resyncing = False
         self._closed = False
+        prefix = settings.prefix
+        self._directory = f"{prefix}:{{directory}}:topics"
+        self._directory_channel = f"{prefix}:{{directory}}:created"
+        self.topic_names: set[str] = set()
+        """Every topic in Redis, whichever node made it (the directory)."""
+        self.on_new_topic: Callable[[str], None] = lambda name: None
+        """Told of each topic another node makes (patterns here may match it)."""
         self.ready: Deferred[None] = Deferred()
         """Fires once Redis answered and the functions are loaded."""
         target = settings.target
@@ -436,6 +444,10 @@ class RedisStore:
                 continue
             log.info("connected to Redis at {where}", where=self.settings.target.describe())
             self.ready.callback(None)
+            try:
+                await self._follow_directory()
+            except Exception as error:
+                self.lost(f"reading the topic directory: {error}")
             return
 
     async def _load_functions(self) -> None:
@@ -463,9 +475,6 @@ class RedisStore:
             topic_log = self._logs[name] = RedisLog(self, name)
             self._background(self._open(topic_log))
         return topic_log
-
-    def topic_names(self) -> list[str]:
-        return []
 
     async def _open(self, topic_log: RedisLog) -> None:
         delay = FIRST_RETRY
@@ -668,13 +677,17 @@ class RedisStore:
             channel = topic_log.keys.channel
             by_listener.setdefault(self._owner(channel), []).append(channel)
         for address, channels in by_listener.items():
-            listener = self._listeners.get(address)
-            if listener is None:
-                listener = self._listeners[address] = _ShardListener(self, *address)
+            listener = self._listener(address)
             for channel in channels:  # one slot a command, as a cluster needs
                 await asyncio.wait_for(listener.subscribe([channel]), self.settings.timeout)
         # What was appended before the subscriptions took.
         await asyncio.gather(*(self._refresh(topic_log) for topic_log in logs))
+
+    def _listener(self, address: tuple[str, int]) -> _ShardListener:
+        listener = self._listeners.get(address)
+        if listener is None:
+            listener = self._listeners[address] = _ShardListener(self, *address)
+        return listener
 
     def _owner(self, channel: str) -> tuple[str, int]:
         if isinstance(self.client, RedisCluster):
@@ -694,10 +707,38 @@ class RedisStore:
         first, end = await self._call(self.client.hmget(keys.meta, "first", "next"))
         return int(first or 0), int(end or 0)
 
+    # The directory of topics, for patterns that match topics other nodes made.
+
+    def register_topic(self, name: str) -> None:
+        """This node appended to `name`: make sure the directory has it."""
+        if name not in self.topic_names:
+            self.topic_names.add(name)
+            self._background(self._register_topic(name))
+
+    async def _register_topic(self, name: str) -> None:
+        if await self._call(self.client.sadd(self._directory, name)):
+            await self._call(self.client.spublish(self._directory_channel, name))
+
+    async def _follow_directory(self) -> None:
+        listener = self._listener(self._owner(self._directory_channel))
+        await asyncio.wait_for(listener.subscribe([self._directory_channel]), self.settings.timeout)
+        names: Any = await self._call(self.client.smembers(self._directory))
+        for name in names:
+            self._discovered(name.decode("utf-8", "surrogateescape"))
+
+    def _discovered(self, name: str) -> None:
+        if name not in self.topic_names:
+            self.topic_names.add(name)
+            self.on_new_topic(name)
+
     def announced(self, channel: bytes, message: bytes) -> None:
-        """A topic grew: `message` is its new end, or "first:count:batch"."""
-        topic_log = self._followed.get(channel.decode("utf-8", "surrogateescape"))
+        """A topic grew: `message` is its new end, or "first:count:batch"
+        (or, on the directory's channel, a new topic's name)."""
+        name = channel.decode("utf-8", "surrogateescape")
+        topic_log = self._followed.get(name)
         if topic_log is None:
+            if name == self._directory_channel:
+                self._discovered(message.decode("utf-8", "surrogateescape"))
             return
         if b":" not in message:
             topic_log.learn_end(int(message))
@@ -725,6 +766,7 @@ class RedisStore:
                         self.client.nodes_manager.initialize(), self.settings.timeout
                     )
                 await self._load_functions()  # a restarted Redis may have lost them
+                await self._follow_directory()
                 await self._subscribe(list(self._followed.values()))
             except Exception as error:
                 log.debug("Redis still unreachable: {error}", error=error)

@@ -78,11 +78,17 @@ class PatternSubscriptions:
         return how many topics they took now. The topics that exist are
         walked once, whatever the number of patterns."""
         new: PatternIndex[_Holder] = PatternIndex()
+        added = []
         for pattern, name in zip(patterns, names or patterns, strict=True):
             if name not in self._holders:
                 holder = self._holders[name] = _Holder(self, name, pattern, join)
-                self._registry.patterns.add(pattern, holder)
                 new.add(pattern, holder)
+                added.append((pattern, holder))
+        # Topics other nodes of a shared store made are opened here first,
+        # so that the walk below takes them at `start` too.
+        self._registry.open_shared(new)
+        for pattern, holder in added:
+            self._registry.patterns.add(pattern, holder)
         taken = 0
         if len(new):
             for topic in list(self._registry):
