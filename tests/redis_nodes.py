@@ -19,8 +19,16 @@ def unique_prefix() -> str:
 class Node:
     """A broker node: its port, its child process, how it was started."""
 
-    def __init__(self, tmp_path: Path, store: str, prefix: str, *options: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        store: str,
+        prefix: str,
+        *options: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
+        self._env = env
         self.endpoint = f"tcp:127.0.0.1:{self.port}"
         self._arguments = (tmp_path, store, prefix, *options)
         self.child: Child | None = None
@@ -37,9 +45,12 @@ class Node:
             prefix,
             *options,
             reactor="asyncio",
+            env=self._env,
         )
-        await self.child.line("connected to Redis at", timeout=30)
+        await self.child.line(self.ready_line, timeout=30)
         return self
+
+    ready_line = "connected to Redis at"
 
     def rss_kib(self) -> int:
         """The node's resident memory."""

@@ -506,3 +506,59 @@ async def test_patterns_find_topics_other_nodes_made(redis_servers, tmp_path):
     finally:
         await gatherResults([c.close() for c in (publisher, *readers)])
         await gatherResults([a.stop(), b.stop()])
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """A Redis of this test's own that speaks only TLS and wants a password."""
+    from tests.certs import Authority
+
+    if not servers.available():
+        pytest.skip("redis-server is not installed")
+    authority = Authority(tmp_path / "pki")
+    pair = authority.issue("redis", "localhost", server=True)
+    port = free_port()
+    directory = tmp_path / "tls-redis"
+    config = servers._config(directory, port, cluster=False)
+    text = config.read_text().replace(f"port {port}", f"port 0\ntls-port {port}")
+    text += (
+        f"tls-cert-file {pair.cert}\ntls-key-file {pair.key}\n"
+        f"tls-ca-cert-file {authority.pem}\ntls-auth-clients no\nrequirepass s3cret\n"
+    )
+    config.write_text(text)
+    subprocess.run(["redis-server", str(config)], check=True, capture_output=True)
+    yield port, authority.pem
+    servers.kill(directory, port, signal.SIGTERM)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_and_a_password_from_the_environment(tls_redis, tmp_path):
+    port, ca = tls_redis
+    url = f"rediss://localhost:{port}?ca={ca}"
+    node = Node(tmp_path, url, unique_prefix(), env={PASSWORD_VARIABLE: "s3cret"})
+    await node.start()
+    client = connect(reactor, node.endpoint, extensions=True)
+    try:
+        received = Received()
+        await client.subscribe(["secure"], received)
+        assert await client.publish("secure", b"over TLS") == 0
+        await received.wait(1)
+        assert received.messages == [(0, b"over TLS")]
+    finally:
+        await client.close()
+        await node.stop()
+    assert "s3cret" not in node.child.output
+    # A wrong password: the node says why, and refuses publishes clearly.
+    wrong = Node(tmp_path, url, unique_prefix(), env={PASSWORD_VARIABLE: "guess"})
+    wrong.ready_line = "cannot reach Redis at"
+    await wrong.start()
+    errors: list[str] = []
+    client = connect(reactor, wrong.endpoint, extensions=True, on_publish_error=errors.append)
+    try:
+        with pytest.raises(BrokerError, match="could not store message: Redis"):
+            await client.publish("secure", b"refused")
+        assert "password" in wrong.child.output.lower()
+        assert "guess" not in wrong.child.output
+    finally:
+        await client.close()
+        await wrong.stop()

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -81,6 +83,8 @@ def store_error(failure: Failure, timeout: float) -> StoreError:
         return error
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
         return StoreError(f"could not store message: Redis did not answer within {timeout:g} s")
+    if isinstance(error, redis_errors.AuthenticationError):
+        return StoreError(f"could not store message: Redis refused the broker: {error}")
     if isinstance(error, redis_errors.ConnectionError | OSError):
         return StoreError("could not store message: Redis is unreachable")
     return StoreError(f"could not store message: Redis: {error}")
@@ -402,7 +406,15 @@ class RedisStore:
             )
         else:
             host, port = target.seeds[0]
-            self.client = Redis(host=host, port=port, db=target.db, **self.connection_options())
+            # No retries inside redis-py: a call fails at once, and the store
+            # says so (and reconnects with its own backoff).
+            self.client = Redis(
+                host=host,
+                port=port,
+                db=target.db,
+                retry=Retry(NoBackoff(), 0),
+                **self.connection_options(),
+            )
 
     def connection_options(self) -> dict[str, Any]:
         target = self.settings.target
