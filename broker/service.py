@@ -114,8 +114,7 @@ class BrokerService(MultiService):
         self.store: FileStore | None = None
         self.users_file = users_file
         self.ports = list(self._ports)
-        self.state = "starting"
-        """starting, serving, draining or stopped (what /healthz tells)."""
+        self._state = "starting"
         self.rates = RateHistory()
         self._listeners: list[StreamServerEndpointService] = []
         self._cut_short = False
@@ -169,6 +168,15 @@ class BrokerService(MultiService):
         if data_dir is not None and self._file_settings.fsync is FsyncPolicy.INTERVAL:
             self._timer(self._file_settings.fsync_interval, self._sync_store)
 
+    @property
+    def state(self) -> str:
+        """starting, serving, draining or stopped, or waiting for Redis while
+        the Redis store cannot reach it (what /healthz tells)."""
+        store = self.redis_store
+        if self._state == "serving" and store is not None and not store.connected:
+            return "waiting for Redis"
+        return self._state
+
     @staticmethod
     def _read_users(path: Path) -> Users:
         try:
@@ -209,7 +217,7 @@ class BrokerService(MultiService):
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         self._warn_if_open()
         super().startService()
-        self.state = "serving"
+        self._state = "serving"
 
     def _warn_if_open(self) -> None:
         exposed = [port for port in self._ports if not is_local_only(port)]
@@ -313,7 +321,7 @@ class BrokerService(MultiService):
 
     async def _stop(self) -> None:
         Service.stopService(self)
-        self.state = "draining"
+        self._state = "draining"
         self._catch_second_sigterm()
         await gatherResults([listener.stopService() for listener in self._listeners])
         await self._drain()
@@ -331,7 +339,7 @@ class BrokerService(MultiService):
         if self.redis_store is not None:
             await self.redis_store.close()
         self.factory.groups.positions.close()
-        self.state = "stopped"
+        self._state = "stopped"
         log.info("broker stopped")
 
     def _catch_second_sigterm(self) -> None:

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import LoopingCall
 
 from broker.bench.payloads import HEADER, Result
-from broker.bench.process import BrokerProcess, free_port, redis_cpu_seconds
+from broker.bench.process import BrokerProcess, free_port, redis_cpu_seconds, redis_forget
 from broker.bench.scenarios import SCENARIOS, Bench, ceiling
 
 
@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> Result:
     others: list[BrokerProcess] = []
     data_dir = None
     redis = args.store if args.store.startswith("redis") else None
+    prefix = f"bench-{time.time_ns()}"  # the keys of this run only
     if args.broker:
         host, _, port_text = args.broker.rpartition(":")
         host, port = host or "127.0.0.1", int(port_text)
@@ -129,7 +130,6 @@ def run(args: argparse.Namespace) -> Result:
             options += ["--data-dir", data_dir, "--fsync", args.fsync]
         reactor_name = args.reactor
         if redis is not None:
-            prefix = f"bench-{time.time_ns()}"  # keys of this run only
             options += ["--store", redis, "--redis-prefix", prefix]
             options += ["--redis-replicas", str(args.redis_replicas)]
             reactor_name = "asyncio"
@@ -170,6 +170,8 @@ def run(args: argparse.Namespace) -> Result:
     finally:
         for node in nodes:
             node.stop()
+        if redis is not None and nodes:
+            redis_forget(redis, prefix)
         if data_dir is not None:
             shutil.rmtree(data_dir, ignore_errors=True)
     result = outcome[0]

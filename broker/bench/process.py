@@ -84,9 +84,8 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def redis_cpu_seconds(url: str) -> float:
-    """CPU time every Redis server behind a --store URL has used so far
-    (INFO cpu, summed over a cluster's nodes, replicas included)."""
+def _redis_client(url: str) -> Any:
+    """A blocking redis-py client for a --store URL (the bench's own reads)."""
     from redis import Redis
     from redis.cluster import ClusterNode, RedisCluster
 
@@ -99,15 +98,35 @@ def redis_cpu_seconds(url: str) -> float:
         "ssl": target.tls,
     }
     if target.cluster:
-        cluster = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.seeds], **options
-        )
-        try:
-            infos = cluster.info("cpu", target_nodes=RedisCluster.ALL_NODES)
-            return sum(info["used_cpu_sys"] + info["used_cpu_user"] for info in infos.values())
-        finally:
-            cluster.close()
+        nodes = [ClusterNode(host, port) for host, port in target.seeds]
+        return RedisCluster(startup_nodes=nodes, **options)
     host, port = target.seeds[0]
-    with Redis(host=host, port=port, **options) as client:
+    return Redis(host=host, port=port, **options)
+
+
+def redis_forget(url: str, prefix: str) -> int:
+    """Delete the keys one bench run wrote (all start with `prefix`)."""
+    client = _redis_client(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for key in keys:
+            client.unlink(key)
+        return len(keys)
+    finally:
+        client.close()
+
+
+def redis_cpu_seconds(url: str) -> float:
+    """CPU time every Redis server behind a --store URL has used so far
+    (INFO cpu, summed over a cluster's nodes, replicas included)."""
+    from redis.cluster import RedisCluster
+
+    client = _redis_client(url)
+    try:
+        if isinstance(client, RedisCluster):
+            infos = client.info("cpu", target_nodes=RedisCluster.ALL_NODES)
+            return sum(info["used_cpu_sys"] + info["used_cpu_user"] for info in infos.values())
         info = client.info("cpu")
         return float(info["used_cpu_sys"] + info["used_cpu_user"])
+    finally:
+        client.close()
