@@ -76,3 +76,18 @@ def test_whatever_it_holds_is_right_and_within_bounds(batches):
         if held is not None:
             # Overlapping batches hold the same messages at the same offsets.
             assert held == batch(offset, len(held))
+
+
+def test_a_newer_batch_replaces_what_it_overlaps():
+    """After a failover a shared store gives offsets out again: the batch
+    heard last is the one that holds them."""
+    cache = BatchCache(max_bytes=10_000)
+    cache.add(0, batch(0, 10))
+    cache.add(10, [b"stale"] * 10)
+    cache.add(20, [b"stale"] * 5)
+    cache.forget_from(12)  # the store holds up to 12 now: both stale batches go
+    assert cache.read(10, 1) is None and cache.read(20, 1) is None
+    cache.add(5, [b"new"] * 10)  # overlaps the first batch: it replaces it
+    assert cache.read(0, 1) is None
+    assert cache.read(5, 20) == [b"new"] * 10
+    assert cache.bytes == 30

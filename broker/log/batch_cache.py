@@ -30,9 +30,14 @@ class BatchCache:
     def add(self, first: int, payloads: list[bytes], evict: bool = True) -> None:
         """Hold the batch of `payloads` starting at offset `first`; with
         `evict` false, leave it to a later `evict()` to come within bounds."""
+        # What it overlaps is older news (the same messages, or ones a shared
+        # store lost in a failover and gave the offsets of again): it goes.
+        end = first + len(payloads)
         index = bisect_left(self._firsts, first)
-        if index < len(self._firsts) and self._firsts[index] == first:
-            return  # held already
+        if index and self._firsts[index - 1] + len(self._batches[index - 1]) > first:
+            index -= 1
+        while index < len(self._firsts) and self._firsts[index] < end:
+            self._remove(index)
         size = sum(map(len, payloads))
         self._firsts.insert(index, first)
         self._batches.insert(index, payloads)
@@ -82,6 +87,11 @@ class BatchCache:
         """Forget batches that end at or before `offset` (retention took them)."""
         while self._firsts and self._firsts[0] + len(self._batches[0]) <= offset:
             self._remove(0)
+
+    def forget_from(self, offset: int) -> None:
+        """Forget batches that reach past `offset` (the store lost them)."""
+        while self._firsts and self._firsts[-1] + len(self._batches[-1]) > offset:
+            self._remove(len(self._firsts) - 1)
 
     def clear(self) -> None:
         self._firsts.clear()

@@ -229,6 +229,7 @@ class RedisLog:
                 known=known_end,
             )
             self.next_offset = end
+            self._cache.forget_from(end)
         self.learn_start(min(first, end))
         self.learn_end(end)
         opening, self.opening = self.opening, None
@@ -281,7 +282,12 @@ class RedisLog:
         self._cache.evict()  # once every reader has what it waited for
         if self._readers and not self._fetching:
             self._fetch(self._readers[0][0])
-        self.learn_state(first, end, known)
+        if self._store.settings.replicas:
+            # The end Redis holds may not be replicated yet: readers wait for
+            # its announcement, which comes once it is.
+            self.learn_start(min(first, end))
+        else:
+            self.learn_state(first, end, known)
 
     def _fetch_failed(self, failure: Failure) -> None:
         self._fetching = False
@@ -573,15 +579,16 @@ class RedisStore:
         else:
             pipeline.execute_command(*wait)
         (first, end, held), acknowledged = await self._call(pipeline.execute())
-        # Announced (so readable) only once replicated, whatever WAIT said:
-        # a later append would announce it anyway.
-        announcement = arguments[3] if len(arguments[3]) <= ANNOUNCED_BATCH_BYTES else None
-        self._background(self._announce(keys, int(first), len(payloads), announcement))
         if int(acknowledged) < replicas:
+            # Not announced: no node reads what a failover may take back. A
+            # later append that is replicated announces it (replication keeps
+            # order), and it is delivered then, though not confirmed now.
             raise StoreError(
                 f"could not store message: {acknowledged} of {replicas} Redis replica(s) "
                 f"acknowledged it within {settings.timeout / 2:g} s"
             )
+        announcement = arguments[3] if len(arguments[3]) <= ANNOUNCED_BATCH_BYTES else None
+        self._background(self._announce(keys, int(first), len(payloads), announcement))
         return int(first), int(end), int(held)
 
     async def _announce(self, keys: TopicKeys, first: int, count: int, batch: bytes | None) -> None:
