@@ -29,6 +29,7 @@ from broker.log.redis_settings import (
 )
 from broker.wire import StartAt
 from tests import redis_servers as servers
+from tests.conftest import Inbox
 from tests.process import free_port, spawn_broker
 from tests.redis_nodes import Node, start_nodes, unique_prefix
 
@@ -85,28 +86,15 @@ def test_batches_unpack_to_what_was_packed(payloads):
 # Nodes on Redis.
 
 
-class Received:
-    """Deliveries of one subscriber: (offset, payload) in arrival order."""
+class Received(Inbox):
+    """Deliveries of one subscriber, each acked; `pairs` are (offset, payload)."""
 
-    def __init__(self) -> None:
-        self.messages: list[tuple[int, bytes]] = []
-        self._waiting: list[tuple[int, Deferred[None]]] = []
+    def wait(self, count: int, timeout: float = 20) -> Deferred:
+        return super().wait(count, timeout)
 
-    def __call__(self, message: Message) -> bool:
-        self.messages.append((message.offset, message.payload))
-        for waiter in [w for w in self._waiting if len(self.messages) >= w[0]]:
-            self._waiting.remove(waiter)
-            waiter[1].callback(None)
-        return True
-
-    def wait(self, count: int, timeout: float = 20) -> Deferred[None]:
-        waiting: Deferred[None] = Deferred()
-        if len(self.messages) >= count:
-            waiting.callback(None)
-        else:
-            self._waiting.append((count, waiting))
-            waiting.addTimeout(timeout, reactor)
-        return waiting
+    @property
+    def pairs(self) -> list[tuple[int, bytes]]:
+        return [(message.offset, message.payload) for message in self.messages]
 
 
 @pytest_twisted.ensureDeferred
@@ -130,8 +118,8 @@ async def test_a_publish_on_one_node_reaches_subscribers_on_both(redis_servers, 
         assert offsets == list(range(2000))  # dense from 0, assigned by Redis
         await gatherResults([on_a.wait(2000), on_b.wait(2000)])
         expected = [(i, b"m%d" % i) for i in range(2000)]
-        assert on_a.messages == expected
-        assert on_b.messages == expected
+        assert on_a.pairs == expected
+        assert on_b.pairs == expected
         # Replay from the other node: from the beginning, from an offset (u32
         # and u64 forms), the same offsets and messages.
         for start, offset, first in (
@@ -142,7 +130,7 @@ async def test_a_publish_on_one_node_reaches_subscribers_on_both(redis_servers, 
             replay = Received()
             await client(b).subscribe(["shared"], replay, start=start, offset=offset)
             await replay.wait(2000 - first)
-            assert replay.messages == expected[first:], start
+            assert replay.pairs == expected[first:], start
     finally:
         await gatherResults([made.close() for made in clients])
         await gatherResults([a.stop(), b.stop()])
@@ -175,12 +163,12 @@ async def test_publishers_on_both_nodes_get_dense_offsets_in_their_own_order(
         everything = Received()
         await reader.subscribe(["race"], everything, start=StartAt.BEGINNING)
         await everything.wait(2 * count)
-        assert [offset for offset, _ in everything.messages] == list(range(2 * count))
+        assert [offset for offset, _ in everything.pairs] == list(range(2 * count))
         for number in (0, 1):
-            mine = [p for _, p in everything.messages if p.startswith(b"%d:" % number)]
+            mine = [p for _, p in everything.pairs if p.startswith(b"%d:" % number)]
             assert mine == [b"%d:%d" % (number, s) for s in range(count)]
             # and each sits at the offset its confirm named
-            at = dict(everything.messages)
+            at = dict(everything.pairs)
             assert all(at[o] == b"%d:%d" % (number, s) for s, o in enumerate(offsets[number]))
     finally:
         await gatherResults([made.close() for made in [*publishers, reader]])
@@ -313,12 +301,12 @@ async def test_redis_stopped_and_started_under_load(own_redis, tmp_path):
         assert any(p.startswith(b"after") for p in confirmed.values())
         total = max(confirmed) + 1
         await received.wait(total, timeout=30)
-        delivered = dict(received.messages)
+        delivered = dict(received.pairs)
         wrong = {o: (p, delivered.get(o)) for o, p in confirmed.items() if delivered.get(o) != p}
         assert not wrong, (
             f"{len(wrong)} confirmed offsets delivered otherwise: {list(wrong.items())[:3]}"
         )
-        assert [o for o, _ in received.messages] == list(range(total))
+        assert [o for o, _ in received.pairs] == list(range(total))
         assert sequence > after
         assert "could not store message: Redis" in node.child.output
         assert "Traceback" not in node.child.output
@@ -334,7 +322,7 @@ async def first_offset_from_beginning(node: Node, topic: str, marker_offset: int
     try:
         await client.subscribe([topic], received, start=StartAt.BEGINNING)
         await received.wait(1)
-        return received.messages[0][0]
+        return received.pairs[0][0]
     finally:
         await client.close()
 
@@ -465,11 +453,11 @@ async def test_a_durable_consumer_resumes_on_another_node_when_its_node_dies(
         on_b = Received()
         await second.subscribe(["audit"], on_b, durable="auditor")
         await on_b.wait(500, timeout=30)
-        offsets = [offset for offset, _ in on_b.messages]
+        offsets = [offset for offset, _ in on_b.pairs]
         # What the dead node's consumer had acked stays done; the rest,
         # claimed and unanswered or never handed out, comes on the other node.
         assert set(offsets) == set(range(500, 1000))
-        payloads = dict(on_b.messages)
+        payloads = dict(on_b.pairs)
         assert all(payloads[o] == b"%d" % o for o in offsets)
     finally:
         await publisher.close()
@@ -499,8 +487,8 @@ async def test_patterns_find_topics_other_nodes_made(redis_servers, tmp_path):
         await gatherResults([publisher.publish("orders.eu", b"eu %d" % i) for i in range(3)])
         await publisher.publish("orders.us", b"us 3")
         await gatherResults([live.wait(4), history.wait(7)])
-        assert sorted(p for _, p in live.messages) == [b"eu 0", b"eu 1", b"eu 2", b"us 3"]
-        assert sorted(p for _, p in history.messages) == sorted(
+        assert sorted(p for _, p in live.pairs) == [b"eu 0", b"eu 1", b"eu 2", b"us 3"]
+        assert sorted(p for _, p in history.pairs) == sorted(
             [b"us 0", b"us 1", b"us 2", b"us 3", b"eu 0", b"eu 1", b"eu 2"]
         )
     finally:
@@ -543,7 +531,7 @@ async def test_tls_and_a_password_from_the_environment(tls_redis, tmp_path):
         await client.subscribe(["secure"], received)
         assert await client.publish("secure", b"over TLS") == 0
         await received.wait(1)
-        assert received.messages == [(0, b"over TLS")]
+        assert received.pairs == [(0, b"over TLS")]
     finally:
         await client.close()
         await node.stop()
