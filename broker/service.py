@@ -302,6 +302,7 @@ class BrokerService(MultiService):
         from broker.log.redis import RedisStore
 
         self.redis_store = store = RedisStore(settings)
+        self.factory.shared_store = store
         self.factory.registry = registry = TopicRegistry(
             store.open,
             self.factory.settings.max_topics,

@@ -32,6 +32,7 @@ from tests import redis_servers as servers
 from tests.conftest import Inbox
 from tests.process import free_port, spawn_broker
 from tests.redis_nodes import Node, start_nodes, unique_prefix
+from tests.test_monitoring import get, get_json
 
 # The pure pieces.
 
@@ -239,8 +240,15 @@ def stop_redis(directory: Path, port: int) -> None:
 @pytest_twisted.ensureDeferred
 async def test_redis_stopped_and_started_under_load(own_redis, tmp_path):
     directory, port = own_redis
+    monitor = free_port()
     node = await Node(
-        tmp_path, f"redis://127.0.0.1:{port}", unique_prefix(), "--redis-timeout", "1"
+        tmp_path,
+        f"redis://127.0.0.1:{port}",
+        unique_prefix(),
+        "--redis-timeout",
+        "1",
+        "--monitor",
+        f"tcp:{monitor}:interface=127.0.0.1",
     ).start()
     errors: list[str] = []
     publisher = connect(reactor, node.endpoint, extensions=True, on_publish_error=errors.append)
@@ -270,6 +278,10 @@ async def test_redis_stopped_and_started_under_load(own_redis, tmp_path):
                 sequence += 1
             await deferLater(reactor, 0.01, lambda: None)
         await received.wait(2000)
+        store = (await get_json(monitor, "/varz"))["store"]
+        assert (store["kind"], store["connected"], store["followed_topics"]) == ("redis", True, 1)
+        assert (await get(monitor, "/healthz"))[0] == 200
+        assert b"broker_redis_connected 1.0" in (await get(monitor, "/metrics"))[1]
         before = node.rss_kib()
         stop_redis(directory, port)
         # Publishing on while Redis is away: refusals, with a clear reason.
@@ -283,6 +295,8 @@ async def test_redis_stopped_and_started_under_load(own_redis, tmp_path):
             highest = max(highest, node.rss_kib())
         while len(refused) < 5000:
             await deferLater(reactor, 0.05, lambda: None)
+        # Orchestrators see it: 503 while the node cannot reach Redis.
+        assert await get(monitor, "/healthz") == (503, b'{"status": "waiting for Redis"}')
         assert refused
         assert all(reason.startswith("could not store message: Redis") for reason in refused)
         assert highest - before < 64 * 1024, f"memory grew from {before} to {highest} KiB"
@@ -309,6 +323,13 @@ async def test_redis_stopped_and_started_under_load(own_redis, tmp_path):
         assert [o for o, _ in received.pairs] == list(range(total))
         assert sequence > after
         assert "could not store message: Redis" in node.child.output
+        # The node's own reconnection (with its backoff) brings /healthz back.
+        for _ in range(100):
+            if (await get(monitor, "/healthz"))[0] == 200:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        assert (await get(monitor, "/healthz"))[0] == 200
+        assert "Redis reconnected" in node.child.output
         assert "Traceback" not in node.child.output
     finally:
         await gatherResults([c.close() for c in (publisher, plain, subscriber)])

@@ -342,7 +342,11 @@ class _ShardListener:
 
     def __init__(self, store: RedisStore, host: str, port: int) -> None:
         self.address = (host, port)
-        self.client: Redis = Redis(host=host, port=port, **store.connection_options())
+        # No retries inside redis-py: a lost connection ends the listening,
+        # and the store reconnects and catches up on what it missed.
+        self.client: Redis = Redis(
+            host=host, port=port, retry=Retry(NoBackoff(), 0), **store.connection_options()
+        )
         self.pubsub = self.client.pubsub()
         self.channels: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -423,6 +427,20 @@ class RedisStore:
                 retry=Retry(NoBackoff(), 0),
                 **self.connection_options(),
             )
+
+    def status(self) -> dict[str, Any]:
+        """What monitoring shows of the store."""
+        return {
+            "kind": "redis",
+            "where": self.settings.target.describe(),
+            "node_name": self.settings.node_name,
+            "connected": self.connected,
+            "replicas": self.settings.replicas,
+            "pending_bytes": self.pending_bytes,
+            "followed_topics": len(self._followed),
+            "directory_topics": len(self.topic_names),
+            "cached_bytes": sum(log._cache.bytes for log in self._logs.values()),
+        }
 
     @property
     def connected(self) -> bool:

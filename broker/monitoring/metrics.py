@@ -85,6 +85,7 @@ def snapshot(factory: BrokerFactory) -> dict[str, Any]:
         "other_messages": sum(t.log.next_offset - t.log.first_offset for t in others),
         "other_bytes": sum(t.log.bytes_held for t in others),
         "uncommitted": sum(t.log.next_offset - t.log.committed_offset for t in topics),
+        "shared_store": factory.shared_store.status() if factory.shared_store else None,
         "groups": len(factory.groups),
         "durable_consumers": len(factory.groups.positions),
         "patterns": len(factory.registry.patterns),
@@ -120,6 +121,23 @@ class BrokerCollector(Collector):
         for reason, count in sorted(state["refusals"].items()):
             refusals.add_metric([reason], count)
         yield refusals
+        shared = state["shared_store"]
+        if shared is not None:
+            yield GaugeMetricFamily(
+                "broker_redis_connected",
+                "1 while the Redis store reaches Redis, else 0",
+                value=int(shared["connected"]),
+            )
+            yield GaugeMetricFamily(
+                "broker_redis_pending_bytes",
+                "Published bytes waiting for Redis to take them",
+                value=shared["pending_bytes"],
+            )
+            yield GaugeMetricFamily(
+                "broker_redis_followed_topics",
+                "Topics whose appends on other nodes this node follows",
+                value=shared["followed_topics"],
+            )
         roles = GaugeMetricFamily("broker_connections", "Open connections", labels=["role"])
         for role in ("new", "publisher", "subscriber"):
             roles.add_metric([role], state["roles"].get(role, 0))

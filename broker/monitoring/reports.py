@@ -73,6 +73,8 @@ def varz(service: BrokerService, history: bool = False) -> dict[str, Any]:
             "bytes": sum(topic.log.bytes_held for topic in factory.registry),
         },
     }
+    if factory.shared_store is not None:
+        report["store"] = {**report["store"], "data_dir": None, **factory.shared_store.status()}
     if history:
         report["history"] = rates
     return report

@@ -4,7 +4,7 @@ log), the delivery timers all its connections share, and its connections."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -59,6 +59,8 @@ class BrokerFactory(ServerFactory):
         self.groups = GroupRegistry(self.clock, self.settings.delivery.ack_delay)
         self.connections: set[BrokerProtocol] = set()
         self.stats = BrokerStats()
+        self.shared_store: Any = None
+        """A store shared with other nodes (the Redis store), for monitoring."""
         self.started = self.clock.seconds()
         self.input_budget = InputBudget(self.settings.max_pending_input)
         self._when_empty: list[Deferred[None]] = []
