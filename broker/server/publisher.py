@@ -16,6 +16,7 @@ from broker.confirms import Answer, ConfirmQueue, answers_in_order
 from broker.log import StoreError
 from broker.server.session import Session
 from broker.topics import TooManyTopics
+from broker.transport import direct_writer
 from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ class PublisherSession(Session):
         self._may_publish = may_publish
         """The user's publish rules; None: no users file, every topic allowed."""
         self._batch: dict[str, list[bytes]] = {}
-        self._confirms = ConfirmQueue(protocol.transport.write) if confirms else None
+        # Answers go out at once when nothing waits to be written before them.
+        self._confirms = ConfirmQueue(direct_writer(protocol.transport)) if confirms else None
         self.messages = 0
         self.bytes = 0
         # This read's publishes in order, for confirms: (topic, True) or (error, False).

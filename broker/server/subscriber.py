@@ -21,6 +21,7 @@ from broker.server.patterns import PatternSubscriptions
 from broker.server.session import Session, cancel_call
 from broker.subjects import PatternError, check_pattern, is_pattern
 from broker.topics import TooManyTopics, Topic
+from broker.transport import direct_writer
 from broker.wire import (
     ERR_INVALID_GROUP,
     ERR_INVALID_PATTERN,
@@ -77,6 +78,7 @@ class SubscriberSession(Session):
         """The user's subscribe rules; None: no users file, every topic allowed."""
         self._halted = False
         self._transport = protocol.transport
+        self._write_now = direct_writer(protocol.transport)
         self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
         self._outgoing_bytes = 0
         self._first_outgoing: Delivery | None = None  # sampled for latency
@@ -320,7 +322,7 @@ class SubscriberSession(Session):
                 if appended is not None:
                     stats.latency.observe(max(0.0, now - appended))
             # May pause the window at once (output_full), between two chunks.
-            self._transport.writeSequence(outgoing)
+            self._write_now(b"".join(outgoing))
 
     def _delivery_dropped(self, delivery: Delivery, reason: str) -> None:
         letter_topic = self.factory.dead_letter(delivery, reason, self.peer)
