@@ -75,7 +75,11 @@ class Server:
         ]
         if self.name == "mosquitto":
             config = scratch / "mosquitto.conf"
-            config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+            # No cap on queued QoS 1 messages: at the default (1,000) Mosquitto
+            # drops what a subscriber has not taken yet, and the run never ends.
+            config.write_text(
+                f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
+            )
         process = subprocess.Popen(
             pinned(0, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=scratch
         )
@@ -166,15 +170,13 @@ def run_loadgen(
     finally:
         process.terminate()
         process.wait(10)
-    line = (
-        (done.stdout + done.stderr).strip().splitlines()[-1]
-        if (done.stdout + done.stderr).strip()
-        else ""
-    )
-    result = parse(line)
-    result["cpu_us"] = (
-        1e6 * (after - before) / result["delivered"] if result["delivered"] else float("nan")
-    )
+    lines = [line for line in done.stdout.splitlines() if "delivered=" in line]
+    result = parse(lines[-1] if lines else "")
+    counts = re.search(r"delivered=(\d+)/(\d+)", lines[-1]) if lines else None
+    if counts is None or counts.group(1) != counts.group(2):
+        result["rate"] = float("nan")  # a run that lost messages is no figure
+    delivered = result["delivered"]
+    result["cpu_us"] = 1e6 * (after - before) / delivered if delivered > 0 else float("nan")
     return result
 
 
