@@ -24,10 +24,10 @@ class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
 
 
 def direct_writer(transport: object) -> Callable[[bytes], None]:
-    """A function that writes bytes to `transport`: at once on a plain TCP
-    connection with nothing queued, else through its `write`."""
+    """A function that writes bytes to `transport`: at once on a TCP (or
+    UNIX) connection with nothing queued, else through its `write`."""
     if not isinstance(transport, tcp.Connection) or not hasattr(transport, "_tempDataBuffer"):
-        # TLS, UNIX sockets, test doubles: written as they are, through
+        # TLS, test doubles: written as they are, through
         # whatever `write` they have when it is called.
         return lambda data: transport.write(data)  # type: ignore[attr-defined]
     connection = transport
