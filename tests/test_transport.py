@@ -61,56 +61,54 @@ async def connected_pair() -> tuple[Protocol, Collect, object]:
     return server, reader, port
 
 
-@pytest_twisted.ensureDeferred
-async def test_bytes_go_at_once_when_nothing_is_queued():
+@pytest_twisted.async_yield_fixture
+async def pair():
+    """(server-side protocol, reading client) on loopback, closed after."""
     server, reader, port = await connected_pair()
-    try:
-        write = direct_writer(server.transport)
-        write(b"first")
-        # Sent in the call: nothing was left for the reactor to write.
-        assert not server.transport._tempDataBuffer
-        assert not server.transport.dataBuffer
-        await reader.until(5)
-        assert bytes(reader.data) == b"first"
-    finally:
-        server.transport.loseConnection()
-        await port.stopListening()
+    yield server, reader
+    server.transport.loseConnection()
+    await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
-async def test_behind_queued_data_and_past_a_full_socket_order_is_kept():
-    server, reader, port = await connected_pair()
-    try:
-        write = direct_writer(server.transport)
-        server.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        reader.transport.pauseProducing()  # the peer reads nothing for now
-        big = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes
-        write(big)
-        assert server.transport._tempDataBuffer  # the rest waits for the reactor
-        write(b"after")  # queued behind it, not sent ahead
-        reader.transport.resumeProducing()
-        await reader.until(len(big) + 5)
-        assert bytes(reader.data) == big + b"after"
-    finally:
-        server.transport.loseConnection()
-        await port.stopListening()
+async def test_bytes_go_at_once_when_nothing_is_queued(pair):
+    server, reader = pair
+    write = direct_writer(server.transport)
+    write(b"first")
+    # Sent in the call: nothing was left for the reactor to write.
+    assert not server.transport._tempDataBuffer
+    assert not server.transport.dataBuffer
+    await reader.until(5)
+    assert bytes(reader.data) == b"first"
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_peer_that_is_gone_is_found_the_reactor_s_way():
-    server, reader, port = await connected_pair()
+async def test_behind_queued_data_and_past_a_full_socket_order_is_kept(pair):
+    server, reader = pair
+    write = direct_writer(server.transport)
+    server.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    reader.transport.pauseProducing()  # the peer reads nothing for now
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes
+    write(big)
+    assert server.transport._tempDataBuffer  # the rest waits for the reactor
+    write(b"after")  # queued behind it, not sent ahead
+    reader.transport.resumeProducing()
+    await reader.until(len(big) + 5)
+    assert bytes(reader.data) == big + b"after"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_is_gone_is_found_the_reactor_s_way(pair):
+    server, reader = pair
     lost: Deferred[object] = Deferred()
     server.connectionLost = lambda reason: lost.callback(reason.value)  # type: ignore[method-assign]
-    try:
-        reader.transport.abortConnection()
-        await reader.lost
-        write = direct_writer(server.transport)
-        for _ in range(50):  # a reset arrives; writing must not raise
-            write(b"x" * 1000)
-        reason = await lost.addTimeout(10, reactor)
-        assert isinstance(reason, Exception)  # the connection ended, as the reactor found
-    finally:
-        await port.stopListening()
+    reader.transport.abortConnection()
+    await reader.lost
+    write = direct_writer(server.transport)
+    for _ in range(50):  # a reset arrives; writing must not raise
+        write(b"x" * 1000)
+    reason = await lost.addTimeout(10, reactor)
+    assert isinstance(reason, Exception)  # the connection ended, as the reactor found
 
 
 def test_other_transports_are_written_as_they_are():
