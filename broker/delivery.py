@@ -74,7 +74,15 @@ class DeadlineQueue(Generic[K]):
 
     def add(self, key: K) -> None:
         """Add a key that is not in the queue (a key comes back only after it left)."""
-        self._deadlines[key] = self._clock.seconds() + self.delay
+        self.add_at(key, self._clock.seconds() + self.delay)
+
+    def deadline(self) -> float:
+        """The deadline of a key added now (to add many at once with `add_at`)."""
+        return self._clock.seconds() + self.delay
+
+    def add_at(self, key: K, deadline: float) -> None:
+        """Add a key with the deadline `deadline()` gave a moment ago."""
+        self._deadlines[key] = deadline
         if self._call is None:
             self._call = self._clock.callLater(self.delay, self._fire)
 
@@ -504,16 +512,29 @@ class DeliveryWindow:
         capacity = self.capacity
         max_bytes = self.max_bytes
         next_delivery = self._next
-        dispatch = self._dispatch
+        send = self._send
+        timeouts = self._timers.timeouts
+        deadline = timeouts.deadline()  # one clock reading for the whole pump
+        add_deadline = timeouts.add_at
         try:
             while len(slots) < capacity and not self.paused:
                 delivery = next_delivery()
                 if delivery is None:
                     break
-                if slots and self.bytes_in_flight + len(delivery.payload) > max_bytes:
+                size = len(delivery.payload)
+                if slots and self.bytes_in_flight + size > max_bytes:
                     self._parked = delivery
                     break
-                dispatch(delivery)
+                # What _dispatch does, inline: this loop runs once per delivery.
+                if delivery.id < 0:
+                    delivery.id = self._next_id
+                    self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+                delivery.attempts += 1
+                delivery.held = False
+                slots[delivery.id] = delivery
+                self.bytes_in_flight += size
+                add_deadline(delivery, deadline)
+                send(delivery)
         finally:
             self._pumping = False
         self._flush()
