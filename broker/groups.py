@@ -91,9 +91,10 @@ class ConsumerGroup:
         position: Position | None = None,
         positions: PositionStore | None = None,
         shared: Callable[[ConsumerGroup], Any] | None = None,
+        durable: bool = False,
     ) -> None:
         self.name = name
-        self.durable = position is not None
+        self.durable = durable or position is not None
         self.position = position
         """A durable consumer's position (None: the group is not durable)."""
         self._positions = positions
@@ -242,9 +243,15 @@ class GroupRegistry:
                 )
 
             group = self._groups[key] = ConsumerGroup(
-                name, topic, 0, self._clock, self._ack_delay, self._forget, shared=cursor
+                name,
+                topic,
+                0,
+                self._clock,
+                self._ack_delay,
+                self._forget,
+                shared=cursor,
+                durable=durable,
             )
-            group.durable = durable
             return group
         at = start_position(topic, start, offset)
         position = None

@@ -28,17 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN_DIR = ROOT.parent / "shared" / "tools" / "loadgen"
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from broker.bench.process import cpu_seconds, free_port  # noqa: E402
 
 
 def pinned(cpu: int, command: list[str]) -> list[str]:

@@ -28,6 +28,7 @@ class Node:
         env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
+        self.prefix = prefix
         self._env = env
         self.endpoint = f"tcp:127.0.0.1:{self.port}"
         self._arguments = (tmp_path, store, prefix, *options)

@@ -37,8 +37,7 @@ async def until(check, what: str, timeout: float = 60.0) -> None:
 async def test_nothing_confirmed_is_lost_across_node_and_redis_failures(redis_servers, tmp_path):
     directory = redis_servers["dir"]
     a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2, "--redis-replicas", "1")
-    prefix = a._arguments[2]
-    slot = key_slot(topic_keys(prefix, TOPIC).log.encode())
+    slot = key_slot(topic_keys(a.prefix, TOPIC).log.encode())
     publisher = connect(reactor, a.endpoint, extensions=True, max_queued=MESSAGES)
     subscribers = [connect(reactor, a.endpoint, extensions=True, prefetch=256)]
     deliveries: dict[int, set[bytes]] = {}  # offset -> payloads delivered there

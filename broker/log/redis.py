@@ -55,7 +55,6 @@ log = Logger()
 T = TypeVar("T")
 
 FUNCTIONS = files("broker.log").joinpath("redis_functions.lua").read_text(encoding="utf-8")
-LIBRARY = "broker_v1"
 APPEND, EXPIRE = "broker_append_v1", "broker_expire_v1"
 
 # One call appends at most this many payload bytes; the rest waits its turn.
@@ -105,7 +104,6 @@ class RedisLog:
 
     def __init__(self, store: RedisStore, name: str) -> None:
         self.store = store
-        self._store = store
         self.name = name
         self.keys: TopicKeys = topic_keys(store.settings.prefix, name)
         self.first_offset = 0
@@ -133,7 +131,7 @@ class RedisLog:
 
     def append(self, payloads: Sequence[bytes]) -> Deferred[int]:
         size = sum(map(len, payloads))
-        store = self._store
+        store = self.store
         if store.pending_bytes + size > store.settings.max_pending_bytes and store.pending_bytes:
             raise StoreError(
                 "could not store message: Redis is not keeping up "
@@ -156,7 +154,7 @@ class RedisLog:
         batches, self._queue = queue[:taken], queue[taken:]
         payloads = [payload for batch, _, _ in batches for payload in batch]
         self._sending = True
-        call = self._store.append(self, payloads, size)
+        call = self.store.append(self, payloads, size)
         call.addCallbacks(
             self._appended, self._append_failed, callbackArgs=(batches,), errbackArgs=(batches,)
         )
@@ -164,7 +162,7 @@ class RedisLog:
 
     def _appended(self, ends: tuple[int, int, int], batches: list) -> None:
         first, end, held = ends
-        self._store.register_topic(self.name)
+        self.store.register_topic(self.name)
         self.learn_start(held)
         # Readers on this node take it from here, not from Redis.
         self._cache.add(first, [payload for batch, _, _ in batches for payload in batch])
@@ -175,12 +173,12 @@ class RedisLog:
             offset += len(batch)
 
     def _append_failed(self, failure: Failure, batches: list) -> None:
-        error = store_error(failure, self._store.settings.timeout)
+        error = store_error(failure, self.store.settings.timeout)
         for _, _, appended in batches:
             appended.errback(error)
 
     def _sent(self, _: object, size: int) -> None:
-        self._store.pending_bytes -= size
+        self.store.pending_bytes -= size
         self._sending = False
         if self._queue:
             self._send()
@@ -239,7 +237,7 @@ class RedisLog:
     def watch(self, grew: Callable[[], None]) -> None:
         """Call `grew` whenever any node appends: follow the topic's channel."""
         self._grew = grew
-        self._store.follow(self)
+        self.store.follow(self)
 
     # Reading.
 
@@ -258,7 +256,7 @@ class RedisLog:
     def _fetch(self, offset: int) -> None:
         self._fetching = True
         known = self.next_offset
-        fetched = self._store.read(self, offset)
+        fetched = self.store.read(self, offset)
         fetched.addCallbacks(self._fetched, self._fetch_failed, callbackArgs=(offset, known))
 
     def _fetched(self, answer: list, asked: int, known: int) -> None:
@@ -282,7 +280,7 @@ class RedisLog:
         self._cache.evict()  # once every reader has what it waited for
         if self._readers and not self._fetching:
             self._fetch(self._readers[0][0])
-        if self._store.settings.replicas:
+        if self.store.settings.replicas:
             # The end Redis holds may not be replicated yet: readers wait for
             # its announcement, which comes once it is.
             self.learn_start(min(first, end))
@@ -315,12 +313,12 @@ class RedisLog:
     def apply_retention(self, now: float) -> int:
         """Drop by age (count and bytes are applied by every append). Redis
         does it; the dropped count shows in `first_offset` later."""
-        max_age = self._store.settings.retention.max_age
+        max_age = self.store.settings.retention.max_age
         if max_age is None or self._expiring or now - self._last_expiry < min(max_age / 10, 10):
             return 0
         self._expiring = True
         self._last_expiry = now
-        expiring = self._store.expire(self, max_age)
+        expiring = self.store.expire(self, max_age)
         expiring.addCallbacks(
             self._expired,
             lambda failure: None,  # tried again at the next sweep
@@ -333,7 +331,7 @@ class RedisLog:
 
     def close(self) -> None:
         self._cache.clear()
-        self._store.forget(self)
+        self.store.forget(self)
 
 
 class _ShardListener:

@@ -48,6 +48,36 @@ _TOTALS = [
 ]
 
 
+# Gauges read from a snapshot: (name, help, snapshot key).
+_GAUGES = [
+    ("broker_subscriptions", "Subscriptions open", "subscriptions"),
+    ("broker_deliveries_in_flight", "Deliveries awaiting an ack", "in_flight"),
+    ("broker_topics", "Topics held", "topics"),
+    ("broker_consumer_groups", "Consumer groups with members", "groups"),
+    ("broker_durable_consumers", "Durable consumers whose position is kept", "durable_consumers"),
+    ("broker_pattern_subscriptions", "Patterns subscribed", "patterns"),
+    (
+        "broker_store_uncommitted_messages",
+        "Messages appended but not yet committed (on disk, under --fsync)",
+        "uncommitted",
+    ),
+]
+# On the Redis store: (name, help, key of the store's status).
+_REDIS_GAUGES = [
+    ("broker_redis_connected", "1 while the Redis store reaches Redis, else 0", "connected"),
+    (
+        "broker_redis_pending_bytes",
+        "Published bytes waiting for Redis to take them",
+        "pending_bytes",
+    ),
+    (
+        "broker_redis_followed_topics",
+        "Topics whose appends on other nodes this node follows",
+        "followed_topics",
+    ),
+]
+
+
 def snapshot(factory: BrokerFactory) -> dict[str, Any]:
     """What a scrape reports, read at once (in the reactor thread)."""
     stats = factory.stats
@@ -121,50 +151,16 @@ class BrokerCollector(Collector):
         for reason, count in sorted(state["refusals"].items()):
             refusals.add_metric([reason], count)
         yield refusals
-        shared = state["shared_store"]
-        if shared is not None:
-            yield GaugeMetricFamily(
-                "broker_redis_connected",
-                "1 while the Redis store reaches Redis, else 0",
-                value=int(shared["connected"]),
-            )
-            yield GaugeMetricFamily(
-                "broker_redis_pending_bytes",
-                "Published bytes waiting for Redis to take them",
-                value=shared["pending_bytes"],
-            )
-            yield GaugeMetricFamily(
-                "broker_redis_followed_topics",
-                "Topics whose appends on other nodes this node follows",
-                value=shared["followed_topics"],
-            )
         roles = GaugeMetricFamily("broker_connections", "Open connections", labels=["role"])
         for role in ("new", "publisher", "subscriber"):
             roles.add_metric([role], state["roles"].get(role, 0))
         yield roles
-        yield GaugeMetricFamily(
-            "broker_subscriptions", "Subscriptions open", value=state["subscriptions"]
-        )
-        yield GaugeMetricFamily(
-            "broker_deliveries_in_flight", "Deliveries awaiting an ack", value=state["in_flight"]
-        )
-        yield GaugeMetricFamily("broker_topics", "Topics held", value=state["topics"])
-        yield GaugeMetricFamily(
-            "broker_consumer_groups", "Consumer groups with members", value=state["groups"]
-        )
-        yield GaugeMetricFamily(
-            "broker_durable_consumers",
-            "Durable consumers whose position is kept",
-            value=state["durable_consumers"],
-        )
-        yield GaugeMetricFamily(
-            "broker_pattern_subscriptions", "Patterns subscribed", value=state["patterns"]
-        )
-        yield GaugeMetricFamily(
-            "broker_store_uncommitted_messages",
-            "Messages appended but not yet committed (on disk, under --fsync)",
-            value=state["uncommitted"],
-        )
+        for name, documentation, key in _GAUGES:
+            yield GaugeMetricFamily(name, documentation, value=state[key])
+        shared = state["shared_store"]
+        if shared is not None:
+            for name, documentation, key in _REDIS_GAUGES:
+                yield GaugeMetricFamily(name, documentation, value=int(shared[key]))
         yield from self._per_topic(state)
 
     def _per_topic(self, state: dict[str, Any]) -> Iterator[Metric]:
