@@ -414,7 +414,9 @@ class ServerEvents(Protocol):
 
     def nacked_id(self, delivery_id: int) -> None: ...
 
-    def published(self, topic: str, payload: bytes) -> None: ...
+    def published(self, topic: str, payloads: list[bytes]) -> None:
+        """Publishes to `topic`, in order: a run of whole frames of one read
+        comes as one call (the list is the receiver's to keep)."""
 
     def refused(self, reason: str, detail: str | None = None) -> None: ...
 
@@ -617,16 +619,34 @@ class ServerDecoder(_Decoder):
             # A u32 topic length (the seed README's form) reads as a zero u16
             # followed by the real u16 length; the zero is skipped.
             return pos + 2
-        # Fast path: the whole frame is here.
+        # Fast path: the whole frame is here, and perhaps more to the same
+        # topic after it, reported as one run.
         topic_end = pos + 2 + length
-        if len(data) >= topic_end + 4:
+        end = len(data)
+        if end >= topic_end + 4:
             (size,) = _unpack_u32(data, topic_end)
             frame_end = topic_end + 4 + size
-            if size <= self._max_payload and len(data) >= frame_end:
+            max_payload = self._max_payload
+            if size <= max_payload and end >= frame_end:
                 topic = self._publish_topic(data[pos + 2 : topic_end])
-                if topic is not None:
-                    self.events.published(topic, data[topic_end + 4 : frame_end])
-                return frame_end
+                if topic is None:
+                    return frame_end
+                payloads = [data[topic_end + 4 : frame_end]]
+                head = data[pos:topic_end]  # u16 length and name: the run's mark
+                head_size = len(head)
+                pos = frame_end
+                while data.startswith(head, pos):
+                    size_at = pos + head_size
+                    if end < size_at + 4:
+                        break
+                    (size,) = _unpack_u32(data, size_at)
+                    frame_end = size_at + 4 + size
+                    if size > max_payload or end < frame_end:
+                        break
+                    payloads.append(data[size_at + 4 : frame_end])
+                    pos = frame_end
+                self.events.published(topic, payloads)
+                return pos
         self._goto(self._publish_topic_name, length)
         return pos + 2
 
@@ -664,7 +684,7 @@ class ServerDecoder(_Decoder):
             # Reported all the same: the protocol decides (the reference ignores it).
             self._goto(self._publish_topic_length, 2)
             if self._topic is not None:
-                self.events.published(self._topic, b"")
+                self.events.published(self._topic, [b""])
         else:
             self._goto(self._publish_data, size)
         return pos
@@ -673,7 +693,7 @@ class ServerDecoder(_Decoder):
         end = pos + self._need
         self._goto(self._publish_topic_length, 2)
         if self._topic is not None:
-            self.events.published(self._topic, data[pos:end])
+            self.events.published(self._topic, [data[pos:end]])
         return end
 
 

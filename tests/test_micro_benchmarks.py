@@ -22,8 +22,8 @@ class Count:
     def __init__(self) -> None:
         self.count = 0
 
-    def published(self, topic: str, payload: bytes) -> None:
-        self.count += 1
+    def published(self, topic: str, payloads: list[bytes]) -> None:
+        self.count += len(payloads)
 
     def __getattr__(self, name: str):
         return lambda *args: None

@@ -26,6 +26,10 @@ class ServerRecorder:
         # The detail is for the log; the events record what the peer is told.
         self.events.append(("refused", reason))
 
+    def published(self, topic: str, payloads: list[bytes]) -> None:
+        # One event per message, however many frames one call reported.
+        self.events += [("published", topic, payload) for payload in payloads]
+
 
 def decode_server(chunks: list[bytes], max_payload: int = 1 << 20) -> list[tuple]:
     recorder = ServerRecorder()
@@ -92,6 +96,37 @@ def test_publisher_stream_decodes_the_same_however_split(cuts):
 def test_every_byte_alone_decodes_the_same(step):
     chunks = [PUBLISHER_STREAM[i : i + step] for i in range(0, len(PUBLISHER_STREAM), step)]
     assert decode_server(chunks, max_payload=32) == decode_server([PUBLISHER_STREAM], 32)
+
+
+class RunRecorder(ServerRecorder):
+    """Records each `published` call whole, to see how frames were grouped."""
+
+    def published(self, topic: str, payloads: list[bytes]) -> None:
+        self.events.append(("published", topic, payloads))
+
+
+def test_whole_frames_to_one_topic_come_as_one_run_in_order():
+    stream = (
+        wire.encode_u16(wire.ACTION_PUBLISH)
+        + b"".join(wire.encode_publish("a", b"%d" % i) for i in range(5))
+        + wire.encode_publish("ab", b"other topic")  # same first byte, longer name
+        + wire.encode_publish("a", b"x" * 40)  # over the limit: ends the run, skipped
+        + wire.encode_publish("a", b"5")
+        + wire.encode_publish("a", b"6")[:-1]  # cut: the rest comes in the next read
+    )
+    recorder = RunRecorder()
+    decoder = ServerDecoder(recorder, 32)
+    decoder.feed(stream)
+    decoder.feed(b"6" + wire.encode_publish("a", b"7"))
+    assert recorder.events == [
+        ("became_publisher",),
+        ("published", "a", [b"0", b"1", b"2", b"3", b"4"]),
+        ("published", "ab", [b"other topic"]),
+        ("refused", wire.ERR_MESSAGE_TOO_LARGE),
+        ("published", "a", [b"5"]),
+        ("published", "a", [b"6"]),
+        ("published", "a", [b"7"]),
+    ]
 
 
 SUBSCRIBER_STREAM = (

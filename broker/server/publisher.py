@@ -46,19 +46,23 @@ class PublisherSession(Session):
         # This read's publishes in order, for confirms: (topic, True) or (error, False).
         self._order: list[tuple[str, bool]] = []
 
-    def published(self, topic: str, payload: bytes) -> None:
-        if not payload:
-            # The reference ignores empty messages; a confirming publisher is told.
-            if self._confirms is not None:
-                self.refused(ERR_EMPTY_MESSAGE)
+    def published(self, topic: str, payloads: list[bytes]) -> None:
+        if not all(payloads):
+            # The reference ignores empty messages; a confirming publisher is
+            # told, in their place.
+            for payload in payloads:
+                if payload:
+                    self.published(topic, [payload])
+                elif self._confirms is not None:
+                    self.refused(ERR_EMPTY_MESSAGE)
             return
         if self._confirms is not None:
-            self._order.append((topic, True))
+            self._order += [(topic, True)] * len(payloads)
         batch = self._batch.get(topic)
         if batch is None:
-            self._batch[topic] = [payload]
+            self._batch[topic] = payloads
         else:
-            batch.append(payload)
+            batch += payloads
 
     def refused(self, reason: str, detail: str | None = None) -> None:
         if self._confirms is None:
