@@ -8,7 +8,7 @@ comes from an injected IReactorTime, and all connections share two timers.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -397,7 +397,7 @@ class DeliveryWindow:
         self._pump()
         return True
 
-    def ack_many(self, delivery_ids: list[int]) -> None:
+    def ack_many(self, delivery_ids: Sequence[int]) -> None:
         """Acks by id, many at once; the freed slots wait for `pump()`.
         Ids not in flight (late acks of messages given up on) are ignored."""
         slots = self._slots

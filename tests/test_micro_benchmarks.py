@@ -40,6 +40,28 @@ def test_decode_1000_publishes(benchmark):
     assert benchmark(decode) == 1000
 
 
+ACKS = b"".join(wire.encode_ack_id(i) for i in range(1000))
+
+
+def test_decode_1000_acks(benchmark):
+    acked: list[int] = []
+
+    class Acks(Count):
+        def acked_ids(self, delivery_ids) -> None:
+            acked.extend(delivery_ids)
+
+    def decode() -> int:
+        acked.clear()
+        decoder = ServerDecoder(Acks(), 1 << 20)
+        decoder.feed(wire.encode_subscribe(["bench"], StartAt.CURRENT))
+        decoder.extended = True  # as after an agreed Hello
+        decoder.feed(ACKS)
+        return len(acked)
+
+    assert benchmark(decode) == 1000
+    assert acked == list(range(1000))
+
+
 def test_encode_1000_deliveries(benchmark):
     prefix = wire.extended_delivery_prefix("bench")
 

@@ -278,6 +278,20 @@ def test_runs_of_acks_decode_the_same_however_split(cuts):
     assert extended_subscriber_events(split(EXTENDED_STREAM, cuts)) == expected
 
 
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 2**32 - 1)), max_size=200),
+    st.lists(st.integers(min_value=0), max_size=6),
+)
+def test_any_mix_of_acks_and_nacks_decodes_in_order(answers, cuts):
+    stream = wire.encode_subscribe(["t"], StartAt.CURRENT) + b"".join(
+        wire.encode_ack_id(delivery_id, ack) for ack, delivery_id in answers
+    )
+    expected = [("became_subscriber",), ("subscribe_requested", ["t"], StartAt.CURRENT, 0)] + [
+        ("acked", i) if ack else ("nacked_id", i) for ack, i in answers
+    ]
+    assert extended_subscriber_events(split(stream, cuts)) == expected
+
+
 @given(st.lists(st.integers(min_value=0), max_size=10))
 def test_tagged_frames_decode_the_same_however_split(cuts):
     stream = (

@@ -7,7 +7,7 @@ broker.server.patterns)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -208,7 +208,7 @@ class SubscriberSession(Session):
         else:
             self.refused(ERR_NOTHING_TO_ACK)
 
-    def acked_ids(self, delivery_ids: list[int]) -> None:
+    def acked_ids(self, delivery_ids: Sequence[int]) -> None:
         self.window.ack_many(delivery_ids)
         self.factory.stats.acks += len(delivery_ids)
         self._acks_to_pump = True
