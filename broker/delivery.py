@@ -8,8 +8,9 @@ comes from an injected IReactorTime, and all connections share two timers.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -74,15 +75,7 @@ class DeadlineQueue(Generic[K]):
 
     def add(self, key: K) -> None:
         """Add a key that is not in the queue (a key comes back only after it left)."""
-        self.add_at(key, self._clock.seconds() + self.delay)
-
-    def deadline(self) -> float:
-        """The deadline of a key added now (to add many at once with `add_at`)."""
-        return self._clock.seconds() + self.delay
-
-    def add_at(self, key: K, deadline: float) -> None:
-        """Add a key with the deadline `deadline()` gave a moment ago."""
-        self._deadlines[key] = deadline
+        self._deadlines[key] = self._clock.seconds() + self.delay
         if self._call is None:
             self._call = self._clock.callLater(self.delay, self._fire)
 
@@ -110,10 +103,65 @@ class DeadlineQueue(Generic[K]):
             self._call = self._clock.callLater(max(0.0, first - now), self._fire)
 
 
+class AckTimeouts:
+    """The ack timeout of every window's deliveries, with one timer.
+
+    Every delivery has the same timeout, so deadlines come in the order
+    deliveries go. Each pump adds one entry (deadline, window, the ids it
+    sent), not one per delivery, and an ack costs nothing here: it takes its
+    delivery out of the window's slots, and at the deadline the window looks
+    up which of those ids are still unanswered. A closed window's entries
+    stay until their deadline (at most `delay` seconds) and find nothing.
+    """
+
+    def __init__(self, clock: IReactorTime, delay: float) -> None:
+        self._clock = clock
+        self.delay = delay
+        self._entries: deque[tuple[float, DeliveryWindow, Iterable[int]]] = deque()
+        self._call: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        """Entries (pumps) whose deadline has not come yet."""
+        return len(self._entries)
+
+    def deadline(self) -> float:
+        """The deadline of deliveries sent now."""
+        return self._clock.seconds() + self.delay
+
+    def add(self, deadline: float, window: DeliveryWindow, ids: Iterable[int]) -> None:
+        """`window` sent deliveries `ids` with `deadline` (from `deadline()`)."""
+        self._entries.append((deadline, window, ids))
+        if self._call is None:
+            self._call = self._clock.callLater(self.delay, self._fire)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._entries.clear()
+
+    def _fire(self) -> None:
+        self._call = None
+        entries = self._entries
+        now = self._clock.seconds() + _EPSILON
+        while entries and entries[0][0] <= now:
+            _, window, ids = entries.popleft()
+            window.check_timeouts(ids, now)
+        if entries and self._call is None:
+            self._call = self._clock.callLater(max(0.0, entries[0][0] - now), self._fire)
+
+
+def ids_from(first: int, end: int) -> Iterable[int]:
+    """Ids from `first` up to `end`, across the wrap at 2**32."""
+    if first <= end:
+        return range(first, end)
+    return chain(range(first, 1 << 32), range(end))
+
+
 class Delivery:
     """One message on its way to one subscriber, and how often it went."""
 
-    __slots__ = ("attempts", "held", "id", "offset", "payload", "subscription")
+    __slots__ = ("attempts", "deadline", "held", "id", "offset", "payload", "subscription")
 
     def __init__(
         self, subscription: Subscription, offset: int, payload: bytes, attempts: int = 0
@@ -126,6 +174,8 @@ class Delivery:
         self.id = -1
         # Timed out, but keeps its slot until its redelivery (see DeliveryWindow).
         self.held = False
+        # When the current send goes unanswered (see AckTimeouts).
+        self.deadline = 0.0
 
     @property
     def window(self) -> DeliveryWindow:
@@ -144,15 +194,13 @@ class DeliveryTimers:
         # Counted here, where they happen, for the broker's metrics.
         self.ack_timeouts = 0
         self.redeliveries = 0
-        self.timeouts: DeadlineQueue[Delivery] = DeadlineQueue(
-            clock, settings.ack_timeout, lambda d: d.window.timed_out(d)
-        )
+        self.timeouts = AckTimeouts(clock, settings.ack_timeout)
         self.delays: DeadlineQueue[Delivery] = DeadlineQueue(
             clock, settings.ack_delay, lambda d: d.window.delay_over(d)
         )
 
     def forget(self, delivery: Delivery) -> None:
-        self.timeouts.discard(delivery)
+        """`delivery` left its window's slots (its ack timeout then finds nothing)."""
         if delivery.held:
             self.delays.discard(delivery)
 
@@ -228,6 +276,24 @@ class Subscription:
                 batch.addCallbacks(self._fetched, self._fetch_failed)
                 return None
             self._fill(batch)
+
+    def take_run(self, limit: int) -> tuple[int, list[bytes | None]] | None:
+        """Up to `limit` next payloads from what is read ahead, with the
+        offset of the first; None when nothing is (then `take` reads on)."""
+        index = self._index
+        buffer = self._buffer
+        if index >= len(buffer):
+            return None
+        run = buffer[index : index + limit]
+        offset = self.position
+        self._index = index + len(run)
+        self.position = offset + len(run)
+        return offset, run
+
+    def untake(self, count: int) -> None:
+        """Put back the last `count` payloads `take_run` gave (in the same pump)."""
+        self._index -= count
+        self.position -= count
 
     def _fill(self, batch: list[bytes | None]) -> None:
         try:
@@ -407,7 +473,8 @@ class DeliveryWindow:
             delivery = slots.pop(delivery_id, None)
             if delivery is not None:
                 freed += len(delivery.payload)
-                forget(delivery)
+                if delivery.held:
+                    forget(delivery)
                 on_done = delivery.subscription.on_done
                 if on_done is not None:
                     on_done(delivery)
@@ -466,6 +533,16 @@ class DeliveryWindow:
 
     # Called by the timers.
 
+    def check_timeouts(self, ids: Iterable[int], now: float) -> None:
+        """Of deliveries `ids`, those still unanswered at their deadline time out."""
+        slots = self._slots
+        if not slots:
+            return
+        for delivery_id in ids:
+            delivery = slots.get(delivery_id)
+            if delivery is not None and not delivery.held and delivery.deadline <= now:
+                self.timed_out(delivery)
+
     def timed_out(self, delivery: Delivery) -> None:
         """`delivery` went unanswered for the ack timeout: it keeps its slot
         for the ack delay, then goes again."""
@@ -515,9 +592,49 @@ class DeliveryWindow:
         send = self._send
         timeouts = self._timers.timeouts
         deadline = timeouts.deadline()  # one clock reading for the whole pump
-        add_deadline = timeouts.add_at
+        first_new_id = self._next_id
+        sent_again: list[int] = []
+        ready = self._ready
+        max_waiting = self._settings.max_waiting
         try:
             while len(slots) < capacity and not self.paused:
+                if (
+                    len(ready) == 1
+                    and self._parked is None
+                    and not self._due
+                    and len(self._waiting) < max_waiting
+                ):
+                    # Fast path: one subscription with messages ready takes no
+                    # turns; a run of what it read ahead goes at once.
+                    subscription = ready[0]
+                    run = subscription.take_run(capacity - len(slots))
+                    if run is not None:
+                        offset, payloads = run
+                        left = len(payloads)
+                        for payload in payloads:
+                            if payload is None:  # a corrupt record: never served
+                                offset += 1
+                                left -= 1
+                                continue
+                            size = len(payload)
+                            if slots and self.bytes_in_flight + size > max_bytes:
+                                break
+                            fresh = Delivery(subscription, offset, payload)
+                            fresh.id = delivery_id = self._next_id
+                            self._next_id = (delivery_id + 1) & 0xFFFFFFFF
+                            fresh.attempts = 1
+                            fresh.deadline = deadline
+                            slots[delivery_id] = fresh
+                            self.bytes_in_flight += size
+                            offset += 1
+                            left -= 1
+                            send(fresh)
+                            if self.paused:
+                                break
+                        if left:
+                            subscription.untake(left)
+                            break
+                        continue
                 delivery = next_delivery()
                 if delivery is None:
                     break
@@ -529,14 +646,20 @@ class DeliveryWindow:
                 if delivery.id < 0:
                     delivery.id = self._next_id
                     self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+                else:
+                    sent_again.append(delivery.id)
                 delivery.attempts += 1
                 delivery.held = False
+                delivery.deadline = deadline
                 slots[delivery.id] = delivery
                 self.bytes_in_flight += size
-                add_deadline(delivery, deadline)
                 send(delivery)
         finally:
             self._pumping = False
+            if self._next_id != first_new_id:
+                timeouts.add(deadline, self, ids_from(first_new_id, self._next_id))
+            if sent_again:
+                timeouts.add(deadline, self, sent_again)
         self._flush()
 
     def _next(self) -> Delivery | None:
@@ -568,9 +691,11 @@ class DeliveryWindow:
             self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         delivery.attempts += 1
         delivery.held = False
+        timeouts = self._timers.timeouts
+        delivery.deadline = deadline = timeouts.deadline()
         self._slots[delivery.id] = delivery
         self.bytes_in_flight += len(delivery.payload)
-        self._timers.timeouts.add(delivery)
+        timeouts.add(deadline, self, (delivery.id,))
         self._send(delivery)
 
     def _give_up(self, delivery: Delivery, reason: str) -> None:

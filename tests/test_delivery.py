@@ -11,7 +11,9 @@ from broker.delivery import (
     DeliverySettings,
     DeliveryTimers,
     DeliveryWindow,
+    ids_from,
 )
+from broker.log import MemoryLog
 from broker.topics import TopicRegistry
 from broker.wire import StartAt
 
@@ -140,9 +142,11 @@ def test_unsubscribe_and_close_release_everything():
     assert not sub.window.unsubscribe("t")
     assert len(sub.timers.delays) == 0
     sub.window.close()
-    assert len(sub.timers.timeouts) == 0
+    assert sub.window.in_flight == 0
     assert registry.get("t").waiting == {}
     clock.advance(10)
+    # The ack timeouts' entries (one per pump) came due and found nothing.
+    assert len(sub.timers.timeouts) == 0 and sub.timers.ack_timeouts == 0
     assert sub.payloads() == [b"a", b"b"]
 
 
@@ -253,8 +257,10 @@ def test_closing_with_a_redelivery_pending_leaves_no_timer_behind():
     sub.subscribe("t")
     sub.window.nack()  # a waits for its redelivery
     sub.window.close()
-    assert len(sub.timers.delays) == 0 and len(sub.timers.timeouts) == 0
+    assert len(sub.timers.delays) == 0
     clock.advance(10)  # nothing fires into the closed window
+    assert len(sub.timers.timeouts) == 0 and sub.timers.ack_timeouts == 0
+    assert clock.getDelayedCalls() == []
     assert sub.payloads() == [b"a", b"b"]
 
 
@@ -325,3 +331,81 @@ def test_read_ahead_is_bounded_in_bytes():
         window.ack(sent[-1].id)
     assert len(sent) == 10 and all(d.payload == big for d in sent)
     assert [d.offset for d in sent] == list(range(10))
+
+
+def test_ack_timeouts_keep_one_entry_per_pump_and_time_out_only_the_unanswered():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, sent = _window(clock, capacity=5, max_bytes=1 << 20)
+    registry.publish("t", [b"%d" % i for i in range(5)])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    timers = window._timers
+    assert len(sent) == 5 and len(timers.timeouts) == 1  # one pump, one entry
+    window.ack_many([sent[1].id, sent[3].id])
+    clock.advance(1.0)
+    window.pump()  # the two freed slots find nothing new: no entry
+    assert len(timers.timeouts) == 1
+    clock.advance(1.0)
+    assert timers.ack_timeouts == 3
+    assert window.in_flight == 3  # held for their redelivery after the ack delay
+    clock.advance(1.0)
+    assert [d.payload for d in sent[5:]] == [b"0", b"2", b"4"]
+    assert [d.id for d in sent[5:]] == [sent[0].id, sent[2].id, sent[4].id]
+
+
+def test_a_delivery_sent_again_is_timed_out_by_its_new_deadline_only():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, sent = _window(clock, capacity=2, max_bytes=1 << 20)
+    registry.publish("t", [b"a"])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    clock.advance(0.5)
+    assert window.nack(sent[0].id)
+    clock.advance(1.0)  # ack delay over: sent again at 1.5, unanswered until 3.5
+    assert [d.payload for d in sent] == [b"a", b"a"]
+    clock.advance(0.5)  # the first send's deadline (2.0) finds the second in flight
+    assert window._timers.ack_timeouts == 0
+    clock.advance(1.5)
+    assert window._timers.ack_timeouts == 1
+
+
+def test_ids_wrap_at_32_bits():
+    assert list(ids_from(5, 8)) == [5, 6, 7]
+    assert list(ids_from(2**32 - 2, 1)) == [2**32 - 2, 2**32 - 1, 0]
+    assert list(ids_from(3, 3)) == []
+
+
+class CorruptAtTwo(MemoryLog):
+    """Reads offset 2 as a store reads a record that fails its checksum."""
+
+    def read(self, offset, max_count):
+        batch = super().read(offset, max_count)
+        if offset <= 2 < offset + len(batch):
+            batch[2 - offset] = None
+        return batch
+
+
+def test_a_run_skips_a_corrupt_record_and_keeps_the_offsets():
+    clock = Clock()
+    registry = TopicRegistry(make_log=lambda name: CorruptAtTwo())
+    window, sent = _window(clock, capacity=10, max_bytes=1 << 20)
+    registry.publish("t", [b"%d" % i for i in range(5)])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    assert [(d.offset, d.payload) for d in sent] == [(0, b"0"), (1, b"1"), (3, b"3"), (4, b"4")]
+    assert len({d.id for d in sent}) == 4 and window.in_flight == 4
+
+
+def test_a_run_stops_at_the_byte_limit_and_goes_on_where_it_stopped():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, sent = _window(clock, capacity=10, max_bytes=300)
+    registry.publish("t", [bytes([65 + i]) * 100 for i in range(6)])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    assert [d.offset for d in sent] == [0, 1, 2]
+    window.ack_many([sent[0].id, sent[1].id])
+    window.pump()
+    assert [d.offset for d in sent] == [0, 1, 2, 3, 4]
+    window.ack_many([d.id for d in sent[2:]])
+    window.pump()
+    assert [d.offset for d in sent] == [0, 1, 2, 3, 4, 5]
+    assert [d.payload[:1] for d in sent] == [b"A", b"B", b"C", b"D", b"E", b"F"]

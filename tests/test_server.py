@@ -200,7 +200,7 @@ async def test_a_vanishing_subscriber_releases_everything(broker):
     sub.transport.abortConnection()
     await sub.closed
     await deferLater(reactor, 0.05, lambda: None)
-    assert len(broker.factory.timers.timeouts) == 0
+    assert broker.factory.timers.ack_timeouts == 0
     assert broker.factory.registry.get("t").waiting == {}
     assert all(c.decoder.role == "publisher" for c in broker.factory.connections)
     # Another subscriber from the beginning gets both, in order.
