@@ -33,6 +33,9 @@ K = TypeVar("K", bound=Hashable)
 # alive even once retention has dropped it from the log.
 READ_AHEAD = 64
 READ_AHEAD_BYTES = 1 << 20
+# Bytes of payload the pump hands to be sent at once, before it looks again
+# whether the connection can take more.
+RUN_BYTES = 64 * 1024
 # Bytes in flight per connection by default: enough for a prefetch of 256
 # messages of 32 KiB.
 DEFAULT_MAX_INFLIGHT_BYTES = 8 << 20
@@ -369,10 +372,13 @@ class DeliveryWindow:
         capacity: int = 1,
         flush: Callable[[], None] = lambda: None,
         max_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        send_run: Callable[[list[Delivery]], None] | None = None,
     ) -> None:
         self._timers = timers
         self._settings = timers.settings
         self._send = send
+        self._send_run = send_run or self._send_each
+        """Sends first deliveries of one subscription, in order."""
         self._flush = flush
         self._dropped = dropped
         self.capacity = capacity
@@ -590,6 +596,7 @@ class DeliveryWindow:
         max_bytes = self.max_bytes
         next_delivery = self._next
         send = self._send
+        send_run = self._send_run
         timeouts = self._timers.timeouts
         deadline = timeouts.deadline()  # one clock reading for the whole pump
         first_new_id = self._next_id
@@ -611,33 +618,44 @@ class DeliveryWindow:
                     if run is not None:
                         offset, payloads = run
                         left = len(payloads)
+                        fresh: list[Delivery] = []
+                        next_id = self._next_id
+                        in_flight_bytes = self.bytes_in_flight
+                        run_end = in_flight_bytes + RUN_BYTES
+                        full = False
                         for payload in payloads:
                             if payload is None:  # a corrupt record: never served
                                 offset += 1
                                 left -= 1
                                 continue
+                            if in_flight_bytes >= run_end:
+                                break  # the rest after this run is sent (pause checked)
                             size = len(payload)
-                            if slots and self.bytes_in_flight + size > max_bytes:
+                            if slots and in_flight_bytes + size > max_bytes:
+                                full = True
                                 break
-                            fresh = Delivery(subscription, offset, payload)
-                            fresh.id = delivery_id = self._next_id
-                            self._next_id = (delivery_id + 1) & 0xFFFFFFFF
-                            fresh.attempts = 1
-                            fresh.deadline = deadline
-                            slots[delivery_id] = fresh
-                            self.bytes_in_flight += size
+                            delivery = Delivery(subscription, offset, payload, 1)
+                            delivery.id = next_id
+                            delivery.deadline = deadline
+                            slots[next_id] = delivery
+                            fresh.append(delivery)
+                            next_id = (next_id + 1) & 0xFFFFFFFF
+                            in_flight_bytes += size
                             offset += 1
                             left -= 1
-                            send(fresh)
-                            if self.paused:
-                                break
+                        self._next_id = next_id
+                        self.bytes_in_flight = in_flight_bytes
+                        if fresh:
+                            send_run(fresh)
                         if left:
                             subscription.untake(left)
-                            break
+                            if full:
+                                break
                         continue
-                delivery = next_delivery()
-                if delivery is None:
+                next_one = next_delivery()
+                if next_one is None:
                     break
+                delivery = next_one
                 size = len(delivery.payload)
                 if slots and self.bytes_in_flight + size > max_bytes:
                     self._parked = delivery
@@ -684,6 +702,10 @@ class DeliveryWindow:
             ready.append(subscription)
             return Delivery(subscription, *item)
         return None
+
+    def _send_each(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self._send(delivery)
 
     def _dispatch(self, delivery: Delivery) -> None:
         if delivery.id < 0:

@@ -264,6 +264,10 @@ def encode_delivery_tail(offset: int, attempt: int, delivery_id: int, size: int)
     return _DELIVERY_TAIL.pack(offset, min(attempt, MAX_U16), delivery_id, size)
 
 
+pack_delivery_tail: Callable[[int, int, int, int], bytes] = _DELIVERY_TAIL.pack
+"""`encode_delivery_tail` for an attempt known to fit in a u16 (a hot path's)."""
+
+
 def encode_ack_id(delivery_id: int, ack: bool = True) -> bytes:
     return _U16.pack(ACK_ID if ack else NACK_ID) + _U32.pack(delivery_id)
 

@@ -37,6 +37,7 @@ from broker.wire import (
     encode_error,
     encode_u16,
     encode_u64,
+    pack_delivery_tail,
     topic_name_problem,
 )
 
@@ -94,6 +95,7 @@ class SubscriberSession(Session):
             capacity=prefetch,
             flush=self._flush_deliveries,
             max_bytes=settings.max_inflight_bytes,
+            send_run=self._send_extended_run if extended else None,
         )
         self._groups = groups
         self.patterns: PatternSubscriptions | None = None
@@ -296,6 +298,24 @@ class SubscriberSession(Session):
             payload,
         )
         self._outgoing_bytes += len(payload)
+        if self._outgoing_bytes >= FLUSH_BYTES:
+            self._flush_deliveries()
+
+    def _send_extended_run(self, deliveries: list[Delivery]) -> None:
+        """First deliveries of one subscription: one topic prefix, attempt 1."""
+        first = deliveries[0]
+        if not self._outgoing:
+            self._first_outgoing = first
+        prefix = first.subscription.topic.extended_prefix
+        pack_tail = pack_delivery_tail
+        outgoing = self._outgoing
+        size = 0
+        for delivery in deliveries:
+            payload = delivery.payload
+            length = len(payload)
+            outgoing += (prefix, pack_tail(delivery.offset, 1, delivery.id, length), payload)
+            size += length
+        self._outgoing_bytes += size
         if self._outgoing_bytes >= FLUSH_BYTES:
             self._flush_deliveries()
 
