@@ -39,6 +39,9 @@ RUN_BYTES = 64 * 1024
 # Bytes in flight per connection by default: enough for a prefetch of 256
 # messages of 32 KiB.
 DEFAULT_MAX_INFLIGHT_BYTES = 8 << 20
+# The ack timeout runs once per step at most, whatever the rate (and a
+# delivery times out at most twice this late).
+TIMER_STEP = 0.01
 # Deadlines within this many seconds of now count as reached (float rounding).
 _EPSILON = 1e-9
 
@@ -106,34 +109,74 @@ class DeadlineQueue(Generic[K]):
             self._call = self._clock.callLater(max(0.0, first - now), self._fire)
 
 
+class _Sent:
+    """Deliveries of one window with their ack deadline: a run of ids
+    (`first` up to `end`), or the listed `ids` of messages sent again."""
+
+    __slots__ = ("due", "end", "first", "ids", "opened", "window")
+
+    def __init__(
+        self, due: float, window: DeliveryWindow, first: int, end: int, ids: list[int] | None
+    ) -> None:
+        self.due = due  # the latest deadline among them
+        self.opened = due  # the earliest
+        self.window = window
+        self.first = first
+        self.end = end
+        self.ids = ids
+
+
 class AckTimeouts:
     """The ack timeout of every window's deliveries, with one timer.
 
     Every delivery has the same timeout, so deadlines come in the order
-    deliveries go. Each pump adds one entry (deadline, window, the ids it
-    sent), not one per delivery, and an ack costs nothing here: it takes its
-    delivery out of the window's slots, and at the deadline the window looks
-    up which of those ids are still unanswered. A closed window's entries
-    stay until their deadline (at most `delay` seconds) and find nothing.
+    deliveries go. A pump adds one entry (its window, the ids it sent, their
+    deadline), not one per delivery, and the next pumps of that window within
+    TIMER_STEP extend it; an ack costs nothing here: it takes its delivery
+    out of the window's slots, and when the entry comes due the window looks
+    up which of its ids are still unanswered. A closed window's entries stay
+    until they come due (within `delay` seconds) and find nothing. The timer
+    runs at most once per TIMER_STEP: a delivery times out at most twice
+    TIMER_STEP after its deadline.
     """
 
     def __init__(self, clock: IReactorTime, delay: float) -> None:
         self._clock = clock
         self.delay = delay
-        self._entries: deque[tuple[float, DeliveryWindow, Iterable[int]]] = deque()
+        self._entries: deque[_Sent] = deque()
         self._call: IDelayedCall | None = None
 
     def __len__(self) -> int:
-        """Entries (pumps) whose deadline has not come yet."""
+        """Entries not yet due."""
         return len(self._entries)
 
     def deadline(self) -> float:
         """The deadline of deliveries sent now."""
         return self._clock.seconds() + self.delay
 
-    def add(self, deadline: float, window: DeliveryWindow, ids: Iterable[int]) -> None:
-        """`window` sent deliveries `ids` with `deadline` (from `deadline()`)."""
-        self._entries.append((deadline, window, ids))
+    def add_run(self, deadline: float, window: DeliveryWindow, first: int, end: int) -> None:
+        """`window` sent new deliveries, ids `first` up to `end` (mod 2**32),
+        with `deadline` (from `deadline()`)."""
+        entries = self._entries
+        if entries:
+            last = entries[-1]
+            if (
+                last.window is window
+                and last.end == first
+                and last.ids is None
+                and first < end
+                and deadline - last.opened <= TIMER_STEP
+            ):
+                last.end = end
+                last.due = deadline
+                return
+        entries.append(_Sent(deadline, window, first, end, None))
+        if self._call is None:
+            self._call = self._clock.callLater(self.delay, self._fire)
+
+    def add_again(self, deadline: float, window: DeliveryWindow, ids: list[int]) -> None:
+        """`window` sent deliveries `ids` again, with `deadline`."""
+        self._entries.append(_Sent(deadline, window, 0, 0, ids))
         if self._call is None:
             self._call = self._clock.callLater(self.delay, self._fire)
 
@@ -147,11 +190,15 @@ class AckTimeouts:
         self._call = None
         entries = self._entries
         now = self._clock.seconds() + _EPSILON
-        while entries and entries[0][0] <= now:
-            _, window, ids = entries.popleft()
-            window.check_timeouts(ids, now)
+        while entries and entries[0].due <= now:
+            sent = entries.popleft()
+            ids = sent.ids if sent.ids is not None else ids_from(sent.first, sent.end)
+            sent.window.check_timeouts(ids, now)
         if entries and self._call is None:
-            self._call = self._clock.callLater(max(0.0, entries[0][0] - now), self._fire)
+            # Not sooner than TIMER_STEP: at thousands of pumps a second the
+            # timer would otherwise be set again once per pump.
+            wait = max(TIMER_STEP, entries[0].due - now)
+            self._call = self._clock.callLater(wait, self._fire)
 
 
 def ids_from(first: int, end: int) -> Iterable[int]:
@@ -230,6 +277,8 @@ class Subscription:
         "window",
     )
 
+    takes_runs = True
+    """Reads its topic's log itself, so the pump may take runs (`take_run`)."""
     on_done: Callable[[Delivery], None] | None = None
     """Told of each delivery acked or given up on (durable consumers keep count)."""
     give_back: Callable[[Delivery], None] | None = None
@@ -260,38 +309,45 @@ class Subscription:
                 if payload is None:
                     continue  # a corrupt record: the store logged it; never served
                 return offset, payload
-            if self._fetching:
+            if not self._read_ahead():
                 return None
-            log_ = self.topic.log
-            # Retention may have removed what the cursor points at; a shared
-            # store that lost its unreplicated tail gives those offsets out again.
-            self.position = min(max(self.position, log_.first_offset), log_.next_offset)
-            if self.position >= log_.committed_offset:
-                self.topic.wait(self)
-                return None
-            try:
-                batch = log_.read(self.position, READ_AHEAD)
-            except Exception:
-                self._fetch_failed(Failure())
-                return None
-            if isinstance(batch, Deferred):
-                self._fetching = True
-                batch.addCallbacks(self._fetched, self._fetch_failed)
-                return None
-            self._fill(batch)
 
     def take_run(self, limit: int) -> tuple[int, list[bytes | None]] | None:
-        """Up to `limit` next payloads from what is read ahead, with the
-        offset of the first; None when nothing is (then `take` reads on)."""
-        index = self._index
-        buffer = self._buffer
-        if index >= len(buffer):
+        """Up to `limit` next payloads, with the offset of the first (a
+        corrupt record reads as None: skip it); None once caught up (then it
+        waits), as `take`."""
+        if self._index >= len(self._buffer) and not self._read_ahead():
             return None
-        run = buffer[index : index + limit]
+        index = self._index
+        run = self._buffer[index : index + limit]
         offset = self.position
         self._index = index + len(run)
         self.position = offset + len(run)
         return offset, run
+
+    def _read_ahead(self) -> bool:
+        """Read the next payloads from the log; False if there are none yet
+        (the cursor then waits for the log to grow or a read to finish)."""
+        if self._fetching:
+            return False
+        log_ = self.topic.log
+        # Retention may have removed what the cursor points at; a shared
+        # store that lost its unreplicated tail gives those offsets out again.
+        self.position = min(max(self.position, log_.first_offset), log_.next_offset)
+        if self.position >= log_.committed_offset:
+            self.topic.wait(self)
+            return False
+        try:
+            batch = log_.read(self.position, READ_AHEAD)
+        except Exception:
+            self._fetch_failed(Failure())
+            return False
+        if isinstance(batch, Deferred):
+            self._fetching = True
+            batch.addCallbacks(self._fetched, self._fetch_failed)
+            return False
+        self._fill(batch)
+        return True
 
     def untake(self, count: int) -> None:
         """Put back the last `count` payloads `take_run` gave (in the same pump)."""
@@ -600,58 +656,64 @@ class DeliveryWindow:
         timeouts = self._timers.timeouts
         deadline = timeouts.deadline()  # one clock reading for the whole pump
         first_new_id = self._next_id
-        sent_again: list[int] = []
+        sent_again: list[int] | None = None
         ready = self._ready
         max_waiting = self._settings.max_waiting
         try:
             while len(slots) < capacity and not self.paused:
                 if (
-                    len(ready) == 1
+                    capacity > 1  # a run of one saves nothing
+                    and len(ready) == 1
                     and self._parked is None
                     and not self._due
                     and len(self._waiting) < max_waiting
+                    and ready[0].takes_runs
+                    and ready[0].active
                 ):
                     # Fast path: one subscription with messages ready takes no
                     # turns; a run of what it read ahead goes at once.
                     subscription = ready[0]
                     run = subscription.take_run(capacity - len(slots))
-                    if run is not None:
-                        offset, payloads = run
-                        left = len(payloads)
-                        fresh: list[Delivery] = []
-                        next_id = self._next_id
-                        in_flight_bytes = self.bytes_in_flight
-                        run_end = in_flight_bytes + RUN_BYTES
-                        full = False
-                        for payload in payloads:
-                            if payload is None:  # a corrupt record: never served
-                                offset += 1
-                                left -= 1
-                                continue
-                            if in_flight_bytes >= run_end:
-                                break  # the rest after this run is sent (pause checked)
-                            size = len(payload)
-                            if slots and in_flight_bytes + size > max_bytes:
-                                full = True
-                                break
-                            delivery = Delivery(subscription, offset, payload, 1)
-                            delivery.id = next_id
-                            delivery.deadline = deadline
-                            slots[next_id] = delivery
-                            fresh.append(delivery)
-                            next_id = (next_id + 1) & 0xFFFFFFFF
-                            in_flight_bytes += size
+                    if run is None:  # caught up: it waits, nothing else is ready
+                        ready.popleft()
+                        subscription.queued = False
+                        break
+                    offset, payloads = run
+                    left = len(payloads)
+                    fresh: list[Delivery] = []
+                    next_id = self._next_id
+                    in_flight_bytes = self.bytes_in_flight
+                    run_end = in_flight_bytes + RUN_BYTES
+                    full = False
+                    for payload in payloads:
+                        if payload is None:  # a corrupt record: never served
                             offset += 1
                             left -= 1
-                        self._next_id = next_id
-                        self.bytes_in_flight = in_flight_bytes
-                        if fresh:
-                            send_run(fresh)
-                        if left:
-                            subscription.untake(left)
-                            if full:
-                                break
-                        continue
+                            continue
+                        if in_flight_bytes >= run_end:
+                            break  # the rest after this run is sent (pause checked)
+                        size = len(payload)
+                        if slots and in_flight_bytes + size > max_bytes:
+                            full = True
+                            break
+                        delivery = Delivery(subscription, offset, payload, 1)
+                        delivery.id = next_id
+                        delivery.deadline = deadline
+                        slots[next_id] = delivery
+                        fresh.append(delivery)
+                        next_id = (next_id + 1) & 0xFFFFFFFF
+                        in_flight_bytes += size
+                        offset += 1
+                        left -= 1
+                    self._next_id = next_id
+                    self.bytes_in_flight = in_flight_bytes
+                    if fresh:
+                        send_run(fresh)
+                    if left:
+                        subscription.untake(left)
+                        if full:
+                            break
+                    continue
                 next_one = next_delivery()
                 if next_one is None:
                     break
@@ -664,6 +726,8 @@ class DeliveryWindow:
                 if delivery.id < 0:
                     delivery.id = self._next_id
                     self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+                elif sent_again is None:
+                    sent_again = [delivery.id]
                 else:
                     sent_again.append(delivery.id)
                 delivery.attempts += 1
@@ -675,9 +739,9 @@ class DeliveryWindow:
         finally:
             self._pumping = False
             if self._next_id != first_new_id:
-                timeouts.add(deadline, self, ids_from(first_new_id, self._next_id))
+                timeouts.add_run(deadline, self, first_new_id, self._next_id)
             if sent_again:
-                timeouts.add(deadline, self, sent_again)
+                timeouts.add_again(deadline, self, sent_again)
         self._flush()
 
     def _next(self) -> Delivery | None:
@@ -717,7 +781,7 @@ class DeliveryWindow:
         delivery.deadline = deadline = timeouts.deadline()
         self._slots[delivery.id] = delivery
         self.bytes_in_flight += len(delivery.payload)
-        timeouts.add(deadline, self, (delivery.id,))
+        timeouts.add_again(deadline, self, [delivery.id])
         self._send(delivery)
 
     def _give_up(self, delivery: Delivery, reason: str) -> None:

@@ -55,6 +55,8 @@ class GroupMember(Subscription):
 
     __slots__ = ("group",)
 
+    takes_runs = False  # it takes from its group, one at a time
+
     def __init__(self, group: ConsumerGroup, window: DeliveryWindow) -> None:
         super().__init__(group.topic, window, group.reader.position)
         self.group = group

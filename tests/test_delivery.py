@@ -409,3 +409,40 @@ def test_a_run_stops_at_the_byte_limit_and_goes_on_where_it_stopped():
     window.pump()
     assert [d.offset for d in sent] == [0, 1, 2, 3, 4, 5]
     assert [d.payload[:1] for d in sent] == [b"A", b"B", b"C", b"D", b"E", b"F"]
+
+
+def test_ack_timeouts_close_together_fire_together_at_most_two_steps_late():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, sent = _window(clock, capacity=10, max_bytes=1 << 20)
+    window.subscribe(registry.get("t"), StartAt.CURRENT)
+    for i in range(10):  # ten pumps, a millisecond apart: one entry
+        registry.publish("t", [b"%d" % i])
+        clock.advance(0.001)
+    assert len(sent) == 10
+    timers = window._timers
+    assert len(timers.timeouts) == 1
+    clock.advance(2.0 - 0.01)  # t = 2.0: the first send's deadline
+    assert timers.ack_timeouts == 0  # its entry is due at the last one's, 2.009
+    clock.advance(0.005)
+    assert timers.ack_timeouts == 0  # and the timer runs once per step
+    clock.advance(0.005)
+    assert timers.ack_timeouts == 10  # t = 2.01: 10 ms late for the first
+    assert len(clock.getDelayedCalls()) == 1  # the ack delay's, for their redelivery
+    clock.advance(1.0)
+    assert [d.payload for d in sent[10:]] == [b"%d" % i for i in range(10)]
+
+
+def test_entries_of_pumps_further_apart_than_a_step_stay_apart():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, _sent = _window(clock, capacity=10, max_bytes=1 << 20)
+    window.subscribe(registry.get("t"), StartAt.CURRENT)
+    registry.publish("t", [b"a"])
+    clock.advance(0.5)
+    registry.publish("t", [b"b"])
+    assert len(window._timers.timeouts) == 2
+    clock.advance(1.5)
+    assert window._timers.ack_timeouts == 1  # a, at its deadline
+    clock.advance(0.5)
+    assert window._timers.ack_timeouts == 2  # b, at its own
