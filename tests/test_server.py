@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest_twisted
@@ -277,3 +278,14 @@ async def test_a_flood_of_bad_frames_does_not_flood_the_log(broker):
     refusals = [e for e in mine if e.get("reason", "").startswith("unknown action")]
     assert len(refusals) == LOGGED_REFUSALS
     assert any(e.get("n") == 500 and e.get("unlogged") == 500 - LOGGED_REFUSALS for e in mine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_connection_is_written_without_nagle(broker):
+    sub = await subscriber(broker.port, ["t"])
+    pub = await publisher(broker.port)
+    handles = [c.transport.getHandle() for c in broker.factory.connections]
+    assert len(handles) == 2
+    assert all(h.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for h in handles)
+    sub.transport.loseConnection()
+    pub.transport.loseConnection()

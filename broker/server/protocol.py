@@ -135,6 +135,11 @@ class BrokerProtocol(Int32StringReceiver):
         self.decoder = ServerDecoder(cast(ServerEvents, self), settings.max_message_size)
         self._start_handshake_timer()
         self.transport.registerProducer(_OutputBackpressure(self), True)
+        # The broker writes what a read produced at once, in one write: Nagle's
+        # algorithm would only hold the next one back for the peer's ACK.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         factory.connections.add(self)
         log.debug("{peer} connected", peer=self.peer)
 
