@@ -129,6 +129,26 @@ def test_whole_frames_to_one_topic_come_as_one_run_in_order():
     ]
 
 
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "ab"]), st.sampled_from([b"", b"x", b"yz", b"w" * 40])
+        ),
+        max_size=60,
+    ),
+    st.lists(st.integers(min_value=0), max_size=5),
+)
+def test_any_publishes_decode_one_by_one_whatever_their_sizes_and_reads(frames, cuts):
+    stream = wire.encode_u16(wire.ACTION_PUBLISH) + b"".join(
+        wire.encode_publish(topic, payload) for topic, payload in frames
+    )
+    expected = [("became_publisher",)] + [
+        ("refused", wire.ERR_MESSAGE_TOO_LARGE) if len(payload) > 32 else ("published", t, payload)
+        for t, payload in frames
+    ]
+    assert decode_server(split(stream, cuts), max_payload=32) == expected
+
+
 SUBSCRIBER_STREAM = (
     wire.encode_subscribe(["a", "b"], StartAt.FROM, 7)
     + wire.encode_u16(wire.ACK)
