@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -39,6 +39,8 @@ RUN_BYTES = 64 * 1024
 # Bytes in flight per connection by default: enough for a prefetch of 256
 # messages of 32 KiB.
 DEFAULT_MAX_INFLIGHT_BYTES = 8 << 20
+# Delivery ids are u32s; they wrap.
+_ID_LIMIT = 1 << 32
 # The ack timeout runs once per step at most, whatever the rate (and a
 # delivery times out at most twice this late).
 TIMER_STEP = 0.01
@@ -214,18 +216,24 @@ class Delivery:
     __slots__ = ("attempts", "deadline", "held", "id", "offset", "payload", "subscription")
 
     def __init__(
-        self, subscription: Subscription, offset: int, payload: bytes, attempts: int = 0
+        self,
+        subscription: Subscription,
+        offset: int,
+        payload: bytes,
+        attempts: int = 0,
+        delivery_id: int = -1,
+        deadline: float = 0.0,
     ) -> None:
         self.subscription = subscription
         self.offset = offset
         self.payload = payload
         self.attempts = attempts  # more than 0 for a message a consumer group hands on
         # Given at the first dispatch; kept through redeliveries (acks name it).
-        self.id = -1
+        self.id = delivery_id
         # Timed out, but keeps its slot until its redelivery (see DeliveryWindow).
         self.held = False
         # When the current send goes unanswered (see AckTimeouts).
-        self.deadline = 0.0
+        self.deadline = deadline
 
     @property
     def window(self) -> DeliveryWindow:
@@ -428,13 +436,14 @@ class DeliveryWindow:
         capacity: int = 1,
         flush: Callable[[], None] = lambda: None,
         max_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
-        send_run: Callable[[list[Delivery]], None] | None = None,
+        send_run: Callable[[Delivery, list[bytes]], None] | None = None,
     ) -> None:
         self._timers = timers
         self._settings = timers.settings
         self._send = send
-        self._send_run = send_run or self._send_each
-        """Sends first deliveries of one subscription, in order."""
+        self._send_run = send_run
+        """Sends a run: first deliveries of one subscription, the first of
+        them and all their payloads given, offsets and ids counting up by one."""
         self._flush = flush
         self._dropped = dropped
         self.capacity = capacity
@@ -679,9 +688,35 @@ class DeliveryWindow:
                         subscription.queued = False
                         break
                     offset, payloads = run
-                    left = len(payloads)
-                    fresh: list[Delivery] = []
+                    count = len(payloads)
                     next_id = self._next_id
+                    if (
+                        send_run is not None
+                        and next_id + count <= _ID_LIMIT
+                        and None not in payloads
+                    ):
+                        total = sum(map(len, payloads))  # type: ignore[arg-type]
+                        if total <= RUN_BYTES and self.bytes_in_flight + total <= max_bytes:
+                            # All of it goes: built and sent with no step per delivery.
+                            ids = range(next_id, next_id + count)
+                            fresh = list(
+                                map(
+                                    Delivery,
+                                    repeat(subscription, count),
+                                    range(offset, offset + count),
+                                    payloads,
+                                    repeat(1, count),
+                                    ids,
+                                    repeat(deadline, count),
+                                )
+                            )
+                            slots.update(zip(ids, fresh, strict=True))
+                            self._next_id = (next_id + count) & 0xFFFFFFFF
+                            self.bytes_in_flight += total
+                            send_run(fresh[0], payloads)  # type: ignore[arg-type]
+                            continue
+                    # One by one: a corrupt record, the byte limits, ids wrapping.
+                    left = count
                     in_flight_bytes = self.bytes_in_flight
                     run_end = in_flight_bytes + RUN_BYTES
                     full = False
@@ -696,19 +731,15 @@ class DeliveryWindow:
                         if slots and in_flight_bytes + size > max_bytes:
                             full = True
                             break
-                        delivery = Delivery(subscription, offset, payload, 1)
-                        delivery.id = next_id
-                        delivery.deadline = deadline
+                        delivery = Delivery(subscription, offset, payload, 1, next_id, deadline)
                         slots[next_id] = delivery
-                        fresh.append(delivery)
+                        send(delivery)
                         next_id = (next_id + 1) & 0xFFFFFFFF
                         in_flight_bytes += size
                         offset += 1
                         left -= 1
                     self._next_id = next_id
                     self.bytes_in_flight = in_flight_bytes
-                    if fresh:
-                        send_run(fresh)
                     if left:
                         subscription.untake(left)
                         if full:
@@ -766,10 +797,6 @@ class DeliveryWindow:
             ready.append(subscription)
             return Delivery(subscription, *item)
         return None
-
-    def _send_each(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            self._send(delivery)
 
     def _dispatch(self, delivery: Delivery) -> None:
         if delivery.id < 0:

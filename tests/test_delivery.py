@@ -446,3 +446,36 @@ def test_entries_of_pumps_further_apart_than_a_step_stay_apart():
     assert window._timers.ack_timeouts == 1  # a, at its deadline
     clock.advance(0.5)
     assert window._timers.ack_timeouts == 2  # b, at its own
+
+
+def test_a_whole_run_is_handed_over_at_once_and_acked_like_single_deliveries():
+    clock = Clock()
+    registry = TopicRegistry(
+        make_log=lambda name: CorruptAtTwo() if name == "dirty" else MemoryLog()
+    )
+    runs: list[tuple[Delivery, list[bytes]]] = []
+    single: list[Delivery] = []
+    window = DeliveryWindow(
+        DeliveryTimers(clock, DeliverySettings()),
+        single.append,
+        lambda d, reason: None,
+        capacity=100,
+        send_run=lambda first, payloads: runs.append((first, payloads)),
+    )
+    registry.publish("clean", [b"a", b"b", b"c"])
+    window.subscribe(registry.get("clean"), StartAt.BEGINNING)
+    ((first, payloads),) = runs
+    assert (first.offset, first.id, first.attempts, payloads) == (0, 0, 1, [b"a", b"b", b"c"])
+    assert window.in_flight == 3 and window.bytes_in_flight == 3 and not single
+    window.ack_many([1, 2, 0])
+    assert window.in_flight == 0 and window.bytes_in_flight == 0
+    # A read-ahead with a corrupt record in it goes one by one, skipping it.
+    registry.publish("clean", [b"d", b"e", b"f"])
+    assert [(f.offset, f.id, p) for f, p in runs][1:] == [(3, 3, [b"d", b"e", b"f"])]
+    window.subscribe(registry.get("dirty"), StartAt.BEGINNING)
+    registry.publish("dirty", [b"0", b"1", b"2", b"3"])
+    assert [(d.offset, d.payload, d.id) for d in single] == [
+        (0, b"0", 6),
+        (1, b"1", 7),
+        (3, b"3", 8),
+    ]

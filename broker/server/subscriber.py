@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import gatherResults
@@ -301,21 +302,23 @@ class SubscriberSession(Session):
         if self._outgoing_bytes >= FLUSH_BYTES:
             self._flush_deliveries()
 
-    def _send_extended_run(self, deliveries: list[Delivery]) -> None:
-        """First deliveries of one subscription: one topic prefix, attempt 1."""
-        first = deliveries[0]
+    def _send_extended_run(self, first: Delivery, payloads: list[bytes]) -> None:
+        """First deliveries of one subscription (attempt 1), offsets and ids
+        counting up from `first`'s: encoded with no Python step per delivery."""
         if not self._outgoing:
             self._first_outgoing = first
-        prefix = first.subscription.topic.extended_prefix
-        pack_tail = pack_delivery_tail
-        outgoing = self._outgoing
-        size = 0
-        for delivery in deliveries:
-            payload = delivery.payload
-            length = len(payload)
-            outgoing += (prefix, pack_tail(delivery.offset, 1, delivery.id, length), payload)
-            size += length
-        self._outgoing_bytes += size
+        count = len(payloads)
+        sizes = list(map(len, payloads))
+        tails = map(
+            pack_delivery_tail,
+            range(first.offset, first.offset + count),
+            repeat(1, count),
+            range(first.id, first.id + count),
+            sizes,
+        )
+        prefixes = repeat(first.subscription.topic.extended_prefix, count)
+        self._outgoing += chain.from_iterable(zip(prefixes, tails, payloads, strict=True))
+        self._outgoing_bytes += sum(sizes)
         if self._outgoing_bytes >= FLUSH_BYTES:
             self._flush_deliveries()
 
