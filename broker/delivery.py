@@ -661,7 +661,6 @@ class DeliveryWindow:
         max_bytes = self.max_bytes
         next_delivery = self._next
         send = self._send
-        send_run = self._send_run
         timeouts = self._timers.timeouts
         deadline = timeouts.deadline()  # one clock reading for the whole pump
         first_new_id = self._next_id
@@ -679,72 +678,11 @@ class DeliveryWindow:
                     and ready[0].takes_runs
                     and ready[0].active
                 ):
-                    # Fast path: one subscription with messages ready takes no
-                    # turns; a run of what it read ahead goes at once.
-                    subscription = ready[0]
-                    run = subscription.take_run(capacity - len(slots))
-                    if run is None:  # caught up: it waits, nothing else is ready
-                        ready.popleft()
-                        subscription.queued = False
-                        break
-                    offset, payloads = run
-                    count = len(payloads)
-                    next_id = self._next_id
-                    if (
-                        send_run is not None
-                        and next_id + count <= _ID_LIMIT
-                        and None not in payloads
-                    ):
-                        total = sum(map(len, payloads))  # type: ignore[arg-type]
-                        if total <= RUN_BYTES and self.bytes_in_flight + total <= max_bytes:
-                            # All of it goes: built and sent with no step per delivery.
-                            ids = range(next_id, next_id + count)
-                            fresh = list(
-                                map(
-                                    Delivery,
-                                    repeat(subscription, count),
-                                    range(offset, offset + count),
-                                    payloads,
-                                    repeat(1, count),
-                                    ids,
-                                    repeat(deadline, count),
-                                )
-                            )
-                            slots.update(zip(ids, fresh, strict=True))
-                            self._next_id = (next_id + count) & 0xFFFFFFFF
-                            self.bytes_in_flight += total
-                            send_run(fresh[0], payloads)  # type: ignore[arg-type]
-                            continue
-                    # One by one: a corrupt record, the byte limits, ids wrapping.
-                    left = count
-                    in_flight_bytes = self.bytes_in_flight
-                    run_end = in_flight_bytes + RUN_BYTES
-                    full = False
-                    for payload in payloads:
-                        if payload is None:  # a corrupt record: never served
-                            offset += 1
-                            left -= 1
-                            continue
-                        if in_flight_bytes >= run_end:
-                            break  # the rest after this run is sent (pause checked)
-                        size = len(payload)
-                        if slots and in_flight_bytes + size > max_bytes:
-                            full = True
-                            break
-                        delivery = Delivery(subscription, offset, payload, 1, next_id, deadline)
-                        slots[next_id] = delivery
-                        send(delivery)
-                        next_id = (next_id + 1) & 0xFFFFFFFF
-                        in_flight_bytes += size
-                        offset += 1
-                        left -= 1
-                    self._next_id = next_id
-                    self.bytes_in_flight = in_flight_bytes
-                    if left:
-                        subscription.untake(left)
-                        if full:
-                            break
-                    continue
+                    # One subscription with messages ready takes no turns:
+                    # what it read ahead goes as a run.
+                    if self._send_a_run(ready[0], capacity - len(slots), deadline):
+                        continue
+                    break
                 next_one = next_delivery()
                 if next_one is None:
                     break
@@ -774,6 +712,78 @@ class DeliveryWindow:
             if sent_again:
                 timeouts.add_again(deadline, self, sent_again)
         self._flush()
+
+    def _send_a_run(self, subscription: Subscription, room: int, deadline: float) -> bool:
+        """Send up to `room` of what `subscription` has next, as first
+        deliveries; False once the pump should stop (the subscription is
+        caught up, or the byte limit is reached)."""
+        run = subscription.take_run(room)
+        if run is None:  # caught up: it waits, and nothing else is ready
+            self._ready.popleft()
+            subscription.queued = False
+            return False
+        offset, payloads = run
+        count = len(payloads)
+        send_run = self._send_run
+        if send_run is not None and self._next_id + count <= _ID_LIMIT and None not in payloads:
+            total = sum(map(len, payloads))  # type: ignore[arg-type]
+            if total <= RUN_BYTES and self.bytes_in_flight + total <= self.max_bytes:
+                # All of it goes: built and sent with no Python step per delivery.
+                ids = range(self._next_id, self._next_id + count)
+                fresh = list(
+                    map(
+                        Delivery,
+                        repeat(subscription, count),
+                        range(offset, offset + count),
+                        payloads,
+                        repeat(1, count),
+                        ids,
+                        repeat(deadline, count),
+                    )
+                )
+                self._slots.update(zip(ids, fresh, strict=True))
+                self._next_id = ids.stop & 0xFFFFFFFF
+                self.bytes_in_flight += total
+                send_run(fresh[0], payloads)  # type: ignore[arg-type]
+                return True
+        return self._send_one_by_one(subscription, offset, payloads, deadline)
+
+    def _send_one_by_one(
+        self, subscription: Subscription, offset: int, payloads: list[bytes | None], deadline: float
+    ) -> bool:
+        """A run with a corrupt record in it, near the byte limits, or with
+        ids wrapping: delivery by delivery; what is not sent goes back."""
+        slots = self._slots
+        send = self._send
+        max_bytes = self.max_bytes
+        next_id = self._next_id
+        in_flight_bytes = self.bytes_in_flight
+        run_end = in_flight_bytes + RUN_BYTES
+        left = len(payloads)
+        full = False
+        for payload in payloads:
+            if payload is None:  # a corrupt record: never served
+                offset += 1
+                left -= 1
+                continue
+            if in_flight_bytes >= run_end:
+                break  # the rest after the pump looks whether the connection is full
+            size = len(payload)
+            if slots and in_flight_bytes + size > max_bytes:
+                full = True
+                break
+            delivery = Delivery(subscription, offset, payload, 1, next_id, deadline)
+            slots[next_id] = delivery
+            send(delivery)
+            next_id = (next_id + 1) & 0xFFFFFFFF
+            in_flight_bytes += size
+            offset += 1
+            left -= 1
+        self._next_id = next_id
+        self.bytes_in_flight = in_flight_bytes
+        if left:
+            subscription.untake(left)
+        return not full
 
     def _next(self) -> Delivery | None:
         parked = self._parked
