@@ -413,6 +413,17 @@ def start_position(topic: Topic, start: StartAt, offset: int = 0) -> int:
     return int(min(max(offset, log_.first_offset), log_.next_offset))
 
 
+SentInRun = tuple[Subscription, int, bytes, float]
+"""A first delivery sent in a run, kept in its slot as (subscription, offset,
+payload, deadline) until something other than an ack needs it as a Delivery
+(attempt 1, not held): a tuple is made in C, a Delivery in Python."""
+
+
+def _as_delivery(delivery_id: int, sent: SentInRun) -> Delivery:
+    subscription, offset, payload, deadline = sent
+    return Delivery(subscription, offset, payload, 1, delivery_id, deadline)
+
+
 class DeliveryWindow:
     """One connection's deliveries: which subscription goes next, what is in flight.
 
@@ -436,14 +447,14 @@ class DeliveryWindow:
         capacity: int = 1,
         flush: Callable[[], None] = lambda: None,
         max_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
-        send_run: Callable[[Delivery, list[bytes]], None] | None = None,
+        send_run: Callable[[Subscription, int, int, list[bytes]], None] | None = None,
     ) -> None:
         self._timers = timers
         self._settings = timers.settings
         self._send = send
         self._send_run = send_run
-        """Sends a run: first deliveries of one subscription, the first of
-        them and all their payloads given, offsets and ids counting up by one."""
+        """Sends a run: first deliveries of one subscription, given its first
+        offset and id (both counting up by one) and the payloads."""
         self._flush = flush
         self._dropped = dropped
         self.capacity = capacity
@@ -455,7 +466,7 @@ class DeliveryWindow:
         self.subscriptions: dict[str, Subscription] = {}
         self._ready: deque[Subscription] = deque()
         self._due: deque[Delivery] = deque()
-        self._slots: dict[int, Delivery] = {}
+        self._slots: dict[int, Delivery | SentInRun] = {}
         self._waiting: dict[Delivery, None] = {}
         self._next_id = 0
         self._pumping = False
@@ -506,7 +517,8 @@ class DeliveryWindow:
         if give_back is not None:
             # A group member hands back all it has not acked, in flight too
             # (a late ack of one is ignored), before it leaves the group.
-            for delivery_id, delivery in list(self._slots.items()):
+            for delivery_id, entry in list(self._slots.items()):
+                delivery = _as_delivery(delivery_id, entry) if isinstance(entry, tuple) else entry
                 if delivery.subscription is subscription:
                     self._timers.forget(delivery)
                     self.bytes_in_flight -= len(delivery.payload)
@@ -542,13 +554,17 @@ class DeliveryWindow:
         freed = 0
         for delivery_id in delivery_ids:
             delivery = slots.pop(delivery_id, None)
-            if delivery is not None:
-                freed += len(delivery.payload)
-                if delivery.held:
-                    forget(delivery)
-                on_done = delivery.subscription.on_done
-                if on_done is not None:
-                    on_done(delivery)
+            if delivery is None:
+                continue
+            if isinstance(delivery, tuple):  # sent in a run: nothing else to tell
+                freed += len(delivery[2])
+                continue
+            freed += len(delivery.payload)
+            if delivery.held:
+                forget(delivery)
+            on_done = delivery.subscription.on_done
+            if on_done is not None:
+                on_done(delivery)
         self.bytes_in_flight -= freed
 
     def nack(self, delivery_id: int | None = None, pump: bool = True) -> bool:
@@ -577,9 +593,11 @@ class DeliveryWindow:
             if not slots:
                 return None
             delivery_id = next(iter(slots))
-        delivery = slots.pop(delivery_id, None)
-        if delivery is not None:
-            self.bytes_in_flight -= len(delivery.payload)
+        entry = slots.pop(delivery_id, None)
+        if entry is None:
+            return None
+        delivery = _as_delivery(delivery_id, entry) if isinstance(entry, tuple) else entry
+        self.bytes_in_flight -= len(delivery.payload)
         return delivery
 
     def close(self) -> None:
@@ -588,8 +606,9 @@ class DeliveryWindow:
         for subscription in list(self.subscriptions.values()):
             if subscription.give_back is not None:
                 self._leave(subscription)
-        for delivery in self._slots.values():
-            self._timers.forget(delivery)
+        for entry in self._slots.values():
+            if not isinstance(entry, tuple):
+                self._timers.forget(entry)
         for delivery in self._waiting:
             self._timers.delays.discard(delivery)
         self._slots.clear()
@@ -610,8 +629,14 @@ class DeliveryWindow:
         if not slots:
             return
         for delivery_id in ids:
-            delivery = slots.get(delivery_id)
-            if delivery is not None and not delivery.held and delivery.deadline <= now:
+            entry = slots.get(delivery_id)
+            if entry is None:
+                continue
+            if not isinstance(entry, tuple):
+                if not entry.held and entry.deadline <= now:
+                    self.timed_out(entry)
+            elif entry[3] <= now:
+                slots[delivery_id] = delivery = _as_delivery(delivery_id, entry)
                 self.timed_out(delivery)
 
     def timed_out(self, delivery: Delivery) -> None:
@@ -677,6 +702,7 @@ class DeliveryWindow:
                     and len(self._waiting) < max_waiting
                     and ready[0].takes_runs
                     and ready[0].active
+                    and ready[0].on_done is None
                 ):
                     # One subscription with messages ready takes no turns:
                     # what it read ahead goes as a run.
@@ -729,22 +755,19 @@ class DeliveryWindow:
             total = sum(map(len, payloads))  # type: ignore[arg-type]
             if total <= RUN_BYTES and self.bytes_in_flight + total <= self.max_bytes:
                 # All of it goes: built and sent with no Python step per delivery.
-                ids = range(self._next_id, self._next_id + count)
-                fresh = list(
-                    map(
-                        Delivery,
-                        repeat(subscription, count),
-                        range(offset, offset + count),
-                        payloads,
-                        repeat(1, count),
-                        ids,
-                        repeat(deadline, count),
-                    )
+                first_id = self._next_id
+                ids = range(first_id, first_id + count)
+                sent = zip(
+                    repeat(subscription, count),
+                    range(offset, offset + count),
+                    payloads,
+                    repeat(deadline, count),
+                    strict=True,
                 )
-                self._slots.update(zip(ids, fresh, strict=True))
+                self._slots.update(zip(ids, sent, strict=True))  # type: ignore[arg-type]
                 self._next_id = ids.stop & 0xFFFFFFFF
                 self.bytes_in_flight += total
-                send_run(fresh[0], payloads)  # type: ignore[arg-type]
+                send_run(subscription, offset, first_id, payloads)  # type: ignore[arg-type]
                 return True
         return self._send_one_by_one(subscription, offset, payloads, deadline)
 

@@ -448,30 +448,38 @@ def test_entries_of_pumps_further_apart_than_a_step_stay_apart():
     assert window._timers.ack_timeouts == 2  # b, at its own
 
 
-def test_a_whole_run_is_handed_over_at_once_and_acked_like_single_deliveries():
-    clock = Clock()
-    registry = TopicRegistry(
-        make_log=lambda name: CorruptAtTwo() if name == "dirty" else MemoryLog()
-    )
-    runs: list[tuple[Delivery, list[bytes]]] = []
+def run_window(clock: Clock, registry: TopicRegistry, capacity: int = 100):
+    """A window that takes runs, with what it sent recorded: runs as
+    (offset, first id, payloads), single deliveries as Delivery objects."""
+    runs: list[tuple[int, int, list[bytes]]] = []
     single: list[Delivery] = []
     window = DeliveryWindow(
         DeliveryTimers(clock, DeliverySettings()),
         single.append,
         lambda d, reason: None,
-        capacity=100,
-        send_run=lambda first, payloads: runs.append((first, payloads)),
+        capacity=capacity,
+        send_run=lambda subscription, offset, first_id, payloads: runs.append(
+            (offset, first_id, payloads)
+        ),
     )
+    return window, runs, single
+
+
+def test_a_whole_run_is_handed_over_at_once_and_acked_like_single_deliveries():
+    clock = Clock()
+    registry = TopicRegistry(
+        make_log=lambda name: CorruptAtTwo() if name == "dirty" else MemoryLog()
+    )
+    window, runs, single = run_window(clock, registry)
     registry.publish("clean", [b"a", b"b", b"c"])
     window.subscribe(registry.get("clean"), StartAt.BEGINNING)
-    ((first, payloads),) = runs
-    assert (first.offset, first.id, first.attempts, payloads) == (0, 0, 1, [b"a", b"b", b"c"])
+    assert runs == [(0, 0, [b"a", b"b", b"c"])]
     assert window.in_flight == 3 and window.bytes_in_flight == 3 and not single
     window.ack_many([1, 2, 0])
     assert window.in_flight == 0 and window.bytes_in_flight == 0
-    # A read-ahead with a corrupt record in it goes one by one, skipping it.
     registry.publish("clean", [b"d", b"e", b"f"])
-    assert [(f.offset, f.id, p) for f, p in runs][1:] == [(3, 3, [b"d", b"e", b"f"])]
+    assert runs[1:] == [(3, 3, [b"d", b"e", b"f"])]
+    # A read-ahead with a corrupt record in it goes one by one, skipping it.
     window.subscribe(registry.get("dirty"), StartAt.BEGINNING)
     registry.publish("dirty", [b"0", b"1", b"2", b"3"])
     assert [(d.offset, d.payload, d.id) for d in single] == [
@@ -479,3 +487,37 @@ def test_a_whole_run_is_handed_over_at_once_and_acked_like_single_deliveries():
         (1, b"1", 7),
         (3, b"3", 8),
     ]
+
+
+def test_what_a_run_sent_is_nacked_timed_out_and_redelivered_as_any_delivery():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, runs, single = run_window(clock, registry)
+    registry.publish("t", [b"a", b"b", b"c"])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    assert runs == [(0, 0, [b"a", b"b", b"c"])]
+    assert window.nack(1)  # b: sent again after the ack delay
+    window.ack_many([2])  # c: done; a: left to time out
+    clock.advance(1.0)
+    assert [(d.payload, d.id, d.attempts, d.offset) for d in single] == [(b"b", 1, 2, 1)]
+    clock.advance(1.0)  # a's deadline: it keeps its slot for the ack delay
+    assert window._timers.ack_timeouts == 1 and window.in_flight == 2
+    window.ack_many([0])  # a late ack of the timed-out a still answers it
+    assert window.in_flight == 1
+    clock.advance(1.0)
+    assert [d.payload for d in single] == [b"b"]  # a was answered: not sent again
+    window.ack(1)
+    assert window.in_flight == 0 and window.bytes_in_flight == 0
+
+
+def test_a_window_closed_with_a_run_in_flight_releases_it():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, runs, _ = run_window(clock, registry)
+    registry.publish("t", [b"a", b"b"])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    assert len(runs) == 1 and window.in_flight == 2
+    window.close()
+    assert window.in_flight == 0 and window.bytes_in_flight == 0
+    clock.advance(10)
+    assert window._timers.ack_timeouts == 0

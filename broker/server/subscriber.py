@@ -16,7 +16,7 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from broker.delivery import Delivery, DeliveryWindow
+from broker.delivery import Delivery, DeliveryWindow, Subscription
 from broker.groups import group_name_problem, parse_group_name
 from broker.server.patterns import PatternSubscriptions
 from broker.server.session import Session, cancel_call
@@ -83,7 +83,8 @@ class SubscriberSession(Session):
         self._write_now = direct_writer(protocol.transport)
         self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
         self._outgoing_bytes = 0
-        self._first_outgoing: Delivery | None = None  # sampled for latency
+        # The topic and offset of a pump's first delivery, sampled for latency.
+        self._first_outgoing: tuple[Topic, int] | None = None
         self._next_latency_sample = 0.0
         self.delivered_messages = 0
         self.delivered_bytes = 0
@@ -283,7 +284,7 @@ class SubscriberSession(Session):
     def _send_delivery(self, delivery: Delivery) -> None:
         payload = delivery.payload
         if not self._outgoing:
-            self._first_outgoing = delivery
+            self._first_outgoing = (delivery.topic, delivery.offset)
         self._outgoing += (delivery.topic.delivery_prefix, encode_u64(len(payload)), payload)
         self._outgoing_bytes += len(payload)
         if self._outgoing_bytes >= FLUSH_BYTES:
@@ -292,7 +293,7 @@ class SubscriberSession(Session):
     def _send_extended_delivery(self, delivery: Delivery) -> None:
         payload = delivery.payload
         if not self._outgoing:
-            self._first_outgoing = delivery
+            self._first_outgoing = (delivery.topic, delivery.offset)
         self._outgoing += (
             delivery.topic.extended_prefix,
             encode_delivery_tail(delivery.offset, delivery.attempts, delivery.id, len(payload)),
@@ -302,21 +303,24 @@ class SubscriberSession(Session):
         if self._outgoing_bytes >= FLUSH_BYTES:
             self._flush_deliveries()
 
-    def _send_extended_run(self, first: Delivery, payloads: list[bytes]) -> None:
+    def _send_extended_run(
+        self, subscription: Subscription, offset: int, delivery_id: int, payloads: list[bytes]
+    ) -> None:
         """First deliveries of one subscription (attempt 1), offsets and ids
-        counting up from `first`'s: encoded with no Python step per delivery."""
+        counting up from those given: encoded with no Python step per delivery."""
+        topic = subscription.topic
         if not self._outgoing:
-            self._first_outgoing = first
+            self._first_outgoing = (topic, offset)
         count = len(payloads)
         sizes = list(map(len, payloads))
         tails = map(
             pack_delivery_tail,
-            range(first.offset, first.offset + count),
+            range(offset, offset + count),
             repeat(1, count),
-            range(first.id, first.id + count),
+            range(delivery_id, delivery_id + count),
             sizes,
         )
-        prefixes = repeat(first.subscription.topic.extended_prefix, count)
+        prefixes = repeat(topic.extended_prefix, count)
         self._outgoing += chain.from_iterable(zip(prefixes, tails, payloads, strict=True))
         self._outgoing_bytes += sum(sizes)
         if self._outgoing_bytes >= FLUSH_BYTES:
@@ -341,7 +345,7 @@ class SubscriberSession(Session):
                 # Sampled, not observed per pump: a subscriber of the seed's
                 # protocol pumps once per message, and the histogram locks.
                 self._next_latency_sample = now + LATENCY_SAMPLE_SECONDS
-                appended = first.topic.appended_at(first.offset)
+                appended = first[0].appended_at(first[1])
                 if appended is not None:
                     stats.latency.observe(max(0.0, now - appended))
             # May pause the window at once (output_full), between two chunks.
