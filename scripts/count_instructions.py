@@ -1,8 +1,8 @@
 """Count the CPU instructions the broker's own code spends per message, under
 valgrind's callgrind: a figure that the machine's noise does not move (the
-same code, inputs and interpreter give the same count within about 1%; the
-hash seed moves dict layouts a little), for before-and-after comparisons of
-changes too small for a timed benchmark to see.
+hash seed is fixed, so the same code, inputs and interpreter give about the
+same count every run), for before-and-after comparisons of changes too small
+for a timed benchmark to see.
 
     python scripts/count_instructions.py [WORKLOAD ...] [--repeat N]
 
@@ -24,6 +24,7 @@ the tree the script is in (so a worktree of an older commit measures that).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -177,6 +178,7 @@ def instructions(name: str, repeat: int) -> int:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts every run
     )
     found = re.search(r"Collected : (\d+)", done.stderr)
     if found is None:
