@@ -4,13 +4,10 @@ as a smoke test: they check results, never timings. Figures come from
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
-
 from broker import wire
-from broker.delivery import DeliverySettings, DeliveryTimers, DeliveryWindow
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, MemoryLog, Retention
-from broker.topics import TopicRegistry
 from broker.wire import ServerDecoder, StartAt
+from tests.test_scripts import load_script
 
 PAYLOAD = b"x" * 100
 BURST = wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("bench", PAYLOAD) * 1000
@@ -99,17 +96,5 @@ def test_file_log_append_and_read(benchmark, tmp_path):
 
 
 def test_window_delivers_and_acks_1000(benchmark):
-    def deliver() -> int:
-        registry = TopicRegistry()
-        sent = []
-        timers = DeliveryTimers(Clock(), DeliverySettings())
-        window = DeliveryWindow(timers, sent.append, lambda d, r: None, capacity=256)
-        registry.publish("bench", [PAYLOAD] * 1000)
-        window.subscribe(registry.get("bench"), StartAt.BEGINNING)
-        while len(sent) < 1000:
-            window.ack_many([d.id for d in sent[-256:]])
-            window.pump()
-        window.ack_many([d.id for d in sent[-256:]])
-        return len(sent)
-
-    assert benchmark(deliver) == 1000
+    window = load_script().window  # 1,000 deliveries and acks, prefetch 256
+    assert benchmark(window) == 1000
