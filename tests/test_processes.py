@@ -169,6 +169,22 @@ async def test_the_bench_runs_and_checks_what_it_gets(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_bench_spreads_its_subscribers_over_processes(tmp_path):
+    bench = spawn(
+        [
+            *(sys.executable, "-m", "broker.bench", "fanout", "--messages", "2000"),
+            *("--subscribers", "3", "--processes", "2", "--prefetch", "64", "--json"),
+        ],
+        cwd=tmp_path,
+    )
+    assert await bench.ended == 0, bench.output
+    result = json.loads(bench.output.strip().splitlines()[-1])
+    assert result["delivered"] == 6000 and result["complete"]
+    assert not result["corrupt"] and not result["out_of_order"]
+    assert result["p50_ms"] > 0  # the parts' latencies came back
+
+
+@pytest_twisted.ensureDeferred
 async def test_twistd_broker_stops_at_start_on_an_unusable_data_dir(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")

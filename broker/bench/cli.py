@@ -27,6 +27,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--broker", help="HOST:PORT of a running broker (default: start one)")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--subscribers", type=int, default=1)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="fanout: spread the subscribers over this many processes, so that "
+        "the bench's Python is not the limit (the publisher stays in this one)",
+    )
     parser.add_argument("--size", type=int, default=100, help="payload bytes (at least 16)")
     parser.add_argument("--rate", type=float, default=1000.0, help="msg/s, for latency")
     parser.add_argument(

@@ -4,17 +4,19 @@ bench's own ceiling."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.python.failure import Failure
 
 from broker import wire
 from broker.bench.payloads import Histogram, Result, make_payload
@@ -108,7 +110,7 @@ class Bench:
 
 
 def _delivery_result(
-    name: str, bench: Bench, subscribers: list[BenchSubscriber], seconds: float
+    name: str, bench: Bench, subscribers: Sequence[BenchSubscriber | _PartTally], seconds: float
 ) -> Result:
     latencies = Histogram()
     for subscriber in subscribers:
@@ -148,9 +150,93 @@ async def group(bench: Bench) -> Result:
     return result
 
 
+class _Part(ProcessProtocol):
+    """A subscriber process of `fanout --processes`: ready, then its summary."""
+
+    def __init__(self) -> None:
+        self.ready: Deferred[None] = Deferred()
+        self.ended: Deferred[dict[str, Any]] = Deferred()
+        self._output = b""
+        self._errors = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self._output += data
+        if not self.ready.called and b"ready\n" in self._output:
+            self.ready.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        self._errors = (self._errors + data)[-4096:]
+
+    def processEnded(self, reason: Failure) -> None:
+        lines = self._output.decode("utf-8", "replace").splitlines()
+        failed = RuntimeError(
+            f"a subscriber process failed: {self._errors.decode(errors='replace')}"
+        )
+        if not self.ready.called:
+            self.ready.errback(failed)
+        if lines and lines[-1].startswith("{"):
+            self.ended.callback(json.loads(lines[-1]))
+        else:
+            self.ended.errback(failed)
+
+
+@dataclass
+class _PartTally:
+    """A subscriber process's summary, read as a BenchSubscriber is."""
+
+    received: int
+    expected: int
+    out_of_order: int
+    corrupt: int
+    last_at: float
+    latencies: Histogram
+
+
+async def _fanout_in_processes(bench: Bench, topic: str) -> Result:
+    args = bench.args
+    shares = [len(range(n, args.subscribers, args.processes)) for n in range(args.processes)]
+    port = bench.subscribe_port or bench.port
+    parts = []
+    for share in (share for share in shares if share):
+        part = _Part()
+        command = [sys.executable, "-m", "broker.bench.part", bench.host, str(port), topic]
+        command += [str(share), str(args.messages), str(args.size), str(args.prefetch)]
+        command += [str(args.timeout)]
+        bench.reactor.spawnProcess(part, sys.executable, command, env=os.environ.copy())
+        parts.append(part)
+    for part in parts:
+        part.ready.addTimeout(args.timeout, bench.reactor)
+        await part.ready
+    publisher = await bench.connect(BenchPublisher())
+    chunks = bench.prepare_burst(topic, args.messages)
+    started = time.perf_counter()
+    await bench.burst(publisher, chunks)
+    tallies = []
+    for part in parts:
+        got = await part.ended
+        latencies = Histogram()
+        latencies.counts = {int(key): count for key, count in got["latencies"].items()}
+        latencies.total = sum(latencies.counts.values())
+        tallies.append(
+            _PartTally(
+                got["received"],
+                got["expected"],
+                got["out_of_order"],
+                got["corrupt"],
+                got["last_at"],
+                latencies,
+            )
+        )
+    seconds = max(t.last_at for t in tallies) - started
+    return _delivery_result("fanout", bench, tallies, seconds)
+
+
 async def fanout(bench: Bench) -> Result:
-    """A burst of --messages to --subscribers subscribers of one topic."""
+    """A burst of --messages to --subscribers subscribers of one topic (spread
+    over --processes subscriber processes, if more than one)."""
     topic = bench.topic("fanout")
+    if bench.args.processes > 1:
+        return await _fanout_in_processes(bench, topic)
     subscribers = await bench.subscribers(topic, bench.args.subscribers)
     publisher = await bench.connect(BenchPublisher())
     chunks = bench.prepare_burst(topic, bench.args.messages)
