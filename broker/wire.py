@@ -679,6 +679,9 @@ class ServerDecoder(_Decoder):
                 if topic is None:
                     return frame_end
                 payloads = [data[topic_end + 4 : frame_end]]
+                if frame_end == end:  # the read's last frame: no run to look for
+                    self.events.published(topic, payloads)
+                    return frame_end
                 head = data[pos:topic_end]  # u16 length and name: the run's mark
                 head_size = len(head)
                 # Frames of the same size after it are found and cut at once.
