@@ -172,13 +172,14 @@ class AckTimeouts:
                 last.end = end
                 last.due = deadline
                 return
-        entries.append(_Sent(deadline, window, first, end, None))
-        if self._call is None:
-            self._call = self._clock.callLater(self.delay, self._fire)
+        self._append(_Sent(deadline, window, first, end, None))
 
     def add_again(self, deadline: float, window: DeliveryWindow, ids: list[int]) -> None:
         """`window` sent deliveries `ids` again, with `deadline`."""
-        self._entries.append(_Sent(deadline, window, 0, 0, ids))
+        self._append(_Sent(deadline, window, 0, 0, ids))
+
+    def _append(self, sent: _Sent) -> None:
+        self._entries.append(sent)
         if self._call is None:
             self._call = self._clock.callLater(self.delay, self._fire)
 

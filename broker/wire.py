@@ -673,43 +673,47 @@ class ServerDecoder(_Decoder):
         if end >= topic_end + 4:
             (size,) = _unpack_u32(data, topic_end)
             frame_end = topic_end + 4 + size
-            max_payload = self._max_payload
-            if size <= max_payload and end >= frame_end:
+            if size <= self._max_payload and end >= frame_end:
                 topic = self._publish_topic(data[pos + 2 : topic_end])
-                if topic is None:
-                    return frame_end
-                payloads = [data[topic_end + 4 : frame_end]]
-                if frame_end == end:  # the read's last frame: no run to look for
+                if topic is not None:
+                    payloads = [data[topic_end + 4 : frame_end]]
+                    if frame_end < end:  # more in this read: perhaps to the same topic
+                        frame_end = self._rest_of_run(data, pos, topic_end + 4, frame_end, payloads)
                     self.events.published(topic, payloads)
-                    return frame_end
-                head = data[pos:topic_end]  # u16 length and name: the run's mark
-                head_size = len(head)
-                # Frames of the same size after it are found and cut at once.
-                stride = frame_end - pos
-                if end - frame_end >= stride:
-                    same = _frames_like(data, frame_end, data[pos : topic_end + 4], stride)
-                else:
-                    same = 0
-                if same:
-                    first = frame_end + head_size + 4
-                    last = first + same * stride
-                    payloads += [data[at : at + size] for at in range(first, last, stride)]
-                    frame_end += same * stride
-                pos = frame_end
-                while data.startswith(head, pos):
-                    size_at = pos + head_size
-                    if end < size_at + 4:
-                        break
-                    (size,) = _unpack_u32(data, size_at)
-                    frame_end = size_at + 4 + size
-                    if size > max_payload or end < frame_end:
-                        break
-                    payloads.append(data[size_at + 4 : frame_end])
-                    pos = frame_end
-                self.events.published(topic, payloads)
-                return pos
+                return frame_end
         self._goto(self._publish_topic_name, length)
         return pos + 2
+
+    def _rest_of_run(
+        self, data: bytes, start: int, payload_at: int, pos: int, payloads: list[bytes]
+    ) -> int:
+        """Add to `payloads` the whole frames from `pos` on that repeat the head
+        (u16 length, topic) of the frame at `start`; where they end."""
+        frame_head = data[start:payload_at]  # its u16 length, topic and u32 size
+        head = frame_head[:-4]  # the run's mark
+        end = len(data)
+        max_payload = self._max_payload
+        # Frames of the same size after it are found and cut at once.
+        stride = pos - start
+        if end - pos >= stride:
+            same = _frames_like(data, pos, frame_head, stride)
+            if same:
+                size = stride - len(frame_head)
+                first = pos + len(frame_head)
+                last = first + same * stride
+                payloads += [data[at : at + size] for at in range(first, last, stride)]
+                pos += same * stride
+        while data.startswith(head, pos):
+            size_at = pos + len(head)
+            if end < size_at + 4:
+                break
+            (size,) = _unpack_u32(data, size_at)
+            frame_end = size_at + 4 + size
+            if size > max_payload or end < frame_end:
+                break
+            payloads.append(data[size_at + 4 : frame_end])
+            pos = frame_end
+        return pos
 
     def _publish_topic_name(self, data: bytes, pos: int) -> int:
         end = pos + self._need

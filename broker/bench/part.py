@@ -22,22 +22,22 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 
+from broker.bench.payloads import Histogram
 from broker.bench.protocols import BenchSubscriber
 
 
 def summary(subscribers: list[BenchSubscriber]) -> dict[str, Any]:
     """What the parent needs of this part's subscribers, as JSON."""
-    counts: dict[int, int] = {}
+    latencies = Histogram()
     for subscriber in subscribers:
-        for key, count in subscriber.latencies.counts.items():
-            counts[key] = counts.get(key, 0) + count
+        latencies.merge(subscriber.latencies)
     return {
         "received": sum(s.received for s in subscribers),
         "expected": sum(s.expected for s in subscribers),
         "out_of_order": sum(s.out_of_order for s in subscribers),
         "corrupt": sum(s.corrupt for s in subscribers),
         "last_at": max(s.last_at for s in subscribers),
-        "latencies": counts,
+        "latencies": latencies.counts,
     }
 
 

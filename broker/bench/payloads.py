@@ -43,6 +43,14 @@ class Histogram:
         self.counts[key] = self.counts.get(key, 0) + 1
         self.total += 1
 
+    @classmethod
+    def from_counts(cls, counts: dict[int, int]) -> Histogram:
+        """A histogram of buckets another one gave (`counts`, as in JSON)."""
+        histogram = cls()
+        histogram.counts = dict(counts)
+        histogram.total = sum(counts.values())
+        return histogram
+
     def merge(self, other: Histogram) -> None:
         for key, count in other.counts.items():
             self.counts[key] = self.counts.get(key, 0) + count

@@ -214,9 +214,7 @@ async def _fanout_in_processes(bench: Bench, topic: str) -> Result:
     tallies = []
     for part in parts:
         got = await part.ended
-        latencies = Histogram()
-        latencies.counts = {int(key): count for key, count in got["latencies"].items()}
-        latencies.total = sum(latencies.counts.values())
+        latencies = Histogram.from_counts({int(k): n for k, n in got["latencies"].items()})
         tallies.append(
             _PartTally(
                 got["received"],
