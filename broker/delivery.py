@@ -11,8 +11,9 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -238,7 +239,8 @@ class Delivery:
 
     @property
     def window(self) -> DeliveryWindow:
-        return self.subscription.window
+        # Only a window makes deliveries, so its subscriptions' owner is one.
+        return cast(DeliveryWindow, self.subscription.window)
 
     @property
     def topic(self) -> Topic:
@@ -268,6 +270,14 @@ class DeliveryTimers:
         self.delays.stop()
 
 
+class SubscriptionOwner(Protocol):
+    """Who a subscription wakes when it has messages: its window, or a
+    consumer group for the group's own cursor."""
+
+    def _wake(self, subscription: Subscription) -> None: ...
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # a consumer group's member is one
 class Subscription:
     """One connection's cursor into one topic's log.
 
@@ -280,24 +290,28 @@ class Subscription:
         "_fetching",
         "_index",
         "active",
+        "give_back",
+        "on_done",
         "position",
         "queued",
+        "takes_runs",
         "topic",
         "window",
     )
 
-    takes_runs = True
-    """Reads its topic's log itself, so the pump may take runs (`take_run`)."""
-    on_done: Callable[[Delivery], None] | None = None
-    """Told of each delivery acked or given up on (durable consumers keep count)."""
-    give_back: Callable[[Delivery], None] | None = None
-    """Takes back what the subscription leaves unacked (a consumer group's
-    member hands it to the group); None: it stays in the topic's log."""
-
-    def __init__(self, topic: Topic, window: DeliveryWindow, position: int) -> None:
+    def __init__(self, topic: Topic, window: SubscriptionOwner, position: int) -> None:
         self.topic = topic
         self.window = window
         self.position = position
+        # Set here, not as class attributes a subclass overrides: a compiled
+        # (mypyc) class reads its own attributes, whatever a subclass says.
+        self.takes_runs = True
+        """Reads its topic's log itself, so the pump may take runs (`take_run`)."""
+        self.on_done: Callable[[Delivery], None] | None = None
+        """Told of each delivery acked or given up on (a group counts them)."""
+        self.give_back: Callable[[Delivery], None] | None = None
+        """Takes back what the subscription leaves unacked (a consumer group's
+        member hands it to the group); None: it stays in the topic's log."""
         self.active = True
         self.queued = False
         self._buffer: list[bytes | None] = []

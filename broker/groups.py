@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -55,23 +55,17 @@ class GroupMember(Subscription):
 
     __slots__ = ("group",)
 
-    takes_runs = False  # it takes from its group, one at a time
-
     def __init__(self, group: ConsumerGroup, window: DeliveryWindow) -> None:
         super().__init__(group.topic, window, group.reader.position)
         self.group = group
+        self.takes_runs = False  # it takes from its group, one at a time
+        self.give_back = group.give_back  # what it will not answer goes on
+        self.on_done = group.done
 
     def take(self) -> tuple[int, bytes] | tuple[int, bytes, int] | None:
         item = self.group.take()
         self.position = self.group.reader.position
         return item
-
-    def give_back(self, delivery: Delivery) -> None:
-        """A delivery this member will not answer: the group hands it on."""
-        self.group.give_back(delivery)
-
-    def on_done(self, delivery: Delivery) -> None:
-        self.group.done(delivery)
 
     def close(self) -> None:
         if self.active:
@@ -109,9 +103,7 @@ class ConsumerGroup:
         # itself, shared with the group's members on other nodes.
         self._shared = shared is not None
         self.reader: Any = (
-            shared(self)
-            if shared is not None
-            else Subscription(topic, cast(DeliveryWindow, self), start_at)
+            shared(self) if shared is not None else Subscription(topic, self, start_at)
         )
         self.members: list[GroupMember] = []
         self.redo: deque[tuple[int, bytes, int]] = deque()
