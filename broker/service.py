@@ -31,6 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger
 
 from broker.auth import Authenticator
+from broker.compiled import describe as describe_hot_paths
 from broker.durable import PositionStore
 from broker.listeners import (
     ListenerError,
@@ -212,6 +213,7 @@ class BrokerService(MultiService):
                 raise StartupError(f"cannot listen on {where}: {error.socketError}") from None
 
     def startService(self) -> None:
+        log.info("{hot_paths}", hot_paths=describe_hot_paths())
         self._open_store()
         if self.tls is not None or self.users_file is not None:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)

@@ -261,7 +261,19 @@ def main() -> int:
         )
         print(f"| {label} | {system} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.2f} |")
     print(f"\nMedians of {options.runs} runs; this machine: {os.cpu_count()} cores.")
+    print(f"This broker ran with its {broker_build()}.")
     return 0
+
+
+def broker_build() -> str:
+    """What the started broker's interpreter imports: its hot paths compiled
+    or in Python (asked from elsewhere than this tree, as twistd runs)."""
+    question = "from broker.compiled import describe; print(describe())"
+    with tempfile.TemporaryDirectory() as elsewhere:
+        answer = subprocess.run(
+            [sys.executable, "-c", question], cwd=elsewhere, capture_output=True, text=True
+        )
+    return answer.stdout.strip() or f"build unknown ({answer.stderr.strip()[-200:]})"
 
 
 if __name__ == "__main__":

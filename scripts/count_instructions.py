@@ -20,7 +20,8 @@ micro-benchmarks time its `window`):
 
 Each is run N times and zero times under callgrind; the difference over N is
 printed per 1,000 messages. Needs Debian's `valgrind`. Measures the broker of
-the tree the script is in (so a worktree of an older commit measures that).
+the tree the script is in (so a worktree of an older commit measures that),
+compiled if `python setup.py build_ext --inplace` built it there (it says which).
 """
 
 from __future__ import annotations
@@ -40,12 +41,21 @@ from twisted.internet.testing import StringTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import broker
 from broker import wire
 from broker.delivery import DeliverySettings, DeliveryTimers, DeliveryWindow
 from broker.server import BrokerFactory, BrokerProtocol, BrokerSettings
 from broker.server.subscriber import SubscriberSession
 from broker.topics import TopicRegistry
 from broker.wire import ServerDecoder, StartAt
+
+try:
+    from broker.compiled import describe
+except ImportError:  # a tree from before the compiled build
+
+    def describe() -> str:
+        return "hot paths in pure Python"
+
 
 PAYLOAD = b"x" * 100
 PUBLISH_READS = [wire.encode_publish("bench", PAYLOAD) * 100] * 10
@@ -202,6 +212,7 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 1
+    print(f"{describe()} (the build of {Path(broker.__file__).parent})")
     for name in options.workload:
         if name not in workloads():
             parser.error(f"unknown workload {name!r}: one of {', '.join(workloads())}")
