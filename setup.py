@@ -9,7 +9,9 @@ Python, with a warning, when mypyc or a C compiler is missing or fails;
 
     pip install .                          # compiled where it can be
     TWISTED_BROKER_PURE_PYTHON=1 pip install .     # pure Python
+    pip install -e .                       # pure Python: for editing
     python setup.py build_ext --inplace    # compiled, in the source tree
+                                           # (delete the .so files to edit)
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def warn(message: str) -> None:
 def compiled_extensions() -> list:
     """mypyc's extensions for the hot modules, or none (pure Python)."""
     if os.environ.get("TWISTED_BROKER_PURE_PYTHON", "") not in ("", "0"):
+        return []
+    if "editable_wheel" in sys.argv:
+        # `pip install -e .` is for editing: an extension built into the tree
+        # would shadow the edited .py until rebuilt.
         return []
     try:
         from mypyc.build import mypycify
