@@ -457,6 +457,8 @@ def _acks_among(data: bytes, pos: int, records: int) -> int:
     end = pos + _ACK_RECORD * records
     high = data[pos:end:_ACK_RECORD]
     low = data[pos + 1 : end : _ACK_RECORD]
+    if high == bytes(records) and low == _ACK_CODE_LOW * records:
+        return records  # all acks: compared whole (lstrip looks byte by byte)
     return records - max(len(high.lstrip(b"\0")), len(low.lstrip(_ACK_CODE_LOW)))
 
 
@@ -479,7 +481,9 @@ def _frames_like(data: bytes, pos: int, frame_head: bytes, stride: int) -> int:
         if count == 0:
             break
         column_bytes = data[pos + column : pos + count * stride : stride]
-        count -= len(column_bytes.lstrip(frame_head[column : column + 1]))
+        mark = frame_head[column : column + 1]
+        if column_bytes != mark * count:  # the usual case compared whole: lstrip looks byte by byte
+            count -= len(column_bytes.lstrip(mark))
     return count
 
 
