@@ -71,4 +71,5 @@ class OptionalBuildExt(build_ext):
             warn(f"the C extensions could not be built ({error!r})")
 
 
-setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+if __name__ == "__main__":  # as pip's build backend and `python setup.py` run it
+    setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -434,8 +434,11 @@ payload, deadline) until something other than an ack needs it as a Delivery
 (attempt 1, not held): a tuple is made in C, a Delivery in Python."""
 
 
-def _as_delivery(delivery_id: int, sent: SentInRun) -> Delivery:
-    subscription, offset, payload, deadline = sent
+def _as_delivery(delivery_id: int, entry: Delivery | SentInRun) -> Delivery:
+    """A slot's entry as a Delivery (one sent in a run becomes one)."""
+    if not isinstance(entry, tuple):
+        return entry
+    subscription, offset, payload, deadline = entry
     return Delivery(subscription, offset, payload, 1, delivery_id, deadline)
 
 
@@ -533,7 +536,7 @@ class DeliveryWindow:
             # A group member hands back all it has not acked, in flight too
             # (a late ack of one is ignored), before it leaves the group.
             for delivery_id, entry in list(self._slots.items()):
-                delivery = _as_delivery(delivery_id, entry) if isinstance(entry, tuple) else entry
+                delivery = _as_delivery(delivery_id, entry)
                 if delivery.subscription is subscription:
                     self._timers.forget(delivery)
                     self.bytes_in_flight -= len(delivery.payload)
@@ -611,7 +614,7 @@ class DeliveryWindow:
         entry = slots.pop(delivery_id, None)
         if entry is None:
             return None
-        delivery = _as_delivery(delivery_id, entry) if isinstance(entry, tuple) else entry
+        delivery = _as_delivery(delivery_id, entry)
         self.bytes_in_flight -= len(delivery.payload)
         return delivery
 
