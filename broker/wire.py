@@ -264,8 +264,50 @@ def encode_delivery_tail(offset: int, attempt: int, delivery_id: int, size: int)
     return _DELIVERY_TAIL.pack(offset, min(attempt, MAX_U16), delivery_id, size)
 
 
-pack_delivery_tail: Callable[[int, int, int, int], bytes] = _DELIVERY_TAIL.pack
-"""`encode_delivery_tail` for an attempt known to fit in a u16 (a hot path's)."""
+
+def encode_first_deliveries(
+    prefix: bytes, offset: int, first_id: int, payloads: Sequence[bytes]
+) -> list[bytes]:
+    """Extended deliveries of a run of first deliveries (attempt 1) of one
+    topic, offsets and ids counting up from those given, as the pieces of
+    their frames to join: prefix, tail, data, prefix, ...
+
+    All the tails are packed by one `struct` call and cut apart by another,
+    their fields laid out by slice assignments: no Python step and no `pack`
+    call per delivery (a call per delivery was a fifth of the broker's
+    instructions per message).
+    """
+    count = len(payloads)
+    packer, splitter, attempts = _run_structs(count)
+    fields: list[int] = [0] * (4 * count)
+    fields[0::4] = range(offset, offset + count)
+    fields[1::4] = attempts
+    fields[2::4] = range(first_id, first_id + count)
+    fields[3::4] = map(len, payloads)
+    pieces = [prefix] * (3 * count)
+    pieces[1::3] = splitter.unpack(packer.pack(*fields))
+    pieces[2::3] = payloads
+    return pieces
+
+
+# A run's count -> (tails packer, tails splitter, attempt fields), kept for
+# the last few counts seen (a window's runs are mostly of a few sizes).
+_RUN_STRUCTS: dict[int, tuple[struct.Struct, struct.Struct, list[int]]] = {}
+_RUN_STRUCTS_KEPT = 64
+
+
+def _run_structs(count: int) -> tuple[struct.Struct, struct.Struct, list[int]]:
+    found = _RUN_STRUCTS.get(count)
+    if found is None:
+        if len(_RUN_STRUCTS) >= _RUN_STRUCTS_KEPT:
+            _RUN_STRUCTS.clear()
+        tail = _DELIVERY_TAIL.format.lstrip(">")
+        found = _RUN_STRUCTS[count] = (
+            struct.Struct(">" + tail * count),
+            struct.Struct(f"{_DELIVERY_TAIL.size}s" * count),
+            [1] * count,
+        )
+    return found
 
 
 def encode_ack_id(delivery_id: int, ack: bool = True) -> bytes:

@@ -346,6 +346,31 @@ def test_tagged_frames_decode_the_same_however_split(cuts):
         assert recorder.events == expected
 
 
+@given(
+    st.lists(st.binary(max_size=300), max_size=300),
+    st.integers(0, 2**63),
+    st.integers(0, 2**32 - 1),
+    st.text(max_size=5),
+)
+def test_a_run_of_first_deliveries_is_the_deliveries_one_by_one(payloads, offset, first_id, topic):
+    first_id = min(first_id, 2**32 - len(payloads))  # a run's ids never wrap
+    prefix = wire.extended_delivery_prefix(topic)
+    run = b"".join(wire.encode_first_deliveries(prefix, offset, first_id, payloads))
+    one_by_one = b"".join(
+        prefix + wire.encode_delivery_tail(offset + i, 1, first_id + i, len(payload)) + payload
+        for i, payload in enumerate(payloads)
+    )
+    assert run == one_by_one
+    recorder = ClientRecorder()
+    decoder = ClientDecoder(recorder, 1 << 20)
+    decoder.expect_hello()
+    decoder.feed(wire.encode_hello({"version": 1}) + run)
+    assert recorder.events[1:] == [
+        ("extended_delivery_received", topic, offset + i, 1, first_id + i, payload)
+        for i, payload in enumerate(payloads)
+    ]
+
+
 def test_frame_helpers_count_encoded_bytes_not_characters():
     frame = wire.encode_publish("café", b"x")
     assert frame.startswith(wire.publish_prefix("café"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import gatherResults
@@ -36,9 +35,9 @@ from broker.wire import (
     StartAt,
     encode_delivery_tail,
     encode_error,
+    encode_first_deliveries,
     encode_u16,
     encode_u64,
-    pack_delivery_tail,
     topic_name_problem,
 )
 
@@ -83,6 +82,7 @@ class SubscriberSession(Session):
         self._write_now = direct_writer(protocol.transport)
         self._outgoing: list[bytes] = []  # deliveries of one pump, written at once
         self._outgoing_bytes = 0
+        self._outgoing_count = 0  # deliveries in _outgoing
         # The topic and offset of a pump's first delivery, sampled for latency.
         self._first_outgoing: tuple[Topic, int] | None = None
         self._next_latency_sample = 0.0
@@ -286,6 +286,7 @@ class SubscriberSession(Session):
         if not self._outgoing:
             self._first_outgoing = (delivery.topic, delivery.offset)
         self._outgoing += (delivery.topic.delivery_prefix, encode_u64(len(payload)), payload)
+        self._outgoing_count += 1
         self._outgoing_bytes += len(payload)
         if self._outgoing_bytes >= FLUSH_BYTES:
             self._flush_deliveries()
@@ -299,6 +300,7 @@ class SubscriberSession(Session):
             encode_delivery_tail(delivery.offset, delivery.attempts, delivery.id, len(payload)),
             payload,
         )
+        self._outgoing_count += 1
         self._outgoing_bytes += len(payload)
         if self._outgoing_bytes >= FLUSH_BYTES:
             self._flush_deliveries()
@@ -307,32 +309,25 @@ class SubscriberSession(Session):
         self, subscription: Subscription, offset: int, delivery_id: int, payloads: list[bytes]
     ) -> None:
         """First deliveries of one subscription (attempt 1), offsets and ids
-        counting up from those given: encoded with no Python step per delivery."""
+        counting up from those given: encoded a column at a time."""
         topic = subscription.topic
         if not self._outgoing:
             self._first_outgoing = (topic, offset)
-        count = len(payloads)
-        sizes = list(map(len, payloads))
-        tails = map(
-            pack_delivery_tail,
-            range(offset, offset + count),
-            repeat(1, count),
-            range(delivery_id, delivery_id + count),
-            sizes,
-        )
-        prefixes = repeat(topic.extended_prefix, count)
-        self._outgoing += chain.from_iterable(zip(prefixes, tails, payloads, strict=True))
-        self._outgoing_bytes += sum(sizes)
+        prefix = topic.extended_prefix
+        self._outgoing += encode_first_deliveries(prefix, offset, delivery_id, payloads)
+        self._outgoing_count += len(payloads)
+        self._outgoing_bytes += sum(map(len, payloads))
         if self._outgoing_bytes >= FLUSH_BYTES:
             self._flush_deliveries()
 
     def _flush_deliveries(self) -> None:
         if self._outgoing:
             outgoing = self._outgoing
-            count = len(outgoing) // 3
+            count = self._outgoing_count
             size = self._outgoing_bytes
             self._outgoing = []
             self._outgoing_bytes = 0
+            self._outgoing_count = 0
             self.delivered_messages += count
             self.delivered_bytes += size
             stats = self.factory.stats
