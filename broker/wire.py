@@ -264,7 +264,6 @@ def encode_delivery_tail(offset: int, attempt: int, delivery_id: int, size: int)
     return _DELIVERY_TAIL.pack(offset, min(attempt, MAX_U16), delivery_id, size)
 
 
-
 def encode_first_deliveries(
     prefix: bytes, offset: int, first_id: int, payloads: Sequence[bytes]
 ) -> list[bytes]:
