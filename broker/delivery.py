@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
 from mypy_extensions import mypyc_attr
@@ -428,18 +428,65 @@ def start_position(topic: Topic, start: StartAt, offset: int = 0) -> int:
     return int(min(max(offset, log_.first_offset), log_.next_offset))
 
 
-SentInRun = tuple[Subscription, int, bytes, float]
-"""A first delivery sent in a run, kept in its slot as (subscription, offset,
-payload, deadline) until something other than an ack needs it as a Delivery
-(attempt 1, not held): a tuple is made in C, a Delivery in Python."""
+class _Run:
+    """First deliveries sent in one run, ids `first_id` up to `first_id +
+    count` (never across the wrap), kept as one record until each is answered
+    or needed as a Delivery: a run costs no Python object and no dict entry
+    per delivery, and acks in order answer it by index."""
 
+    __slots__ = ("deadline", "first_id", "left", "offset", "payloads", "subscription")
 
-def _as_delivery(delivery_id: int, entry: Delivery | SentInRun) -> Delivery:
-    """A slot's entry as a Delivery (one sent in a run becomes one)."""
-    if not isinstance(entry, tuple):
-        return entry
-    subscription, offset, payload, deadline = entry
-    return Delivery(subscription, offset, payload, 1, delivery_id, deadline)
+    def __init__(
+        self,
+        subscription: Subscription,
+        offset: int,
+        first_id: int,
+        payloads: list[bytes | None],
+        deadline: float,
+    ) -> None:
+        self.subscription = subscription
+        self.offset = offset
+        self.first_id = first_id
+        self.payloads = list(payloads)
+        """The unanswered deliveries' payloads (a copy: what the run was sent
+        with stays the sender's); None once answered or taken out as a
+        Delivery, so that only what is in flight stays held."""
+        self.deadline = deadline
+        self.left = len(payloads)
+        """Deliveries of the run still unanswered."""
+
+    def index_of(self, delivery_id: int) -> int:
+        """The position of `delivery_id` in the run, or -1 if it is not unanswered there."""
+        index = delivery_id - self.first_id
+        if 0 <= index < len(self.payloads) and self.payloads[index] is not None:
+            return index
+        return -1
+
+    def first_unanswered(self) -> int:
+        """The id of the run's oldest delivery still unanswered (there is one)."""
+        for index, payload in enumerate(self.payloads):
+            if payload is not None:
+                return self.first_id + index
+        raise AssertionError("a run with nothing in flight is dropped")
+
+    def take(self, index: int) -> bytes:
+        """Answer the delivery at `index` (unanswered); its payload."""
+        payload = self.payloads[index]
+        assert payload is not None
+        self.payloads[index] = None
+        self.left -= 1
+        return payload
+
+    def as_delivery(self, index: int) -> Delivery:
+        """Take the delivery at `index` out of the run, as a Delivery."""
+        return Delivery(
+            self.subscription,
+            self.offset + index,
+            self.take(index),
+            1,
+            self.first_id + index,
+            self.deadline,
+        )
 
 
 class DeliveryWindow:
@@ -484,14 +531,19 @@ class DeliveryWindow:
         self.subscriptions: dict[str, Subscription] = {}
         self._ready: deque[Subscription] = deque()
         self._due: deque[Delivery] = deque()
-        self._slots: dict[int, Delivery | SentInRun] = {}
+        self._slots: dict[int, Delivery] = {}
+        """Deliveries in flight one by one, by id."""
+        self._runs: deque[_Run] = deque()
+        """Runs with deliveries in flight, oldest first."""
+        self._in_runs = 0
+        """Deliveries in flight in runs."""
         self._waiting: dict[Delivery, None] = {}
         self._next_id = 0
         self._pumping = False
 
     @property
     def in_flight(self) -> int:
-        return len(self._slots)
+        return len(self._slots) + self._in_runs
 
     def pause(self) -> None:
         """Send nothing new until `resume`: the connection cannot take more."""
@@ -535,8 +587,8 @@ class DeliveryWindow:
         if give_back is not None:
             # A group member hands back all it has not acked, in flight too
             # (a late ack of one is ignored), before it leaves the group.
-            for delivery_id, entry in list(self._slots.items()):
-                delivery = _as_delivery(delivery_id, entry)
+            for delivery_id, delivery in list(self._slots.items()):
+                # (A member never takes runs: its deliveries are all here.)
                 if delivery.subscription is subscription:
                     self._timers.forget(delivery)
                     self.bytes_in_flight -= len(delivery.payload)
@@ -568,22 +620,42 @@ class DeliveryWindow:
         """Acks by id, many at once; the freed slots wait for `pump()`.
         Ids not in flight (late acks of messages given up on) are ignored."""
         slots = self._slots
+        runs = self._runs
         forget = self._timers.forget
         freed = 0
+        answered_in_runs = 0
+        run: _Run | None = runs[0] if runs else None
         for delivery_id in delivery_ids:
-            delivery = slots.pop(delivery_id, None)
-            if delivery is None:
-                continue
-            if isinstance(delivery, tuple):  # sent in a run: nothing else to tell
-                freed += len(delivery[2])
-                continue
-            freed += len(delivery.payload)
-            if delivery.held:
-                forget(delivery)
-            on_done = delivery.subscription.on_done
-            if on_done is not None:
-                on_done(delivery)
+            if slots:
+                delivery = slots.pop(delivery_id, None)
+                if delivery is not None:
+                    freed += len(delivery.payload)
+                    if delivery.held:
+                        forget(delivery)
+                    on_done = delivery.subscription.on_done
+                    if on_done is not None:
+                        on_done(delivery)
+                    continue
+            # Sent in a run (nothing else to tell): most likely the run of
+            # the previous id. (_Run.index_of and take, inline: once per ack.)
+            if run is None or not 0 <= delivery_id - run.first_id < len(run.payloads):
+                run = self._run_of(delivery_id)
+                if run is None:
+                    continue
+            index = delivery_id - run.first_id
+            payloads = run.payloads
+            payload = payloads[index]
+            if payload is None:
+                continue  # answered already
+            payloads[index] = None
+            freed += len(payload)
+            answered_in_runs += 1
+            run.left -= 1
+            if not run.left:
+                self._drop_run(run)
+                run = None
         self.bytes_in_flight -= freed
+        self._in_runs -= answered_in_runs
 
     def nack(self, delivery_id: int | None = None, pump: bool = True) -> bool:
         """The subscriber nacked a delivery (the oldest, if no id is given).
@@ -608,15 +680,46 @@ class DeliveryWindow:
     def _take_slot(self, delivery_id: int | None) -> Delivery | None:
         slots = self._slots
         if delivery_id is None:
-            if not slots:
+            # The seed's ack: its windows send one by one (runs need ids).
+            if slots:
+                delivery_id = next(iter(slots))
+            elif self._runs:
+                delivery_id = self._runs[0].first_unanswered()
+            else:
                 return None
-            delivery_id = next(iter(slots))
-        entry = slots.pop(delivery_id, None)
-        if entry is None:
-            return None
-        delivery = _as_delivery(delivery_id, entry)
+        delivery = slots.pop(delivery_id, None)
+        if delivery is None:
+            delivery = self._out_of_run(delivery_id)
+            if delivery is None:
+                return None
         self.bytes_in_flight -= len(delivery.payload)
         return delivery
+
+    def _run_of(self, delivery_id: int) -> _Run | None:
+        """The run `delivery_id` is unanswered in, if any."""
+        for run in self._runs:
+            if run.index_of(delivery_id) >= 0:
+                return run
+        return None
+
+    def _out_of_run(self, delivery_id: int) -> Delivery | None:
+        """Take unanswered `delivery_id` out of its run as a Delivery (still
+        counted in bytes_in_flight); None if it is in no run."""
+        run = self._run_of(delivery_id)
+        if run is None:
+            return None
+        delivery = run.as_delivery(delivery_id - run.first_id)
+        self._in_runs -= 1
+        if not run.left:
+            self._drop_run(run)
+        return delivery
+
+    def _drop_run(self, run: _Run) -> None:
+        """`run` has no delivery left in flight."""
+        if self._runs[0] is run:
+            self._runs.popleft()
+        else:
+            self._runs.remove(run)
 
     def close(self) -> None:
         """Release everything at once: the connection is gone (what a group
@@ -624,12 +727,13 @@ class DeliveryWindow:
         for subscription in list(self.subscriptions.values()):
             if subscription.give_back is not None:
                 self._leave(subscription)
-        for entry in self._slots.values():
-            if not isinstance(entry, tuple):
-                self._timers.forget(entry)
+        for delivery in self._slots.values():
+            self._timers.forget(delivery)
         for delivery in self._waiting:
             self._timers.delays.discard(delivery)
         self._slots.clear()
+        self._runs.clear()
+        self._in_runs = 0
         self.bytes_in_flight = 0
         self._parked = None
         self._waiting.clear()
@@ -644,17 +748,20 @@ class DeliveryWindow:
     def check_timeouts(self, ids: Iterable[int], now: float) -> None:
         """Of deliveries `ids`, those still unanswered at their deadline time out."""
         slots = self._slots
-        if not slots:
-            return
         for delivery_id in ids:
+            if not slots and not self._runs:
+                return
             entry = slots.get(delivery_id)
-            if entry is None:
-                continue
-            if not isinstance(entry, tuple):
+            if entry is not None:
                 if not entry.held and entry.deadline <= now:
                     self.timed_out(entry)
-            elif entry[3] <= now:
-                slots[delivery_id] = delivery = _as_delivery(delivery_id, entry)
+                continue
+            run = self._run_of(delivery_id)
+            if run is not None and run.deadline <= now:
+                # It keeps its slot (and its bytes in flight) as a Delivery.
+                delivery = self._out_of_run(delivery_id)
+                assert delivery is not None
+                slots[delivery_id] = delivery
                 self.timed_out(delivery)
 
     def timed_out(self, delivery: Delivery) -> None:
@@ -711,7 +818,7 @@ class DeliveryWindow:
         ready = self._ready
         max_waiting = self._settings.max_waiting
         try:
-            while len(slots) < capacity and not self.paused:
+            while len(slots) + self._in_runs < capacity and not self.paused:
                 if (
                     capacity > 1  # a run of one saves nothing
                     and len(ready) == 1
@@ -724,7 +831,7 @@ class DeliveryWindow:
                 ):
                     # One subscription with messages ready takes no turns:
                     # what it read ahead goes as a run.
-                    if self._send_a_run(ready[0], capacity - len(slots), deadline):
+                    if self._send_a_run(ready[0], capacity - self.in_flight, deadline):
                         continue
                     break
                 next_one = next_delivery()
@@ -732,7 +839,7 @@ class DeliveryWindow:
                     break
                 delivery = next_one
                 size = len(delivery.payload)
-                if slots and self.bytes_in_flight + size > max_bytes:
+                if (slots or self._in_runs) and self.bytes_in_flight + size > max_bytes:
                     self._parked = delivery
                     break
                 # What _dispatch does, inline: this loop runs once per delivery.
@@ -772,18 +879,11 @@ class DeliveryWindow:
         if send_run is not None and self._next_id + count <= _ID_LIMIT and None not in payloads:
             total = sum(map(len, payloads))  # type: ignore[arg-type]
             if total <= RUN_BYTES and self.bytes_in_flight + total <= self.max_bytes:
-                # All of it goes: built and sent with no Python step per delivery.
+                # All of it goes, as one record: no Python step per delivery.
                 first_id = self._next_id
-                ids = range(first_id, first_id + count)
-                sent = zip(
-                    repeat(subscription, count),
-                    range(offset, offset + count),
-                    payloads,
-                    repeat(deadline, count),
-                    strict=True,
-                )
-                self._slots.update(zip(ids, sent, strict=True))  # type: ignore[arg-type]
-                self._next_id = ids.stop & 0xFFFFFFFF
+                self._runs.append(_Run(subscription, offset, first_id, payloads, deadline))
+                self._in_runs += count
+                self._next_id = (first_id + count) & 0xFFFFFFFF
                 self.bytes_in_flight += total
                 send_run(subscription, offset, first_id, payloads)  # type: ignore[arg-type]
                 return True
@@ -810,7 +910,7 @@ class DeliveryWindow:
             if in_flight_bytes >= run_end:
                 break  # the rest after the pump looks whether the connection is full
             size = len(payload)
-            if slots and in_flight_bytes + size > max_bytes:
+            if (slots or self._in_runs) and in_flight_bytes + size > max_bytes:
                 full = True
                 break
             delivery = Delivery(subscription, offset, payload, 1, next_id, deadline)

@@ -521,3 +521,42 @@ def test_a_window_closed_with_a_run_in_flight_releases_it():
     assert window.in_flight == 0 and window.bytes_in_flight == 0
     clock.advance(10)
     assert window._timers.ack_timeouts == 0
+
+
+def test_acks_of_runs_in_any_order_free_each_delivery_once():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, runs, _ = run_window(clock, registry, capacity=10)
+    window.subscribe(registry.get("t"), StartAt.CURRENT)
+    registry.publish("t", [b"a", b"bb", b"ccc"])
+    registry.publish("t", [b"dddd", b"eeeee"])
+    assert [(offset, first_id) for offset, first_id, _ in runs] == [(0, 0), (3, 3)]
+    assert window.in_flight == 5 and window.bytes_in_flight == 15
+    window.ack_many([4, 0, 0, 99, 2])  # across runs, twice, and an id never sent
+    assert window.in_flight == 2 and window.bytes_in_flight == 6
+    # Only what is unanswered stays held (b and d), however the run was acked.
+    held = [p for run in window._runs for p in run.payloads if p is not None]
+    assert held == [b"bb", b"dddd"]
+    assert runs[0][2] == [b"a", b"bb", b"ccc"]  # what the sender was given is its own
+    assert window.ack()  # the seed's ack answers the oldest: b
+    assert window.bytes_in_flight == 4
+    window.ack_many([1, 3])  # b again (ignored) and d
+    assert window.in_flight == 0 and window.bytes_in_flight == 0
+    assert not window._runs and not window.ack()
+    clock.advance(10)  # every run answered: nothing times out
+    assert window._timers.ack_timeouts == 0
+
+
+def test_a_run_frees_room_as_it_is_acked_and_the_next_run_follows():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, runs, _ = run_window(clock, registry, capacity=4)
+    registry.publish("t", [bytes([i]) for i in range(10)])
+    window.subscribe(registry.get("t"), StartAt.BEGINNING)
+    assert [(offset, first_id, len(p)) for offset, first_id, p in runs] == [(0, 0, 4)]
+    window.ack_many([1, 2])
+    window.pump()
+    assert runs[1][:2] == (4, 4) and len(runs[1][2]) == 2 and window.in_flight == 4
+    window.ack_many([0, 3, 4, 5])
+    window.pump()
+    assert [(offset, len(p)) for offset, _, p in runs[2:]] == [(6, 4)]
