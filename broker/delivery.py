@@ -619,6 +619,8 @@ class DeliveryWindow:
     def ack_many(self, delivery_ids: Sequence[int]) -> None:
         """Acks by id, many at once; the freed slots wait for `pump()`.
         Ids not in flight (late acks of messages given up on) are ignored."""
+        if isinstance(delivery_ids, range) and delivery_ids.step == 1:
+            delivery_ids = self._ack_counting_up(delivery_ids)
         slots = self._slots
         runs = self._runs
         forget = self._timers.forget
@@ -694,6 +696,32 @@ class DeliveryWindow:
                 return None
         self.bytes_in_flight -= len(delivery.payload)
         return delivery
+
+    def _ack_counting_up(self, delivery_ids: range) -> range:
+        """Ack the leading ids of a range counting up by one that are
+        unanswered in runs, a run's part at a time with no step per id (a
+        consumer acking in order); the ids left to ack one by one."""
+        position = delivery_ids.start
+        stop = delivery_ids.stop
+        while position < stop:
+            run = self._run_of(position)
+            if run is None:
+                break
+            start = position - run.first_id
+            payloads = run.payloads
+            acked = payloads[start : stop - run.first_id]
+            # Payloads are never empty (publishers' empty messages are
+            # refused), so all() tells that none of them is answered (None).
+            if not all(acked):
+                break
+            payloads[start : start + len(acked)] = [None] * len(acked)
+            self.bytes_in_flight -= sum(map(len, acked))  # type: ignore[arg-type]
+            self._in_runs -= len(acked)
+            run.left -= len(acked)
+            if not run.left:
+                self._drop_run(run)
+            position += len(acked)
+        return range(position, stop)
 
     def _run_of(self, delivery_id: int) -> _Run | None:
         """The run `delivery_id` is unanswered in, if any."""

@@ -503,14 +503,43 @@ def _acks_among(data: bytes, pos: int, records: int) -> int:
     return records - max(len(high.lstrip(b"\0")), len(low.lstrip(_ACK_CODE_LOW)))
 
 
-def _ack_ids(data: bytes, pos: int, count: int) -> tuple[int, ...]:
+def _ack_ids(data: bytes, pos: int, count: int) -> Sequence[int]:
     """The ids of `count` ACK_ID frames from `pos`: their four id bytes
-    gathered by strided slices and unpacked in one call."""
+    gathered by strided slices. Ids that count up by one (a consumer acking
+    in order, the usual case) come as a `range`, found by comparing the
+    columns whole; any others are unpacked in one call."""
     end = pos + _ACK_RECORD * count
+    columns = [data[pos + 2 + byte : end : _ACK_RECORD] for byte in range(4)]
+    (first,) = _unpack_u32(data, pos + 2)
+    if first + count <= 1 << 32 and _counting_up(columns, first, count):
+        return range(first, first + count)
     ids = bytearray(4 * count)
     for byte in range(4):
-        ids[byte::4] = data[pos + 2 + byte : end : _ACK_RECORD]
+        ids[byte::4] = columns[byte]
     return struct.unpack(f">{count}I", ids)
+
+
+_LOW_BYTES = bytes(range(256))
+
+
+def _counting_up(columns: list[bytes], first: int, count: int) -> bool:
+    """Whether big-endian u32s given as byte columns (high byte first) are
+    first, first + 1, ...: in stretches where only the low byte changes, the
+    low column is a slice of 0..255 and the others one byte repeated."""
+    index = 0
+    while index < count:
+        value = first + index
+        low = value & 0xFF
+        length = min(256 - low, count - index)
+        stop = index + length
+        if columns[3][index:stop] != _LOW_BYTES[low : low + length]:
+            return False
+        for byte in range(3):
+            mark = (value >> (8 * (3 - byte))) & 0xFF
+            if columns[byte][index:stop] != _LOW_BYTES[mark : mark + 1] * length:
+                return False
+        index = stop
+    return True
 
 
 def _frames_like(data: bytes, pos: int, frame_head: bytes, stride: int) -> int:

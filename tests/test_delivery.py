@@ -560,3 +560,27 @@ def test_a_run_frees_room_as_it_is_acked_and_the_next_run_follows():
     window.ack_many([0, 3, 4, 5])
     window.pump()
     assert [(offset, len(p)) for offset, _, p in runs[2:]] == [(6, 4)]
+
+
+def test_acks_counting_up_answer_a_run_at_once_or_one_by_one_where_they_must():
+    clock = Clock()
+    registry = TopicRegistry()
+    window, _, _ = run_window(clock, registry, capacity=10)
+    window.subscribe(registry.get("t"), StartAt.CURRENT)
+    registry.publish("t", [b"a", b"bb", b"ccc"])
+    registry.publish("t", [b"dddd", b"eeeee"])
+    window.ack_many(range(0, 2))  # within the first run
+    assert window.in_flight == 3 and window.bytes_in_flight == 12
+    window.ack_many(range(1, 4))  # 1 again and across both runs: one by one
+    assert window.in_flight == 1 and window.bytes_in_flight == 5
+    clock.advance(2.0)  # 4 times out: taken out of its run, it keeps its slot
+    assert window._timers.ack_timeouts == 1 and window.in_flight == 1 and not window._runs
+    window.ack_many(range(4, 5))  # a late ack still answers it
+    assert window.in_flight == 0 and window.bytes_in_flight == 0
+    clock.advance(10)
+    assert window._timers.redeliveries == 0
+    registry.publish("t", [b"f", b"g"])
+    registry.publish("t", [b"h", b"i", b"j"])
+    assert window.in_flight == 5 and len(window._runs) == 2
+    window.ack_many(range(5, 10))  # across two runs, each at once
+    assert window.in_flight == 0 and window.bytes_in_flight == 0 and not window._runs

@@ -312,6 +312,23 @@ def test_any_mix_of_acks_and_nacks_decodes_in_order(answers, cuts):
     assert extended_subscriber_events(split(stream, cuts)) == expected
 
 
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 700),
+    st.lists(st.tuples(st.integers(0, 699), st.integers(0, 2**32 - 1)), max_size=2),
+)
+def test_acks_by_id_decode_to_their_ids_counting_up_or_not(first, count, changes):
+    ids = [(first + i) % 2**32 for i in range(count)]  # in order, maybe across the wrap
+    for index, value in changes:  # and maybe not in order
+        if index < count:
+            ids[index] = value
+    stream = wire.encode_subscribe(["t"], StartAt.CURRENT) + b"".join(
+        wire.encode_ack_id(delivery_id) for delivery_id in ids
+    )
+    acked = [event for event in extended_subscriber_events([stream]) if event[0] == "acked"]
+    assert acked == [("acked", delivery_id) for delivery_id in ids]
+
+
 @given(st.lists(st.integers(min_value=0), max_size=10))
 def test_tagged_frames_decode_the_same_however_split(cuts):
     stream = (
