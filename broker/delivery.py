@@ -904,7 +904,10 @@ class DeliveryWindow:
         offset, payloads = run
         count = len(payloads)
         send_run = self._send_run
-        if send_run is not None and self._next_id + count <= _ID_LIMIT and None not in payloads:
+        # all(): no corrupt record (None) among them, checked by truth, not
+        # by comparing each with None (payloads are never empty; one that
+        # were would only take the slower path below).
+        if send_run is not None and self._next_id + count <= _ID_LIMIT and all(payloads):
             total = sum(map(len, payloads))  # type: ignore[arg-type]
             if total <= RUN_BYTES and self.bytes_in_flight + total <= self.max_bytes:
                 # All of it goes, as one record: no Python step per delivery.
