@@ -277,20 +277,47 @@ def encode_first_deliveries(
     instructions per message).
     """
     count = len(payloads)
+    sizes = list(map(len, payloads))
+    if count > 1 and sizes.count(sizes[0]) == count:
+        return [_encode_same_size_run(prefix, offset, first_id, payloads, sizes)]
     packer, splitter, attempts = _run_structs(count)
     fields: list[int] = [0] * (4 * count)
     fields[0::4] = range(offset, offset + count)
     fields[1::4] = attempts
     fields[2::4] = range(first_id, first_id + count)
-    fields[3::4] = map(len, payloads)
+    fields[3::4] = sizes
     pieces = [prefix] * (3 * count)
     pieces[1::3] = splitter.unpack(packer.pack(*fields))
     pieces[2::3] = payloads
     return pieces
 
 
+def _encode_same_size_run(
+    prefix: bytes, offset: int, first_id: int, payloads: Sequence[bytes], sizes: list[int]
+) -> bytes:
+    """`encode_first_deliveries` of payloads all of one size (fixed-size
+    records, a common case): whole frames, data included, from one `pack`."""
+    count = len(payloads)
+    key = (len(prefix), count, sizes[0])
+    found = _SAME_SIZE_STRUCTS.get(key)
+    if found is None:
+        if len(_SAME_SIZE_STRUCTS) >= _RUN_STRUCTS_KEPT:
+            _SAME_SIZE_STRUCTS.clear()
+        frame = f"{len(prefix)}s{_DELIVERY_TAIL.format.lstrip('>')}{sizes[0]}s"
+        found = _SAME_SIZE_STRUCTS[key] = struct.Struct(">" + frame * count)
+    fields: list[bytes | int] = [prefix] * (6 * count)
+    fields[1::6] = range(offset, offset + count)
+    fields[2::6] = _run_structs(count)[2]
+    fields[3::6] = range(first_id, first_id + count)
+    fields[4::6] = sizes
+    fields[5::6] = payloads
+    return found.pack(*fields)
+
+
+# (prefix length, count, payload size) -> the packer of a run's whole frames.
+_SAME_SIZE_STRUCTS: dict[tuple[int, int, int], struct.Struct] = {}
 # A run's count -> (tails packer, tails splitter, attempt fields), kept for
-# the last few counts seen (a window's runs are mostly of a few sizes).
+# the last few counts seen (runs are at most a read-ahead, 64, long).
 _RUN_STRUCTS: dict[int, tuple[struct.Struct, struct.Struct, list[int]]] = {}
 _RUN_STRUCTS_KEPT = 64
 
