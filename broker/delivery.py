@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from broker.topics import Topic
-from broker.wire import StartAt
+from broker.wire import StartAt, total_size
 
 if TYPE_CHECKING:
     from broker.groups import ConsumerGroup
@@ -379,7 +379,7 @@ class Subscription:
 
     def _fill(self, batch: list[bytes | None]) -> None:
         try:
-            small = sum(map(len, batch)) <= READ_AHEAD_BYTES  # type: ignore[arg-type]
+            small = total_size(batch) <= READ_AHEAD_BYTES  # type: ignore[arg-type]
         except TypeError:  # a corrupt record (None) among them
             small = False
         if not small and len(batch) > 1:
@@ -715,7 +715,7 @@ class DeliveryWindow:
             if not all(acked):
                 break
             payloads[start : start + len(acked)] = [None] * len(acked)
-            self.bytes_in_flight -= sum(map(len, acked))  # type: ignore[arg-type]
+            self.bytes_in_flight -= total_size(acked)  # type: ignore[arg-type]
             self._in_runs -= len(acked)
             run.left -= len(acked)
             if not run.left:
@@ -908,7 +908,7 @@ class DeliveryWindow:
         # by comparing each with None (payloads are never empty; one that
         # were would only take the slower path below).
         if send_run is not None and self._next_id + count <= _ID_LIMIT and all(payloads):
-            total = sum(map(len, payloads))  # type: ignore[arg-type]
+            total = total_size(payloads)  # type: ignore[arg-type]
             if total <= RUN_BYTES and self.bytes_in_flight + total <= self.max_bytes:
                 # All of it goes, as one record: no Python step per delivery.
                 first_id = self._next_id

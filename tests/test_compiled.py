@@ -15,6 +15,7 @@ from types import ModuleType
 
 import pytest
 
+from broker import wire
 from broker.compiled import HOT_MODULES, compiled_modules, describe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,16 @@ def test_the_suite_runs_on_the_build_ci_asked_for() -> None:
         pytest.skip("TEST_BUILD=compiled or pure says which build this run tests (CI sets it)")
     assert build in ("compiled", "pure")
     assert compiled_modules() == (list(HOT_MODULES) if build == "compiled" else [])
+
+
+def test_the_codec_knows_its_own_build() -> None:
+    """It picks how to add up payload sizes by it (a loop compiled, `sum` in Python)."""
+    compiled = "broker.wire" in compiled_modules()
+    assert wire.COMPILED is compiled
+    payloads = [b"a", b"bcd", b""]
+    assert wire.total_size(payloads) == 4 and wire.payload_sizes(payloads) == [1, 3, 0]
+    with pytest.raises(TypeError):
+        wire.total_size([b"a", None])  # type: ignore[list-item]
 
 
 def test_the_startup_line_names_the_build() -> None:

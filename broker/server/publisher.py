@@ -17,7 +17,7 @@ from broker.log import StoreError
 from broker.server.session import Session
 from broker.topics import TooManyTopics
 from broker.transport import direct_writer
-from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error
+from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error, total_size
 
 if TYPE_CHECKING:
     from broker.permissions import Rules
@@ -110,7 +110,7 @@ class PublisherSession(Session):
                 firsts[topic] = str(error)
                 self._store_refused(topic, len(payloads), error, answered=confirms is not None)
                 continue
-            size = sum(map(len, payloads))
+            size = total_size(payloads)
             self.messages += len(payloads)
             self.bytes += size
             stats.published_messages += len(payloads)

@@ -39,6 +39,7 @@ from broker.wire import (
     encode_u16,
     encode_u64,
     topic_name_problem,
+    total_size,
 )
 
 if TYPE_CHECKING:
@@ -316,7 +317,7 @@ class SubscriberSession(Session):
         prefix = topic.extended_prefix
         self._outgoing += encode_first_deliveries(prefix, offset, delivery_id, payloads)
         self._outgoing_count += len(payloads)
-        self._outgoing_bytes += sum(map(len, payloads))
+        self._outgoing_bytes += total_size(payloads)
         if self._outgoing_bytes >= FLUSH_BYTES:
             self._flush_deliveries()
 
