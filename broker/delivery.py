@@ -533,8 +533,9 @@ class DeliveryWindow:
         self._due: deque[Delivery] = deque()
         self._slots: dict[int, Delivery] = {}
         """Deliveries in flight one by one, by id."""
-        self._runs: deque[_Run] = deque()
-        """Runs with deliveries in flight, oldest first."""
+        self._runs: list[_Run] = []
+        """Runs with deliveries in flight, oldest first: a few at a time (a
+        list, not a deque, whose first block costs an idle connection 0.6 KB)."""
         self._in_runs = 0
         """Deliveries in flight in runs."""
         self._waiting: dict[Delivery, None] = {}
@@ -745,7 +746,7 @@ class DeliveryWindow:
     def _drop_run(self, run: _Run) -> None:
         """`run` has no delivery left in flight."""
         if self._runs[0] is run:
-            self._runs.popleft()
+            del self._runs[0]
         else:
             self._runs.remove(run)
 
