@@ -692,9 +692,10 @@ class DeliveryWindow:
                 return None
         delivery = slots.pop(delivery_id, None)
         if delivery is None:
-            delivery = self._out_of_run(delivery_id)
-            if delivery is None:
+            run = self._run_of(delivery_id)
+            if run is None:
                 return None
+            delivery = self._out_of_run(delivery_id, run)
         self.bytes_in_flight -= len(delivery.payload)
         return delivery
 
@@ -731,12 +732,9 @@ class DeliveryWindow:
                 return run
         return None
 
-    def _out_of_run(self, delivery_id: int) -> Delivery | None:
-        """Take unanswered `delivery_id` out of its run as a Delivery (still
-        counted in bytes_in_flight); None if it is in no run."""
-        run = self._run_of(delivery_id)
-        if run is None:
-            return None
+    def _out_of_run(self, delivery_id: int, run: _Run) -> Delivery:
+        """Take unanswered `delivery_id` out of `run` as a Delivery (still
+        counted in bytes_in_flight)."""
         delivery = run.as_delivery(delivery_id - run.first_id)
         self._in_runs -= 1
         if not run.left:
@@ -777,6 +775,7 @@ class DeliveryWindow:
     def check_timeouts(self, ids: Iterable[int], now: float) -> None:
         """Of deliveries `ids`, those still unanswered at their deadline time out."""
         slots = self._slots
+        run: _Run | None = None
         for delivery_id in ids:
             if not slots and not self._runs:
                 return
@@ -785,11 +784,12 @@ class DeliveryWindow:
                 if not entry.held and entry.deadline <= now:
                     self.timed_out(entry)
                 continue
-            run = self._run_of(delivery_id)
+            # The ids come in order: most likely in the run of the previous one.
+            if run is None or run.index_of(delivery_id) < 0:
+                run = self._run_of(delivery_id)
             if run is not None and run.deadline <= now:
                 # It keeps its slot (and its bytes in flight) as a Delivery.
-                delivery = self._out_of_run(delivery_id)
-                assert delivery is not None
+                delivery = self._out_of_run(delivery_id, run)
                 slots[delivery_id] = delivery
                 self.timed_out(delivery)
 

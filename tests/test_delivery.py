@@ -523,13 +523,19 @@ def test_a_window_closed_with_a_run_in_flight_releases_it():
     assert window._timers.ack_timeouts == 0
 
 
-def test_acks_of_runs_in_any_order_free_each_delivery_once():
+def two_runs_in_flight():
+    """A window with two runs in flight: ids 0-2 (a, bb, ccc) and 3-4 (dddd, eeeee)."""
     clock = Clock()
     registry = TopicRegistry()
     window, runs, _ = run_window(clock, registry, capacity=10)
     window.subscribe(registry.get("t"), StartAt.CURRENT)
     registry.publish("t", [b"a", b"bb", b"ccc"])
     registry.publish("t", [b"dddd", b"eeeee"])
+    return clock, registry, window, runs
+
+
+def test_acks_of_runs_in_any_order_free_each_delivery_once():
+    clock, _, window, runs = two_runs_in_flight()
     assert [(offset, first_id) for offset, first_id, _ in runs] == [(0, 0), (3, 3)]
     assert window.in_flight == 5 and window.bytes_in_flight == 15
     window.ack_many([4, 0, 0, 99, 2])  # across runs, twice, and an id never sent
@@ -563,12 +569,7 @@ def test_a_run_frees_room_as_it_is_acked_and_the_next_run_follows():
 
 
 def test_acks_counting_up_answer_a_run_at_once_or_one_by_one_where_they_must():
-    clock = Clock()
-    registry = TopicRegistry()
-    window, _, _ = run_window(clock, registry, capacity=10)
-    window.subscribe(registry.get("t"), StartAt.CURRENT)
-    registry.publish("t", [b"a", b"bb", b"ccc"])
-    registry.publish("t", [b"dddd", b"eeeee"])
+    clock, registry, window, _ = two_runs_in_flight()
     window.ack_many(range(0, 2))  # within the first run
     assert window.in_flight == 3 and window.bytes_in_flight == 12
     window.ack_many(range(1, 4))  # 1 again and across both runs: one by one
