@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from broker.log.interface import IMessageLog, Retention
+from broker.wire import total_size
 
 # Bounds the memory store when the operator sets no limit: 256 MiB of
 # payloads per topic (about two million 100-byte messages).
@@ -54,7 +55,9 @@ class MemoryLog:
     def append(self, payloads: Sequence[bytes]) -> int:
         first = self.next_offset
         self._messages.extend(payloads)
-        self.bytes_held += sum(map(len, payloads))
+        self.bytes_held += (
+            total_size(payloads) if isinstance(payloads, list) else sum(map(len, payloads))
+        )
         if self._retention.max_age is not None:
             self._batches.append((first, self._clock()))
         self._trim_to_limits()
