@@ -14,7 +14,7 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
-from typing import Protocol
+from typing import Protocol, cast
 
 from broker import untrusted_json
 
@@ -246,7 +246,8 @@ def decode_hello(payload: bytes) -> dict:
 
 _CONFIRMED_HEAD = struct.Struct(">HIQ")
 _CONFIRMED_BODY = struct.Struct(">IQ")
-_DELIVERY_TAIL = struct.Struct(">QHII")
+_TAIL_FIELDS = "QHII"  # offset, attempt, id, size
+_DELIVERY_TAIL = struct.Struct(">" + _TAIL_FIELDS)
 
 
 def encode_confirmed(count: int, first_offset: int) -> bytes:
@@ -270,13 +271,14 @@ C, cheaper than `sum(map(len, ...))` (an int and two calls per payload),
 and as Python the other way round."""
 
 
-def total_size(payloads: list[bytes]) -> int:
-    """The bytes of `payloads` together, the cheaper way for this build.
-    (A None among them raises TypeError, as `len` would.)"""
-    if not COMPILED:
+def total_size(payloads: Sequence[bytes]) -> int:
+    """The bytes of `payloads` together, the cheaper way for this build (the
+    loop takes lists, as publishers and logs give them). A None among them
+    raises TypeError, as `len` would."""
+    if not COMPILED or not isinstance(payloads, list):
         return sum(map(len, payloads))
     total = 0
-    for payload in payloads:
+    for payload in cast(list[bytes], payloads):
         total += len(payload)
     return total
 
@@ -327,11 +329,11 @@ def _encode_same_size_run(
     if found is None:
         if len(_SAME_SIZE_STRUCTS) >= _RUN_STRUCTS_KEPT:
             _SAME_SIZE_STRUCTS.clear()
-        frame = f"{len(prefix)}s{_DELIVERY_TAIL.format.lstrip('>')}{sizes[0]}s"
+        frame = f"{len(prefix)}s{_TAIL_FIELDS}{sizes[0]}s"
         found = _SAME_SIZE_STRUCTS[key] = struct.Struct(">" + frame * count)
     fields: list[bytes | int] = [prefix] * (6 * count)
     fields[1::6] = range(offset, offset + count)
-    fields[2::6] = _run_structs(count)[2]
+    fields[2::6] = [1] * count  # attempts
     fields[3::6] = range(first_id, first_id + count)
     fields[4::6] = sizes
     fields[5::6] = payloads
@@ -351,9 +353,8 @@ def _run_structs(count: int) -> tuple[struct.Struct, struct.Struct, list[int]]:
     if found is None:
         if len(_RUN_STRUCTS) >= _RUN_STRUCTS_KEPT:
             _RUN_STRUCTS.clear()
-        tail = _DELIVERY_TAIL.format.lstrip(">")
         found = _RUN_STRUCTS[count] = (
-            struct.Struct(">" + tail * count),
+            struct.Struct(">" + _TAIL_FIELDS * count),
             struct.Struct(f"{_DELIVERY_TAIL.size}s" * count),
             [1] * count,
         )

@@ -55,9 +55,7 @@ class MemoryLog:
     def append(self, payloads: Sequence[bytes]) -> int:
         first = self.next_offset
         self._messages.extend(payloads)
-        self.bytes_held += (
-            total_size(payloads) if isinstance(payloads, list) else sum(map(len, payloads))
-        )
+        self.bytes_held += total_size(payloads)
         if self._retention.max_age is not None:
             self._batches.append((first, self._clock()))
         self._trim_to_limits()

@@ -310,7 +310,8 @@ class SubscriberSession(Session):
         self, subscription: Subscription, offset: int, delivery_id: int, payloads: list[bytes]
     ) -> None:
         """First deliveries of one subscription (attempt 1), offsets and ids
-        counting up from those given: encoded a column at a time."""
+        counting up from those given: encoded by `encode_first_deliveries`
+        in a few calls for the whole run."""
         topic = subscription.topic
         if not self._outgoing:
             self._first_outgoing = (topic, offset)
