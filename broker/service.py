@@ -223,11 +223,14 @@ class BrokerService(MultiService):
 
     def _warn_if_open(self) -> None:
         exposed = [port for port in self._ports if not is_local_only(port)]
-        if self.users_file is None and exposed:
+        # A tls: port with --tls-ca lets in only holders of a certificate it signed.
+        verifies_clients = self.tls is not None and self.tls.config.ca is not None
+        open_to_anyone = [port for port in exposed if not (verifies_clients and is_tls(port))]
+        if self.users_file is None and open_to_anyone:
             log.warn(
                 "anyone who can reach --port {port} may publish to and read every topic: "
                 "give --users (and --tls-cert) to restrict it",
-                port=exposed[0],
+                port=open_to_anyone[0],
             )
         in_clear = [port for port in exposed if not is_tls(port)]
         if self.users_file is not None and in_clear:

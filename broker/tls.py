@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
@@ -37,6 +37,21 @@ log = Logger()
 
 # Which name of a client certificate is its user (--tls-identity).
 IDENTITY_KINDS = ("cn", "dns", "email", "none")
+
+# Mozilla's "intermediate" TLS 1.2 suites (ssl-config.mozilla.org, guidelines
+# 5.7): forward secret AEAD only, no CBC, no SHA-1 MACs. The DHE suites of that
+# list are left out as the broker loads no DH parameters. TLS 1.3 suites, all
+# AEAD, are OpenSSL's own and not limited by this string.
+INTERMEDIATE_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
 
 
 class TLSConfigError(ValueError):
@@ -70,13 +85,18 @@ def _certificates(path: Path, what: str) -> list[x509.Certificate]:
     return found
 
 
-def _with_key(chain: list[x509.Certificate], cert: Path, key: Path) -> ssl.PrivateCertificate:
-    """The first certificate of `chain` with the private key in `key`."""
+def _with_key(chain: list[x509.Certificate], cert: Path, key: Path) -> dict[str, Any]:
+    """CertificateOptions' arguments for the first certificate of `chain`
+    with the private key in `key`, as `cryptography` objects (pyOpenSSL's
+    own X509 and PKey are deprecated)."""
     key_pem = _read(key, "private key")
     try:
-        return ssl.PrivateCertificate.loadPEM(chain[0].public_bytes(Encoding.PEM) + b"\n" + key_pem)
-    except (SSL.Error, ValueError) as error:
-        raise TLSConfigError(f"the private key {key} does not fit {cert}: {error}") from None
+        private_key = load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as error:
+        raise TLSConfigError(f"cannot read the private key {key}: {error}") from None
+    if private_key.public_key() != chain[0].public_key():
+        raise TLSConfigError(f"the private key {key} does not fit {cert}")
+    return {"privateKey": private_key, "certificate": chain[0]}
 
 
 def _trust_root(path: Path) -> Any:
@@ -91,14 +111,11 @@ def _trust_root(path: Path) -> Any:
 def server_options(config: ServerTLS) -> ssl.CertificateOptions:
     """CertificateOptions for the broker, or TLSConfigError."""
     chain = _certificates(config.cert, "certificate")
-    leaf = _with_key(chain, config.cert, config.key or config.cert)
-    options: dict[str, Any] = {
-        "privateKey": leaf.privateKey.original,
-        "certificate": leaf.original,
-        "extraCertChain": [
-            ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)).original for c in chain[1:]
-        ],
-    }
+    options = _with_key(chain, config.cert, config.key or config.cert)
+    options["extraCertChain"] = chain[1:]
+    options["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(
+        INTERMEDIATE_CIPHERS
+    )
     if config.ca is not None:
         # A trust root makes a certificate required (and checked against it).
         options["trustRoot"] = _trust_root(config.ca)
@@ -139,11 +156,12 @@ def client_options(
     """What a client checks the broker against (the system's trust roots, or
     `ca`), and the certificate it presents, if any."""
     trust = _trust_root(Path(ca)) if ca is not None else None
-    client_certificate = None
+    presented: dict[str, Any] = {}
     if certificate is not None:
         chain = _certificates(Path(certificate), "certificate")
-        client_certificate = _with_key(chain, Path(certificate), Path(private_key or certificate))
-    return ssl.optionsForClientTLS(hostname, trustRoot=trust, clientCertificate=client_certificate)
+        presented = _with_key(chain, Path(certificate), Path(private_key or certificate))
+        presented["extraCertChain"] = chain[1:]
+    return ssl.optionsForClientTLS(hostname, trustRoot=trust, extraCertificateOptions=presented)
 
 
 @implementer(IHandshakeListener)

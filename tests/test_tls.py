@@ -1,15 +1,27 @@
 """TLS over loopback with certificates made in the test: verified
 connections, untrusted servers refused by the client, mutual TLS, plain-text
-and silent peers on a TLS port, and plain and TLS ports side by side."""
+and silent peers on a TLS port, plain and TLS ports side by side, and the
+cipher suites a real handshake is offered."""
 
 from __future__ import annotations
 
 import pytest
 import pytest_twisted
 from cryptography import x509
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+)
+from zope.interface import implementer
 
 from broker.client import BrokerUnreachable, connect
 from broker.server import BrokerSettings
@@ -228,3 +240,80 @@ async def test_closing_during_a_pending_handshake_is_clean(ca, logged_failures):
         await client.close()
         await silent.stopListening()
     logged_failures.assert_none()
+
+
+@implementer(IHandshakeListener)
+class _Handshake(Protocol):
+    """Fires `done` with the suite a TLS handshake agreed on, or fails with
+    why the connection was lost before it."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[str] = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        self.done.callback(self.transport.getHandle().get_cipher_name())
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=None):
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+async def agreed_suite(port: int, ca: Authority, tls12_ciphers: str | None) -> str:
+    """The suite a client offering only `tls12_ciphers` under TLS 1.2 (None:
+    OpenSSL's defaults, TLS 1.3 allowed) gets from the broker."""
+    trust = Certificate.loadPEM(ca.pem.read_bytes())
+    if tls12_ciphers is None:
+        creator = optionsForClientTLS("localhost", trustRoot=trust)
+    else:
+        creator = CertificateOptions(
+            trustRoot=trust,
+            acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(tls12_ciphers),
+            lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
+        )
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port, creator)
+    handshake = await endpoint.connect(Factory.forProtocol(_Handshake))
+    return await handshake.done.addTimeout(10, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls12_offers_only_mozillas_intermediate_suites(ca, server_pair):
+    port = free_port()
+    service = await running(
+        ServerTLS(server_pair.cert, server_pair.key), f"tls:{port}:interface=127.0.0.1"
+    )
+    try:
+        # CBC with a SHA-1 MAC, which OpenSSL's default list still offers.
+        with pytest.raises(SSL.Error):
+            await agreed_suite(port, ca, "ECDHE-ECDSA-AES128-SHA")
+        for suite in (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+        ):
+            assert await agreed_suite(port, ca, suite) == suite
+        assert (await agreed_suite(port, ca, None)).startswith("TLS_")  # TLS 1.3
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_open_warning_names_no_port_that_verifies_client_certificates(
+    ca, server_pair, log_lines
+):
+    # Every interface, so that the ports count as reachable from elsewhere.
+    mutual, plain = free_port(), free_port()
+    service = await running(
+        ServerTLS(server_pair.cert, server_pair.key, ca=ca.pem), f"tls:{mutual}"
+    )
+    await service.stopService()
+    assert not log_lines.matching("may publish to and read every topic")
+    service = await running(
+        ServerTLS(server_pair.cert, server_pair.key, ca=ca.pem), f"tls:{mutual}", str(plain)
+    )
+    await service.stopService()
+    (warning,) = log_lines.matching("may publish to and read every topic")
+    assert f"--port {plain} " in warning
+    service = await running(ServerTLS(server_pair.cert, server_pair.key), f"tls:{mutual}")
+    await service.stopService()
+    assert log_lines.matching(f"anyone who can reach --port tls:{mutual} may publish")
