@@ -29,6 +29,18 @@ def endpoint_description(port: str) -> str:
     return f"tcp:{port}:backlog={BACKLOG}" if port.isdigit() else port
 
 
+def monitor_description(monitor: str) -> str:
+    """A plain --monitor port number means TCP on the loopback interface
+    only (as NATS's monitoring port); an endpoint string is kept as it is."""
+    return f"tcp:{monitor}:interface=127.0.0.1" if monitor.isdigit() else monitor
+
+
+def listen_interface(port: str) -> str | None:
+    """The interface an endpoint string names (None: every interface)."""
+    found = _INTERFACE.search(port)
+    return None if found is None else found.group(1).replace("\\", "")
+
+
 def is_tls(port: str) -> bool:
     return port.startswith("tls:")
 
@@ -41,10 +53,9 @@ def is_local_only(port: str) -> bool:
     or an interface that is a loopback address (or "localhost")."""
     if port.startswith("unix:"):
         return True
-    found = _INTERFACE.search(port)
-    if found is None:
+    interface = listen_interface(port)
+    if interface is None:
         return False  # every interface
-    interface = found.group(1).replace("\\", "")
     if interface == "localhost":
         return True
     try:

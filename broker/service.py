@@ -18,6 +18,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ from broker.listeners import (
     endpoint_description,
     is_local_only,
     is_tls,
+    listen_interface,
+    monitor_description,
     server_endpoint,
 )
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, StoreError
@@ -85,7 +88,10 @@ class StartupError(SystemExit):
 class BrokerService(MultiService):
     """Listens where each of `ports` says (see broker.listeners); keeps topics
     in memory, or in `data_dir`; serves TLS ports with `tls`; with
-    `users_file`, lets in only its users, each to what it grants."""
+    `users_file`, lets in only its users, each to what it grants; serves
+    the monitoring site at `monitor` (a bare port: on loopback), to users
+    with the monitor right if there is a users file, under the loopback
+    names, its interface's and `monitor_hosts`."""
 
     def __init__(
         self,
@@ -97,6 +103,7 @@ class BrokerService(MultiService):
         tls: ServerTLS | None = None,
         users_file: Path | None = None,
         monitor: str | None = None,
+        monitor_hosts: Sequence[str] = (),
         log_observer: ILogObserver | None = None,
         redis: RedisStoreSettings | None = None,
     ) -> None:
@@ -150,17 +157,19 @@ class BrokerService(MultiService):
             listener.setServiceParent(self)
             self._listeners.append(listener)
         self._monitor: StreamServerEndpointService | None = None
-        if monitor is not None:
+        self.monitor = None if monitor is None else monitor_description(monitor)
+        """Where the monitor listens, as an endpoint string (None: no monitor)."""
+        if self.monitor is not None:
             from broker.monitoring.site import monitor_site
 
             try:
-                where = endpoint_description(monitor)
-                monitor_endpoint = serverFromString(reactor, where)
+                monitor_endpoint = serverFromString(reactor, self.monitor)
             except (ValueError, TypeError, KeyError) as error:
                 raise StartupError(f"--monitor {monitor}: {error}") from None
-            self._monitor = StreamServerEndpointService(monitor_endpoint, monitor_site(self))
+            site = monitor_site(self, monitor_hosts, listen_interface(self.monitor))
+            self._monitor = StreamServerEndpointService(monitor_endpoint, site)
             self._monitor._raiseSynchronously = True
-            self._monitor.setName(monitor)
+            self._monitor.setName(self.monitor)
             self._monitor.setServiceParent(self)
         self._timer(RATE_SAMPLE_SECONDS, self._sample_rates)
         self._timer(LAG_CHECK_SECONDS, self.check_lag)
@@ -232,6 +241,27 @@ class BrokerService(MultiService):
                 "give --users (and --tls-cert) to restrict it",
                 port=open_to_anyone[0],
             )
+        if self.monitor is not None and not is_local_only(self.monitor):
+            if self.users_file is None:
+                log.warn(
+                    "anyone who can reach --monitor {monitor} may read its user names, "
+                    "client addresses and topics: give --users (users with monitor = true "
+                    "may read it) or listen on loopback",
+                    monitor=self.monitor,
+                )
+            elif not self.monitor.startswith("ssl:"):
+                log.warn(
+                    "passwords sent to --monitor {monitor} cross the network unencrypted: "
+                    "prefer an ssl: endpoint or loopback",
+                    monitor=self.monitor,
+                )
+        if self.monitor is not None and self.factory.authenticator is not None:
+            users = self.factory.authenticator.users.by_name.values()
+            if not any(user.monitor for user in users):
+                log.warn(
+                    "no user of {path} has monitor = true: the monitor answers only /healthz",
+                    path=str(self.users_file),
+                )
         in_clear = [port for port in exposed if not is_tls(port)]
         if self.users_file is not None and in_clear:
             log.warn(

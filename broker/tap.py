@@ -273,8 +273,10 @@ class Options(usage.Options):
                 None,
                 None,
                 "Serve /metrics (Prometheus), /varz, /connz, /topicz, /healthz and a live "
-                "dashboard at / here: a port number or an endpoint string such as "
-                "tcp:8222:interface=127.0.0.1. Off by default.",
+                "dashboard at / here: a port number (on loopback only) or an endpoint "
+                "string such as tcp:8222:interface=10.0.0.5. With --users, only users with "
+                "monitor = true may read it (HTTP Basic or a bearer token); /healthz is "
+                "open. Off by default.",
             ],
             [
                 "durable-idle",
@@ -422,6 +424,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
+        self["monitor-hosts"] = []
         self._configured_ports: list[str] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -473,6 +476,15 @@ class Options(usage.Options):
     )
 
     opt_p = opt_port
+
+    def opt_monitor_host(self, name: str) -> None:
+        self["monitor-hosts"].append(name)
+
+    opt_monitor_host.__doc__ = (  # one line: usage.Options wraps it itself
+        "A name the monitor answers to besides localhost, 127.0.0.1, [::1] and the "
+        "address a request arrives at (its Host header is checked, against DNS "
+        "rebinding); may be given more than once."
+    )
 
     def opt_version(self) -> None:
         """Display the broker's version and exit."""
@@ -611,5 +623,6 @@ def makeService(options: Options) -> IService:
         tls=options.tls(),
         users_file=Path(options["users"]) if options["users"] else None,
         monitor=options["monitor"],
+        monitor_hosts=options["monitor-hosts"],
         log_observer=observer,
     )

@@ -9,6 +9,7 @@ SHA-256 (the broker makes them: 256 random bits need no slow hash).
     subscribe = ["orders.>", "audit"]
     deny_subscribe = ["orders.secret"]
     max_connections = 10
+    monitor = true               # may read the --monitor site (HTTP Basic)
 
     [users.ingest]
     token = "sha256$<hash>"
@@ -51,6 +52,7 @@ _FIELDS = {
     "deny_publish",
     "deny_subscribe",
     "max_connections",
+    "monitor",
 }
 
 
@@ -68,6 +70,8 @@ class User:
     publish: Rules = field(default_factory=Rules)
     subscribe: Rules = field(default_factory=Rules)
     max_connections: int | None = None
+    monitor: bool = False
+    """Whether it may read the --monitor site (all but /healthz)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,9 @@ def _user(name: str, entry: object, path: Path) -> User:
             raise UsersFileError(
                 f"{where}: {secret} must be a hash from 'python -m broker.users', never the secret"
             )
+    monitor = entry.get("monitor", False)
+    if type(monitor) is not bool:
+        raise UsersFileError(f"{where}: monitor must be true or false")
     limit = entry.get("max_connections")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise UsersFileError(f"{where}: max_connections must be a positive integer")
@@ -161,7 +168,8 @@ def _user(name: str, entry: object, path: Path) -> User:
         )
     except PatternError as error:
         raise UsersFileError(f"{where}: {error}") from None
-    return User(name, entry.get("password"), entry.get("token"), publish, subscribe, limit)
+    password, token = entry.get("password"), entry.get("token")
+    return User(name, password, token, publish, subscribe, limit, monitor=monitor)
 
 
 def load_users(path: Path) -> Users:

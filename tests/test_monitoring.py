@@ -1,36 +1,76 @@
 """The monitoring site of a broker service in this process, over loopback:
 exact Prometheus counts after a known workload, lag in /connz and /topicz,
-pagination and bad queries, /healthz through a graceful drain."""
+pagination and bad queries, /healthz through a graceful drain; who may read
+it (users with the monitor right, by password or token; only the Host names
+it serves), and idle and slow clients cut off."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
-from twisted.web.client import Agent, readBody
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
 
 from broker.client import Message, connect
 from broker.delivery import DeliverySettings
+from broker.monitoring import site
 from broker.server import BrokerSettings
 from broker.service import BrokerService
+from broker.users import hash_secret, hash_token
 from broker.wire import StartAt
 from tests.conftest import HeldAnswers, Inbox
 from tests.process import free_port
+from tests.raw import connect_raw
 
 
-async def get(port: int, path: str) -> tuple[int, bytes]:
-    response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}{path}".encode())
-    return response.code, await readBody(response)
+class _Body(Protocol):
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self.done, self.parts = done, []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
 
 
-async def get_json(port: int, path: str) -> dict:
-    code, body = await get(port, path)
+def read_body(response: IResponse) -> Deferred[bytes]:
+    """A response's whole body (readBody without its deprecation warning for
+    a transport that cannot abort, which the Agent's is)."""
+    done: Deferred[bytes] = Deferred()
+    response.deliverBody(_Body(done))
+    return done
+
+
+async def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    response = await get_response(port, path, headers)
+    return response.code, await read_body(response)
+
+
+async def get_response(port: int, path: str, headers: dict[str, str] | None = None) -> IResponse:
+    sent = Headers({name: [value] for name, value in (headers or {}).items()})
+    return await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}{path}".encode(), sent)
+
+
+async def get_json(port: int, path: str, headers: dict[str, str] | None = None) -> dict:
+    code, body = await get(port, path, headers)
     assert code == 200, body
     return json.loads(body)
 
@@ -237,4 +277,161 @@ async def test_a_subscription_falling_far_behind_is_logged_once(log_lines):
     finally:
         held.answer_all()
         await client.close()
+        await service.stopService()
+
+
+FAST = {"n": 2**4, "r": 1, "p": 1}  # scrypt made cheap for tests
+SCRAPER_TOKEN = "t0k3n-of-the-prometheus-scraper"
+
+
+def users_file(tmp_path: Path) -> Path:
+    """alice and the scraper may read the monitor; bob may only publish."""
+    path = tmp_path / "users.toml"
+    path.write_text(
+        f"""
+[users.alice]
+password = "{hash_secret("watch-it", **FAST)}"
+monitor = true
+
+[users.bob]
+password = "{hash_secret("publish-it", **FAST)}"
+publish = [">"]
+
+[users.scraper]
+token = "{hash_token(SCRAPER_TOKEN)}"
+monitor = true
+"""
+    )
+    return path
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {pair}"}
+
+
+async def with_users(tmp_path: Path, hosts: tuple[str, ...] = ()) -> tuple[BrokerService, int]:
+    monitor = free_port()
+    service = BrokerService(
+        [f"tcp:{free_port()}:interface=127.0.0.1"],
+        BrokerSettings(),
+        users_file=users_file(tmp_path),
+        monitor=f"tcp:{monitor}:interface=127.0.0.1",
+        **({"monitor_hosts": hosts} if hosts else {}),
+    )
+    service.privilegedStartService()
+    service.startService()
+    return service, monitor
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_users_file_only_users_with_the_monitor_right_read_it(tmp_path):
+    service, monitor = await with_users(tmp_path)
+    try:
+        for path in ["/", "/varz", "/connz", "/topicz", "/metrics", "/dashboard.js", "/nope"]:
+            response = await get_response(monitor, path)
+            assert response.code == 401, path
+            assert response.headers.getRawHeaders("www-authenticate")[0].startswith("Basic ")
+            body = await read_body(response)
+            assert b"broker" not in body and b"alice" not in body
+        # /healthz is open, and says the state alone.
+        assert await get(monitor, "/healthz") == (200, b'{"status": "serving"}')
+        alice = basic("alice", "watch-it")
+        assert (await get_json(monitor, "/varz", alice))["state"] == "serving"
+        assert (await get(monitor, "/", alice))[0] == 200
+        assert (await get(monitor, "/dashboard.js", alice))[0] == 200
+        assert (await get(monitor, "/nope", alice))[0] == 404
+        scraper = {"Authorization": f"Bearer {SCRAPER_TOKEN}"}
+        code, metrics = await get(monitor, "/metrics", scraper)
+        assert code == 200 and b"broker_published_messages_total" in metrics
+        code, body = await get(monitor, "/connz", basic("bob", "publish-it"))
+        assert (code, body) == (403, b"user bob may not read the monitor\n")
+        for refused in [
+            basic("alice", "wrong"),
+            basic("nobody", "watch-it"),
+            {"Authorization": "Bearer not-the-token"},
+            {"Authorization": "Basic %%%"},
+        ]:
+            assert (await get(monitor, "/varz", refused))[0] == 401, refused
+        # The monitor's failures slow down the next guesses from this address,
+        # as sign-ins on --port do.
+        assert service.factory.authenticator.throttle.delay("127.0.0.1") > 0
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_monitor_answers_only_the_host_names_it_serves(tmp_path):
+    service, _, monitor = await started()
+    try:
+        for host in ["localhost", f"localhost:{monitor}", "127.0.0.1", f"[::1]:{monitor}"]:
+            assert (await get(monitor, "/varz", {"Host": host}))[0] == 200, host
+        for host in ["evil.example", f"evil.example:{monitor}", "localhost.evil.example", "::1"]:
+            code, body = await get(monitor, "/connz", {"Host": host})
+            assert code == 421 and b"Host" in body and len(body) < 100, host
+    finally:
+        await service.stopService()
+    service, monitor = await with_users(tmp_path, hosts=("broker.example",))
+    try:
+        alice = basic("alice", "watch-it")
+        named = await get(monitor, "/varz", {**alice, "Host": f"Broker.Example:{monitor}"})
+        assert named[0] == 200
+        assert (await get(monitor, "/varz", {**alice, "Host": "evil.example"}))[0] == 421
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bare_monitor_port_listens_on_loopback_and_beyond_it_is_warned_of(log_lines):
+    monitor = free_port()
+    service = BrokerService(
+        [f"tcp:{free_port()}:interface=127.0.0.1"], BrokerSettings(), monitor=str(monitor)
+    )
+    service.privilegedStartService()
+    service.startService()
+    try:
+        listening = await service._monitor._waitingForPort
+        assert listening.getHost().host == "127.0.0.1"
+        assert (await get(monitor, "/healthz"))[0] == 200
+        assert not log_lines.matching("--monitor")
+    finally:
+        await service.stopService()
+    everywhere = BrokerService(
+        [f"tcp:{free_port()}:interface=127.0.0.1"], BrokerSettings(), monitor=f"tcp:{monitor}"
+    )
+    everywhere.privilegedStartService()
+    everywhere.startService()
+    await everywhere.stopService()
+    assert log_lines.matching(f"anyone who can reach --monitor tcp:{monitor} may read")
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_and_slow_clients_are_cut_off_within_the_request_deadline(monkeypatch):
+    monkeypatch.setattr(site, "REQUEST_DEADLINE", 0.5, raising=False)
+    service, _, monitor = await started()
+    dripping = []
+    try:
+        silent = [await connect_raw(monitor) for _ in range(150)]
+        slow = [await connect_raw(monitor) for _ in range(150)]
+        for connection in slow:
+            connection.send(b"GET /varz HTTP/1.1\r\nHost: localhost\r\n")
+
+        def drip() -> None:  # a header line every 0.1 s: never idle, never done
+            for connection in slow:
+                if connection.transport.connected:
+                    connection.send(b"X-Slow: 1\r\n")
+
+        dripper = LoopingCall(drip)
+        dripper.clock = reactor
+        dripping.append(dripper)
+        dripper.start(0.1)
+        began = reactor.seconds()
+        closed = gatherResults([connection.closed for connection in silent + slow])
+        await closed.addTimeout(15, reactor)
+        assert reactor.seconds() - began < 10
+        # A whole request is still answered.
+        assert (await get_json(monitor, "/varz"))["state"] == "serving"
+    finally:
+        for dripper in dripping:
+            dripper.stop()
         await service.stopService()
