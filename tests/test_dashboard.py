@@ -25,6 +25,7 @@ from broker.service import BrokerService
 from broker.wire import StartAt
 from tests.conftest import HeldAnswers
 from tests.process import free_port
+from tests.test_monitoring import users_file
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -55,12 +56,13 @@ async def chromium(tmp_path: Path, *arguments: str) -> str:
     return out.decode("utf-8", errors="replace")
 
 
-async def started() -> tuple[BrokerService, int, str]:
+async def started(users: Path | None = None) -> tuple[BrokerService, int, str]:
     port, monitor = free_port(), free_port()
     service = BrokerService(
         [f"tcp:{port}:interface=127.0.0.1"],
         BrokerSettings(),
         monitor=f"tcp:{monitor}:interface=127.0.0.1",
+        users_file=users,
     )
     service.privilegedStartService()
     service.startService()
@@ -124,4 +126,20 @@ async def test_the_page_copes_with_no_topics_and_with_a_thousand(tmp_path):
         assert "1000 topics; the 50 busiest shown" in crowded
     finally:
         await client.close()
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_works_behind_the_monitors_password(tmp_path):
+    service, _, url = await started(users=users_file(tmp_path))
+    signed_in = url.replace("http://", "http://alice:watch-it@")
+    try:
+        # Without credentials the browser is asked for them (a prompt, which
+        # headless Chromium shows as an empty page).
+        assert "topic-table" not in await chromium(tmp_path, "--dump-dom", url)
+        dom = await chromium(tmp_path, "--dump-dom", signed_in)
+        # The page's own requests for the reports were let in too.
+        assert 'class="state serving"' in dom
+        assert rows(dom, "topic-table") == [["no topics yet"]]
+    finally:
         await service.stopService()

@@ -30,10 +30,10 @@ from broker.delivery import DeliverySettings
 from broker.monitoring import site
 from broker.server import BrokerSettings
 from broker.service import BrokerService
-from broker.users import hash_secret, hash_token
+from broker.users import UsersFileError, hash_secret, hash_token, load_users
 from broker.wire import StartAt
 from tests.conftest import HeldAnswers, Inbox
-from tests.process import free_port
+from tests.process import free_port, spawn_broker
 from tests.raw import connect_raw
 
 
@@ -435,3 +435,33 @@ async def test_idle_and_slow_clients_are_cut_off_within_the_request_deadline(mon
         for dripper in dripping:
             dripper.stop()
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_asks_for_credentials_on_a_bare_monitor_port(tmp_path):
+    monitor = free_port()
+    broker = spawn_broker(
+        tmp_path,
+        *("--port", f"tcp:{free_port()}:interface=127.0.0.1"),
+        *("--users", str(users_file(tmp_path))),
+        *("--monitor", str(monitor), "--monitor-host", "broker.example"),
+    )
+    try:
+        await broker.line("Site starting on")
+        assert f"Site starting on {monitor}" in broker.output
+        assert (await get(monitor, "/varz"))[0] == 401
+        alice = basic("alice", "watch-it")
+        assert (await get_json(monitor, "/varz", {**alice, "Host": "broker.example"}))["pid"]
+        assert (await get(monitor, "/varz", {**alice, "Host": "evil.example"}))[0] == 421
+        assert (await get(monitor, "/healthz"))[0] == 200
+    finally:
+        broker.signal("TERM")
+        await broker.ended
+    assert "may read its user names" not in broker.output
+
+
+def test_the_monitor_right_is_true_or_false(tmp_path):
+    path = tmp_path / "users.toml"
+    path.write_text('[users.alice]\nmonitor = "yes"\n')
+    with pytest.raises(UsersFileError, match=r"\[users.alice\]: monitor must be true or false"):
+        load_users(path)

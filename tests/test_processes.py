@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 
 from broker import __version__
 from broker.client import Message, connect
@@ -19,6 +19,7 @@ from broker.testing import start_broker
 from broker.wire import StartAt
 from tests.conftest import Inbox
 from tests.process import ROOT, free_port, spawn, spawn_broker, twistd
+from tests.test_monitoring import read_body
 
 EXAMPLE = str(ROOT / "example" / "pubsub.py")
 
@@ -340,7 +341,7 @@ async def test_twistd_drains_on_sigterm_and_redelivers_nothing_after_a_restart(t
             b"GET", f"http://127.0.0.1:{monitor}/healthz".encode()
         )
         assert response.code == 503
-        await readBody(response)
+        await read_body(response)
         for waiting in held:
             waiting.callback(True)  # acked during the drain
         await stopped_cleanly(broker)

@@ -134,8 +134,13 @@ function render(varz, topicz, connz) {
   ]), 9, "no connections");
 }
 
+// The reports beside this page, named without any user:password@ the page's
+// address was opened with (fetch refuses such URLs); the browser sends the
+// monitor's credentials it already holds for this origin.
+const BASE = location.origin + location.pathname;
+
 async function fetchJSON(path) {
-  const response = await fetch(path, { cache: "no-store" });
+  const response = await fetch(new URL(path, BASE), { cache: "no-store" });
   if (!response.ok && response.status !== 503) throw new Error(path + ": " + response.status);
   return response.json();
 }
