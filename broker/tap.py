@@ -477,13 +477,13 @@ class Options(usage.Options):
 
     opt_p = opt_port
 
-    def opt_monitor_host(self, name: str) -> None:
-        self["monitor-hosts"].append(name)
+    def opt_monitor_host(self, names: str) -> None:
+        self["monitor-hosts"].extend(names.replace(",", " ").split())
 
     opt_monitor_host.__doc__ = (  # one line: usage.Options wraps it itself
-        "A name the monitor answers to besides localhost, 127.0.0.1, [::1] and the "
-        "address a request arrives at (its Host header is checked, against DNS "
-        "rebinding); may be given more than once."
+        "A name the monitor answers to besides localhost, 127.0.0.1, [::1], its "
+        "interface and the address a request arrives at (the Host header is checked, "
+        "against DNS rebinding); may be given more than once, or as a list."
     )
 
     def opt_version(self) -> None:

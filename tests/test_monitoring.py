@@ -465,3 +465,34 @@ def test_the_monitor_right_is_true_or_false(tmp_path):
     path.write_text('[users.alice]\nmonitor = "yes"\n')
     with pytest.raises(UsersFileError, match=r"\[users.alice\]: monitor must be true or false"):
         load_users(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_anonymous_reads_the_monitor_only_if_the_users_file_says_so(tmp_path):
+    users = users_file(tmp_path)
+    users.write_text(users.read_text() + "\n[users.anonymous]\nmonitor = true\n")
+    monitor = free_port()
+    service = BrokerService(
+        [f"tcp:{free_port()}:interface=127.0.0.1"],
+        BrokerSettings(),
+        users_file=users,
+        monitor=f"tcp:{monitor}:interface=127.0.0.1",
+    )
+    service.privilegedStartService()
+    service.startService()
+    try:
+        assert (await get_json(monitor, "/varz"))["state"] == "serving"
+        assert (await get(monitor, "/varz", basic("alice", "wrong")))[0] == 401
+    finally:
+        await service.stopService()
+
+
+def test_monitor_hosts_are_given_one_by_one_or_as_a_list():
+    from broker.tap import Options
+
+    options = Options()
+    options.environment = {}
+    options.parseOptions(
+        ["--monitor", "8222", "--monitor-host", "a.example, b.example", "--monitor-host", "c"]
+    )
+    assert options["monitor-hosts"] == ["a.example", "b.example", "c"]

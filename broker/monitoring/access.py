@@ -2,7 +2,8 @@
 broker serves (a page on another site that rebinds its DNS name to this
 address names its own), and, with a users file, the request must carry
 the credentials of a user with `monitor = true`, as HTTP Basic (its
-password) or a bearer token (as Prometheus scrapers send them).
+password) or a bearer token (as Prometheus scrapers send them); with
+`[users.anonymous]` given `monitor = true`, requests without any.
 
 Passwords are checked by the broker's own Authenticator: scrypt in a
 thread, and the same slowdown of repeated failures from one address as
@@ -90,11 +91,13 @@ class MonitorAccess:
 
     def user(self, request: Request) -> Deferred[User | None]:
         """The user whose credentials the request carries (failing with
-        AuthenticationFailed if they are wrong), or None if it carries none."""
+        AuthenticationFailed if they are wrong); with none, `anonymous` if
+        it has the monitor right, else None."""
         assert self.authenticator is not None
         hello = _credentials(request.getHeader(b"authorization"))
         if hello is None:
-            return succeed(None)
+            anonymous = self.authenticator.users.anonymous
+            return succeed(anonymous if anonymous.monitor else None)
         address = getattr(request.getClientAddress(), "host", "?")
         return cast("Deferred[User | None]", self.authenticator.authenticate(address, hello))
 
