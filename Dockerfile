@@ -21,6 +21,7 @@ EXPOSE 3000 8222
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8222/healthz', timeout=2)"]
 STOPSIGNAL SIGTERM
-# The monitor listens on every interface of the container; publish it only
+# The monitor listens on every interface of the container (a bare port would
+# mean its loopback only, out of reach of a published port); publish it only
 # where it should be seen (the compose file maps it to the host's loopback).
-CMD ["twistd", "-n", "--pidfile=", "broker", "--port", "3000", "--monitor", "8222"]
+CMD ["twistd", "-n", "--pidfile=", "broker", "--port", "3000", "--monitor", "tcp:8222"]
