@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
@@ -28,8 +27,6 @@ from twisted.web.server import NOT_DONE_YET, Request
 from broker.auth import AuthenticationFailed, Authenticator
 from broker.hello import HelloRequest
 from broker.users import User
-
-log = Logger()
 
 # Names every monitor answers to: the loopback interface's.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -164,17 +161,17 @@ class Guarded(Resource):
             else:
                 self._serve(request)
 
-        def refused(failure: Failure) -> None:
-            if gone:
-                return
-            if failure.check(AuthenticationFailed):
+        def refused(failure: Failure) -> Failure | None:
+            failure.trap(AuthenticationFailed)
+            if not gone:
                 self._challenge(request, "authentication failed")
-                return
-            log.failure("checking the monitor's credentials", failure)
-            request.write(_plain(request, 500, "internal error"))
-            request.finish()
+            return None
 
-        self._access.user(request).addCallbacks(decided, refused)
+        def failed(failure: Failure) -> None:
+            if not gone:
+                request.processingFailed(failure)  # logged, and answered 500
+
+        self._access.user(request).addCallbacks(decided, refused).addErrback(failed)
         return NOT_DONE_YET
 
     def _serve(self, request: Request) -> Any:

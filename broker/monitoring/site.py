@@ -141,7 +141,9 @@ class MonitorChannel(http.HTTPChannel):
 
     def requestDone(self, request: Any) -> None:
         super().requestDone(request)
-        if self.persistent and self._deadline is None and not self.requests:
+        # Unless a whole next request was buffered and is being answered:
+        # after the last response, the next request (or the close) is awaited.
+        if self._deadline is None and not self._handlingRequest:
             self._await_request()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
