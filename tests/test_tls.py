@@ -26,7 +26,7 @@ from zope.interface import implementer
 from broker.client import BrokerUnreachable, connect
 from broker.server import BrokerSettings
 from broker.service import BrokerService
-from broker.tls import ServerTLS
+from broker.tls import ServerTLS, TLSConfigError, server_options
 from broker.wire import StartAt
 from tests.certs import Authority, Pair, untrusted_server
 from tests.conftest import Inbox
@@ -317,3 +317,13 @@ async def test_an_open_warning_names_no_port_that_verifies_client_certificates(
     service = await running(ServerTLS(server_pair.cert, server_pair.key), f"tls:{mutual}")
     await service.stopService()
     assert log_lines.matching(f"anyone who can reach --port tls:{mutual} may publish")
+
+
+def test_a_key_that_does_not_fit_the_certificate_is_named(ca, server_pair, tmp_path):
+    other = ca.issue("other", "localhost", server=True)
+    with pytest.raises(TLSConfigError, match=f"the private key {other.key} does not fit"):
+        server_options(ServerTLS(server_pair.cert, other.key))
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key\n")
+    with pytest.raises(TLSConfigError, match=f"cannot read the private key {garbage}"):
+        server_options(ServerTLS(server_pair.cert, garbage))
