@@ -186,6 +186,30 @@ def primary_for_slot(directory: Path, slot: int) -> int:
     raise RuntimeError(f"no live primary serves slot {slot}")
 
 
+def replica_of(directory: Path, primary: int) -> int:
+    """The port of the replica of the primary at port `primary`."""
+    lines = [line.split() for line in _cli(primary, "cluster", "nodes").splitlines()]
+    (primary_id,) = [f[0] for f in lines if "myself" in f[2]]
+    for fields in lines:
+        if "slave" in fields[2] and fields[3] == primary_id:
+            return int(fields[1].split("@")[0].rsplit(":", 1)[1])
+    raise RuntimeError(f"the primary at {primary} has no replica")
+
+
+def config_set(port: int, name: str, value: str) -> None:
+    """Change a setting of the server at `port` (as an operator would)."""
+    assert _cli(port, "config", "set", name, value) == "OK"
+
+
+def wait_for_good_replicas(port: int, count: int) -> None:
+    """Until the primary at `port` counts `count` replicas good enough for
+    min-replicas-to-write."""
+    _wait_until(
+        lambda: f"min_slaves_good_slaves:{count}" in _cli(port, "info", "replication"),
+        f"{count} good replica(s) on {port}",
+    )
+
+
 def slot_ranges(directory: Path) -> dict[int, list[tuple[int, int]]]:
     """The slot ranges each live primary serves, by port (one node's view)."""
     for port in ports(directory)["cluster"]:

@@ -57,6 +57,24 @@ class BrokerError(Exception):
     """The broker answered with an Error status."""
 
 
+class OutcomeUnknown(BrokerError):
+    """The broker could not confirm a publish, but may have stored it (its
+    store lost the connection mid-call, or too few replicas acknowledged
+    it): unlike a plain BrokerError, the message may yet be delivered, so
+    publishing it again may deliver it twice."""
+
+
+OUTCOME_UNKNOWN = "outcome unknown"
+"""How the broker's Error text starts when a publish may have been stored."""
+
+
+def refusal(text: str) -> BrokerError:
+    """The exception for an Error answering a publish."""
+    if text.startswith(OUTCOME_UNKNOWN):
+        return OutcomeUnknown(text)
+    return BrokerError(text)
+
+
 class AuthenticationFailed(BrokerError):
     """The broker refused the client's credentials (or its certificate's
     user), or that user has all the connections it may have."""

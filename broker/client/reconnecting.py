@@ -44,6 +44,7 @@ from broker.client.protocols import (
     SubscriberProtocol,
     _check_publish,
     _check_topics,
+    refusal,
 )
 from broker.groups import DURABLE_PREFIX, GROUP_PREFIX, group_name_problem, parse_group_name
 from broker.subjects import PatternError, check_pattern, is_pattern, matches
@@ -141,7 +142,7 @@ class _PublisherLink:
         self._on_error(text)
         entry = self.unanswered.popleft()
         if not entry.done.called:
-            entry.done.errback(BrokerError(text))
+            entry.done.errback(refusal(text))
 
 
 class _Role(Generic[P]):
