@@ -8,6 +8,8 @@ its confirmed offset, and first deliveries must come in offset order."""
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 
 import pytest
 import pytest_twisted
@@ -277,4 +279,39 @@ async def test_one_shards_failover_stops_only_its_own_topics(redis_servers, tmp_
         await gatherResults([a.stop(), b.stop()])
         if not restarted and servers.pid(directory, killed) is None:
             await deferToThread(servers.restart, directory, killed)
+        await until(lambda: servers.cluster_healthy(directory), "the cluster to heal")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hanging_shard_holds_back_no_other_topics_confirms(redis_servers, tmp_path):
+    """The primary of one topic stops answering (SIGSTOP): a publish to it
+    hangs, yet a publish to a topic of another shard, sent after it on the
+    same connection, is confirmed meanwhile (the client asks for confirms
+    per topic); the hanging one is answered once its primary is back."""
+    directory = redis_servers["dir"]
+    (node,) = await start_nodes(tmp_path, redis_servers["cluster"], 1, "--redis-timeout", "30")
+    by_primary = _topic_on_each_primary(directory, node.prefix)
+    hanging_port, hanging = next(iter(by_primary.items()))
+    healthy = next(name for port, name in by_primary.items() if port != hanging_port)
+    publisher = connect(reactor, node.endpoint, extensions=True)
+    stopped = servers.pid(directory, hanging_port)
+    assert stopped is not None
+    try:
+        # Both topics exist and are followed before the primary stops.
+        assert await publisher.publish(hanging, b"before") == 0
+        assert await publisher.publish(healthy, b"before") == 0
+        os.kill(stopped, signal.SIGSTOP)
+        held = publisher.publish(hanging, b"held")
+        outcome: list[object] = []
+        held.addBoth(outcome.append)
+        assert await publisher.publish(healthy, b"after").addTimeout(20, reactor) == 1
+        assert not outcome, f"the hanging topic was answered first: {outcome}"
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        await until(lambda: bool(outcome), "the held publish's answer")
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        await publisher.close()
+        await node.stop()
         await until(lambda: servers.cluster_healthy(directory), "the cluster to heal")
