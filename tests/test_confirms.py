@@ -98,3 +98,14 @@ def test_by_topic_frames_decode_to_what_was_sent():
         ("refused", 7, "no"),
         ("refused", 8, ""),
     ]
+
+
+def test_a_hello_asks_for_confirms_per_topic_or_is_invalid():
+    import pytest
+
+    from broker.hello import parse_hello_request
+
+    assert parse_hello_request(b'{"confirm_order": "topic"}').confirm_order == "topic"
+    assert parse_hello_request(b"{}").confirm_order is None
+    with pytest.raises(wire.ProtocolError, match="invalid hello"):
+        parse_hello_request(b'{"confirm_order": "shuffled"}')
