@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.defer import Deferred
 
 from broker import wire
 from broker.confirms import SYNC_FAILED, Answer, ConfirmQueue, answers_in_order, answers_of_topic
+from broker.hello import parse_hello_request
 
 
 def test_answers_follow_publish_order_in_runs():
@@ -101,10 +103,6 @@ def test_by_topic_frames_decode_to_what_was_sent():
 
 
 def test_a_hello_asks_for_confirms_per_topic_or_is_invalid():
-    import pytest
-
-    from broker.hello import parse_hello_request
-
     assert parse_hello_request(b'{"confirm_order": "topic"}').confirm_order == "topic"
     assert parse_hello_request(b"{}").confirm_order is None
     with pytest.raises(wire.ProtocolError, match="invalid hello"):
