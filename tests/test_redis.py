@@ -100,6 +100,22 @@ class Received(Inbox):
         return [(message.offset, message.payload) for message in self.messages]
 
 
+@pytest.mark.skipif(not servers.available(), reason="redis-server is not installed")
+def test_the_test_cluster_starts_with_every_replica_in_sync(tmp_path):
+    """Once `start` returns (CI's servers, and the suite's own), a WAIT for
+    one replica is answered at once: every replica's link is up and synced.
+    Before, "cluster ok" was all it waited for, and the first replicated
+    publishes of a run on a busy machine were refused ("0 of 1 Redis
+    replica(s) acknowledged it within 2.5 s")."""
+    servers.start(tmp_path)
+    try:
+        nodes = servers.ports(tmp_path)["cluster"]
+        linked = {port: servers.replicas_linked(port) for port in nodes}
+        assert all(linked.values()), linked
+    finally:
+        servers.stop(tmp_path)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_publish_on_one_node_reaches_subscribers_on_both(redis_servers, tmp_path):
     a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2, "--redis-replicas", "1")
