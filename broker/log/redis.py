@@ -669,7 +669,7 @@ class RedisStore:
                     f"{OUTCOME_UNKNOWN}: stored on a Redis primary, then Redis: {error}"
                 ) from None
             # Refused before anything was written: nothing was stored.
-            await self._refused_by_redis(str(error))
+            await self._refused_by_redis(str(error), primary)
             raise
         except (asyncio.TimeoutError, TimeoutError, redis_errors.RedisError, OSError) as error:
             await _disconnect(pinned)
@@ -696,14 +696,17 @@ class RedisStore:
             )
         return int(first), int(end), int(held)
 
-    async def _refused_by_redis(self, error: str) -> None:
+    async def _refused_by_redis(self, error: str, primary: Redis) -> None:
         """Redis refused a call before running it: learn why, so that the
         next call can succeed (a moved slot, functions a restart lost)."""
         if error.startswith(("MOVED", "ASK", "CLUSTERDOWN", "READONLY")):
             self.topology_changed()
             raise _TryAgain(error)
         if "function not found" in error.lower():
-            await self._load_functions()
+            # On this primary only, and outside the bound on calls (this
+            # call holds a place in it already).
+            load = primary.function_load(FUNCTIONS, replace=True)
+            await asyncio.wait_for(load, self.settings.timeout)
             raise _TryAgain(error)
 
     def _primary_client(self, key: str) -> Redis:
