@@ -90,6 +90,9 @@ def _config(directory: Path, port: int, cluster: bool) -> Path:
             # refuses writes, and the other shards go on serving.
             "cluster-require-full-coverage no",
             "min-replicas-to-write 1",
+            # A replica that comes back syncs at once, not after 5 s: until
+            # then its shard refuses writes (min-replicas-to-write 1).
+            "repl-diskless-sync-delay 0",
         ]
     path = node / "redis.conf"
     path.write_text("\n".join(lines) + "\n")
