@@ -70,7 +70,7 @@ def test_by_topic_a_topic_waits_only_for_its_own_earlier_answers():
 
 
 def test_by_topic_frames_decode_to_what_was_sent():
-    class Events(wire.ClientEvents):
+    class Events:  # what a client protocol hears (wire.ClientEvents)
         def __init__(self) -> None:
             self.seen: list[tuple] = []
 
