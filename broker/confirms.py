@@ -1,10 +1,16 @@
-"""Publisher confirms: every publish answered, in publish order, once stored.
+"""Publisher confirms: every publish answered once stored, in publish order
+or, where the client asked ("confirm_order": "topic"), in order per topic.
 
 A confirming publisher gets exactly one answer per publish frame: a
 Confirmed run (the next `count` publishes, stored at consecutive offsets of
 one topic) or an Error. Answers of one read are computed together; they are
 sent once the logs have committed what they confirm (under --fsync always,
 once it is on disk), and never before the answers of an earlier read.
+
+By topic, each answer names the publish it answers (its sequence on the
+connection, from 0): a ConfirmedAt run or a RefusedAt. Answers then wait
+only for earlier answers of their own topic (their lane), so that a topic
+whose store hangs (a Redis shard failing over) holds back no other topic's.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from broker.wire import encode_confirmed, encode_error
+from broker.wire import encode_confirmed, encode_confirmed_at, encode_error, encode_refused_at
 
 SYNC_FAILED = "could not store message: sync to disk failed"
 
@@ -27,6 +33,8 @@ class Answer:
     count: int = 1
     first_offset: int = 0
     error: str | None = None
+    sequence: int = -1
+    """The first publish answered, counted from 0 on the connection (by topic)."""
 
 
 def answers_in_order(
@@ -57,47 +65,76 @@ def answers_in_order(
     return answers
 
 
-class ConfirmQueue:
-    """Sends answers in order, each batch once its logs have committed it."""
+def answers_of_topic(sequences: list[int], outcome: int | str) -> list[Answer]:
+    """Answers by sequence for one topic's publishes of one read (`sequences`,
+    ascending), stored from offset `outcome` on, or all refused with it."""
+    answers: list[Answer] = []
+    if isinstance(outcome, str):
+        return [Answer(error=outcome, sequence=sequence) for sequence in sequences]
+    for index, sequence in enumerate(sequences):
+        last = answers[-1] if answers else None
+        if last is not None and last.sequence + last.count == sequence:
+            last.count += 1
+        else:
+            answers.append(Answer(first_offset=outcome + index, sequence=sequence))
+    return answers
 
-    def __init__(self, write: Callable[[bytes], None]) -> None:
+
+class ConfirmQueue:
+    """Sends answers in order, each batch once its logs have committed it:
+    one lane for all (publish order), or one lane per topic with `by_topic`."""
+
+    def __init__(self, write: Callable[[bytes], None], by_topic: bool = False) -> None:
         self._write = write
-        self._pending: deque[list] = deque()  # [answers, ready, sync failed]
+        self.by_topic = by_topic
+        self._lanes: dict[str | None, deque[list]] = {}  # [answers, ready, sync failed]
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return sum(map(len, self._lanes.values()))
 
     def add(
-        self, answers: list[Answer] | Deferred[list[Answer]], committed: list[Deferred[None]]
+        self,
+        answers: list[Answer] | Deferred[list[Answer]],
+        committed: list[Deferred[None]],
+        lane: str | None = None,
     ) -> None:
         """Queue `answers` (or a Deferred of them: a networked store gives out
-        offsets later); send them once every Deferred in `committed` fired."""
+        offsets later) behind the earlier answers of `lane`; send them once
+        every Deferred in `committed` fired."""
         waiting = list(committed)
         entry: list = [answers, False, False]
         if isinstance(answers, Deferred):
             waiting.append(answers.addCallback(lambda known: entry.__setitem__(0, known)))
-        self._pending.append(entry)
+        pending = self._lanes.get(lane)
+        if pending is None:
+            pending = self._lanes[lane] = deque()
+        pending.append(entry)
         if waiting:
             gatherResults(waiting, consumeErrors=True).addCallbacks(
-                lambda _: self._ready(entry, False), lambda _: self._ready(entry, True)
+                lambda _: self._ready(lane, entry, False), lambda _: self._ready(lane, entry, True)
             )
         else:
             entry[1] = True
-        self._drain()
+        self._drain(lane)
 
     def close(self) -> None:
-        self._pending.clear()
+        self._lanes.clear()
 
-    def _ready(self, entry: list, failed: bool) -> None:
+    def _ready(self, lane: str | None, entry: list, failed: bool) -> None:
         entry[1] = True
         entry[2] = failed
-        self._drain()
+        self._drain(lane)
 
-    def _drain(self) -> None:
-        pending = self._pending
+    def _drain(self, lane: str | None) -> None:
+        pending = self._lanes.get(lane)
+        if pending is None:
+            return
+        encode = _encode_at if self.by_topic else _encode
         while pending and pending[0][1]:
             answers, _, failed = pending.popleft()
-            self._write(b"".join(_encode(answer, failed) for answer in answers))
+            self._write(b"".join(encode(answer, failed) for answer in answers))
+        if not pending:
+            del self._lanes[lane]
 
 
 def _encode(answer: Answer, sync_failed: bool) -> bytes:
@@ -106,3 +143,12 @@ def _encode(answer: Answer, sync_failed: bool) -> bytes:
     if sync_failed:
         return encode_error(SYNC_FAILED) * answer.count
     return encode_confirmed(answer.count, answer.first_offset)
+
+
+def _encode_at(answer: Answer, sync_failed: bool) -> bytes:
+    if answer.error is not None:
+        return encode_refused_at(answer.sequence, answer.error)
+    if sync_failed:
+        first = answer.sequence
+        return b"".join(encode_refused_at(first + n, SYNC_FAILED) for n in range(answer.count))
+    return encode_confirmed_at(answer.sequence, answer.count, answer.first_offset)

@@ -33,6 +33,9 @@ class HelloRequest:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+    confirm_order: str | None = None
+    """"topic": confirms per topic, each naming its publish; None or
+    "publish": one answer after another in publish order."""
 
     @property
     def has_credentials(self) -> bool:
@@ -65,6 +68,16 @@ def _string(fields: dict, name: str, longest: int) -> str | None:
     return value
 
 
+CONFIRM_ORDERS = ("publish", "topic")
+
+
+def _confirm_order(fields: dict) -> str | None:
+    value = fields.get("confirm_order")
+    if value is not None and value not in CONFIRM_ORDERS:
+        raise _invalid('confirm_order must be "publish" or "topic"')
+    return value
+
+
 def parse_hello_request(payload: bytes) -> HelloRequest:
     """A client's Hello, checked; ProtocolError("invalid hello") for anything off."""
     fields = decode_hello(payload)
@@ -79,6 +92,7 @@ def parse_hello_request(payload: bytes) -> HelloRequest:
         version=_integer(fields, "version", 1, 1, MAX_U32),
         prefetch=_integer(fields, "prefetch", 1, 1, MAX_U32),
         confirms=_boolean(fields, "confirms", False),
+        confirm_order=_confirm_order(fields),
         patterns=_boolean(fields, "patterns", False),
         groups=_boolean(fields, "groups", False),
         user=user,

@@ -41,6 +41,14 @@ ACK_ID = 20
 """Subscriber -> server: u16 | u32 delivery id."""
 NACK_ID = 21
 """Subscriber -> server: u16 | u32 delivery id."""
+CONFIRMED_AT = 22
+"""Server -> publisher with "confirm_order": "topic": u16 | u64 sequence |
+u32 count | u64 first offset (publishes sequence .. sequence + count - 1)."""
+REFUSED_AT = 23
+"""Server -> publisher with "confirm_order": "topic": u16 | u64 sequence |
+u16 n | text (publish `sequence` refused)."""
+CONFIRM_ORDER_TOPIC = "topic"
+"""Hello's "confirm_order" asking for answers per topic, each naming its publish."""
 EXTENSIONS_VERSION = 1
 
 
@@ -255,6 +263,24 @@ def encode_confirmed(count: int, first_offset: int) -> bytes:
     return _CONFIRMED_HEAD.pack(CONFIRMED, count, first_offset)
 
 
+_CONFIRMED_AT_HEAD = struct.Struct(">HQIQ")
+_CONFIRMED_AT_BODY = struct.Struct(">QIQ")
+_REFUSED_AT_HEAD = struct.Struct(">HQH")
+_REFUSED_AT_BODY = struct.Struct(">QH")
+
+
+def encode_confirmed_at(sequence: int, count: int, first_offset: int) -> bytes:
+    """ConfirmedAt: the connection's publishes `sequence` (counted from 0)
+    to `sequence + count - 1` are stored from `first_offset` on."""
+    return _CONFIRMED_AT_HEAD.pack(CONFIRMED_AT, sequence, count, first_offset)
+
+
+def encode_refused_at(sequence: int, text: str) -> bytes:
+    """RefusedAt: the connection's publish `sequence` was refused."""
+    data = text.encode("utf-8")[:MAX_U16]
+    return _REFUSED_AT_HEAD.pack(REFUSED_AT, sequence, len(data)) + data
+
+
 def extended_delivery_prefix(topic: str) -> bytes:
     """The constant head of a topic's extended deliveries: u16 18 | u16 t | topic."""
     return _U16.pack(DELIVERY) + delivery_prefix(topic)
@@ -377,7 +403,10 @@ def encode_publish(topic: str, payload: bytes) -> bytes:
 
 
 def encode_client_hello(
-    prefetch: int | None = None, confirms: bool = False, groups: bool = False
+    prefetch: int | None = None,
+    confirms: bool = False,
+    groups: bool = False,
+    confirm_order: str | None = None,
 ) -> bytes:
     """A client's Hello asking for this version of the extensions."""
     fields: dict[str, object] = {"version": EXTENSIONS_VERSION}
@@ -385,6 +414,8 @@ def encode_client_hello(
         fields["prefetch"] = prefetch
     if confirms:
         fields["confirms"] = True
+    if confirm_order is not None:
+        fields["confirm_order"] = confirm_order
     if groups:
         fields["groups"] = True
     return encode_hello(fields)
@@ -908,6 +939,10 @@ class ClientEvents(Protocol):
 
     def confirmed(self, count: int, first_offset: int) -> None: ...
 
+    def confirmed_at(self, sequence: int, count: int, first_offset: int) -> None: ...
+
+    def refused_at(self, sequence: int, text: str) -> None: ...
+
     def extended_delivery_received(
         self, topic: str, offset: int, attempt: int, delivery_id: int, payload: bytes
     ) -> None: ...
@@ -935,6 +970,7 @@ class ClientDecoder(_Decoder):
         self.topic_lengths: dict[int, int] = {}
         self._topic = ""
         self._tail: tuple[int, int, int] = (0, 0, 0)
+        self._refused_sequence = 0
         self.tagged = False
         """True once extensions are agreed: every frame then starts with its kind."""
         self._goto(self._head, 2)
@@ -1060,6 +1096,10 @@ class ClientDecoder(_Decoder):
             self._goto(self._tagged_topic_length, 2)
         elif code == CONFIRMED:
             self._goto(self._confirmed, 12)
+        elif code == CONFIRMED_AT:
+            self._goto(self._confirmed_at, 20)
+        elif code == REFUSED_AT:
+            self._goto(self._refused_at_head, 10)
         elif code == STATUS_ERROR:
             self._goto(self._error_length, 2)
         elif code in (STATUS_SUBSCRIBED, STATUS_UNSUBSCRIBED):
@@ -1074,6 +1114,28 @@ class ClientDecoder(_Decoder):
         self._goto(self._tagged_head, 2)
         self.events.confirmed(count, first)
         return pos + 12
+
+    def _confirmed_at(self, data: bytes, pos: int) -> int:
+        sequence, count, first = _CONFIRMED_AT_BODY.unpack_from(data, pos)
+        self._goto(self._tagged_head, 2)
+        self.events.confirmed_at(sequence, count, first)
+        return pos + 20
+
+    def _refused_at_head(self, data: bytes, pos: int) -> int:
+        sequence, length = _REFUSED_AT_BODY.unpack_from(data, pos)
+        self._refused_sequence = sequence
+        if length == 0:
+            self._goto(self._tagged_head, 2)
+            self.events.refused_at(sequence, "")
+        else:
+            self._goto(self._refused_at_text, length)
+        return pos + 10
+
+    def _refused_at_text(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._goto(self._tagged_head, 2)
+        self.events.refused_at(self._refused_sequence, data[pos:end].decode("utf-8", "replace"))
+        return end
 
     def _tagged_topic_length(self, data: bytes, pos: int) -> int:
         (length,) = _unpack_u16(data, pos)

@@ -86,6 +86,13 @@ def _config(directory: Path, port: int, cluster: bool) -> Path:
             f"cluster-node-timeout {NODE_TIMEOUT_MS}",
             # A replica may be promoted however stale: the tests kill primaries.
             "cluster-replica-validity-factor 0",
+            # As docs/scaling.md recommends: a shard without its replica
+            # refuses writes, and the other shards go on serving.
+            "cluster-require-full-coverage no",
+            "min-replicas-to-write 1",
+            # A replica that comes back syncs at once, not after 5 s: until
+            # then its shard refuses writes (min-replicas-to-write 1).
+            "repl-diskless-sync-delay 0",
         ]
     path = node / "redis.conf"
     path.write_text("\n".join(lines) + "\n")
@@ -126,10 +133,12 @@ def start(directory: Path) -> dict[str, str]:
         check=True,
         capture_output=True,
     )
-    _wait_until(lambda: all(_cluster_ok(port) for port in cluster), "the cluster to be ok")
     (directory / "ports.json").write_text(
         json.dumps({"standalone": standalone, "cluster": cluster})
     )
+    # Not only "ok": until each replica has synced, a WAIT for it times out
+    # (a publish with --redis-replicas 1 is refused), however long a test waits.
+    wait_until_healthy(directory)
     return {
         STANDALONE_URL: f"redis://127.0.0.1:{standalone}",
         CLUSTER_URL: "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in cluster[:3]),
@@ -180,12 +189,56 @@ def primary_for_slot(directory: Path, slot: int) -> int:
     raise RuntimeError(f"no live primary serves slot {slot}")
 
 
+def replica_of(directory: Path, primary: int) -> int:
+    """The port of the replica of the primary at port `primary`."""
+    lines = [line.split() for line in _cli(primary, "cluster", "nodes").splitlines()]
+    (primary_id,) = [f[0] for f in lines if "myself" in f[2]]
+    for fields in lines:
+        if "slave" in fields[2] and fields[3] == primary_id:
+            return int(fields[1].split("@")[0].rsplit(":", 1)[1])
+    raise RuntimeError(f"the primary at {primary} has no replica")
+
+
+def config_set(port: int, name: str, value: str) -> None:
+    """Change a setting of the server at `port` (as an operator would)."""
+    assert _cli(port, "config", "set", name, value) == "OK"
+
+
+def wait_for_good_replicas(port: int, count: int) -> None:
+    """Until the primary at `port` counts `count` replicas good enough for
+    min-replicas-to-write."""
+    _wait_until(
+        lambda: f"min_slaves_good_slaves:{count}" in _cli(port, "info", "replication"),
+        f"{count} good replica(s) on {port}",
+    )
+
+
+def slot_ranges(directory: Path) -> dict[int, list[tuple[int, int]]]:
+    """The slot ranges each live primary serves, by port (one node's view)."""
+    for port in ports(directory)["cluster"]:
+        if _cli(port, "ping") != "PONG":
+            continue
+        served: dict[int, list[tuple[int, int]]] = {}
+        for line in _cli(port, "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            owner = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for entry in fields[8:]:
+                low, _, high = entry.partition("-")
+                if low.isdigit():
+                    served.setdefault(owner, []).append((int(low), int(high or low)))
+        return served
+    raise RuntimeError("no live cluster node")
+
+
 def wait_until_healthy(directory: Path, timeout: float = 60.0) -> None:
     _wait_until(lambda: cluster_healthy(directory), "the cluster to heal", timeout)
 
 
 def cluster_healthy(directory: Path) -> bool:
-    """Every node up, the cluster ok, and every primary with a replica."""
+    """Every node up, the cluster ok, and every primary with a replica whose
+    link is up and synced (so that WAIT for one replica is answered at once)."""
     nodes = ports(directory)["cluster"]
     if not all(_cli(port, "ping") == "PONG" for port in nodes):
         return False
@@ -194,7 +247,17 @@ def cluster_healthy(directory: Path) -> bool:
     lines = _cli(nodes[0], "cluster", "nodes").splitlines()
     masters = [line.split()[0] for line in lines if "master" in line.split()[2]]
     replicas_of = [line.split()[3] for line in lines if "slave" in line.split()[2]]
-    return all(m in replicas_of for m in masters) and len(masters) == 3
+    if not (all(m in replicas_of for m in masters) and len(masters) == 3):
+        return False
+    return all(replicas_linked(port) for port in nodes)
+
+
+def replicas_linked(port: int) -> bool:
+    """A replica's link to its primary is up; a primary has a replica online."""
+    info = _cli(port, "info", "replication")
+    if "role:slave" in info:
+        return "master_link_status:up" in info and "master_sync_in_progress:0" in info
+    return "connected_slaves:0" not in info and "state=online" in info
 
 
 def stop(directory: Path) -> None:

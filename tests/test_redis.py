@@ -5,6 +5,7 @@ raw sockets; and the pure pieces (URLs, key names, batch packing)."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -18,8 +19,9 @@ from redis.crc import key_slot
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
-from broker.client import BrokerError, Message, connect
+from broker.client import BrokerError, Message, OutcomeUnknown, connect
 from broker.log.redis_settings import (
     PASSWORD_VARIABLE,
     pack_batch,
@@ -96,6 +98,22 @@ class Received(Inbox):
     @property
     def pairs(self) -> list[tuple[int, bytes]]:
         return [(message.offset, message.payload) for message in self.messages]
+
+
+@pytest.mark.skipif(not servers.available(), reason="redis-server is not installed")
+def test_the_test_cluster_starts_with_every_replica_in_sync(tmp_path):
+    """Once `start` returns (CI's servers, and the suite's own), a WAIT for
+    one replica is answered at once: every replica's link is up and synced.
+    Before, "cluster ok" was all it waited for, and the first replicated
+    publishes of a run on a busy machine were refused ("0 of 1 Redis
+    replica(s) acknowledged it within 2.5 s")."""
+    servers.start(tmp_path)
+    try:
+        nodes = servers.ports(tmp_path)["cluster"]
+        linked = {port: servers.replicas_linked(port) for port in nodes}
+        assert all(linked.values()), linked
+    finally:
+        servers.stop(tmp_path)
 
 
 @pytest_twisted.ensureDeferred
@@ -298,7 +316,11 @@ async def test_redis_stopped_and_started_under_load(own_redis, tmp_path):
         # Orchestrators see it: 503 while the node cannot reach Redis.
         assert await get(monitor, "/healthz") == (503, b'{"status": "waiting for Redis"}')
         assert refused
-        assert all(reason.startswith("could not store message: Redis") for reason in refused)
+        # (those in flight as Redis stopped may have been stored, and say so)
+        assert all(
+            reason.startswith(("could not store message: Redis", "outcome unknown: "))
+            for reason in refused
+        )
         assert highest - before < 64 * 1024, f"memory grew from {before} to {highest} KiB"
         servers.restart(directory, port)
         # Back: the node reconnects by itself, publishes are confirmed again
@@ -571,3 +593,96 @@ async def test_tls_and_a_password_from_the_environment(tls_redis, tmp_path):
     finally:
         await client.close()
         await wrong.stop()
+
+
+def _primary_of(directory: Path, prefix: str, topic: str) -> int:
+    return servers.primary_for_slot(directory, key_slot(topic_keys(prefix, topic).log.encode()))
+
+
+async def _refusal(sent: Deferred) -> tuple[BaseException, float]:
+    """What a publish failed with, and how long after it was sent."""
+    began = reactor.seconds()
+    try:
+        offset = await sent
+    except BrokerError as error:
+        return error, reactor.seconds() - began
+    raise AssertionError(f"confirmed at {offset}, not refused")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publish_redis_refuses_fails_at_once_and_was_not_stored(redis_servers, tmp_path):
+    """NOREPLICAS (the topic's primary has lost its replica, as a promoted
+    one has until the old primary resynced) is a clean refusal, at once: not
+    after WAIT's timeout (half of --redis-timeout, 2.5 s), and nothing of it
+    is stored."""
+    directory = redis_servers["dir"]
+    (node,) = await start_nodes(tmp_path, redis_servers["cluster"], 1, "--redis-replicas", "1")
+    primary = _primary_of(directory, node.prefix, "refused")
+    replica = servers.replica_of(directory, primary)
+    publisher = connect(reactor, node.endpoint, extensions=True)
+    subscriber = connect(reactor, node.endpoint, extensions=True)
+    stopped = servers.pid(directory, replica)
+    assert stopped is not None
+    try:
+        await publisher.connected(timeout=10)
+        servers.config_set(primary, "min-replicas-max-lag", "1")
+        os.kill(stopped, signal.SIGSTOP)
+        await deferToThread(servers.wait_for_good_replicas, primary, 0)
+        for attempt in range(3):
+            error, took = await _refusal(publisher.publish("refused", b"refused %d" % attempt))
+            assert not isinstance(error, OutcomeUnknown), error
+            assert "NOREPLICAS" in str(error)
+            assert str(error).startswith("could not store message")
+            assert took < 1.0, f"refused after {took:.2f} s"
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        await deferToThread(servers.wait_for_good_replicas, primary, 1)
+        assert await publisher.publish("refused", b"stored") == 0  # none before it
+        received = Received()
+        await subscriber.subscribe(["refused"], received, start=StartAt.BEGINNING)
+        await received.wait(1)
+        assert received.pairs == [(0, b"stored")]
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        servers.config_set(primary, "min-replicas-max-lag", "10")
+        await gatherResults([publisher.close(), subscriber.close()])
+        await node.stop()
+        servers.wait_until_healthy(directory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publish_that_may_have_been_stored_is_not_a_clean_refusal(redis_servers, tmp_path):
+    """The topic's replica stopped (SIGSTOP): the primary stores the append,
+    WAIT gets no acknowledgement, and the publisher is told the outcome is
+    unknown (OutcomeUnknown), not that it was refused: once the replica is
+    back, the message is delivered."""
+    directory = redis_servers["dir"]
+    (node,) = await start_nodes(
+        tmp_path, redis_servers["cluster"], 1, "--redis-replicas", "1", "--redis-timeout", "1"
+    )
+    replica = servers.replica_of(directory, _primary_of(directory, node.prefix, "unknown"))
+    publisher = connect(reactor, node.endpoint, extensions=True)
+    subscriber = connect(reactor, node.endpoint, extensions=True)
+    stopped = servers.pid(directory, replica)
+    assert stopped is not None
+    try:
+        await publisher.connected(timeout=10)
+        os.kill(stopped, signal.SIGSTOP)
+        error, _ = await _refusal(publisher.publish("unknown", b"maybe"))
+        assert isinstance(error, OutcomeUnknown), error
+        assert str(error).startswith("outcome unknown")
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        # It was stored: the next publish comes after it, and both arrive.
+        assert await publisher.publish("unknown", b"sure") == 1
+        received = Received()
+        await subscriber.subscribe(["unknown"], received, start=StartAt.BEGINNING)
+        await received.wait(2)
+        assert received.pairs == [(0, b"maybe"), (1, b"sure")]
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        await gatherResults([publisher.close(), subscriber.close()])
+        await node.stop()
+        servers.wait_until_healthy(directory)

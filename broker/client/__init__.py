@@ -29,6 +29,7 @@ from broker.client.protocols import (
     ExtensionsRefused,
     Handler,
     Message,
+    OutcomeUnknown,
     PublisherProtocol,
     SubscriberProtocol,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ExtensionsRefused",
     "Handler",
     "Message",
+    "OutcomeUnknown",
     "PublisherProtocol",
     "QueueFull",
     "StartAt",

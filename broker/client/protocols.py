@@ -7,9 +7,9 @@ alone, with any endpoint.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import (
     Deferred,
@@ -25,6 +25,7 @@ from broker.transport import IStreamTransport
 from broker.wire import (
     ACK,
     ACTION_PUBLISH,
+    CONFIRM_ORDER_TOPIC,
     ERR_AUTH_FAILED,
     ERR_PERMISSION_WITHDRAWN,
     ERR_TOO_MANY_CONNECTIONS,
@@ -53,8 +54,29 @@ _NACK = encode_u16(NACK)
 CLIENT_MAX_PAYLOAD = 1 << 30
 
 
+T = TypeVar("T")
+
+
 class BrokerError(Exception):
     """The broker answered with an Error status."""
+
+
+class OutcomeUnknown(BrokerError):
+    """The broker could not confirm a publish, but may have stored it (its
+    store lost the connection mid-call, or too few replicas acknowledged
+    it): unlike a plain BrokerError, the message may yet be delivered, so
+    publishing it again may deliver it twice."""
+
+
+OUTCOME_UNKNOWN = "outcome unknown"
+"""How the broker's Error text starts when a publish may have been stored."""
+
+
+def refusal(text: str) -> BrokerError:
+    """The exception for an Error answering a publish."""
+    if text.startswith(OUTCOME_UNKNOWN):
+        return OutcomeUnknown(text)
+    return BrokerError(text)
 
 
 class AuthenticationFailed(BrokerError):
@@ -176,25 +198,88 @@ class _ClientProtocol(Protocol):
     def confirmed(self, count: int, first_offset: int) -> None:
         self.protocol_error("unexpected confirm")
 
+    def confirmed_at(self, sequence: int, count: int, first_offset: int) -> None:
+        self.protocol_error("unexpected confirm")
+
+    def refused_at(self, sequence: int, text: str) -> None:
+        self.protocol_error("unexpected refusal")
+
     def protocol_error(self, reason: str) -> None:
         log.error("closing a broken connection: {reason}", reason=reason)
         self.transport.loseConnection()
 
 
+class Unanswered(Generic[T]):
+    """Publishes written on one connection and not answered yet, by their
+    sequence on it (0 for the first). Answers in publish order take the
+    oldest; answers per topic (ConfirmedAt, RefusedAt) name their sequence."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, T] = {}
+        self._oldest = 0
+        self._next = 0
+
+    def append(self, entry: T) -> None:
+        self._entries[self._next] = entry
+        self._next += 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __reversed__(self) -> Iterator[T]:
+        entries = self._entries
+        return iter([entries[number] for number in sorted(entries, reverse=True)])
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def take(self, sequence: int | None, count: int) -> list[T] | None:
+        """The `count` publishes from `sequence` on (None: the oldest), no
+        longer unanswered; None if any of them is not unanswered."""
+        entries = self._entries
+        if sequence is None:
+            while self._oldest < self._next and self._oldest not in entries:
+                self._oldest += 1
+            sequence = self._oldest
+        numbers = range(sequence, sequence + count)
+        if count < 1 or not all(number in entries for number in numbers):
+            return None
+        return [entries.pop(number) for number in numbers]
+
+
 class PublisherProtocol(_ClientProtocol):
     """A publisher connection. Without confirms the broker answers nothing on
     success and errors go to `on_error`; with them, every publish is answered
-    in order, through `on_confirmed` and `on_refused`."""
+    through `on_confirmed` and `on_refused`: in publish order, or, where the
+    broker grants "confirm_order": "topic" (asked for by default), in order
+    per topic, each answer naming the sequence of the publish it answers (a
+    topic whose store hangs then holds back no other topic's confirms)."""
 
-    def __init__(self, confirms: bool = False, credentials: dict[str, str] | None = None) -> None:
-        ask = {"confirms": True} if confirms else {}
+    def __init__(
+        self,
+        confirms: bool = False,
+        credentials: dict[str, str] | None = None,
+        confirm_order: str | None = CONFIRM_ORDER_TOPIC,
+    ) -> None:
+        ask: dict[str, Any] = {}
+        if confirms:
+            ask["confirms"] = True
+            if confirm_order is not None:
+                ask["confirm_order"] = confirm_order
         super().__init__({**ask, **credentials} if credentials else ask or None)
-        self.on_confirmed: Callable[[int, int], None] = lambda count, first: None
-        self.on_refused: Callable[[str], None] = lambda text: None
+        self.on_confirmed: Callable[[int, int, int | None], None] = lambda count, first, at: None
+        """(count, first offset, sequence of the first publish or None: the oldest)"""
+        self.on_refused: Callable[[str, int | None], None] = lambda text, at: None
+        """(text, sequence of the publish or None: the oldest)"""
 
     @property
     def confirming(self) -> bool:
         return bool(self.server and self.server.get("confirms"))
+
+    @property
+    def by_topic(self) -> bool:
+        """Whether the broker answers per topic, naming each publish."""
+        return bool(self.server and self.server.get("confirm_order") == CONFIRM_ORDER_TOPIC)
 
     def _start_role(self) -> None:
         self.transport.write(encode_u16(ACTION_PUBLISH))
@@ -208,13 +293,20 @@ class PublisherProtocol(_ClientProtocol):
         self.transport.write(encode_publish(topic, payload))
 
     def confirmed(self, count: int, first_offset: int) -> None:
-        self.on_confirmed(count, first_offset)
+        self.on_confirmed(count, first_offset, None)
+
+    def confirmed_at(self, sequence: int, count: int, first_offset: int) -> None:
+        self.on_confirmed(count, first_offset, sequence)
+
+    def refused_at(self, sequence: int, text: str) -> None:
+        self.on_refused(text, sequence)
 
     def error_received(self, text: str) -> None:
         # With confirms every publish is answered in order; an Error that
         # answers none (a revoked sign-in, a frame timeout) is not one of them.
-        if self.confirming and not is_unsolicited(text):
-            self.on_refused(text)
+        # By topic, refusals are RefusedAt frames: an Error answers no publish.
+        if self.confirming and not self.by_topic and not is_unsolicited(text):
+            self.on_refused(text, None)
         else:
             super().error_received(text)
 

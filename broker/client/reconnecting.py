@@ -42,8 +42,10 @@ from broker.client.protocols import (
     Message,
     PublisherProtocol,
     SubscriberProtocol,
+    Unanswered,
     _check_publish,
     _check_topics,
+    refusal,
 )
 from broker.groups import DURABLE_PREFIX, GROUP_PREFIX, group_name_problem, parse_group_name
 from broker.subjects import PatternError, check_pattern, is_pattern, matches
@@ -110,7 +112,7 @@ class _PublisherLink:
 
     def __init__(self, protocol: PublisherProtocol, on_error: Callable[[str], None]) -> None:
         self.protocol = protocol
-        self.unanswered: deque[_Publish] = deque()
+        self.unanswered: Unanswered[_Publish] = Unanswered()
         self._on_error = on_error
         protocol.on_confirmed = self._confirmed
         protocol.on_refused = self._refused
@@ -122,26 +124,27 @@ class _PublisherLink:
         elif not entry.done.called:
             entry.done.callback(None)
 
-    def _confirmed(self, count: int, first_offset: int) -> None:
-        unanswered = self.unanswered
-        if count > len(unanswered):
+    def _confirmed(self, count: int, first_offset: int, sequence: int | None) -> None:
+        entries = self.unanswered.take(sequence, count)
+        if entries is None:
+            at = "" if sequence is None else f" from publish {sequence}"
             self.protocol.protocol_error(
-                f"{count} confirms for {len(unanswered)} unanswered publishes"
+                f"{count} confirms{at} for {len(self.unanswered)} unanswered publishes"
             )
             return
-        for offset in range(first_offset, first_offset + count):
-            entry = unanswered.popleft()
+        for offset, entry in enumerate(entries, first_offset):
             if not entry.done.called:  # else cancelled after it was written
                 entry.done.callback(offset)
 
-    def _refused(self, text: str) -> None:
-        if not self.unanswered:
+    def _refused(self, text: str, sequence: int | None) -> None:
+        entries = self.unanswered.take(sequence, 1)
+        if entries is None:
             self.protocol.protocol_error(f"an error answers no publish: {text}")
             return
         self._on_error(text)
-        entry = self.unanswered.popleft()
+        (entry,) = entries
         if not entry.done.called:
-            entry.done.errback(BrokerError(text))
+            entry.done.errback(refusal(text))
 
 
 class _Role(Generic[P]):

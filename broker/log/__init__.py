@@ -1,7 +1,7 @@
 """Message stores behind one interface: in memory, and on disk."""
 
 from broker.log.file import FileStore, FileStoreSettings, FsyncPolicy
-from broker.log.interface import IMessageLog, Retention, StoreError
+from broker.log.interface import IMessageLog, Retention, StoreError, StoreOutcomeUnknown
 from broker.log.memory import DEFAULT_MEMORY_RETENTION, MemoryLog
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "MemoryLog",
     "Retention",
     "StoreError",
+    "StoreOutcomeUnknown",
 ]

@@ -22,6 +22,16 @@ class StoreError(Exception):
     """A store could not take or give what was asked (disk full, file gone...)."""
 
 
+OUTCOME_UNKNOWN = "outcome unknown"
+
+
+class StoreOutcomeUnknown(StoreError):
+    """A networked store may have kept what it was asked to (the connection
+    went mid-call, or too few replicas acknowledged it): unlike a plain
+    StoreError, the messages may yet be delivered. Its text starts with
+    OUTCOME_UNKNOWN, so that a client can tell it from a clean refusal."""
+
+
 class IMessageLog(Interface):
     """An append-only log of one topic's messages, addressed by dense offsets.
 

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker.log.batch_cache import BatchCache
-from broker.log.interface import IMessageLog, StoreError
+from broker.log.interface import OUTCOME_UNKNOWN, IMessageLog, StoreError, StoreOutcomeUnknown
 from broker.log.redis_groups import RedisGroupCursor
 from broker.log.redis_settings import (
     RedisStoreSettings,
@@ -49,6 +49,16 @@ if TYPE_CHECKING:
     from broker.topics import Topic
 
 _timeout = getattr(asyncio, "timeout", None)  # Python 3.11 and later
+
+
+def _deadline(seconds: float) -> Any:
+    """asyncio.timeout, or on Python 3.10 async_timeout's equivalent."""
+    if _timeout is not None:
+        return _timeout(seconds)
+    from async_timeout import timeout  # type: ignore[import-not-found]  # redis-py's, on 3.10
+
+    return timeout(seconds)
+
 
 log = Logger()
 
@@ -75,6 +85,21 @@ MAX_CONCURRENT_CALLS = 64
 # Reconnection backoff after Redis is lost (seconds).
 FIRST_RETRY = 0.1
 LAST_RETRY = 5.0
+# A lost shard is retried at least this often: it is back once its replica
+# is promoted, in about the cluster's node timeout.
+LAST_SHARD_RETRY = 0.5
+# The cluster's topology is read again at most this often (seconds).
+TOPOLOGY_REFRESH = 0.2
+
+
+class _TryAgain(Exception):
+    """Redis refused a call for a reason the store has dealt with."""
+
+
+async def _disconnect(pinned: Redis) -> None:
+    """Drop a connection whose replies are not all read: never reused."""
+    if pinned.connection is not None:
+        await pinned.connection.disconnect(nowait=True)
 
 
 def store_error(failure: Failure, timeout: float) -> StoreError:
@@ -372,7 +397,7 @@ class _ShardListener:
             raise
         except Exception as error:
             self._task = None
-            self._store.lost(f"listening on {self.address[0]}:{self.address[1]}: {error}")
+            self._store.shard_lost(self, str(error))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -396,8 +421,17 @@ class RedisStore:
         self._followed: dict[str, RedisLog] = {}  # channel -> log
         self._listeners: dict[tuple[str, int], _ShardListener] = {}
         self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
-        self._resyncing = False
         self._closed = False
+        self._unheard: dict[str, RedisLog | None] = {}
+        """Channels to subscribe to again (a topic's, or None: the directory's)
+        since the listener of their shard was lost."""
+        self._down: set[tuple[str, int]] = set()
+        """Primaries whose listener failed and is not back yet."""
+        self._recovering = False
+        self._primaries: dict[tuple[str, int], Redis] = {}
+        """Clients of each cluster primary, for appends (FCALL and WAIT on one connection)."""
+        self._refreshing = False
+        self._last_refresh = -TOPOLOGY_REFRESH
         prefix = settings.prefix
         self._directory = f"{prefix}:{{directory}}:topics"
         self._directory_channel = f"{prefix}:{{directory}}:created"
@@ -433,6 +467,7 @@ class RedisStore:
             "where": self.settings.target.describe(),
             "node_name": self.settings.node_name,
             "connected": self.connected,
+            "shards_reconnecting": len(self._down),
             "replicas": self.settings.replicas,
             "pending_bytes": self.pending_bytes,
             "followed_topics": len(self._followed),
@@ -443,7 +478,12 @@ class RedisStore:
     @property
     def connected(self) -> bool:
         """Whether Redis answered and nothing since says it is gone."""
-        return self.ready.called and not self._resyncing
+        if not self.ready.called:
+            return False
+        if not isinstance(self.client, RedisCluster):
+            return not self._down
+        # One shard down is not the store down: the other shards serve on.
+        return len(self._down) < max(len(self.client.get_primaries()), 1)
 
     def connection_options(self) -> dict[str, Any]:
         target = self.settings.target
@@ -488,7 +528,8 @@ class RedisStore:
             try:
                 await self._follow_directory()
             except Exception as error:
-                self.lost(f"reading the topic directory: {error}")
+                log.warn("cannot follow the topic directory yet: {error}", error=error)
+                self._hear_again(self._directory_channel, None)
             return
 
     async def _load_functions(self) -> None:
@@ -505,6 +546,8 @@ class RedisStore:
         for listener in list(self._listeners.values()):
             await listener.close()
         self._listeners.clear()
+        for primary in self._primaries.values():
+            await primary.aclose()
         await self.client.aclose()
 
     # Topics.
@@ -579,33 +622,134 @@ class RedisStore:
             retention.max_bytes or 0,
             0 if replicas else ANNOUNCED_BATCH_BYTES,
         )
-        if not replicas:
-            first, end, held = await self._call(
-                self.client.fcall(APPEND, 3, keys.log, keys.meta, keys.times, *arguments)
+        async with self._calls:
+            for last_try in (False, True):
+                try:
+                    first, end, held = await self._append_on_primary(keys, arguments)
+                except _TryAgain as again:
+                    if last_try:
+                        raise StoreError(f"could not store message: Redis: {again}") from None
+                    continue
+                break
+        if replicas:
+            announcement = arguments[3] if len(arguments[3]) <= ANNOUNCED_BATCH_BYTES else None
+            self._background(self._announce(keys, first, len(payloads), announcement))
+        return first, end, held
+
+    async def _append_on_primary(
+        self, keys: TopicKeys, arguments: tuple[Any, ...]
+    ) -> tuple[int, int, int]:
+        """FCALL, then (with replicas) WAIT, on one connection to the primary
+        that holds the topic: WAIT counts that connection's writes, so it is
+        sent only once the append was stored, and a refusal (NOREPLICAS,
+        MOVED, READONLY...) fails at once. A failure once the append may have
+        been stored says so (StoreOutcomeUnknown)."""
+        settings = self.settings
+        replicas = settings.replicas
+        primary = self._primary_client(keys.log)
+        pinned = primary.client()  # one connection of the primary's pool
+        phase = "connecting"
+        try:
+            async with _deadline(settings.timeout):
+                await pinned.initialize()
+                phase = "appending"
+                first, end, held = await pinned.fcall(
+                    APPEND, 3, keys.log, keys.meta, keys.times, *arguments
+                )
+                if replicas:
+                    phase = "waiting"
+                    # WAIT gives up in half the call's time, so that its answer
+                    # (how many replicas have it) is what the publisher hears.
+                    wait_ms = max(int(settings.timeout * 500), 1)
+                    acknowledged = await pinned.execute_command("WAIT", replicas, wait_ms)
+        except redis_errors.ResponseError as error:
+            if phase == "waiting":  # e.g. the primary became a replica meanwhile
+                await _disconnect(pinned)
+                raise StoreOutcomeUnknown(
+                    f"{OUTCOME_UNKNOWN}: stored on a Redis primary, then Redis: {error}"
+                ) from None
+            # Refused before anything was written: nothing was stored.
+            await self._refused_by_redis(str(error), primary)
+            raise
+        except (asyncio.TimeoutError, TimeoutError, redis_errors.RedisError, OSError) as error:
+            await _disconnect(pinned)
+            if phase == "connecting":
+                self.topology_changed()
+                raise
+            cause = (
+                f"Redis did not answer within {settings.timeout:g} s"
+                if isinstance(error, asyncio.TimeoutError | TimeoutError)
+                else f"Redis: {error or type(error).__name__}"
             )
-            return int(first), int(end), int(held)
-        pipeline = self.client.pipeline(transaction=False)
-        pipeline.fcall(APPEND, 3, keys.log, keys.meta, keys.times, *arguments)
-        # WAIT gives up in half the call's time, so that its answer (how many
-        # replicas have it) is what the publisher hears, not a timeout.
-        wait = ("WAIT", replicas, max(int(settings.timeout * 500), 1))
-        if isinstance(self.client, RedisCluster):
-            node = self.client.get_node_from_key(keys.log)
-            pipeline.execute_command(*wait, target_nodes=node)
-        else:
-            pipeline.execute_command(*wait)
-        (first, end, held), acknowledged = await self._call(pipeline.execute())
-        if int(acknowledged) < replicas:
+            raise StoreOutcomeUnknown(
+                f"{OUTCOME_UNKNOWN}: the message may have been stored: {cause}"
+            ) from None
+        finally:
+            await pinned.aclose()
+        if replicas and int(acknowledged) < replicas:
             # Not announced: no node reads what a failover may take back. A
             # later append that is replicated announces it (replication keeps
-            # order), and it is delivered then, though not confirmed now.
-            raise StoreError(
-                f"could not store message: {acknowledged} of {replicas} Redis replica(s) "
-                f"acknowledged it within {settings.timeout / 2:g} s"
+            # order), and it may be delivered then: its fate is not known.
+            raise StoreOutcomeUnknown(
+                f"{OUTCOME_UNKNOWN}: stored on the Redis primary, but {acknowledged} of "
+                f"{replicas} Redis replica(s) acknowledged it within {settings.timeout / 2:g} s"
             )
-        announcement = arguments[3] if len(arguments[3]) <= ANNOUNCED_BATCH_BYTES else None
-        self._background(self._announce(keys, int(first), len(payloads), announcement))
         return int(first), int(end), int(held)
+
+    async def _refused_by_redis(self, error: str, primary: Redis) -> None:
+        """Redis refused a call before running it: learn why, so that the
+        next call can succeed (a moved slot, functions a restart lost)."""
+        if error.startswith(("MOVED", "ASK", "CLUSTERDOWN", "READONLY")):
+            self.topology_changed()
+            raise _TryAgain(error)
+        if "function not found" in error.lower():
+            # On this primary only, and outside the bound on calls (this
+            # call holds a place in it already).
+            load = primary.function_load(FUNCTIONS, replace=True)
+            await asyncio.wait_for(load, self.settings.timeout)
+            raise _TryAgain(error)
+
+    def _primary_client(self, key: str) -> Redis:
+        """A client of the primary that holds `key` now (as last heard)."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return client
+        node = client.get_node_from_key(key)
+        if node is None:
+            self.topology_changed()
+            raise StoreError("could not store message: no Redis primary serves the topic now")
+        address = (str(node.host), int(node.port))
+        primary = self._primaries.get(address)
+        if primary is None:
+            primary = self._primaries[address] = Redis(
+                host=address[0],
+                port=address[1],
+                retry=Retry(NoBackoff(), 0),
+                **self.connection_options(),
+            )
+        return primary
+
+    def topology_changed(self) -> None:
+        """A primary is gone or a slot moved: ask the cluster who serves what
+        (one request at a time, at most every TOPOLOGY_REFRESH seconds)."""
+        client = self.client
+        if not isinstance(client, RedisCluster) or self._closed:
+            return
+        now = asyncio.get_event_loop().time()
+        if self._refreshing or now - self._last_refresh < TOPOLOGY_REFRESH:
+            return
+        self._refreshing = True
+        self._last_refresh = now
+
+        async def refresh() -> None:
+            try:
+                await asyncio.wait_for(client.nodes_manager.initialize(), self.settings.timeout)
+            except Exception as error:
+                log.debug("Redis Cluster topology not read: {error}", error=error)
+            finally:
+                self._refreshing = False
+
+        self._background(refresh())
 
     async def _announce(self, keys: TopicKeys, first: int, count: int, batch: bytes | None) -> None:
         """What the append function does itself without replicas: tell the
@@ -716,7 +860,9 @@ class RedisStore:
             await self.ready_now()
             await self._subscribe(logs)
         except Exception as error:
-            self.lost(f"following {len(logs)} topic(s): {error}")
+            log.debug("following {n} topic(s): {error}", n=len(logs), error=error)
+            for topic_log in logs:
+                self._hear_again(topic_log.keys.channel, topic_log)
 
     async def _subscribe(self, logs: list[RedisLog]) -> None:
         by_listener: dict[tuple[str, int], list[str]] = {}
@@ -793,36 +939,91 @@ class RedisStore:
         first, count, batch = message.split(b":", 2)
         topic_log.learn_batch(int(first), unpack_batch(int(count), batch))
 
-    def lost(self, why: str) -> None:
-        """A listener (or following) failed: rebuild every listener, with backoff."""
-        if self._resyncing or self._closed:
+    def shard_lost(self, listener: _ShardListener, why: str) -> None:
+        """The listener of one primary failed: only its channels are
+        subscribed again (on whichever primary holds them then), with
+        backoff; the other shards' listeners go on."""
+        if self._closed:
             return
-        self._resyncing = True
-        log.warn("lost Redis ({why}); reconnecting", why=why)
-        self._background(self._resync())
+        address = listener.address
+        if self._listeners.get(address) is listener:
+            del self._listeners[address]
+        self._background(listener.close())
+        self._down.add(address)
+        log.warn(
+            "lost Redis at {host}:{port} ({why}); following its {n} channel(s) again",
+            host=address[0],
+            port=address[1],
+            why=why,
+            n=len(listener.channels),
+        )
+        for channel in listener.channels:
+            if channel == self._directory_channel:
+                self._hear_again(channel, None)
+            elif channel in self._followed:
+                self._hear_again(channel, self._followed[channel])
+        self.topology_changed()
 
-    async def _resync(self) -> None:
+    def _hear_again(self, channel: str, topic_log: RedisLog | None) -> None:
+        self._unheard[channel] = topic_log
+        if not self._recovering and not self._closed:
+            self._recovering = True
+            self._background(self._recover())
+
+    async def _recover(self) -> None:
+        """Subscribe the unheard channels again, shard by shard, until all
+        are back; each shard's channels as soon as their primary answers."""
         delay = FIRST_RETRY
-        while not self._closed:
-            for listener in list(self._listeners.values()):
-                await listener.close()
-            self._listeners.clear()
-            try:
+        try:
+            while self._unheard and not self._closed:
                 if isinstance(self.client, RedisCluster):
-                    await asyncio.wait_for(
-                        self.client.nodes_manager.initialize(), self.settings.timeout
-                    )
-                await self._load_functions()  # a restarted Redis may have lost them
-                await self._follow_directory()
-                await self._subscribe(list(self._followed.values()))
-            except Exception as error:
-                log.debug("Redis still unreachable: {error}", error=error)
+                    try:
+                        await asyncio.wait_for(
+                            self.client.nodes_manager.initialize(), self.settings.timeout
+                        )
+                    except Exception as error:
+                        log.debug("Redis Cluster topology not read: {error}", error=error)
+                failed = await self._subscribe_unheard()
+                self._down = failed
+                if not self._unheard:
+                    break
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, LAST_RETRY)
-                continue
-            self._resyncing = False
+                delay = min(delay * 2, LAST_SHARD_RETRY)
+        finally:
+            self._recovering = False
+        if not self._closed:
+            self._down.clear()
             log.info("Redis reconnected: following {n} topic(s)", n=len(self._followed))
-            return
+
+    async def _subscribe_unheard(self) -> set[tuple[str, int]]:
+        """One round: the primaries that failed this time."""
+        by_owner: dict[tuple[str, int], list[str]] = {}
+        for channel in list(self._unheard):
+            try:
+                owner = self._owner(channel)
+            except redis_errors.RedisError:
+                continue
+            by_owner.setdefault(owner, []).append(channel)
+        failed: set[tuple[str, int]] = set()
+        for owner, channels in by_owner.items():
+            try:
+                listener = self._listener(owner)
+                for channel in channels:  # one slot a command, as a cluster needs
+                    await asyncio.wait_for(listener.subscribe([channel]), self.settings.timeout)
+                for channel in channels:
+                    topic_log = self._unheard[channel]
+                    if topic_log is None:
+                        await self._follow_directory()
+                    elif self._followed.get(channel) is topic_log:
+                        await self._refresh(topic_log)  # what it missed meanwhile
+                    del self._unheard[channel]
+            except Exception as error:
+                log.debug("Redis at {owner} still unreachable: {error}", owner=owner, error=error)
+                failed.add(owner)
+                lost = self._listeners.pop(owner, None)
+                if lost is not None:
+                    await lost.close()
+        return failed
 
 
 def _stream_entries(reply: Any) -> list:

@@ -30,6 +30,7 @@ from broker.tls import peer_certificate
 from broker.transport import IStreamTransport
 from broker.users import ANONYMOUS, User, Users
 from broker.wire import (
+    CONFIRM_ORDER_TOPIC,
     ERR_AUTH_FAILED,
     ERR_AUTH_REVOKED,
     ERR_FRAME_TIMEOUT,
@@ -230,8 +231,16 @@ class BrokerProtocol(Int32StringReceiver):
         settings = self.factory.settings
         prefetch = min(request.prefetch, settings.max_prefetch)
         # Only what was agreed is kept: no secret outlives the check.
+        # Answers per topic only for a client that asked (old clients match
+        # confirms by publish order).
+        confirm_order = request.confirm_order if request.confirms else None
         self.hello = HelloRequest(
-            request.version, prefetch, request.confirms, request.patterns, request.groups
+            request.version,
+            prefetch,
+            request.confirms,
+            patterns=request.patterns,
+            groups=request.groups,
+            confirm_order=confirm_order,
         )
         assert self.decoder is not None
         self.decoder.extended = True
@@ -251,6 +260,8 @@ class BrokerProtocol(Int32StringReceiver):
             "dead_letters": settings.dead_letter_topic,
             "from64": True,
         }
+        if request.confirm_order is not None:
+            answer["confirm_order"] = confirm_order or "publish"
         if self.user is not None:
             answer["user"] = self.user.name
         self.transport.write(encode_hello(answer))
@@ -273,6 +284,7 @@ class BrokerProtocol(Int32StringReceiver):
             PublisherSession(
                 self,
                 confirms=bool(self.hello and self.hello.confirms),
+                by_topic=bool(self.hello and self.hello.confirm_order == CONFIRM_ORDER_TOPIC),
                 may_publish=user.publish if user is not None else None,
             )
         )

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from broker.confirms import Answer, ConfirmQueue, answers_in_order
+from broker.confirms import Answer, ConfirmQueue, answers_in_order, answers_of_topic
 from broker.log import StoreError
 from broker.server.session import Session
 from broker.topics import TooManyTopics
@@ -33,14 +33,22 @@ class PublisherSession(Session):
     role = "publisher"
 
     def __init__(
-        self, protocol: BrokerProtocol, confirms: bool, may_publish: Rules | None = None
+        self,
+        protocol: BrokerProtocol,
+        confirms: bool,
+        may_publish: Rules | None = None,
+        by_topic: bool = False,
     ) -> None:
         super().__init__(protocol)
         self._may_publish = may_publish
         """The user's publish rules; None: no users file, every topic allowed."""
         self._batch: dict[str, list[bytes]] = {}
         # Answers go out at once when nothing waits to be written before them.
-        self._confirms = ConfirmQueue(direct_writer(protocol.transport)) if confirms else None
+        self._confirms = (
+            ConfirmQueue(direct_writer(protocol.transport), by_topic) if confirms else None
+        )
+        self._sequence = 0
+        """How many publishes were answered before this read's (confirms by topic)."""
         self.messages = 0
         self.bytes = 0
         # This read's publishes in order, for confirms: (topic, True) or (error, False).
@@ -93,7 +101,7 @@ class PublisherSession(Session):
         confirms = self._confirms
         may_publish = self._may_publish
         firsts: dict[str, int | str] = {}
-        committed: list[Deferred[None]] = []
+        committed_of: dict[str, Deferred[None]] = {}
         stored_later: dict[str, Deferred[int | str]] = {}
         for topic, payloads in batch.items():
             if may_publish is not None and not may_publish.permits(topic):
@@ -122,9 +130,13 @@ class PublisherSession(Session):
                 continue
             firsts[topic] = first
             if confirms is not None and stored.log.committed_offset < first + len(payloads):
-                committed.append(stored.log.flush())
+                committed_of[topic] = stored.log.flush()
         if confirms is not None:
             order, self._order = self._order, []
+            if confirms.by_topic:
+                self._answer_by_topic(order, firsts, stored_later, committed_of)
+                return
+            committed = list(committed_of.values())
             if not stored_later:
                 confirms.add(answers_in_order(order, firsts), committed)
                 return
@@ -134,6 +146,37 @@ class PublisherSession(Session):
                 return answers_in_order(order, firsts)
 
             confirms.add(gatherResults(list(stored_later.values())).addCallback(answers), committed)
+
+    def _answer_by_topic(
+        self,
+        order: list[tuple[str, bool]],
+        firsts: dict[str, int | str],
+        stored_later: dict[str, Deferred[int | str]],
+        committed_of: dict[str, Deferred[None]],
+    ) -> None:
+        """Each topic's answers in a lane of their own, waiting only for that
+        topic's append; refusals made as the read was parsed go at once."""
+        assert self._confirms is not None
+        confirms = self._confirms
+        sequences: dict[str, list[int]] = {}
+        refusals: list[Answer] = []
+        sequence = self._sequence
+        for text, is_topic in order:
+            if is_topic:
+                sequences.setdefault(text, []).append(sequence)
+            else:
+                refusals.append(Answer(error=text, sequence=sequence))
+            sequence += 1
+        self._sequence = sequence
+        if refusals:
+            confirms.add(refusals, [])
+        for topic, numbers in sequences.items():
+            committed = [committed_of[topic]] if topic in committed_of else []
+            later = stored_later.get(topic)
+            if later is None:
+                confirms.add(answers_of_topic(numbers, firsts[topic]), committed, topic)
+            else:
+                confirms.add(_answers_once(later, numbers), committed, topic)
 
     def _store_refused(self, topic: str, count: int, error: Exception, answered: bool) -> None:
         """Count and log a batch the store refused; a publisher without
@@ -157,3 +200,8 @@ class PublisherSession(Session):
         )
         self._store_refused(topic, count, error, answered)
         return str(error)
+
+
+def _answers_once(stored: Deferred[int | str], sequences: list[int]) -> Deferred[list[Answer]]:
+    """The answers of one topic's publishes once the store said where they went."""
+    return stored.addCallback(lambda outcome: answers_of_topic(sequences, outcome))
