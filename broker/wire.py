@@ -463,6 +463,15 @@ class _Decoder:
         if pos < end:
             held += memoryview(data)[pos:]
 
+    def discard(self) -> None:
+        """Let go at once of what is held: the connection is gone. A decoder
+        is in a reference cycle of its own (its state is one of its bound
+        methods), so its buffer would otherwise wait for a garbage
+        collection, which an idle process may not run for a long time."""
+        self._held = bytearray()
+        self._on_hold = None
+        self._goto(self._state, sys.maxsize)
+
     def hold(self) -> None:
         """Decode nothing after the current step until `release`: what comes
         meanwhile is kept as it is. Costs the decoding loop nothing: the

@@ -184,6 +184,8 @@ class BrokerProtocol(Int32StringReceiver):
         cancel_call(self._cut_off)
         self._frame_timer = self._cut_off = None
         self.factory.input_budget.remove(self)
+        if self.decoder is not None:
+            self.decoder.discard()
         if self.session is not None:
             self.session.close()
         if self.user is not None:
