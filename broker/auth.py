@@ -9,7 +9,12 @@ check runs in a thread (`run_blocking`), never in the reactor. An unknown
 user costs the same check as a known one, against a hash made up for the
 purpose, so the answer's timing does not tell which names exist. Repeated
 failures from one address are answered ever later, and the wait comes
-before the check, so a guesser spends our CPU no faster either.
+before the check, so a guesser spends our CPU no faster either. Attempts
+from one address are checked one at a time, each wait computed when its
+turn comes (sending many at once gains nothing), and a success forgives
+only the failures of the user who succeeded. A sign-in is decided against
+the users file in force when its check completes, so a reload meanwhile
+counts.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import base64
 import hashlib
 import hmac
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -55,11 +60,17 @@ def run_here(function: Callable[..., T], *args: Any) -> Deferred[T]:
 
 
 class FailureThrottle:
-    """Counts authentication failures per address and says how long that
-    address must wait before its next attempt is checked: nothing for the
-    first `free` failures, then a doubling delay up to `longest` seconds.
-    An address is forgotten after `forget_after` quiet seconds, and at most
-    `max_addresses` are remembered (the least recent go first)."""
+    """Counts authentication failures per address, and per name within it,
+    and says how long that address must wait before its next attempt is
+    checked: nothing for the first `free` failures, then a doubling delay up
+    to `longest` seconds. A success clears only the failures of the name
+    that succeeded, so a guesser cannot reset its count by signing in as
+    another user between guesses. An address is forgotten after
+    `forget_after` quiet seconds, and at most `max_addresses` are
+    remembered (the least recent go first), each with at most `max_names`
+    names (the rest counted together)."""
+
+    _OTHERS = "\x00others"
 
     def __init__(
         self,
@@ -69,6 +80,7 @@ class FailureThrottle:
         longest: float = 30.0,
         forget_after: float = 600.0,
         max_addresses: int = 10_000,
+        max_names: int = 32,
     ) -> None:
         self._clock = clock
         self._free = free
@@ -76,32 +88,53 @@ class FailureThrottle:
         self._longest = longest
         self._forget_after = forget_after
         self._max_addresses = max_addresses
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._max_names = max_names
+        # address -> (failures per name, time of the last failure)
+        self._failures: OrderedDict[str, tuple[dict[str, int], float]] = OrderedDict()
 
     def delay(self, address: str) -> float:
         """Seconds to wait before checking this address's next attempt."""
         entry = self._failures.get(address)
         if entry is None:
             return 0.0
-        count, last = entry
+        names, last = entry
         if self._clock.seconds() - last > self._forget_after:
             del self._failures[address]
             return 0.0
+        count = sum(names.values())
         if count < self._free:
             return 0.0
         return min(self._longest, self._first_delay * 2 ** (count - self._free))
 
-    def failed(self, address: str) -> None:
-        count = self._failures.pop(address, (0, 0.0))[0]
-        self._failures[address] = (count + 1, self._clock.seconds())
+    def failed(self, address: str, name: str = "") -> None:
+        """An attempt from `address`, naming `name` (a user, or "" for a
+        token), was refused."""
+        names = self._failures.pop(address, ({}, 0.0))[0]
+        if name not in names and len(names) >= self._max_names:
+            name = self._OTHERS
+        names[name] = names.get(name, 0) + 1
+        self._failures[address] = (names, self._clock.seconds())
         while len(self._failures) > self._max_addresses:
             self._failures.popitem(last=False)
 
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
+    def succeeded(self, address: str, name: str = "") -> None:
+        """`name` signed in from `address`: its own failures are forgiven."""
+        entry = self._failures.get(address)
+        if entry is not None:
+            entry[0].pop(name, None)
+            if not entry[0]:
+                del self._failures[address]
 
     def __len__(self) -> int:
         return len(self._failures)
+
+
+class _Attempt:
+    """A sign-in waiting for its address's turn."""
+
+    def __init__(self, request: HelloRequest, answer: Deferred[User]) -> None:
+        self.request = request
+        self.answer = answer
 
 
 class Authenticator:
@@ -114,6 +147,7 @@ class Authenticator:
         run_blocking: RunBlocking = run_here,
         identity: str = "cn",
         throttle: FailureThrottle | None = None,
+        max_waiting: int = 16,
     ) -> None:
         self._clock = clock
         self.run_blocking = run_blocking
@@ -128,6 +162,11 @@ class Authenticator:
         # last verified: a client that reconnects is not charged scrypt again.
         self._key = os.urandom(32)
         self._verified: dict[tuple[str, str], bytes] = {}
+        self.max_waiting = max_waiting
+        """Sign-ins from one address that may wait for their turn; more are refused."""
+        # address -> attempts waiting behind the one being checked (the key
+        # exists while one is being checked).
+        self._waiting: dict[str, deque[_Attempt]] = {}
         self.users = users
 
     @property
@@ -150,21 +189,48 @@ class Authenticator:
             return self._certified(certificate, request)
         if request is None or not request.has_credentials:
             return succeed(self.users.anonymous)
+        queue = self._waiting.get(address)
+        if queue is None:
+            self._waiting[address] = deque()
+            return self._attempt(address, request)
+        if len(queue) >= self.max_waiting:
+            return fail(
+                AuthenticationFailed(f"{len(queue)} sign-ins from its address wait already")
+            )
+        answer: Deferred[User] = Deferred()
+        queue.append(_Attempt(request, answer))
+        return answer
+
+    def _attempt(self, address: str, request: HelloRequest) -> Deferred[User]:
+        """Check one attempt after the wait its address has earned by now,
+        then let the address's next attempt take its turn. Attempts from one
+        address are checked one at a time, each wait computed when its turn
+        comes, so sending many at once gains a guesser nothing."""
         wait = self.throttle.delay(address)
         checking = (
             deferLater(self._clock, wait, self._check, request) if wait else self._check(request)
         )
+        name = request.user or ""
 
         def counted(user: User) -> User:
-            self.throttle.succeeded(address)
+            self.throttle.succeeded(address, name)
             return user
 
         def refused(failure: Any) -> Any:
             if failure.check(AuthenticationFailed):
-                self.throttle.failed(address)
+                self.throttle.failed(address, name)
             return failure
 
-        return checking.addCallbacks(counted, refused)
+        def next_turn(result: Any) -> Any:
+            queue = self._waiting.get(address)
+            if queue:
+                attempt = queue.popleft()
+                self._attempt(address, attempt.request).chainDeferred(attempt.answer)
+            else:
+                self._waiting.pop(address, None)
+            return result
+
+        return checking.addCallbacks(counted, refused).addBoth(next_turn)
 
     def _certified(
         self, certificate: x509.Certificate, request: HelloRequest | None
@@ -208,15 +274,21 @@ class Authenticator:
         if stored is None:
             # Unknown, or a user without a password: the same work, then no.
             stored = self._decoy
-        users = self.users
 
         def checked(right: bool) -> User:
             if user is None or user.password_hash is None:
                 raise AuthenticationFailed(f"unknown user {name!r}")
             if not right:
                 raise AuthenticationFailed(f"wrong password for {name!r}")
-            if users is self.users:
-                self._verified[(name, user.password_hash)] = digest
-            return user
+            # Decided against the users file in force now, which a reload may
+            # have changed while the check ran: the user's rights as they are
+            # now, and no sign-in for a user removed or whose password changed.
+            current = self.users.by_name.get(name)
+            if current is None:
+                raise AuthenticationFailed(f"user {name!r} was removed while signing in")
+            if current.password_hash != user.password_hash:
+                raise AuthenticationFailed(f"the password of {name!r} changed while signing in")
+            self._verified[(name, user.password_hash)] = digest
+            return current
 
         return self.run_blocking(verify_secret, password, stored).addCallback(checked)

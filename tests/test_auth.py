@@ -373,3 +373,115 @@ def test_a_refused_client_backs_off_further_with_each_refusal():
     # Each attempt connects by TCP before it is refused; the steps still grow.
     assert len(asked) >= 4 and asked == sorted(asked) and asked[-1] > asked[0]
     closed(broker, wrong)
+
+
+def _signing_in(authenticator, answers: list, at: dict, clock: Clock, user: str, password: str):
+    from broker.hello import HelloRequest
+
+    index = len(answers)
+    answer = authenticator.authenticate("10.0.0.9", HelloRequest(user=user, password=password))
+
+    def done(result):
+        at[index] = clock.seconds()
+        return result
+
+    answers.append(answer.addBoth(done))
+
+
+def test_guesses_sent_at_once_wait_their_turns_one_after_another():
+    """After five failures, guesses sent together are checked one at a time,
+    each after the wait the failures before it have earned (they were all
+    answered after the same 2 s, each wait computed when it arrived)."""
+    from broker.auth import AuthenticationFailed, Authenticator
+
+    clock = Clock()
+    authenticator = Authenticator(make_users(), clock)
+    answers: list[Deferred] = []
+    at: dict[int, float] = {}
+    for _ in range(5):
+        _signing_in(authenticator, answers, at, clock, "alice", "guess")
+        clock.advance(2)
+    clock.advance(10)
+    base = clock.seconds()
+    for _ in range(5):
+        _signing_in(authenticator, answers, at, clock, "alice", "guess")
+    clock.pump([0.25] * 400)
+    waited = [round(at[i] - base, 2) for i in range(5, 10)]
+    assert waited == [2, 2 + 4, 2 + 4 + 8, 2 + 4 + 8 + 16, 2 + 4 + 8 + 16 + 30]
+    for answer in answers:
+        answer.addErrback(lambda failure: failure.trap(AuthenticationFailed))
+    # Past a bound, an address's attempts are refused at once: memory stays bounded.
+    for _ in range(authenticator.max_waiting + 2):  # one checked, the rest waiting
+        _signing_in(authenticator, answers, at, clock, "alice", "guess")
+    assert len(at) == 11 and at[len(answers) - 1] == clock.seconds()
+    clock.pump([1] * 600)
+    for answer in answers:
+        answer.addErrback(lambda failure: failure.trap(AuthenticationFailed))
+
+
+def test_a_success_forgives_only_the_failures_of_the_user_who_succeeded():
+    from broker.auth import AuthenticationFailed, Authenticator
+
+    clock = Clock()
+    authenticator = Authenticator(make_users(), clock)
+    answers: list[Deferred] = []
+    at: dict[int, float] = {}
+    for _ in range(3):  # two guesses at alice's password, then ingest signs in
+        _signing_in(authenticator, answers, at, clock, "alice", "guess")
+        _signing_in(authenticator, answers, at, clock, "alice", "guess")
+        answers.append(authenticator.authenticate("10.0.0.9", _token_request()))
+        clock.pump([0.5] * 20)
+    assert authenticator.throttle.delay("10.0.0.9") == 4  # six failures count
+    authenticator.throttle.succeeded("10.0.0.9", "alice")
+    assert authenticator.throttle.delay("10.0.0.9") == 0
+    for answer in answers:
+        answer.addErrback(lambda failure: failure.trap(AuthenticationFailed))
+
+
+def _token_request():
+    from broker.hello import HelloRequest
+
+    return HelloRequest(token=TOKEN)
+
+
+def test_a_sign_in_is_decided_against_the_users_file_in_force_when_it_completes():
+    """A reload while a password is being checked: a user removed meanwhile
+    is refused, one whose rights narrowed gets the narrower rights."""
+    from broker.auth import AuthenticationFailed, Authenticator
+    from broker.hello import HelloRequest
+
+    checks: list[tuple[Deferred, object]] = []
+
+    def later(function, *args):
+        answer: Deferred = Deferred()
+        checks.append((answer, lambda: function(*args)))
+        return answer
+
+    clock = Clock()
+    users = make_users()
+    authenticator = Authenticator(users, clock, run_blocking=later)
+    removed = authenticator.authenticate("10.0.0.1", HelloRequest(user="alice", password="s3cret"))
+    narrowed = authenticator.authenticate("10.0.0.2", HelloRequest(user="alice", password="s3cret"))
+    without_alice = Users({"ingest": users.by_name["ingest"]})
+    authenticator.users = without_alice
+    answer, run = checks.pop(0)
+    answer.callback(run())
+    failures: list[Failure] = []
+    removed.addErrback(failures.append)
+    assert failures and failures[0].check(AuthenticationFailed)
+    assert "removed" in failures[0].getErrorMessage()
+
+    alice = users.by_name["alice"]
+    smaller = User(
+        "alice",
+        password_hash=alice.password_hash,
+        publish=Rules.of(["orders.eu"]),
+        subscribe=alice.subscribe,
+    )
+    authenticator.users = Users({"alice": smaller})
+    answer, run = checks.pop(0)
+    answer.callback(run())
+    signed_in: list[User] = []
+    narrowed.addCallback(signed_in.append)
+    assert signed_in == [smaller]
+    assert not signed_in[0].publish.permits("orders.us")

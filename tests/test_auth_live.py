@@ -150,3 +150,51 @@ def test_a_certificate_names_its_user_by_the_configured_name(ca):
     assert certificate_identity(certificate, "email") == "mail@example.org"
     bare = x509.load_pem_x509_certificate(ca.issue("bare", "x", server=False).cert.read_bytes())
     assert certificate_identity(bare, "dns") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sign_in_under_way_at_a_reload_is_decided_by_the_new_users_file(
+    tmp_path, log_lines, logged_failures
+):
+    """A user removed from the file while its password is being checked does
+    not get in (it did, with its old rights, 1.3 s after the reload)."""
+    users = tmp_path / "users.toml"
+    mallory = user_entry("mallory", "password", hash_secret("pw", **FAST_HASH), ["secret.>"], [])
+    users.write_text(mallory)
+    port = free_port()
+    service = BrokerService([f"tcp:{port}:interface=127.0.0.1"], BrokerSettings(), users_file=users)
+    service.privilegedStartService()
+    service.startService()
+    authenticator = service.factory.authenticator
+    run_in_thread = authenticator.run_blocking
+    checking: Deferred[None] = Deferred()
+    release: Deferred[None] = Deferred()
+
+    def held_first(function, *args):
+        """The first check starts once the test releases it: the sign-in is
+        under way while the file changes."""
+        authenticator.run_blocking = run_in_thread
+        reactor.callLater(0, checking.callback, None)
+        return release.addCallback(lambda _: run_in_thread(function, *args))
+
+    authenticator.run_blocking = held_first
+    client = connect(
+        reactor, f"127.0.0.1:{port}", extensions=True, user="mallory", password="pw", **QUICK
+    )
+    stolen = client.publish("secret.x", b"stolen")  # opens its connection, signs in
+    outcome: list[object] = []
+    stolen.addBoth(outcome.append)
+    try:
+        await checking
+        users_file(users, ["orders.>"])  # mallory is gone
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(log_lines, "users reloaded from")
+        release.callback(None)
+        await wait_for(log_lines, "user 'mallory' was removed while signing in")
+        await wait_for(log_lines, "authentication failed")
+        assert outcome == []  # never confirmed; still waiting to be sent
+        assert "secret.x" not in [topic.name for topic in service.factory.registry]
+    finally:
+        await client.close()
+        await service.stopService()
+    logged_failures.assert_none()
