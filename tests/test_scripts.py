@@ -1,10 +1,15 @@
-"""The workloads of scripts/count_instructions.py do what they count."""
+"""The scripts: the workloads of scripts/count_instructions.py do what they
+count; broker-bench says in one line what stops it."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+from tests.process import ROOT, free_port
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "count_instructions.py"
 
@@ -29,3 +34,34 @@ def test_the_counted_workloads_move_every_message():
     assert plain.subscriber.session.delivered_messages == 1000
     for name in ("decode", "acks", "window"):
         script.run_inside(name, 1)
+
+
+def test_broker_bench_against_a_port_where_nothing_listens_says_so_in_one_line():
+    port = free_port()  # nothing listens on it
+    run = subprocess.run(
+        [sys.executable, "-m", "broker.bench", "fanout", "--broker", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"broker-bench: cannot reach a broker at 127.0.0.1:{port}: connection refused"
+    ]
+
+
+def test_broker_bench_refuses_a_broker_address_without_a_port():
+    run = subprocess.run(
+        [sys.executable, "-m", "broker.bench", "fanout", "--broker", "localhost"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "--broker is HOST:PORT, not 'localhost'" in run.stderr
+    assert "Traceback" not in run.stderr
