@@ -48,6 +48,33 @@ def is_tls(port: str) -> bool:
 _INTERFACE = re.compile(r"(?:^|:)interface=((?:\\.|[^:])*)")
 
 
+_FIELD_SEPARATOR = re.compile(r"(?<!\\):")
+_PORTED_KINDS = ("tcp", "tcp6", "ssl", "tls")
+
+
+def check_port_number(value: str, option: str) -> None:
+    """ListenerError unless the TCP port a --port or --monitor value names
+    (a bare number, or tcp:/tcp6:/ssl:/tls: with PORT or port=PORT) is
+    0-65535: the socket would refuse it only when the broker starts, with a
+    traceback. Values that name no TCP port (unix:...) pass."""
+    if value.strip().lstrip("+-").isdigit():
+        number = value.strip()
+    else:
+        kind, _, rest = value.partition(":")
+        if kind not in _PORTED_KINDS or not rest:
+            return
+        fields = _FIELD_SEPARATOR.split(rest)
+        named = [field[5:] for field in fields if field.startswith("port=")]
+        positional = [field for field in fields if "=" not in field]
+        number = (named or positional or [""])[0]
+    try:
+        port = int(number)
+    except ValueError:
+        return  # not a number: the endpoint parser says so, in one line
+    if not 0 <= port <= 65535:
+        raise ListenerError(f"{option} {value}: a port number is 0-65535")
+
+
 def is_local_only(port: str) -> bool:
     """Whether a --port value listens only to this machine: a UNIX socket,
     or an interface that is a loopback address (or "localhost")."""

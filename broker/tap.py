@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -27,7 +27,7 @@ from broker.config import (
     read_file,
 )
 from broker.delivery import DeliverySettings
-from broker.listeners import is_tls
+from broker.listeners import ListenerError, check_port_number, is_tls
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
 from broker.log.redis_settings import (
     RedisStoreSettings,
@@ -435,9 +435,17 @@ class Options(usage.Options):
             if config is not None:
                 self._apply(read_file(Path(config)), config)
             self._apply(read_environment(self.environment), "environment")
-        except ConfigError as error:
-            raise usage.UsageError(str(error)) from None
-        super().parseOptions(options)
+            super().parseOptions(options)
+        except (ConfigError, usage.UsageError) as error:
+            self._refuse(str(error))
+
+    def _refuse(self, message: str) -> NoReturn:
+        """UsageError; under twistd, which would print it after 150 lines of
+        usage (on stdout), the error alone in one line on stderr instead."""
+        if getattr(self, "parent", None) is None:
+            raise usage.UsageError(message)
+        print(f"twistd broker: {message} (see twistd broker --help)", file=sys.stderr)
+        sys.exit(1)
 
     environment: Mapping[str, str] = os.environ
     """Where BROKER_* variables are read (replaced in tests)."""
@@ -494,6 +502,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = self._configured_ports or ["3000"]
+        self._check_ports()
         tls_ports = [port for port in self["ports"] if is_tls(port)]
         if tls_ports and self["tls-cert"] is None:
             raise usage.UsageError(f"--port {tls_ports[0]} needs --tls-cert")
@@ -512,6 +521,24 @@ class Options(usage.Options):
         changed += [name for name in ("redis-password", "node-name") if self[name]]
         if self["store"] is None and changed:
             raise usage.UsageError(f"--{changed[0]} needs --store")
+
+    def _check_ports(self) -> None:
+        """Each port a number the socket takes, and each given once: two
+        listeners of one name are refused by twistd with a traceback."""
+        try:
+            for port in self["ports"]:
+                check_port_number(port, "--port")
+            if self["monitor"] is not None:
+                check_port_number(self["monitor"], "--monitor")
+        except ListenerError as error:
+            raise usage.UsageError(str(error)) from None
+        seen: set[str] = set()
+        for port in self["ports"]:
+            if port in seen:
+                raise usage.UsageError(f"--port {port} is given twice")
+            seen.add(port)
+        if self["monitor"] in seen:
+            raise usage.UsageError(f"--monitor {self['monitor']} is also a --port")
 
     def retention(self) -> Retention:
         on_disk = self["data-dir"] is not None

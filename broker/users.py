@@ -24,9 +24,7 @@ SHA-256 (the broker makes them: 256 random bits need no slow hash).
 
 from __future__ import annotations
 
-import argparse
 import base64
-import getpass
 import hashlib
 import hmac
 import json
@@ -197,54 +195,7 @@ def user_entry(
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m broker.users add NAME --file users.toml [--publish P] [--subscribe P]`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m broker.users", description=__doc__.split("\n")[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    add = commands.add_parser("add", help="append a user, asking for its password")
-    add.add_argument("name")
-    add.add_argument("--file", required=True, type=Path, help="the users file (created if need be)")
-    add.add_argument("--publish", action="append", default=[], help="a pattern it may publish to")
-    add.add_argument("--subscribe", action="append", default=[], help="a pattern it may read")
-    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    add.add_argument(
-        "--token", action="store_true", help="make a token instead of a password, and print it"
-    )
-    args = parser.parse_args(argv)
-    if not USER_NAME.match(args.name):
-        parser.error("a user name is 1-64 of A-Z a-z 0-9 _ . @ -")
-    try:
-        for pattern in [*args.publish, *args.subscribe]:
-            Rules.of([pattern])
-        existing = load_users(args.file).by_name if args.file.exists() else {}
-    except (PatternError, UsersFileError) as error:
-        parser.error(str(error))
-    if args.name in existing:
-        parser.error(f"{args.name} is in {args.file} already")
-    token = None
-    if args.token:
-        token = new_token()
-        secret_field, secret_hash = "token", hash_token(token)
-    else:
-        if args.password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
-        else:
-            password = getpass.getpass(f"password for {args.name}: ")
-            if getpass.getpass("again: ") != password:
-                parser.error("the passwords differ")
-        if not password:
-            parser.error("an empty password")
-        secret_field, secret_hash = "password", hash_secret(password)
-    entry = user_entry(args.name, secret_field, secret_hash, args.publish, args.subscribe)
-    with args.file.open("a", encoding="utf-8") as users_file:
-        users_file.write(("\n" if existing else "") + entry)
-    print(f"added {args.name} to {args.file}")
-    if token is not None:
-        print(f"its token (shown once, keep it secret): {token}")
-    return 0
-
-
 if __name__ == "__main__":
+    from broker.users_cli import main  # the command lives in its own module
+
     sys.exit(main())

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 from twisted.logger import Logger, LogLevel
@@ -13,6 +16,7 @@ from twisted.python.usage import UsageError
 
 from broker.logs import log_observer
 from broker.tap import Options
+from tests.process import ROOT, twistd
 
 
 def parsed(arguments: list[str], environment: dict[str, str] | None = None) -> Options:
@@ -110,3 +114,74 @@ def test_json_logs_are_one_object_per_line_with_their_fields_and_levels_filter()
     Logger(observer=log_observer("text", "warn", text)).error("{what} shown", what="this")
     assert "hidden" not in text.getvalue() and "this shown" in text.getvalue()
     assert LogLevel.levelWithName("warn") is LogLevel.warn
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--port", "99999"], "--port 99999: a port number is 0-65535"),
+        (["--port", "tcp:65536:interface=127.0.0.1"], "--port tcp:65536:interface=127.0.0.1: a"),
+        (["--port", "tcp:port=70000"], "--port tcp:port=70000: a port number is 0-65535"),
+        (["--port", "tls:99999", "--tls-cert", "c.pem"], "--port tls:99999: a port number is"),
+        (["--port", "tcp:-1"], "--port tcp:-1: a port number is 0-65535"),
+        (["--monitor", "99999"], "--monitor 99999: a port number is 0-65535"),
+        (["--monitor", "tcp:99999:interface=127.0.0.1"], "--monitor tcp:99999:interface="),
+        (["--port", "3300", "--port", "3300"], "--port 3300 is given twice"),
+        (["--port", "3300", "--monitor", "3300"], "--monitor 3300 is also a --port"),
+    ],
+)
+def test_a_port_out_of_range_or_given_twice_is_refused_when_parsed(arguments, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parsed(arguments)
+
+
+def test_ports_at_the_ends_of_the_range_and_unix_sockets_are_accepted(tmp_path):
+    socket = f"unix:{tmp_path}/b.sock"
+    monitor = "tcp:port=8222:interface=127.0.0.1"
+    options = parsed(["--port", "0", "--port", "tcp:65535", "--port", socket, "--monitor", monitor])
+    assert options["ports"] == ["0", "tcp:65535", socket]
+
+
+def test_the_config_files_ports_are_checked_too(tmp_path):
+    config = tmp_path / "broker.toml"
+    config.write_text("port = [3000, 3000]\n")
+    with pytest.raises(UsageError, match="--port 3000 is given twice"):
+        parsed(["--config", str(config)])
+    config.write_text("port = 123456\n")
+    with pytest.raises(UsageError, match=re.escape("--port 123456: a port number is 0-65535")):
+        parsed(["--config", str(config)])
+
+
+def twistd_broker(tmp_path: Path, *arguments: str) -> subprocess.Popen[str]:
+    """`twistd -n broker ARGUMENTS` in tmp_path, as a user would type it."""
+    return subprocess.Popen(
+        [twistd(), "-n", "broker", *arguments],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["--bad"], "option --bad not recognized"),
+        (["--max-topics", "many"], "--max-topics: not a number: 'many'"),
+        (["--port", "99999"], "--port 99999: a port number is 0-65535"),
+        (["--monitor", "99999"], "--monitor 99999: a port number is 0-65535"),
+        (["--port", "3300", "--port", "3300"], "--port 3300 is given twice"),
+        (["--fsync", "always"], "--fsync needs --data-dir"),
+    ],
+)
+def test_twistd_broker_says_an_option_error_in_one_line_that_points_to_help(
+    tmp_path, arguments, said
+):
+    child = twistd_broker(tmp_path, *arguments)
+    try:
+        output, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 1, output
+    assert output.splitlines() == [f"twistd broker: {said} (see twistd broker --help)"]

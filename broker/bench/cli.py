@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import LoopingCall
 
 from broker.bench.payloads import HEADER, Result
@@ -107,6 +108,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--store is memory, file, or a Redis URL")
     if args.nodes != 1 and not args.store.startswith("redis"):
         parser.error("--nodes needs a Redis --store: other stores are one node's own")
+    if args.broker is not None and not args.broker.rpartition(":")[2].isdigit():
+        parser.error(f"--broker is HOST:PORT, not {args.broker!r}")
     return args
 
 
@@ -219,7 +222,13 @@ def _watch(reactor: Any, port: int | None) -> Deferred[Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    result = run(args)
+    try:
+        result = run(args)
+    except (ConnectError, DNSLookupError) as error:
+        # A broker that is not there is the user's news, not the bench's bug.
+        why = "connection refused" if isinstance(error, ConnectionRefusedError) else str(error)
+        print(f"broker-bench: cannot reach a broker at {args.broker}: {why}", file=sys.stderr)
+        sys.exit(1)
     if args.json:
         print(json.dumps(asdict(result)))
     else:
