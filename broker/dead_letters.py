@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from broker.subjects import matches
 from broker.wire import topic_name_problem
+
+if TYPE_CHECKING:
+    from broker.permissions import Rules
 
 DEFAULT_TEMPLATE = "{topic}.dead-letter"
 _LENGTH = struct.Struct(">I")
@@ -50,6 +54,28 @@ class DeadLetterPolicy:
             and topic.endswith(self._suffix)
             and len(topic) > len(self._prefix) + len(self._suffix)
         )
+
+    def parent_of(self, topic: str) -> str | None:
+        """The topic whose dead letters `topic` holds, or None (not a
+        dead-letter topic, or one topic for every topic's dead letters)."""
+        if self._prefix is None or self._suffix is None or not self.is_dead_letter_topic(topic):
+            return None
+        return topic[len(self._prefix) : len(topic) - len(self._suffix)]
+
+    def may_read(self, topic: str, rules: Rules) -> bool:
+        """Whether `rules` let a user read `topic` (a name, or a pattern as
+        its own name). A dead-letter topic holds another topic's messages:
+        reading it needs the right to read that topic too, or an allow
+        pattern that spells out the dead-letter part (`orders.*.dead-letter`),
+        not one that matches it by chance (`orders.eu.*`)."""
+        if not rules.permits(topic):
+            return False
+        if not self.is_dead_letter_topic(topic):
+            return True
+        parent = self.parent_of(topic)
+        if parent is not None and rules.permits(parent):
+            return True
+        return any(self.is_dead_letter_topic(p) and matches(p, topic) for p in rules.allow)
 
 
 def encode_dead_letter(metadata: dict[str, Any], payload: bytes) -> bytes:

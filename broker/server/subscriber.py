@@ -125,7 +125,7 @@ class SubscriberSession(Session):
         if self._may_subscribe is not None:
             # A pattern is allowed as its own name would be (orders.> by orders.>);
             # the topics it matches are checked one by one as well.
-            forbidden = self._may_subscribe.forbidden(request.checked)
+            forbidden = [name for name in request.checked if not self._may_read(name)]
             if forbidden:
                 more = f" (and {len(forbidden) - 1} more)" if len(forbidden) > 1 else ""
                 self.refused(f"{ERR_PERMISSION_DENIED}: subscribe to {forbidden[0]!r}{more}")
@@ -247,14 +247,22 @@ class SubscriberSession(Session):
             self.window.resume()
 
     def _may_read(self, name: str) -> bool:
-        return self._may_subscribe is None or self._may_subscribe.permits(name)
+        """Whether its user may read topic `name` (or pattern, as its own name)."""
+        rules = self._may_subscribe
+        return rules is None or self.factory.dead_letters.may_read(name, rules)
 
     def permissions_changed(self, user: User) -> None:
-        rules = self._may_subscribe = user.subscribe
+        self._may_subscribe = user.subscribe
         patterns = self.patterns
-        withdrawn = [name for name in self.window.subscriptions if not rules.permits(name)]
+        may_read = self._may_read
+        withdrawn = [name for name in self.window.subscriptions if not may_read(name)]
         if patterns is not None:
-            withdrawn += [name for name in patterns.patterns if not rules.permits(name)]
+            # A group's pattern ($share/GROUP/orders.*) is checked by its
+            # pattern, as when it was subscribed, not by its whole name.
+            groups = self._groups
+            withdrawn += [
+                name for name in patterns.patterns if not may_read(_checked_part(name, groups))
+            ]
         for name in withdrawn:
             if patterns is not None and name in patterns:
                 patterns.remove(name)
@@ -385,6 +393,13 @@ class SubscriberSession(Session):
         )
         if disconnect:
             self._transport.abortConnection()
+
+
+def _checked_part(name: str, groups: bool) -> str:
+    """What permissions check of a subscribed name: a group's topic or
+    pattern (`$share/GROUP/TOPIC`), any other name as it is."""
+    member = parse_group_name(name) if groups else None
+    return member[1] if member is not None else name
 
 
 @dataclass
