@@ -174,6 +174,13 @@ class Options(usage.Options):
                 _positive(int),
             ],
             [
+                "max-anonymous-connections",
+                None,
+                _BROKER.max_anonymous_connections,
+                "With --users: connections that sign in as no one (anonymous) at most.",
+                _positive(int),
+            ],
+            [
                 "max-prefetch",
                 None,
                 _BROKER.max_prefetch,
@@ -582,6 +589,7 @@ class Options(usage.Options):
             max_message_size=self["max-message-size"],
             handshake_timeout=self["handshake-timeout"],
             max_topics=self["max-topics"],
+            max_anonymous_connections=self["max-anonymous-connections"],
             retention=self.retention(),
             max_prefetch=self["max-prefetch"],
             dead_letter_topic=self["dead-letter-topic"] or None,

@@ -6,12 +6,24 @@ subscription when the rights it was granted by are unchanged."""
 from __future__ import annotations
 
 import pytest
+from twisted.internet.protocol import Factory, Protocol
 
 from broker.client import Message
 from broker.permissions import Rules
+from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker
 from broker.users import User, Users, hash_secret
-from broker.wire import StartAt
+from broker.wire import (
+    ACTION_PUBLISH,
+    ERR_PERMISSION_DENIED,
+    ERR_TOO_MANY_CONNECTIONS,
+    STATUS_SUBSCRIBED,
+    StartAt,
+    encode_error,
+    encode_publish,
+    encode_subscribe,
+    encode_u16,
+)
 
 FAST = {"n": 2**4, "r": 1, "p": 1}  # scrypt made cheap for tests
 
@@ -113,3 +125,59 @@ def test_a_reload_keeps_a_groups_pattern_subscription_its_rights_still_allow(log
     broker.result(sent)
     assert [m.payload for m in shared] == [b"still both"]
     assert [m.payload for m in plain] == [b"still both"]
+
+
+class GoStyle(Protocol):
+    """A seed client: no Hello, so the user anonymous; it sends `frames` at once."""
+
+    def __init__(self, frames: bytes) -> None:
+        self.frames = frames
+        self.received = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.frames)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+def go_style(broker: InMemoryBroker, frames: bytes) -> GoStyle:
+    client = GoStyle(frames)
+    factory = Factory()
+    factory.buildProtocol = lambda address: client  # type: ignore[method-assign]
+    broker.connect(factory)
+    return client
+
+
+def test_a_connection_whose_user_may_do_nothing_is_closed_after_its_refusal():
+    """With no [users.anonymous], a seed client's refused subscribe or
+    publish used to leave its connection open for as long as it liked."""
+    broker = InMemoryBroker(users=USERS)
+    subscriber = go_style(broker, encode_subscribe(["orders.eu"], StartAt.CURRENT))
+    publisher = go_style(broker, encode_u16(ACTION_PUBLISH) + encode_publish("orders.eu", b"x"))
+    broker.flush()
+    assert subscriber.received == encode_error(f"{ERR_PERMISSION_DENIED}: subscribe to 'orders.eu'")
+    assert publisher.received == encode_error(f"{ERR_PERMISSION_DENIED}: publish to 'orders.eu'")
+    assert broker.connections == 0
+    # A user with some rights keeps its connection after a refusal.
+    bob = broker.client(user="bob", password="pw", extensions=True)
+    refused = bob.subscribe(["orders.us"], lambda m: True)
+    broker.flush()
+    assert "permission denied" in str(failure_of(broker, refused))
+    assert broker.connections == 1
+
+
+def test_anonymous_connections_have_a_limit_of_their_own():
+    users = Users({**USERS.by_name, "anonymous": User("anonymous", subscribe=Rules.of(["news"]))})
+    broker = InMemoryBroker(BrokerSettings(max_anonymous_connections=3), users=users)
+    subscribe = encode_subscribe(["news"], StartAt.CURRENT)
+    readers = [go_style(broker, subscribe) for _ in range(4)]
+    broker.flush()
+    assert [r.received for r in readers[:3]] == [encode_u16(STATUS_SUBSCRIBED)] * 3
+    assert readers[3].received == encode_error(ERR_TOO_MANY_CONNECTIONS)
+    assert broker.connections == 3
+    # Signed-in users do not count against it.
+    admin = broker.client(user="admin", password="pw", extensions=True)
+    ready = admin.connected(timeout=1)
+    broker.flush()
+    broker.result(ready)

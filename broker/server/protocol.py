@@ -352,6 +352,8 @@ class BrokerProtocol(Int32StringReceiver):
             return
         counts = self.factory.user_connections
         limit = user.max_connections
+        if limit is None and user.name == ANONYMOUS:
+            limit = self.factory.settings.max_anonymous_connections
         if limit is not None and counts[user.name] >= limit:
             log.warn(
                 "{peer}: refused as user {user}: it has {limit} connection(s) already",

@@ -93,7 +93,15 @@ class PublisherSession(Session):
 
     def _publish_batch(self) -> None:
         """Append what this read brought, one batch per topic; answer a
-        confirming publisher once it is committed."""
+        confirming publisher once it is committed. A publisher whose user
+        may publish nothing is closed once its refusals are answered: it
+        holds a connection for nothing."""
+        self._append_batch()
+        may_publish = self._may_publish
+        if may_publish is not None and not may_publish.allow:
+            self.protocol.close()
+
+    def _append_batch(self) -> None:
         batch = self._batch
         self._batch = {}
         registry = self.factory.registry

@@ -20,6 +20,9 @@ class BrokerSettings:
     """Seconds a new connection has to send its first valid action."""
     max_topics: int = 100_000
     """Topics the broker will hold; creating one more is refused."""
+    max_anonymous_connections: int = 1000
+    """With a users file: connections of the user `anonymous` at most, unless
+    its table sets max_connections."""
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     retention: Retention = DEFAULT_MEMORY_RETENTION
     """What each topic's log keeps."""

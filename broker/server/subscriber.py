@@ -129,6 +129,9 @@ class SubscriberSession(Session):
             if forbidden:
                 more = f" (and {len(forbidden) - 1} more)" if len(forbidden) > 1 else ""
                 self.refused(f"{ERR_PERMISSION_DENIED}: subscribe to {forbidden[0]!r}{more}")
+                if not self._may_subscribe.allow:
+                    # Its user may read nothing: it holds a connection for nothing.
+                    self.protocol.close()
                 return
         try:
             resolved = self.factory.registry.get_all(request.names)
