@@ -153,7 +153,9 @@ def test_anonymous_go_style_clients_get_what_the_file_grants_and_nothing_by_defa
     closed = InMemoryBroker(users=make_users())
     client = closed.client()  # no Hello, as the Go clients
     refused = client.subscribe(["orders.eu"], lambda m: None)
-    sent = closed.result(client.publisher_connected())
+    publisher_connected = client.publisher_connected()
+    closed.flush()
+    sent = closed.result(publisher_connected)
     errors: list[str] = []
     sent.on_error = errors.append
     sent.publish("orders.eu", b"x")

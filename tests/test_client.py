@@ -164,3 +164,18 @@ async def test_reconnects_and_resubscribes():
             await second.stop()
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("extensions", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_close_right_after_a_publish_is_clean(broker, extensions, logged_failures):
+    """The README's first steps: connect, wait, publish once, close. A plain
+    connection is ready as it opens, before ClientService has heard of it;
+    closing then must not cancel a connector that is no longer connecting
+    (it raised NotConnectingError, then logged AlreadyCalledError)."""
+    client = connect(reactor, broker.endpoint, extensions=extensions)
+    await client.connected(timeout=5)
+    sent = await client.publish("first", b"hello")
+    assert sent == (0 if extensions else None)
+    await client.close()
+    logged_failures.assert_none()

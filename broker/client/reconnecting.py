@@ -201,7 +201,16 @@ class _Role(Generic[P]):
         protocol.lost.addCallback(lambda _: self._lost(protocol))
         return protocol
 
-    def _negotiated(self, protocol: P) -> Deferred[None] | None:
+    def _negotiated(self, protocol: P) -> None:
+        # Without Hello a connection negotiates inside connectionMade, before
+        # the endpoint (and so ClientService) knows it is up; a close() from a
+        # caller woken then would cancel a connector no longer connecting
+        # (NotConnectingError, then AlreadyCalledError). Go on a tick later.
+        self._client._reactor.callLater(0, self._take, protocol)
+
+    def _take(self, protocol: P) -> Deferred[None] | None:
+        if protocol.lost.called or self.service is None:
+            return None
         prepared = self._prepare(protocol)
         if prepared is None:
             self._ready(protocol)
