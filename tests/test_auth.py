@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from broker.auth import FailureThrottle
-from broker.client import BrokerUnreachable, Message
+from broker.client import AuthenticationFailed, Message
 from broker.client.protocols import PublisherProtocol
 from broker.permissions import Rules
 from broker.server import BrokerSettings
@@ -77,9 +77,16 @@ def test_a_right_password_signs_in_and_wrong_ones_are_refused_and_logged(log_lin
         waiting = intruder.connected(timeout=1)
         broker.advance(1)
         refused = failure_of(broker, waiting)
-        assert isinstance(refused, BrokerUnreachable)
-        assert f"the broker refused the credentials: {ERR_AUTH_FAILED}" in str(refused)
+        # Refused credentials are AuthenticationFailed (they were reported as
+        # BrokerUnreachable and retried for ever), and every later call too.
+        assert isinstance(refused, AuthenticationFailed)
+        assert f"refused the credentials: {ERR_AUTH_FAILED}" in str(refused)
         assert any("127.0.0.1" in line for line in log_lines.matching(logged))
+        later = intruder.publish("orders.eu", b"after")
+        assert isinstance(failure_of(broker, later), AuthenticationFailed)
+        attempts = len(log_lines.matching(logged))
+        broker.advance(30)
+        assert len(log_lines.matching(logged)) == attempts  # no more retries
         closed(broker, intruder)
     assert "guess" not in log_lines.text  # never the password
     assert broker.connections == 1  # each refused connection was closed
@@ -235,8 +242,11 @@ def test_a_removed_user_is_disconnected():
     broker.factory.reload_users(without)
     broker.flush()
     assert broker.connections == 0
-    broker.advance(1)  # its retries are refused
+    broker.advance(1)  # its reconnection is refused, and the application told
     assert ERR_AUTH_FAILED in (alice.last_problem or "")
+    assert isinstance(alice.refused, AuthenticationFailed)
+    assert isinstance(failure_of(broker, alice.connected()), AuthenticationFailed)
+    broker.advance(30)
     assert broker.connections == 0
 
 
@@ -368,7 +378,9 @@ def test_a_refused_client_backs_off_further_with_each_refusal():
         asked.append(attempt)
         return 1.0
 
-    wrong = broker.client(user="alice", password="guess", retry_policy=policy)
+    wrong = broker.client(
+        user="alice", password="guess", retry_policy=policy, retry_on_auth_failure=True
+    )
     wrong.connected().addErrback(lambda failure: None)
     for _ in range(4):
         broker.advance(1.0)

@@ -13,8 +13,9 @@ import pytest_twisted
 from cryptography import x509
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
-from broker.client import BrokerError, BrokerUnreachable, connect
+from broker.client import AuthenticationFailed, BrokerError, connect
 from broker.server import BrokerSettings
 from broker.service import BrokerService
 from broker.tls import ServerTLS, certificate_identity
@@ -101,7 +102,7 @@ async def test_certificates_and_passwords_name_users_and_sighup_narrows_them(
             await by_certificate.publish("orders.eu", b"not its topic")
         assert await by_password.publish("orders.eu", b"checked in a thread") == 0
         for refused in (unknown_certificate, wrong_password):
-            with pytest.raises(BrokerUnreachable, match="authentication failed"):
+            with pytest.raises(AuthenticationFailed, match="authentication failed"):
                 await refused.connected(timeout=1)
         assert log_lines.matching("its certificate names unknown user 'mallory'")
         assert log_lines.matching("wrong password for 'alice'")
@@ -192,7 +193,8 @@ async def test_a_sign_in_under_way_at_a_reload_is_decided_by_the_new_users_file(
         release.callback(None)
         await wait_for(log_lines, "user 'mallory' was removed while signing in")
         await wait_for(log_lines, "authentication failed")
-        assert outcome == []  # never confirmed; still waiting to be sent
+        assert len(outcome) == 1 and isinstance(outcome[0], Failure)
+        assert outcome[0].check(AuthenticationFailed)  # never stored
         assert "secret.x" not in [topic.name for topic in service.factory.registry]
     finally:
         await client.close()

@@ -50,7 +50,7 @@ from broker.client.protocols import (
 from broker.groups import DURABLE_PREFIX, GROUP_PREFIX, group_name_problem, parse_group_name
 from broker.subjects import PatternError, check_pattern, is_pattern, matches
 from broker.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
-from broker.wire import StartAt
+from broker.wire import ERR_TOO_MANY_CONNECTIONS, StartAt
 
 log = Logger()
 T = TypeVar("T")
@@ -171,13 +171,15 @@ class _Role(Generic[P]):
         return self.service is not None
 
     def start(self) -> None:
-        if self.service is None:
+        if self.service is None and self._client.refused is None:
             # Set before it starts: a connection may be ready at once.
             self.service = self._client._service(_Factory(self._make))
             self.service.startService()
 
     def when_ready(self) -> Deferred[P]:
         """The ready protocol, now or once the next one is."""
+        if self._client.refused is not None:
+            return fail(self._client.refused)
         self.start()
         if self.current is not None:  # perhaps ready at once, as it started
             return succeed(self.current)
@@ -185,12 +187,12 @@ class _Role(Generic[P]):
         self._waiters.append(waiter)
         return waiter
 
-    def stop(self) -> Deferred[None] | None:
+    def stop(self, reason: Exception | None = None) -> Deferred[None] | None:
         service, self.service = self.service, None
         self.current = None
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
-            waiter.errback(ConnectionDone("the client was closed"))
+            waiter.errback(reason or ConnectionDone("the client was closed"))
         return service.stopService() if service is not None else None
 
     def _make(self) -> P:
@@ -283,6 +285,7 @@ class BrokerClient:
         max_queued: int = DEFAULT_MAX_QUEUED,
         where: str = "the broker",
         credentials: dict[str, str] | None = None,
+        retry_on_auth_failure: bool = False,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -319,6 +322,11 @@ class BrokerClient:
         self._queue: deque[_Publish] = deque()
         self._link: _PublisherLink | None = None
         self._closed = False
+        self.retry_on_auth_failure = retry_on_auth_failure
+        """Whether refused credentials are tried again, with backoff."""
+        self.refused: AuthenticationFailed | None = None
+        """Why the broker refused the credentials, once it has (and the
+        client stopped): every call fails with it from then on."""
 
     # Connecting.
 
@@ -329,6 +337,8 @@ class BrokerClient:
         keeps trying either way."""
         if self._publisher.current is not None or self._subscriber.current is not None:
             return succeed(None)
+        if self.refused is not None:
+            return fail(self.refused)
         if self._closed:
             return fail(ConnectionDone("the client is closed"))
         if not (self._publisher.started or self._subscriber.started):
@@ -355,6 +365,19 @@ class BrokerClient:
         for waiter in waiters:
             waiter.callback(None)
 
+    def _give_up(self, reason: AuthenticationFailed) -> None:
+        """The broker refused the credentials: trying again would be refused
+        too (and count as guessing), so stop, and fail every waiting call."""
+        self.refused = reason
+        self.last_problem = str(reason)
+        log.error("{reason}; not retrying", reason=reason)
+        for role in (self._publisher, self._subscriber):
+            role.stop(reason)
+        waiters, self._connected_waiters = self._connected_waiters, []
+        for waiter in waiters:
+            waiter.errback(reason)
+        self._fail_queue(reason)
+
     def _attempt_failed(self, problem: str) -> None:
         """Once per attempt (so once per backoff step), with the reason."""
         self.last_problem = problem
@@ -363,7 +386,11 @@ class BrokerClient:
     def _negotiation_failed(self, failure: Failure) -> None:
         if failure.check(AuthenticationFailed):
             self._refusals += 1
-            self._attempt_failed(f"the broker refused the credentials: {failure.value}")
+            text = failure.getErrorMessage()
+            if self.retry_on_auth_failure or text == ERR_TOO_MANY_CONNECTIONS or self._closed:
+                self._attempt_failed(f"the broker refused the credentials: {text}")
+            else:
+                self._give_up(AuthenticationFailed(f"{self.where} refused the credentials: {text}"))
             return
         if failure.check(ExtensionsRefused):
             if self.extensions:
@@ -407,6 +434,8 @@ class BrokerClient:
         written withdraws it; one already written is stored all the same.
         """
         _check_publish(topic, payload)
+        if self.refused is not None:
+            return fail(self.refused)
         if self._closed:
             return fail(ConnectionDone("the client is closed"))
         entry = _Publish(topic, payload)
@@ -467,6 +496,8 @@ class BrokerClient:
         link.unanswered.clear()
         if self._closed:
             self._fail_queue(ConnectionDone("the client was closed"))
+        elif self.refused is not None:
+            self._fail_queue(self.refused)
 
     def _fail_queue(self, reason: Exception) -> None:
         queue, self._queue = self._queue, deque()
@@ -773,6 +804,7 @@ def connect(
     user: str | None = None,
     password: str | None = None,
     token: str | None = None,
+    retry_on_auth_failure: bool = False,
 ) -> BrokerClient:
     """A client for the broker at "host:port", "tls:host:port", or a client
     endpoint string ("tcp:host:port", "unix:/path").
@@ -791,8 +823,10 @@ def connect(
 
     user and password, or token: who the client is to a broker with a users
     file (they go in Hello, so they turn the extensions on). Refused
-    credentials are retried with backoff, each refusal logged and kept in
-    `last_problem`.
+    credentials stop the client: connected() and every waiting or later
+    call fail with AuthenticationFailed (kept in `refused`), unless
+    retry_on_auth_failure asks for retries with backoff, each refusal logged
+    and kept in `last_problem`. A user at its connection limit is retried.
     """
     credentials = credentials_of(user, password, token)
     scheme = description.partition(":")[0]
@@ -818,4 +852,5 @@ def connect(
         max_queued=max_queued,
         where=description,
         credentials=credentials,
+        retry_on_auth_failure=retry_on_auth_failure,
     )
