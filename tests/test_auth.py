@@ -158,7 +158,7 @@ def test_a_subscribe_naming_any_forbidden_topic_is_refused_whole():
 
 def test_anonymous_go_style_clients_get_what_the_file_grants_and_nothing_by_default():
     closed = InMemoryBroker(users=make_users())
-    client = closed.client()  # no Hello, as the Go clients
+    client = closed.client(extensions=False)  # no Hello, as the Go clients
     refused = client.subscribe(["orders.eu"], lambda m: None)
     publisher_connected = client.publisher_connected()
     closed.flush()
@@ -173,7 +173,7 @@ def test_anonymous_go_style_clients_get_what_the_file_grants_and_nothing_by_defa
     anonymous = User("anonymous", subscribe=Rules.of(["public.>"]))
     open_to_read = InMemoryBroker(users=make_users(anonymous=anonymous))
     refusals: list[str] = []
-    reader = open_to_read.client(on_publish_error=refusals.append)
+    reader = open_to_read.client(extensions=False, on_publish_error=refusals.append)
     inbox: list[Message] = []
     reading = reader.subscribe(["public.news"], inbox.append, start=StartAt.BEGINNING)
     reader.publish("public.news", b"no")

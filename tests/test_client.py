@@ -84,7 +84,7 @@ async def test_unsubscribe_stops_deliveries(broker, client):
 
 def test_nack_and_failure_redeliver_and_five_deliveries_then_drop():
     broker = InMemoryBroker(SHORT)
-    client = broker.client()  # the seed's protocol
+    client = broker.client(extensions=False)  # the seed's protocol
     refusals = Inbox(answer=False)
     failing = Inbox(answer=lambda m: 1 / 0)
     client.subscribe(["n"], refusals)
@@ -105,7 +105,7 @@ def test_nack_and_failure_redeliver_and_five_deliveries_then_drop():
 
 def test_a_slow_handler_is_timed_out_and_redelivered():
     broker = InMemoryBroker(SHORT)  # ack timeout 0.1 s, ack delay 0.05 s
-    client = broker.client()
+    client = broker.client(extensions=False)  # one delivery at a time, as the seed
     answers: list[Deferred] = []
 
     def slow_first(message):
@@ -179,3 +179,18 @@ async def test_close_right_after_a_publish_is_clean(broker, extensions, logged_f
     assert sent == (0 if extensions else None)
     await client.close()
     logged_failures.assert_none()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_default_client_negotiates_and_a_refused_publish_fails(broker):
+    """A publish fires with its offset or fails (without the extensions, the
+    old default, a refused one fired None and the refusal went unseen)."""
+    client = connect(reactor, broker.endpoint)
+    try:
+        assert client.extensions is True
+        assert await client.publish("default", b"a") == 0
+        assert await client.publish("default", b"b") == 1
+        with pytest.raises(BrokerError, match="too large"):
+            await client.publish("default", b"x" * (SHORT.max_message_size + 1))
+    finally:
+        await client.close()

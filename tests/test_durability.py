@@ -215,7 +215,8 @@ async def test_fsync_always_delivers_only_what_is_on_disk(tmp_path, monkeypatch)
         real(fds)
 
     running = file_broker(tmp_path, fsync=FsyncPolicy.ALWAYS)
-    client = connect(reactor, running.endpoint)
+    # Plain: publish fires once written, before the broker has it on disk.
+    client = connect(reactor, running.endpoint, extensions=False)
     try:
         inbox = Inbox()
         await client.subscribe(["a"], inbox)

@@ -1,6 +1,6 @@
 """A Twisted client for the broker.
 
-    client = connect(reactor, "tcp:localhost:3000", extensions=True)
+    client = connect(reactor, "tcp:localhost:3000")
     await client.connected(timeout=5)       # optional: fail fast if unreachable
     await client.subscribe(["orders"], handle, start=StartAt.BEGINNING)
     offset = await client.publish("orders", b"...")
@@ -9,12 +9,14 @@
 A handler gets a `Message`; its result acks the message, unless it is False
 or a failure (also through a Deferred), which nack it.
 
-With `extensions=True` the client asks the broker for its extensions (a
-broker that refuses them, like the seed's Go broker, is detected and spoken
-to plainly): `publish` fires with the offset the message was stored at, and
-is retried after a reconnect until it is confirmed; a subscriber handles up
-to `prefetch` messages at a time, acks them by id, and after a reconnect
-resumes from its lowest offset not yet answered, so that nothing is missed.
+By default the client asks the broker for its extensions (a broker that
+refuses them, like the seed's Go broker, is detected and spoken to
+plainly): `publish` fires with the offset the message was stored at, or
+fails with the broker's reason, and is retried after a reconnect until it
+is confirmed; a subscriber handles up to `prefetch` messages at a time, acks
+them by id, and after a reconnect resumes from its lowest offset not yet
+answered, so that nothing is missed. `extensions=False` chooses the seed's
+protocol, in which a publish cannot tell whether it was stored.
 
 A broker with a users file wants `user=` and `password=` (or `token=`), or
 a client certificate (`certificate=` with tls:).

@@ -280,7 +280,7 @@ class BrokerClient:
         *,
         retry_policy: Callable[[int], float] | None = None,
         on_publish_error: Callable[[str], None] | None = None,
-        extensions: bool = False,
+        extensions: bool = True,
         prefetch: int = 256,
         max_queued: int = DEFAULT_MAX_QUEUED,
         where: str = "the broker",
@@ -793,7 +793,7 @@ def connect(
     reactor: Any,
     description: str,
     *,
-    extensions: bool = False,
+    extensions: bool = True,
     prefetch: int = 256,
     retry_policy: Callable[[int], float] | None = None,
     on_publish_error: Callable[[str], None] | None = None,
@@ -809,8 +809,10 @@ def connect(
     """A client for the broker at "host:port", "tls:host:port", or a client
     endpoint string ("tcp:host:port", "unix:/path").
 
-    extensions: ask for confirms, offsets, prefetch and resume (a broker
-    without them is detected and spoken to plainly). prefetch: deliveries in
+    extensions: ask for confirms, offsets, prefetch and resume (the default;
+    a broker without them is detected and spoken to plainly); False speaks
+    the seed's protocol, in which a publish fires with None once written,
+    whether or not the broker stored it. prefetch: deliveries in
     flight with extensions. retry_policy: seconds to wait before attempt n.
     on_publish_error: called with each Error a publish gets. max_queued:
     publishes held while disconnected before publish() fails.
