@@ -37,6 +37,19 @@ async def stop(broker: Child) -> None:
     await broker.ended
 
 
+async def hold_incomplete_frames(
+    broker: Child, port: int, count: int, into: list[RawConnection]
+) -> None:
+    """`count` connections that each send all but the last byte of a 1 MiB
+    publish (kept in `into`), until the broker says its budget is spent."""
+    frame = wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("t", b"s" * MIB)
+    for _ in range(count):
+        conn = await connect_raw(port)
+        conn.send(frame[:-1])
+        into.append(conn)
+    await broker.line("over --max-pending-input")
+
+
 @pytest_twisted.ensureDeferred
 async def test_subscribers_that_never_read_cost_a_bounded_amount(tmp_path):
     port = free_port()
@@ -76,12 +89,7 @@ async def test_incomplete_frames_are_bounded_broker_wide_and_time_out(tmp_path):
     stuck: list[RawConnection] = []
     try:
         started = memory(broker)["VmRSS"]
-        frame = wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("t", b"s" * MIB)
-        for _ in range(200):
-            conn = await connect_raw(port)
-            conn.send(frame[:-1])  # all but the last byte, for ever
-            stuck.append(conn)
-        await broker.line("over --max-pending-input")
+        await hold_incomplete_frames(broker, port, 200, stuck)
         # Clients with ordinary frames are still served meanwhile.
         subscriber = await connect_raw(port)
         subscriber.send(wire.encode_subscribe(["fine"], StartAt.CURRENT))
@@ -135,12 +143,7 @@ async def test_incomplete_frames_closed_by_their_clients_give_their_memory_back(
     stuck: list[RawConnection] = []
     try:
         started = memory(broker)["VmRSS"]
-        frame = wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("t", b"s" * MIB)
-        for _ in range(200):
-            conn = await connect_raw(port)
-            conn.send(frame[:-1])  # all but the last byte, then gone
-            stuck.append(conn)
-        await broker.line("over --max-pending-input")
+        await hold_incomplete_frames(broker, port, 200, stuck)
         held = memory(broker)
         for conn in stuck:
             conn.transport.loseConnection()  # after what is still buffered here
