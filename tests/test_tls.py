@@ -327,3 +327,25 @@ def test_a_key_that_does_not_fit_the_certificate_is_named(ca, server_pair, tmp_p
     garbage.write_text("not a key\n")
     with pytest.raises(TLSConfigError, match=f"cannot read the private key {garbage}"):
         server_options(ServerTLS(server_pair.cert, garbage))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_speaking_plain_text_to_a_tls_port_is_told_so(ca, server_pair):
+    """It used to report connected and a publish fired None, the message
+    gone and nothing said; now nothing is confirmed and the reason names TLS."""
+    port = free_port()
+    service = await running(
+        ServerTLS(server_pair.cert, server_pair.key), f"tls:{port}:interface=127.0.0.1"
+    )
+    client = connect(reactor, f"127.0.0.1:{port}", **FAST)
+    outcome: list[object] = []
+    client.publish("lost", b"never sent in clear").addBoth(outcome.append)
+    try:
+        with pytest.raises(
+            BrokerUnreachable, match=r"is it a TLS port\? then connect to tls:HOST:PORT"
+        ):
+            await client.connected(timeout=2)
+        assert outcome == []  # still waiting for a broker, never reported sent
+    finally:
+        await client.close()
+        await service.stopService()

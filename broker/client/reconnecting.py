@@ -408,8 +408,13 @@ class BrokerClient:
         if certificate_error is not None:
             self._attempt_failed(certificate_error)
             return
+        hint = (
+            ""
+            if self.where.startswith(("tls:", "unix:")) or not self.extensions
+            else "; is it a TLS port? then connect to tls:HOST:PORT"
+        )
         self._attempt_failed(
-            f"the connection closed before the broker answered ({failure.getErrorMessage()})"
+            f"the connection closed before the broker answered ({failure.getErrorMessage()}){hint}"
         )
 
     def _service(self, factory: Factory) -> ClientService:
