@@ -31,7 +31,6 @@ import json
 import os
 import re
 import secrets
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,6 +195,8 @@ def user_entry(
 
 
 if __name__ == "__main__":
-    from broker.users_cli import main  # the command lives in its own module
+    # `python -m broker.users` runs the command, which lives in its own module
+    # above this one (run, not imported, so the two import in one direction).
+    import runpy
 
-    sys.exit(main())
+    runpy.run_module("broker.users_cli", run_name="__main__", alter_sys=True)

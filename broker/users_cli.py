@@ -303,3 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit:
         return exit.code if isinstance(exit.code, int) else 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
