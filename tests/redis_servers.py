@@ -199,6 +199,30 @@ def replica_of(directory: Path, primary: int) -> int:
     raise RuntimeError(f"the primary at {primary} has no replica")
 
 
+def hand_over(directory: Path, primary: int) -> int:
+    """A manual failover, as an operator starts one: the replica of the
+    primary at `primary` takes its slots over (the old primary becomes its
+    replica, at once). Returns the new primary's port once the old one
+    says it is a replica."""
+    replica = replica_of(directory, primary)
+    assert _cli(replica, "cluster", "failover") == "OK"
+    _wait_until(
+        lambda: (
+            "role:slave" in _cli(primary, "info", "replication")
+            and _replica_known(directory, replica, primary)
+        ),
+        f"the primary at {primary} to hand over to {replica}",
+    )
+    return replica
+
+
+def _replica_known(directory: Path, primary: int, replica: int) -> bool:
+    try:
+        return replica_of(directory, primary) == replica
+    except RuntimeError:
+        return False
+
+
 def config_set(port: int, name: str, value: str) -> None:
     """Change a setting of the server at `port` (as an operator would)."""
     assert _cli(port, "config", "set", name, value) == "OK"

@@ -686,3 +686,64 @@ async def test_a_publish_that_may_have_been_stored_is_not_a_clean_refusal(redis_
         await gatherResults([publisher.close(), subscriber.close()])
         await node.stop()
         servers.wait_until_healthy(directory)
+
+
+def test_redis_py_refusals_that_mean_the_cluster_moved_are_known(redis_servers):
+    """redis-py turns MOVED into a MovedError whose text is only "SLOT
+    HOST:PORT": the store must know it by its class (and say what it was)."""
+    import redis
+
+    from broker.log.redis import layout_refusal
+
+    directory = redis_servers["dir"]
+    slot = key_slot(b"moved-key")
+    owner = servers.primary_for_slot(directory, slot)
+    other = next(port for port in servers.slot_ranges(directory) if port != owner)
+    with redis.Redis(port=other) as wrong, pytest.raises(redis.ResponseError) as caught:
+        wrong.set("moved-key", "x")
+    assert layout_refusal(caught.value) == f"MOVED: slot {slot} is served by 127.0.0.1:{owner}"
+    with redis.Redis(port=owner) as right, pytest.raises(redis.ResponseError) as caught:
+        right.execute_command("FCALL", "no_such_function", 0)
+    assert layout_refusal(caught.value) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_topic_goes_on_when_its_primary_hands_over_to_its_replica(redis_servers, tmp_path):
+    """A manual failover moves the topic's slot while the node still thinks
+    the old primary holds it: the old primary answers MOVED, and the node
+    must learn the new layout and store there, not refuse every publish."""
+    directory = redis_servers["dir"]
+    (node,) = await start_nodes(tmp_path, redis_servers["cluster"], 1, "--redis-replicas", "1")
+    publisher = connect(reactor, node.endpoint, extensions=True)
+    # A topic on another shard than the directory of topics: the node hears
+    # nothing of the handover but the MOVED its appends get.
+    directory_owner = servers.primary_for_slot(directory, key_slot(b"directory"))
+    topic = next(
+        name
+        for name in (f"handed-{n}" for n in range(1000))
+        if _primary_of(directory, node.prefix, name) != directory_owner
+    )
+    old = _primary_of(directory, node.prefix, topic)
+    new = None
+    try:
+        assert await publisher.publish(topic, b"before") == 0
+        new = await deferToThread(servers.hand_over, directory, old)
+        await deferToThread(servers.wait_for_good_replicas, new, 1)
+        refusals = []
+        for _attempt in range(50):
+            try:
+                offset = await publisher.publish(topic, b"after")
+                break
+            except BrokerError as error:
+                refusals.append(str(error))
+                await deferLater(reactor, 0.1, lambda: None)
+        else:
+            raise AssertionError(f"never stored after the handover: {refusals[-3:]}")
+        assert offset == 1
+        assert all("MOVED" in text or "NOREPLICAS" in text for text in refusals), refusals
+    finally:
+        await publisher.close()
+        await node.stop()
+        if new is not None:  # the layout the other tests expect
+            await deferToThread(servers.hand_over, directory, new)
+        servers.wait_until_healthy(directory)

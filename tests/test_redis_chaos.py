@@ -51,6 +51,7 @@ async def test_nothing_confirmed_is_lost_across_node_and_redis_failures(redis_se
     first_deliveries: list[int] = []
     confirmed: dict[int, int] = {}  # sequence -> offset
     refused: list[str] = []
+    failed: list[str] = []  # failures that are not the broker's answer
     killed_primary = None
 
     def receive(message: Message) -> bool:
@@ -70,7 +71,7 @@ async def test_nothing_confirmed_is_lost_across_node_and_redis_failures(redis_se
         sequence = 0
         done = set()
         for turn in range(12000):  # 240 s at most
-            in_flight = sequence - len(confirmed) - len(refused)
+            in_flight = sequence - len(confirmed) - len(refused) - len(failed)
             if len(confirmed) < MESSAGES and in_flight < 20_000:
                 for _ in range(1000):  # in a loop, whatever is up or down
                     sent = publisher.publish(TOPIC, b"seq %d" % sequence)
@@ -79,7 +80,7 @@ async def test_nothing_confirmed_is_lost_across_node_and_redis_failures(redis_se
                         lambda failure: (
                             refused.append(str(failure.value))
                             if failure.check(BrokerError)
-                            else None
+                            else failed.append(repr(failure.value))
                         ),
                     )
                     sequence += 1
@@ -113,7 +114,11 @@ async def test_nothing_confirmed_is_lost_across_node_and_redis_failures(redis_se
                 break
             await deferLater(reactor, 0.01, lambda: None)
         assert done == {"node", "move", "redis", "replica"}
-        assert len(confirmed) >= MESSAGES
+        assert len(confirmed) >= MESSAGES, (
+            f"{len(confirmed)} confirmed of {sequence} sent, {len(refused)} refused "
+            f"(last: {refused[-3:]}), {len(failed)} failed otherwise (last: {failed[-3:]}); "
+            f"the publisher's node said:\n{a.child.output[-6000:]}"
+        )
         # Every confirmed message was delivered, at the offset it was confirmed at.
         missing = [s for s, o in confirmed.items() if b"seq %d" % s not in deliveries.get(o, set())]
         assert not missing, f"{len(missing)} confirmed messages lost, e.g. {missing[:5]}"

@@ -102,6 +102,25 @@ async def _disconnect(pinned: Redis) -> None:
         await pinned.connection.disconnect(nowait=True)
 
 
+def layout_refusal(error: redis_errors.ResponseError) -> str | None:
+    """What a refusal meaning the cluster's layout changed says (a slot moved,
+    the cluster is down, a replica answered a write), or None. redis-py
+    parses these into classes of their own whose text drops the code: MOVED
+    reads as "16013 127.0.0.1:7001"."""
+    if isinstance(error, redis_errors.AskError):  # and MovedError
+        kind = "MOVED" if isinstance(error, redis_errors.MovedError) else "ASK"
+        return f"{kind}: slot {error.slot_id} is served by {error.host}:{error.port}"
+    if isinstance(
+        error,
+        redis_errors.ClusterDownError | redis_errors.ReadOnlyError | redis_errors.TryAgainError,
+    ):
+        return f"{type(error).__name__}: {error}"
+    text = str(error)
+    if text.startswith(("MOVED", "ASK", "CLUSTERDOWN", "READONLY", "TRYAGAIN")):
+        return text
+    return None
+
+
 def store_error(failure: Failure, timeout: float) -> StoreError:
     """What to tell a publisher about a failed Redis call."""
     error = failure.value
@@ -430,7 +449,7 @@ class RedisStore:
         self._recovering = False
         self._primaries: dict[tuple[str, int], Redis] = {}
         """Clients of each cluster primary, for appends (FCALL and WAIT on one connection)."""
-        self._refreshing = False
+        self._topology_read: asyncio.Future[None] | None = None
         self._last_refresh = -TOPOLOGY_REFRESH
         prefix = settings.prefix
         self._directory = f"{prefix}:{{directory}}:topics"
@@ -669,7 +688,7 @@ class RedisStore:
                     f"{OUTCOME_UNKNOWN}: stored on a Redis primary, then Redis: {error}"
                 ) from None
             # Refused before anything was written: nothing was stored.
-            await self._refused_by_redis(str(error), primary)
+            await self._refused_by_redis(error, primary)
             raise
         except (asyncio.TimeoutError, TimeoutError, redis_errors.RedisError, OSError) as error:
             await _disconnect(pinned)
@@ -696,18 +715,20 @@ class RedisStore:
             )
         return int(first), int(end), int(held)
 
-    async def _refused_by_redis(self, error: str, primary: Redis) -> None:
+    async def _refused_by_redis(self, error: redis_errors.ResponseError, primary: Redis) -> None:
         """Redis refused a call before running it: learn why, so that the
         next call can succeed (a moved slot, functions a restart lost)."""
-        if error.startswith(("MOVED", "ASK", "CLUSTERDOWN", "READONLY")):
-            self.topology_changed()
-            raise _TryAgain(error)
-        if "function not found" in error.lower():
+        moved = layout_refusal(error)
+        if moved is not None:
+            # The next try goes where the cluster says now, not where it was.
+            await asyncio.shield(self.topology_changed())
+            raise _TryAgain(moved)
+        if "function not found" in str(error).lower():
             # On this primary only, and outside the bound on calls (this
             # call holds a place in it already).
             load = primary.function_load(FUNCTIONS, replace=True)
             await asyncio.wait_for(load, self.settings.timeout)
-            raise _TryAgain(error)
+            raise _TryAgain(str(error))
 
     def _primary_client(self, key: str) -> Redis:
         """A client of the primary that holds `key` now (as last heard)."""
@@ -729,27 +750,33 @@ class RedisStore:
             )
         return primary
 
-    def topology_changed(self) -> None:
+    def topology_changed(self) -> asyncio.Future[None]:
         """A primary is gone or a slot moved: ask the cluster who serves what
-        (one request at a time, at most every TOPOLOGY_REFRESH seconds)."""
-        client = self.client
-        if not isinstance(client, RedisCluster) or self._closed:
-            return
-        now = asyncio.get_event_loop().time()
-        if self._refreshing or now - self._last_refresh < TOPOLOGY_REFRESH:
-            return
-        self._refreshing = True
+        (one request at a time, at most every TOPOLOGY_REFRESH seconds).
+        Returns the request in progress, for a caller that waits for it."""
+        reading = self._topology_read
+        if reading is not None and not reading.done():
+            return reading
+        loop = asyncio.get_event_loop()
+        now = loop.time()
+        if (
+            not isinstance(self.client, RedisCluster)
+            or self._closed
+            or now - self._last_refresh < TOPOLOGY_REFRESH
+        ):
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
         self._last_refresh = now
+        reading = self._topology_read = asyncio.ensure_future(self._read_topology())
+        return reading
 
-        async def refresh() -> None:
-            try:
-                await asyncio.wait_for(client.nodes_manager.initialize(), self.settings.timeout)
-            except Exception as error:
-                log.debug("Redis Cluster topology not read: {error}", error=error)
-            finally:
-                self._refreshing = False
-
-        self._background(refresh())
+    async def _read_topology(self) -> None:
+        assert isinstance(self.client, RedisCluster)
+        try:
+            await asyncio.wait_for(self.client.nodes_manager.initialize(), self.settings.timeout)
+        except Exception as error:
+            log.debug("Redis Cluster topology not read: {error}", error=error)
 
     async def _announce(self, keys: TopicKeys, first: int, count: int, batch: bytes | None) -> None:
         """What the append function does itself without replicas: tell the
@@ -976,13 +1003,7 @@ class RedisStore:
         delay = FIRST_RETRY
         try:
             while self._unheard and not self._closed:
-                if isinstance(self.client, RedisCluster):
-                    try:
-                        await asyncio.wait_for(
-                            self.client.nodes_manager.initialize(), self.settings.timeout
-                        )
-                    except Exception as error:
-                        log.debug("Redis Cluster topology not read: {error}", error=error)
+                await asyncio.shield(self.topology_changed())
                 failed = await self._subscribe_unheard()
                 self._down = failed
                 if not self._unheard:
