@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ POSITIONS_FILE = "consumers.jsonl"
 # (and past COMPACT_AT bytes).
 COMPACT_RATIO = 4
 COMPACT_AT = 64 * 1024
+
+
+def owner_of(name: str) -> str:
+    """Whose bound a durable name counts against: `alice:` for alice's own
+    `alice:billing`, the name itself for a shared (or unowned) name."""
+    owner, colon, _ = name.partition(":")
+    return owner + colon if colon else name
 
 
 @dataclass
@@ -74,6 +82,9 @@ class PositionStore:
 
     def __init__(self, directory: Path | None = None, fsync: FsyncPolicy = FsyncPolicy.NEVER):
         self.positions: dict[tuple[str, str], Position] = {}
+        self.kept: Counter[str] = Counter()
+        """Positions per owner (`user:` of a user's own names, see
+        broker.users) or per shared name: what a user's bound counts."""
         self._dirty: set[tuple[str, str]] = set()
         self._fsync = fsync
         self._path = Path(directory) / POSITIONS_FILE if directory is not None else None
@@ -91,8 +102,17 @@ class PositionStore:
         return self.positions.get((topic, name))
 
     def put(self, topic: str, name: str, position: Position) -> None:
+        if (topic, name) not in self.positions:
+            self.kept[owner_of(name)] += 1
         self.positions[(topic, name)] = position
         self._dirty.add((topic, name))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        if self.positions.pop(key, None) is not None:
+            owner = owner_of(key[1])
+            self.kept[owner] -= 1
+            if not self.kept[owner]:
+                del self.kept[owner]
 
     @property
     def dirty(self) -> bool:
@@ -132,7 +152,7 @@ class PositionStore:
         """Forget positions unchanged for `idle` seconds; return whose."""
         gone = [key for key, p in self.positions.items() if now - p.touched > idle]
         for key in gone:
-            del self.positions[key]
+            self._forget(key)
             self._dirty.add(key)
         return gone
 
@@ -158,8 +178,10 @@ class PositionStore:
                 record = json.loads(line)
                 key = (record["topic"], record["name"])
                 if "low" not in record:
-                    self.positions.pop(key, None)  # forgotten
+                    self._forget(key)  # forgotten
                     continue
+                if key not in self.positions:
+                    self.kept[owner_of(key[1])] += 1
                 self.positions[key] = Position(
                     int(record["low"]),
                     {int(offset) for offset in record["acked"]},

@@ -254,6 +254,10 @@ class GroupRegistry:
             if position is None:
                 position = Position(at, delivered=at, touched=self._clock.seconds())
                 self.positions.put(topic.name, name, position)
+                # Retention spares it from now on, not from its next pass
+                # (a topic created by its first publish has had none).
+                keep_from = topic.log.keep_from
+                topic.log.keep_from = at if keep_from is None else min(keep_from, at)
             # What retention removed meanwhile is skipped (and said) at the
             # first take, as for a group that lives through it.
             at = position.low

@@ -152,6 +152,9 @@ class TopicRegistry:
         self._topics: dict[str, Topic] = {}
         self.patterns: PatternIndex[PatternHolder] = PatternIndex()
         """Pattern subscriptions, told of each topic created that they match."""
+        self._awaited: dict[str, dict[PatternHolder, None]] = {}
+        """Subscriptions to topics that do not exist yet, by name: they cost
+        no topic, and are told when a publish creates theirs."""
         # Topics a durable store already holds are reopened (and recovered) now.
         for name in existing:
             self._topics[name] = Topic(name, make_log(name), clock)
@@ -175,12 +178,39 @@ class TopicRegistry:
             if len(self.patterns):
                 for holder in self.patterns.match(name):
                     holder.topic_created(topic)
+            awaiting = self._awaited.pop(name, None)
+            if awaiting:
+                for holder in awaiting:
+                    holder.topic_created(topic)
         return topic
+
+    def exists(self, name: str) -> bool:
+        """Whether topic `name` is open here or held by a shared store."""
+        return name in self._topics or name in self._shared_names()
+
+    def await_topic(self, name: str, holder: PatternHolder) -> None:
+        """Tell `holder` when topic `name` (which does not exist) is created."""
+        self._awaited.setdefault(name, {})[holder] = None
+
+    def stop_awaiting(self, name: str, holder: PatternHolder) -> None:
+        awaiting = self._awaited.get(name)
+        if awaiting is not None:
+            awaiting.pop(holder, None)
+            if not awaiting:
+                del self._awaited[name]
+
+    @property
+    def awaited(self) -> int:
+        """Names subscribed to that no topic has yet."""
+        return len(self._awaited)
 
     def discover(self, name: str) -> None:
         """Another node made topic `name` in the shared store: open it here
-        if a pattern here matches it (which then takes it from its start)."""
-        if name not in self._topics and len(self.patterns) and self.patterns.match(name):
+        if a pattern or a subscription here waits for it (which then takes
+        it from its start)."""
+        if name in self._topics:
+            return
+        if name in self._awaited or (len(self.patterns) and self.patterns.match(name)):
             self._open_quietly(name)
 
     def open_shared(self, index: PatternIndex) -> None:

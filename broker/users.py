@@ -10,6 +10,9 @@ SHA-256 (the broker makes them: 256 random bits need no slow hash).
     deny_subscribe = ["orders.secret"]
     max_connections = 10
     monitor = true               # may read the --monitor site (HTTP Basic)
+    groups = ["billing-workers"] # group names shared with the users listing them too
+    durables = ["billing"]       # durable names shared likewise
+    max_durables = 1000          # durable positions its own names may keep
 
     [users.ingest]
     token = "sha256$<hash>"
@@ -31,9 +34,11 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.groups import group_name_problem
 from broker.permissions import PatternError, Rules
 from broker.toml_file import read_toml
 
@@ -41,6 +46,9 @@ ANONYMOUS = "anonymous"
 USER_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 # scrypt's cost: about 50 ms and 16 MiB per check here; stored in each hash.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+# Durable positions (one per durable name and topic) a user may keep, unless
+# its table says otherwise: they outlive its connections.
+DEFAULT_MAX_DURABLES = 1000
 _FIELDS = {
     "password",
     "token",
@@ -50,6 +58,9 @@ _FIELDS = {
     "deny_subscribe",
     "max_connections",
     "monitor",
+    "groups",
+    "durables",
+    "max_durables",
 }
 
 
@@ -69,6 +80,26 @@ class User:
     max_connections: int | None = None
     monitor: bool = False
     """Whether it may read the --monitor site (all but /healthz)."""
+    groups: frozenset[str] = frozenset()
+    """Group names ($share/NAME/...) it shares with every user listing them;
+    its other group names are its own."""
+    durables: frozenset[str] = frozenset()
+    """Durable names ($durable/NAME/...) shared likewise."""
+    max_durables: int = DEFAULT_MAX_DURABLES
+    """Durable positions its own and shared durable names may keep, at most."""
+
+    def owned_group(self, name: str, durable: bool) -> str:
+        """The name a group (or durable consumer) of this user is kept by:
+        `user:name`, which no other user reaches, or `name` itself if the
+        users file lists it as shared (no group name holds a ':')."""
+        shared = self.durables if durable else self.groups
+        return name if name in shared else f"{self.name}:{name}"
+
+    def durables_kept(self, kept: Mapping[str, int]) -> int:
+        """Durable positions that count against max_durables (its own names'
+        and its shared names'), from the counts per owner that
+        broker.durable.PositionStore keeps."""
+        return kept.get(f"{self.name}:", 0) + sum(kept.get(name, 0) for name in self.durables)
 
 
 @dataclass(frozen=True)
@@ -133,6 +164,16 @@ def _strings(value: object, where: str) -> list[str]:
     return value
 
 
+def _group_names(value: object, where: str) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise UsersFileError(f'{where}: a list of group names, like ["billing"]')
+    for item in value:
+        problem = group_name_problem(item)
+        if problem:
+            raise UsersFileError(f"{where}: {item!r}: {problem}")
+    return frozenset(value)
+
+
 def _user(name: str, entry: object, path: Path) -> User:
     where = f"{path}: [users.{name}]"
     if not USER_NAME.match(name):
@@ -154,6 +195,11 @@ def _user(name: str, entry: object, path: Path) -> User:
     limit = entry.get("max_connections")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise UsersFileError(f"{where}: max_connections must be a positive integer")
+    max_durables = entry.get("max_durables", DEFAULT_MAX_DURABLES)
+    if type(max_durables) is not int or max_durables < 0:
+        raise UsersFileError(f"{where}: max_durables must be an integer, 0 or more")
+    groups = _group_names(entry.get("groups", []), f"{where} groups")
+    durables = _group_names(entry.get("durables", []), f"{where} durables")
     try:
         publish = Rules.of(
             _strings(entry.get("publish", []), f"{where} publish"),
@@ -166,7 +212,18 @@ def _user(name: str, entry: object, path: Path) -> User:
     except PatternError as error:
         raise UsersFileError(f"{where}: {error}") from None
     password, token = entry.get("password"), entry.get("token")
-    return User(name, password, token, publish, subscribe, limit, monitor=monitor)
+    return User(
+        name,
+        password,
+        token,
+        publish,
+        subscribe,
+        limit,
+        monitor=monitor,
+        groups=groups,
+        durables=durables,
+        max_durables=max_durables,
+    )
 
 
 def load_users(path: Path) -> Users:

@@ -93,6 +93,11 @@ ERR_INVALID_PATTERN = "invalid topic pattern"
 ERR_PATTERN_OFFSET = "a pattern starts at Beginning or Current, not at an offset"
 # With "groups" agreed in Hello.
 ERR_INVALID_GROUP = "invalid group"
+ERR_TOO_MANY_DURABLES = "too many durable consumers"
+# Unsolicited, then ": $durable/NAME/TOPIC": a durable consumer subscribed to a
+# topic that did not exist could not join it when it came (or a durable
+# pattern one it matched): its user's max_durables was reached by then.
+ERR_DURABLE_NOT_JOINED = "durable consumer not joined, its user's max_durables reached"
 
 # Errors that answer something other than a subscribe or unsubscribe request.
 UNSOLICITED_ERRORS = frozenset(
@@ -109,7 +114,11 @@ UNSOLICITED_ERRORS = frozenset(
 
 def is_unsolicited(text: str) -> bool:
     """Whether an Error answers no subscribe or unsubscribe request."""
-    return text in UNSOLICITED_ERRORS or text.startswith(ERR_PERMISSION_WITHDRAWN)
+    return (
+        text in UNSOLICITED_ERRORS
+        or text.startswith(ERR_PERMISSION_WITHDRAWN)
+        or text.startswith(ERR_DURABLE_NOT_JOINED)
+    )
 
 
 _U16 = struct.Struct(">H")

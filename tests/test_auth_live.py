@@ -20,7 +20,9 @@ from broker.server import BrokerSettings
 from broker.service import BrokerService
 from broker.tls import ServerTLS, certificate_identity
 from broker.users import hash_secret, user_entry
+from broker.wire import StartAt
 from tests.certs import Authority
+from tests.conftest import Inbox
 from tests.process import free_port
 
 FAST_HASH = {"n": 2**4, "r": 1, "p": 1}
@@ -200,3 +202,47 @@ async def test_a_sign_in_under_way_at_a_reload_is_decided_by_the_new_users_file(
         await client.close()
         await service.stopService()
     logged_failures.assert_none()
+
+
+@pytest_twisted.ensureDeferred
+async def test_durable_names_are_owned_and_unborn_topics_cost_nothing_over_tcp(tmp_path):
+    """Issue 22, cases 4 and 5, over real sockets: alice's and bob's durable
+    consumer `billing` are two consumers (bob takes none of alice's), and a
+    subscribe-only user naming topics that do not exist leaves the budget of
+    --max-topics to the publishers, while it still gets what comes later."""
+    users = tmp_path / "users.toml"
+    users.write_text(
+        user_entry("alice", "password", ALICE_HASH, ["orders.>", "new.>"], ["orders.>"])
+        + user_entry("bob", "password", ALICE_HASH, [], ["orders.>", "new.>"])
+    )
+    port = free_port()
+    service = BrokerService(
+        [f"tcp:{port}:interface=127.0.0.1"], BrokerSettings(max_topics=3), users_file=users
+    )
+    service.privilegedStartService()
+    service.startService()
+    address = f"127.0.0.1:{port}"
+    alice = connect(reactor, address, user="alice", password="s3cret")
+    alice_reader = connect(reactor, address, user="alice", password="s3cret")
+    bob = connect(reactor, address, user="bob", password="s3cret")
+    try:
+        for n in range(5):
+            assert await alice.publish("orders.eu", b"%d" % n) == n
+        alices, bobs = Inbox(), Inbox()
+        await alice_reader.subscribe(
+            ["orders.eu"], alices, durable="billing", start=StartAt.BEGINNING
+        )
+        await alices.wait(5)
+        await bob.subscribe(["orders.eu"], bobs, durable="billing", start=StartAt.BEGINNING)
+        await bobs.wait(5)  # his own consumer, from the beginning: all five
+        assert bobs.payloads == alices.payloads == [b"0", b"1", b"2", b"3", b"4"]
+
+        waiting = Inbox()
+        await bob.subscribe([f"new.{n}" for n in range(10)], waiting)  # 10 > max_topics
+        assert await alice.publish("new.7", b"later") == 0  # a topic left to create
+        await waiting.wait(1)
+        assert [(m.topic, m.payload) for m in waiting.messages] == [("new.7", b"later")]
+    finally:
+        for client in (alice, alice_reader, bob):
+            await client.close()
+        await service.stopService()

@@ -1,7 +1,9 @@
 """Permissions against a hostile user, in a broker in memory on a fake
 clock: dead-letter topics read only with the right to their parent and
-written only by the broker, and a reload that keeps a group's pattern
-subscription when the rights it was granted by are unchanged."""
+written only by the broker, a reload that keeps a group's pattern
+subscription when the rights it was granted by are unchanged, group and
+durable names owned per user (and durable positions bounded per user), and
+subscribes to topics that do not exist, which cost no topic."""
 
 from __future__ import annotations
 
@@ -11,8 +13,16 @@ from twisted.internet.protocol import Factory, Protocol
 from broker.client import Message
 from broker.permissions import Rules
 from broker.server import BrokerSettings
+from broker.server.subscriber import MAX_AWAITED_TOPICS
 from broker.testing import InMemoryBroker
-from broker.users import User, Users, hash_secret
+from broker.users import (
+    DEFAULT_MAX_DURABLES,
+    User,
+    Users,
+    UsersFileError,
+    hash_secret,
+    load_users,
+)
 from broker.wire import (
     ACTION_PUBLISH,
     ERR_PERMISSION_DENIED,
@@ -28,13 +38,31 @@ from broker.wire import (
 FAST = {"n": 2**4, "r": 1, "p": 1}  # scrypt made cheap for tests
 
 
-def user(name: str, publish=(), subscribe=(), deny_subscribe=()) -> User:
+PASSWORD = hash_secret("pw", **FAST)
+
+
+def user(name: str, publish=(), subscribe=(), deny_subscribe=(), **extra) -> User:
     return User(
         name,
-        password_hash=hash_secret("pw", **FAST),
+        password_hash=PASSWORD,
         publish=Rules.of(publish),
         subscribe=Rules.of(subscribe, deny_subscribe),
+        **extra,
     )
+
+
+def users(*listed: User) -> Users:
+    return Users({u.name: u for u in listed})
+
+
+def subscribed(broker: InMemoryBroker, client, topics, inbox, **options) -> None:
+    done = client.subscribe(topics, inbox.append, **options)
+    broker.flush()
+    broker.result(done)
+
+
+def refusal(broker: InMemoryBroker, deferred) -> str:
+    return str(failure_of(broker, deferred))
 
 
 USERS = Users(
@@ -181,3 +209,183 @@ def test_anonymous_connections_have_a_limit_of_their_own():
     ready = admin.connected(timeout=1)
     broker.flush()
     broker.result(ready)
+
+
+# Case 4: group and durable names.
+
+
+def test_a_durable_name_is_its_users_own_unless_the_file_shares_it():
+    alice = user("alice", publish=["orders.>"], subscribe=["orders.>"])
+    bob = user("bob", subscribe=["orders.>"])
+    broker = InMemoryBroker(users=users(alice, bob))
+    publisher = broker.client(user="alice", password="pw", extensions=True)
+    alices, bobs = [], []
+    alice_reader = broker.client(user="alice", password="pw", extensions=True)
+    subscribed(broker, alice_reader, ["orders.eu"], alices, durable="billing")
+    bob_reader = broker.client(user="bob", password="pw", extensions=True)
+    subscribed(broker, bob_reader, ["orders.eu"], bobs, durable="billing")
+    for n in range(4):
+        publisher.publish("orders.eu", b"%d" % n)
+    broker.flush()
+    # Each has its own position: both see every message, neither takes the other's.
+    assert [m.payload for m in alices] == [b"0", b"1", b"2", b"3"]
+    assert [m.payload for m in bobs] == [b"0", b"1", b"2", b"3"]
+    kept = {name for _, name in broker.factory.groups.positions.positions}
+    assert kept == {"alice:billing", "bob:billing"}
+
+    shared = InMemoryBroker(
+        users=users(
+            user("alice", publish=["orders.>"], subscribe=["orders.>"], durables=frozenset({"b"})),
+            user("bob", subscribe=["orders.>"], durables=frozenset({"b"})),
+        )
+    )
+    publisher = shared.client(user="alice", password="pw", extensions=True)
+    alices, bobs = [], []
+    for name, inbox in (("alice", alices), ("bob", bobs)):
+        reader = shared.client(user=name, password="pw", extensions=True)
+        subscribed(shared, reader, ["orders.eu"], inbox, durable="b")
+    for n in range(4):
+        publisher.publish("orders.eu", b"%d" % n)
+    shared.flush()
+    # One shared consumer: each message went to one of them, once.
+    assert sorted(m.payload for m in alices + bobs) == [b"0", b"1", b"2", b"3"]
+    assert {name for _, name in shared.factory.groups.positions.positions} == {"b"}
+
+
+def test_a_group_name_is_its_users_own():
+    broker = InMemoryBroker(
+        users=users(
+            user("alice", publish=["jobs"], subscribe=["jobs"]), user("bob", subscribe=["jobs"])
+        )
+    )
+    publisher = broker.client(user="alice", password="pw", extensions=True)
+    alices, bobs = [], []
+    for name, inbox in (("alice", alices), ("bob", bobs)):
+        reader = broker.client(user=name, password="pw", extensions=True)
+        subscribed(broker, reader, ["jobs"], inbox, group="workers")
+    for n in range(3):
+        publisher.publish("jobs", b"%d" % n)
+    broker.flush()
+    assert len(alices) == len(bobs) == 3
+
+
+def test_a_user_may_keep_a_bounded_number_of_durable_positions():
+    broker = InMemoryBroker(
+        users=users(
+            user("eve", subscribe=[">"], max_durables=2),
+            user("admin", publish=[">"], subscribe=[">"]),
+        )
+    )
+    admin = broker.client(user="admin", password="pw", extensions=True)
+    made = [admin.publish(f"t.{n}", b"x") for n in range(1, 4)]
+    broker.flush()
+    assert [broker.result(m) for m in made] == [0, 0, 0]
+    eve = broker.client(user="eve", password="pw", extensions=True)
+    subscribed(broker, eve, ["t.1", "t.2"], [], durable="d")
+    refused = eve.subscribe(["t.3"], lambda m: None, durable="d")
+    broker.flush()
+    assert "too many durable consumers: user eve may keep 2" in refusal(broker, refused)
+    subscribed(broker, eve, ["t.1"], [], durable="d")  # one it has: no new position
+    assert len(broker.factory.groups.positions.positions) == 2
+    # Waiting for a topic that does not exist counts too, when subscribed...
+    refused = eve.subscribe(["t.4"], lambda m: None, durable="d")
+    broker.flush()
+    assert "too many durable consumers" in refusal(broker, refused)
+    subscribed(broker, admin, ["t.3"], [], durable="d")  # another user's are not eve's
+    assert len(broker.factory.groups.positions.positions) == 3
+
+
+def test_a_durable_consumer_whose_topic_comes_past_its_users_bound_is_told(log_lines):
+    """Two connections each wait for a topic with room for one position:
+    the second topic to come finds the bound reached, and says so."""
+    broker = InMemoryBroker(
+        users=users(
+            user("eve", subscribe=[">"], max_durables=1),
+            user("admin", publish=[">"], subscribe=[">"]),
+        )
+    )
+    first, second = (broker.client(user="eve", password="pw", extensions=True) for _ in "12")
+    inbox: list[Message] = []
+    subscribed(broker, first, ["t.4"], inbox, durable="d")
+    subscribed(broker, second, ["t.5"], [], durable="d")
+    admin = broker.client(user="admin", password="pw", extensions=True)
+    admin.publish("t.4", b"for eve")
+    admin.publish("t.5", b"x")
+    broker.flush()
+    assert [m.payload for m in inbox] == [b"for eve"]
+    said = "durable consumer not joined, its user's max_durables reached: $durable/d/t.5"
+    assert log_lines.matching(f"broker error: {said}")  # what the client heard
+    assert "$durable/d/t.5" not in second._subscribed  # not asked for again on reconnect
+    assert list(broker.factory.groups.positions.positions) == [("t.4", "eve:d")]
+
+
+def test_the_users_file_lists_shared_names_and_a_bound(tmp_path):
+    path = tmp_path / "users.toml"
+    path.write_text(
+        '[users.alice]\ngroups = ["workers"]\ndurables = ["billing"]\nmax_durables = 5\n'
+        "[users.bob]\n"
+    )
+    loaded = load_users(path)
+    alice, bob = loaded.by_name["alice"], loaded.by_name["bob"]
+    assert alice.owned_group("workers", durable=False) == "workers"
+    assert alice.owned_group("workers", durable=True) == "alice:workers"
+    assert alice.owned_group("billing", durable=True) == "billing"
+    assert alice.max_durables == 5 and bob.max_durables == DEFAULT_MAX_DURABLES
+    for bad, said in [
+        ('groups = ["no/slash"]', "a group name is 1-64"),
+        ('durables = "billing"', "a list of group names"),
+        ("max_durables = -1", "max_durables must be an integer, 0 or more"),
+        ("max_durables = true", "max_durables must be an integer, 0 or more"),
+    ]:
+        path.write_text(f"[users.alice]\n{bad}\n")
+        with pytest.raises(UsersFileError, match=said):
+            load_users(path)
+
+
+# Case 5: subscribes cost no topic.
+
+
+def test_subscribing_to_topics_that_do_not_exist_uses_none_of_the_topic_budget():
+    broker = InMemoryBroker(
+        BrokerSettings(max_topics=5),
+        users=users(user("reader", subscribe=[">"]), user("admin", publish=[">"], subscribe=[">"])),
+    )
+    reader = broker.client(user="reader", password="pw")  # plain protocol, as Go clients
+    inbox: list[Message] = []
+    subscribed(broker, reader, [f"new.{n}" for n in range(4)], inbox)
+    assert len(broker.factory.registry) == 0
+    admin = broker.client(user="admin", password="pw", extensions=True)
+    sent = [admin.publish(f"admin.{n}", b"x") for n in range(4)]
+    sent.append(admin.publish("new.2", b"for the reader"))
+    broker.flush()
+    assert [broker.result(s) for s in sent] == [0, 0, 0, 0, 0]
+    assert [(m.topic, m.payload) for m in inbox] == [("new.2", b"for the reader")]
+    assert broker.factory.registry.awaited == 3
+    closing = reader.close()
+    broker.flush()
+    broker.result(closing)
+    assert broker.factory.registry.awaited == 0  # they went with the connection
+
+
+def test_a_connection_waits_for_a_bounded_number_of_topics():
+    broker = InMemoryBroker()
+    client = broker.client(extensions=True)
+    subscribed(broker, client, [f"t.{n}" for n in range(MAX_AWAITED_TOPICS)], [])
+    refused = client.subscribe(["one.more"], lambda m: None)
+    broker.flush()
+    assert "too many topics" in refusal(broker, refused)
+    assert broker.factory.registry.awaited == MAX_AWAITED_TOPICS
+
+
+def test_a_durable_consumer_waiting_for_its_topic_starts_at_its_first_message():
+    broker = InMemoryBroker()
+    client = broker.client(extensions=True)
+    inbox: list[Message] = []
+    subscribed(broker, client, ["later"], inbox, durable="d", start=StartAt.CURRENT)
+    client.publish("later", b"first")
+    broker.flush()
+    assert [m.payload for m in inbox] == [b"first"]
+    assert broker.factory.groups.positions.get("later", "d") is not None
+
+
+# Case 6: connections refused everything.

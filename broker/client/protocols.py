@@ -27,6 +27,7 @@ from broker.wire import (
     ACTION_PUBLISH,
     CONFIRM_ORDER_TOPIC,
     ERR_AUTH_FAILED,
+    ERR_DURABLE_NOT_JOINED,
     ERR_PERMISSION_WITHDRAWN,
     ERR_TOO_MANY_CONNECTIONS,
     EXTENSIONS_VERSION,
@@ -393,10 +394,12 @@ class SubscriberProtocol(_ClientProtocol):
             answered.errback(BrokerError(f"unexpected status {code}"))
 
     def error_received(self, text: str) -> None:
-        if text.startswith(ERR_PERMISSION_WITHDRAWN + ": "):
-            topic = text[len(ERR_PERMISSION_WITHDRAWN) + 2 :]
-            self._forget([topic])
-            self.on_withdrawn(topic)
+        for ended in (ERR_PERMISSION_WITHDRAWN, ERR_DURABLE_NOT_JOINED):
+            if text.startswith(ended + ": "):
+                # The broker ended (or never began) this subscription itself.
+                name = text[len(ended) + 2 :]
+                self._forget([name])
+                self.on_withdrawn(name)
         if not self.negotiated.called or is_unsolicited(text) or not self._requests:
             super().error_received(text)
             return

@@ -301,6 +301,7 @@ class BrokerProtocol(Int32StringReceiver):
             may_subscribe=user.subscribe if user is not None else None,
             patterns=bool(hello and hello.patterns),
             groups=bool(hello and hello.groups),
+            user=user,
         )
         self._begin(session)
 

@@ -1,9 +1,14 @@
 """A subscriber's session: its subscriptions and window of deliveries, the
 frames that carry them, and what to do when its output fills. With a users
-file, a subscribe naming any topic the user may not read is refused whole,
-and a reload that withdraws a topic ends its subscription. With "patterns"
-agreed in Hello, names with `*` or `>` tokens are patterns (see
-broker.server.patterns)."""
+file, a subscribe naming any topic the user may not read is refused whole
+(and closes the connection if the user may read nothing at all), a reload
+that withdraws a topic ends its subscription, reading a dead-letter topic
+needs the right to read its parent (see broker.dead_letters), and group and
+durable names are the user's own unless the file shares them (see
+broker.users). A subscription to a topic that does not exist creates none:
+it waits, costing no topic, until a publish creates it, and takes it from
+its first message. With "patterns" agreed in Hello, names with `*` or `>`
+tokens are patterns (see broker.server.patterns)."""
 
 from __future__ import annotations
 
@@ -16,19 +21,21 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from broker.delivery import Delivery, DeliveryWindow, Subscription
-from broker.groups import group_name_problem, parse_group_name
+from broker.groups import DURABLE_PREFIX, group_name_problem, parse_group_name
 from broker.server.patterns import PatternSubscriptions
 from broker.server.session import Session, cancel_call
 from broker.subjects import PatternError, check_pattern, is_pattern
 from broker.topics import TooManyTopics, Topic
 from broker.transport import direct_writer
 from broker.wire import (
+    ERR_DURABLE_NOT_JOINED,
     ERR_INVALID_GROUP,
     ERR_INVALID_PATTERN,
     ERR_NOTHING_TO_ACK,
     ERR_PATTERN_OFFSET,
     ERR_PERMISSION_DENIED,
     ERR_PERMISSION_WITHDRAWN,
+    ERR_TOO_MANY_DURABLES,
     ERR_TOO_MANY_TOPICS,
     STATUS_SUBSCRIBED,
     STATUS_UNSUBSCRIBED,
@@ -55,6 +62,9 @@ FLUSH_BYTES = 256 * 1024
 # A connection adds one publish-to-delivery sample to the latency histogram
 # at most this often (seconds).
 LATENCY_SAMPLE_SECONDS = 0.01
+# Topics that do not exist yet one connection may wait for: they cost the
+# broker no topic, but memory, which stays bounded per connection.
+MAX_AWAITED_TOPICS = 1000
 
 _SUBSCRIBED = encode_u16(STATUS_SUBSCRIBED)
 _UNSUBSCRIBED = encode_u16(STATUS_UNSUBSCRIBED)
@@ -73,11 +83,16 @@ class SubscriberSession(Session):
         may_subscribe: Rules | None = None,
         patterns: bool = False,
         groups: bool = False,
+        user: User | None = None,
     ) -> None:
         super().__init__(protocol)
         settings = self.factory.settings
         self._may_subscribe = may_subscribe
         """The user's subscribe rules; None: no users file, every topic allowed."""
+        self._user = user
+        """Who it is (whose group and durable names it uses); None: no users file."""
+        self._awaited: dict[str, _AwaitedTopic] = {}
+        """Its subscriptions to topics that do not exist yet, by topic."""
         self._halted = False
         self._transport = protocol.transport
         self._write_now = direct_writer(protocol.transport)
@@ -133,9 +148,23 @@ class SubscriberSession(Session):
                     # Its user may read nothing: it holds a connection for nothing.
                     self.protocol.close()
                 return
+        registry = self.factory.registry
+        request.set_aside_absent(registry.exists)
+        awaited = self._awaited.keys() | request.absent_topics
+        if len(awaited) > MAX_AWAITED_TOPICS:
+            self.refused(
+                ERR_TOO_MANY_TOPICS,
+                f"{ERR_TOO_MANY_TOPICS}: would wait for {len(awaited)} topics that do "
+                f"not exist, {MAX_AWAITED_TOPICS} at most",
+            )
+            return
+        too_many = self._durables_beyond_bound(request)
+        if too_many is not None:
+            self.refused(too_many)
+            return
         try:
-            resolved = self.factory.registry.get_all(request.names)
-            targets = self.factory.registry.get_all([topic for _, topic, _ in request.joined])
+            resolved = registry.get_all(request.names)
+            targets = registry.get_all([topic for _, topic, _ in request.joined])
         except TooManyTopics:
             self.refused(ERR_TOO_MANY_TOPICS)
             return
@@ -164,11 +193,16 @@ class SubscriberSession(Session):
         self._transport.write(_SUBSCRIBED)
         for topic in resolved:
             self.window.subscribe(topic, start, offset)
-        groups = self.factory.groups
         for (group, _, durable), topic in zip(request.joined, targets, strict=True):
-            self.window.join_group(groups.get(topic, group, start, offset, durable))
+            self._join(topic, group, durable, start, offset)
+        registry = self.factory.registry
+        for name, joining in request.absent:
+            self._forget_awaited(name)
+            waiting = self._awaited[name] = _AwaitedTopic(self, name, start, offset, joining)
+            registry.await_topic(name, waiting)
         if self.patterns is not None:
             self.patterns.by_name.update(request.names)
+            self.patterns.by_name.update(name for name, joining in request.absent if not joining)
             self.patterns.add(request.patterns, start)
             for name, pattern, group, durable in request.pattern_groups:
                 self.patterns.add([pattern], start, [name], self._joiner(group, durable))
@@ -183,14 +217,90 @@ class SubscriberSession(Session):
         """How a group pattern joins a matching topic's group."""
 
         def join(topic: Topic, start: StartAt) -> None:
-            self.window.join_group(self.factory.groups.get(topic, group, start, 0, durable))
+            self._join(topic, group, durable, start, 0)
 
         return join
+
+    def _kept_as(self, group: str, durable: bool) -> str:
+        """The name a group is kept by: the user's own, unless shared."""
+        user = self._user
+        return group if user is None else user.owned_group(group, durable)
+
+    def _durable_room(self) -> int | None:
+        """New durable positions the user may still make; None: no bound."""
+        user = self._user
+        if user is None:
+            return None
+        return user.max_durables - user.durables_kept(self.factory.groups.positions.kept)
+
+    def _durables_beyond_bound(self, request: _SubscribeRequest) -> str | None:
+        """The Error for a subscribe whose durable names would make more
+        positions than the user's bound allows, else None."""
+        room = self._durable_room()
+        if room is None:
+            return None
+        positions = self.factory.groups.positions
+        new = {
+            (topic, kept_as)
+            for group, topic, durable in request.every_joined
+            if durable and positions.get(topic, kept_as := self._kept_as(group, durable)) is None
+        }
+        if len(new) <= room:
+            return None
+        assert self._user is not None
+        return (
+            f"{ERR_TOO_MANY_DURABLES}: user {self._user.name} may keep "
+            f"{self._user.max_durables} durable position(s)"
+        )
+
+    def _join(self, topic: Topic, group: str, durable: bool, start: StartAt, offset: int) -> None:
+        """Join `topic`'s group `group` (kept by the user's name for it); a
+        durable one only within the user's bound of positions."""
+        kept_as = self._kept_as(group, durable)
+        groups = self.factory.groups
+        if durable and groups.positions.get(topic.name, kept_as) is None:
+            room = self._durable_room()
+            if room is not None and room < 1:
+                assert self._user is not None
+                self.protocol.log_refusal(
+                    f"{ERR_DURABLE_NOT_JOINED} ({self._user.max_durables} of user "
+                    f"{self._user.name}): {DURABLE_PREFIX}{group}/{topic.name}"
+                )
+                error = f"{ERR_DURABLE_NOT_JOINED}: {DURABLE_PREFIX}{group}/{topic.name}"
+                self._transport.write(encode_error(error))
+                return
+        self.window.join_group(groups.get(topic, kept_as, start, offset, durable))
+
+    def _awaited_created(self, waiting: _AwaitedTopic, topic: Topic) -> None:
+        """A topic subscribed to before it existed was created: take it from
+        its first message (or the offset asked for)."""
+        if self._awaited.get(topic.name) is not waiting:
+            return
+        del self._awaited[topic.name]
+        if self._halted:
+            return
+        start, offset = waiting.start, waiting.offset
+        if start not in (StartAt.FROM, StartAt.FROM64):
+            start = StartAt.BEGINNING  # everything published since it asked
+        if waiting.joining is None:
+            if topic.name not in self.window.subscriptions:  # else a pattern took it
+                self.window.subscribe(topic, start, offset)
+        else:
+            self._join(topic, *waiting.joining, start, offset)
+
+    def _forget_awaited(self, name: str) -> bool:
+        """Stop waiting for topic `name`; whether it was waited for."""
+        waiting = self._awaited.pop(name, None)
+        if waiting is None:
+            return False
+        self.factory.registry.stop_awaiting(name, waiting)
+        return True
 
     def unsubscribe_requested(self, topics: list[str]) -> None:
         patterns = self.patterns
         for name in topics:
             member = parse_group_name(name) if self._groups else None
+            self._forget_awaited(member[1] if member is not None else name)
             if member is not None and patterns is not None and name in patterns:
                 patterns.remove(name)  # a group's pattern
             elif member is not None:
@@ -256,9 +366,11 @@ class SubscriberSession(Session):
 
     def permissions_changed(self, user: User) -> None:
         self._may_subscribe = user.subscribe
+        self._user = user
         patterns = self.patterns
         may_read = self._may_read
         withdrawn = [name for name in self.window.subscriptions if not may_read(name)]
+        withdrawn += [name for name in self._awaited if not may_read(name)]
         if patterns is not None:
             # A group's pattern ($share/GROUP/orders.*) is checked by its
             # pattern, as when it was subscribed, not by its whole name.
@@ -269,6 +381,8 @@ class SubscriberSession(Session):
         for name in withdrawn:
             if patterns is not None and name in patterns:
                 patterns.remove(name)
+            elif self._forget_awaited(name):
+                pass
             else:
                 self.window.unsubscribe(name)
                 if patterns is not None:
@@ -287,6 +401,8 @@ class SubscriberSession(Session):
 
     def close(self) -> None:
         self._cancel_slow_consumer()
+        for name in list(self._awaited):
+            self._forget_awaited(name)
         if self.patterns is not None:
             self.patterns.close()
         self.window.close()
@@ -405,16 +521,62 @@ def _checked_part(name: str, groups: bool) -> str:
     return member[1] if member is not None else name
 
 
+class _AwaitedTopic:
+    """A subscription to a topic that does not exist yet, told by the
+    registry when a publish creates it."""
+
+    __slots__ = ("joining", "name", "offset", "session", "start")
+
+    def __init__(
+        self,
+        session: SubscriberSession,
+        name: str,
+        start: StartAt,
+        offset: int,
+        joining: tuple[str, bool] | None,
+    ) -> None:
+        self.session = session
+        self.name = name
+        self.start = start
+        self.offset = offset
+        self.joining = joining
+        """(group, durable) to join, or None for a plain subscription."""
+
+    def topic_created(self, topic: Topic) -> None:
+        self.session._awaited_created(self, topic)
+
+
 @dataclass
 class _SubscribeRequest:
     """A subscribe's names, sorted: topics by name, groups to join, patterns,
-    and groups' patterns."""
+    and groups' patterns; those of topics that do not exist set aside."""
 
     names: list[str] = field(default_factory=list)
     joined: list[tuple[str, str, bool]] = field(default_factory=list)  # group, topic, durable
     patterns: list[str] = field(default_factory=list)
     pattern_groups: list[tuple[str, str, str, bool]] = field(default_factory=list)
     """(name, pattern, group, durable) of each `$share/GROUP/pattern`."""
+    absent: list[tuple[str, tuple[str, bool] | None]] = field(default_factory=list)
+    """Topics that do not exist yet, with the (group, durable) to join, if any."""
+
+    def set_aside_absent(self, exists: Callable[[str], bool]) -> None:
+        """Move the names and groups of topics that do not exist to `absent`."""
+        names, joined = self.names, self.joined
+        self.names = [name for name in names if exists(name)]
+        self.joined = [member for member in joined if exists(member[1])]
+        self.absent = [(name, None) for name in names if not exists(name)]
+        self.absent += [
+            (topic, (group, durable)) for group, topic, durable in joined if not exists(topic)
+        ]
+
+    @property
+    def absent_topics(self) -> set[str]:
+        return {name for name, _ in self.absent}
+
+    @property
+    def every_joined(self) -> list[tuple[str, str, bool]]:
+        """(group, topic, durable) of every group named, its topic there or not."""
+        return [*self.joined, *((j[0], name, j[1]) for name, j in self.absent if j is not None)]
 
     @property
     def checked(self) -> list[str]:
@@ -422,6 +584,7 @@ class _SubscribeRequest:
         return [
             *self.names,
             *(topic for _, topic, _ in self.joined),
+            *(name for name, _ in self.absent),
             *self.patterns,
             *(pattern for _, pattern, _, _ in self.pattern_groups),
         ]
