@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 
 from broker.client import AuthenticationFailed, BrokerError, connect
@@ -20,10 +20,11 @@ from broker.server import BrokerSettings
 from broker.service import BrokerService
 from broker.tls import ServerTLS, certificate_identity
 from broker.users import hash_secret, user_entry
-from broker.wire import StartAt
+from broker.wire import StartAt, encode_subscribe
 from tests.certs import Authority
 from tests.conftest import Inbox
 from tests.process import free_port
+from tests.raw import connect_raw
 
 FAST_HASH = {"n": 2**4, "r": 1, "p": 1}
 QUICK = {"retry_policy": lambda attempt: 0.05}
@@ -245,4 +246,45 @@ async def test_durable_names_are_owned_and_unborn_topics_cost_nothing_over_tcp(t
     finally:
         for client in (alice, alice_reader, bob):
             await client.close()
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_rights_closes_and_a_real_sighup_keeps_a_groups_pattern(tmp_path, log_lines):
+    """Issue 22, cases 6 and 7, over real sockets: with no [users.anonymous],
+    Go-style connections (no Hello) that ask to subscribe are refused and
+    closed at once, not held; and a real SIGHUP that leaves bob's rights as
+    they were keeps his `$share/g2/orders.eu.*`."""
+    users = tmp_path / "users.toml"
+    text = user_entry("bob", "password", ALICE_HASH, [], ["orders.eu.*"]) + user_entry(
+        "admin", "password", ALICE_HASH, [">"], [">"]
+    )
+    users.write_text(text)
+    port = free_port()
+    service = BrokerService([f"tcp:{port}:interface=127.0.0.1"], BrokerSettings(), users_file=users)
+    service.privilegedStartService()
+    service.startService()
+    address = f"127.0.0.1:{port}"
+    bob = connect(reactor, address, user="bob", password="s3cret", prefetch=16)
+    admin = connect(reactor, address, user="admin", password="s3cret")
+    try:
+        go_clients = [await connect_raw(port) for _ in range(50)]
+        for client in go_clients:
+            client.send(encode_subscribe(["news"], StartAt.CURRENT))
+        # Each is told why, then closed (within the reactor's turns, not a timeout).
+        await gatherResults([client.closed for client in go_clients]).addTimeout(10, reactor)
+        assert all(b"permission denied" in bytes(c.received) for c in go_clients)
+
+        shared = Inbox()
+        await bob.subscribe(["orders.eu.*"], shared, group="g2")
+        users.write_text(text)  # the same rights
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(log_lines, "users reloaded from")
+        assert await admin.publish("orders.eu.7", b"still bob's") == 0
+        await shared.wait(1)
+        assert shared.payloads == [b"still bob's"]
+        assert not log_lines.matching("no longer subscribed")
+    finally:
+        for each in (bob, admin):
+            await each.close()
         await service.stopService()
