@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 from mypy_extensions import mypyc_attr
 from twisted.internet.defer import Deferred
@@ -21,9 +21,6 @@ from twisted.python.failure import Failure
 
 from broker.topics import Topic
 from broker.wire import StartAt, total_size
-
-if TYPE_CHECKING:
-    from broker.groups import ConsumerGroup
 
 log = Logger()
 
@@ -278,6 +275,16 @@ class SubscriptionOwner(Protocol):
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # a consumer group's member is one
+class Joinable(Protocol):
+    """A consumer group, as a window joins it (broker.groups.ConsumerGroup):
+    named here so that this module need not import the groups, which build
+    on it."""
+
+    topic: Topic
+
+    def join(self, window: DeliveryWindow) -> Subscription: ...
+
+
 class Subscription:
     """One connection's cursor into one topic's log.
 
@@ -565,7 +572,7 @@ class DeliveryWindow:
         self._wake(subscription)
         return subscription
 
-    def join_group(self, group: ConsumerGroup) -> Subscription:
+    def join_group(self, group: Joinable) -> Subscription:
         """Take `group`'s topic from the group, as one of its members."""
         old = self.subscriptions.pop(group.topic.name, None)
         if old is not None:

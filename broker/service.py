@@ -255,8 +255,8 @@ class BrokerService(MultiService):
                     "prefer an ssl: endpoint or loopback",
                     monitor=self.monitor,
                 )
-        if self.monitor is not None and self.factory.authenticator is not None:
-            users = self.factory.authenticator.users.by_name.values()
+        if self.monitor is not None and self.factory.broker.authenticator is not None:
+            users = self.factory.broker.authenticator.users.by_name.values()
             if not any(user.monitor for user in users):
                 log.warn(
                     "no user of {path} has monitor = true: the monitor answers only /healthz",
@@ -307,11 +307,11 @@ class BrokerService(MultiService):
                 self._data_dir,
                 self._file_settings,
                 self._reactor,
-                on_fsync=self.factory.stats.fsync.observe,
+                on_fsync=self.factory.broker.stats.fsync.observe,
             )
             registry = TopicRegistry(
                 self.store.open,
-                self.factory.settings.max_topics,
+                self.factory.broker.settings.max_topics,
                 existing=self.store.topic_names(),
                 clock=self._reactor.seconds,
             )
@@ -321,8 +321,8 @@ class BrokerService(MultiService):
         except (OSError, ValueError) as error:
             message = f"cannot keep consumer positions in {self._data_dir}: {error}"
             raise StartupError(message) from None
-        self.factory.registry = registry
-        self.factory.groups.positions = positions
+        self.factory.broker.registry = registry
+        self.factory.broker.groups.positions = positions
         log.info(
             "topics live in {root}: {topics} topic(s), {messages} message(s), opened in "
             "{seconds:.2f} s (fsync {fsync})",
@@ -337,10 +337,10 @@ class BrokerService(MultiService):
         from broker.log.redis import RedisStore
 
         self.redis_store = store = RedisStore(settings)
-        self.factory.shared_store = store
-        self.factory.registry = registry = TopicRegistry(
+        self.factory.broker.shared_store = store
+        self.factory.broker.registry = registry = TopicRegistry(
             store.open,
-            self.factory.settings.max_topics,
+            self.factory.broker.settings.max_topics,
             clock=self._reactor.seconds,
             shared_names=lambda: store.topic_names,
         )
@@ -371,10 +371,10 @@ class BrokerService(MultiService):
             if previous is not None:
                 signal.signal(number, previous)
         self._previous_sighup = self._previous_sigterm = None
-        self.factory.registry.close()  # a file store syncs and closes here
+        self.factory.broker.registry.close()  # a file store syncs and closes here
         if self.redis_store is not None:
             await self.redis_store.close()
-        self.factory.groups.positions.close()
+        self.factory.broker.groups.positions.close()
         self._state = "stopped"
         log.info("broker stopped")
 
@@ -396,7 +396,7 @@ class BrokerService(MultiService):
         """Let deliveries in flight be acked and confirms be answered, for
         up to the drain timeout; log what is left."""
         factory = self.factory
-        timeout = factory.settings.drain_timeout
+        timeout = factory.broker.settings.drain_timeout
         started = self._reactor.seconds()
         connections = list(factory.connections)
         for protocol in connections:
@@ -407,7 +407,7 @@ class BrokerService(MultiService):
             timeout=timeout,
         )
         flushed = gatherResults(
-            [topic.log.flush() for topic in factory.registry], consumeErrors=True
+            [topic.log.flush() for topic in factory.broker.registry], consumeErrors=True
         )
         flushed.addErrback(lambda failure: None)  # a store error is logged where it happens
 
@@ -431,7 +431,7 @@ class BrokerService(MultiService):
     def check_lag(self) -> None:
         """Warn once of each subscription that falls --slow-consumer-lag
         messages behind its topic, and once when it has caught up."""
-        limit = self.factory.settings.slow_consumer_lag
+        limit = self.factory.broker.settings.slow_consumer_lag
         lagging = set()
         for protocol in self.factory.connections:
             window = getattr(protocol.session, "window", None)
@@ -459,25 +459,25 @@ class BrokerService(MultiService):
         self._lagging = lagging
 
     def _sample_rates(self) -> None:
-        self.rates.sample(self._reactor.seconds(), self.factory.stats)
+        self.rates.sample(self._reactor.seconds(), self.factory.broker.stats)
 
     def apply_retention(self) -> None:
         """Apply each topic's retention (a timer calls this every second)."""
         now = self._reactor.seconds()
-        floors = self.factory.groups.floors()
-        for topic in self.factory.registry:
+        floors = self.factory.broker.groups.floors()
+        for topic in self.factory.broker.registry:
             topic.log.keep_from = floors.get(topic.name)
             topic.log.apply_retention(now)
 
     def _sync_store(self) -> None:
         if self.store is not None:
             self.store.sync_all()
-        self.factory.groups.positions.sync()
+        self.factory.broker.groups.positions.sync()
 
     def _forget_idle_consumers(self) -> None:
-        positions = self.factory.groups.positions
+        positions = self.factory.broker.groups.positions
         for topic, name in positions.forget_idle(
-            self._reactor.seconds(), self.factory.settings.durable_idle
+            self._reactor.seconds(), self.factory.broker.settings.durable_idle
         ):
             log.info(
                 "forgot durable consumer {name!r} of {topic!r}: idle too long",

@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from broker.client import BrokerClient
 from broker.client.reconnecting import credentials_of
+from broker.core import Broker
 from broker.server import BrokerFactory, BrokerSettings
 from broker.users import Users
 
@@ -73,6 +74,8 @@ class InMemoryBroker:
         self.clock = MemoryReactorClock()
         # Passwords are checked at once, in the caller, not in a thread.
         self.factory = BrokerFactory(settings, clock=self.clock, users=users)
+        self.core = self.factory.broker
+        """The broker's core (broker.core.Broker): its topics, groups, counters."""
         self._pumps: list[IOPump] = []
 
     @property
@@ -167,6 +170,11 @@ class RunningBroker:
 
     factory: BrokerFactory
     listening: IListeningPort
+
+    @property
+    def core(self) -> Broker:
+        """The broker's core (broker.core.Broker): its topics, groups, counters."""
+        return self.factory.broker
 
     @property
     def port(self) -> int:

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.groups import group_name_problem
+from broker.names import group_name_problem
 from broker.permissions import PatternError, Rules
 from broker.toml_file import read_toml
 

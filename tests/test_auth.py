@@ -119,7 +119,7 @@ def test_publishes_outside_the_users_rights_are_refused_one_by_one():
     assert "permission denied: publish to 'billing'" in str(failure_of(broker, sent[1]))
     assert "permission denied: publish to 'orders.secret'" in str(failure_of(broker, sent[2]))
     assert broker.result(sent[3]) == 0  # the stream stayed in step
-    assert "billing" not in [topic.name for topic in broker.factory.registry]
+    assert "billing" not in [topic.name for topic in broker.core.registry]
 
 
 def test_a_publisher_without_confirms_gets_one_error_per_refused_message():
@@ -133,7 +133,7 @@ def test_a_publisher_without_confirms_gets_one_error_per_refused_message():
         plain.publish(topic, b"x")
     broker.flush()
     assert errors == ["permission denied: publish to 'billing'"] * 2
-    assert broker.factory.registry.get("orders.eu").log.next_offset == 2
+    assert broker.core.registry.get("orders.eu").log.next_offset == 2
     assert not plain.lost.called  # refused messages, not a refused connection
 
 
@@ -197,7 +197,7 @@ def test_a_user_connection_limit_refuses_one_more():
     assert "too many connections for this user" in str(failure_of(broker, waiting))
     closed(broker, first)
     broker.advance(1)  # the third's retries now find room
-    assert broker.factory.user_connections["bob"] == 2
+    assert broker.core.user_connections["bob"] == 2
 
 
 def test_a_reload_takes_away_what_a_connected_user_may_no_longer_do(log_lines):
@@ -210,7 +210,7 @@ def test_a_reload_takes_away_what_a_connected_user_may_no_longer_do(log_lines):
     narrower = make_users()
     narrower.by_name["alice"] = User(
         "alice",
-        password_hash=broker.factory.authenticator.users.by_name["alice"].password_hash,
+        password_hash=broker.core.authenticator.users.by_name["alice"].password_hash,
         publish=Rules.of(["orders.eu"]),
         subscribe=Rules.of(["orders.eu"]),
     )
@@ -259,7 +259,7 @@ def test_frames_after_hello_wait_for_the_password_check():
         return answer
 
     broker = InMemoryBroker(users=make_users())
-    broker.factory.authenticator.run_blocking = later
+    broker.core.authenticator.run_blocking = later
 
     class Eager(Protocol):
         def connectionMade(self):
@@ -274,11 +274,11 @@ def test_frames_after_hello_wait_for_the_password_check():
     publisher = Eager()
     broker.connect(_factory_of(publisher))
     broker.flush()
-    assert len(checks) == 1 and "orders.eu" not in [t.name for t in broker.factory.registry]
+    assert len(checks) == 1 and "orders.eu" not in [t.name for t in broker.core.registry]
     answer, run = checks[0]
     answer.callback(run())
     broker.flush()
-    assert broker.factory.registry.get("orders.eu").log.next_offset == 1
+    assert broker.core.registry.get("orders.eu").log.next_offset == 1
 
 
 def test_repeated_failures_from_one_address_are_answered_ever_later():

@@ -169,7 +169,7 @@ async def test_a_sign_in_under_way_at_a_reload_is_decided_by_the_new_users_file(
     service = BrokerService([f"tcp:{port}:interface=127.0.0.1"], BrokerSettings(), users_file=users)
     service.privilegedStartService()
     service.startService()
-    authenticator = service.factory.authenticator
+    authenticator = service.factory.broker.authenticator
     run_in_thread = authenticator.run_blocking
     checking: Deferred[None] = Deferred()
     release: Deferred[None] = Deferred()
@@ -198,7 +198,7 @@ async def test_a_sign_in_under_way_at_a_reload_is_decided_by_the_new_users_file(
         await wait_for(log_lines, "authentication failed")
         assert len(outcome) == 1 and isinstance(outcome[0], Failure)
         assert outcome[0].check(AuthenticationFailed)  # never stored
-        assert "secret.x" not in [topic.name for topic in service.factory.registry]
+        assert "secret.x" not in [topic.name for topic in service.factory.broker.registry]
     finally:
         await client.close()
         await service.stopService()

@@ -42,11 +42,11 @@ def extended_subscriber(factory: BrokerFactory, topic: str, prefetch: int):
 def test_a_full_output_stops_deliveries_and_reading_until_it_drains():
     factory, _clock = broker()
     protocol, transport = extended_subscriber(factory, "t", prefetch=100)
-    factory.registry.publish("t", [b"a"])
+    factory.broker.registry.publish("t", [b"a"])
     assert transport.value().endswith(b"a")
     transport.producer.pauseProducing()  # what a full write buffer does
     assert transport.producerState == "paused"  # we stopped reading it too
-    factory.registry.publish("t", [b"b", b"c"])
+    factory.broker.registry.publish("t", [b"b", b"c"])
     transport.clear()
     assert protocol.session.window.in_flight == 1
     transport.producer.resumeProducing()
@@ -66,7 +66,7 @@ def test_one_pump_is_written_in_chunks_and_stops_when_the_transport_fills():
         transport.producer.pauseProducing()  # full after the first chunk
 
     transport.write = write_and_fill
-    factory.registry.publish("t", [b"x" * 100_000] * 50)
+    factory.broker.registry.publish("t", [b"x" * 100_000] * 50)
     assert len(writes) == 1 and 256 * 1024 <= writes[0] < 400_000
     assert protocol.session.window.in_flight == 3
 
@@ -75,7 +75,7 @@ def test_a_slow_consumer_is_logged_and_dropped_only_when_asked():
     for disconnect in (False, True):
         factory, clock = broker(slow_consumer_timeout=30, disconnect_slow_consumers=disconnect)
         _protocol, transport = extended_subscriber(factory, "t", prefetch=10)
-        factory.registry.publish("t", [b"a"])
+        factory.broker.registry.publish("t", [b"a"])
         transport.producer.pauseProducing()
         clock.advance(29)
         assert not transport.disconnecting
@@ -117,7 +117,7 @@ def test_frames_that_complete_in_time_never_time_out():
         protocol.dataReceived(frame[500:])
     clock.advance(100)
     assert not transport.disconnecting
-    assert factory.registry.get("t").log.next_offset == 5
+    assert factory.broker.registry.get("t").log.next_offset == 5
 
 
 def test_the_input_budget_pauses_what_passes_it_and_frees_on_close():
@@ -129,12 +129,12 @@ def test_the_input_budget_pauses_what_passes_it_and_frees_on_close():
         protocols.append((protocol, transport))
     states = [transport.producerState for _, transport in protocols]
     assert states == ["producing", "producing", "producing", "paused"]
-    assert factory.input_budget.total == 13_000  # payload bytes held; headers are decoded
+    assert factory.broker.input_budget.total == 13_000  # payload bytes held; headers are decoded
     # A client with small frames is never paused: they complete in one read.
     good, good_transport = connect(factory)
     good.dataReceived(wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("t", b"ok"))
     assert good_transport.producerState == "producing"
-    assert factory.registry.get("t").log.next_offset == 1
+    assert factory.broker.registry.get("t").log.next_offset == 1
     # The first connection reads on and is paused too: over the limit, it holds more.
     first, first_transport = protocols[0]
     first.dataReceived(b"p" * 500)
@@ -142,7 +142,7 @@ def test_the_input_budget_pauses_what_passes_it_and_frees_on_close():
     last, last_transport = protocols[3]
     last_transport.loseConnection()
     last.connectionLost(None)
-    assert factory.input_budget.total == 8_500
+    assert factory.broker.input_budget.total == 8_500
 
 
 @pytest_twisted.ensureDeferred
@@ -162,7 +162,7 @@ async def test_end_to_end_a_subscriber_that_stops_reading_is_disconnected_and_lo
         gone: Deferred[None] = Deferred()
         lost = on_broker.connectionLost
         on_broker.connectionLost = lambda reason=None: (lost(reason), gone.callback(None))
-        running.factory.registry.publish("s", [b"x" * (1 << 20)] * 64)
+        running.factory.broker.registry.publish("s", [b"x" * (1 << 20)] * 64)
         await gone  # the broker gave up on it
         stalled.transport.abortConnection()
         # Everything is still in the log for whoever comes next.

@@ -169,7 +169,7 @@ async def test_a_cancelled_publish_is_never_sent_and_the_queue_is_bounded():
         running = start_broker(port=port)
         try:
             assert await kept == 0
-            log = running.factory.registry.get("q").log
+            log = running.factory.broker.registry.get("q").log
             later: Deferred = client.publish("q", b"five")
             assert await later == 3
             assert log.read(0, 4) == [b"kept", b"two", b"three", b"five"]

@@ -128,7 +128,7 @@ async def exchange(broker: RunningBroker, topic: str, **cut: int) -> bool:
                 await protocol.lost  # the client has seen it: now it is an outage
         sent += [client.publish(topic, payload) for payload in payloads[3:]]
         offsets = await gatherResults(sent)
-        log = broker.factory.registry.get(topic).log
+        log = broker.core.registry.get(topic).log
         for offset, payload in zip(offsets, payloads, strict=True):
             assert log.read(offset, 1) == [payload], (cut, offset, payload)
         assert len(set(offsets)) == 5

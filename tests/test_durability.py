@@ -127,8 +127,8 @@ async def test_a_subscriber_can_start_at_offset_70000():
         topic_log = None
         for _ in range(500):  # until the broker has taken the burst in
             await deferLater(reactor, 0.01, lambda: None)
-            if "big" in running.factory.registry:
-                topic_log = running.factory.registry.get("big").log
+            if "big" in running.factory.broker.registry:
+                topic_log = running.factory.broker.registry.get("big").log
                 if topic_log.next_offset == 70_010:
                     break
         assert topic_log is not None and topic_log.next_offset == 70_010
@@ -182,7 +182,7 @@ async def test_a_full_disk_answers_publishers_with_errors_and_keeps_serving(tmp_
     finally:
         monkeypatch.setattr(file_module.os, "pwrite", real_pwrite)
         await running.stop()
-        running.factory.registry.close()
+        running.factory.broker.registry.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -231,4 +231,4 @@ async def test_fsync_always_delivers_only_what_is_on_disk(tmp_path, monkeypatch)
         on_disk.set()
         await client.close()
         await running.stop()
-        running.factory.registry.close()
+        running.factory.broker.registry.close()

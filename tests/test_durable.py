@@ -57,7 +57,7 @@ def test_a_new_consumer_with_the_name_resumes_at_the_first_unacked():
     broker.advance(1)
     assert sorted(m.offset for m in second) == [5, 6, 7, 8, 9]
     assert {m.attempt for m in second} == {2}  # handed out before: redeliveries
-    position = broker.factory.groups.positions.get("invoices", "billing")
+    position = broker.core.groups.positions.get("invoices", "billing")
     assert position is not None and position.low == 10
 
 
@@ -192,14 +192,14 @@ async def test_retention_by_count_keeps_what_a_durable_consumer_has_not_acked():
         service.apply_retention()  # the durable consumer's floor: offset 0
         for n in range(20):
             await client.publish("kept", b"%d" % n)
-        topic = service.factory.registry.get("kept")
+        topic = service.factory.broker.registry.get("kept")
         service.apply_retention()
         assert topic.log.first_offset == 0  # nothing it has not acked is gone
         while len(held.messages) < 20:
             held.answer_all()
             await deferLater(reactor, 0.01, lambda: None)
         held.answer_all()
-        while service.factory.groups.positions.get("kept", "slow").low < 20:
+        while service.factory.broker.groups.positions.get("kept", "slow").low < 20:
             await deferLater(reactor, 0.01, lambda: None)
         service.apply_retention()
         assert topic.log.first_offset == 15  # acked: the count limit applies again
@@ -221,5 +221,5 @@ def test_a_limit_that_forces_removal_moves_a_durable_consumer_past_it(log_lines)
     for each in published:
         broker.result(each)
     assert log_lines.matching("durable consumer 'behind' of 'tiny' skips ahead")
-    position = broker.factory.groups.positions.get("tiny", "behind")
+    position = broker.core.groups.positions.get("tiny", "behind")
     assert position.low == 10 and not position.acked

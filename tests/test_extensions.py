@@ -199,7 +199,7 @@ def test_exhausted_messages_go_to_the_dead_letter_topic():
     for _ in range(40):
         broker.advance(0.05)
     broker.advance(60)
-    assert "orders.dead-letter.dead-letter" not in broker.factory.registry
+    assert "orders.dead-letter.dead-letter" not in broker.core.registry
 
 
 def test_dead_letters_can_be_turned_off():
@@ -217,7 +217,7 @@ def test_dead_letters_can_be_turned_off():
         broker.advance(0.01)
     broker.advance(60)
     assert [m.attempt for m in refuse.messages] == [1, 2, 3, 4, 5]
-    assert list(broker.factory.registry) == [broker.factory.registry.get("t")]  # no letters
+    assert list(broker.core.registry) == [broker.core.registry.get("t")]  # no letters
 
 
 def test_unused_message_fields_default():

@@ -52,7 +52,7 @@ def test_members_share_the_work_and_plain_subscribers_see_everything():
     assert offsets == list(range(600))  # each once
     assert all(mine for mine in handled)  # every member had work
     assert len(everything) == 600
-    assert len(broker.factory.groups) == 1
+    assert len(broker.core.groups) == 1
     state = snapshot(broker.factory)  # what /metrics and /varz report
     assert (state["groups"], state["durable_consumers"]) == (1, 0)
 
@@ -97,7 +97,7 @@ def test_max_deliveries_and_dead_letters_apply_to_the_group():
     publish_all(broker, broker.client(extensions=True), "jobs", 1)
     broker.advance(1)
     assert len(letters) == 1
-    assert broker.factory.stats.dead_letters == 1
+    assert broker.core.stats.dead_letters == 1
 
 
 def test_bad_group_names_are_refused():

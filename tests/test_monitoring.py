@@ -119,7 +119,7 @@ async def test_metrics_count_a_known_workload_exactly():
         await client.publish("poison", b"never acked")
         await orders.wait(11)
         await poison.wait(2)
-        while service.factory.stats.dead_letters < 1:
+        while service.factory.broker.stats.dead_letters < 1:
             await deferLater(reactor, 0.01, lambda: None)
         code, body = await get(monitor, "/metrics")
         assert code == 200
@@ -218,7 +218,7 @@ async def test_a_drain_lets_deliveries_in_flight_be_acked_while_healthz_says_503
     held.answer_all()
     await stopping
     assert len(held.messages) == 8  # nothing new was sent while draining
-    assert service.factory.stats.acks == 8
+    assert service.factory.broker.stats.acks == 8
     assert log_lines.matching("0 delivery(ies) not acked")
     assert service.state == "stopped"
     await client.close()
@@ -355,7 +355,7 @@ async def test_with_a_users_file_only_users_with_the_monitor_right_read_it(tmp_p
             assert (await get(monitor, "/varz", refused))[0] == 401, refused
         # The monitor's failures slow down the next guesses from this address,
         # as sign-ins on --port do.
-        assert service.factory.authenticator.throttle.delay("127.0.0.1") > 0
+        assert service.factory.broker.authenticator.throttle.delay("127.0.0.1") > 0
     finally:
         await service.stopService()
 

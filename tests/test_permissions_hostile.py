@@ -85,7 +85,7 @@ def failure_of(broker: InMemoryBroker, deferred) -> BaseException:
 
 def dead_letter(broker: InMemoryBroker, payload: bytes) -> None:
     """What the broker itself writes when a message of orders.eu is given up."""
-    broker.factory.registry.get("orders.eu.dead-letter").append([payload])
+    broker.core.registry.get("orders.eu.dead-letter").append([payload])
 
 
 def test_a_dead_letter_topic_is_read_only_with_the_right_to_read_its_topic():
@@ -230,7 +230,7 @@ def test_a_durable_name_is_its_users_own_unless_the_file_shares_it():
     # Each has its own position: both see every message, neither takes the other's.
     assert [m.payload for m in alices] == [b"0", b"1", b"2", b"3"]
     assert [m.payload for m in bobs] == [b"0", b"1", b"2", b"3"]
-    kept = {name for _, name in broker.factory.groups.positions.positions}
+    kept = {name for _, name in broker.core.groups.positions.positions}
     assert kept == {"alice:billing", "bob:billing"}
 
     shared = InMemoryBroker(
@@ -249,7 +249,7 @@ def test_a_durable_name_is_its_users_own_unless_the_file_shares_it():
     shared.flush()
     # One shared consumer: each message went to one of them, once.
     assert sorted(m.payload for m in alices + bobs) == [b"0", b"1", b"2", b"3"]
-    assert {name for _, name in shared.factory.groups.positions.positions} == {"b"}
+    assert {name for _, name in shared.factory.broker.groups.positions.positions} == {"b"}
 
 
 def test_a_group_name_is_its_users_own():
@@ -286,13 +286,13 @@ def test_a_user_may_keep_a_bounded_number_of_durable_positions():
     broker.flush()
     assert "too many durable consumers: user eve may keep 2" in refusal(broker, refused)
     subscribed(broker, eve, ["t.1"], [], durable="d")  # one it has: no new position
-    assert len(broker.factory.groups.positions.positions) == 2
+    assert len(broker.core.groups.positions.positions) == 2
     # Waiting for a topic that does not exist counts too, when subscribed...
     refused = eve.subscribe(["t.4"], lambda m: None, durable="d")
     broker.flush()
     assert "too many durable consumers" in refusal(broker, refused)
     subscribed(broker, admin, ["t.3"], [], durable="d")  # another user's are not eve's
-    assert len(broker.factory.groups.positions.positions) == 3
+    assert len(broker.core.groups.positions.positions) == 3
 
 
 def test_a_durable_consumer_whose_topic_comes_past_its_users_bound_is_told(log_lines):
@@ -316,7 +316,7 @@ def test_a_durable_consumer_whose_topic_comes_past_its_users_bound_is_told(log_l
     said = "durable consumer not joined, its user's max_durables reached: $durable/d/t.5"
     assert log_lines.matching(f"broker error: {said}")  # what the client heard
     assert "$durable/d/t.5" not in second._subscribed  # not asked for again on reconnect
-    assert list(broker.factory.groups.positions.positions) == [("t.4", "eve:d")]
+    assert list(broker.core.groups.positions.positions) == [("t.4", "eve:d")]
 
 
 def test_the_users_file_lists_shared_names_and_a_bound(tmp_path):
@@ -353,18 +353,18 @@ def test_subscribing_to_topics_that_do_not_exist_uses_none_of_the_topic_budget()
     reader = broker.client(user="reader", password="pw")  # plain protocol, as Go clients
     inbox: list[Message] = []
     subscribed(broker, reader, [f"new.{n}" for n in range(4)], inbox)
-    assert len(broker.factory.registry) == 0
+    assert len(broker.core.registry) == 0
     admin = broker.client(user="admin", password="pw", extensions=True)
     sent = [admin.publish(f"admin.{n}", b"x") for n in range(4)]
     sent.append(admin.publish("new.2", b"for the reader"))
     broker.flush()
     assert [broker.result(s) for s in sent] == [0, 0, 0, 0, 0]
     assert [(m.topic, m.payload) for m in inbox] == [("new.2", b"for the reader")]
-    assert broker.factory.registry.awaited == 3
+    assert broker.core.registry.awaited == 3
     closing = reader.close()
     broker.flush()
     broker.result(closing)
-    assert broker.factory.registry.awaited == 0  # they went with the connection
+    assert broker.core.registry.awaited == 0  # they went with the connection
 
 
 def test_a_connection_waits_for_a_bounded_number_of_topics():
@@ -374,7 +374,7 @@ def test_a_connection_waits_for_a_bounded_number_of_topics():
     refused = client.subscribe(["one.more"], lambda m: None)
     broker.flush()
     assert "too many topics" in refusal(broker, refused)
-    assert broker.factory.registry.awaited == MAX_AWAITED_TOPICS
+    assert broker.core.registry.awaited == MAX_AWAITED_TOPICS
 
 
 def test_a_durable_consumer_waiting_for_its_topic_starts_at_its_first_message():
@@ -385,7 +385,7 @@ def test_a_durable_consumer_waiting_for_its_topic_starts_at_its_first_message():
     client.publish("later", b"first")
     broker.flush()
     assert [m.payload for m in inbox] == [b"first"]
-    assert broker.factory.groups.positions.get("later", "d") is not None
+    assert broker.core.groups.positions.get("later", "d") is not None
 
 
 # Case 6: connections refused everything.

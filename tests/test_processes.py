@@ -287,7 +287,7 @@ async def test_example_checks_its_options():
 @pytest_twisted.ensureDeferred
 async def test_example_replays_from_an_offset_past_65535_with_extensions():
     running = start_broker()
-    running.factory.registry.publish("far", [b"m%d" % n for n in range(70_002)])
+    running.factory.broker.registry.publish("far", [b"m%d" % n for n in range(70_002)])
     try:
         consumer = example(
             f"127.0.0.1:{running.port}",

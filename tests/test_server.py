@@ -161,7 +161,7 @@ async def test_too_many_topics_is_refused():
     running = start_broker(BrokerSettings(max_topics=2))
     try:
         conn = await subscriber(running.port, ["a", "b", "c"])
-        assert len(running.factory.registry) == 0
+        assert len(running.factory.broker.registry) == 0
         pub = await publisher(running.port)
         pub.send(wire.encode_publish("a", b"first") + wire.encode_publish("b", b"2"))
         await expect_delivery(conn, "a", b"first")
@@ -205,8 +205,8 @@ async def test_a_vanishing_subscriber_releases_everything(broker):
     sub.transport.abortConnection()
     await sub.closed
     await deferLater(reactor, 0.05, lambda: None)
-    assert broker.factory.timers.ack_timeouts == 0
-    assert broker.factory.registry.get("t").waiting == {}
+    assert broker.core.timers.ack_timeouts == 0
+    assert broker.core.registry.get("t").waiting == {}
     assert all(c.decoder.role == "publisher" for c in broker.factory.connections)
     # Another subscriber from the beginning gets both, in order.
     again = await subscriber(broker.port, ["t"], StartAt.BEGINNING)

@@ -33,7 +33,7 @@ async def test_the_store_opens_at_start_and_closes_after_the_connections(tmp_pat
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True)
     await client.publish("kept", b"one")
     await client.subscriber_connected()
-    registry = service.factory.registry
+    registry = service.factory.broker.registry
     open_at_close: list[int] = []
     close = registry.close
     registry.close = lambda: (open_at_close.append(len(service.factory.connections)), close())
@@ -46,7 +46,7 @@ async def test_the_store_opens_at_start_and_closes_after_the_connections(tmp_pat
     )
     again.startService()
     try:
-        log = again.factory.registry.get("kept").log
+        log = again.factory.broker.registry.get("kept").log
         assert log.read(0, 1) == [b"one"]
     finally:
         await again.stopService()
@@ -56,7 +56,7 @@ def test_memory_logs_take_their_time_from_the_reactor():
     clock = Clock()
     clock.advance(1_000)
     factory = BrokerFactory(BrokerSettings(retention=Retention(max_age=60)), clock=clock)
-    topic = factory.registry.get("aging")
+    topic = factory.broker.registry.get("aging")
     topic.append([b"old"])
     clock.advance(61)
     topic.append([b"new"])

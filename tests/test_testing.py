@@ -84,7 +84,7 @@ async def test_the_broker_fixture_is_a_real_broker_on_loopback(broker: RunningBr
     client = connect(reactor, broker.endpoint, extensions=True)
     try:
         assert await client.publish("fixture", b"x") == 0
-        assert broker.factory.registry.get("fixture").log.read(0, 1) == [b"x"]
+        assert broker.core.registry.get("fixture").log.read(0, 1) == [b"x"]
     finally:
         await client.close()
 

@@ -92,7 +92,7 @@ def test_unsubscribing_a_pattern_keeps_what_is_also_held_by_name():
     broker.result(gone)
     published(broker, client, ("jobs.kept", b"3"), ("jobs.other", b"4"), ("jobs.new", b"5"))
     assert seen(inbox) == [("jobs.kept", b"1"), ("jobs.other", b"2"), ("jobs.kept", b"3")]
-    holders = broker.factory.registry.patterns
+    holders = broker.core.registry.patterns
     assert len(holders) == 0
 
 
@@ -182,7 +182,7 @@ async def test_over_loopback_many_patterns_held_and_one_that_matches_new_topics(
     client = connect(reactor, running.endpoint, extensions=True)
     try:
         await bench.hold_patterns(3000)
-        assert len(running.factory.registry.patterns) == 3000
+        assert len(running.factory.broker.registry.patterns) == 3000
         inbox = Inbox()
         await client.subscribe(["sensors.*.temperature"], inbox, start=StartAt.BEGINNING)
         for room in ["kitchen", "hall", "attic"]:
@@ -224,7 +224,7 @@ def test_a_group_of_a_pattern_shares_each_matching_topic_new_ones_included():
     broker.advance(1)
     assert sorted(seen(handled)) == sorted([("orders.eu", b"e0"), *pairs])  # each once
     assert len(everything) == 41
-    assert len(broker.factory.groups) == 2  # one group per matching topic
+    assert len(broker.core.groups) == 2  # one group per matching topic
 
 
 def test_a_durable_pattern_resumes_each_topic_at_its_first_unacked():

@@ -17,11 +17,11 @@ from twisted.internet.defer import (
     maybeDeferred,
 )
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from broker.transport import IStreamTransport
 from broker.wire import (
     ACK,
     ACTION_PUBLISH,
@@ -134,7 +134,7 @@ class _ClientProtocol(Protocol):
     fires with what the server granted, or None without extensions.
     """
 
-    transport: IStreamTransport
+    transport: ITransport
 
     def __init__(self, ask: dict[str, Any] | None = None) -> None:
         self.decoder = ClientDecoder(self, CLIENT_MAX_PAYLOAD)

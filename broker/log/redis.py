@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from broker.log.batch_cache import BatchCache
 from broker.log.interface import OUTCOME_UNKNOWN, IMessageLog, StoreError, StoreOutcomeUnknown
-from broker.log.redis_groups import RedisGroupCursor
+from broker.log.redis_groups import GroupedLog, GrowingTopic, RedisGroupCursor
 from broker.log.redis_settings import (
     RedisStoreSettings,
     TopicKeys,
@@ -44,9 +44,6 @@ from broker.log.redis_settings import (
     topic_keys,
     unpack_batch,
 )
-
-if TYPE_CHECKING:
-    from broker.topics import Topic
 
 _timeout = getattr(asyncio, "timeout", None)  # Python 3.11 and later
 
@@ -341,7 +338,7 @@ class RedisLog:
 
     def group_cursor(
         self,
-        topic: Topic,
+        topic: GrowingTopic,
         group: str,
         start: tuple[str, int],
         wake: Callable[[], None],
@@ -811,7 +808,7 @@ class RedisStore:
     # Consumer groups: Redis Streams' own, one consumer per node.
 
     def read_group(
-        self, topic_log: RedisLog, group: str, from_id: bytes, count: int, start: tuple[str, int]
+        self, topic_log: GroupedLog, group: str, from_id: bytes, count: int, start: tuple[str, int]
     ) -> Deferred[list]:
         """Batches of `group` for this node: its own pending ones after
         `from_id`, or new ones (`>`); the group is made if it does not exist."""
@@ -849,13 +846,13 @@ class RedisStore:
             if "BUSYGROUP" not in str(error):  # another node made it first
                 raise
 
-    def ack_group(self, topic_log: RedisLog, group: str, entry_ids: list[bytes]) -> None:
+    def ack_group(self, topic_log: GroupedLog, group: str, entry_ids: list[bytes]) -> None:
         """Every message of these batches is done (fire and forget: if it is
         lost, the batch is delivered again, at least once)."""
         self._background(self._call(self.client.xack(topic_log.keys.log, group, *entry_ids)))
 
     def claim_group(
-        self, topic_log: RedisLog, group: str, held: list[bytes], count: int
+        self, topic_log: GroupedLog, group: str, held: list[bytes], count: int
     ) -> Deferred[list]:
         """Keep this node's claims fresh, and take over batches another node
         left unacknowledged for claim_idle seconds."""

@@ -19,22 +19,59 @@ from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from broker.log.redis_settings import unpack_batch
-
-if TYPE_CHECKING:
-    from broker.log.redis import RedisLog
-    from broker.topics import Topic
+from broker.log.redis_settings import RedisStoreSettings, TopicKeys, unpack_batch
 
 log = Logger()
 
 # Batches claimed at once.
 CLAIM_BATCHES = 8
+
+
+class GrowingTopic(Protocol):
+    """The topic a group cursor reads (broker.topics.Topic, in the layer
+    above the logs): it wakes its waiters when it grows."""
+
+    def wait(self, waiter: Any) -> None: ...
+
+    def stop_waiting(self, waiter: Any) -> None: ...
+
+
+class GroupCalls(Protocol):
+    """What a group cursor asks of the Redis store (broker.log.redis.RedisStore,
+    which builds on this module: named here, so that it need not import it)."""
+
+    @property
+    def settings(self) -> RedisStoreSettings: ...
+
+    def read_group(
+        self, topic_log: GroupedLog, group: str, from_id: bytes, count: int, start: tuple[str, int]
+    ) -> Deferred[list]: ...
+
+    def ack_group(self, topic_log: GroupedLog, group: str, entry_ids: list[bytes]) -> None: ...
+
+    def claim_group(
+        self, topic_log: GroupedLog, group: str, held: list[bytes], count: int
+    ) -> Deferred[list]: ...
+
+
+class GroupedLog(Protocol):
+    """What a group cursor knows of its topic's log (broker.log.redis.RedisLog)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def keys(self) -> TopicKeys: ...
+
+    @property
+    def store(self) -> GroupCalls: ...
 
 
 @dataclass(eq=False)
@@ -57,8 +94,8 @@ class RedisGroupCursor:
 
     def __init__(
         self,
-        topic: Topic,
-        topic_log: RedisLog,
+        topic: GrowingTopic,
+        topic_log: GroupedLog,
         group: str,
         start: tuple[str, int],
         wake: Callable[[], None],

@@ -80,7 +80,7 @@ _REDIS_GAUGES = [
 
 def snapshot(factory: BrokerFactory) -> dict[str, Any]:
     """What a scrape reports, read at once (in the reactor thread)."""
-    stats = factory.stats
+    stats = factory.broker.stats
     roles: Counter[str] = Counter()
     subscriptions = in_flight = 0
     for protocol in factory.connections:
@@ -89,14 +89,14 @@ def snapshot(factory: BrokerFactory) -> dict[str, Any]:
         if window is not None:
             subscriptions += len(window.subscriptions)
             in_flight += window.in_flight
-    topics = list(factory.registry)
+    topics = list(factory.broker.registry)
     busiest = heapq.nlargest(TOPIC_SERIES, topics, key=lambda topic: topic.log.next_offset)
     shown = {id(topic) for topic in busiest}
     others = [topic for topic in topics if id(topic) not in shown]
     return {
         "totals": {attribute: getattr(stats, attribute) for _, _, attribute in _TOTALS},
-        "redeliveries": factory.timers.redeliveries,
-        "ack_timeouts": factory.timers.ack_timeouts,
+        "redeliveries": factory.broker.timers.redeliveries,
+        "ack_timeouts": factory.broker.timers.ack_timeouts,
         "refusals": dict(stats.refusals),
         "roles": dict(roles),
         "subscriptions": subscriptions,
@@ -115,10 +115,12 @@ def snapshot(factory: BrokerFactory) -> dict[str, Any]:
         "other_messages": sum(t.log.next_offset - t.log.first_offset for t in others),
         "other_bytes": sum(t.log.bytes_held for t in others),
         "uncommitted": sum(t.log.next_offset - t.log.committed_offset for t in topics),
-        "shared_store": factory.shared_store.status() if factory.shared_store else None,
-        "groups": len(factory.groups),
-        "durable_consumers": len(factory.groups.positions),
-        "patterns": len(factory.registry.patterns),
+        "shared_store": factory.broker.shared_store.status()
+        if factory.broker.shared_store
+        else None,
+        "groups": len(factory.broker.groups),
+        "durable_consumers": len(factory.broker.groups.positions),
+        "patterns": len(factory.broker.registry.patterns),
     }
 
 
@@ -187,7 +189,7 @@ class BrokerCollector(Collector):
 
 def register(factory: BrokerFactory) -> None:
     """Add the broker's collector, and the process's, to its registry."""
-    registry = factory.stats.registry
+    registry = factory.broker.stats.registry
     registry.register(BrokerCollector(factory))
     if PROCESS_COLLECTOR is not None:
         ProcessCollector(registry=registry)

@@ -13,9 +13,9 @@ from broker import __version__
 from broker.monitoring.metrics import snapshot
 
 if TYPE_CHECKING:
+    from broker.monitoring.view import MonitoredBroker
     from broker.server.factory import BrokerFactory
     from broker.server.protocol import BrokerProtocol
-    from broker.service import BrokerService
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -35,10 +35,10 @@ def _rss_bytes() -> int | None:
     return None
 
 
-def varz(service: BrokerService, history: bool = False) -> dict[str, Any]:
+def varz(service: MonitoredBroker, history: bool = False) -> dict[str, Any]:
     """The server: version, uptime, settings, totals, rates, memory, store."""
     factory = service.factory
-    now = factory.clock.seconds()
+    now = factory.broker.clock.seconds()
     state = snapshot(factory)
     rates = service.rates.rates()
     report: dict[str, Any] = {
@@ -46,11 +46,11 @@ def varz(service: BrokerService, history: bool = False) -> dict[str, Any]:
         "version": __version__,
         "pid": os.getpid(),
         "state": service.state,
-        "started": factory.started,
-        "uptime_seconds": round(now - factory.started, 3),
+        "started": factory.broker.started,
+        "uptime_seconds": round(now - factory.broker.started, 3),
         "ports": service.ports,
         "users": service.users_file is not None,
-        "settings": _jsonable(asdict(factory.settings)),
+        "settings": _jsonable(asdict(factory.broker.settings)),
         "totals": {
             **state["totals"],
             "redeliveries": state["redeliveries"],
@@ -70,11 +70,15 @@ def varz(service: BrokerService, history: bool = False) -> dict[str, Any]:
             "kind": "file" if service.store is not None else "memory",
             "data_dir": str(service.store.root) if service.store is not None else None,
             "uncommitted_messages": state["uncommitted"],
-            "bytes": sum(topic.log.bytes_held for topic in factory.registry),
+            "bytes": sum(topic.log.bytes_held for topic in factory.broker.registry),
         },
     }
-    if factory.shared_store is not None:
-        report["store"] = {**report["store"], "data_dir": None, **factory.shared_store.status()}
+    if factory.broker.shared_store is not None:
+        report["store"] = {
+            **report["store"],
+            "data_dir": None,
+            **factory.broker.shared_store.status(),
+        }
     if history:
         report["history"] = rates
     return report
@@ -178,7 +182,7 @@ def _whole(query: dict[str, str], name: str, default: int, low: int, high: int |
 
 def connz(factory: BrokerFactory, query: dict[str, str]) -> dict[str, Any]:
     """Each connection: who, what it does, and how far behind it is."""
-    now = factory.clock.seconds()
+    now = factory.broker.clock.seconds()
     rows = [connection_report(protocol, now) for protocol in factory.connections]
     report = page(rows, query, CONNECTION_SORTS, "id")
     report["now"] = now
@@ -187,7 +191,7 @@ def connz(factory: BrokerFactory, query: dict[str, str]) -> dict[str, Any]:
 
 def topicz(factory: BrokerFactory, query: dict[str, str]) -> dict[str, Any]:
     """Each topic: offsets, size, rate, and each subscriber's position and lag."""
-    now = factory.clock.seconds()
+    now = factory.broker.clock.seconds()
     readers: dict[str, list[dict[str, Any]]] = {}
     for protocol in factory.connections:
         window = getattr(protocol.session, "window", None)
@@ -209,7 +213,7 @@ def topicz(factory: BrokerFactory, query: dict[str, str]) -> dict[str, Any]:
             )
     wanted = query.get("topic")
     rows = []
-    for topic in factory.registry:
+    for topic in factory.broker.registry:
         if wanted is not None and topic.name != wanted:
             continue
         subscribers = readers.get(topic.name, [])

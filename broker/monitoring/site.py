@@ -24,7 +24,7 @@ from broker.monitoring.access import Guarded, MonitorAccess
 from broker.monitoring.reports import BadQuery, connz, topicz, varz
 
 if TYPE_CHECKING:
-    from broker.service import BrokerService
+    from broker.monitoring.view import MonitoredBroker
 
 DASHBOARD = Path(__file__).with_name("dashboard")
 ASSET_TYPES = {
@@ -72,7 +72,7 @@ class Health(Resource):
 
     isLeaf = True
 
-    def __init__(self, service: BrokerService) -> None:
+    def __init__(self, service: MonitoredBroker) -> None:
         super().__init__()
         self._service = service
 
@@ -162,14 +162,14 @@ class QuietSite(Site):
 
 
 def monitor_site(
-    service: BrokerService, hosts: Iterable[str] = (), interface: str | None = None
+    service: MonitoredBroker, hosts: Iterable[str] = (), interface: str | None = None
 ) -> Site:
     """The site, answering to the loopback names, `interface` (unless it is
     every interface) and `hosts`, and asking for credentials if the broker
     has a users file."""
     factory = service.factory
     root = Dashboard()
-    root.putChild(b"metrics", MetricsResource(factory.stats.registry))
+    root.putChild(b"metrics", MetricsResource(factory.broker.stats.registry))
     root.putChild(b"varz", JSONReport(lambda query: varz(service, "history" in query)))
     root.putChild(b"connz", JSONReport(lambda query: connz(factory, query)))
     root.putChild(b"topicz", JSONReport(lambda query: topicz(factory, query)))
@@ -177,5 +177,5 @@ def monitor_site(
     served = [*hosts]
     if interface not in (None, "", "0.0.0.0", "::"):
         served.append(str(interface))
-    access = MonitorAccess(served, factory.authenticator)
+    access = MonitorAccess(served, factory.broker.authenticator)
     return QuietSite(Guarded(root, access), timeout=REQUEST_DEADLINE)

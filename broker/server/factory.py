@@ -1,36 +1,24 @@
-"""One broker: its settings, its topic registry (with each topic's replay
-log), the delivery timers all its connections share, and its connections."""
+"""The TCP front door's factory: one core.Broker, and the connections to
+it that came through this door's ports."""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any, cast
+from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
-from twisted.logger import Logger
 
 from broker.auth import Authenticator
-from broker.dead_letters import DeadLetterPolicy, encode_dead_letter
-from broker.delivery import Delivery, DeliveryTimers
-from broker.groups import GroupRegistry
-from broker.input_budget import InputBudget
-from broker.log import MemoryLog, StoreError
-from broker.monitoring.stats import BrokerStats
+from broker.core import Broker, BrokerSettings
 from broker.server.protocol import BrokerProtocol
-from broker.server.settings import BrokerSettings
-from broker.topics import TooManyTopics, TopicRegistry
+from broker.topics import TopicRegistry
 from broker.users import Users
-
-log = Logger()
 
 
 class BrokerFactory(ServerFactory):
-    """One broker: its settings, its topic registry (with each topic's replay
-    log) and the delivery timers all its connections share."""
-
-    protocol = BrokerProtocol  # type: ignore[assignment]  # Factory's stub wants a callable
+    """Builds a BrokerProtocol per TCP connection, each given the Broker,
+    and keeps them: to close them all, and to tell them of a reload."""
 
     def __init__(
         self,
@@ -38,45 +26,25 @@ class BrokerFactory(ServerFactory):
         clock: IReactorTime | None = None,
         registry: TopicRegistry | None = None,
         users: Users | Authenticator | None = None,
+        broker: Broker | None = None,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor
+        if broker is None:
+            if clock is None:
+                from twisted.internet import reactor
 
-            clock = cast(IReactorTime, reactor)
-        self.settings = settings or BrokerSettings()
-        self.clock: IReactorTime = clock
-        if registry is None:
-            retention = self.settings.retention
-            seconds = self.clock.seconds
-            registry = TopicRegistry(
-                lambda name: MemoryLog(retention, clock=seconds),
-                self.settings.max_topics,
-                clock=seconds,
-            )
-        self.registry = registry
-        self.timers = DeliveryTimers(self.clock, self.settings.delivery)
-        self.dead_letters = DeadLetterPolicy(self.settings.dead_letter_topic)
-        self.groups = GroupRegistry(self.clock, self.settings.delivery.ack_delay)
+                clock = cast(IReactorTime, reactor)
+            broker = Broker(settings or BrokerSettings(), clock, registry, users)
+        self.broker = broker
         self.connections: set[BrokerProtocol] = set()
-        self.stats = BrokerStats()
-        self.shared_store: Any = None
-        """A store shared with other nodes (the Redis store), for monitoring."""
-        self.started = self.clock.seconds()
-        self.input_budget = InputBudget(self.settings.max_pending_input)
         self._when_empty: list[Deferred[None]] = []
-        if isinstance(users, Users):
-            users = Authenticator(users, self.clock, identity=self.settings.tls_identity)
-        self.authenticator: Authenticator | None = users
-        """Who connections are and what they may do; None: no users file, all open."""
-        self.user_connections: Counter[str] = Counter()
 
-    def reload_users(self, users: Users) -> None:
-        """Use a re-read users file: new connections are checked against it,
-        and connected users lose what it no longer grants them."""
-        assert self.authenticator is not None
-        self.authenticator.users = users
-        for protocol in list(self.connections):
-            protocol.users_reloaded(users)
+    def buildProtocol(self, addr: IAddress | None) -> BrokerProtocol:
+        protocol = BrokerProtocol(self.broker, self)
+        protocol.factory = self
+        return protocol
+
+    def connection_made(self, protocol: BrokerProtocol) -> None:
+        self.connections.add(protocol)
 
     def connection_gone(self, protocol: BrokerProtocol) -> None:
         self.connections.discard(protocol)
@@ -84,6 +52,15 @@ class BrokerFactory(ServerFactory):
             waiters, self._when_empty = self._when_empty, []
             for waiter in waiters:
                 waiter.callback(None)
+
+    def reload_users(self, users: Users) -> None:
+        """Use a re-read users file: new connections are checked against it,
+        and connected users lose what it no longer grants them."""
+        authenticator = self.broker.authenticator
+        assert authenticator is not None
+        authenticator.users = users
+        for protocol in list(self.connections):
+            protocol.users_reloaded(users)
 
     def close_connections(self, grace: float = 1.0) -> Deferred[None]:
         """Close every connection (cutting off, after `grace` seconds, those
@@ -96,36 +73,5 @@ class BrokerFactory(ServerFactory):
             protocol.close(grace)
         return done
 
-    def dead_letter(self, delivery: Delivery, reason: str, subscriber: str) -> str | None:
-        """Append a given-up message to its dead-letter topic; return that
-        topic, or None if it was dropped."""
-        topic = self.dead_letters.topic_for(delivery.topic.name)
-        if topic is None:
-            return None
-        letter = encode_dead_letter(
-            {
-                "topic": delivery.topic.name,
-                "offset": delivery.offset,
-                "deliveries": delivery.attempts,
-                "reason": reason,
-                "subscriber": subscriber,
-                "time": self.clock.seconds(),
-            },
-            delivery.payload,
-        )
-        try:
-            stored = self.registry.publish(topic, [letter])
-        except (TooManyTopics, StoreError) as error:
-            log.error("could not dead-letter to {topic!r}: {error}", topic=topic, error=error)
-            return None
-        if isinstance(stored, Deferred):  # a networked store answers later
-            stored.addErrback(
-                lambda failure: log.error(
-                    "could not dead-letter to {topic!r}: {error}", topic=topic, error=failure.value
-                )
-            )
-        self.stats.dead_letters += 1
-        return topic
-
     def stopFactory(self) -> None:
-        self.timers.stop()
+        self.broker.stop()

@@ -10,7 +10,7 @@ that walks a single buffer; `MAX_LENGTH` is the broker's message limit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
@@ -46,7 +46,7 @@ from broker.wire import (
 )
 
 if TYPE_CHECKING:
-    from broker.server.factory import BrokerFactory
+    from broker.core import Broker
 
 log = Logger()
 
@@ -86,14 +86,24 @@ class _OutputBackpressure:
         pass
 
 
+class ConnectionHost(Protocol):
+    """What a connection asks of the front door that made it
+    (broker.server.factory.BrokerFactory): to be kept, and forgotten."""
+
+    def connection_made(self, protocol: BrokerProtocol) -> None: ...
+
+    def connection_gone(self, protocol: BrokerProtocol) -> None: ...
+
+
 class BrokerProtocol(Int32StringReceiver):
     """One client connection. Until its first action it is handled here
     (Hello included); then its decoder reports to its role's session."""
 
-    factory: BrokerFactory
     transport: IStreamTransport
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker, host: ConnectionHost) -> None:
+        self.broker = broker
+        self._host = host
         self.peer = "?"
         self.decoder: ServerDecoder | None = None
         self.session: Session | None = None
@@ -125,12 +135,12 @@ class BrokerProtocol(Int32StringReceiver):
     # Connection events.
 
     def connectionMade(self) -> None:
-        factory = self.factory
-        settings = factory.settings
+        broker = self.broker
+        settings = broker.settings
         self.peer = describe_peer(self.transport.getPeer())
-        self.connected_at = factory.clock.seconds()
-        factory.stats.connections_accepted += 1
-        self.number = factory.stats.connections_accepted
+        self.connected_at = broker.clock.seconds()
+        broker.stats.connections_accepted += 1
+        self.number = broker.stats.connections_accepted
         self.MAX_LENGTH = settings.max_message_size
         # The protocol hears what comes before a role; its session the rest.
         self.decoder = ServerDecoder(cast(ServerEvents, self), settings.max_message_size)
@@ -141,7 +151,7 @@ class BrokerProtocol(Int32StringReceiver):
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
             no_delay(True)
-        factory.connections.add(self)
+        self._host.connection_made(self)
         log.debug("{peer} connected", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
@@ -183,17 +193,17 @@ class BrokerProtocol(Int32StringReceiver):
         cancel_call(self._frame_timer)
         cancel_call(self._cut_off)
         self._frame_timer = self._cut_off = None
-        self.factory.input_budget.remove(self)
+        self.broker.input_budget.remove(self)
         if self.decoder is not None:
             self.decoder.discard()
         if self.session is not None:
             self.session.close()
         if self.user is not None:
-            counts = self.factory.user_connections
+            counts = self.broker.user_connections
             counts[self.user.name] -= 1
             if not counts[self.user.name]:
                 del counts[self.user.name]
-        self.factory.connection_gone(self)
+        self._host.connection_gone(self)
         role = self.decoder.role if self.decoder else "new"
         log.debug("{peer} ({role}) disconnected", peer=self.peer, role=role)
         if self._refusals > LOGGED_REFUSALS:
@@ -224,13 +234,13 @@ class BrokerProtocol(Int32StringReceiver):
         except ProtocolError as error:
             self.refused(str(error), error.detail)
             return
-        if self.factory.authenticator is None:
+        if self.broker.authenticator is None:
             self._agree(request)
         else:
             self._authenticate(request, lambda: self._agree(request))
 
     def _agree(self, request: HelloRequest) -> None:
-        settings = self.factory.settings
+        settings = self.broker.settings
         prefetch = min(request.prefetch, settings.max_prefetch)
         # Only what was agreed is kept: no secret outlives the check.
         # Answers per topic only for a client that asked (old clients match
@@ -319,7 +329,7 @@ class BrokerProtocol(Int32StringReceiver):
     def _as_user(self, then: Callable[[], None]) -> None:
         """Run `then` once the peer's user is known (a client that sent no
         Hello is its certificate's user, or anonymous)."""
-        if self.factory.authenticator is None or self.user is not None:
+        if self.broker.authenticator is None or self.user is not None:
             then()
         else:
             self._authenticate(None, then)
@@ -327,7 +337,7 @@ class BrokerProtocol(Int32StringReceiver):
     def _authenticate(self, request: HelloRequest | None, then: Callable[[], None]) -> None:
         """Decide who the peer is, then run `then`. A password is checked in
         a thread: until then nothing more from this peer is decoded or read."""
-        authenticator = self.factory.authenticator
+        authenticator = self.broker.authenticator
         assert authenticator is not None and self.decoder is not None
         certificate = peer_certificate(self.transport)
         if certificate is not None and authenticator.identity != "none":
@@ -351,10 +361,10 @@ class BrokerProtocol(Int32StringReceiver):
         self._authenticating = False
         if self._gone:
             return
-        counts = self.factory.user_connections
+        counts = self.broker.user_connections
         limit = user.max_connections
         if limit is None and user.name == ANONYMOUS:
-            limit = self.factory.settings.max_anonymous_connections
+            limit = self.broker.settings.max_anonymous_connections
         if limit is not None and counts[user.name] >= limit:
             log.warn(
                 "{peer}: refused as user {user}: it has {limit} connection(s) already",
@@ -381,7 +391,7 @@ class BrokerProtocol(Int32StringReceiver):
         self._authenticating = False
         if self._gone:
             return
-        self.factory.stats.authentication_failures += 1
+        self.broker.stats.authentication_failures += 1
         if failure.check(AuthenticationFailed):
             log.warn(
                 "{peer}: authentication failed: {reason}",
@@ -447,7 +457,7 @@ class BrokerProtocol(Int32StringReceiver):
                 log.warn("{peer}: further refusals are counted, not logged", peer=self.peer)
 
     def send_error(self, text: str) -> None:
-        self.factory.stats.refused(text)
+        self.broker.stats.refused(text)
         self.transport.write(encode_error(text))
 
     def close(self, grace: float | None = None) -> None:
@@ -456,8 +466,8 @@ class BrokerProtocol(Int32StringReceiver):
         peer that reads nothing, or a TLS handshake that never comes, would."""
         self.transport.loseConnection()
         if self._cut_off is None:
-            self._cut_off = self.factory.clock.callLater(
-                self.factory.settings.close_grace if grace is None else grace,
+            self._cut_off = self.broker.clock.callLater(
+                self.broker.settings.close_grace if grace is None else grace,
                 self.transport.abortConnection,
             )
 
@@ -503,28 +513,28 @@ class BrokerProtocol(Int32StringReceiver):
 
     def _track_incomplete_frame(self, decoder: ServerDecoder) -> None:
         """Account the incomplete frame left after a read, and time it."""
-        factory = self.factory
+        broker = self.broker
         held = decoder.buffered
         progress = decoder.progress
         if held != self._held_input:
             self._held_input = held
-            factory.input_budget.update(self, held, decoder.missing)
+            broker.input_budget.update(self, held, decoder.missing)
         if not held:
             self._partial_since = None
         elif self._partial_since is None or progress != self._partial_progress:
-            self._partial_since = factory.clock.seconds()
+            self._partial_since = broker.clock.seconds()
             self._partial_progress = progress
             if self._frame_timer is None:
-                self._frame_timer = factory.clock.callLater(
-                    factory.settings.frame_timeout, self._frame_timer_fired
+                self._frame_timer = broker.clock.callLater(
+                    broker.settings.frame_timeout, self._frame_timer_fired
                 )
 
     def _frame_timer_fired(self) -> None:
         self._frame_timer = None
         if self._partial_since is None:
             return
-        clock = self.factory.clock
-        timeout = self.factory.settings.frame_timeout
+        clock = self.broker.clock
+        timeout = self.broker.settings.frame_timeout
         left = self._partial_since + timeout - clock.seconds()
         if left > 1e-6:
             self._frame_timer = clock.callLater(left, self._frame_timer_fired)
@@ -538,9 +548,9 @@ class BrokerProtocol(Int32StringReceiver):
         self._close_with_error(ERR_FRAME_TIMEOUT)
 
     def _start_handshake_timer(self) -> None:
-        factory = self.factory
-        self._handshake = factory.clock.callLater(
-            factory.settings.handshake_timeout, self._handshake_expired
+        broker = self.broker
+        self._handshake = broker.clock.callLater(
+            broker.settings.handshake_timeout, self._handshake_expired
         )
 
     def _end_handshake(self) -> None:

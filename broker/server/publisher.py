@@ -21,7 +21,7 @@ from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error, 
 
 if TYPE_CHECKING:
     from broker.permissions import Rules
-    from broker.server.protocol import BrokerProtocol
+    from broker.server.connection import Connection
     from broker.users import User
 
 log = Logger()
@@ -34,7 +34,7 @@ class PublisherSession(Session):
 
     def __init__(
         self,
-        protocol: BrokerProtocol,
+        protocol: Connection,
         confirms: bool,
         may_publish: Rules | None = None,
         by_topic: bool = False,
@@ -77,7 +77,7 @@ class PublisherSession(Session):
             super().refused(reason, detail)
             return
         self.protocol.log_refusal(detail or reason)
-        self.factory.stats.refused(reason)
+        self.broker.stats.refused(reason)
         self._order.append((reason, False))  # answered in its place
 
     def permissions_changed(self, user: User) -> None:
@@ -104,11 +104,11 @@ class PublisherSession(Session):
     def _append_batch(self) -> None:
         batch = self._batch
         self._batch = {}
-        registry = self.factory.registry
-        stats = self.factory.stats
+        registry = self.broker.registry
+        stats = self.broker.stats
         confirms = self._confirms
         may_publish = self._may_publish
-        dead_letters = self.factory.dead_letters
+        dead_letters = self.broker.dead_letters
         firsts: dict[str, int | str] = {}
         committed_of: dict[str, Deferred[None]] = {}
         stored_later: dict[str, Deferred[int | str]] = {}
@@ -199,7 +199,7 @@ class PublisherSession(Session):
     def _store_refused(self, topic: str, count: int, error: Exception, answered: bool) -> None:
         """Count and log a batch the store refused; a publisher without
         confirms gets one Error per message, as it counts them."""
-        self.factory.stats.refusals[str(error).partition(":")[0]] += count
+        self.broker.stats.refusals[str(error).partition(":")[0]] += count
         log.warn(
             "{peer}: {n} message(s) to {topic!r} refused: {error}",
             peer=self.peer,

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    from broker.server.protocol import BrokerProtocol
+    from broker.server.connection import Connection
     from broker.users import User
 
 log = Logger()
@@ -32,9 +32,9 @@ class Session:
 
     role = "?"
 
-    def __init__(self, protocol: BrokerProtocol) -> None:
+    def __init__(self, protocol: Connection) -> None:
         self.protocol = protocol
-        self.factory = protocol.factory
+        self.broker = protocol.broker
         self.peer = protocol.peer
 
     # Decoder events every role may see.

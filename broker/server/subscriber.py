@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from broker.delivery import Delivery, DeliveryWindow, Subscription
-from broker.groups import DURABLE_PREFIX, group_name_problem, parse_group_name
+from broker.names import DURABLE_PREFIX, group_name_problem, parse_group_name
 from broker.server.patterns import PatternSubscriptions
 from broker.server.session import Session, cancel_call
 from broker.subjects import PatternError, check_pattern, is_pattern
@@ -51,7 +51,7 @@ from broker.wire import (
 
 if TYPE_CHECKING:
     from broker.permissions import Rules
-    from broker.server.protocol import BrokerProtocol
+    from broker.server.connection import Connection
     from broker.users import User
 
 log = Logger()
@@ -77,7 +77,7 @@ class SubscriberSession(Session):
 
     def __init__(
         self,
-        protocol: BrokerProtocol,
+        protocol: Connection,
         extended: bool,
         prefetch: int,
         may_subscribe: Rules | None = None,
@@ -86,7 +86,7 @@ class SubscriberSession(Session):
         user: User | None = None,
     ) -> None:
         super().__init__(protocol)
-        settings = self.factory.settings
+        settings = self.broker.settings
         self._may_subscribe = may_subscribe
         """The user's subscribe rules; None: no users file, every topic allowed."""
         self._user = user
@@ -107,7 +107,7 @@ class SubscriberSession(Session):
         self._acks_to_pump = False
         self._slow_consumer: IDelayedCall | None = None
         self.window = DeliveryWindow(
-            self.factory.timers,
+            self.broker.timers,
             self._send_extended_delivery if extended else self._send_delivery,
             self._delivery_dropped,
             capacity=prefetch,
@@ -120,7 +120,7 @@ class SubscriberSession(Session):
         """Its pattern subscriptions, if it agreed to patterns in Hello."""
         if patterns:
             self.patterns = PatternSubscriptions(
-                self.factory.registry, self.window, self.factory.dead_letters, self._may_read
+                self.broker.registry, self.window, self.broker.dead_letters, self._may_read
             )
         # A subscriber that vanishes without a FIN is found by keepalive.
         keep_alive = getattr(self._transport, "setTcpKeepAlive", None)
@@ -148,7 +148,7 @@ class SubscriberSession(Session):
                     # Its user may read nothing: it holds a connection for nothing.
                     self.protocol.close()
                 return
-        registry = self.factory.registry
+        registry = self.broker.registry
         request.set_aside_absent(registry.exists)
         awaited = self._awaited.keys() | request.absent_topics
         if len(awaited) > MAX_AWAITED_TOPICS:
@@ -195,7 +195,7 @@ class SubscriberSession(Session):
             self.window.subscribe(topic, start, offset)
         for (group, _, durable), topic in zip(request.joined, targets, strict=True):
             self._join(topic, group, durable, start, offset)
-        registry = self.factory.registry
+        registry = self.broker.registry
         for name, joining in request.absent:
             self._forget_awaited(name)
             waiting = self._awaited[name] = _AwaitedTopic(self, name, start, offset, joining)
@@ -231,7 +231,7 @@ class SubscriberSession(Session):
         user = self._user
         if user is None:
             return None
-        return user.max_durables - user.durables_kept(self.factory.groups.positions.kept)
+        return user.max_durables - user.durables_kept(self.broker.groups.positions.kept)
 
     def _durables_beyond_bound(self, request: _SubscribeRequest) -> str | None:
         """The Error for a subscribe whose durable names would make more
@@ -239,7 +239,7 @@ class SubscriberSession(Session):
         room = self._durable_room()
         if room is None:
             return None
-        positions = self.factory.groups.positions
+        positions = self.broker.groups.positions
         new = {
             (topic, kept_as)
             for group, topic, durable in request.every_joined
@@ -257,7 +257,7 @@ class SubscriberSession(Session):
         """Join `topic`'s group `group` (kept by the user's name for it); a
         durable one only within the user's bound of positions."""
         kept_as = self._kept_as(group, durable)
-        groups = self.factory.groups
+        groups = self.broker.groups
         if durable and groups.positions.get(topic.name, kept_as) is None:
             room = self._durable_room()
             if room is not None and room < 1:
@@ -293,7 +293,7 @@ class SubscriberSession(Session):
         waiting = self._awaited.pop(name, None)
         if waiting is None:
             return False
-        self.factory.registry.stop_awaiting(name, waiting)
+        self.broker.registry.stop_awaiting(name, waiting)
         return True
 
     def unsubscribe_requested(self, topics: list[str]) -> None:
@@ -316,30 +316,30 @@ class SubscriberSession(Session):
 
     def acked(self) -> None:
         if self.window.ack():
-            self.factory.stats.acks += 1
+            self.broker.stats.acks += 1
         else:
             self.refused(ERR_NOTHING_TO_ACK)
 
     def nacked(self) -> None:
         if self.window.nack():
-            self.factory.stats.nacks += 1
+            self.broker.stats.nacks += 1
         else:
             self.refused(ERR_NOTHING_TO_ACK)
 
     def acked_ids(self, delivery_ids: Sequence[int]) -> None:
         self.window.ack_many(delivery_ids)
-        self.factory.stats.acks += len(delivery_ids)
+        self.broker.stats.acks += len(delivery_ids)
         self._acks_to_pump = True
 
     def nacked_id(self, delivery_id: int) -> None:
         self.window.nack(delivery_id, pump=False)
-        self.factory.stats.nacks += 1
+        self.broker.stats.nacks += 1
         self._acks_to_pump = True
 
     # Hooks of the protocol.
 
     def end_of_read(self) -> None:
-        positions = self.factory.groups.positions
+        positions = self.broker.groups.positions
         if positions.dirty:
             positions.flush()  # what durable consumers acked in this read
         if self._acks_to_pump:
@@ -350,8 +350,8 @@ class SubscriberSession(Session):
     def output_full(self) -> None:
         self.window.pause()
         if self._slow_consumer is None:
-            self._slow_consumer = self.factory.clock.callLater(
-                self.factory.settings.slow_consumer_timeout, self._slow_consumer_expired
+            self._slow_consumer = self.broker.clock.callLater(
+                self.broker.settings.slow_consumer_timeout, self._slow_consumer_expired
             )
 
     def output_drained(self) -> None:
@@ -362,7 +362,7 @@ class SubscriberSession(Session):
     def _may_read(self, name: str) -> bool:
         """Whether its user may read topic `name` (or pattern, as its own name)."""
         rules = self._may_subscribe
-        return rules is None or self.factory.dead_letters.may_read(name, rules)
+        return rules is None or self.broker.dead_letters.may_read(name, rules)
 
     def permissions_changed(self, user: User) -> None:
         self._may_subscribe = user.subscribe
@@ -459,12 +459,12 @@ class SubscriberSession(Session):
             self._outgoing_count = 0
             self.delivered_messages += count
             self.delivered_bytes += size
-            stats = self.factory.stats
+            stats = self.broker.stats
             stats.delivered_messages += count
             stats.delivered_bytes += size
             first = self._first_outgoing
             self._first_outgoing = None
-            now = self.factory.clock.seconds()
+            now = self.broker.clock.seconds()
             if first is not None and now >= self._next_latency_sample:
                 # Sampled, not observed per pump: a subscriber of the seed's
                 # protocol pumps once per message, and the histogram locks.
@@ -476,7 +476,7 @@ class SubscriberSession(Session):
             self._write_now(b"".join(outgoing))
 
     def _delivery_dropped(self, delivery: Delivery, reason: str) -> None:
-        letter_topic = self.factory.dead_letter(delivery, reason, self.peer)
+        letter_topic = self.broker.dead_letter(delivery, reason, self.peer)
         log.warn(
             "{peer}: gave up on message {offset} of {topic!r} after {attempts} deliveries "
             "({reason}); {fate}",
@@ -496,7 +496,7 @@ class SubscriberSession(Session):
 
     def _slow_consumer_expired(self) -> None:
         self._slow_consumer = None
-        settings = self.factory.settings
+        settings = self.broker.settings
         window = self.window
         disconnect = settings.disconnect_slow_consumers
         log.warn(

@@ -1,0 +1,192 @@
+"""The house's layers, read from the code's own imports (every import, also
+those only for type checkers): no import cycles, and no layer reaching up.
+
+    app       broker.service, broker.tap, broker.config, broker.logs, ...
+    doors     broker.server (TCP), broker.monitoring
+    core      broker.core, topics, delivery, groups, durable, dead_letters, ...
+    ground    broker.log (the message stores), broker.wire (the protocol),
+              broker.names, broker.subjects
+    client    broker.client: the wire, the names and TLS, nothing of the broker
+
+A rule broken says which import breaks it, file and line."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "broker"
+
+CORE = (
+    "broker.core",
+    "broker.topics",
+    "broker.delivery",
+    "broker.groups",
+    "broker.durable",
+    "broker.dead_letters",
+    "broker.confirms",
+    "broker.input_budget",
+)
+DOORS = ("broker.server", "broker.monitoring")
+APP = ("broker.service", "broker.tap", "broker.testing", "broker.pytest_plugin", "broker.bench")
+# What the core may not reach: the doors, the app, and Twisted's transports.
+TRANSPORTS = (
+    "twisted.internet.protocol",
+    "twisted.internet.endpoints",
+    "twisted.internet.tcp",
+    "twisted.internet.ssl",
+    "twisted.protocols",
+)
+CLIENT_MAY_IMPORT = (
+    "broker.client",
+    "broker.wire",
+    "broker.names",
+    "broker.subjects",
+    "broker.tls",
+)
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str
+    imported: str
+    where: str  # file:line
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> Iterator[tuple[str, int]]:
+    """Every module name an import statement names, at any depth."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            yield module, node.lineno
+            for alias in node.names:  # `from broker.log import redis` names a module
+                yield f"{module}.{alias.name}", node.lineno
+
+
+def _graph() -> tuple[set[str], list[Import]]:
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    edges: list[Import] = []
+    for importer, path in modules.items():
+        for imported, line in _imports(path):
+            if not imported.startswith("broker"):
+                edges.append(Import(importer, imported, f"{path.relative_to(ROOT)}:{line}"))
+                continue
+            while imported and imported not in modules:  # a name inside a module
+                imported = imported.rpartition(".")[0]
+            if imported and imported != importer:
+                edges.append(Import(importer, imported, f"{path.relative_to(ROOT)}:{line}"))
+    return set(modules), edges
+
+
+MODULES, EDGES = _graph()
+
+
+def _within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _cycles(modules: set[str], edges: list[Import]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    after: dict[str, set[str]] = {module: set() for module in modules}
+    for edge in edges:
+        if edge.imported in after:
+            after[edge.importer].add(edge.imported)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in after[module]:
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for module in sorted(modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_the_graph_is_read():
+    """The rules below see the imports they are about."""
+    assert "broker.core.broker" in MODULES and "broker.server.protocol" in MODULES
+    assert Import("broker.server.factory", "broker.server.protocol", "") in {
+        Import(e.importer, e.imported, "") for e in EDGES
+    }
+
+
+def test_no_import_cycles():
+    assert _cycles(MODULES, EDGES) == []
+
+
+def test_cycles_are_found():
+    """The cycle finder finds one (this test's own example)."""
+    edges = [Import("a", "b", ""), Import("b", "c", ""), Import("c", "a", ""), Import("c", "d", "")]
+    assert _cycles({"a", "b", "c", "d"}, edges) == [["a", "b", "c"]]
+
+
+def _broken(importers: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]:
+    return [
+        f"{edge.where}: {edge.importer} imports {edge.imported}"
+        for edge in EDGES
+        if _within(edge.importer, importers) and _within(edge.imported, forbidden)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("importers", "forbidden"),
+    [
+        pytest.param(("broker.wire", "broker.log"), CORE + DOORS + APP, id="ground-below-core"),
+        pytest.param(CORE, DOORS + APP + ("broker.client",), id="core-below-doors"),
+        pytest.param(CORE, TRANSPORTS, id="core-without-transports"),
+        pytest.param(DOORS, APP, id="doors-below-app"),
+    ],
+)
+def test_no_layer_reaches_up(importers, forbidden):
+    assert _broken(importers, forbidden) == []
+
+
+def test_the_client_needs_nothing_of_the_broker():
+    outside = [
+        f"{edge.where}: {edge.importer} imports {edge.imported}"
+        for edge in EDGES
+        if _within(edge.importer, ("broker.client",))
+        and edge.imported.startswith("broker")
+        and not _within(edge.imported, CLIENT_MAY_IMPORT)
+    ]
+    assert outside == []
