@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from broker.delivery import Delivery, DeliveryWindow, Subscription, start_position
-from broker.durable import Position, PositionStore
+from broker.log.positions import Position, PositionStore
 from broker.topics import Topic
 from broker.wire import StartAt
 
@@ -189,7 +189,7 @@ class GroupRegistry:
     ) -> None:
         self._clock = clock
         self._ack_delay = ack_delay
-        self.positions = positions or PositionStore()
+        self.positions = positions if positions is not None else PositionStore()
         self._groups: dict[tuple[str, str, bool], ConsumerGroup] = {}
 
     def __len__(self) -> int:

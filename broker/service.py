@@ -33,7 +33,7 @@ from twisted.logger import ILogObserver, Logger
 
 from broker.auth import Authenticator
 from broker.compiled import describe as describe_hot_paths
-from broker.durable import PositionStore
+from broker.core import Broker, BrokerStats
 from broker.listeners import (
     ListenerError,
     endpoint_description,
@@ -43,13 +43,12 @@ from broker.listeners import (
     monitor_description,
     server_endpoint,
 )
-from broker.log import FileStore, FileStoreSettings, FsyncPolicy, StoreError
+from broker.log import FileStoreSettings, FsyncPolicy, StoreError, make_store
 from broker.log.redis_settings import RedisStoreSettings
 from broker.monitoring.metrics import register as register_metrics
 from broker.monitoring.stats import RateHistory
 from broker.server import BrokerFactory, BrokerSettings
 from broker.tls import ReloadableServerContext, ServerTLS, TLSConfigError
-from broker.topics import TopicRegistry
 from broker.users import Users, UsersFileError, load_users
 
 log = Logger()
@@ -111,15 +110,10 @@ class BrokerService(MultiService):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
-        self._redis = redis
-        self.redis_store: Any = None
-        """The RedisStore, with --store."""
         if redis is not None:
             _need_asyncio_reactor(reactor)
         self._ports = [ports] if isinstance(ports, str) else list(ports)
-        self._data_dir = data_dir
         self._file_settings = file_settings or FileStoreSettings()
-        self.store: FileStore | None = None
         self.users_file = users_file
         self.ports = list(self._ports)
         self._state = "starting"
@@ -137,7 +131,17 @@ class BrokerService(MultiService):
                 run_blocking=self._in_thread,
                 identity=settings.tls_identity,
             )
-        self.factory = BrokerFactory(settings, clock=reactor, users=authenticator)
+        stats = BrokerStats()
+        store = make_store(
+            settings.retention,
+            reactor,
+            data_dir,
+            self._file_settings,
+            redis,
+            on_fsync=stats.fsync.observe,
+        )
+        broker = Broker(settings, reactor, store, authenticator, stats)
+        self.factory = BrokerFactory(broker=broker)
         register_metrics(self.factory)
         self.tls: ReloadableServerContext | None = None
         self._previous_sighup: Any = None  # restored on stop
@@ -182,9 +186,9 @@ class BrokerService(MultiService):
     def state(self) -> str:
         """starting, serving, draining or stopped, or waiting for Redis while
         the Redis store cannot reach it (what /healthz tells)."""
-        store = self.redis_store
-        if self._state == "serving" and store is not None and not store.connected:
-            return "waiting for Redis"
+        waiting_for = self.factory.broker.store.waiting_for()
+        if self._state == "serving" and waiting_for is not None:
+            return f"waiting for {waiting_for}"
         return self._state
 
     @staticmethod
@@ -292,65 +296,36 @@ class BrokerService(MultiService):
             )
 
     def _open_store(self) -> None:
-        if self._redis is not None:
-            self._open_redis(self._redis)
-            return
-        if self._data_dir is None:
+        broker = self.factory.broker
+        store = broker.store
+        started = time.monotonic()
+        try:
+            broker.start()
+        except StoreError as error:
+            raise StartupError(str(error)) from None
+        status = store.status()
+        if store.kind == "memory":
             log.info(
                 "topics live in memory: they are lost when the broker stops "
                 "(use --data-dir to keep them)"
             )
-            return
-        started = time.monotonic()
-        try:
-            self.store = FileStore(
-                self._data_dir,
-                self._file_settings,
-                self._reactor,
-                on_fsync=self.factory.broker.stats.fsync.observe,
+        elif store.kind == "file":
+            registry = broker.registry
+            log.info(
+                "topics live in {root}: {topics} topic(s), {messages} message(s), opened in "
+                "{seconds:.2f} s (fsync {fsync})",
+                root=status["data_dir"],
+                topics=len(registry),
+                messages=sum(t.log.next_offset - t.log.first_offset for t in registry),
+                seconds=time.monotonic() - started,
+                fsync=self._file_settings.fsync.value,
             )
-            registry = TopicRegistry(
-                self.store.open,
-                self.factory.broker.settings.max_topics,
-                existing=self.store.topic_names(),
-                clock=self._reactor.seconds,
+        else:  # retries until Redis answers; until then publishes are refused
+            log.info(
+                "topics live in Redis at {where} (confirmed once {replicas} replica(s) hold them)",
+                where=status["where"],
+                replicas=status["replicas"],
             )
-            positions = PositionStore(self._data_dir, self._file_settings.fsync)
-        except StoreError as error:
-            raise StartupError(str(error)) from None
-        except (OSError, ValueError) as error:
-            message = f"cannot keep consumer positions in {self._data_dir}: {error}"
-            raise StartupError(message) from None
-        self.factory.broker.registry = registry
-        self.factory.broker.groups.positions = positions
-        log.info(
-            "topics live in {root}: {topics} topic(s), {messages} message(s), opened in "
-            "{seconds:.2f} s (fsync {fsync})",
-            root=str(self.store.root),
-            topics=len(registry),
-            messages=sum(t.log.next_offset - t.log.first_offset for t in registry),
-            seconds=time.monotonic() - started,
-            fsync=self._file_settings.fsync.value,
-        )
-
-    def _open_redis(self, settings: RedisStoreSettings) -> None:
-        from broker.log.redis import RedisStore
-
-        self.redis_store = store = RedisStore(settings)
-        self.factory.broker.shared_store = store
-        self.factory.broker.registry = registry = TopicRegistry(
-            store.open,
-            self.factory.broker.settings.max_topics,
-            clock=self._reactor.seconds,
-            shared_names=lambda: store.topic_names,
-        )
-        store.on_new_topic = registry.discover
-        store.start()  # retries until Redis answers; until then publishes are refused
-        log.info(
-            "topics live in Redis at {where} (confirmed once {replicas} replica(s) hold them)",
-            where=settings.target.describe(),
-            replicas=settings.replicas,
-        )
 
     def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())
@@ -371,10 +346,7 @@ class BrokerService(MultiService):
             if previous is not None:
                 signal.signal(number, previous)
         self._previous_sighup = self._previous_sigterm = None
-        self.factory.broker.registry.close()  # a file store syncs and closes here
-        if self.redis_store is not None:
-            await self.redis_store.close()
-        self.factory.broker.groups.positions.close()
+        await self.factory.broker.close()  # a file store syncs and closes here
         self._state = "stopped"
         log.info("broker stopped")
 
@@ -470,8 +442,7 @@ class BrokerService(MultiService):
             topic.log.apply_retention(now)
 
     def _sync_store(self) -> None:
-        if self.store is not None:
-            self.store.sync_all()
+        self.factory.broker.store.sync()
         self.factory.broker.groups.positions.sync()
 
     def _forget_idle_consumers(self) -> None:

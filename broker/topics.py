@@ -155,9 +155,14 @@ class TopicRegistry:
         self._awaited: dict[str, dict[PatternHolder, None]] = {}
         """Subscriptions to topics that do not exist yet, by name: they cost
         no topic, and are told when a publish creates theirs."""
-        # Topics a durable store already holds are reopened (and recovered) now.
-        for name in existing:
-            self._topics[name] = Topic(name, make_log(name), clock)
+        self.reopen(existing)
+
+    def reopen(self, names: Iterable[str]) -> None:
+        """Open the topics a durable store holds (recovering each), whatever
+        the limit on topics: they exist already."""
+        for name in names:
+            if name not in self._topics:
+                self._topics[name] = Topic(name, self._make_log(name), self._clock)
 
     def __iter__(self) -> Iterator[Topic]:
         return iter(self._topics.values())

@@ -98,7 +98,7 @@ class User:
     def durables_kept(self, kept: Mapping[str, int]) -> int:
         """Durable positions that count against max_durables (its own names'
         and its shared names'), from the counts per owner that
-        broker.durable.PositionStore keeps."""
+        broker.log.positions.PositionStore keeps."""
         return kept.get(f"{self.name}:", 0) + sum(kept.get(name, 0) for name in self.durables)
 
 

@@ -86,6 +86,7 @@ async def test_nothing_confirmed_is_lost_across_kills_and_dropped_subscribers(tm
         await broker.ended
     # The records on disk: each confirmed offset holds its own message.
     store = FileStore(tmp_path / "data", FileStoreSettings(), reactor)
+    store.start()
     try:
         log = store.open("chaos")
         wrong = [s for s, o in confirmed.items() if log.read(o, 1) != [b"seq %d" % s]]

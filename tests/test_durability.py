@@ -19,7 +19,6 @@ from broker.log import FileStore, FileStoreSettings, FsyncPolicy, Retention
 from broker.log import file as file_module
 from broker.server import BrokerFactory, BrokerSettings
 from broker.testing import RunningBroker, start_broker
-from broker.topics import TopicRegistry
 from broker.wire import StartAt
 from tests.conftest import Inbox
 from tests.process import free_port, start_durable_broker
@@ -149,9 +148,10 @@ async def test_a_subscriber_can_start_at_offset_70000():
 
 
 def file_broker(tmp_path, **settings) -> RunningBroker:
-    store = FileStore(tmp_path, FileStoreSettings(**settings), reactor)
-    registry = TopicRegistry(store.open, existing=store.topic_names())
-    factory = BrokerFactory(BrokerSettings(), registry=registry)
+    factory = BrokerFactory(
+        BrokerSettings(), store=FileStore(tmp_path, FileStoreSettings(**settings), reactor)
+    )
+    factory.broker.start()
     return RunningBroker(factory, reactor.listenTCP(0, factory, interface="127.0.0.1"))
 
 

@@ -16,8 +16,8 @@ from twisted.internet.task import deferLater
 
 from broker.client import Message, connect
 from broker.delivery import DeliverySettings
-from broker.durable import COMPACT_AT, POSITIONS_FILE, Position, PositionStore
 from broker.log import FileStoreSettings, FsyncPolicy, Retention
+from broker.log.positions import COMPACT_AT, POSITIONS_FILE, Position, PositionStore
 from broker.server import BrokerSettings
 from broker.service import BrokerService
 from broker.testing import InMemoryBroker
@@ -142,9 +142,16 @@ async def test_a_durable_position_survives_a_sigkill_under_fsync_always(tmp_path
         await again.ended
 
 
+def opened(directory, fsync=FsyncPolicy.NEVER) -> PositionStore:
+    """The positions kept in `directory`, read as a starting broker reads them."""
+    store = PositionStore(directory, fsync)
+    store.open()
+    return store
+
+
 @pytest.mark.slow
 def test_the_positions_file_stays_small_after_a_million_acks(tmp_path):
-    store = PositionStore(tmp_path, FsyncPolicy.NEVER)
+    store = opened(tmp_path, FsyncPolicy.NEVER)
     positions = [Position(0), Position(0)]
     for offset in range(1_000_000):
         # Two consumers; acks arrive a little out of order, as with prefetch.
@@ -158,13 +165,13 @@ def test_the_positions_file_stays_small_after_a_million_acks(tmp_path):
     assert [p.low for p in positions] == [1_000_000, 1_000_000]
     assert store.size < COMPACT_AT + 4096
     store.close()
-    reopened = PositionStore(tmp_path)
+    reopened = opened(tmp_path)
     assert reopened.get("t", "c1").low == 1_000_000
     assert (tmp_path / POSITIONS_FILE).stat().st_size < 200
 
 
 def test_idle_positions_are_forgotten_and_a_cut_last_line_is_skipped(tmp_path):
-    store = PositionStore(tmp_path, FsyncPolicy.ALWAYS)
+    store = opened(tmp_path, FsyncPolicy.ALWAYS)
     store.put("t", "old", Position(3, touched=100.0))
     store.put("t", "new", Position(7, touched=1000.0))
     store.flush()
@@ -173,7 +180,7 @@ def test_idle_positions_are_forgotten_and_a_cut_last_line_is_skipped(tmp_path):
     store.close()
     with (tmp_path / POSITIONS_FILE).open("a") as damaged:
         damaged.write('{"topic": "t", "name": "new", "lo')  # cut by a crash
-    reopened = PositionStore(tmp_path)
+    reopened = opened(tmp_path)
     assert reopened.get("t", "old") is None and reopened.get("t", "new").low == 7
 
 

@@ -10,7 +10,15 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from broker.client.reconnecting import _ReportingEndpoint
-from broker.log import FileStore, FileStoreSettings, IMessageLog, MemoryLog
+from broker.log import (
+    FileStore,
+    FileStoreSettings,
+    IMessageLog,
+    IMessageStore,
+    MemoryLog,
+    MemoryStore,
+)
+from broker.log.redis_settings import RedisStoreSettings, parse_redis_url
 from broker.server import BrokerFactory
 from broker.server.protocol import _OutputBackpressure
 from broker.testing import InMemoryBroker
@@ -23,6 +31,18 @@ def test_message_logs_provide_imessagelog(tmp_path):
         assert verifyObject(IMessageLog, store.open("t"))
     finally:
         store.close()
+
+
+def test_message_stores_provide_imessagestore(tmp_path):
+    """Memory, files and Redis behind one interface (made, not opened: the
+    Redis store connects only when started)."""
+    from broker.log.redis import RedisStore
+
+    redis = RedisStore(RedisStoreSettings(parse_redis_url("redis://127.0.0.1:1")))
+    for store in (MemoryStore(), FileStore(tmp_path, FileStoreSettings(), reactor), redis):
+        assert verifyObject(IMessageStore, store)
+        assert store.status()["kind"] == store.kind
+    assert redis.waiting_for() == "Redis"  # never started
 
 
 def test_the_output_backpressure_is_a_push_producer():

@@ -27,7 +27,6 @@ CORE = (
     "broker.topics",
     "broker.delivery",
     "broker.groups",
-    "broker.durable",
     "broker.dead_letters",
     "broker.confirms",
     "broker.input_budget",

@@ -85,6 +85,7 @@ def test_file_log_append_and_read(benchmark, tmp_path):
     from twisted.internet import reactor
 
     store = FileStore(tmp_path, FileStoreSettings(fsync=FsyncPolicy.NEVER), reactor)
+    store.start()
     topic_log = store.open("bench")
 
     def append_and_read() -> int:

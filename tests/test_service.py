@@ -24,12 +24,15 @@ async def test_the_store_opens_at_start_and_closes_after_the_connections(tmp_pat
         data_dir=tmp_path / "data",
         file_settings=FileStoreSettings(fsync=FsyncPolicy.INTERVAL),
     )
-    assert service.store is None and not (tmp_path / "data").exists()  # nothing opened yet
+    assert not (tmp_path / "data").exists()  # nothing opened yet
     timers = [child for child in service if isinstance(child, TimerService)]
     assert len(timers) == 5  # rates, lag, idle consumers, retention and fsync
     service.privilegedStartService()
     service.startService()
-    assert service.store is not None
+    assert service.factory.broker.store.status() == {
+        "kind": "file",
+        "data_dir": str((tmp_path / "data").resolve()),
+    }
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True)
     await client.publish("kept", b"one")
     await client.subscriber_connected()

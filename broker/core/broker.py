@@ -10,7 +10,6 @@ calls it; the Broker never sees a frame or a socket, so another door
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -23,12 +22,9 @@ from broker.dead_letters import DeadLetterPolicy, encode_dead_letter
 from broker.delivery import Delivery, DeliveryTimers
 from broker.groups import GroupRegistry
 from broker.input_budget import InputBudget
-from broker.log import MemoryLog, StoreError
+from broker.log import IMessageStore, MemoryStore, StoreError
 from broker.topics import TooManyTopics, TopicRegistry
 from broker.users import Users
-
-if TYPE_CHECKING:
-    from broker.log.redis import RedisStore
 
 log = Logger()
 
@@ -41,27 +37,25 @@ class Broker:
         self,
         settings: BrokerSettings,
         clock: IReactorTime,
-        registry: TopicRegistry | None = None,
+        store: IMessageStore | None = None,
         users: Users | Authenticator | None = None,
+        stats: BrokerStats | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
-        if registry is None:
-            retention = settings.retention
-            seconds = clock.seconds
-            registry = TopicRegistry(
-                lambda name: MemoryLog(retention, clock=seconds),
-                settings.max_topics,
-                clock=seconds,
-            )
-        self.registry = registry
+        seconds = clock.seconds
+        if store is None:
+            store = MemoryStore(settings.retention, clock=seconds)
+        self.store = store
+        """Where topics and durable positions are kept (memory, files, Redis)."""
+        self.registry = TopicRegistry(
+            store.open, settings.max_topics, clock=seconds, shared_names=store.shared_topics
+        )
         self.timers = DeliveryTimers(clock, settings.delivery)
         self.dead_letters = DeadLetterPolicy(settings.dead_letter_topic)
-        self.groups = GroupRegistry(clock, settings.delivery.ack_delay)
-        self.stats = BrokerStats()
-        self.shared_store: RedisStore | None = None
-        """A store shared with other nodes (the Redis store), for monitoring."""
-        self.started = clock.seconds()
+        self.groups = GroupRegistry(clock, settings.delivery.ack_delay, store.positions)
+        self.stats = stats or BrokerStats()
+        self.started = seconds()
         self.input_budget = InputBudget(settings.max_pending_input)
         if isinstance(users, Users):
             users = Authenticator(users, clock, identity=settings.tls_identity)
@@ -69,6 +63,14 @@ class Broker:
         """Who connections are and what they may do; None: no users file, all open."""
         self.user_connections: Counter[str] = Counter()
         """Connections per user, over every front door (for max_connections)."""
+
+    def start(self) -> None:
+        """Open the store: reopen (and recover) the topics it holds, and hear
+        of those other nodes make. Raises StoreError if it cannot be used."""
+        store = self.store
+        store.start()
+        self.registry.reopen(store.held_topics())
+        store.follow_new_topics(self.registry.discover)
 
     def dead_letter(self, delivery: Delivery, reason: str, subscriber: str) -> str | None:
         """Append a given-up message to its dead-letter topic; return that
@@ -104,3 +106,8 @@ class Broker:
     def stop(self) -> None:
         """Stop its timers (the connections are the front doors' to close)."""
         self.timers.stop()
+
+    def close(self) -> Deferred[None]:
+        """Close every topic's log, then the store (once no connection is left)."""
+        self.registry.close()
+        return self.store.close()

@@ -23,9 +23,8 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +33,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from broker.log.interface import IMessageLog, Retention, StoreError
+from broker.log.interface import FsyncPolicy, IMessageLog, IMessageStore, Retention, StoreError
+from broker.log.positions import PositionStore
 from broker.log.records import encode_records
 from broker.log.segment import INDEX_EVERY, SEGMENT_NAME, Segment
 
 log = Logger()
-
-
-class FsyncPolicy(Enum):
-    """When appended records are forced to disk."""
-
-    ALWAYS = "always"
-    """Before anyone can read them: a message is never delivered (or confirmed)
-    before it is on disk. One fsync covers every append made meanwhile."""
-    INTERVAL = "interval"
-    """Every `fsync_interval` seconds; readers see records at once."""
-    NEVER = "never"
-    """Left to the operating system."""
 
 
 @dataclass(frozen=True)
@@ -417,8 +405,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+@implementer(IMessageStore)
 class FileStore:
-    """The data directory: one FileLog per topic, found again at start."""
+    """The data directory: one FileLog per topic, found again at start, and
+    the durable consumers' positions in `consumers.jsonl` beside them."""
+
+    kind = "file"
 
     def __init__(
         self,
@@ -431,6 +423,11 @@ class FileStore:
         self.settings = settings
         self._reactor = reactor
         self._on_fsync = on_fsync
+        self.logs: dict[str, FileLog] = {}
+        self.positions = PositionStore(self.root, settings.fsync)
+
+    def start(self) -> None:
+        """Make sure the directory can be written, and read the positions."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".writable"
@@ -438,7 +435,28 @@ class FileStore:
             probe.unlink()
         except OSError as error:
             raise StoreError(f"data directory {self.root} is not usable: {error}") from error
-        self.logs: dict[str, FileLog] = {}
+        try:
+            self.positions.open()
+        except (OSError, ValueError) as error:
+            raise StoreError(f"cannot keep consumer positions in {self.root}: {error}") from None
+
+    def held_topics(self) -> list[str]:
+        return self.topic_names()
+
+    def shared_topics(self) -> Iterable[str]:
+        return ()
+
+    def follow_new_topics(self, told: Callable[[str], None]) -> None:
+        pass
+
+    def waiting_for(self) -> str | None:
+        return None
+
+    def sync(self) -> None:
+        self.sync_all()
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": self.kind, "data_dir": str(self.root)}
 
     def topic_names(self) -> list[str]:
         """The names of the topics stored here."""
@@ -490,7 +508,9 @@ class FileStore:
             if topic_log._dirty:
                 topic_log.flush()
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None]:
         for topic_log in self.logs.values():
             topic_log.close()
         self.logs.clear()
+        self.positions.close()
+        return succeed(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from zope.interface import Attribute, Interface
 
@@ -16,6 +17,18 @@ class Retention:
     """Payload bytes (the memory store) or segment bytes (the file store)."""
     max_age: float | None = None
     """Seconds."""
+
+
+class FsyncPolicy(Enum):
+    """When appended records are forced to disk."""
+
+    ALWAYS = "always"
+    """Before anyone can read them: a message is never delivered (or confirmed)
+    before it is on disk. One fsync covers every append made meanwhile."""
+    INTERVAL = "interval"
+    """Every `fsync_interval` seconds; readers see records at once."""
+    NEVER = "never"
+    """Left to the operating system."""
 
 
 class StoreError(Exception):
@@ -85,3 +98,46 @@ class IMessageLog(Interface):
 
     def close():
         """Make everything durable that can be, and release what is held open."""
+
+
+class IMessageStore(Interface):
+    """Where one broker keeps its topics and its durable consumers'
+    positions: in memory, in files, or in Redis, shared by the broker's
+    nodes. A broker is built with one (broker.log.make_store) and asks
+    nothing else of it; nothing outside broker.log knows which it is."""
+
+    kind = Attribute("'memory', 'file' or 'redis': what reports call it.")
+    positions = Attribute(
+        "The PositionStore (broker.log.positions) of durable consumers' positions: "
+        "in a file beside the topics, or in memory (Redis keeps its groups' own)."
+    )
+
+    def start():
+        """Open: find the topics held (files), or begin connecting (Redis,
+        retrying in the background). Raise StoreError if it cannot be used.
+        Called once twistd has dropped its privileges, never when made."""
+
+    def open(name):
+        """The IMessageLog of topic `name`, created (or recovered) if need be."""
+
+    def held_topics():
+        """The names of the topics it held at start, to reopen (and recover) then."""
+
+    def shared_topics():
+        """The names of topics other nodes made in a shared store, opened here
+        when something asks for one; none for a store of one node."""
+
+    def follow_new_topics(told):
+        """Have `told(name)` called for each topic another node makes."""
+
+    def waiting_for():
+        """None while it serves; else what it waits for (said by /healthz)."""
+
+    def sync():
+        """Make what was written durable now (the fsync interval's tick)."""
+
+    def status():
+        """What monitoring shows of it, as JSON values ("kind" first)."""
+
+    def close():
+        """Stop, once the logs are closed: a Deferred that fires once it has."""

@@ -1,15 +1,18 @@
-"""A log kept in memory: fast, bounded by its retention, lost when the broker stops."""
+"""Logs kept in memory: fast, bounded by their retention, lost when the
+broker stops; and the store that makes them."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from broker.log.interface import IMessageLog, Retention
+from broker.log.interface import IMessageLog, IMessageStore, Retention
+from broker.log.positions import PositionStore
 from broker.wire import total_size
 
 # Bounds the memory store when the operator sets no limit: 256 MiB of
@@ -120,3 +123,47 @@ class MemoryLog:
             del messages[: self._start]
             self._base += self._start
             self._start = 0
+
+
+@implementer(IMessageStore)
+class MemoryStore:
+    """Every topic in memory, each log bounded by `retention`; durable
+    positions in memory too."""
+
+    kind = "memory"
+
+    def __init__(
+        self,
+        retention: Retention = DEFAULT_MEMORY_RETENTION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._retention = retention
+        self._clock = clock
+        self.positions = PositionStore()
+
+    def start(self) -> None:
+        pass
+
+    def open(self, name: str) -> MemoryLog:
+        return MemoryLog(self._retention, clock=self._clock)
+
+    def held_topics(self) -> Iterable[str]:
+        return ()
+
+    def shared_topics(self) -> Iterable[str]:
+        return ()
+
+    def follow_new_topics(self, told: Callable[[str], None]) -> None:
+        pass
+
+    def waiting_for(self) -> str | None:
+        return None
+
+    def sync(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)

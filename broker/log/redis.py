@@ -19,7 +19,7 @@ asyncio reactor (`twistd -r asyncio broker --store redis://...`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib.resources import files
 from typing import Any, TypeVar
 
@@ -35,7 +35,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker.log.batch_cache import BatchCache
-from broker.log.interface import OUTCOME_UNKNOWN, IMessageLog, StoreError, StoreOutcomeUnknown
+from broker.log.interface import (
+    OUTCOME_UNKNOWN,
+    IMessageLog,
+    IMessageStore,
+    StoreError,
+    StoreOutcomeUnknown,
+)
+from broker.log.positions import PositionStore
 from broker.log.redis_groups import GroupedLog, GrowingTopic, RedisGroupCursor
 from broker.log.redis_settings import (
     RedisStoreSettings,
@@ -426,12 +433,17 @@ class _ShardListener:
             pass
 
 
+@implementer(IMessageStore)
 class RedisStore:
     """The connection to Redis (or a Redis Cluster) and every topic this
-    node has opened in it."""
+    node has opened in it. Durable consumers live in Redis's own consumer
+    groups (see broker.log.redis_groups): the positions here stay in memory."""
+
+    kind = "redis"
 
     def __init__(self, settings: RedisStoreSettings) -> None:
         self.settings = settings
+        self.positions = PositionStore()
         self.pending_bytes = 0
         self._logs: dict[str, RedisLog] = {}
         self._followed: dict[str, RedisLog] = {}  # channel -> log
@@ -490,6 +502,21 @@ class RedisStore:
             "directory_topics": len(self.topic_names),
             "cached_bytes": sum(log._cache.bytes for log in self._logs.values()),
         }
+
+    def held_topics(self) -> Iterable[str]:
+        return ()  # opened when asked for: the directory says which exist
+
+    def shared_topics(self) -> Iterable[str]:
+        return self.topic_names
+
+    def follow_new_topics(self, told: Callable[[str], None]) -> None:
+        self.on_new_topic = told
+
+    def waiting_for(self) -> str | None:
+        return None if self.connected else "Redis"
+
+    def sync(self) -> None:
+        pass  # Redis persists as it is configured to
 
     @property
     def connected(self) -> bool:

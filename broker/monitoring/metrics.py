@@ -115,8 +115,8 @@ def snapshot(factory: BrokerFactory) -> dict[str, Any]:
         "other_messages": sum(t.log.next_offset - t.log.first_offset for t in others),
         "other_bytes": sum(t.log.bytes_held for t in others),
         "uncommitted": sum(t.log.next_offset - t.log.committed_offset for t in topics),
-        "shared_store": factory.broker.shared_store.status()
-        if factory.broker.shared_store
+        "shared_store": status
+        if (status := factory.broker.store.status())["kind"] == "redis"
         else None,
         "groups": len(factory.broker.groups),
         "durable_consumers": len(factory.broker.groups.positions),

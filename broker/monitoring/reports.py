@@ -67,18 +67,12 @@ def varz(service: MonitoredBroker, history: bool = False) -> dict[str, Any]:
         "pattern_subscriptions": state["patterns"],
         "rss_bytes": _rss_bytes(),
         "store": {
-            "kind": "file" if service.store is not None else "memory",
-            "data_dir": str(service.store.root) if service.store is not None else None,
+            "data_dir": None,
+            **factory.broker.store.status(),
             "uncommitted_messages": state["uncommitted"],
             "bytes": sum(topic.log.bytes_held for topic in factory.broker.registry),
         },
     }
-    if factory.broker.shared_store is not None:
-        report["store"] = {
-            **report["store"],
-            "data_dir": None,
-            **factory.broker.shared_store.status(),
-        }
     if history:
         report["history"] = rates
     return report

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from broker.log.file import FileStore
     from broker.monitoring.stats import RateHistory
     from broker.server.factory import BrokerFactory
 
@@ -32,6 +31,3 @@ class MonitoredBroker(Protocol):
 
     @property
     def users_file(self) -> Path | None: ...
-
-    @property
-    def store(self) -> FileStore | None: ...

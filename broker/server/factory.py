@@ -11,8 +11,8 @@ from twisted.internet.protocol import ServerFactory
 
 from broker.auth import Authenticator
 from broker.core import Broker, BrokerSettings
+from broker.log import IMessageStore
 from broker.server.protocol import BrokerProtocol
-from broker.topics import TopicRegistry
 from broker.users import Users
 
 
@@ -24,7 +24,7 @@ class BrokerFactory(ServerFactory):
         self,
         settings: BrokerSettings | None = None,
         clock: IReactorTime | None = None,
-        registry: TopicRegistry | None = None,
+        store: IMessageStore | None = None,
         users: Users | Authenticator | None = None,
         broker: Broker | None = None,
     ) -> None:
@@ -33,7 +33,7 @@ class BrokerFactory(ServerFactory):
                 from twisted.internet import reactor
 
                 clock = cast(IReactorTime, reactor)
-            broker = Broker(settings or BrokerSettings(), clock, registry, users)
+            broker = Broker(settings or BrokerSettings(), clock, store, users)
         self.broker = broker
         self.connections: set[BrokerProtocol] = set()
         self._when_empty: list[Deferred[None]] = []

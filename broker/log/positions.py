@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from broker.log import FsyncPolicy
+from broker.log.interface import FsyncPolicy
 
 log = Logger()
 
@@ -91,7 +91,11 @@ class PositionStore:
         self._file: Any = None
         self._unsynced = False
         self._rewritten_size = 0  # the file's size after its last rewrite
-        if self._path is not None:
+
+    def open(self) -> None:
+        """Read the positions kept in the directory, if any (once, at start:
+        not when made, so that twistd has dropped its privileges first)."""
+        if self._path is not None and self._file is None:
             self._load(self._path)
             self._rewrite()
 
