@@ -503,7 +503,7 @@ class DeliveryWindow:
     `max_bytes` of payload between them (a larger message still goes when
     nothing else is in flight). While `paused` (the connection's output is
     full) nothing new is sent. The seed's acks carry
-    no id, so a legacy window has one slot and an ack answers the oldest; an
+    no id, so a plain window has one slot and an ack answers the oldest; an
     extended window names deliveries by id. A delivery that times out keeps
     its slot until it is sent again after the ack delay, so that a late ack
     still answers that message and never one sent after it. A nacked delivery

@@ -35,7 +35,7 @@ from broker.log.redis_settings import (
     check_prefix,
     parse_redis_url,
 )
-from broker.logs import FORMATS, LEVELS, log_file, log_observer
+from broker.log_output import FORMATS, LEVELS, log_file, log_observer
 from broker.server import BrokerSettings
 from broker.service import BrokerService
 from broker.tls import IDENTITY_KINDS, ServerTLS

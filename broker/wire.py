@@ -66,13 +66,13 @@ TOPIC_PREFIX = b"topic:"
 MAX_TOPIC_BYTES = 255
 MAX_U16 = 0xFFFF
 
-# Error texts the reference implementation sends; clients may match on them.
+# Error texts the seed sends; clients may match on them.
 ERR_UNKNOWN_ACTION = "unknown action"
 ERR_NO_TOPIC_PREFIX = "topic data does not contain 'topic:' prefix"
 ERR_INVALID_TOPIC_DATA = "invalid topic data provided"
 ERR_EMPTY_TOPIC_DATA = "data length of topics is 0"
 ERR_INVALID_START = "invalid start up type provided"
-# Error texts of our own, for what the reference did not check.
+# Error texts of our own, for what the seed did not check.
 ERR_MESSAGE_TOO_LARGE = "message too large"
 ERR_TOPIC_LIST_TOO_LARGE = "topic list too large"
 ERR_NOTHING_TO_ACK = "nothing to acknowledge"
@@ -147,7 +147,7 @@ def topic_name_problem(name: str) -> str | None:
     """Say what is wrong with a topic name, or None if it is valid.
 
     Valid: 1 to 255 bytes of UTF-8 with no NUL. NUL is refused so that a
-    delivery's topic can never be mistaken for a status by a legacy client,
+    delivery's topic can never be mistaken for a status by a plain client,
     and so that names map cleanly onto file names.
     """
     try:
@@ -766,7 +766,7 @@ class ServerDecoder(_Decoder):
         self._problem = None
         self._topics_payload = None
         if length == 0:
-            # The reference answers at once and reads no start-at after it.
+            # The seed answers at once and reads no start-at after it.
             self._goto(self._action, 2)
             self.events.refused(ERR_EMPTY_TOPIC_DATA)
         elif length > self._max_payload:
@@ -921,7 +921,7 @@ class ServerDecoder(_Decoder):
                 self.events.refused(ERR_MESSAGE_TOO_LARGE)
             self._skip(size, self._publish_topic_length, 2)
         elif size == 0:
-            # Reported all the same: the protocol decides (the reference ignores it).
+            # Reported all the same: the protocol decides (the seed ignores it).
             self._goto(self._publish_topic_length, 2)
             if self._topic is not None:
                 self.events.published(self._topic, [b""])
@@ -969,7 +969,7 @@ class ClientEvents(Protocol):
 class ClientDecoder(_Decoder):
     """Decodes what the server sends a client: statuses and deliveries.
 
-    The seed's protocol does not tag them: a status is a bare u16 and a
+    The plain protocol does not tag them: a status is a bare u16 and a
     delivery starts with the u16 length of its topic. The decoder tells them
     apart with what the client knows: a status comes only while a request
     awaits its answer (an Error may come any time), and a delivery only for a

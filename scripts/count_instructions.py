@@ -13,7 +13,7 @@ micro-benchmarks time its `window`):
 - `broker`: published in reads of 100 and delivered with prefetch 256 to an
   extended subscriber that acks each by id: protocols, sessions, decoder,
   topic, window and encoder, over in-memory transports.
-- `plain`: 1,000 round trips of the seed's protocol (publish, delivery, ack).
+- `plain`: 1,000 round trips of the plain protocol (publish, delivery, ack).
 - `decode`: publish frames decoded.
 - `acks`: acks by id decoded.
 - `window`: deliveries and acks through one window (prefetch 256).
@@ -109,7 +109,7 @@ class ExtendedFlow:
 
 
 class PlainFlow:
-    """A broker, a publisher and a subscriber of the seed's protocol."""
+    """A broker, a publisher and a subscriber of the plain protocol."""
 
     def __init__(self) -> None:
         self.clock = Clock()

@@ -84,7 +84,7 @@ async def test_unsubscribe_stops_deliveries(broker, client):
 
 def test_nack_and_failure_redeliver_and_five_deliveries_then_drop():
     broker = InMemoryBroker(SHORT)
-    client = broker.client(extensions=False)  # the seed's protocol
+    client = broker.client(extensions=False)  # the plain protocol
     refusals = Inbox(answer=False)
     failing = Inbox(answer=lambda m: 1 / 0)
     client.subscribe(["n"], refusals)
@@ -123,7 +123,7 @@ def test_a_slow_handler_is_timed_out_and_redelivered():
     assert inbox.payloads == [b"x"]  # one in flight: y waits behind x
     broker.advance(0.001)  # timed out...
     broker.advance(0.05)  # ...sent again after the ack delay; a client of the
-    assert inbox.payloads == [b"x"]  # seed's protocol handles one at a time
+    assert inbox.payloads == [b"x"]  # plain protocol handles one at a time
     answers[0].callback(True)
     broker.advance(0.2)
     assert inbox.payloads[:2] == [b"x", b"x"] and b"y" in inbox.payloads

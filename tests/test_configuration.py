@@ -14,7 +14,7 @@ import pytest
 from twisted.logger import Logger, LogLevel
 from twisted.python.usage import UsageError
 
-from broker.logs import log_observer
+from broker.log_output import log_observer
 from broker.tap import Options
 from tests.process import ROOT, twistd
 

@@ -69,7 +69,7 @@ async def test_hello_negotiates_and_a_silent_client_sees_the_seed_protocol(broke
     bad = await connect_raw(broker.port)
     bad.send(b"\x00\x10\x00\x00\x00\x03[1]" + wire.encode_u16(wire.ACTION_PUBLISH))
     assert await read_answer(bad) == ("error", wire.ERR_INVALID_HELLO)
-    bad.send(wire.encode_publish("t", b""))  # still legacy: an empty message is ignored
+    bad.send(wire.encode_publish("t", b""))  # still plain: an empty message is ignored
     await bad.assert_silent(0.1)
 
 
@@ -176,12 +176,12 @@ async def test_a_subscriber_resumes_where_it_left_off(broker):
 def test_exhausted_messages_go_to_the_dead_letter_topic():
     broker = InMemoryBroker(SHORT)
     client = broker.client(extensions=True)
-    legacy = broker.client()
+    plain = broker.client()
     letters = Inbox()
     refuse = Inbox(answer=False)
     client.subscribe(["orders.dead-letter"], letters)
     client.subscribe(["orders"], refuse)
-    legacy.subscribe(["orders"], Inbox(answer=False))  # a legacy subscriber too
+    plain.subscribe(["orders"], Inbox(answer=False))  # a plain subscriber too
     broker.flush()
     client.publish("orders", b"poison")
     for _ in range(40):

@@ -125,7 +125,7 @@ async def test_hostile_json_is_refused_clearly_and_the_stream_stays_in_step(
     conn = await connect_raw(served.broker.port)
     if as_topic_list:
         conn.send(wire.encode_u16(wire.ACTION_SUBSCRIBE) + struct.pack(">I", len(payload)))
-        # The reference reads no start-at after an empty list.
+        # The seed reads no start-at after an empty list.
         conn.send(payload + (wire.encode_u16(StartAt.CURRENT) if payload else b""))
         (status,) = struct.unpack(">H", await conn.read(2))
         if status == wire.STATUS_ERROR:

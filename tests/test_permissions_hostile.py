@@ -156,7 +156,7 @@ def test_a_reload_keeps_a_groups_pattern_subscription_its_rights_still_allow(log
 
 
 class GoStyle(Protocol):
-    """A seed client: no Hello, so the user anonymous; it sends `frames` at once."""
+    """A plain client: no Hello, so the user anonymous; it sends `frames` at once."""
 
     def __init__(self, frames: bytes) -> None:
         self.frames = frames
@@ -178,7 +178,7 @@ def go_style(broker: InMemoryBroker, frames: bytes) -> GoStyle:
 
 
 def test_a_connection_whose_user_may_do_nothing_is_closed_after_its_refusal():
-    """With no [users.anonymous], a seed client's refused subscribe or
+    """With no [users.anonymous], a plain client's refused subscribe or
     publish used to leave its connection open for as long as it liked."""
     broker = InMemoryBroker(users=USERS)
     subscriber = go_style(broker, encode_subscribe(["orders.eu"], StartAt.CURRENT))

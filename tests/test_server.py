@@ -165,7 +165,7 @@ async def test_too_many_topics_is_refused():
         pub = await publisher(running.port)
         pub.send(wire.encode_publish("a", b"first") + wire.encode_publish("b", b"2"))
         await expect_delivery(conn, "a", b"first")
-        conn.send(wire.encode_u16(wire.ACK))  # the seed's protocol: one at a time
+        conn.send(wire.encode_u16(wire.ACK))  # the plain protocol: one at a time
         await expect_delivery(conn, "b", b"2")
         conn.send(wire.encode_u16(wire.ACK))
         pub.send(wire.encode_publish("d", b"1") + wire.encode_publish("a", b"ok"))

@@ -1,4 +1,4 @@
-"""Every recorded exchange of the seed's reference, replayed against a real
+"""Every recorded exchange of the seed, replayed against a real
 broker over loopback TCP, bytes compared."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ async def test_transcripts_with_short_timers():
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_transcripts_at_default_timings():
-    # The reference had no handshake timeout: c2, which only ever sent an
+    # The seed had no handshake timeout: c2, which only ever sent an
     # unknown action, would be closed by ours (10 s) before the replay ends.
     broker = start_broker(BrokerSettings(handshake_timeout=120))
     try:

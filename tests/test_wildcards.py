@@ -165,7 +165,7 @@ def test_a_reconnect_resumes_a_patterns_topics_without_repeats_and_finds_new_one
 
 def test_go_clients_names_stay_literal():
     broker = InMemoryBroker()
-    plain = broker.client(extensions=False)  # no Hello: the seed's protocol
+    plain = broker.client(extensions=False)  # no Hello: the plain protocol
     inbox: list[Message] = []
     subscribed = plain.subscribe(["metrics.*"], inbox.append, start=StartAt.BEGINNING)
     broker.flush()

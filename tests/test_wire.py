@@ -1,4 +1,4 @@
-"""The codec alone: encoders against the reference's bytes, and decoders fed
+"""The codec alone: encoders against the seed's bytes, and decoders fed
 the same stream split in every way."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_publisher_stream_events():
         ("published", "d", b"hello"),
         ("published", "d", b"world"),
         ("refused", wire.ERR_NO_TOPIC_PREFIX),
-        ("published", "d", b""),  # the server protocol ignores it (legacy) or refuses it
+        ("published", "d", b""),  # the server protocol ignores it (plain) or refuses it
         ("refused", wire.ERR_MESSAGE_TOO_LARGE),
         ("published", "d", b"last"),
     ]
@@ -233,7 +233,7 @@ def decode_client(chunks, topics, pending):
 
 
 def test_client_tells_a_status_from_a_one_byte_topic_by_the_next_byte():
-    # Status 1 then a delivery of topic "r": the reference's replay transcript.
+    # Status 1 then a delivery of topic "r": the seed's replay transcript.
     stream = bytes.fromhex("000100017200000000000000026d33")
     assert decode_client([stream], ["r"], pending=1) == [
         ("status_received", 1),

@@ -1,6 +1,6 @@
 """`broker-bench`: throughput, latency and memory of a broker, over TCP.
 
-    broker-bench fanout --messages 100000                 # one legacy subscriber
+    broker-bench fanout --messages 100000                 # one plain subscriber
     broker-bench fanout --prefetch 256 --subscribers 10   # extensions, ten subscribers
     broker-bench latency --rate 1000 --messages 10000
     broker-bench ingest --store file --fsync always --confirms

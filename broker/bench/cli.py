@@ -41,7 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--prefetch",
         type=int,
         default=1,
-        help="deliveries in flight per subscriber; 1 is the seed's protocol",
+        help="deliveries in flight per subscriber; 1 is the plain protocol",
     )
     parser.add_argument(
         "--confirms",

@@ -336,7 +336,7 @@ async def replay(bench: Bench) -> Result:
 
 
 async def connections(bench: Bench) -> Result:
-    """--subscribers idle legacy subscribers; what they cost the broker."""
+    """--subscribers idle plain subscribers; what they cost the broker."""
     args = bench.args
     before = bench.broker_rss()
     started = time.perf_counter()

@@ -130,7 +130,7 @@ def _check_publish(topic: str, payload: bytes) -> None:
 class _ClientProtocol(Protocol):
     """Negotiation, decoding and the reactions both roles share.
 
-    `ask` is the Hello to send (None: speak the seed's protocol); `negotiated`
+    `ask` is the Hello to send (None: speak the plain protocol); `negotiated`
     fires with what the server granted, or None without extensions.
     """
 

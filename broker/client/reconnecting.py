@@ -270,7 +270,7 @@ class BrokerClient:
     extensions from where it left off; without them at Current, since the
     seed's deliveries carry no offsets and what was published meanwhile cannot
     be found again. A broker that refuses the extensions (the Go broker) is
-    remembered: the client reconnects and speaks the seed's protocol to it.
+    remembered: the client reconnects and speaks the plain protocol to it.
     """
 
     def __init__(
@@ -395,8 +395,7 @@ class BrokerClient:
         if failure.check(ExtensionsRefused):
             if self.extensions:
                 log.info(
-                    "{where} refused the extensions ({text}); reconnecting with the "
-                    "seed's protocol",
+                    "{where} refused the extensions ({text}); reconnecting with the plain protocol",
                     where=self.where,
                     text=failure.getErrorMessage(),
                 )
@@ -816,7 +815,7 @@ def connect(
 
     extensions: ask for confirms, offsets, prefetch and resume (the default;
     a broker without them is detected and spoken to plainly); False speaks
-    the seed's protocol, in which a publish fires with None once written,
+    the plain protocol, in which a publish fires with None once written,
     whether or not the broker stored it. prefetch: deliveries in
     flight with extensions. retry_policy: seconds to wait before attempt n.
     on_publish_error: called with each Error a publish gets. max_queued:

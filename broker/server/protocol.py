@@ -2,9 +2,23 @@
 for its role; backpressure both ways, timeouts of incomplete frames, and
 refusals.
 
-The seed's frames mix u16 fields with Int32 strings, so `dataReceived`
-hands every byte to one incremental decoder (`broker.wire.ServerDecoder`)
-that walks a single buffer; `MAX_LENGTH` is the broker's message limit.
+It is an `Int32StringReceiver`, as the design card asks, and keeps what
+fits of it: `MAX_LENGTH` is the broker's message limit, and the transport,
+`connectionMade` and `connectionLost` are Twisted's. What the fast path
+replaces, and why:
+
+- `dataReceived`: the plain protocol's frames mix bare u16 fields (actions,
+  acks, start-at) with Int32 strings, so they cannot all be strings. Every
+  byte goes to one incremental decoder (`broker.wire.ServerDecoder`) that
+  walks a single buffer without copying, decodes a read's acks and
+  publishes in runs, and holds an oversized frame's bytes not at all.
+- `stringReceived`: never called, since the decoder cuts the frames.
+- `sendString`: answers are encoded by `broker.wire` a read's worth at a
+  time and written in one write (`broker.transport.direct_writer`), not one
+  length-prefixed string per call.
+- `lengthLimitExceeded`: a frame over the limit is refused with an Error
+  and its bytes skipped as they arrive, where Int32StringReceiver would
+  drop the connection.
 """
 
 from __future__ import annotations

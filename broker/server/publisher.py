@@ -56,7 +56,7 @@ class PublisherSession(Session):
 
     def published(self, topic: str, payloads: list[bytes]) -> None:
         if not all(payloads):
-            # The reference ignores empty messages; a confirming publisher is
+            # The seed ignores empty messages; a confirming publisher is
             # told, in their place.
             for payload in payloads:
                 if payload:
