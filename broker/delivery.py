@@ -274,7 +274,6 @@ class SubscriptionOwner(Protocol):
     def _wake(self, subscription: Subscription) -> None: ...
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # a consumer group's member is one
 class Joinable(Protocol):
     """A consumer group, as a window joins it (broker.groups.ConsumerGroup):
     named here so that this module need not import the groups, which build
@@ -285,6 +284,7 @@ class Joinable(Protocol):
     def join(self, window: DeliveryWindow) -> Subscription: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a consumer group's member is one
 class Subscription:
     """One connection's cursor into one topic's log.
 

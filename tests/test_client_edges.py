@@ -13,8 +13,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 
 from broker import wire
-from broker.client import BrokerUnreachable, QueueFull, connect
-from broker.testing import RunningBroker, start_broker
+from broker.client import BrokerUnreachable, Message, QueueFull, connect
+from broker.testing import InMemoryBroker, RunningBroker, start_broker
 from broker.wire import StartAt
 from tests.conftest import Inbox
 from tests.process import free_port
@@ -187,3 +187,25 @@ def test_wrong_argument_types_are_clear_errors():
         client.publish(b"t", b"x")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         connect(reactor, "127.0.0.1:1", extension=True)  # type: ignore[call-arg]
+
+
+def test_a_subscribe_cut_off_before_its_answer_goes_again_on_the_next_connection(log_lines):
+    """The connection drops with a subscribe unanswered: it is sent again
+    once the client has reconnected, once, and the reactor is never held
+    (the retry used to take the lost connection again at once, for ever)."""
+    broker = InMemoryBroker()
+    client = broker.client(extensions=True, prefetch=4)
+    inbox: list[Message] = []
+    first = client.subscribe(["a"], inbox.append)
+    broker.flush()
+    broker.result(first)
+    second = client.subscribe(["b"], inbox.append)  # written, not answered yet
+    broker.drop_connections()
+    broker.advance(1)  # the client reconnects and asks again
+    assert broker.result(second) is None
+    assert len(log_lines.matching("connection lost before the broker answered")) == 1
+    publisher = broker.client(extensions=True)
+    sent = publisher.publish("b", b"after")
+    broker.flush()
+    assert broker.result(sent) == 0
+    assert [m.payload for m in inbox] == [b"after"]

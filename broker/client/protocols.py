@@ -448,9 +448,11 @@ class SubscriberProtocol(_ClientProtocol):
         self._lost = True
         self._deliveries.clear()
         requests, self._requests = self._requests, deque()
+        # Lost first, then the requests fail: a caller that tries again at
+        # once must not be handed this connection again.
+        super().connectionLost(reason)
         for answered, _, _ in requests:
             answered.errback(reason or ConnectionDone())
-        super().connectionLost(reason)
 
 
 def _acks(result: object, message: Message) -> bool:

@@ -30,6 +30,7 @@ from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapC
 from twisted.internet.error import ConnectionClosed, ConnectionDone
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -181,7 +182,7 @@ class _Role(Generic[P]):
         if self._client.refused is not None:
             return fail(self._client.refused)
         self.start()
-        if self.current is not None:  # perhaps ready at once, as it started
+        if self.current is not None and not self.current.lost.called:  # ready at once
             return succeed(self.current)
         waiter: Deferred[P] = Deferred(self._waiters.remove)
         self._waiters.append(waiter)
@@ -738,6 +739,9 @@ class BrokerClient:
                     if self._closed:
                         raise
                     log.info("connection lost before the broker answered; trying again")
+                # Never again in the same turn: what lost the connection
+                # finishes first (a retry at once could spin on it).
+                await deferLater(self._reactor, 0, lambda: None)
 
         return ensureDeferred(run())
 
