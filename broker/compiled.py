@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from importlib.machinery import EXTENSION_SUFFIXES
 
-HOT_MODULES = ("broker.wire", "broker.delivery")
+HOT_MODULES = ("broker.wire", "broker.core.delivery")
 
 
 def compiled_modules() -> list[str]:

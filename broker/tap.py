@@ -26,7 +26,7 @@ from broker.config import (
     read_environment,
     read_file,
 )
-from broker.delivery import DeliverySettings
+from broker.core.delivery import DeliverySettings
 from broker.listeners import ListenerError, check_port_number, is_tls
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
 from broker.log.redis_settings import (

@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import broker
 from broker import wire
-from broker.delivery import DeliverySettings, DeliveryTimers, DeliveryWindow
+from broker.core.delivery import DeliverySettings, DeliveryTimers, DeliveryWindow
+from broker.core.topics import TopicRegistry
 from broker.server import BrokerFactory, BrokerProtocol, BrokerSettings
 from broker.server.subscriber import SubscriberSession
-from broker.topics import TopicRegistry
 from broker.wire import ServerDecoder, StartAt
 
 try:

@@ -8,7 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from broker.client import BrokerError, connect
-from broker.delivery import DeliverySettings
+from broker.core.delivery import DeliverySettings
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker, start_broker
 from broker.wire import StartAt

@@ -6,7 +6,13 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from broker import wire
-from broker.confirms import SYNC_FAILED, Answer, ConfirmQueue, answers_in_order, answers_of_topic
+from broker.core.confirms import (
+    SYNC_FAILED,
+    Answer,
+    ConfirmQueue,
+    answers_in_order,
+    answers_of_topic,
+)
 from broker.hello import parse_hello_request
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from broker.delivery import (
+from broker.core.delivery import (
     DeadlineQueue,
     Delivery,
     DeliverySettings,
@@ -13,8 +13,8 @@ from broker.delivery import (
     DeliveryWindow,
     ids_from,
 )
+from broker.core.topics import TopicRegistry
 from broker.log import MemoryLog
-from broker.topics import TopicRegistry
 from broker.wire import StartAt
 
 
@@ -317,7 +317,7 @@ def test_a_paused_window_sends_nothing_new_nor_again_until_resumed():
 
 
 def test_read_ahead_is_bounded_in_bytes():
-    from broker.delivery import READ_AHEAD_BYTES
+    from broker.core.delivery import READ_AHEAD_BYTES
 
     registry = TopicRegistry()
     window, sent = _window(Clock(), capacity=1, max_bytes=1 << 30)

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from broker.client import Message, connect
-from broker.delivery import DeliverySettings
+from broker.core.delivery import DeliverySettings
 from broker.log import FileStoreSettings, FsyncPolicy, Retention
 from broker.log.positions import COMPACT_AT, POSITIONS_FILE, Position, PositionStore
 from broker.server import BrokerSettings

@@ -11,8 +11,8 @@ from twisted.internet import reactor
 
 from broker import wire
 from broker.client import BrokerError, Message, connect
-from broker.dead_letters import decode_dead_letter
-from broker.delivery import DeliverySettings
+from broker.core.dead_letters import decode_dead_letter
+from broker.core.delivery import DeliverySettings
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker, start_broker
 from broker.wire import StartAt

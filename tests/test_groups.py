@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from broker.client import Message, connect
-from broker.delivery import DeliverySettings
+from broker.core.delivery import DeliverySettings
 from broker.monitoring.metrics import snapshot
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker, start_broker

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.input_budget import InputBudget
+from broker.core.input_budget import InputBudget
 
 
 class Reader:

@@ -3,7 +3,7 @@ those only for type checkers): no import cycles, and no layer reaching up.
 
     app       broker.service, broker.tap, broker.config, broker.log_output, ...
     doors     broker.server (TCP), broker.monitoring
-    core      broker.core, topics, delivery, groups, durable, dead_letters, ...
+    core      broker.core: the Broker, topics, deliveries, groups, dead letters, ...
     ground    broker.log (the message stores), broker.wire (the protocol),
               broker.names, broker.subjects
     client    broker.client: the wire, the names and TLS, nothing of the broker
@@ -22,15 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "broker"
 
-CORE = (
-    "broker.core",
-    "broker.topics",
-    "broker.delivery",
-    "broker.groups",
-    "broker.dead_letters",
-    "broker.confirms",
-    "broker.input_budget",
-)
+CORE = ("broker.core",)
 DOORS = ("broker.server", "broker.monitoring")
 APP = ("broker.service", "broker.tap", "broker.testing", "broker.pytest_plugin", "broker.bench")
 # What the core may not reach: the doors, the app, and Twisted's transports.

@@ -26,7 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from broker.client import Message, connect
-from broker.delivery import DeliverySettings
+from broker.core.delivery import DeliverySettings
 from broker.monitoring import site
 from broker.server import BrokerSettings
 from broker.service import BrokerService

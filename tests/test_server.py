@@ -11,7 +11,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 
 from broker import wire
-from broker.delivery import DeliverySettings
+from broker.core.delivery import DeliverySettings
 from broker.server import BrokerFactory, BrokerSettings
 from broker.testing import start_broker
 from broker.wire import StartAt

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from broker.client import Message, connect
-from broker.delivery import DeliverySettings
+from broker.core.delivery import DeliverySettings
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker, RunningBroker
 from broker.wire import StartAt

@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 
 from broker import wire
-from broker.delivery import DeliverySettings
+from broker.core.delivery import DeliverySettings
 from broker.server import BrokerSettings
 from broker.testing import start_broker
 from tests.raw import RawConnection, connect_raw

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 
 from broker.bench.scenarios import Bench
 from broker.client import BrokerError, Message, connect
-from broker.delivery import DeliverySettings
+from broker.core.delivery import DeliverySettings
 from broker.permissions import Rules
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker, start_broker

@@ -16,14 +16,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from broker.auth import Authenticator
+from broker.core.dead_letters import DeadLetterPolicy, encode_dead_letter
+from broker.core.delivery import Delivery, DeliveryTimers
+from broker.core.groups import GroupRegistry
+from broker.core.input_budget import InputBudget
 from broker.core.settings import BrokerSettings
 from broker.core.stats import BrokerStats
-from broker.dead_letters import DeadLetterPolicy, encode_dead_letter
-from broker.delivery import Delivery, DeliveryTimers
-from broker.groups import GroupRegistry
-from broker.input_budget import InputBudget
+from broker.core.topics import TooManyTopics, TopicRegistry
 from broker.log import IMessageStore, MemoryStore, StoreError
-from broker.topics import TooManyTopics, TopicRegistry
 from broker.users import Users
 
 log = Logger()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from broker.dead_letters import DEFAULT_TEMPLATE
-from broker.delivery import DEFAULT_MAX_INFLIGHT_BYTES, DeliverySettings
+from broker.core.dead_letters import DEFAULT_TEMPLATE
+from broker.core.delivery import DEFAULT_MAX_INFLIGHT_BYTES, DeliverySettings
 from broker.log import DEFAULT_MEMORY_RETENTION, Retention
 
 

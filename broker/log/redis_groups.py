@@ -6,7 +6,7 @@ Each group of a topic is a Redis Streams consumer group on the topic's log;
 each node is one consumer in it (named after the node, so a restarted node
 takes back what it had claimed). A node claims whole batches with
 XREADGROUP as its members have room, hands their messages to its members
-(broker.groups does that), and acknowledges a batch with XACK once every
+(broker.core.groups does that), and acknowledges a batch with XACK once every
 message of it is done. What a node that died had claimed is claimed by
 another with XAUTOCLAIM once it has been idle `claim_idle` seconds; a node
 keeps its own claims fresh meanwhile. Delivery is at least once: a batch
@@ -35,7 +35,7 @@ CLAIM_BATCHES = 8
 
 
 class GrowingTopic(Protocol):
-    """The topic a group cursor reads (broker.topics.Topic, in the layer
+    """The topic a group cursor reads (broker.core.topics.Topic, in the layer
     above the logs): it wakes its waiters when it grows."""
 
     def wait(self, waiter: Any) -> None: ...

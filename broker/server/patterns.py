@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from broker.dead_letters import DeadLetterPolicy
-from broker.delivery import DeliveryWindow
+from broker.core.dead_letters import DeadLetterPolicy
+from broker.core.delivery import DeliveryWindow
+from broker.core.topics import Topic, TopicRegistry
 from broker.subjects import PatternIndex
-from broker.topics import Topic, TopicRegistry
 from broker.wire import StartAt
 
 # Joins the window to a consumer group of a topic, from a start.

@@ -12,10 +12,10 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from broker.confirms import Answer, ConfirmQueue, answers_in_order, answers_of_topic
+from broker.core.confirms import Answer, ConfirmQueue, answers_in_order, answers_of_topic
+from broker.core.topics import TooManyTopics
 from broker.log import StoreError
 from broker.server.session import Session
-from broker.topics import TooManyTopics
 from broker.transport import direct_writer
 from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error, total_size
 

@@ -3,7 +3,7 @@ frames that carry them, and what to do when its output fills. With a users
 file, a subscribe naming any topic the user may not read is refused whole
 (and closes the connection if the user may read nothing at all), a reload
 that withdraws a topic ends its subscription, reading a dead-letter topic
-needs the right to read its parent (see broker.dead_letters), and group and
+needs the right to read its parent (see broker.core.dead_letters), and group and
 durable names are the user's own unless the file shares them (see
 broker.users). A subscription to a topic that does not exist creates none:
 it waits, costing no topic, until a publish creates it, and takes it from
@@ -20,12 +20,12 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from broker.delivery import Delivery, DeliveryWindow, Subscription
+from broker.core.delivery import Delivery, DeliveryWindow, Subscription
+from broker.core.topics import TooManyTopics, Topic
 from broker.names import DURABLE_PREFIX, group_name_problem, parse_group_name
 from broker.server.patterns import PatternSubscriptions
 from broker.server.session import Session, cancel_call
 from broker.subjects import PatternError, check_pattern, is_pattern
-from broker.topics import TooManyTopics, Topic
 from broker.transport import direct_writer
 from broker.wire import (
     ERR_DURABLE_NOT_JOINED,

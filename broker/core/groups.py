@@ -22,9 +22,9 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from broker.delivery import Delivery, DeliveryWindow, Subscription, start_position
+from broker.core.delivery import Delivery, DeliveryWindow, Subscription, start_position
+from broker.core.topics import Topic
 from broker.log.positions import Position, PositionStore
-from broker.topics import Topic
 from broker.wire import StartAt
 
 log = Logger()

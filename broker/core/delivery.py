@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from broker.topics import Topic
+from broker.core.topics import Topic
 from broker.wire import StartAt, total_size
 
 log = Logger()
@@ -275,7 +275,7 @@ class SubscriptionOwner(Protocol):
 
 
 class Joinable(Protocol):
-    """A consumer group, as a window joins it (broker.groups.ConsumerGroup):
+    """A consumer group, as a window joins it (broker.core.groups.ConsumerGroup):
     named here so that this module need not import the groups, which build
     on it."""
 
