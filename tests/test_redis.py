@@ -465,6 +465,30 @@ async def test_a_group_shares_its_messages_between_members_on_two_nodes(redis_se
         await gatherResults([a.stop(), b.stop()])
 
 
+def _wait_until_acked_in_redis(
+    directory: Path, prefix: str, topic: str, group: str, below: int, timeout: float = 10.0
+) -> None:
+    """Until no batch holding only offsets below `below` is pending in the
+    group (each was XACKed): read from the primary that holds the topic."""
+    import time
+
+    import redis
+
+    key = topic_keys(prefix, topic).log
+    with redis.Redis(port=servers.primary_for_slot(directory, key_slot(key.encode()))) as client:
+        done = {
+            entry_id
+            for entry_id, fields in client.xrange(key)
+            if int(entry_id.split(b"-")[0]) - 1 + int(fields[b"n"]) <= below
+        }
+        deadline = time.monotonic() + timeout
+        while done & {
+            row["message_id"] for row in client.xpending_range(key, group, "-", "+", 10_000)
+        }:
+            assert time.monotonic() < deadline, "the acked batches stayed pending in Redis"
+            time.sleep(0.05)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_durable_consumer_resumes_on_another_node_when_its_node_dies(
     redis_servers, tmp_path
@@ -491,6 +515,16 @@ async def test_a_durable_consumer_resumes_on_another_node_when_its_node_dies(
                 [publisher.publish("audit", b"%d" % (chunk * 100 + i)) for i in range(100)]
             )
         await on_a.wait(550)  # 500 acked, 50 in flight unanswered
+        # The node acks a batch in Redis (XACK) once all of it is acked, in
+        # the background: killed before that, it would be delivered again.
+        await deferToThread(
+            _wait_until_acked_in_redis,
+            redis_servers["dir"],
+            a.prefix,
+            "audit",
+            "durable:auditor",
+            500,
+        )
         await a.kill()
         second = connect(reactor, b.endpoint, extensions=True, prefetch=50)
         on_b = Received()
