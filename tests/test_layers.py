@@ -181,3 +181,15 @@ def test_the_client_needs_nothing_of_the_broker():
         and not _within(edge.imported, CLIENT_MAY_IMPORT)
     ]
     assert outside == []
+
+
+def test_every_package_is_installed():
+    """`pip install .` installs the packages pyproject.toml lists, and only
+    those: a package missing there is missing for every user."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    packages = {_module_name(path.parent / "__init__.py") for path in PACKAGE.rglob("__init__.py")}
+    assert packages - listed == set()
