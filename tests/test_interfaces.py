@@ -45,6 +45,16 @@ def test_message_stores_provide_imessagestore(tmp_path):
     assert redis.waiting_for() == "Redis"  # never started
 
 
+def test_only_the_redis_log_keeps_consumer_groups_itself():
+    from zope.interface.verify import verifyClass
+
+    from broker.log import ISharedGroupLog
+    from broker.log.redis import RedisLog
+
+    assert verifyClass(ISharedGroupLog, RedisLog)
+    assert not ISharedGroupLog.providedBy(MemoryLog())
+
+
 def test_the_output_backpressure_is_a_push_producer():
     protocol = BrokerFactory(clock=Clock()).buildProtocol(None)
     assert verifyObject(IPushProducer, _OutputBackpressure(protocol))

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from broker.core.delivery import Delivery, DeliveryWindow, Subscription, start_position
 from broker.core.topics import Topic
+from broker.log.interface import ISharedGroupLog
 from broker.log.positions import Position, PositionStore
 from broker.wire import StartAt
 
@@ -204,8 +205,8 @@ class GroupRegistry:
         group = self._groups.get(key)
         if group is not None:
             return group
-        shared_cursor = getattr(topic.log, "group_cursor", None)
-        if shared_cursor is not None:
+        if ISharedGroupLog.providedBy(topic.log):
+            shared_cursor = topic.log.group_cursor
             # The store keeps the group (and a durable consumer's place) for
             # every node: no position is kept here.
             where = {StartAt.BEGINNING: "beginning", StartAt.CURRENT: "current"}.get(start, "from")

@@ -100,6 +100,19 @@ class IMessageLog(Interface):
         """Make everything durable that can be, and release what is held open."""
 
 
+class ISharedGroupLog(IMessageLog):
+    """A log whose store keeps consumer groups itself, for every node that
+    shares it (Redis's consumer groups): the broker's groups then read
+    through the store's cursor instead of keeping a position of their own."""
+
+    def group_cursor(topic, group, start, wake, clock):
+        """The cursor of consumer group `group` of this log for this node's
+        members: `take()` gives (offset, payload) or None, and more (see
+        broker.log.redis_groups.RedisGroupCursor). `start` says where a new
+        group begins: ("beginning", 0), ("current", 0) or ("from", offset);
+        `wake()` is called when messages come."""
+
+
 class IMessageStore(Interface):
     """Where one broker keeps its topics and its durable consumers'
     positions: in memory, in files, or in Redis, shared by the broker's

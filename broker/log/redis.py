@@ -37,8 +37,8 @@ from zope.interface import implementer
 from broker.log.batch_cache import BatchCache
 from broker.log.interface import (
     OUTCOME_UNKNOWN,
-    IMessageLog,
     IMessageStore,
+    ISharedGroupLog,
     StoreError,
     StoreOutcomeUnknown,
 )
@@ -139,7 +139,7 @@ def store_error(failure: Failure, timeout: float) -> StoreError:
     return StoreError(f"could not store message: Redis: {error}")
 
 
-@implementer(IMessageLog)
+@implementer(ISharedGroupLog)
 class RedisLog:
     """One topic's log in Redis, as one node sees it.
 
