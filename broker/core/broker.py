@@ -24,7 +24,9 @@ from broker.core.settings import BrokerSettings
 from broker.core.stats import BrokerStats
 from broker.core.topics import TooManyTopics, TopicRegistry
 from broker.log import IMessageStore, MemoryStore, StoreError
+from broker.permissions import Rules
 from broker.users import Users
+from broker.wire import ERR_PERMISSION_DENIED
 
 log = Logger()
 
@@ -71,6 +73,20 @@ class Broker:
         store.start()
         self.registry.reopen(store.held_topics())
         store.follow_new_topics(self.registry.discover)
+
+    def publish_refusal(self, topic: str, may_publish: Rules | None) -> str | None:
+        """Why a publisher whose user has the rights `may_publish` (None: no
+        users file) may not publish to `topic`, as the Error that says so;
+        None if it may. Every front door asks this before it appends."""
+        if self.dead_letters.is_dead_letter_topic(topic):
+            # Only the broker writes dead letters: none may be forged.
+            return (
+                f"{ERR_PERMISSION_DENIED}: publish to {topic!r}: "
+                "only the broker writes dead-letter topics"
+            )
+        if may_publish is not None and not may_publish.permits(topic):
+            return f"{ERR_PERMISSION_DENIED}: publish to {topic!r}"
+        return None
 
     def dead_letter(self, delivery: Delivery, reason: str, subscriber: str) -> str | None:
         """Append a given-up message to its dead-letter topic; return that

@@ -108,22 +108,14 @@ class PublisherSession(Session):
         stats = self.broker.stats
         confirms = self._confirms
         may_publish = self._may_publish
-        dead_letters = self.broker.dead_letters
+        publish_refusal = self.broker.publish_refusal
         firsts: dict[str, int | str] = {}
         committed_of: dict[str, Deferred[None]] = {}
         stored_later: dict[str, Deferred[int | str]] = {}
         for topic, payloads in batch.items():
-            if dead_letters.is_dead_letter_topic(topic):
-                # Only the broker writes dead letters: none may be forged.
-                refusal = firsts[topic] = (
-                    f"{ERR_PERMISSION_DENIED}: publish to {topic!r}: "
-                    "only the broker writes dead-letter topics"
-                )
-            elif may_publish is not None and not may_publish.permits(topic):
-                refusal = firsts[topic] = f"{ERR_PERMISSION_DENIED}: publish to {topic!r}"
-            else:
-                refusal = None
+            refusal = publish_refusal(topic, may_publish)
             if refusal is not None:
+                firsts[topic] = refusal
                 self.protocol.log_refusal(f"{refusal} ({len(payloads)} message(s))")
                 stats.refusals[ERR_PERMISSION_DENIED] += len(payloads)
                 if confirms is None:
