@@ -34,7 +34,7 @@ from tests import redis_servers as servers
 from tests.conftest import Inbox
 from tests.process import free_port, spawn_broker
 from tests.redis_nodes import Node, start_nodes, unique_prefix
-from tests.test_monitoring import get, get_json
+from tests.system.test_monitoring import get, get_json
 
 # The pure pieces.
 
@@ -196,7 +196,7 @@ async def test_publishers_on_both_nodes_get_dense_offsets_in_their_own_order(
 
 @pytest_twisted.ensureDeferred
 async def test_the_legacy_transcripts_replay_byte_for_byte_on_redis(redis_servers, tmp_path):
-    from tests.test_transcripts import replay
+    from tests.integration.test_transcripts import replay
 
     scale = 0.25
     node = await Node(

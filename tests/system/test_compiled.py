@@ -18,7 +18,7 @@ import pytest
 from broker import wire
 from broker.compiled import HOT_MODULES, compiled_modules, describe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_suite_runs_on_the_build_ci_asked_for() -> None:

@@ -25,7 +25,7 @@ from broker.wire import StartAt
 from tests import redis_servers as servers
 from tests.process import free_port
 from tests.redis_nodes import Node, start_nodes
-from tests.test_monitoring import get
+from tests.system.test_monitoring import get
 
 MESSAGES = 100_000
 TOPIC = "chaos"

@@ -19,7 +19,7 @@ from broker.testing import start_broker
 from broker.wire import StartAt
 from tests.conftest import Inbox
 from tests.process import ROOT, free_port, spawn, spawn_broker, twistd
-from tests.test_monitoring import read_body
+from tests.system.test_monitoring import read_body
 
 EXAMPLE = str(ROOT / "example" / "pubsub.py")
 

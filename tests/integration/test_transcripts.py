@@ -16,7 +16,7 @@ from broker.server import BrokerSettings
 from broker.testing import start_broker
 from tests.raw import RawConnection, connect_raw
 
-TRANSCRIPTS = json.loads((Path(__file__).parent / "data" / "transcripts.json").read_text())
+TRANSCRIPTS = json.loads((Path(__file__).parents[1] / "data" / "transcripts.json").read_text())
 SCENARIOS = TRANSCRIPTS["scenarios"]
 QUIET = 0.5  # the recording's "nothing within 0.5 s", at the seed's timings
 

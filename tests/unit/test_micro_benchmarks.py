@@ -7,7 +7,7 @@ from __future__ import annotations
 from broker import wire
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, MemoryLog, Retention
 from broker.wire import ServerDecoder, StartAt
-from tests.test_scripts import load_script
+from tests.system.test_scripts import load_script
 
 PAYLOAD = b"x" * 100
 BURST = wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("bench", PAYLOAD) * 1000

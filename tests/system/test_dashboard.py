@@ -25,7 +25,7 @@ from broker.service import BrokerService
 from broker.wire import StartAt
 from tests.conftest import HeldAnswers
 from tests.process import free_port
-from tests.test_monitoring import users_file
+from tests.system.test_monitoring import users_file
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.process import ROOT, free_port
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "count_instructions.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "count_instructions.py"
 
 
 def load_script():

@@ -1,0 +1,1 @@
+"""Tests of one piece alone: pure, fast, on a fake clock; no sockets."""
