@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from broker.log.interface import FsyncPolicy, IMessageLog, IMessageStore, Retention, StoreError
+from broker.log.interface import (
+    FsyncPolicy,
+    IMessageLog,
+    IMessageStore,
+    OneNodeStore,
+    Retention,
+    StoreError,
+)
 from broker.log.positions import PositionStore
 from broker.log.records import encode_records
 from broker.log.segment import INDEX_EVERY, SEGMENT_NAME, Segment
@@ -406,7 +413,7 @@ def _fsync_directory(directory: Path) -> None:
 
 
 @implementer(IMessageStore)
-class FileStore:
+class FileStore(OneNodeStore):
     """The data directory: one FileLog per topic, found again at start, and
     the durable consumers' positions in `consumers.jsonl` beside them."""
 
@@ -442,15 +449,6 @@ class FileStore:
 
     def held_topics(self) -> list[str]:
         return self.topic_names()
-
-    def shared_topics(self) -> Iterable[str]:
-        return ()
-
-    def follow_new_topics(self, told: Callable[[str], None]) -> None:
-        pass
-
-    def waiting_for(self) -> str | None:
-        return None
 
     def sync(self) -> None:
         self.sync_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -154,3 +155,17 @@ class IMessageStore(Interface):
 
     def close():
         """Stop, once the logs are closed: a Deferred that fires once it has."""
+
+
+class OneNodeStore:
+    """What the stores of one node (memory, files) answer alike: no other
+    node makes topics in them, and they never wait for anything."""
+
+    def shared_topics(self) -> Iterable[str]:
+        return ()
+
+    def follow_new_topics(self, told: Callable[[str], None]) -> None:
+        pass
+
+    def waiting_for(self) -> str | None:
+        return None

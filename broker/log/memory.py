@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from broker.log.interface import IMessageLog, IMessageStore, Retention
+from broker.log.interface import IMessageLog, IMessageStore, OneNodeStore, Retention
 from broker.log.positions import PositionStore
 from broker.wire import total_size
 
@@ -126,7 +126,7 @@ class MemoryLog:
 
 
 @implementer(IMessageStore)
-class MemoryStore:
+class MemoryStore(OneNodeStore):
     """Every topic in memory, each log bounded by `retention`; durable
     positions in memory too."""
 
@@ -149,15 +149,6 @@ class MemoryStore:
 
     def held_topics(self) -> Iterable[str]:
         return ()
-
-    def shared_topics(self) -> Iterable[str]:
-        return ()
-
-    def follow_new_topics(self, told: Callable[[str], None]) -> None:
-        pass
-
-    def waiting_for(self) -> str | None:
-        return None
 
     def sync(self) -> None:
         pass

@@ -115,9 +115,7 @@ def snapshot(factory: BrokerFactory) -> dict[str, Any]:
         "other_messages": sum(t.log.next_offset - t.log.first_offset for t in others),
         "other_bytes": sum(t.log.bytes_held for t in others),
         "uncommitted": sum(t.log.next_offset - t.log.committed_offset for t in topics),
-        "shared_store": status
-        if (status := factory.broker.store.status())["kind"] == "redis"
-        else None,
+        "store": factory.broker.store.status(),
         "groups": len(factory.broker.groups),
         "durable_consumers": len(factory.broker.groups.positions),
         "patterns": len(factory.broker.registry.patterns),
@@ -159,10 +157,10 @@ class BrokerCollector(Collector):
         yield roles
         for name, documentation, key in _GAUGES:
             yield GaugeMetricFamily(name, documentation, value=state[key])
-        shared = state["shared_store"]
-        if shared is not None:
+        store = state["store"]
+        if store["kind"] == "redis":
             for name, documentation, key in _REDIS_GAUGES:
-                yield GaugeMetricFamily(name, documentation, value=int(shared[key]))
+                yield GaugeMetricFamily(name, documentation, value=int(store[key]))
         yield from self._per_topic(state)
 
     def _per_topic(self, state: dict[str, Any]) -> Iterator[Metric]:

@@ -7,7 +7,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.task import Clock
-from zope.interface.verify import verifyObject
+from zope.interface.verify import verifyClass, verifyObject
 
 from broker.client.reconnecting import _ReportingEndpoint
 from broker.log import (
@@ -15,9 +15,11 @@ from broker.log import (
     FileStoreSettings,
     IMessageLog,
     IMessageStore,
+    ISharedGroupLog,
     MemoryLog,
     MemoryStore,
 )
+from broker.log.redis import RedisLog, RedisStore
 from broker.log.redis_settings import RedisStoreSettings, parse_redis_url
 from broker.server import BrokerFactory
 from broker.server.protocol import _OutputBackpressure
@@ -36,8 +38,6 @@ def test_message_logs_provide_imessagelog(tmp_path):
 def test_message_stores_provide_imessagestore(tmp_path):
     """Memory, files and Redis behind one interface (made, not opened: the
     Redis store connects only when started)."""
-    from broker.log.redis import RedisStore
-
     redis = RedisStore(RedisStoreSettings(parse_redis_url("redis://127.0.0.1:1")))
     for store in (MemoryStore(), FileStore(tmp_path, FileStoreSettings(), reactor), redis):
         assert verifyObject(IMessageStore, store)
@@ -46,11 +46,6 @@ def test_message_stores_provide_imessagestore(tmp_path):
 
 
 def test_only_the_redis_log_keeps_consumer_groups_itself():
-    from zope.interface.verify import verifyClass
-
-    from broker.log import ISharedGroupLog
-    from broker.log.redis import RedisLog
-
     assert verifyClass(ISharedGroupLog, RedisLog)
     assert not ISharedGroupLog.providedBy(MemoryLog())
 

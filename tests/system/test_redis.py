@@ -9,10 +9,12 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import pytest_twisted
+import redis
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
@@ -22,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from broker.client import BrokerError, Message, OutcomeUnknown, connect
+from broker.log.redis import layout_refusal
 from broker.log.redis_settings import (
     PASSWORD_VARIABLE,
     pack_batch,
@@ -470,10 +473,6 @@ def _wait_until_acked_in_redis(
 ) -> None:
     """Until no batch holding only offsets below `below` is pending in the
     group (each was XACKed): read from the primary that holds the topic."""
-    import time
-
-    import redis
-
     key = topic_keys(prefix, topic).log
     with redis.Redis(port=servers.primary_for_slot(directory, key_slot(key.encode()))) as client:
         done = {
@@ -725,10 +724,6 @@ async def test_a_publish_that_may_have_been_stored_is_not_a_clean_refusal(redis_
 def test_redis_py_refusals_that_mean_the_cluster_moved_are_known(redis_servers):
     """redis-py turns MOVED into a MovedError whose text is only "SLOT
     HOST:PORT": the store must know it by its class (and say what it was)."""
-    import redis
-
-    from broker.log.redis import layout_refusal
-
     directory = redis_servers["dir"]
     slot = key_slot(b"moved-key")
     owner = servers.primary_for_slot(directory, slot)
