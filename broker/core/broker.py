@@ -10,10 +10,12 @@ calls it; the Broker never sees a frame or a socket, so another door
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from broker.auth import Authenticator
 from broker.core.dead_letters import DeadLetterPolicy, encode_dead_letter
@@ -26,9 +28,24 @@ from broker.core.topics import TooManyTopics, TopicRegistry
 from broker.log import IMessageStore, MemoryStore, StoreError
 from broker.permissions import Rules
 from broker.users import Users
-from broker.wire import ERR_PERMISSION_DENIED
+from broker.wire import ERR_PERMISSION_DENIED, total_size
 
 log = Logger()
+
+
+@dataclass(slots=True)
+class Appended:
+    """What became of one batch a door asked the broker to append: stored
+    from offset `first` (an int now, or a Deferred of the offset, or of the
+    Error text if the store refuses it later), or refused (`refusal`, the
+    Error that says why, nothing stored). `committed`, when asked for, fires
+    once the batch is as safe as the store makes it (fsynced)."""
+
+    first: int | Deferred[int | str] | None = None
+    refusal: str | None = None
+    committed: Deferred[None] | None = None
+    size: int = 0
+    """The payloads' bytes, if stored."""
 
 
 class Broker:
@@ -87,6 +104,62 @@ class Broker:
         if may_publish is not None and not may_publish.permits(topic):
             return f"{ERR_PERMISSION_DENIED}: publish to {topic!r}"
         return None
+
+    def append(
+        self,
+        topic: str,
+        payloads: list[bytes],
+        may_publish: Rules | None,
+        publisher: str,
+        commit: bool = False,
+    ) -> Appended:
+        """Append a batch to `topic` for a publisher (named `publisher` in
+        the log) whose user has the rights `may_publish` (None: no users
+        file); with `commit`, say when it is committed. Counted in the
+        stats whatever becomes of it."""
+        stats = self.stats
+        refusal = self.publish_refusal(topic, may_publish)
+        if refusal is not None:
+            stats.refusals[ERR_PERMISSION_DENIED] += len(payloads)
+            return Appended(refusal=refusal)
+        try:
+            stored = self.registry.get(topic)
+            first = stored.append(payloads)
+        except (TooManyTopics, StoreError) as error:
+            self._store_refused(topic, len(payloads), error, publisher)
+            return Appended(refusal=str(error))
+        size = total_size(payloads)
+        stats.published_messages += len(payloads)
+        stats.published_bytes += size
+        if isinstance(first, Deferred):  # a networked store answers later
+            later: Deferred[int | str] = first.addErrback(
+                self._stored_later_failed, topic, len(payloads), publisher
+            )
+            return Appended(first=later, size=size)
+        committed = None
+        if commit and stored.log.committed_offset < first + len(payloads):
+            committed = stored.log.flush()
+        return Appended(first=first, committed=committed, size=size)
+
+    def _store_refused(self, topic: str, count: int, error: Exception, publisher: str) -> None:
+        """Count and log a batch the store refused."""
+        self.stats.refusals[str(error).partition(":")[0]] += count
+        log.warn(
+            "{peer}: {n} message(s) to {topic!r} refused: {error}",
+            peer=publisher,
+            n=count,
+            topic=topic,
+            error=error,
+        )
+
+    def _stored_later_failed(self, failure: Failure, topic: str, count: int, publisher: str) -> str:
+        error = (
+            failure.value
+            if isinstance(failure.value, StoreError)
+            else StoreError(str(failure.value))
+        )
+        self._store_refused(topic, count, error, publisher)
+        return str(error)
 
     def dead_letter(self, delivery: Delivery, reason: str, subscriber: str) -> str | None:
         """Append a given-up message to its dead-letter topic; return that

@@ -322,7 +322,6 @@ class BrokerProtocol(Int32StringReceiver):
             self,
             extended=hello is not None,
             prefetch=hello.prefetch if hello else 1,
-            may_subscribe=user.subscribe if user is not None else None,
             patterns=bool(hello and hello.patterns),
             groups=bool(hello and hello.groups),
             user=user,

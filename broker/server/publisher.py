@@ -10,14 +10,11 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from broker.core.confirms import Answer, ConfirmQueue, answers_in_order, answers_of_topic
-from broker.core.topics import TooManyTopics
-from broker.log import StoreError
 from broker.server.session import Session
 from broker.transport import direct_writer
-from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error, total_size
+from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error
 
 if TYPE_CHECKING:
     from broker.permissions import Rules
@@ -104,43 +101,37 @@ class PublisherSession(Session):
     def _append_batch(self) -> None:
         batch = self._batch
         self._batch = {}
-        registry = self.broker.registry
-        stats = self.broker.stats
         confirms = self._confirms
+        answered = confirms is not None
         may_publish = self._may_publish
-        publish_refusal = self.broker.publish_refusal
+        append = self.broker.append
+        peer = self.peer
         firsts: dict[str, int | str] = {}
         committed_of: dict[str, Deferred[None]] = {}
         stored_later: dict[str, Deferred[int | str]] = {}
         for topic, payloads in batch.items():
-            refusal = publish_refusal(topic, may_publish)
+            appended = append(topic, payloads, may_publish, peer, commit=answered)
+            refusal = appended.refusal
             if refusal is not None:
                 firsts[topic] = refusal
-                self.protocol.log_refusal(f"{refusal} ({len(payloads)} message(s))")
-                stats.refusals[ERR_PERMISSION_DENIED] += len(payloads)
-                if confirms is None:
+                if refusal.startswith(ERR_PERMISSION_DENIED):
+                    self.protocol.log_refusal(f"{refusal} ({len(payloads)} message(s))")
+                if not answered:
+                    # Without confirms, one Error per message, as it counts them.
                     self.protocol.transport.write(encode_error(refusal) * len(payloads))
                 continue
-            try:
-                stored = registry.get(topic)
-                first = stored.append(payloads)
-            except (TooManyTopics, StoreError) as error:
-                firsts[topic] = str(error)
-                self._store_refused(topic, len(payloads), error, answered=confirms is not None)
-                continue
-            size = total_size(payloads)
             self.messages += len(payloads)
-            self.bytes += size
-            stats.published_messages += len(payloads)
-            stats.published_bytes += size
+            self.bytes += appended.size
+            first = appended.first
             if isinstance(first, Deferred):  # a networked store answers later
-                stored_later[topic] = first.addErrback(
-                    self._stored_later_failed, topic, len(payloads), confirms is not None
-                )
+                if not answered:
+                    first.addCallback(self._unanswered_later, len(payloads))
+                stored_later[topic] = first
                 continue
+            assert first is not None
             firsts[topic] = first
-            if confirms is not None and stored.log.committed_offset < first + len(payloads):
-                committed_of[topic] = stored.log.flush()
+            if appended.committed is not None:
+                committed_of[topic] = appended.committed
         if confirms is not None:
             order, self._order = self._order, []
             if confirms.by_topic:
@@ -188,28 +179,12 @@ class PublisherSession(Session):
             else:
                 confirms.add(_answers_once(later, numbers), committed, topic)
 
-    def _store_refused(self, topic: str, count: int, error: Exception, answered: bool) -> None:
-        """Count and log a batch the store refused; a publisher without
-        confirms gets one Error per message, as it counts them."""
-        self.broker.stats.refusals[str(error).partition(":")[0]] += count
-        log.warn(
-            "{peer}: {n} message(s) to {topic!r} refused: {error}",
-            peer=self.peer,
-            n=count,
-            topic=topic,
-            error=error,
-        )
-        if not answered:
-            self.protocol.transport.write(encode_error(str(error)) * count)
-
-    def _stored_later_failed(self, failure: Failure, topic: str, count: int, answered: bool) -> str:
-        error = (
-            failure.value
-            if isinstance(failure.value, StoreError)
-            else StoreError(str(failure.value))
-        )
-        self._store_refused(topic, count, error, answered)
-        return str(error)
+    def _unanswered_later(self, outcome: int | str, count: int) -> int | str:
+        """A publisher without confirms is told of a batch the store refused
+        later by one Error per message."""
+        if isinstance(outcome, str):
+            self.protocol.transport.write(encode_error(outcome) * count)
+        return outcome
 
 
 def _answers_once(stored: Deferred[int | str], sequences: list[int]) -> Deferred[list[Answer]]:

@@ -11,9 +11,9 @@ import pytest
 from twisted.internet.protocol import Factory, Protocol
 
 from broker.client import Message
+from broker.core.consumer import MAX_AWAITED_TOPICS
 from broker.permissions import Rules
 from broker.server import BrokerSettings
-from broker.server.subscriber import MAX_AWAITED_TOPICS
 from broker.testing import InMemoryBroker
 from broker.users import (
     DEFAULT_MAX_DURABLES,

@@ -1,4 +1,4 @@
-"""One subscriber's pattern subscriptions alone (broker.server.patterns):
+"""One subscriber's pattern subscriptions alone (broker.core.patterns):
 a window, a registry and a fake clock, no connection."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from twisted.internet.task import Clock
 
 from broker.core.dead_letters import DeadLetterPolicy
 from broker.core.delivery import Delivery, DeliverySettings, DeliveryTimers, DeliveryWindow
+from broker.core.patterns import PatternSubscriptions
 from broker.core.topics import TopicRegistry
-from broker.server.patterns import PatternSubscriptions
 from broker.wire import StartAt
 
 
