@@ -32,7 +32,6 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from broker.hello import HelloRequest
 from broker.tls import certificate_identity
 from broker.users import (
     ANONYMOUS,
@@ -44,6 +43,7 @@ from broker.users import (
     verify_secret,
     verify_token,
 )
+from broker.wire.hello import HelloRequest
 
 T = TypeVar("T")
 RunBlocking = Callable[..., "Deferred[Any]"]

@@ -8,7 +8,15 @@ from __future__ import annotations
 import importlib
 from importlib.machinery import EXTENSION_SUFFIXES
 
-HOT_MODULES = ("broker.wire", "broker.core.delivery")
+HOT_MODULES = (
+    "broker.wire.codes",
+    "broker.wire.topic_names",
+    "broker.wire.frames",
+    "broker.wire.decoder",
+    "broker.wire.server",
+    "broker.wire.client",
+    "broker.core.delivery",
+)
 
 
 def compiled_modules() -> list[str]:

@@ -25,8 +25,8 @@ from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
 from broker.auth import AuthenticationFailed, Authenticator
-from broker.hello import HelloRequest
 from broker.users import User
+from broker.wire.hello import HelloRequest
 
 # Names every monitor answers to: the loopback interface's.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")

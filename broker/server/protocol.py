@@ -36,7 +36,6 @@ from zope.interface import implementer
 
 from broker import __version__
 from broker.auth import AuthenticationFailed
-from broker.hello import HelloRequest, parse_hello_request
 from broker.server.publisher import PublisherSession
 from broker.server.session import Session, cancel_call
 from broker.server.subscriber import SubscriberSession
@@ -58,6 +57,7 @@ from broker.wire import (
     encode_error,
     encode_hello,
 )
+from broker.wire.hello import HelloRequest, parse_hello_request
 
 if TYPE_CHECKING:
     from broker.core import Broker

@@ -390,7 +390,7 @@ def test_a_refused_client_backs_off_further_with_each_refusal():
 
 
 def _signing_in(authenticator, answers: list, at: dict, clock: Clock, user: str, password: str):
-    from broker.hello import HelloRequest
+    from broker.wire.hello import HelloRequest
 
     index = len(answers)
     answer = authenticator.authenticate("10.0.0.9", HelloRequest(user=user, password=password))
@@ -453,7 +453,7 @@ def test_a_success_forgives_only_the_failures_of_the_user_who_succeeded():
 
 
 def _token_request():
-    from broker.hello import HelloRequest
+    from broker.wire.hello import HelloRequest
 
     return HelloRequest(token=TOKEN)
 
@@ -462,7 +462,7 @@ def test_a_sign_in_is_decided_against_the_users_file_in_force_when_it_completes(
     """A reload while a password is being checked: a user removed meanwhile
     is refused, one whose rights narrowed gets the narrower rights."""
     from broker.auth import AuthenticationFailed, Authenticator
-    from broker.hello import HelloRequest
+    from broker.wire.hello import HelloRequest
 
     checks: list[tuple[Deferred, object]] = []
 

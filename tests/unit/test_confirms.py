@@ -13,7 +13,7 @@ from broker.core.confirms import (
     answers_in_order,
     answers_of_topic,
 )
-from broker.hello import parse_hello_request
+from broker.wire.hello import parse_hello_request
 
 
 def test_answers_follow_publish_order_in_runs():

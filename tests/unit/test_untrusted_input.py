@@ -8,10 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import untrusted_json
-from broker.hello import HelloRequest, parse_hello_request
-from broker.untrusted_json import UntrustedJSONError
-from broker.wire import ERR_INVALID_HELLO, ERR_INVALID_TOPIC_DATA, ProtocolError, decode_topic_list
+from broker.wire import (
+    ERR_INVALID_HELLO,
+    ERR_INVALID_TOPIC_DATA,
+    ProtocolError,
+    decode_topic_list,
+    untrusted_json,
+)
+from broker.wire.hello import HelloRequest, parse_hello_request
+from broker.wire.untrusted_json import UntrustedJSONError
 
 
 @pytest.mark.parametrize(

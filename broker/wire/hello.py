@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from broker.wire import ERR_INVALID_HELLO, ProtocolError, decode_hello
+from broker.wire.codes import ERR_INVALID_HELLO, ProtocolError
+from broker.wire.frames import decode_hello
 
 MAX_U32 = 0xFFFFFFFF
 MAX_USER_NAME = 256
