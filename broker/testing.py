@@ -37,8 +37,8 @@ from zope.interface import implementer
 from broker.client import BrokerClient
 from broker.client.reconnecting import credentials_of
 from broker.core import Broker
+from broker.security.users import Users
 from broker.server import BrokerFactory, BrokerSettings
-from broker.users import Users
 
 T = TypeVar("T")
 _ports = itertools.count(40000)

@@ -20,7 +20,7 @@ from broker.bench.payloads import (
     make_payload,
     payload_body,
 )
-from broker.transport import IStreamTransport
+from broker.server.transport import IStreamTransport
 from broker.wire import ClientDecoder, ClientEvents, StartAt
 
 

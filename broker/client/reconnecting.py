@@ -49,8 +49,8 @@ from broker.client.protocols import (
     refusal,
 )
 from broker.names import DURABLE_PREFIX, GROUP_PREFIX, group_name_problem, parse_group_name
+from broker.security.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
 from broker.subjects import PatternError, check_pattern, is_pattern, matches
-from broker.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
 from broker.wire import ERR_TOO_MANY_CONNECTIONS, StartAt
 
 log = Logger()

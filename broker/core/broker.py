@@ -17,7 +17,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from broker.auth import Authenticator
 from broker.core.dead_letters import DeadLetterPolicy, encode_dead_letter
 from broker.core.delivery import Delivery, DeliveryTimers
 from broker.core.groups import GroupRegistry
@@ -26,8 +25,9 @@ from broker.core.settings import BrokerSettings
 from broker.core.stats import BrokerStats
 from broker.core.topics import TooManyTopics, TopicRegistry
 from broker.log import IMessageStore, MemoryStore, StoreError
-from broker.permissions import Rules
-from broker.users import Users
+from broker.security.auth import Authenticator
+from broker.security.permissions import Rules
+from broker.security.users import Users
 from broker.wire import ERR_PERMISSION_DENIED, total_size
 
 log = Logger()

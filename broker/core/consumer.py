@@ -12,7 +12,7 @@ requests, calls a Consumer, and encodes what the Consumer hands it through
   reading a dead-letter topic needs the right to read its parent (see
   broker.core.dead_letters);
 - group and durable names are the user's own unless the users file shares
-  them (see broker.users), and a user keeps at most `max_durables`
+  them (see broker.security.users), and a user keeps at most `max_durables`
   durable positions;
 - a subscription to a topic that does not exist creates none: it waits,
   costing no topic, until a publish creates it, and takes it from its first
@@ -53,7 +53,7 @@ from broker.wire import (
 
 if TYPE_CHECKING:
     from broker.core.broker import Broker
-    from broker.users import User
+    from broker.security.users import User
 
 log = Logger()
 

@@ -16,7 +16,7 @@ from broker.subjects import matches
 from broker.wire import topic_name_problem
 
 if TYPE_CHECKING:
-    from broker.permissions import Rules
+    from broker.security.permissions import Rules
 
 DEFAULT_TEMPLATE = "{topic}.dead-letter"
 _LENGTH = struct.Struct(">I")

@@ -84,7 +84,7 @@ class PositionStore:
         self.positions: dict[tuple[str, str], Position] = {}
         self.kept: Counter[str] = Counter()
         """Positions per owner (`user:` of a user's own names, see
-        broker.users) or per shared name: what a user's bound counts."""
+        broker.security.users) or per shared name: what a user's bound counts."""
         self._dirty: set[tuple[str, str]] = set()
         self._fsync = fsync
         self._path = Path(directory) / POSITIONS_FILE if directory is not None else None

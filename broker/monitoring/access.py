@@ -24,8 +24,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
-from broker.auth import AuthenticationFailed, Authenticator
-from broker.users import User
+from broker.security.auth import AuthenticationFailed, Authenticator
+from broker.security.users import User
 from broker.wire.hello import HelloRequest
 
 # Names every monitor answers to: the loopback interface's.

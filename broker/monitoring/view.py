@@ -1,5 +1,5 @@
 """What the monitor reads of the running broker, typed: the service that
-composes the monitor (broker.service.BrokerService) is seen through this
+composes the monitor (broker.app.service.BrokerService) is seen through this
 view, so that monitoring never imports the layer above it."""
 
 from __future__ import annotations

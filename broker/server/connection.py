@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from broker.core import Broker
-    from broker.transport import IStreamTransport
+    from broker.server.transport import IStreamTransport
 
 
 class Connection(Protocol):

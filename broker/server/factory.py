@@ -9,11 +9,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 
-from broker.auth import Authenticator
 from broker.core import Broker, BrokerSettings
 from broker.log import IMessageStore
+from broker.security.auth import Authenticator
+from broker.security.users import Users
 from broker.server.protocol import BrokerProtocol
-from broker.users import Users
 
 
 class BrokerFactory(ServerFactory):

@@ -14,7 +14,7 @@ replaces, and why:
   publishes in runs, and holds an oversized frame's bytes not at all.
 - `stringReceived`: never called, since the decoder cuts the frames.
 - `sendString`: answers are encoded by `broker.wire` a read's worth at a
-  time and written in one write (`broker.transport.direct_writer`), not one
+  time and written in one write (`broker.server.transport.direct_writer`), not one
   length-prefixed string per call.
 - `lengthLimitExceeded`: a frame over the limit is refused with an Error
   and its bytes skipped as they arrive, where Int32StringReceiver would
@@ -35,13 +35,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker import __version__
-from broker.auth import AuthenticationFailed
+from broker.security.auth import AuthenticationFailed
+from broker.security.tls import peer_certificate
+from broker.security.users import ANONYMOUS, User, Users
 from broker.server.publisher import PublisherSession
 from broker.server.session import Session, cancel_call
 from broker.server.subscriber import SubscriberSession
-from broker.tls import peer_certificate
-from broker.transport import IStreamTransport
-from broker.users import ANONYMOUS, User, Users
+from broker.server.transport import IStreamTransport
 from broker.wire import (
     CONFIRM_ORDER_TOPIC,
     ERR_AUTH_FAILED,

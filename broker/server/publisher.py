@@ -13,13 +13,13 @@ from twisted.logger import Logger
 
 from broker.core.confirms import Answer, ConfirmQueue, answers_in_order, answers_of_topic
 from broker.server.session import Session
-from broker.transport import direct_writer
+from broker.server.transport import direct_writer
 from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error
 
 if TYPE_CHECKING:
-    from broker.permissions import Rules
+    from broker.security.permissions import Rules
+    from broker.security.users import User
     from broker.server.connection import Connection
-    from broker.users import User
 
 log = Logger()
 

@@ -14,8 +14,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
+    from broker.security.users import User
     from broker.server.connection import Connection
-    from broker.users import User
 
 log = Logger()
 

@@ -16,7 +16,7 @@ from broker.core.consumer import Consumer, SubscribeRefused
 from broker.core.delivery import Delivery, DeliveryWindow, Subscription
 from broker.core.topics import Topic
 from broker.server.session import Session
-from broker.transport import direct_writer
+from broker.server.transport import direct_writer
 from broker.wire import (
     ERR_NOTHING_TO_ACK,
     STATUS_SUBSCRIBED,
@@ -32,8 +32,8 @@ from broker.wire import (
 
 if TYPE_CHECKING:
     from broker.core.patterns import PatternSubscriptions
+    from broker.security.users import User
     from broker.server.connection import Connection
-    from broker.users import User
 
 log = Logger()
 

@@ -14,13 +14,13 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from broker.auth import FailureThrottle
 from broker.client import AuthenticationFailed, Message
 from broker.client.protocols import PublisherProtocol
-from broker.permissions import Rules
+from broker.security.auth import FailureThrottle
+from broker.security.permissions import Rules
+from broker.security.users import User, Users, hash_secret, hash_token
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker
-from broker.users import User, Users, hash_secret, hash_token
 from broker.wire import (
     ACTION_PUBLISH,
     ERR_AUTH_FAILED,
@@ -406,7 +406,7 @@ def test_guesses_sent_at_once_wait_their_turns_one_after_another():
     """After five failures, guesses sent together are checked one at a time,
     each after the wait the failures before it have earned (they were all
     answered after the same 2 s, each wait computed when it arrived)."""
-    from broker.auth import AuthenticationFailed, Authenticator
+    from broker.security.auth import AuthenticationFailed, Authenticator
 
     clock = Clock()
     authenticator = Authenticator(make_users(), clock)
@@ -434,7 +434,7 @@ def test_guesses_sent_at_once_wait_their_turns_one_after_another():
 
 
 def test_a_success_forgives_only_the_failures_of_the_user_who_succeeded():
-    from broker.auth import AuthenticationFailed, Authenticator
+    from broker.security.auth import AuthenticationFailed, Authenticator
 
     clock = Clock()
     authenticator = Authenticator(make_users(), clock)
@@ -461,7 +461,7 @@ def _token_request():
 def test_a_sign_in_is_decided_against_the_users_file_in_force_when_it_completes():
     """A reload while a password is being checked: a user removed meanwhile
     is refused, one whose rights narrowed gets the narrower rights."""
-    from broker.auth import AuthenticationFailed, Authenticator
+    from broker.security.auth import AuthenticationFailed, Authenticator
     from broker.wire.hello import HelloRequest
 
     checks: list[tuple[Deferred, object]] = []

@@ -12,10 +12,8 @@ from twisted.internet.protocol import Factory, Protocol
 
 from broker.client import Message
 from broker.core.consumer import MAX_AWAITED_TOPICS
-from broker.permissions import Rules
-from broker.server import BrokerSettings
-from broker.testing import InMemoryBroker
-from broker.users import (
+from broker.security.permissions import Rules
+from broker.security.users import (
     DEFAULT_MAX_DURABLES,
     User,
     Users,
@@ -23,6 +21,8 @@ from broker.users import (
     hash_secret,
     load_users,
 )
+from broker.server import BrokerSettings
+from broker.testing import InMemoryBroker
 from broker.wire import (
     ACTION_PUBLISH,
     ERR_PERMISSION_DENIED,

@@ -15,10 +15,10 @@ from twisted.internet.defer import Deferred
 from broker.bench.scenarios import Bench
 from broker.client import BrokerError, Message, connect
 from broker.core.delivery import DeliverySettings
-from broker.permissions import Rules
+from broker.security.permissions import Rules
+from broker.security.users import User, Users
 from broker.server import BrokerSettings
 from broker.testing import InMemoryBroker, start_broker
-from broker.users import User, Users
 from broker.wire import StartAt
 from tests.conftest import Inbox
 

@@ -15,11 +15,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 
+from broker.app.service import BrokerService
 from broker.client import AuthenticationFailed, BrokerError, connect
+from broker.security.tls import ServerTLS, certificate_identity
+from broker.security.users import hash_secret, user_entry
 from broker.server import BrokerSettings
-from broker.service import BrokerService
-from broker.tls import ServerTLS, certificate_identity
-from broker.users import hash_secret, user_entry
 from broker.wire import StartAt, encode_subscribe
 from tests.certs import Authority
 from tests.conftest import Inbox

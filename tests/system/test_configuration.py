@@ -14,8 +14,8 @@ import pytest
 from twisted.logger import Logger, LogLevel
 from twisted.python.usage import UsageError
 
-from broker.log_output import log_observer
-from broker.tap import Options
+from broker.app.log_output import log_observer
+from broker.app.tap import Options
 from tests.process import ROOT, twistd
 
 

@@ -19,9 +19,9 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
+from broker.app.service import BrokerService
 from broker.client import connect
 from broker.server import BrokerSettings
-from broker.service import BrokerService
 from broker.wire import StartAt
 from tests.conftest import HeldAnswers
 from tests.process import free_port

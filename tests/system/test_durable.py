@@ -14,12 +14,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from broker.app.service import BrokerService
 from broker.client import Message, connect
 from broker.core.delivery import DeliverySettings
 from broker.log import FileStoreSettings, FsyncPolicy, Retention
 from broker.log.positions import COMPACT_AT, POSITIONS_FILE, Position, PositionStore
 from broker.server import BrokerSettings
-from broker.service import BrokerService
 from broker.testing import InMemoryBroker
 from broker.wire import StartAt
 from tests.conftest import HeldAnswers, Inbox

@@ -25,12 +25,12 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from broker.app.service import BrokerService
 from broker.client import Message, connect
 from broker.core.delivery import DeliverySettings
 from broker.monitoring import site
+from broker.security.users import UsersFileError, hash_secret, hash_token, load_users
 from broker.server import BrokerSettings
-from broker.service import BrokerService
-from broker.users import UsersFileError, hash_secret, hash_token, load_users
 from broker.wire import StartAt
 from tests.conftest import HeldAnswers, Inbox
 from tests.process import free_port, spawn_broker
@@ -491,7 +491,7 @@ async def test_anonymous_reads_the_monitor_only_if_the_users_file_says_so(tmp_pa
 
 
 def test_monitor_hosts_are_given_one_by_one_or_as_a_list():
-    from broker.tap import Options
+    from broker.app.tap import Options
 
     options = Options()
     options.environment = {}

@@ -88,13 +88,13 @@ def test_the_readmes_brokers_in_one_directory_have_a_pidfile_each_and_are_signal
 
 
 def test_the_readme_shows_every_users_command_and_password_stdin():
-    from broker.users_cli import users
+    from broker.security.users_cli import users
 
     shown = {
-        line.split("python -m broker.users ", 1)[1].split()[0]
+        line.split("python -m broker.security.users ", 1)[1].split()[0]
         for lines in readme_shell_blocks()
         for line in lines
-        if "python -m broker.users " in line
+        if "python -m broker.security.users " in line
     }
     assert shown == set(users.commands)
     assert any("--password-stdin" in line for lines in readme_shell_blocks() for line in lines)

@@ -8,10 +8,10 @@ from twisted.application.internet import TimerService
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
+from broker.app.service import BrokerService
 from broker.client import connect
 from broker.log import FileStoreSettings, FsyncPolicy, Retention
 from broker.server import BrokerFactory, BrokerSettings
-from broker.service import BrokerService
 from tests.process import free_port
 
 

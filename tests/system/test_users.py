@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 
-from broker.permissions import PatternError, Rules, check_pattern, matches
-from broker.users import (
+from broker.security.permissions import PatternError, Rules, check_pattern, matches
+from broker.security.users import (
     ANONYMOUS,
     UsersFileError,
     hash_secret,
@@ -20,7 +20,7 @@ from broker.users import (
     verify_secret,
     verify_token,
 )
-from broker.users_cli import main
+from broker.security.users_cli import main
 from tests.strategies import PATTERNS, TOPICS
 
 FAST = {"n": 2**4, "r": 1, "p": 1}  # scrypt made cheap for tests
@@ -128,7 +128,7 @@ def test_the_add_command_appends_a_hashed_user(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "broker.users",
+                "broker.security.users",
                 "add",
                 name,
                 "--file",
@@ -153,7 +153,7 @@ def test_the_add_command_appends_a_hashed_user(tmp_path):
         [
             sys.executable,
             "-m",
-            "broker.users",
+            "broker.security.users",
             "add",
             "alice",
             "--file",
@@ -181,9 +181,9 @@ def test_the_add_command_makes_a_token_shows_it_once_and_stores_its_hash(tmp_pat
 
 
 def users_command(*arguments: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """`python -m broker.users ARGUMENTS` with `stdin` piped in, as a script runs it."""
+    """`python -m broker.security.users ARGUMENTS` with `stdin` piped in, as a script runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "broker.users", *arguments],
+        [sys.executable, "-m", "broker.security.users", *arguments],
         input=stdin,
         capture_output=True,
         text=True,

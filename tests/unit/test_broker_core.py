@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 
 from broker.core import Broker, BrokerSettings
 from broker.log import MemoryStore
-from broker.permissions import Rules
+from broker.security.permissions import Rules
 
 
 def test_who_may_publish_where_is_decided_in_the_core():

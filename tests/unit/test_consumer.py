@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from broker.core import Broker, BrokerSettings
 from broker.core.consumer import MAX_AWAITED_TOPICS, Consumer, SubscribeRefused
 from broker.core.delivery import Delivery
-from broker.permissions import Rules
-from broker.users import User
+from broker.security.permissions import Rules
+from broker.security.users import User
 from broker.wire import StartAt
 
 

@@ -1,11 +1,12 @@
 """The house's layers, read from the code's own imports (every import, also
 those only for type checkers): no import cycles, and no layer reaching up.
 
-    app       broker.service, broker.tap, broker.config, broker.log_output, ...
+    app       broker.app (twistd's options, the service), broker.testing,
+              broker.pytest_plugin, broker.bench
     doors     broker.server (TCP), broker.monitoring
-    core      broker.core: the Broker, topics, deliveries, groups, dead letters, ...
+    core      broker.core: the Broker, consumers, topics, deliveries, groups, ...
     ground    broker.log (the message stores), broker.wire (the protocol),
-              broker.names, broker.subjects
+              broker.security (users, rights, TLS), broker.names, broker.subjects
     client    broker.client: the wire, the names and TLS, nothing of the broker
 
 A rule broken says which import breaks it, file and line."""
@@ -24,7 +25,8 @@ PACKAGE = ROOT / "broker"
 
 CORE = ("broker.core",)
 DOORS = ("broker.server", "broker.monitoring")
-APP = ("broker.service", "broker.tap", "broker.testing", "broker.pytest_plugin", "broker.bench")
+APP = ("broker.app", "broker.testing", "broker.pytest_plugin", "broker.bench")
+GROUND = ("broker.wire", "broker.log", "broker.security", "broker.names", "broker.subjects")
 # What the core may not reach: the doors, the app, and Twisted's transports.
 TRANSPORTS = (
     "twisted.internet.protocol",
@@ -38,7 +40,7 @@ CLIENT_MAY_IMPORT = (
     "broker.wire",
     "broker.names",
     "broker.subjects",
-    "broker.tls",
+    "broker.security.tls",
 )
 
 
@@ -162,7 +164,7 @@ def _broken(importers: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]
 @pytest.mark.parametrize(
     ("importers", "forbidden"),
     [
-        pytest.param(("broker.wire", "broker.log"), CORE + DOORS + APP, id="ground-below-core"),
+        pytest.param(GROUND, CORE + DOORS + APP, id="ground-below-core"),
         pytest.param(CORE, DOORS + APP + ("broker.client",), id="core-below-doors"),
         pytest.param(CORE, TRANSPORTS, id="core-without-transports"),
         pytest.param(DOORS, APP, id="doors-below-app"),

@@ -13,7 +13,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, c
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from broker.transport import direct_writer
+from broker.server.transport import direct_writer
 
 
 class Collect(Protocol):

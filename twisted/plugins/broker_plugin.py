@@ -2,4 +2,4 @@
 
 from twisted.application.service import ServiceMaker
 
-broker = ServiceMaker("broker", "broker.tap", "A pub/sub message broker.", "broker")
+broker = ServiceMaker("broker", "broker.app.tap", "A pub/sub message broker.", "broker")

@@ -18,7 +18,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from broker import __version__
-from broker.config import (
+from broker.app.config import (
     ConfigError,
     flag_value,
     parameter_value,
@@ -26,8 +26,10 @@ from broker.config import (
     read_environment,
     read_file,
 )
+from broker.app.listeners import ListenerError, check_port_number, is_tls
+from broker.app.log_output import FORMATS, LEVELS, log_file, log_observer
+from broker.app.service import BrokerService
 from broker.core.delivery import DeliverySettings
-from broker.listeners import ListenerError, check_port_number, is_tls
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
 from broker.log.redis_settings import (
     RedisStoreSettings,
@@ -35,10 +37,8 @@ from broker.log.redis_settings import (
     check_prefix,
     parse_redis_url,
 )
-from broker.log_output import FORMATS, LEVELS, log_file, log_observer
+from broker.security.tls import IDENTITY_KINDS, ServerTLS
 from broker.server import BrokerSettings
-from broker.service import BrokerService
-from broker.tls import IDENTITY_KINDS, ServerTLS
 from twisted import __version__ as twisted_version
 
 _BROKER = BrokerSettings()
@@ -314,7 +314,7 @@ class Options(usage.Options):
                 None,
                 None,
                 "TOML users file: who may connect and what each may publish and subscribe "
-                "to (see 'python -m broker.users'). Re-read on SIGHUP. Without it, anyone "
+                "to (see 'python -m broker.security.users'). Re-read on SIGHUP. Without it, anyone "
                 "who reaches a port may publish and read everything.",
             ],
             [

@@ -31,10 +31,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger
 
-from broker.auth import Authenticator
-from broker.compiled import describe as describe_hot_paths
-from broker.core import Broker, BrokerStats
-from broker.listeners import (
+from broker.app.listeners import (
     ListenerError,
     endpoint_description,
     is_local_only,
@@ -43,13 +40,16 @@ from broker.listeners import (
     monitor_description,
     server_endpoint,
 )
+from broker.compiled import describe as describe_hot_paths
+from broker.core import Broker, BrokerStats
 from broker.log import FileStoreSettings, FsyncPolicy, StoreError, make_store
 from broker.log.redis_settings import RedisStoreSettings
 from broker.monitoring.metrics import register as register_metrics
 from broker.monitoring.stats import RateHistory
+from broker.security.auth import Authenticator
+from broker.security.tls import ReloadableServerContext, ServerTLS, TLSConfigError
+from broker.security.users import Users, UsersFileError, load_users
 from broker.server import BrokerFactory, BrokerSettings
-from broker.tls import ReloadableServerContext, ServerTLS, TLSConfigError
-from broker.users import Users, UsersFileError, load_users
 
 log = Logger()
 
@@ -85,7 +85,7 @@ class StartupError(SystemExit):
 
 
 class BrokerService(MultiService):
-    """Listens where each of `ports` says (see broker.listeners); keeps topics
+    """Listens where each of `ports` says (see broker.app.listeners); keeps topics
     in memory, or in `data_dir`; serves TLS ports with `tls`; with
     `users_file`, lets in only its users, each to what it grants; serves
     the monitoring site at `monitor` (a bare port: on loopback), to users

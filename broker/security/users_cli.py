@@ -1,4 +1,4 @@
-"""`python -m broker.users`: add, list, remove users of a users file and
+"""`python -m broker.security.users`: add, list, remove users of a users file and
 change their secrets, editing the file in place: comments, the order of the
 tables and the other users stay as they were, and an edit that would change
 anything else is refused (the file is then left alone)."""
@@ -17,9 +17,8 @@ from pathlib import Path
 
 import click
 
-from broker.permissions import PatternError, Rules
-from broker.toml_file import read_toml
-from broker.users import (
+from broker.security.permissions import PatternError, Rules
+from broker.security.users import (
     USER_NAME,
     Users,
     UsersFileError,
@@ -29,8 +28,9 @@ from broker.users import (
     new_token,
     user_entry,
 )
+from broker.toml_file import read_toml
 
-PROG = "python -m broker.users"
+PROG = "python -m broker.security.users"
 
 _FILE = click.option(
     "--file",
@@ -56,7 +56,7 @@ _TOKEN = click.option(
     help="Manage the users file of twistd broker --users. Passwords are stored "
     "as scrypt hashes, tokens as SHA-256 hashes, never as they are. Send the "
     "broker SIGHUP afterwards to apply a change.",
-    epilog="Example: printf '%s\\n' \"$PASSWORD\" | python -m broker.users add alice "
+    epilog="Example: printf '%s\\n' \"$PASSWORD\" | python -m broker.security.users add alice "
     "--file users.toml --publish 'orders.>' --subscribe 'orders.>' --password-stdin",
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -32,8 +32,8 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from broker.tls import certificate_identity
-from broker.users import (
+from broker.security.tls import certificate_identity
+from broker.security.users import (
     ANONYMOUS,
     SCRYPT_N,
     SCRYPT_P,
