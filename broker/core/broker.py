@@ -131,15 +131,16 @@ class Broker:
         size = total_size(payloads)
         stats.published_messages += len(payloads)
         stats.published_bytes += size
-        if isinstance(first, Deferred):  # a networked store answers later
+        # (isinstance of int, not of Deferred: an ABC's check costs more.)
+        if not isinstance(first, int):  # a networked store answers later
             later: Deferred[int | str] = first.addErrback(
                 self._stored_later_failed, topic, len(payloads), publisher
             )
-            return Appended(first=later, size=size)
+            return Appended(later, None, None, size)
         committed = None
         if commit and stored.log.committed_offset < first + len(payloads):
             committed = stored.log.flush()
-        return Appended(first=first, committed=committed, size=size)
+        return Appended(first, None, committed, size)
 
     def _store_refused(self, topic: str, count: int, error: Exception, publisher: str) -> None:
         """Count and log a batch the store refused."""

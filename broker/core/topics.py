@@ -77,9 +77,9 @@ class Topic:
         the first offset, or a Deferred of it (a networked store). May raise
         StoreError, or fail with it."""
         first = self.log.append(payloads)
-        if isinstance(first, Deferred):
-            return first.addCallback(self._appended)
-        return self._appended(first)
+        if isinstance(first, int):  # (not of Deferred: an ABC's check costs more)
+            return self._appended(first)
+        return first.addCallback(self._appended)
 
     def _appended(self, first: int) -> int:
         offsets = self._batch_offsets

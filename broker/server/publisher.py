@@ -123,15 +123,16 @@ class PublisherSession(Session):
             self.messages += len(payloads)
             self.bytes += appended.size
             first = appended.first
-            if isinstance(first, Deferred):  # a networked store answers later
-                if not answered:
-                    first.addCallback(self._unanswered_later, len(payloads))
-                stored_later[topic] = first
+            # (isinstance of int, not of Deferred: an ABC's check costs more.)
+            if isinstance(first, int):
+                firsts[topic] = first
+                if appended.committed is not None:
+                    committed_of[topic] = appended.committed
                 continue
-            assert first is not None
-            firsts[topic] = first
-            if appended.committed is not None:
-                committed_of[topic] = appended.committed
+            assert first is not None  # a networked store answers later:
+            if not answered:
+                first.addCallback(self._unanswered_later, len(payloads))
+            stored_later[topic] = first
         if confirms is not None:
             order, self._order = self._order, []
             if confirms.by_topic:
