@@ -12,7 +12,6 @@ refusing Hello) would do on every attempt.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -36,22 +35,34 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker.client.protocols import (
-    AuthenticationFailed,
-    BrokerError,
-    ExtensionsRefused,
     Handler,
-    Message,
     PublisherProtocol,
     SubscriberProtocol,
-    Unanswered,
-    _check_publish,
-    _check_topics,
-    refusal,
 )
-from broker.names import DURABLE_PREFIX, GROUP_PREFIX, group_name_problem, parse_group_name
+from broker.sansio.messages import (
+    AuthenticationFailed,
+    BrokerError,
+    BrokerUnreachable,
+    ExtensionsRefused,
+    Message,
+    QueueFull,
+    check_publish,
+    check_topics,
+    credentials_of,
+)
+from broker.sansio.publishing import Outbox, Pending
+from broker.sansio.subscriptions import Subscriptions
 from broker.security.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
-from broker.subjects import PatternError, check_pattern, is_pattern, matches
 from broker.wire import ERR_TOO_MANY_CONNECTIONS, StartAt
+
+__all__ = [
+    "DEFAULT_MAX_QUEUED",
+    "BrokerClient",
+    "BrokerUnreachable",
+    "QueueFull",
+    "connect",
+    "credentials_of",
+]
 
 log = Logger()
 T = TypeVar("T")
@@ -59,93 +70,6 @@ P = TypeVar("P", PublisherProtocol, SubscriberProtocol)
 
 # Publishes a client holds for a connection, by default, before publish() fails.
 DEFAULT_MAX_QUEUED = 10_000
-
-
-class QueueFull(BrokerError):
-    """publish() while --max-queued messages already wait for a connection."""
-
-
-class BrokerUnreachable(Exception):
-    """No connection to the broker came up in time; the message says why."""
-
-
-class _Progress:
-    """Where a topic's subscription resumes: the lowest offset delivered and
-    not yet answered for good, else the one after the highest delivered."""
-
-    __slots__ = ("next", "open")
-
-    def __init__(self) -> None:
-        self.open: set[int] = set()
-        self.next: int | None = None
-
-    def delivered(self, offset: int) -> None:
-        self.open.add(offset)
-        if self.next is None or offset >= self.next:
-            self.next = offset + 1
-
-    def answered(self, offset: int) -> None:
-        self.open.discard(offset)
-
-    def resume_at(self) -> int | None:
-        return min(self.open) if self.open else self.next
-
-
-class _Publish:
-    """One `publish()`: its message, and the Deferred its caller holds."""
-
-    __slots__ = ("done", "payload", "topic")
-
-    def __init__(self, topic: str, payload: bytes) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.done: Deferred[int | None] = Deferred()
-
-
-class _PublisherLink:
-    """One publisher connection and the publishes written on it that the
-    broker has not answered yet, oldest first.
-
-    Answers come in publish order on the connection that carried the
-    publishes, so each answer belongs to the oldest unanswered publish of
-    *this* connection; nothing another connection sent can be mistaken for it.
-    """
-
-    def __init__(self, protocol: PublisherProtocol, on_error: Callable[[str], None]) -> None:
-        self.protocol = protocol
-        self.unanswered: Unanswered[_Publish] = Unanswered()
-        self._on_error = on_error
-        protocol.on_confirmed = self._confirmed
-        protocol.on_refused = self._refused
-
-    def write(self, entry: _Publish) -> None:
-        self.protocol.write_publish(entry.topic, entry.payload)  # checked in publish()
-        if self.protocol.confirming:
-            self.unanswered.append(entry)
-        elif not entry.done.called:
-            entry.done.callback(None)
-
-    def _confirmed(self, count: int, first_offset: int, sequence: int | None) -> None:
-        entries = self.unanswered.take(sequence, count)
-        if entries is None:
-            at = "" if sequence is None else f" from publish {sequence}"
-            self.protocol.protocol_error(
-                f"{count} confirms{at} for {len(self.unanswered)} unanswered publishes"
-            )
-            return
-        for offset, entry in enumerate(entries, first_offset):
-            if not entry.done.called:  # else cancelled after it was written
-                entry.done.callback(offset)
-
-    def _refused(self, text: str, sequence: int | None) -> None:
-        entries = self.unanswered.take(sequence, 1)
-        if entries is None:
-            self.protocol.protocol_error(f"an error answers no publish: {text}")
-            return
-        self._on_error(text)
-        (entry,) = entries
-        if not entry.done.called:
-            entry.done.errback(refusal(text))
 
 
 class _Role(Generic[P]):
@@ -299,7 +223,6 @@ class BrokerClient:
         self.extensions = extensions or bool(credentials)
         """True if the client asks for the extensions (until a broker refuses them)."""
         self.prefetch = prefetch
-        self.max_queued = max_queued
         self.where = where
         self.last_problem: str | None = None
         """Why the last attempt to connect failed, if it did."""
@@ -307,21 +230,16 @@ class BrokerClient:
         # service's own count starts over; this keeps the backoff growing.
         self._refusals = 0
         self._connected_waiters: list[Deferred[None]] = []
-        self._handlers: dict[str, Handler] = {}
-        self._starts: dict[str, tuple[StartAt, int]] = {}
-        self._progress: dict[str, _Progress] = {}
-        self._derived: dict[str, str] = {}  # topic -> the pattern that brought it
-        self._subscribed: set[str] = set()
-        self._subscriber_server: dict[str, Any] | None = None
+        self._subscriptions: Subscriptions[Handler] = Subscriptions()
         self._publisher: _Role[PublisherProtocol] = _Role(
             self, "publisher", self._build_publisher, self._adopt
         )
         self._subscriber: _Role[SubscriberProtocol] = _Role(
             self, "subscriber", self._build_subscriber, self._resubscribe
         )
-        # Publishes not yet written to a live connection, in publish order.
-        self._queue: deque[_Publish] = deque()
-        self._link: _PublisherLink | None = None
+        self._outbox: Outbox[Deferred[int | None]] = Outbox(
+            _settle, _fail, max_queued, on_error=self._publish_error
+        )
         self._closed = False
         self.retry_on_auth_failure = retry_on_auth_failure
         """Whether refused credentials are tried again, with backoff."""
@@ -377,7 +295,7 @@ class BrokerClient:
         waiters, self._connected_waiters = self._connected_waiters, []
         for waiter in waiters:
             waiter.errback(reason)
-        self._fail_queue(reason)
+        self._outbox.fail_all(reason)
 
     def _attempt_failed(self, problem: str) -> None:
         """Once per attempt (so once per backoff step), with the reason."""
@@ -438,34 +356,31 @@ class BrokerClient:
         once with QueueFull. Cancelling the Deferred of a message not yet
         written withdraws it; one already written is stored all the same.
         """
-        _check_publish(topic, payload)
+        check_publish(topic, payload)
         if self.refused is not None:
             return fail(self.refused)
         if self._closed:
             return fail(ConnectionDone("the client is closed"))
-        entry = _Publish(topic, payload)
-        entry.done = Deferred(lambda _: self._withdraw(entry))
-        link = self._link
-        if link is not None:
-            link.write(entry)
-        elif len(self._queue) >= self.max_queued:
-            return fail(QueueFull(f"{len(self._queue)} messages already wait for a connection"))
-        else:
-            self._queue.append(entry)
+        outbox = self._outbox
+        done: Deferred[int | None] = Deferred(lambda _: outbox.withdraw(pending))
+        pending = Pending(topic, payload, done)
+        try:
+            outbox.add(pending)
+        except QueueFull as full:
+            return fail(full)
+        if outbox.connection is None:
             self._publisher.start()
-        return entry.done
+        return done
 
-    def _withdraw(self, entry: _Publish) -> None:
-        # A cancelled publish still queued is never sent; a written one is
-        # answered by the broker and the answer ignored.
-        if entry in self._queue:
-            self._queue.remove(entry)
+    @property
+    def max_queued(self) -> int:
+        """Publishes held while disconnected before publish() fails."""
+        return self._outbox.max_queued
 
     @property
     def unconfirmed(self) -> int:
         """Publishes not yet confirmed: queued, or written and unanswered."""
-        link = self._link
-        return len(self._queue) + (len(link.unanswered) if link else 0)
+        return len(self._outbox)
 
     def publisher_connected(self) -> Deferred[PublisherProtocol]:
         """The publisher connection, once it is up and has negotiated."""
@@ -482,33 +397,20 @@ class BrokerClient:
         """A new connection has negotiated: it carries every publish from now
         on, starting with those queued, in order (what the last connection
         left unanswered comes first)."""
-        link = _PublisherLink(protocol, self._publish_error)
-        self._link = link
-        protocol.lost.addCallback(lambda _: self._publisher_lost(link))
-        queue, self._queue = self._queue, deque()
-        if queue:
-            log.info("sending {n} queued message(s)", n=len(queue))
-        for entry in queue:
-            link.write(entry)
+        sent = self._outbox.adopt(protocol.publisher)
+        if sent:
+            log.info("sent {n} queued message(s)", n=sent)
+        protocol.lost.addCallback(lambda _: self._publisher_lost(protocol))
 
-    def _publisher_lost(self, link: _PublisherLink) -> None:
-        if self._link is link:
-            self._link = None
+    def _publisher_lost(self, protocol: PublisherProtocol) -> None:
         # Unanswered publishes of the lost connection go again, before anything
         # published since; the next connection sends them (ClientService
         # reconnects by itself).
-        self._queue.extendleft(reversed(link.unanswered))
-        link.unanswered.clear()
+        self._outbox.lost(protocol.publisher)
         if self._closed:
-            self._fail_queue(ConnectionDone("the client was closed"))
+            self._outbox.fail_all(ConnectionDone("the client was closed"))
         elif self.refused is not None:
-            self._fail_queue(self.refused)
-
-    def _fail_queue(self, reason: Exception) -> None:
-        queue, self._queue = self._queue, deque()
-        for entry in queue:
-            if not entry.done.called:
-                entry.done.errback(reason)
+            self._outbox.fail_all(self.refused)
 
     def _publish_error(self, text: str) -> None:
         if self._on_publish_error is not None:
@@ -536,51 +438,35 @@ class BrokerClient:
         or of the broker, resumes at the first message not acked. Several
         processes with one durable name share its messages, as a group.
         """
-        names = _check_topics(topics)
-        if durable is not None:
-            if group not in (None, durable):
-                raise ValueError("a durable consumer is its own group: give one name")
-            return self._join(names, handler, start, offset, durable, durable=True)
-        if group is not None:
-            return self._join(names, handler, start, offset, group)
-        # Without the extensions names are literal, as the Go clients' are.
-        patterns = [name for name in names if is_pattern(name)] if self.extensions else []
-        if patterns:
-            _check_patterns(patterns, start)
+        names = check_topics(topics)
+        subscriptions = self._subscriptions
+        asked, needs = subscriptions.plan_subscribe(
+            names, handler, start, offset, self.extensions, group, durable
+        )
 
         async def subscribe() -> None:
-            for name in names:
-                self._handlers[name] = handler
-                self._starts[name] = (start, offset)
-                if name not in patterns:
-                    self._progress[name] = _Progress()
             protocol = await self._subscriber.when_ready()
-            if patterns and not (protocol.server or {}).get("patterns"):
-                raise BrokerError("this broker does not take patterns")
-            await protocol.subscribe(names, start, offset)
-            self._subscribed.update(names)
+            if needs is not None and not (protocol.server or {}).get(needs):
+                raise BrokerError(
+                    "this broker does not take patterns"
+                    if needs == "patterns"
+                    else "this broker has no consumer groups"
+                )
+            await protocol.subscribe(asked, start, offset)
+            subscriptions.subscribed_to(asked)
 
         return self._retrying(subscribe)
 
     def unsubscribe(self, topics: Iterable[str]) -> Deferred[None]:
         """Stop the deliveries of `topics`; fires once the broker confirms."""
-        names = _check_topics(topics)
+        names = check_topics(topics)
+        subscriptions = self._subscriptions
 
         async def unsubscribe() -> None:
-            # A topic joined in a group is left under its group's name.
-            shares = [s for s in self._subscribed if _topic_of_share(s) in names]
-            plain = [name for name in names if name not in {_topic_of_share(s) for s in shares}]
-            asked = [*plain, *shares]
-            self._subscribed.difference_update(asked)
-            # A pattern's topics resubscribed by name after a reconnect go too.
-            derived = [t for t, p in self._derived.items() if p in asked and t not in names]
+            sent = subscriptions.plan_unsubscribe(names)
             protocol = await self._subscriber.when_ready()
-            await protocol.unsubscribe([*asked, *derived])
-            for name in [*names, *shares, *derived]:
-                self._handlers.pop(name, None)
-                self._progress.pop(name, None)
-                self._derived.pop(name, None)
-                self._starts.pop(name, None)
+            await protocol.unsubscribe(sent)
+            subscriptions.unsubscribed([*names, *sent])
 
         return self._retrying(unsubscribe)
 
@@ -599,115 +485,26 @@ class BrokerClient:
         return protocol
 
     def _withdrawn(self, topic: str) -> None:
-        """The broker ended a subscription the user may no longer have: it is
-        not asked for again after a reconnect (which would be refused whole)."""
-        self._subscribed.discard(topic)
-        self._handlers.pop(topic, None)
-        self._progress.pop(topic, None)
+        self._subscriptions.withdrawn(topic)
 
     def _resubscribe(self, protocol: SubscriberProtocol) -> Deferred[None] | None:
-        self._subscriber_server = protocol.server
-        if not self._subscribed:
+        requests = self._subscriptions.resubscriptions(protocol.server)
+        if not requests:
             return None
-        requests = []
-        # Topics a pattern brought go first, from where they were left; then
-        # the pattern, from now, takes the ones created meanwhile.
-        for topic, pattern in sorted(self._derived.items()):
-            progress = self._progress.get(topic)
-            resume = progress.resume_at() if progress else None
-            if (
-                pattern in self._subscribed
-                and resume is not None
-                and protocol.server
-                and not _topic_of_share(pattern)
-            ):
-                requests.append(protocol.subscribe([topic], StartAt.FROM64, resume))
-        for topic in sorted(self._subscribed):
-            if protocol.server and is_pattern(_topic_of_share(topic) or topic):
-                requests.append(protocol.subscribe([topic], StartAt.CURRENT))
-                continue
-            progress = self._progress.get(topic)
-            resume = progress.resume_at() if progress and protocol.server else None
-            if resume is not None:
-                requests.append(protocol.subscribe([topic], StartAt.FROM, resume))
-            elif protocol.server:
-                requests.append(protocol.subscribe([topic], *self._starts[topic]))
-            else:
-                requests.append(protocol.subscribe([topic], StartAt.CURRENT))
         log.info("resubscribed to {n} topic(s)", n=len(requests))
-        return gatherResults(requests, consumeErrors=True).addCallback(lambda _: None)
+        return gatherResults(
+            [protocol.subscribe(names, start, offset) for names, start, offset in requests],
+            consumeErrors=True,
+        ).addCallback(lambda _: None)
 
     def _dispatch(self, message: Message) -> Any:
-        topic = message.topic
-        handler = self._handlers.get(topic)
-        if handler is None:
-            handler = self._pattern_handler(topic)
+        handler = self._subscriptions.handler_for(message)
         if handler is None:
             return True  # unsubscribed meanwhile: ack so it is not sent again
-        if message.offset is not None:
-            progress = self._progress.get(message.topic)
-            if progress is not None:
-                progress.delivered(message.offset)
         return handler(message)
 
-    def _join(
-        self,
-        topics: list[str],
-        handler: Handler,
-        start: StartAt,
-        offset: int,
-        group: str,
-        durable: bool = False,
-    ) -> Deferred[None]:
-        if not self.extensions:
-            raise ValueError("consumer groups need extensions=True")
-        problem = group_name_problem(group)
-        if problem:
-            raise ValueError(f"{group!r}: {problem}")
-        patterns = [topic for topic in topics if is_pattern(topic)]
-        if patterns:
-            _check_patterns(patterns, start)
-        prefix = DURABLE_PREFIX if durable else GROUP_PREFIX
-        shares = [f"{prefix}{group}/{topic}" for topic in topics]
-
-        async def join() -> None:
-            for topic, share in zip(topics, shares, strict=True):
-                self._handlers[topic] = handler
-                self._starts[share] = (start, offset)
-            protocol = await self._subscriber.when_ready()
-            if not (protocol.server or {}).get("groups"):
-                raise BrokerError("this broker has no consumer groups")
-            await protocol.subscribe(shares, start, offset)
-            self._subscribed.update(shares)
-
-        return self._retrying(join)
-
-    def _pattern_handler(self, topic: str) -> Handler | None:
-        """The handler of the most specific pattern subscribed that `topic`
-        matches (the most literal tokens; `*` before `>`): a topic comes once
-        per connection, however many patterns match it. The topic is
-        remembered, so that a reconnect resumes it where it was."""
-        candidates = {}
-        for name in self._subscribed:
-            pattern = _topic_of_share(name) or name
-            if is_pattern(pattern) and matches(pattern, topic):
-                candidates[pattern] = name
-        if not candidates:
-            return None
-        pattern = max(candidates, key=_specificity)
-        self._derived[topic] = candidates[pattern]
-        if candidates[pattern] == pattern:  # a group keeps its own place
-            self._progress[topic] = _Progress()
-        handler = self._handlers[topic] = self._handlers[pattern]
-        return handler
-
     def _answered(self, message: Message, acked: bool) -> None:
-        progress = self._progress.get(message.topic)
-        if progress is None or message.offset is None:
-            return
-        max_deliveries = (self._subscriber_server or {}).get("max_deliveries", 0)
-        if acked or message.attempt >= max_deliveries:
-            progress.answered(message.offset)  # acked, or given up on by the broker
+        self._subscriptions.answered(message, acked)
 
     # Both.
 
@@ -724,7 +521,7 @@ class BrokerClient:
             for stopped in stopping:
                 if stopped is not None:
                     await stopped
-            self._fail_queue(ConnectionDone("the client was closed"))
+            self._outbox.fail_all(ConnectionDone("the client was closed"))
 
         return ensureDeferred(close())
 
@@ -760,41 +557,6 @@ def _tls_endpoint(
     return HandshakeFirstEndpoint(
         wrapClientTLS(options, HostnameEndpoint(reactor, host, int(port)))
     )
-
-
-def _topic_of_share(name: str) -> str | None:
-    """The topic of a `$share/GROUP/TOPIC` name, else None."""
-    member = parse_group_name(name)
-    return member[1] if member else None
-
-
-def _specificity(pattern: str) -> tuple[int, int, str]:
-    tokens = pattern.split(".")
-    literal = sum(token not in ("*", ">") for token in tokens)
-    return (literal, tokens[-1] != ">", pattern)
-
-
-def _check_patterns(patterns: list[str], start: StartAt) -> None:
-    if start in (StartAt.FROM, StartAt.FROM64):
-        raise ValueError("a pattern starts at BEGINNING or CURRENT, not at an offset")
-    for pattern in patterns:
-        try:
-            check_pattern(pattern)
-        except PatternError as error:
-            raise ValueError(str(error)) from None
-
-
-def credentials_of(
-    user: str | None = None, password: str | None = None, token: str | None = None
-) -> dict[str, str] | None:
-    """What Hello carries to sign in, checked; None for no credentials."""
-    if (user is None) != (password is None):
-        raise ValueError("give user and password together")
-    if token is not None and user is not None:
-        raise ValueError("give a token or a user and password, not both")
-    if user is not None and password is not None:
-        return {"user": user, "password": password}
-    return {"token": token} if token is not None else None
 
 
 def connect(
@@ -864,3 +626,13 @@ def connect(
         credentials=credentials,
         retry_on_auth_failure=retry_on_auth_failure,
     )
+
+
+def _settle(done: Deferred[int | None], offset: int | None) -> None:
+    if not done.called:  # else cancelled after it was written
+        done.callback(offset)
+
+
+def _fail(done: Deferred[int | None], error: Exception) -> None:
+    if not done.called:
+        done.errback(error)

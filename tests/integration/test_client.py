@@ -135,7 +135,9 @@ async def test_refused_subscribe_fails_the_deferred(broker, client):
         await client.subscribe([""], Inbox())
     protocol = await client.subscriber_connected()
     with pytest.raises(BrokerError, match="invalid start"):
-        await protocol._request(b'\x00\x01\x00\x00\x00\x05["a"]\x00\x09', 1, [])
+        answered: Deferred[None] = Deferred()
+        protocol.subscriber._request(answered, b'\x00\x01\x00\x00\x00\x05["a"]\x00\x09', 1, [])
+        await answered
 
 
 @pytest_twisted.ensureDeferred

@@ -7,7 +7,9 @@ those only for type checkers): no import cycles, and no layer reaching up.
     core      broker.core: the Broker, consumers, topics, deliveries, groups, ...
     ground    broker.log (the message stores), broker.wire (the protocol),
               broker.security (users, rights, TLS), broker.names, broker.subjects
-    client    broker.client: the wire, the names and TLS, nothing of the broker
+    clients   broker.client (Twisted), broker.aio (asyncio), broker.sync (blocking),
+              over broker.sansio (their protocol logic, no I/O): the wire, the
+              names and TLS, nothing of the broker; sansio and aio no Twisted
 
 A rule broken says which import breaks it, file and line."""
 
@@ -35,8 +37,9 @@ TRANSPORTS = (
     "twisted.internet.ssl",
     "twisted.protocols",
 )
+CLIENTS = ("broker.client", "broker.aio", "broker.sync", "broker.sansio")
 CLIENT_MAY_IMPORT = (
-    "broker.client",
+    *CLIENTS,
     "broker.wire",
     "broker.names",
     "broker.subjects",
@@ -183,6 +186,23 @@ def test_the_client_needs_nothing_of_the_broker():
         and not _within(edge.imported, CLIENT_MAY_IMPORT)
     ]
     assert outside == []
+
+
+def test_the_asyncio_client_and_the_protocol_logic_need_no_twisted():
+    """An asyncio program imports broker.aio (and a blocking one broker.sync)
+    without loading Twisted: nothing they import, at any depth, imports it."""
+    after: dict[str, set[str]] = {}
+    for edge in EDGES:
+        after.setdefault(edge.importer, set()).add(edge.imported)
+    seen: set[str] = set()
+    todo = [m for m in MODULES if _within(m, ("broker.aio", "broker.sync", "broker.sansio"))]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo.extend(after.get(module, ()))
+    assert sorted(m for m in seen if _within(m, ("twisted", "zope"))) == []
 
 
 def test_every_package_is_installed():

@@ -1,0 +1,105 @@
+"""What every client hands its user: a delivered `Message`, the errors a
+call fails with, and the checks a call's arguments pass before anything is
+sent (so that a wrong call fails at once, in the caller's frame)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from broker.wire import topic_name_problem
+
+OUTCOME_UNKNOWN = "outcome unknown"
+"""How the broker's Error text starts when a publish may have been stored."""
+
+
+class BrokerError(Exception):
+    """The broker answered with an Error status."""
+
+
+class OutcomeUnknown(BrokerError):
+    """The broker could not confirm a publish, but may have stored it (its
+    store lost the connection mid-call, or too few replicas acknowledged
+    it): unlike a plain BrokerError, the message may yet be delivered, so
+    publishing it again may deliver it twice."""
+
+
+class AuthenticationFailed(BrokerError):
+    """The broker refused the client's credentials (or its certificate's
+    user), or that user has all the connections it may have."""
+
+
+class ExtensionsRefused(BrokerError):
+    """The broker answered Hello with an Error: it speaks only the seed's
+    protocol (the Go broker then stops reading that connection)."""
+
+
+class QueueFull(BrokerError):
+    """publish() while `max_queued` messages already wait for a connection."""
+
+
+class BrokerUnreachable(Exception):
+    """No connection to the broker came up in time; the message says why."""
+
+
+class ConnectionLost(ConnectionError):
+    """The connection closed before the broker answered (the client may try
+    again on the next one), or the client was closed."""
+
+
+def refusal(text: str) -> BrokerError:
+    """The exception for an Error answering a publish."""
+    if text.startswith(OUTCOME_UNKNOWN):
+        return OutcomeUnknown(text)
+    return BrokerError(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One delivery. With extensions, also its offset and which delivery this is."""
+
+    topic: str
+    payload: bytes
+    offset: int | None = None
+    attempt: int = 1
+
+
+def check_topics(topics: Iterable[str]) -> list[str]:
+    """The names, once each, in order; ValueError if none or one is invalid."""
+    if isinstance(topics, str):
+        raise TypeError("topics is a list of names, not one name")
+    names = list(dict.fromkeys(topics))
+    if not names:
+        raise ValueError("name at least one topic")
+    for name in names:
+        problem = topic_name_problem(name)
+        if problem:
+            raise ValueError(f"{name!r}: {problem}")
+    return names
+
+
+def check_publish(topic: str, payload: bytes) -> None:
+    """TypeError or ValueError for a publish no broker would take."""
+    if not isinstance(topic, str):
+        raise TypeError(f"topic must be str, not {type(topic).__name__}")
+    if not isinstance(payload, bytes):
+        hint = " (encode it first)" if isinstance(payload, str) else ""
+        raise TypeError(f"payload must be bytes, not {type(payload).__name__}{hint}")
+    problem = topic_name_problem(topic)
+    if problem:
+        raise ValueError(f"{topic!r}: {problem}")
+    if not payload:
+        raise ValueError("the broker does not take empty messages")
+
+
+def credentials_of(
+    user: str | None = None, password: str | None = None, token: str | None = None
+) -> dict[str, str] | None:
+    """What Hello carries to sign in, checked; None for no credentials."""
+    if (user is None) != (password is None):
+        raise ValueError("give user and password together")
+    if token is not None and user is not None:
+        raise ValueError("give a token or a user and password, not both")
+    if user is not None and password is not None:
+        return {"user": user, "password": password}
+    return {"token": token} if token is not None else None

@@ -1,0 +1,140 @@
+"""Publishes between a client's `publish()` and the broker's answer, without
+I/O: queued while no connection is up (a bounded number), written on the
+connection that is, and, with confirms, kept until answered. A connection
+lost before its answers came gives its unanswered publishes back to the
+front of the queue, and the next connection sends them first: a publish is
+resent until it is confirmed or refused.
+
+Each publish carries the client's own handle for its caller (a Deferred, an
+asyncio Future); the `Outbox` settles it through the two functions the
+client gives: `settle(handle, offset)` (None: written, no confirm to wait
+for) and `fail(handle, error)`. They must ignore a handle already settled
+(a caller may cancel).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from broker.sansio.connection import PublisherConnection, Unanswered
+from broker.sansio.messages import QueueFull, refusal
+
+H = TypeVar("H")
+
+
+class Pending(Generic[H]):
+    """One publish: its message, and the handle its caller holds."""
+
+    __slots__ = ("handle", "payload", "topic")
+
+    def __init__(self, topic: str, payload: bytes, handle: H) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.handle = handle
+
+
+class Outbox(Generic[H]):
+    """The client's publishes not yet answered, and the connection (if one
+    is up) that carries them."""
+
+    def __init__(
+        self,
+        settle: Callable[[H, int | None], None],
+        fail: Callable[[H, Exception], None],
+        max_queued: int,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._settle = settle
+        self._fail = fail
+        self.max_queued = max_queued
+        self._on_error = on_error
+        self.queue: deque[Pending[H]] = deque()
+        """Publishes not yet written to a live connection, in publish order."""
+        self.connection: PublisherConnection | None = None
+        self.unanswered: Unanswered[Pending[H]] = Unanswered()
+        """Publishes written on `connection` and not yet answered."""
+
+    def __len__(self) -> int:
+        """Publishes not yet answered: queued, or written and unanswered."""
+        return len(self.queue) + len(self.unanswered)
+
+    def add(self, pending: Pending[H]) -> None:
+        """Write a publish now, or queue it for the next connection; QueueFull
+        if `max_queued` already wait."""
+        if self.connection is not None:
+            self._write(pending)
+        elif len(self.queue) >= self.max_queued:
+            raise QueueFull(f"{len(self.queue)} messages already wait for a connection")
+        else:
+            self.queue.append(pending)
+
+    def withdraw(self, pending: Pending[H]) -> None:
+        """A cancelled publish still queued is never sent; a written one is
+        answered by the broker and the answer ignored."""
+        if pending in self.queue:
+            self.queue.remove(pending)
+
+    def adopt(self, connection: PublisherConnection) -> int:
+        """A new connection has negotiated: it carries every publish from now
+        on, starting with those queued, in order (what the last connection
+        left unanswered comes first). Returns how many it sent at once."""
+        if self.connection is not None:
+            self.lost(self.connection)
+        self.connection = connection
+        self.unanswered = Unanswered()
+        connection.on_confirmed = self._confirmed
+        connection.on_publish_refused = self._refused
+        queue, self.queue = self.queue, deque()
+        for pending in queue:
+            self._write(pending)
+        return len(queue)
+
+    def lost(self, connection: PublisherConnection) -> None:
+        """`connection` is gone: its unanswered publishes go again, before
+        anything published since."""
+        if self.connection is not connection:
+            return
+        self.connection = None
+        self.queue.extendleft(reversed(self.unanswered))
+        self.unanswered = Unanswered()
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail every publish queued (the client is closed or refused)."""
+        queue, self.queue = self.queue, deque()
+        for pending in queue:
+            self._fail(pending.handle, error)
+
+    def _write(self, pending: Pending[H]) -> None:
+        connection = self.connection
+        assert connection is not None
+        connection.publish(pending.topic, pending.payload)
+        if connection.confirming:
+            self.unanswered.append(pending)
+        else:
+            self._settle(pending.handle, None)
+
+    def _confirmed(self, count: int, first_offset: int, sequence: int | None) -> None:
+        pendings = self.unanswered.take(sequence, count)
+        if pendings is None:
+            at = "" if sequence is None else f" from publish {sequence}"
+            assert self.connection is not None
+            self.connection.protocol_error(
+                f"{count} confirms{at} for {len(self.unanswered)} unanswered publishes"
+            )
+            return
+        settle = self._settle
+        for offset, pending in enumerate(pendings, first_offset):
+            settle(pending.handle, offset)
+
+    def _refused(self, text: str, sequence: int | None) -> None:
+        pendings = self.unanswered.take(sequence, 1)
+        if pendings is None:
+            assert self.connection is not None
+            self.connection.protocol_error(f"an error answers no publish: {text}")
+            return
+        if self._on_error is not None:
+            self._on_error(text)
+        (pending,) = pendings
+        self._fail(pending.handle, refusal(text))
