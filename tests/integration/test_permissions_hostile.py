@@ -315,7 +315,8 @@ def test_a_durable_consumer_whose_topic_comes_past_its_users_bound_is_told(log_l
     assert [m.payload for m in inbox] == [b"for eve"]
     said = "durable consumer not joined, its user's max_durables reached: $durable/d/t.5"
     assert log_lines.matching(f"broker error: {said}")  # what the client heard
-    assert "$durable/d/t.5" not in second._subscriptions.subscribed  # not asked for again on reconnect
+    # Not asked for again on reconnect:
+    assert "$durable/d/t.5" not in second._subscriptions.subscribed
     assert list(broker.core.groups.positions.positions) == [("t.4", "eve:d")]
 
 

@@ -1,0 +1,42 @@
+"""A blocking client for the broker, for scripts and notebooks; it imports
+no Twisted.
+
+    import broker.sync
+
+    with broker.sync.connect("tcp://localhost:3000") as client:
+        offset = client.publish("orders", b"...")
+        for message in client.subscribe(["orders"], start=broker.sync.StartAt.BEGINNING,
+                                        timeout=5):
+            print(message.topic, message.offset, message.data)
+            message.ack()
+
+It is the asyncio client (broker.aio) on an event loop of its own in a
+background thread: the same guarantees, behind plain calls.
+"""
+
+from broker.sansio.messages import (
+    AuthenticationFailed,
+    BrokerError,
+    BrokerUnreachable,
+    ConnectionLost,
+    ExtensionsRefused,
+    OutcomeUnknown,
+    QueueFull,
+)
+from broker.sync.client import Message, SyncClient, SyncSubscription, connect
+from broker.wire import StartAt
+
+__all__ = [
+    "AuthenticationFailed",
+    "BrokerError",
+    "BrokerUnreachable",
+    "ConnectionLost",
+    "ExtensionsRefused",
+    "Message",
+    "OutcomeUnknown",
+    "QueueFull",
+    "StartAt",
+    "SyncClient",
+    "SyncSubscription",
+    "connect",
+]

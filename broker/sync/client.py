@@ -1,0 +1,264 @@
+"""The blocking client: the asyncio client (broker.aio) run on an event loop
+of its own, in a background thread, behind plain method calls. For scripts,
+notebooks and any program without an event loop; it imports no Twisted."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import ssl as _ssl
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from types import TracebackType
+from typing import Any, TypeVar
+
+from broker.aio.client import DEFAULT_MAX_QUEUED, Client, Delivery, Subscription, backoff
+from broker.aio.client import connect as aio_connect
+from broker.wire import StartAt
+
+T = TypeVar("T")
+
+_END = object()
+
+
+class Message:
+    """One delivered message: `topic`, `data`, `offset` (None from a broker
+    without extensions), `attempt`; `ack()` or `nack()` it once handled."""
+
+    __slots__ = ("_delivery", "_loop")
+
+    def __init__(self, delivery: Delivery, loop: asyncio.AbstractEventLoop) -> None:
+        self._delivery = delivery
+        self._loop = loop
+
+    @property
+    def topic(self) -> str:
+        return self._delivery.topic
+
+    @property
+    def data(self) -> bytes:
+        return self._delivery.data
+
+    @property
+    def offset(self) -> int | None:
+        return self._delivery.offset
+
+    @property
+    def attempt(self) -> int:
+        return self._delivery.attempt
+
+    def ack(self) -> None:
+        """The message is handled: the broker will not send it again."""
+        self._loop.call_soon_threadsafe(self._delivery.answer, True)
+
+    def nack(self) -> None:
+        """The message is given back: the broker sends it again later."""
+        self._loop.call_soon_threadsafe(self._delivery.answer, False)
+
+    def __repr__(self) -> str:
+        return f"<Message {self.topic!r} offset={self.offset} attempt={self.attempt}>"
+
+
+class SyncSubscription:
+    """A subscription's deliveries, one at a time: iterate over it (ending
+    once none came for `timeout` seconds, if it was given), or call
+    `next()`. A context manager: unsubscribed on exit."""
+
+    def __init__(
+        self, client: SyncClient, subscription: Subscription, timeout: float | None
+    ) -> None:
+        self._client = client
+        self._subscription = subscription
+        self._timeout = timeout
+        self._received: queue.Queue[Any] = queue.Queue()
+        self._forwarding: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribe, then hand each delivery over to the caller's thread."""
+        await self._subscription
+        self._forwarding = asyncio.get_running_loop().create_task(self._forward())
+
+    async def _forward(self) -> None:
+        async for delivery in self._subscription:
+            self._received.put(delivery)
+        self._received.put(_END)
+
+    @property
+    def topics(self) -> list[str]:
+        return self._subscription.topics
+
+    def next(self, timeout: float | None = None) -> Message:
+        """The next message; TimeoutError if none comes within `timeout`
+        seconds (None: wait for ever), StopIteration once unsubscribed."""
+        try:
+            delivery = self._received.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no message within {timeout} s") from None
+        if delivery is _END:
+            self._received.put(_END)
+            raise StopIteration
+        return Message(delivery, self._client._loop)
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            try:
+                yield self.next(self._timeout)
+            except (TimeoutError, StopIteration):
+                return
+
+    def unsubscribe(self) -> None:
+        """Stop the deliveries (those not acked are sent again)."""
+        self._client._run(self._subscription.unsubscribe())
+
+    def __enter__(self) -> SyncSubscription:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self._client.closed:
+            self.unsubscribe()
+
+
+class SyncClient:
+    """Publishes and subscribes through one broker, with blocking calls; see
+    `connect`. Thread-safe: any thread may call it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        self._loop = loop
+        self._thread = thread
+        self._client: Client | None = None
+        self.closed = False
+        self.timeout: float | None = None
+        """Seconds a call waits for the broker before TimeoutError (None: for ever)."""
+
+    def _run(self, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("a blocking call from the client's own thread would never return")
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)
+        try:
+            return future.result(timeout if timeout is not None else self.timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError("the broker did not answer in time") from None
+
+    @property
+    def client(self) -> Client:
+        assert self._client is not None
+        return self._client
+
+    def publish(self, topic: str, data: bytes) -> int | None:
+        """Send one message; return its offset once the broker confirms it
+        (None from a broker without extensions), or raise BrokerError."""
+        return self._run(self.client.publish(topic, data))
+
+    def publish_many(self, messages: Iterable[tuple[str, bytes]]) -> list[int | None]:
+        """Send many messages at once (one round trip for all, not one
+        each); return their offsets, in order."""
+
+        async def publish_all() -> list[int | None]:
+            client = self.client
+            return list(await asyncio.gather(*(client.publish(t, d) for t, d in messages)))
+
+        return self._run(publish_all())
+
+    def subscribe(
+        self,
+        topics: Iterable[str],
+        *,
+        start: StartAt = StartAt.CURRENT,
+        offset: int = 0,
+        group: str | None = None,
+        durable: str | None = None,
+        timeout: float | None = None,
+    ) -> SyncSubscription:
+        """Subscribe (see broker.aio.Client.subscribe); returns once the broker
+        confirms. Iterating over the result ends after `timeout` seconds
+        without a message (None: never)."""
+        names = list(topics)
+
+        async def subscribe() -> Subscription:
+            return self.client.subscribe(
+                names, start=start, offset=offset, group=group, durable=durable
+            )
+
+        subscription = SyncSubscription(self, self._run(subscribe()), timeout)
+        self._run(subscription.start())
+        return subscription
+
+    def close(self) -> None:
+        """Close the connections and stop the client's thread."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self._client is not None:
+                self._run(self._client.close(), timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def connect(
+    url: str = "tcp://localhost:3000",
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    extensions: bool = True,
+    prefetch: int = 256,
+    max_queued: int = DEFAULT_MAX_QUEUED,
+    timeout: float | None = 10.0,
+    retry_policy: Callable[[int], float] = backoff,
+    retry_on_auth_failure: bool = False,
+) -> SyncClient:
+    """A blocking client connected to the broker at `url` (see
+    broker.aio.connect for every argument); BrokerUnreachable after
+    `timeout` seconds, AuthenticationFailed if the broker refuses the
+    credentials. `timeout` also bounds each later call."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    thread = threading.Thread(target=run, name=f"broker.sync {url}", daemon=True)
+    thread.start()
+    ready.wait()
+    client = SyncClient(loop, thread)
+    try:
+        client._client = client._run(
+            aio_connect(
+                url,
+                user=user,
+                password=password,
+                token=token,
+                ssl=ssl,
+                extensions=extensions,
+                prefetch=prefetch,
+                max_queued=max_queued,
+                timeout=timeout,
+                retry_policy=retry_policy,
+                retry_on_auth_failure=retry_on_auth_failure,
+            )
+        )
+    except BaseException:
+        client.close()
+        raise
+    client.timeout = timeout
+    return client
