@@ -1,0 +1,189 @@
+"""One behaviour suite, every client: each scenario runs through the Twisted,
+the asyncio and the blocking client (tests/clients.py) against a real
+`twistd broker`, so that no client can drift from the others."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.sansio.messages import AuthenticationFailed, BrokerError
+from broker.security.users import hash_secret, user_entry
+from broker.wire import StartAt
+from tests.clients import KINDS, BrokerProcess, GoLikeProxy, client_of, in_thread, open_client
+
+pytestmark = pytest.mark.parametrize("kind", KINDS)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """One broker for the scenarios that need nothing special of it."""
+    process = BrokerProcess(tmp_path_factory.mktemp("broker")).start()
+    yield process
+    process.stop()
+
+
+def topic_for(request: pytest.FixtureRequest, suffix: str = "") -> str:
+    """A topic of this test and client alone, on the shared broker."""
+    name = request.node.name.replace("[", ".").replace("]", "").replace("_", "-")
+    return f"{name}{suffix}"
+
+
+@in_thread
+def test_publish_is_confirmed_with_offsets_and_replayed_from_the_beginning(kind, running, request):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as client:
+        assert [client.publish(topic, f"m{n}".encode()) for n in range(3)] == [0, 1, 2]
+        sub = client.subscribe([topic], start=StartAt.BEGINNING)
+        got = sub.take(3)
+        assert [(g.offset, g.data) for g in got] == [(0, b"m0"), (1, b"m1"), (2, b"m2")]
+
+
+@pytest.mark.parametrize("start", [StartAt.FROM, StartAt.FROM64])
+@in_thread
+def test_replay_starts_at_the_offset_asked_for(kind, start, running, request):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as client:
+        for n in range(4):
+            client.publish(topic, f"m{n}".encode())
+        sub = client.subscribe([topic], start=start, offset=2)
+        assert [(g.offset, g.data) for g in sub.take(2)] == [(2, b"m2"), (3, b"m3")]
+
+
+@in_thread
+def test_current_skips_what_was_published_before(kind, running, request):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as client:
+        client.publish(topic, b"old")
+        sub = client.subscribe([topic], start=StartAt.CURRENT)
+        client.publish(topic, b"new")
+        assert [g.data for g in sub.take(1)] == [b"new"]
+
+
+@in_thread
+def test_a_group_gives_each_message_to_one_member(kind, running, request):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as first, client_of(kind, running.url) as second:
+        one = first.subscribe([topic], group="workers", start=StartAt.BEGINNING)
+        two = second.subscribe([topic], group="workers", start=StartAt.BEGINNING)
+        for n in range(6):
+            first.publish(topic, f"job{n}".encode())
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 6 and time.monotonic() < deadline:
+            for sub in (one, two):
+                with contextlib.suppress(TimeoutError):
+                    got += sub.take(1, timeout=0.2)
+        # Six messages, each to one member: a message given to both would
+        # show its offset twice.
+        assert sorted(g.offset for g in got) == list(range(6))
+
+
+@in_thread
+def test_a_durable_consumer_resumes_at_its_first_unacked_message(kind, running, request):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as client:
+        for n in range(4):
+            client.publish(topic, f"m{n}".encode())
+        sub = client.subscribe([topic], durable="audit", start=StartAt.BEGINNING)
+        assert [g.offset for g in sub.take(2)] == [0, 1]
+    with client_of(kind, running.url) as again:
+        sub = again.subscribe([topic], durable="audit", start=StartAt.BEGINNING)
+        assert [g.offset for g in sub.take(2)] == [2, 3]
+
+
+@in_thread
+def test_a_pattern_takes_the_topics_it_matches(kind, running, request):
+    base = topic_for(request)
+    with client_of(kind, running.url) as client:
+        sub = client.subscribe([f"{base}.*"], start=StartAt.BEGINNING)
+        client.publish(f"{base}.eu.deep", b"not matched")
+        client.publish(f"{base}.eu", b"eu")
+        client.publish(f"{base}.us", b"us")
+        got = sub.take(2)
+        assert sorted((g.topic, g.data) for g in got) == [
+            (f"{base}.eu", b"eu"),
+            (f"{base}.us", b"us"),
+        ]
+
+
+@in_thread
+def test_nothing_is_lost_through_a_broker_restart(kind, tmp_path, request):
+    """Published while the broker is down: sent once it is back; the
+    subscriber resumes where it was, from the broker's files."""
+    topic = topic_for(request)
+    process = BrokerProcess(tmp_path, "--data-dir", str(tmp_path / "data")).start()
+    try:
+        with client_of(kind, process.url) as client:
+            sub = client.subscribe([topic], start=StartAt.BEGINNING)
+            assert client.publish(topic, b"before") == 0
+            assert [g.data for g in sub.take(1)] == [b"before"]
+            process.stop()
+            process.start()
+            assert client.publish(topic, b"after") == 1
+            assert [(g.offset, g.data) for g in sub.take(1)] == [(1, b"after")]
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """A broker with a users file: alice publishes to orders.* only."""
+    workdir = tmp_path_factory.mktemp("guarded")
+    entry = user_entry("alice", "password", hash_secret("s3cret"), ["orders.*"], ["orders.*"])
+    (workdir / "users.toml").write_text(entry)
+    process = BrokerProcess(workdir, "--users", str(workdir / "users.toml")).start()
+    yield process
+    process.stop()
+
+
+@in_thread
+def test_refused_credentials_fail_at_once(kind, guarded):
+    with pytest.raises(AuthenticationFailed, match="authentication failed"):
+        open_client(kind, guarded.url, user="alice", password="wrong")
+
+
+@in_thread
+def test_a_publish_the_user_may_not_make_is_refused(kind, guarded):
+    with client_of(kind, guarded.url, user="alice", password="s3cret") as client:
+        assert client.publish("orders.eu", b"fine") is not None
+        with pytest.raises(BrokerError, match="permission denied"):
+            client.publish("payroll", b"no")
+
+
+@in_thread
+def test_a_broker_without_extensions_is_spoken_to_plainly(kind, running, request):
+    """As the seed's Go broker is: Hello refused, the plain protocol after."""
+    topic = topic_for(request)
+    proxy = GoLikeProxy(running.port)
+    try:
+        with client_of(kind, proxy.url) as client:
+            sub = client.subscribe([topic])
+            assert client.publish(topic, b"plain") is None  # no confirms to give
+            got = sub.take(1)
+            assert [(g.topic, g.offset, g.data) for g in got] == [(topic, None, b"plain")]
+        assert proxy.hellos >= 1
+    finally:
+        proxy.close()
+
+
+@in_thread
+def test_the_asyncio_and_blocking_clients_load_no_twisted(kind):
+    if kind == "twisted":
+        pytest.skip("the Twisted client is Twisted")
+    module = {"asyncio": "broker.aio", "blocking": "broker.sync"}[kind]
+    program = f"import sys, {module}; print(sorted(m for m in sys.modules if 'twisted' in m))"
+    shown = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert shown.stdout.strip() == "[]"
