@@ -17,6 +17,8 @@ reconnect until confirmed; subscriptions resumed after a reconnect from
 the first message not acked; consumer groups, durable consumers, patterns.
 """
 
+import logging
+
 from broker.aio.client import (
     DEFAULT_MAX_QUEUED,
     Client,
@@ -37,6 +39,9 @@ from broker.sansio.messages import (
     QueueFull,
 )
 from broker.wire import StartAt
+
+# A library logs, its program decides where to: nothing by default.
+logging.getLogger("broker.aio").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_MAX_QUEUED",

@@ -314,7 +314,7 @@ class Options(usage.Options):
                 None,
                 None,
                 "TOML users file: who may connect and what each may publish and subscribe "
-                "to (see 'python -m broker.security.users'). Re-read on SIGHUP. Without it, anyone "
+                "to (see 'broker users'). Re-read on SIGHUP. Without it, anyone "
                 "who reaches a port may publish and read everything.",
             ],
             [

@@ -21,7 +21,7 @@ SHA-256 (the broker makes them: 256 random bits need no slow hash).
     [users.anonymous]            # clients that give no credentials (Go clients)
     subscribe = ["public.>"]
 
-`python -m broker.security.users add NAME` appends a user, asking for the password
+`broker users add NAME` appends a user, asking for the password
 (or, with --token, making a token and printing it once).
 """
 
@@ -187,8 +187,7 @@ def _user(name: str, entry: object, path: Path) -> User:
         value = entry.get(secret)
         if value is not None and (not isinstance(value, str) or not value.startswith(scheme)):
             raise UsersFileError(
-                f"{where}: {secret} must be a hash from "
-                "'python -m broker.security.users', never the secret"
+                f"{where}: {secret} must be a hash from 'broker users', never the secret"
             )
     monitor = entry.get("monitor", False)
     if type(monitor) is not bool:
@@ -253,7 +252,7 @@ def user_entry(
 
 
 if __name__ == "__main__":
-    # `python -m broker.security.users` runs the command, which lives in its own module
+    # `broker users` runs the command, which lives in its own module
     # above this one (run, not imported, so the two import in one direction).
     import runpy
 

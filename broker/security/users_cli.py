@@ -1,10 +1,12 @@
-"""`python -m broker.security.users`: add, list, remove users of a users file and
-change their secrets, editing the file in place: comments, the order of the
-tables and the other users stay as they were, and an edit that would change
-anything else is refused (the file is then left alone)."""
+"""`broker users` (also `python -m broker.security.users`): add, list,
+remove users of a users file and change their secrets, editing the file in
+place: comments, the order of the tables and the other users stay as they
+were, and an edit that would change anything else is refused (the file is
+then left alone)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import getpass
 import os
@@ -30,7 +32,7 @@ from broker.security.users import (
 )
 from broker.toml_file import read_toml
 
-PROG = "python -m broker.security.users"
+PROG = "broker users"
 
 _FILE = click.option(
     "--file",
@@ -56,7 +58,7 @@ _TOKEN = click.option(
     help="Manage the users file of twistd broker --users. Passwords are stored "
     "as scrypt hashes, tokens as SHA-256 hashes, never as they are. Send the "
     "broker SIGHUP afterwards to apply a change.",
-    epilog="Example: printf '%s\\n' \"$PASSWORD\" | python -m broker.security.users add alice "
+    epilog="Example: printf '%s\\n' \"$PASSWORD\" | broker users add alice "
     "--file users.toml --publish 'orders.>' --subscribe 'orders.>' --password-stdin",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -101,7 +103,7 @@ def add(
     _show_token(shown)
 
 
-@users.command(name="list", help="Show each user: its kind of secret and its topic patterns.")
+@users.command(name="ls", help="Show each user: its kind of secret and its topic patterns.")
 @_FILE
 def list_users(path: Path) -> None:
     _load(path)  # every error said as the broker would say it
@@ -123,7 +125,7 @@ def list_users(path: Path) -> None:
         click.echo("  ".join([*padded, row[3]]))
 
 
-@users.command(help="Take a user out of the file; the other users and comments stay.")
+@users.command(name="rm", help="Take a user out of the file; the other users and comments stay.")
 @click.argument("name")
 @_FILE
 def remove(name: str, path: Path) -> None:
@@ -294,6 +296,13 @@ def _write(path: Path, text: str, name: str, holds: Callable[[Users], bool]) -> 
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+# The names these commands had before `broker users`, still understood.
+for _name, _command in (("list", list_users), ("remove", remove)):
+    _alias = copy.copy(_command)
+    _alias.hidden = True
+    users.add_command(_alias, name=_name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,10 +91,10 @@ def test_the_readme_shows_every_users_command_and_password_stdin():
     from broker.security.users_cli import users
 
     shown = {
-        line.split("python -m broker.security.users ", 1)[1].split()[0]
+        line.split("broker users ", 1)[1].split()[0]
         for lines in readme_shell_blocks()
         for line in lines
-        if "python -m broker.security.users " in line
+        if "broker users " in line
     }
-    assert shown == set(users.commands)
+    assert shown == {name for name, command in users.commands.items() if not command.hidden}
     assert any("--password-stdin" in line for lines in readme_shell_blocks() for line in lines)

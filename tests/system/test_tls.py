@@ -215,7 +215,7 @@ async def test_twistd_refuses_unusable_tls_and_users_options_in_one_line(tmp_pat
     bad_users.write_text('[users.alice]\npassword = "hunter2"\n')
     refused = spawn_broker(tmp_path, "--port", f"tcp:{free_port()}", "--users", str(bad_users))
     assert await refused.ended == 1
-    assert "password must be a hash from 'python -m broker.security.users'" in refused.output
+    assert "password must be a hash from 'broker users'" in refused.output
     assert "Traceback" not in refused.output
 
 

@@ -128,7 +128,8 @@ def test_the_add_command_appends_a_hashed_user(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "broker.security.users",
+                "broker",
+                "users",
                 "add",
                 name,
                 "--file",
@@ -153,7 +154,8 @@ def test_the_add_command_appends_a_hashed_user(tmp_path):
         [
             sys.executable,
             "-m",
-            "broker.security.users",
+            "broker",
+            "users",
             "add",
             "alice",
             "--file",
@@ -181,9 +183,9 @@ def test_the_add_command_makes_a_token_shows_it_once_and_stores_its_hash(tmp_pat
 
 
 def users_command(*arguments: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """`python -m broker.security.users ARGUMENTS` with `stdin` piped in, as a script runs it."""
+    """`python -m broker users ARGUMENTS` with `stdin` piped in, as a script runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "broker.security.users", *arguments],
+        [sys.executable, "-m", "broker", "users", *arguments],
         input=stdin,
         capture_output=True,
         text=True,
@@ -229,7 +231,7 @@ def test_piped_input_without_password_stdin_is_a_clear_error_not_a_traceback(tmp
 def test_help_names_every_command_in_whole_sentences():
     run = users_command("--help")
     assert run.returncode == 0
-    for command in ("add", "list", "passwd", "remove"):
+    for command in ("add", "ls", "passwd", "rm"):
         assert f"  {command} " in run.stdout
     assert "Manage the users file of twistd broker --users." in " ".join(run.stdout.split())
     add_help = " ".join(users_command("add", "--help").stdout.split())
@@ -238,7 +240,7 @@ def test_help_names_every_command_in_whole_sentences():
 
 def test_list_shows_each_user_its_secret_kind_and_patterns_never_a_hash(tmp_path):
     path = shared_file(tmp_path)
-    run = users_command("list", "--file", str(path))
+    run = users_command("ls", "--file", str(path))
     assert run.returncode == 0, run.stderr
     lines = [line.split() for line in run.stdout.splitlines()]
     assert lines[0] == ["USER", "SECRET", "PUBLISH", "SUBSCRIBE"]

@@ -27,7 +27,14 @@ PACKAGE = ROOT / "broker"
 
 CORE = ("broker.core",)
 DOORS = ("broker.server", "broker.monitoring")
-APP = ("broker.app", "broker.testing", "broker.pytest_plugin", "broker.bench")
+APP = (
+    "broker.app",
+    "broker.cli",
+    "broker.__main__",
+    "broker.testing",
+    "broker.pytest_plugin",
+    "broker.bench",
+)
 GROUND = ("broker.wire", "broker.log", "broker.security", "broker.names", "broker.subjects")
 # What the core may not reach: the doors, the app, and Twisted's transports.
 TRANSPORTS = (

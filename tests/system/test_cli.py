@@ -1,0 +1,136 @@
+"""The `broker` command as a terminal user runs it (`python -m broker`,
+the console script's module) against a real `twistd broker`: what it
+prints, and exit codes that mean something."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.security.users import hash_secret, user_entry
+from tests.clients import BrokerProcess, accepts, wait_until
+from tests.process import ROOT, free_port
+
+
+def broker_command(
+    *arguments: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *arguments],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+    )
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    process = BrokerProcess(tmp_path_factory.mktemp("cli")).start()
+    yield process
+    process.stop()
+
+
+def test_pub_prints_where_each_message_went_and_sub_prints_them_back(running):
+    published = broker_command("pub", "cli.a", "hello {n}", "--count", "3", "--url", running.url)
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.splitlines() == [
+        "stored at cli.a#0",
+        "stored at cli.a#1",
+        "stored at cli.a#2",
+    ]
+    read = broker_command(
+        "sub", "cli.a", "--from", "beginning", "--count", "3", "--json", "--url", running.url
+    )
+    assert read.returncode == 0, read.stderr
+    assert [json.loads(line) for line in read.stdout.splitlines()] == [
+        {"topic": "cli.a", "offset": n, "attempt": 1, "data": f"hello {n + 1}"} for n in range(3)
+    ]
+
+
+def test_pub_takes_each_line_of_stdin_and_sub_replays_from_an_offset(running):
+    published = broker_command(
+        "pub",
+        "cli.lines",
+        "-",
+        "--json",
+        stdin="one\ntwo\nthree\n",
+        env={"BROKER_URL": running.url},
+    )
+    assert published.returncode == 0, published.stderr
+    assert [json.loads(line)["offset"] for line in published.stdout.splitlines()] == [0, 1, 2]
+    read = broker_command(
+        "sub", "cli.lines", "--from", "1", "--wait", "1", "--raw", "--url", running.url
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.splitlines() == ["two", "three"]
+
+
+def test_a_broker_not_there_is_exit_code_3_in_one_line():
+    port = free_port()
+    failed = broker_command("pub", "t", "x", "--url", f"tcp://127.0.0.1:{port}", "--timeout", "1")
+    assert failed.returncode == 3
+    assert failed.stderr.startswith(f"broker: error: cannot reach tcp://127.0.0.1:{port} within 1")
+    assert len(failed.stderr.splitlines()) == 1 and "Traceback" not in failed.stderr
+
+
+def test_a_bad_command_line_is_exit_code_2_before_connecting():
+    for arguments in (["pub", "", "x"], ["sub", "t", "--from", "later"], ["pub"]):
+        failed = broker_command(*arguments, "--url", "tcp://127.0.0.1:1", "--timeout", "1")
+        assert failed.returncode == 2, (arguments, failed.stderr)
+        assert "cannot reach" not in failed.stderr
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    workdir = tmp_path_factory.mktemp("cli-guarded")
+    entry = user_entry("carol", "password", hash_secret("pw"), ["jobs"], ["jobs"])
+    (workdir / "users.toml").write_text(entry)
+    process = BrokerProcess(workdir, "--users", str(workdir / "users.toml")).start()
+    yield process
+    process.stop()
+
+
+def test_refused_credentials_are_exit_code_4_and_a_refused_publish_1(guarded):
+    wrong = broker_command(
+        "pub", "jobs", "x", "--url", guarded.url, "--user", "carol", env={"BROKER_PASSWORD": "no"}
+    )
+    assert wrong.returncode == 4, wrong.stderr
+    assert "refused the credentials" in wrong.stderr
+    signed_in = {"BROKER_USER": "carol", "BROKER_PASSWORD": "pw", "BROKER_URL": guarded.url}
+    assert broker_command("pub", "jobs", "x", env=signed_in).returncode == 0
+    refused = broker_command("pub", "payroll", "x", env=signed_in)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "broker: error: permission denied: publish to 'payroll'"
+
+
+def test_serve_runs_the_broker_in_the_foreground(tmp_path: Path):
+    port = free_port()
+    served = subprocess.Popen(
+        [sys.executable, "-m", "broker", "serve", "--port", f"tcp:{port}:interface=127.0.0.1"],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: accepts(port) or served.poll() is not None, what="the broker listening")
+        published = broker_command("pub", "served", "x", "--url", f"tcp://127.0.0.1:{port}")
+        assert published.stdout.strip() == "stored at served#0"
+        assert not (tmp_path / "twistd.pid").exists()  # in the foreground, no pid file
+    finally:
+        served.terminate()
+        served.wait(15)
+
+
+def test_the_command_says_its_version():
+    shown = broker_command("--version")
+    assert shown.returncode == 0 and shown.stdout.startswith("broker, version ")
