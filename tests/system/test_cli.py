@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,3 +135,31 @@ def test_serve_runs_the_broker_in_the_foreground(tmp_path: Path):
 def test_the_command_says_its_version():
     shown = broker_command("--version")
     assert shown.returncode == 0 and shown.stdout.startswith("broker, version ")
+
+
+def test_the_readmes_asyncio_example_runs_as_printed(running, tmp_path: Path):
+    """The first screen's example, against a broker: it publishes, then
+    prints what it reads back from the beginning (and waits for more)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    use_it = readme.split("## Use it", 1)[1]
+    example = use_it.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "import twisted" not in example and "broker.aio.connect(" in example
+    script = tmp_path / "example.py"
+    script.write_text(example.replace("tcp://localhost:3000", running.url))
+    child = subprocess.Popen(
+        [sys.executable, "-u", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    deadline = threading.Timer(30, child.kill)  # a hung example fails, never hangs the suite
+    deadline.start()
+    try:
+        assert child.stdout is not None
+        first = child.stdout.readline()  # it waits for more after this line
+        assert first.strip() == "orders 0 b'one pizza'"
+    finally:
+        deadline.cancel()
+        child.kill()
+        child.wait(15)
