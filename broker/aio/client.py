@@ -117,7 +117,9 @@ class _Link(asyncio.Protocol):
     def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
         self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()
+        self._outgoing: list[bytes] = []
+        """Frames written in this turn of the loop, sent together at its end."""
+        loop = self._loop = asyncio.get_running_loop()
         self.negotiated: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         connection.write = self._write
@@ -126,8 +128,19 @@ class _Link(asyncio.Protocol):
         connection.on_broken = self._broken
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        # asyncio's transport tries a send() per write: frames written in one
+        # turn of the loop (a burst of publishes, a read's acks) go in one.
+        outgoing = self._outgoing
+        outgoing.append(data)
+        if len(outgoing) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -533,6 +546,24 @@ class Client:
         except asyncio.CancelledError:
             outbox.withdraw(pending)
             raise
+
+    async def publish_many(self, messages: Iterable[tuple[str, bytes]]) -> list[int | None]:
+        """Send many (topic, data) messages at once; return their offsets, in
+        order, once all are confirmed (BrokerError for the first refused:
+        the others are stored all the same). Cheaper than a publish() each:
+        no task per message."""
+        loop = asyncio.get_running_loop()
+        outbox = self._outbox
+        futures: list[asyncio.Future[int | None]] = []
+        for topic, data in messages:
+            check_publish(topic, data)
+            self._raise_if_over()
+            future: asyncio.Future[int | None] = loop.create_future()
+            outbox.add(Pending(topic, data, future))
+            futures.append(future)
+        if outbox.connection is None:
+            self._publisher.start()
+        return list(await asyncio.gather(*futures))
 
     @property
     def unconfirmed(self) -> int:

@@ -160,11 +160,8 @@ class SyncClient:
         """Send many messages at once (one round trip for all, not one
         each); return their offsets, in order."""
 
-        async def publish_all() -> list[int | None]:
-            client = self.client
-            return list(await asyncio.gather(*(client.publish(t, d) for t, d in messages)))
-
-        return self._run(publish_all())
+        batch = list(messages)
+        return self._run(self.client.publish_many(batch))
 
     def subscribe(
         self,
