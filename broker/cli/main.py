@@ -15,6 +15,7 @@ import sys
 import click
 
 from broker import __version__
+from broker.cli.admin import conns, consumers, topics
 from broker.cli.messaging import pub, sub
 from broker.cli.running import bench, serve
 from broker.sansio.messages import AuthenticationFailed, BrokerError, BrokerUnreachable
@@ -37,6 +38,9 @@ broker.add_command(sub)
 broker.add_command(serve)
 broker.add_command(bench)
 broker.add_command(users)
+broker.add_command(topics)
+broker.add_command(consumers)
+broker.add_command(conns)
 users.add_command(list_users, name="ls")
 users.add_command(remove, name="rm")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -31,6 +32,13 @@ from broker.security.users import Users
 from broker.wire import ERR_PERMISSION_DENIED, total_size
 
 log = Logger()
+
+
+class Reader(Protocol):
+    """A consumer, as the broker counts who reads a topic (core.Consumer)."""
+
+    def reads(self, topic: str) -> bool:
+        """Whether it is subscribed to `topic` (by name or by a pattern)."""
 
 
 @dataclass(slots=True)
@@ -80,6 +88,8 @@ class Broker:
             users = Authenticator(users, clock, identity=settings.tls_identity)
         self.authenticator: Authenticator | None = users
         """Who connections are and what they may do; None: no users file, all open."""
+        self.consumers: set[Reader] = set()
+        """Every consumer, through any door (they add and remove themselves)."""
         self.user_connections: Counter[str] = Counter()
         """Connections per user, over every front door (for max_connections)."""
 

@@ -134,6 +134,7 @@ class Consumer:
         )
         self.patterns: PatternSubscriptions | None = None
         """Its pattern subscriptions, if it agreed to patterns."""
+        broker.consumers.add(self)
         if patterns:
             self.patterns = PatternSubscriptions(
                 broker.registry, self.window, broker.dead_letters, self._may_read
@@ -325,6 +326,10 @@ class Consumer:
         self.broker.registry.stop_awaiting(name, waiting)
         return True
 
+    def reads(self, topic: str) -> bool:
+        """Whether it is subscribed to `topic` (by name or by a pattern)."""
+        return topic in self.window.subscriptions
+
     @property
     def awaited(self) -> list[str]:
         """The topics it waits for, which do not exist yet."""
@@ -471,6 +476,7 @@ class Consumer:
     def close(self) -> None:
         """The consumer is gone: give back what it held."""
         self._halted = True  # a subscribe the store was opening topics for ends here
+        self.broker.consumers.discard(self)
         self._cancel_slow_consumer()
         for name in list(self._awaited):
             self._forget_awaited(name)

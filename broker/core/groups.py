@@ -196,6 +196,10 @@ class GroupRegistry:
     def __len__(self) -> int:
         return len(self._groups)
 
+    def of_topic(self, topic: str) -> list[ConsumerGroup]:
+        """The groups of `topic` held here (with members, or work to redo)."""
+        return [group for (name, _, _), group in self._groups.items() if name == topic]
+
     def get(
         self, topic: Topic, name: str, start: StartAt, offset: int = 0, durable: bool = False
     ) -> ConsumerGroup:
@@ -261,5 +265,15 @@ class GroupRegistry:
             floors[topic] = min(floors.get(topic, position.low), position.low)
         return floors
 
+    def drop(self, topic: str, name: str, durable: bool) -> None:
+        """Forget a group no member reads (an operator reset or deleted its
+        durable consumer): what it had to redo is its position's to say."""
+        group = self._groups.get((topic, name, durable))
+        if group is not None and not group.members:
+            group.reader.close()
+            self._forget(group)
+
     def _forget(self, group: ConsumerGroup) -> None:
-        self._groups.pop((group.topic.name, group.name, group.durable), None)
+        key = (group.topic.name, group.name, group.durable)
+        if self._groups.get(key) is group:  # not a newer group of that name
+            del self._groups[key]

@@ -242,6 +242,14 @@ class TopicRegistry:
         Deferred of it)."""
         return self.get(name).append(payloads)
 
+    def remove(self, name: str) -> Topic | None:
+        """Forget topic `name` and close its log (an operator deleted it;
+        nothing may read it any more); the topic, or None if there was none."""
+        topic = self._topics.pop(name, None)
+        if topic is not None:
+            topic.log.close()
+        return topic
+
     def close(self) -> None:
         for topic in self._topics.values():
             topic.log.close()

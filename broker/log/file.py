@@ -22,6 +22,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -301,6 +302,20 @@ class FileLog:
             self._remove_files(oldest.path)
         return self.first_offset - before
 
+    def purge(self) -> int:
+        """Start a new segment at the end and remove every segment before it."""
+        dropped = self.next_offset - self.first_offset
+        segments = self._segments
+        if segments[-1].count:
+            self._roll()
+        while len(segments) > 1:
+            oldest = segments.pop(0)
+            self._bases.pop(0)
+            self._dirty.discard(oldest.fd)
+            oldest.close()
+            self._remove_files(oldest.path)
+        return dropped
+
     def close(self) -> None:
         if self._settings.fsync is not FsyncPolicy.NEVER:
             for segment in self._segments:
@@ -455,6 +470,22 @@ class FileStore(OneNodeStore):
 
     def status(self) -> dict[str, Any]:
         return {"kind": self.kind, "data_dir": str(self.root)}
+
+    def delete(self, name: str) -> None:
+        """Remove the topic's directory (its log closed first)."""
+        topic_log = self.logs.pop(name, None)
+        if topic_log is not None:
+            topic_log.close()
+        directory = self.root / topic_directory_name(name)
+        try:
+            shutil.rmtree(directory, ignore_errors=False)
+            _fsync_directory(self.root)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise StoreError(
+                f"could not delete topic {name!r}: {error.strerror or error}"
+            ) from error
 
     def topic_names(self) -> list[str]:
         """The names of the topics stored here."""

@@ -97,6 +97,11 @@ class IMessageLog(Interface):
         """Drop what the retention policy no longer keeps, as of `now` (seconds
         since the epoch); return how many messages were dropped."""
 
+    def purge():
+        """Drop every message held (an operator's purge): `first_offset`
+        becomes `next_offset`, and offsets go on from there, never reused.
+        Return how many were dropped, or a Deferred of it."""
+
     def close():
         """Make everything durable that can be, and release what is held open."""
 
@@ -152,6 +157,11 @@ class IMessageStore(Interface):
 
     def status():
         """What monitoring shows of it, as JSON values ("kind" first)."""
+
+    def delete(name):
+        """Remove topic `name`'s messages for good (an operator's delete),
+        once its log is closed: None, or a Deferred that fires once done.
+        Raise StoreError if the store cannot."""
 
     def close():
         """Stop, once the logs are closed: a Deferred that fires once it has."""

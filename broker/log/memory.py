@@ -87,6 +87,12 @@ class MemoryLog:
         self._trim_to_limits()
         return self.first_offset - before
 
+    def purge(self) -> int:
+        dropped = self.next_offset - self.first_offset
+        self._drop_until(self.next_offset)
+        self._batches.clear()
+        return dropped
+
     def close(self) -> None:
         self._messages = []
         self._start = 0
@@ -152,6 +158,9 @@ class MemoryStore(OneNodeStore):
 
     def sync(self) -> None:
         pass
+
+    def delete(self, name: str) -> None:
+        pass  # its log held everything, and is gone with its topic
 
     def status(self) -> dict[str, Any]:
         return {"kind": self.kind}

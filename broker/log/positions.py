@@ -152,6 +152,20 @@ class PositionStore:
             os.fsync(self._file.fileno())
             self._unsynced = False
 
+    def remove(self, topic: str, name: str) -> bool:
+        """Forget one durable consumer's position (written at the next
+        flush); whether there was one."""
+        key = (topic, name)
+        if key not in self.positions:
+            return False
+        self._forget(key)
+        self._dirty.add(key)
+        return True
+
+    def of_topic(self, topic: str) -> list[str]:
+        """The names of the durable consumers of `topic` with a position."""
+        return sorted(name for kept_topic, name in self.positions if kept_topic == topic)
+
     def forget_idle(self, now: float, idle: float) -> list[tuple[str, str]]:
         """Forget positions unchanged for `idle` seconds; return whose."""
         gone = [key for key, p in self.positions.items() if now - p.touched > idle]

@@ -69,7 +69,7 @@ log = Logger()
 T = TypeVar("T")
 
 FUNCTIONS = files("broker.log").joinpath("redis_functions.lua").read_text(encoding="utf-8")
-APPEND, EXPIRE = "broker_append_v1", "broker_expire_v1"
+APPEND, EXPIRE, PURGE = "broker_append_v1", "broker_expire_v1", "broker_purge_v1"
 
 # One call appends at most this many payload bytes; the rest waits its turn.
 MAX_CALL_BYTES = 256 * 1024
@@ -376,6 +376,17 @@ class RedisLog:
 
     def _expired(self, first: int) -> None:
         self.learn_start(first)
+
+    def purge(self) -> Deferred[int]:
+        """Redis drops every batch, for every node; each learns the new start
+        as it learns of retention."""
+        before = self.first_offset
+
+        def purged(first: int) -> int:
+            self.learn_start(first)
+            return max(0, first - before)
+
+        return self.store.purge(self).addCallback(purged)
 
     def close(self) -> None:
         self._cache.clear()
@@ -826,6 +837,17 @@ class RedisStore:
         for entry_id, fields in holding + after:
             answer += (entry_id, fields[b"n"], fields[b"b"])
         return answer
+
+    def purge(self, topic_log: RedisLog) -> Deferred[int]:
+        keys = topic_log.keys
+        call = self.client.fcall(PURGE, 3, keys.log, keys.meta, keys.times)
+        return self._deferred(self._call(call)).addCallback(int)
+
+    def delete(self, name: str) -> None:
+        raise StoreError(
+            f"the Redis store cannot delete topic {name!r} yet (other nodes hold it open); "
+            "purge it instead"
+        )
 
     def expire(self, topic_log: RedisLog, max_age: float) -> Deferred[int]:
         keys = topic_log.keys

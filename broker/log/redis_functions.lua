@@ -97,5 +97,15 @@ local function expire(keys, args)
   return tonumber(redis.call('HGET', meta, 'first') or '0')
 end
 
+-- purge(log, meta, times) -> offset of the oldest message held (the next
+-- one's): an operator drops every batch the topic holds; offsets go on.
+local function purge(keys, args)
+  local log, meta, times = keys[1], keys[2], keys[3]
+  trim_before(log, meta, tonumber(redis.call('HGET', meta, 'next') or '0'))
+  redis.call('XTRIM', times, 'MAXLEN', 0)
+  return tonumber(redis.call('HGET', meta, 'first') or '0')
+end
+
 redis.register_function('broker_append_v1', append)
+redis.register_function('broker_purge_v1', purge)
 redis.register_function('broker_expire_v1', expire)

@@ -8,7 +8,8 @@ password) or a bearer token (as Prometheus scrapers send them); with
 Passwords are checked by the broker's own Authenticator: scrypt in a
 thread, and the same slowdown of repeated failures from one address as
 sign-ins on --port. /healthz answers without credentials, with the state
-alone, for orchestrators.
+alone, for orchestrators. /admin/ (broker.monitoring.admin) acts on the
+broker: it needs a user with `admin = true` instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import binascii
 import ipaddress
 from collections.abc import Iterable
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
@@ -86,17 +88,31 @@ class MonitorAccess:
             return None
         return "this monitor does not serve that Host name (see --monitor-host)"
 
-    def user(self, request: Request) -> Deferred[User | None]:
+    def user(self, request: Request, right: str = "monitor") -> Deferred[User | None]:
         """The user whose credentials the request carries (failing with
         AuthenticationFailed if they are wrong); with none, `anonymous` if
-        it has the monitor right, else None."""
+        it has the `right` asked for, else None."""
         assert self.authenticator is not None
         hello = _credentials(request.getHeader(b"authorization"))
         if hello is None:
             anonymous = self.authenticator.users.anonymous
-            return succeed(anonymous if anonymous.monitor else None)
+            return succeed(anonymous if getattr(anonymous, right) else None)
         address = getattr(request.getClientAddress(), "host", "?")
         return cast("Deferred[User | None]", self.authenticator.authenticate(address, hello))
+
+
+_SIGNED_IN: WeakKeyDictionary[Request, str] = WeakKeyDictionary()
+"""The user each request being answered signed in as."""
+
+
+def who_asked(request: Request) -> str:
+    """Who made `request`, for the log of what it did: its user, or (with no
+    users file) its address."""
+    user = _SIGNED_IN.get(request)
+    if user is not None:
+        return f"user {user}"
+    address = getattr(request.getClientAddress(), "host", "?")
+    return f"the monitor's client at {address}"
 
 
 def _credentials(header: bytes | None) -> HelloRequest | None:
@@ -145,8 +161,11 @@ class Guarded(Resource):
         refusal = self._access.host_refused(request)
         if refusal is not None:
             return _plain(request, 421, refusal)
-        if self._access.authenticator is None or (request.postpath or [])[:1] in OPEN_PATHS:
+        first = (request.postpath or [])[:1]
+        if self._access.authenticator is None or first in OPEN_PATHS:
             return self._serve(request)
+        # /admin/ acts on the broker: it needs the admin right, not the monitor's.
+        right = "admin" if first == [b"admin"] else "monitor"
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda failure: gone.append(True))
 
@@ -155,10 +174,16 @@ class Guarded(Resource):
                 return
             if user is None:
                 self._challenge(request, "this monitor needs a user's credentials")
-            elif not user.monitor:
-                request.write(_plain(request, 403, f"user {user.name} may not read the monitor"))
+            elif not getattr(user, right):
+                refused = (
+                    f"user {user.name} may not act on the broker (it needs admin = true)"
+                    if right == "admin"
+                    else f"user {user.name} may not read the monitor"
+                )
+                request.write(_plain(request, 403, refused))
                 request.finish()
             else:
+                _SIGNED_IN[request] = user.name
                 self._serve(request)
 
         def refused(failure: Failure) -> Failure | None:
@@ -171,7 +196,7 @@ class Guarded(Resource):
             if not gone:
                 request.processingFailed(failure)  # logged, and answered 500
 
-        self._access.user(request).addCallbacks(decided, refused).addErrback(failed)
+        self._access.user(request, right).addCallbacks(decided, refused).addErrback(failed)
         return NOT_DONE_YET
 
     def _serve(self, request: Request) -> Any:

@@ -21,6 +21,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from broker.monitoring.access import Guarded, MonitorAccess
+from broker.monitoring.admin import AdminAPI
 from broker.monitoring.reports import BadQuery, connz, topicz, varz
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ def monitor_site(
     root.putChild(b"connz", JSONReport(lambda query: connz(factory, query)))
     root.putChild(b"topicz", JSONReport(lambda query: topicz(factory, query)))
     root.putChild(b"healthz", Health(service))
+    root.putChild(b"admin", AdminAPI(factory))
     served = [*hosts]
     if interface not in (None, "", "0.0.0.0", "::"):
         served.append(str(interface))

@@ -10,6 +10,7 @@ SHA-256 (the broker makes them: 256 random bits need no slow hash).
     deny_subscribe = ["orders.secret"]
     max_connections = 10
     monitor = true               # may read the --monitor site (HTTP Basic)
+    admin = true                 # may act on the broker: the admin API, `broker topics rm`
     groups = ["billing-workers"] # group names shared with the users listing them too
     durables = ["billing"]       # durable names shared likewise
     max_durables = 1000          # durable positions its own names may keep
@@ -58,6 +59,7 @@ _FIELDS = {
     "deny_subscribe",
     "max_connections",
     "monitor",
+    "admin",
     "groups",
     "durables",
     "max_durables",
@@ -80,6 +82,10 @@ class User:
     max_connections: int | None = None
     monitor: bool = False
     """Whether it may read the --monitor site (all but /healthz)."""
+    admin: bool = False
+    """Whether it may act on the broker through the admin API (/admin/ on
+    the monitor port): purge and delete topics, reset consumers, close
+    connections."""
     groups: frozenset[str] = frozenset()
     """Group names ($share/NAME/...) it shares with every user listing them;
     its other group names are its own."""
@@ -192,6 +198,9 @@ def _user(name: str, entry: object, path: Path) -> User:
     monitor = entry.get("monitor", False)
     if type(monitor) is not bool:
         raise UsersFileError(f"{where}: monitor must be true or false")
+    admin = entry.get("admin", False)
+    if type(admin) is not bool:
+        raise UsersFileError(f"{where}: admin must be true or false")
     limit = entry.get("max_connections")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise UsersFileError(f"{where}: max_connections must be a positive integer")
@@ -220,6 +229,7 @@ def _user(name: str, entry: object, path: Path) -> User:
         subscribe,
         limit,
         monitor=monitor,
+        admin=admin,
         groups=groups,
         durables=durables,
         max_durables=max_durables,

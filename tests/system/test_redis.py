@@ -5,6 +5,7 @@ raw sockets; and the pure pieces (URLs, key names, batch packing)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -776,3 +777,46 @@ async def test_a_topic_goes_on_when_its_primary_hands_over_to_its_replica(redis_
         if new is not None:  # the layout the other tests expect
             await deferToThread(servers.hand_over, directory, new)
         servers.wait_until_healthy(directory)
+
+
+def _admin_post(url: str, method: str = "POST") -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, method=method)
+    request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_purge_on_one_node_empties_the_topic_for_every_node(redis_servers, tmp_path):
+    monitor = free_port()
+    prefix = unique_prefix()
+    store = redis_servers["cluster"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = await Node(
+        tmp_path / "a", store, prefix, "--monitor", f"tcp:{monitor}:interface=127.0.0.1"
+    ).start()
+    b = await Node(tmp_path / "b", store, prefix).start()
+    try:
+        end = await publish_batches(a, "purged", 4, 25)
+        assert end == 100
+        status, said = await deferToThread(
+            _admin_post, f"http://127.0.0.1:{monitor}/admin/topics/purged/purge"
+        )
+        assert status == 200 and json.loads(said) == {"purged": "purged", "messages": 100}
+        # Offsets go on; a reader from Beginning, on the other node, starts
+        # at the first message published since.
+        assert await publish_batches(a, "purged", 1, 1) == 101
+        assert await first_offset_from_beginning(b, "purged", 100) == 100
+        status, said = await deferToThread(
+            _admin_post, f"http://127.0.0.1:{monitor}/admin/topics/purged", "DELETE"
+        )
+        assert status == 503 and "purge it instead" in said
+    finally:
+        await gatherResults([a.stop(), b.stop()])

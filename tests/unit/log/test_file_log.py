@@ -55,6 +55,34 @@ def test_round_trip_and_reopen(tmp_path):
     assert reopened.append([b"next"]) == 25
 
 
+def test_a_purge_drops_every_segment_and_offsets_go_on_after_a_restart(tmp_path):
+    s = store(tmp_path, segment_bytes=1000)
+    topic_log = s.open("orders")
+    for i in range(0, 100, 10):
+        topic_log.append(payloads(i, i + 10))
+    assert len(list(topic_log.directory.glob("*.log"))) > 2
+    assert topic_log.purge() == 100
+    assert (topic_log.first_offset, topic_log.next_offset) == (100, 100)
+    assert len(list(topic_log.directory.glob("*.log"))) == 1  # the new, empty one
+    assert topic_log.purge() == 0  # nothing more to drop, no new segment
+    assert topic_log.append([b"after"]) == 100
+    s.close()
+    reopened = store(tmp_path, segment_bytes=1000).open("orders")
+    assert (reopened.first_offset, reopened.next_offset) == (100, 101)
+    assert read_all(reopened) == [b"after"]
+
+
+def test_a_deleted_topic_leaves_nothing_on_disk(tmp_path):
+    s = store(tmp_path)
+    s.open("orders").append(payloads(0, 5))
+    s.open("audit").append(payloads(0, 1))
+    s.delete("orders")
+    assert s.topic_names() == ["audit"]
+    s.close()
+    assert store(tmp_path).topic_names() == ["audit"]
+    store(tmp_path).delete("never-there")  # nothing to remove is no error
+
+
 def test_segments_roll_and_reads_cross_them(tmp_path):
     s = store(tmp_path, segment_bytes=1000)
     topic_log = s.open("t")
