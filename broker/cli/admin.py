@@ -37,7 +37,16 @@ class AdminClient:
     def call(
         self, method: str, *path: str, query: dict[str, Any] | None = None, body: Any = None
     ) -> Any:
-        address = self.url + "/admin/" + "/".join(quote(part, safe="") for part in path)
+        """Call /admin/PATH (each part percent-encoded)."""
+        return self.fetch(
+            method, "/admin/" + "/".join(quote(part, safe="") for part in path), query, body
+        )
+
+    def fetch(
+        self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None
+    ) -> Any:
+        """Call any path of the monitor (/varz, /topicz...), JSON back."""
+        address = self.url + path
         if query:
             address += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         request = urllib.request.Request(

@@ -18,6 +18,7 @@ from broker import __version__
 from broker.cli.admin import conns, consumers, topics
 from broker.cli.messaging import pub, sub
 from broker.cli.running import bench, serve
+from broker.cli.top import top
 from broker.sansio.messages import AuthenticationFailed, BrokerError, BrokerUnreachable
 from broker.security.users_cli import list_users, remove, users
 
@@ -41,6 +42,7 @@ broker.add_command(users)
 broker.add_command(topics)
 broker.add_command(consumers)
 broker.add_command(conns)
+broker.add_command(top)
 users.add_command(list_users, name="ls")
 users.add_command(remove, name="rm")
 

@@ -145,3 +145,20 @@ def test_a_connection_is_closed_from_the_terminal_and_its_client_comes_back(guar
         assert client.publish("cli.kicked", b"after") == 1  # on a new connection
     missing = admin_command(guarded, "conns", "kick", "999999")
     assert missing.returncode == 1 and "no connection 999999" in missing.stderr
+
+
+@in_thread
+def test_top_shows_the_busiest_topics_to_a_monitor_user(guarded):
+    with client_of("blocking", guarded.url, user="root", password="adm1n") as client:
+        for _ in range(20):
+            client.publish("cli.top", b"x")
+    env = {
+        "BROKER_MONITOR": guarded.monitor,  # type: ignore[attr-defined]
+        "BROKER_USER": "watcher",
+        "BROKER_PASSWORD": "w",
+    }
+    shown = broker_command("top", "--once", "--topics", "50", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "per second" in shown.stdout and "cli.top" in shown.stdout
+    refused = broker_command("topics", "ls", env=env)  # top reads; acting needs admin
+    assert refused.returncode == 4 and "may not act on the broker" in refused.stderr
