@@ -18,6 +18,7 @@ messaging.py pub and sub
 running.py   serve and bench
 admin.py     topics, consumers, conns: the admin API on the monitor port
 top.py       top: a live view from the monitor
+contexts.py  context: named brokers and credentials (--context, BROKER_CONTEXT)
 main.py      the group, and exit codes that mean something
 """
 

@@ -16,6 +16,7 @@ import click
 
 from broker import __version__
 from broker.cli.admin import conns, consumers, topics
+from broker.cli.contexts import ContextError, context, defaults
 from broker.cli.messaging import pub, sub
 from broker.cli.running import bench, serve
 from broker.cli.top import top
@@ -30,8 +31,16 @@ EXIT_AUTHENTICATION = 4
 
 @click.group(help="Publish, subscribe, run and manage the broker.")
 @click.version_option(__version__, prog_name="broker")
-def broker() -> None:
-    pass
+@click.option(
+    "--context",
+    "context_name",
+    envvar="BROKER_CONTEXT",
+    help="A named context (broker context ls); default: the current one [env BROKER_CONTEXT].",
+)
+@click.pass_context
+def broker(ctx: click.Context, context_name: str | None) -> None:
+    if ctx.invoked_subcommand != "context":
+        ctx.default_map = defaults(context_name)
 
 
 broker.add_command(pub)
@@ -43,6 +52,7 @@ broker.add_command(topics)
 broker.add_command(consumers)
 broker.add_command(conns)
 broker.add_command(top)
+broker.add_command(context)
 users.add_command(list_users, name="ls")
 users.add_command(remove, name="rm")
 
@@ -62,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(error, EXIT_UNREACHABLE)
     except TimeoutError as error:
         _fail(error or "the broker did not answer in time", EXIT_UNREACHABLE)
-    except BrokerError as error:
+    except (BrokerError, ContextError) as error:
         _fail(error, EXIT_REFUSED)
     except (ValueError, TypeError) as error:
         # What the clients refuse before sending anything: a bad topic name.

@@ -163,3 +163,32 @@ def test_the_readmes_asyncio_example_runs_as_printed(running, tmp_path: Path):
         deadline.cancel()
         child.kill()
         child.wait(15)
+
+
+def test_a_named_context_carries_the_address_and_the_credentials(guarded, tmp_path: Path):
+    config = {"XDG_CONFIG_HOME": str(tmp_path)}
+    added = broker_command(
+        "context",
+        "add",
+        "guarded",
+        "--url",
+        guarded.url,
+        "--user",
+        "carol",
+        "--password-stdin",
+        stdin="pw\n",
+        env=config,
+    )
+    assert added.returncode == 0, added.stderr
+    saved = tmp_path / "broker" / "contexts.toml"
+    assert saved.stat().st_mode & 0o777 == 0o600  # it holds a password
+    published = broker_command("pub", "jobs", "by context", env=config)
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.startswith("stored at jobs#")
+    # A variable says more than the context.
+    elsewhere = broker_command(
+        "pub", "jobs", "x", "--timeout", "1", env={**config, "BROKER_URL": "tcp://127.0.0.1:1"}
+    )
+    assert elsewhere.returncode == 3
+    missing = broker_command("--context", "nope", "pub", "jobs", "x", env=config)
+    assert missing.returncode == 1 and "no context 'nope'" in missing.stderr
