@@ -76,6 +76,11 @@ class AdminAPI(Resource):
         request.setResponseCode(status)
         return _json(value)
 
+    def consumers(self) -> list[dict[str, Any]]:
+        """Every consumer group and durable consumer (also /consumerz, which
+        the monitor right reads)."""
+        return self._admin.consumers()
+
     def _route(self, method: str, path: list[str], request: Request) -> Any:
         admin = self._admin
         who = who_asked(request)

@@ -1,6 +1,7 @@
 """The monitoring web site (`--monitor`): /metrics for Prometheus, /varz,
-/connz and /topicz as JSON, /healthz for orchestrators, and the live
-dashboard at /, every asset shipped in the package. Who may read it is
+/connz, /topicz and /consumerz as JSON, the admin API at /admin/,
+/healthz for orchestrators, and the live dashboard at /, every asset
+shipped in the package. Who may read it is
 decided in broker.monitoring.access; each request must arrive whole
 within REQUEST_DEADLINE seconds, so idle and slow clients cannot hold
 connections."""
@@ -175,7 +176,9 @@ def monitor_site(
     root.putChild(b"connz", JSONReport(lambda query: connz(factory, query)))
     root.putChild(b"topicz", JSONReport(lambda query: topicz(factory, query)))
     root.putChild(b"healthz", Health(service))
-    root.putChild(b"admin", AdminAPI(factory))
+    admin = AdminAPI(factory)
+    root.putChild(b"admin", admin)
+    root.putChild(b"consumerz", JSONReport(lambda query: {"consumers": admin.consumers()}))
     served = [*hosts]
     if interface not in (None, "", "0.0.0.0", "::"):
         served.append(str(interface))

@@ -8,6 +8,7 @@ temporary directory)."""
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -21,9 +22,11 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from broker.app.service import BrokerService
 from broker.client import connect
+from broker.log.positions import Position
 from broker.server import BrokerSettings
 from broker.wire import StartAt
 from tests.conftest import HeldAnswers
+from tests.devtools import DevTools
 from tests.process import free_port
 from tests.system.test_monitoring import users_file
 
@@ -45,6 +48,8 @@ FLAGS = [
     "--hide-scrollbars",
     "--virtual-time-budget=4000",
 ]
+# Driven over DevTools (tests/devtools.py): real time, no budget.
+INTERACTIVE = [flag for flag in FLAGS if not flag.startswith("--virtual-time")]
 
 
 async def chromium(tmp_path: Path, *arguments: str) -> str:
@@ -143,3 +148,85 @@ async def test_the_page_works_behind_the_monitors_password(tmp_path):
         assert rows(dom, "topic-table") == [["no topics yet"]]
     finally:
         await service.stopService()
+
+
+ROW_BUTTON = """
+(() => {{
+  const row = [...document.querySelectorAll("#{table} tbody tr")]
+    .find((tr) => tr.cells[0] && tr.cells[0].textContent === {first});
+  const button = row && [...row.querySelectorAll("button")].find((b) => b.textContent === {label});
+  if (!button) return false;
+  button.click();
+  return true;
+}})()
+"""
+
+
+def click(table: str, first: str, label: str) -> str:
+    """JavaScript that clicks `label` in the row of `table` starting with `first`."""
+    return ROW_BUTTON.format(table=table, first=json.dumps(first), label=json.dumps(label))
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_admin_purges_and_deletes_a_topic_and_closes_a_connection_from_the_page(
+    tmp_path,
+):
+    service, port, url = await started()
+    registry = service.factory.broker.registry
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True)
+    browser = DevTools()
+    try:
+        for n in range(3):
+            await client.publish("doomed", b"m%d" % n)
+        await browser.start(CHROMIUM, INTERACTIVE, tmp_path / "profile-clicks")
+        page = await browser.open(url)
+        # Without a users file the page may act: its buttons show.
+        await browser.until(page, "document.body.classList.contains('admin')")
+        await browser.until(page, click("topic-table", "doomed", "purge"))
+        await until(lambda: registry.get("doomed").log.first_offset == 3)
+        status = "document.getElementById('action-status').textContent"
+        assert "done: POST topics/doomed/purge" in await browser.until(page, status)
+        # The publisher's connection: closed from its row; the client comes back.
+        (connection,) = [p.number for p in service.factory.connections]
+        await browser.until(page, click("connection-table", str(connection), "close"))
+        await until(lambda: connection not in [p.number for p in service.factory.connections])
+        await browser.until(page, click("topic-table", "doomed", "delete"))
+        await until(lambda: "doomed" not in registry)
+        assert await client.publish("doomed", b"again") == 0  # a new topic, from 0
+    finally:
+        await browser.stop()
+        await client.close()
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_monitor_user_sees_no_actions_and_consumers_with_their_lag(tmp_path):
+    service, port, url = await started(users=users_file(tmp_path))
+    signed_in = url.replace("http://", "http://alice:watch-it@")
+    client = connect(reactor, f"127.0.0.1:{port}", user="bob", password="publish-it")
+    broker = service.factory.broker
+    try:
+        for n in range(5):
+            await client.publish("jobs", b"j%d" % n)
+        broker.groups.positions.put("jobs", "bob:billing", Position(2, delivered=2))
+        dom = await chromium(tmp_path, "--dump-dom", signed_in)
+        assert re.search(r'<body(?![^>]*class="[^"]*admin)', dom)  # no admin class: no buttons
+        consumers = rows(dom, "consumer-table")
+        assert consumers[0][:6] == ["jobs", "bob:billing", "yes", "0", "2", "3"]
+        cards = dict(
+            re.findall(
+                r'<div class="label">([^<]+)</div><div class="value" id="[^"]+">([^<]*)<', dom
+            )
+        )
+        assert set(cards) >= {"acks / s", "nacks / s", "dead letters / s", "failed sign-ins / s"}
+    finally:
+        await client.close()
+        await service.stopService()
+
+
+async def until(condition, timeout: float = 15) -> None:
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, "the broker did not change in time"
+        await deferLater(reactor, 0.05, lambda: None)
+        waited += 0.05
