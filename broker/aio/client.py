@@ -343,6 +343,19 @@ class Subscription:
             raise StopAsyncIteration
         return delivery
 
+    def ready(self) -> list[Delivery]:
+        """The deliveries already here, taken at once without waiting (a
+        batch for whoever hands them on); none once it has ended."""
+        taken: list[Delivery] = []
+        queue = self._queue
+        while not queue.empty():
+            delivery = queue.get_nowait()
+            if delivery is None:
+                queue.put_nowait(None)
+                break
+            taken.append(delivery)
+        return taken
+
     async def next(self, timeout: float | None = None) -> Delivery:
         """The next delivery; asyncio.TimeoutError if none comes in time."""
         return await asyncio.wait_for(self.__anext__(), timeout)

@@ -8,6 +8,7 @@ import asyncio
 import queue
 import ssl as _ssl
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
@@ -22,15 +23,39 @@ T = TypeVar("T")
 _END = object()
 
 
+class _Answers:
+    """Acks and nacks made in the caller's thread, handed to the client's
+    loop in batches: one wake-up of the loop for all those made meanwhile,
+    not one each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Delivery, bool]] = []
+
+    def add(self, delivery: Delivery, acked: bool) -> None:
+        with self._lock:
+            self._pending.append((delivery, acked))
+            first = len(self._pending) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._send)
+
+    def _send(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for delivery, acked in pending:
+            delivery.answer(acked)
+
+
 class Message:
     """One delivered message: `topic`, `data`, `offset` (None from a broker
     without extensions), `attempt`; `ack()` or `nack()` it once handled."""
 
-    __slots__ = ("_delivery", "_loop")
+    __slots__ = ("_answers", "_delivery")
 
-    def __init__(self, delivery: Delivery, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, delivery: Delivery, answers: _Answers) -> None:
         self._delivery = delivery
-        self._loop = loop
+        self._answers = answers
 
     @property
     def topic(self) -> str:
@@ -50,11 +75,11 @@ class Message:
 
     def ack(self) -> None:
         """The message is handled: the broker will not send it again."""
-        self._loop.call_soon_threadsafe(self._delivery.answer, True)
+        self._answers.add(self._delivery, True)
 
     def nack(self) -> None:
         """The message is given back: the broker sends it again later."""
-        self._loop.call_soon_threadsafe(self._delivery.answer, False)
+        self._answers.add(self._delivery, False)
 
     def __repr__(self) -> str:
         return f"<Message {self.topic!r} offset={self.offset} attempt={self.attempt}>"
@@ -72,6 +97,10 @@ class SyncSubscription:
         self._subscription = subscription
         self._timeout = timeout
         self._received: queue.Queue[Any] = queue.Queue()
+        """Batches of deliveries from the client's loop (then _END)."""
+        self._taken: deque[Delivery] = deque()
+        """Deliveries of the last batch not handed out yet."""
+        self._answers = _Answers(client._loop)
         self._forwarding: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -80,8 +109,10 @@ class SyncSubscription:
         self._forwarding = asyncio.get_running_loop().create_task(self._forward())
 
     async def _forward(self) -> None:
+        # What came meanwhile goes in one batch: one hand-over between the
+        # threads for many deliveries, not one each.
         async for delivery in self._subscription:
-            self._received.put(delivery)
+            self._received.put([delivery, *self._subscription.ready()])
         self._received.put(_END)
 
     @property
@@ -91,14 +122,16 @@ class SyncSubscription:
     def next(self, timeout: float | None = None) -> Message:
         """The next message; TimeoutError if none comes within `timeout`
         seconds (None: wait for ever), StopIteration once unsubscribed."""
-        try:
-            delivery = self._received.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no message within {timeout} s") from None
-        if delivery is _END:
-            self._received.put(_END)
-            raise StopIteration
-        return Message(delivery, self._client._loop)
+        if not self._taken:
+            try:
+                batch = self._received.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no message within {timeout} s") from None
+            if batch is _END:
+                self._received.put(_END)
+                raise StopIteration
+            self._taken.extend(batch)
+        return Message(self._taken.popleft(), self._answers)
 
     def __iter__(self) -> Iterator[Message]:
         while True:
