@@ -5,7 +5,8 @@ client's ack; print {"rate": msg/s, "cpu_us": client CPU µs per message}.
 
     python scripts/client_workloads.py CLIENT PHASE PORT N NAME
 
-CLIENT: twisted, asyncio, asyncio-each, blocking (this broker's clients);
+CLIENT: twisted, asyncio (publish_many, batch), asyncio-each (publish,
+async for), blocking (this broker's clients);
 nats-core, nats-jetstream (nats-py), redis-streams (redis-py with hiredis),
 mqtt-qos1 (paho-mqtt). PHASE: prepare (MQTT's persistent session),
 publish, consume. NAME is the topic, subject, stream or client id to use.
@@ -90,11 +91,17 @@ def asyncio_client(phase: str, port: int, count: int, topic: str, each: bool) ->
         else:
             seen = 0
             async with client.subscribe([topic], start=broker.aio.StartAt.BEGINNING) as sub:
-                async for delivery in sub:
-                    delivery.answer(True)
-                    seen += 1
-                    if seen == count:
-                        break
+                if each:  # one delivery per iteration
+                    async for delivery in sub:
+                        delivery.answer(True)
+                        seen += 1
+                        if seen == count:
+                            break
+                else:  # what is here, at once
+                    while seen < count:
+                        for delivery in await sub.batch():
+                            delivery.answer(True)
+                            seen += 1
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         await client.close()
         return {"rate": count / wall, "cpu_us": cpu / count * 1e6}

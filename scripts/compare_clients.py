@@ -40,8 +40,20 @@ WORKLOADS = Path(__file__).resolve().with_name("client_workloads.py")
 # (label, server, client workload, its guarantee, module the client needs)
 CLIENTS = [
     ("this broker, Twisted client", "this broker", "twisted", "confirm, ack", None),
-    ("this broker, asyncio, publish_many", "this broker", "asyncio", "confirm, ack", None),
-    ("this broker, asyncio, publish each", "this broker", "asyncio-each", "confirm, ack", None),
+    (
+        "this broker, asyncio, publish_many and batch",
+        "this broker",
+        "asyncio",
+        "confirm, ack",
+        None,
+    ),
+    (
+        "this broker, asyncio, publish and async for",
+        "this broker",
+        "asyncio-each",
+        "confirm, ack",
+        None,
+    ),
     ("this broker, blocking client", "this broker", "blocking", "confirm, ack", None),
     ("nats-py, JetStream", "nats-server", "nats-jetstream", "ack, ack", "nats"),
     ("nats-py, core NATS", "nats-server", "nats-core", "none (publish only)", "nats"),

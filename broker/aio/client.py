@@ -11,6 +11,7 @@ broker.sansio's, which the Twisted client runs too.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -300,8 +301,11 @@ class Subscription:
         self._group = group
         self._durable = durable
         self._handler = handler
-        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
-        """Deliveries not taken yet; None once it has ended."""
+        self._buffer: collections.deque[Delivery] = collections.deque()
+        """Deliveries not taken yet (bounded by the prefetch: the broker sends
+        no more until some are acked)."""
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        """Iterations waiting for a delivery (or for the end)."""
         self._subscribed: asyncio.Task[None] | None = None
         self._handling: set[asyncio.Future[Any]] = set()
         self.closed = False
@@ -337,24 +341,50 @@ class Subscription:
     async def __anext__(self) -> Delivery:
         if self._subscribed is None:
             await self._begin()
-        delivery = await self._queue.get()
-        if delivery is None:
-            self._queue.put_nowait(None)  # for the next caller too
-            raise StopAsyncIteration
-        return delivery
+        if not self._buffer:
+            await self._arrival()
+        return self._buffer.popleft()
+
+    async def _arrival(self) -> None:
+        """Return once a delivery is here; StopAsyncIteration once it ended."""
+        while not self._buffer:
+            if self.closed:
+                raise StopAsyncIteration
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:  # cancelled (a timeout)
+                    self._waiters.remove(waiter)
 
     def ready(self) -> list[Delivery]:
         """The deliveries already here, taken at once without waiting (a
         batch for whoever hands them on); none once it has ended."""
-        taken: list[Delivery] = []
-        queue = self._queue
-        while not queue.empty():
-            delivery = queue.get_nowait()
-            if delivery is None:
-                queue.put_nowait(None)
-                break
-            taken.append(delivery)
+        taken = list(self._buffer)
+        self._buffer.clear()
         return taken
+
+    async def batch(self, max_size: int = 1000, timeout: float | None = None) -> list[Delivery]:
+        """At least one delivery and at most `max_size`, what is here: the
+        cheaper way to take many (StopAsyncIteration once it ended,
+        asyncio.TimeoutError if none comes within `timeout`)."""
+        if self._subscribed is None:
+            await self._begin()
+        if not self._buffer:
+            await asyncio.wait_for(self._arrival(), timeout)
+        buffer = self._buffer
+        if len(buffer) <= max_size:
+            return self.ready()
+        return [buffer.popleft() for _ in range(max_size)]
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def next(self, timeout: float | None = None) -> Delivery:
         """The next delivery; asyncio.TimeoutError if none comes in time."""
@@ -373,7 +403,10 @@ class Subscription:
         """Deliver nothing more: iterations over it stop."""
         self.closed = True
         self._client._live.discard(self)
-        self._queue.put_nowait(None)
+        waiters, self._waiters = self._waiters, collections.deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _deliver(self, delivery: Delivery) -> None:
         if self.closed:
@@ -385,7 +418,9 @@ class Subscription:
             return
         handler = self._handler
         if handler is None:
-            self._queue.put_nowait(delivery)
+            self._buffer.append(delivery)
+            if self._waiters:
+                self._wake_one()
             return
         try:
             result = handler(delivery)

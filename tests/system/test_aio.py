@@ -105,3 +105,28 @@ async def _until_closed(subscription: broker.aio.Subscription, client: broker.ai
         await delivery.ack()
         yield delivery
         await client.close()  # ends the iteration: no more deliveries, no hang
+
+
+@in_thread
+def test_a_batch_takes_what_is_here_at_once_and_ends_with_the_subscription(running):
+    async def scenario() -> list[list[int | None]]:
+        client = await broker.aio.connect(running.url, retry_policy=quick)
+        await client.publish_many([("aio.batch", b"m%d" % n) for n in range(5)])
+        subscription = await client.subscribe(["aio.batch"], start=StartAt.BEGINNING)
+        taken: list[list[int | None]] = []
+        while sum(map(len, taken)) < 5:
+            batch = await subscription.batch(max_size=3, timeout=10)
+            assert 1 <= len(batch) <= 3
+            taken.append([delivery.offset for delivery in batch])
+            for delivery in batch:
+                await delivery.ack()
+        with pytest.raises(asyncio.TimeoutError):
+            await subscription.batch(timeout=0.2)  # nothing more: waits, then says so
+        await subscription.unsubscribe()
+        with pytest.raises(StopAsyncIteration):
+            await subscription.batch()
+        await client.close()
+        return taken
+
+    taken = asyncio.run(scenario())
+    assert [offset for batch in taken for offset in batch] == [0, 1, 2, 3, 4]
