@@ -7,10 +7,10 @@ they can also be used alone, with any endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Protocol, connectionDone
@@ -212,7 +212,20 @@ class SubscriberProtocol(_ClientProtocol):
         return answered
 
     def _handle(self, message: Message, delivery_id: int | None) -> None:
-        maybeDeferred(self.handler, message).addBoth(self._answer, message, delivery_id)
+        # A handler that answers at once is answered at once: a Deferred only
+        # for one that returns a Deferred (maybeDeferred's per delivery cost
+        # a third of the client's time).
+        try:
+            result = self.handler(message)
+        except Exception:
+            self._answer(Failure(), message, delivery_id)
+            return
+        if isinstance(result, Deferred):
+            result.addBoth(self._answer, message, delivery_id)
+        elif isinstance(result, Coroutine):  # an async def handler
+            Deferred.fromCoroutine(result).addBoth(self._answer, message, delivery_id)
+        else:
+            self._answer(result, message, delivery_id)
 
     def _answer(self, result: object, message: Message, delivery_id: int | None) -> None:
         self.subscriber.answer(message, delivery_id, _acks(result, message))

@@ -362,7 +362,10 @@ class BrokerClient:
         if self._closed:
             return fail(ConnectionDone("the client is closed"))
         outbox = self._outbox
-        done: Deferred[int | None] = Deferred(lambda _: outbox.withdraw(pending))
+        # The canceller is told of the Deferred and finds its publish: a
+        # closure over the publish would make a reference cycle of each,
+        # and the cyclic collector would spend a quarter of the time.
+        done: Deferred[int | None] = Deferred(outbox.withdraw_handle)
         pending = Pending(topic, payload, done)
         try:
             outbox.add(pending)

@@ -76,6 +76,14 @@ class Outbox(Generic[H]):
         if pending in self.queue:
             self.queue.remove(pending)
 
+    def withdraw_handle(self, handle: H) -> None:
+        """Withdraw the queued publish whose handle is `handle` (a canceller
+        told of its Deferred alone: no reference cycle per publish)."""
+        for pending in self.queue:
+            if pending.handle is handle:
+                self.queue.remove(pending)
+                return
+
     def adopt(self, connection: PublisherConnection) -> int:
         """A new connection has negotiated: it carries every publish from now
         on, starting with those queued, in order (what the last connection

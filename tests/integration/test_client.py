@@ -196,3 +196,43 @@ async def test_the_default_client_negotiates_and_a_refused_publish_fails(broker)
             await client.publish("default", b"x" * (SHORT.max_message_size + 1))
     finally:
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handler_answers_by_its_result_however_it_gives_it(broker, client):
+    """At once (True, False, raising) or later (a Deferred, a coroutine)."""
+    attempts: dict[bytes, int] = {}
+    done: Deferred[None] = Deferred()
+
+    async def later(outcome: bool) -> bool:
+        return outcome
+
+    def handle(message):
+        seen = attempts[message.payload] = attempts.get(message.payload, 0) + 1
+        if len(attempts) == 5 and all(count == 2 for count in attempts.values()):
+            done.callback(None)
+        first = seen == 1  # each is refused once, its own way, then taken
+        kind = message.payload
+        if kind == b"false":
+            return not first
+        if kind == b"raise" and first:
+            raise RuntimeError("refused by raising")
+        if kind == b"deferred":
+            answer: Deferred[bool] = Deferred()
+            reactor.callLater(0, answer.callback, not first)
+            return answer
+        if kind == b"coroutine":
+            return later(not first)
+        if kind == b"failure" and first:
+            return Deferred.fromCoroutine(_raises())
+        return True
+
+    await client.subscribe(["kinds"], handle, start=StartAt.BEGINNING)
+    for kind in (b"false", b"raise", b"deferred", b"coroutine", b"failure"):
+        await client.publish("kinds", kind)
+    await done
+    assert attempts == dict.fromkeys([b"false", b"raise", b"deferred", b"coroutine", b"failure"], 2)
+
+
+async def _raises() -> bool:
+    raise RuntimeError("refused later")
