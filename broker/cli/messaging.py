@@ -121,6 +121,13 @@ def _start(value: str) -> tuple[StartAt, int]:
 )
 @click.option("--group", help="Join this consumer group (each message to one member).")
 @click.option("--durable", help="A durable consumer: the broker keeps its place by this name.")
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Messages in flight at once (1: a group shares its messages one at a time).",
+)
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many messages.")
 @click.option(
     "--wait",
@@ -137,6 +144,7 @@ def sub(
     durable: str | None,
     count: int | None,
     wait: float | None,
+    prefetch: int,
     as_json: bool,
     raw: bool,
     **connection: object,
@@ -146,7 +154,7 @@ def sub(
     at, offset = _start(start)
     out = Console(highlight=False, soft_wrap=True)
     taken = 0
-    with broker.sync.connect(context.url, **context.options()) as client:
+    with broker.sync.connect(context.url, prefetch=prefetch, **context.options()) as client:
         subscription = client.subscribe(
             list(topics), start=at, offset=offset, group=group, durable=durable, timeout=wait
         )

@@ -264,6 +264,12 @@ def connect(
         asyncio.set_event_loop(loop)
         loop.call_soon(ready.set)
         loop.run_forever()
+        # As asyncio.run ends: what is left (a close cut short by an
+        # interrupt) is cancelled and waited for, never destroyed pending.
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
