@@ -122,7 +122,9 @@ class DevTools:
             answered.errback(AssertionError("the browser went away"))
 
     async def open(self, url: str) -> str:
-        """A new page at `url`, its dialogs accepted; its session id."""
+        """A new page at `url`, loaded, its dialogs accepted; its session id.
+        Waiting for the load means that what a test evaluates next finds
+        the document's body (a navigation answers when it commits)."""
         target = await self.call("Target.createTarget", {"url": "about:blank"})
         attached = await self.call(
             "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
@@ -130,7 +132,13 @@ class DevTools:
         session = attached["sessionId"]
         self.on("Page.javascriptDialogOpening", self._accept)
         await self.call("Page.enable", session=session)
-        await self.call("Page.navigate", {"url": url}, session=session)
+        navigated = await self.call("Page.navigate", {"url": url}, session=session)
+        if "errorText" in navigated:
+            raise AssertionError(f"{url} did not load: {navigated['errorText']}")
+        await self.until(
+            session,
+            "location.href !== 'about:blank' && document.readyState === 'complete'",
+        )
         return session
 
     def _accept(self, params: dict[str, Any], session: str | None) -> None:
