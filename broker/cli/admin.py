@@ -199,8 +199,10 @@ def info(
             _table(
                 "groups and durable consumers",
                 ["name", "durable", "members", "position", "lag"],
-                [[g["name"], g["durable"], g["members"], None, None] for g in answer["groups"]]
-                + [[d["name"], True, None, d["position"], d["lag"]] for d in answer["durables"]],
+                [
+                    [c["name"], c["durable"], c["members"], c.get("position"), c.get("lag")]
+                    for c in answer["groups"] + answer["durables"]
+                ],
             )
         )
 

@@ -5,20 +5,21 @@ delete a durable one. Each action is logged with who asked.
 
 Refusals are `AdminRefused` with an HTTP-like status: 404 nothing of that
 name, 409 in use (a topic being read, a durable consumer with members), 400
-a bad request, 503 the store cannot (the Redis store does not delete
-topics yet).
+a bad request, 503 the store cannot now (Redis unreachable).
 """
 
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from broker.core.groups import parse_shared_group_name, shared_group_name
 from broker.core.topics import TooManyTopics, Topic
-from broker.log import StoreError
+from broker.log import ISharedStore, SharedConsumer, StoreError, TopicState
 from broker.log.positions import Position
 from broker.wire import topic_name_problem
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from broker.core.broker import Broker
 
 log = Logger()
+
+T = TypeVar("T")
 
 # What one peek returns at most, whatever it asks for.
 MAX_PEEK_MESSAGES = 1000
@@ -42,10 +45,16 @@ class AdminRefused(Exception):
 
 
 class Administration:
-    """An operator's actions on one Broker."""
+    """An operator's actions on one Broker. What asks of the store answers
+    a Deferred: a store shared by nodes (Redis) is asked across nodes."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+
+    @property
+    def _shared(self) -> ISharedStore | None:
+        store = self.broker.store
+        return store if ISharedStore.providedBy(store) else None
 
     # Topics.
 
@@ -58,9 +67,28 @@ class Administration:
             raise AdminRefused(404, f"no topic {name!r}")
         return registry.get(name)
 
-    def topics(self) -> list[dict[str, Any]]:
-        """Every topic, by name: its offsets, size and readers."""
-        return [self._summary(topic) for topic in sorted(self.broker.registry, key=_name)]
+    def topics(self) -> Deferred[list[dict[str, Any]]]:
+        """Every topic, by name: its offsets, size and readers here (with a
+        shared store, also those no reader here opened)."""
+        summaries = {topic.name: self._summary(topic) for topic in self.broker.registry}
+        shared = self._shared
+        if shared is None:
+            return succeed([summaries[name] for name in sorted(summaries)])
+        elsewhere = [name for name in shared.shared_topics() if name not in summaries]
+
+        def listed(states: dict[str, TopicState]) -> list[dict[str, Any]]:
+            for name, state in states.items():
+                summaries[name] = {
+                    "name": name,
+                    "first": state.first,
+                    "next": state.next,
+                    "messages": state.next - state.first,
+                    "bytes": None,
+                    "readers": 0,
+                }
+            return [summaries[name] for name in sorted(summaries)]
+
+        return _asked(shared.topic_states(elsewhere)).addCallback(listed)
 
     def _summary(self, topic: Topic) -> dict[str, Any]:
         topic_log = topic.log
@@ -70,44 +98,26 @@ class Administration:
             "next": topic_log.next_offset,
             "messages": topic_log.next_offset - topic_log.first_offset,
             "bytes": topic_log.bytes_held,
-            "readers": self.readers(topic.name),
+            "readers": self.broker.readers_of(topic.name),
         }
 
-    def readers(self, name: str) -> int:
-        """Subscriptions and live consumer groups reading topic `name`."""
-        broker = self.broker
-        subscribed = sum(1 for consumer in broker.consumers if consumer.reads(name))
-        return subscribed + sum(1 for group in broker.groups.of_topic(name) if group.members)
-
-    def info(self, name: str) -> dict[str, Any]:
+    def info(self, name: str) -> Deferred[dict[str, Any]]:
         """A topic's summary, with its groups and durable consumers."""
         topic = self.topic(name)
-        groups = self.broker.groups
-        return {
-            **self._summary(topic),
-            "committed": topic.log.committed_offset,
-            "groups": [
-                {
-                    "name": group.name,
-                    "durable": group.durable,
-                    "members": len(group.members),
-                }
-                for group in groups.of_topic(name)
-            ],
-            "durables": [self._durable(name, kept) for kept in groups.positions.of_topic(name)],
-        }
 
-    def _durable(self, topic: str, name: str) -> dict[str, Any]:
-        position = self.broker.groups.positions.get(topic, name)
-        assert position is not None
-        topic_log = self.broker.registry.get(topic).log if topic in self.broker.registry else None
-        end = topic_log.next_offset if topic_log is not None else position.low
-        return {
-            "name": name,
-            "position": position.low,
-            "lag": max(0, end - position.low),
-            "touched": position.touched,
-        }
+        def described(_: object) -> Deferred[dict[str, Any]]:
+            rows = self._consumers_of(name)
+            return rows.addCallback(
+                lambda found: {
+                    **self._summary(topic),
+                    "committed": topic.log.committed_offset,
+                    "groups": [row for row in found if not row["durable"]],
+                    "durables": [row for row in found if row["durable"]],
+                }
+            )
+
+        opening = topic.log.opening  # a shared store's topic: its offsets first
+        return (opening if opening is not None else succeed(None)).addCallback(described)
 
     def create(self, name: str, who: str) -> tuple[dict[str, Any], bool]:
         """Make topic `name` if it does not exist; its summary, and whether
@@ -166,27 +176,20 @@ class Administration:
             )
             return dropped
 
-        return maybeDeferred(topic.log.purge).addCallback(purged)
+        return _asked(maybeDeferred(topic.log.purge)).addCallback(purged)
 
     def delete(self, name: str, who: str) -> Deferred[None]:
         """Remove a topic nobody reads, with its messages and its durable
-        consumers' positions; 409 while anything reads it."""
+        consumers; 409 while anything reads it here. With a shared store,
+        every node closes it, except where something still reads it."""
         self.topic(name)
-        readers = self.readers(name)
+        readers = self.broker.readers_of(name)
         if readers:
             raise AdminRefused(
                 409, f"topic {name!r} has {readers} reader(s): end their subscriptions first"
             )
-        store = self.broker.store
+        self.broker.forget_topic(name)
         registry = self.broker.registry
-        groups = self.broker.groups
-        for group in groups.of_topic(name):  # none reads: each only holds work to redo
-            groups.drop(name, group.name, group.durable)
-        topic = registry.remove(name)
-        try:
-            deleting = maybeDeferred(store.delete, name)
-        except StoreError as error:  # pragma: no cover - maybeDeferred catches it
-            raise AdminRefused(503, str(error)) from None
 
         def deleted(_: object) -> None:
             positions = self.broker.groups.positions
@@ -195,19 +198,31 @@ class Administration:
             positions.flush()
             log.warn("{who} deleted topic {topic!r}", who=who, topic=name)
 
-        def refused(failure: Any) -> None:
-            if topic is not None:
-                registry.reopen([name])  # still the store's: open it again
-            if failure.check(StoreError):
-                raise AdminRefused(503, str(failure.value))
-            failure.raiseException()
+        def refused(failure: Failure) -> Failure:
+            registry.reopen([name])  # still the store's: open it again
+            return failure
 
-        return deleting.addCallbacks(deleted, refused)
+        deleting = maybeDeferred(self.broker.store.delete, name)
+        return _asked(deleting.addCallbacks(deleted, refused))
 
     # Consumers.
 
-    def consumers(self) -> list[dict[str, Any]]:
-        """Every consumer group and durable consumer, by topic and name."""
+    def consumers(self) -> Deferred[list[dict[str, Any]]]:
+        """Every consumer group and durable consumer, by topic and name
+        (with a shared store, of every topic it holds)."""
+        shared = self._shared
+        if shared is None:
+            return succeed(self.consumers_here())
+        names = sorted({topic.name for topic in self.broker.registry} | set(shared.shared_topics()))
+        asked = [self._consumers_of(name) for name in names]
+
+        def gathered(found: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+            return [row for rows in found for row in rows]
+
+        return gatherResults(asked, consumeErrors=True).addCallbacks(gathered, _first_failure)
+
+    def consumers_here(self) -> list[dict[str, Any]]:
+        """The consumer groups and durable consumers held on this node."""
         groups = self.broker.groups
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for topic in self.broker.registry:
@@ -226,42 +241,129 @@ class Administration:
                 row.update(self._durable(topic.name, kept))
         return [rows[key] for key in sorted(rows)]
 
-    def reset_durable(self, topic: str, name: str, offset: int, who: str) -> dict[str, Any]:
-        """Move a durable consumer with no member to `offset` (clamped to
-        what the topic holds): it resumes there when it subscribes again."""
-        topic_log = self.topic(topic).log
-        positions = self.broker.groups.positions
-        if positions.get(topic, name) is None:
-            raise AdminRefused(404, f"no durable consumer {name!r} of topic {topic!r}")
-        self._refuse_if_live(topic, name)
-        at = min(max(offset, topic_log.first_offset), topic_log.next_offset)
-        clock = self.broker.clock.seconds()
-        positions.put(topic, name, Position(at, delivered=at, touched=clock))
-        positions.flush()
-        log.warn(
-            "{who} reset durable consumer {name!r} of {topic!r} to offset {offset}",
-            who=who,
-            name=name,
-            topic=topic,
-            offset=at,
-        )
-        return self._durable(topic, name)
+    def _consumers_of(self, topic: str) -> Deferred[list[dict[str, Any]]]:
+        """The groups and durable consumers of one topic, with their members
+        here (and, with a shared store, what it keeps for every node)."""
+        here = [row for row in self.consumers_here() if row["topic"] == topic]
+        shared = self._shared
+        if shared is None:
+            return succeed(here)
+        members = {(row["name"], row["durable"]): row["members"] for row in here}
 
-    def delete_durable(self, topic: str, name: str, who: str) -> None:
+        def listed(found: list[SharedConsumer]) -> list[dict[str, Any]]:
+            rows = []
+            for consumer in found:
+                parsed = parse_shared_group_name(consumer.group)
+                if parsed is None:
+                    continue
+                name, durable = parsed
+                rows.append(
+                    {
+                        "topic": topic,
+                        "name": name,
+                        "durable": durable,
+                        "members": members.get((name, durable), 0),
+                        "position": consumer.position,
+                        "lag": max(0, self._end_of(topic, consumer.position) - consumer.position),
+                        "nodes": consumer.nodes,
+                        "reading_nodes": list(consumer.live_nodes),
+                        "pending_batches": consumer.pending,
+                    }
+                )
+            return rows
+
+        return _asked(shared.shared_consumers(topic)).addCallback(listed)
+
+    def _end_of(self, topic: str, otherwise: int) -> int:
+        registry = self.broker.registry
+        return registry.get(topic).log.next_offset if topic in registry else otherwise
+
+    def _durable(self, topic: str, name: str) -> dict[str, Any]:
+        position = self.broker.groups.positions.get(topic, name)
+        assert position is not None
+        end = self._end_of(topic, position.low)
+        return {
+            "name": name,
+            "position": position.low,
+            "lag": max(0, end - position.low),
+            "touched": position.touched,
+        }
+
+    def reset_durable(
+        self, topic: str, name: str, offset: int, who: str
+    ) -> Deferred[dict[str, Any]]:
+        """Move a durable consumer with no member to `offset` (clamped to
+        what the topic holds): it resumes there when it subscribes again.
+        A shared store moves it to the batch holding `offset`."""
+        topic_log = self.topic(topic).log
+        at = min(max(offset, topic_log.first_offset), topic_log.next_offset)
+
+        def reset(where: int) -> dict[str, Any]:
+            log.warn(
+                "{who} reset durable consumer {name!r} of {topic!r} to offset {offset}",
+                who=who,
+                name=name,
+                topic=topic,
+                offset=where,
+            )
+            return {"name": name, "topic": topic, "position": where}
+
+        shared = self._shared
+        if shared is None:
+            positions = self.broker.groups.positions
+            if positions.get(topic, name) is None:
+                raise AdminRefused(404, f"no durable consumer {name!r} of topic {topic!r}")
+            self._refuse_if_live(topic, name)
+            clock = self.broker.clock.seconds()
+            positions.put(topic, name, Position(at, delivered=at, touched=clock))
+            positions.flush()
+            return succeed({**reset(at), **self._durable(topic, name)})
+        group = shared_group_name(name, durable=True)
+
+        def unless_read(_: object) -> Deferred[int | None]:
+            return shared.reset_shared_consumer(topic, group, at)
+
+        def done(where: int | None) -> dict[str, Any]:
+            if where is None:
+                raise AdminRefused(404, f"no durable consumer {name!r} of topic {topic!r}")
+            return reset(where)
+
+        checking = self._refuse_if_live_anywhere(shared, topic, name)
+        return _asked(checking.addCallback(unless_read)).addCallback(done)
+
+    def delete_durable(self, topic: str, name: str, who: str) -> Deferred[None]:
         """Forget a durable consumer with no member: its name starts anew."""
-        positions = self.broker.groups.positions
-        if positions.get(topic, name) is None:
-            raise AdminRefused(404, f"no durable consumer {name!r} of topic {topic!r}")
-        self._refuse_if_live(topic, name)
-        positions.remove(topic, name)
-        positions.flush()
-        log.warn(
-            "{who} deleted durable consumer {name!r} of {topic!r}", who=who, name=name, topic=topic
-        )
+
+        def deleted(existed: bool) -> None:
+            if not existed:
+                raise AdminRefused(404, f"no durable consumer {name!r} of topic {topic!r}")
+            log.warn(
+                "{who} deleted durable consumer {name!r} of {topic!r}",
+                who=who,
+                name=name,
+                topic=topic,
+            )
+
+        shared = self._shared
+        if shared is None:
+            positions = self.broker.groups.positions
+            if positions.get(topic, name) is None:
+                raise AdminRefused(404, f"no durable consumer {name!r} of topic {topic!r}")
+            self._refuse_if_live(topic, name)
+            positions.remove(topic, name)
+            positions.flush()
+            return succeed(True).addCallback(deleted)
+        group = shared_group_name(name, durable=True)
+
+        def unless_read(_: object) -> Deferred[bool]:
+            return shared.delete_shared_consumer(topic, group)
+
+        checking = self._refuse_if_live_anywhere(shared, topic, name)
+        return _asked(checking.addCallback(unless_read)).addCallback(deleted)
 
     def _refuse_if_live(self, topic: str, name: str) -> None:
-        """409 while members read the durable consumer; else forget its group
-        held here, so that the next member starts from its kept position."""
+        """409 while members here read the durable consumer; else forget its
+        group held here, so that the next member starts from its kept position."""
         groups = self.broker.groups
         for group in groups.of_topic(topic):
             if group.name == name and group.durable and group.members:
@@ -269,6 +371,40 @@ class Administration:
                     409, f"durable consumer {name!r} has {len(group.members)} member(s) reading"
                 )
         groups.drop(topic, name, durable=True)
+
+    def _refuse_if_live_anywhere(
+        self, shared: ISharedStore, topic: str, name: str
+    ) -> Deferred[None]:
+        """409 while members on any node read the durable consumer."""
+        self._refuse_if_live(topic, name)
+        group = shared_group_name(name, durable=True)
+
+        def checked(found: list[SharedConsumer]) -> None:
+            for consumer in found:
+                if consumer.group == group and consumer.live_nodes:
+                    nodes = ", ".join(consumer.live_nodes)
+                    raise AdminRefused(409, f"durable consumer {name!r} is read on node(s) {nodes}")
+
+        return _asked(shared.shared_consumers(topic)).addCallback(checked)
+
+
+def _asked(asking: Deferred[T]) -> Deferred[T]:
+    """A store's answer, its StoreError a 503 (the store cannot now)."""
+
+    def refused(failure: Failure) -> Failure:
+        if failure.check(StoreError):
+            return Failure(AdminRefused(503, str(failure.value)))
+        return failure
+
+    return asking.addErrback(refused)
+
+
+def _first_failure(failure: Failure) -> Failure:
+    """gatherResults' FirstError unwrapped, so that a 503 stays one."""
+    if failure.check(FirstError):
+        assert isinstance(failure.value, FirstError)
+        return failure.value.subFailure
+    return failure
 
 
 def _name(topic: Topic) -> str:

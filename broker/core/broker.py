@@ -25,7 +25,7 @@ from broker.core.input_budget import InputBudget
 from broker.core.settings import BrokerSettings
 from broker.core.stats import BrokerStats
 from broker.core.topics import TooManyTopics, TopicRegistry
-from broker.log import IMessageStore, MemoryStore, StoreError
+from broker.log import IMessageStore, ISharedStore, MemoryStore, StoreError
 from broker.security.auth import Authenticator
 from broker.security.permissions import Rules
 from broker.security.users import Users
@@ -100,6 +100,28 @@ class Broker:
         store.start()
         self.registry.reopen(store.held_topics())
         store.follow_new_topics(self.registry.discover)
+        if ISharedStore.providedBy(store):
+            store.follow_deleted_topics(self._deleted_elsewhere)
+
+    def readers_of(self, topic: str) -> int:
+        """Subscriptions and consumer groups with members that read `topic` here."""
+        subscribed = sum(1 for consumer in self.consumers if consumer.reads(topic))
+        return subscribed + sum(1 for group in self.groups.of_topic(topic) if group.members)
+
+    def forget_topic(self, name: str) -> None:
+        """Close topic `name` here with the groups held for it (an operator
+        deleted it): nothing may read it any more."""
+        groups = self.groups
+        for group in groups.of_topic(name):  # none reads: each only holds work to redo
+            groups.drop(name, group.name, group.durable)
+        self.registry.remove(name)
+
+    def _deleted_elsewhere(self, name: str) -> None:
+        """An operator deleted `name` through another node: close it here
+        too, unless something here reads it (it then reads on from the
+        topic's end, where offsets go on)."""
+        if name in self.registry and not self.readers_of(name):
+            self.forget_topic(name)
 
     def publish_refusal(self, topic: str, may_publish: Rules | None) -> str | None:
         """Why a publisher whose user has the rights `may_publish` (None: no

@@ -181,6 +181,19 @@ class ConsumerGroup:
             self._forget(self)
 
 
+def shared_group_name(name: str, durable: bool) -> str:
+    """What a store shared by nodes calls group `name` ($durable or $share)."""
+    return f"{'durable' if durable else 'share'}:{name}"
+
+
+def parse_shared_group_name(group: str) -> tuple[str, bool] | None:
+    """(name, durable) of a shared store's group name; None if not ours."""
+    kind, mark, name = group.partition(":")
+    if not mark or kind not in ("durable", "share"):
+        return None
+    return name, kind == "durable"
+
+
 class GroupRegistry:
     """The groups of a broker, by topic, name and durability; and the
     positions of its durable consumers."""
@@ -214,7 +227,7 @@ class GroupRegistry:
             # The store keeps the group (and a durable consumer's place) for
             # every node: no position is kept here.
             where = {StartAt.BEGINNING: "beginning", StartAt.CURRENT: "current"}.get(start, "from")
-            kept_as = f"{'durable' if durable else 'share'}:{name}"
+            kept_as = shared_group_name(name, durable)
 
             def cursor(group: ConsumerGroup) -> Any:
                 return shared_cursor(

@@ -13,9 +13,12 @@ from broker.log.interface import (
     IMessageLog,
     IMessageStore,
     ISharedGroupLog,
+    ISharedStore,
     Retention,
+    SharedConsumer,
     StoreError,
     StoreOutcomeUnknown,
+    TopicState,
 )
 from broker.log.memory import DEFAULT_MEMORY_RETENTION, MemoryLog, MemoryStore
 
@@ -52,10 +55,13 @@ __all__ = [
     "IMessageLog",
     "IMessageStore",
     "ISharedGroupLog",
+    "ISharedStore",
     "MemoryLog",
     "MemoryStore",
     "Retention",
+    "SharedConsumer",
     "StoreError",
     "StoreOutcomeUnknown",
+    "TopicState",
     "make_store",
 ]

@@ -167,6 +167,55 @@ class IMessageStore(Interface):
         """Stop, once the logs are closed: a Deferred that fires once it has."""
 
 
+@dataclass(frozen=True)
+class TopicState:
+    """A topic's offsets as a shared store holds them (for a topic this
+    node has not opened)."""
+
+    first: int
+    next: int
+
+
+@dataclass(frozen=True)
+class SharedConsumer:
+    """A consumer group as a shared store keeps it, for every node.
+    `group` is the store's name for it (broker.core.groups.shared_group_name)."""
+
+    group: str
+    position: int
+    """The offset its next member starts at (its first message not done)."""
+    nodes: int
+    """Nodes that have read it, ever."""
+    live_nodes: tuple[str, ...]
+    """Other nodes that read it now (they touched it within the claim interval)."""
+    pending: int
+    """Batches claimed and not yet done."""
+
+
+class ISharedStore(IMessageStore):
+    """A store several nodes share (Redis): what an operator's actions ask
+    of it beyond the topics this node holds open."""
+
+    def topic_states(names):
+        """A Deferred of {name: TopicState} for those of `names` it holds."""
+
+    def shared_consumers(name):
+        """A Deferred of the SharedConsumers of topic `name`."""
+
+    def reset_shared_consumer(name, group, offset):
+        """Move consumer group `group` of topic `name` to the batch holding
+        `offset`, forgetting what it had claimed: a Deferred of the offset it
+        starts at now, or of None if there is no such group."""
+
+    def delete_shared_consumer(name, group):
+        """Forget consumer group `group` of topic `name`: a Deferred of
+        whether there was one."""
+
+    def follow_deleted_topics(told):
+        """Have `told(name)` called for each topic an operator deleted,
+        through any node."""
+
+
 class OneNodeStore:
     """What the stores of one node (memory, files) answer alike: no other
     node makes topics in them, and they never wait for anything."""

@@ -37,13 +37,15 @@ from zope.interface import implementer
 from broker.log.batch_cache import BatchCache
 from broker.log.interface import (
     OUTCOME_UNKNOWN,
-    IMessageStore,
     ISharedGroupLog,
+    ISharedStore,
+    SharedConsumer,
     StoreError,
     StoreOutcomeUnknown,
+    TopicState,
 )
 from broker.log.positions import PositionStore
-from broker.log.redis_groups import GroupedLog, GrowingTopic, RedisGroupCursor
+from broker.log.redis_groups import GroupedLog, GrowingTopic, RedisGroupCursor, entry_first
 from broker.log.redis_settings import (
     RedisStoreSettings,
     TopicKeys,
@@ -70,6 +72,10 @@ T = TypeVar("T")
 
 FUNCTIONS = files("broker.log").joinpath("redis_functions.lua").read_text(encoding="utf-8")
 APPEND, EXPIRE, PURGE = "broker_append_v1", "broker_expire_v1", "broker_purge_v1"
+DELETE, RESET_GROUP = "broker_delete_v1", "broker_reset_group_v1"
+# On the directory's channel, before a name: the topic was deleted (a name
+# holds no NUL; without the mark, a message is a new topic's name).
+DELETED_MARK = "\x00deleted:"
 
 # One call appends at most this many payload bytes; the rest waits its turn.
 MAX_CALL_BYTES = 256 * 1024
@@ -444,7 +450,7 @@ class _ShardListener:
             pass
 
 
-@implementer(IMessageStore)
+@implementer(ISharedStore)
 class RedisStore:
     """The connection to Redis (or a Redis Cluster) and every topic this
     node has opened in it. Durable consumers live in Redis's own consumer
@@ -478,6 +484,8 @@ class RedisStore:
         """Every topic in Redis, whichever node made it (the directory)."""
         self.on_new_topic: Callable[[str], None] = lambda name: None
         """Told of each topic another node makes (patterns here may match it)."""
+        self.on_deleted_topic: Callable[[str], None] = lambda name: None
+        """Told of each topic an operator deleted, through any node."""
         self.ready: Deferred[None] = Deferred()
         """Fires once Redis answered and the functions are loaded."""
         target = settings.target
@@ -522,6 +530,9 @@ class RedisStore:
 
     def follow_new_topics(self, told: Callable[[str], None]) -> None:
         self.on_new_topic = told
+
+    def follow_deleted_topics(self, told: Callable[[str], None]) -> None:
+        self.on_deleted_topic = told
 
     def waiting_for(self) -> str | None:
         return None if self.connected else "Redis"
@@ -843,11 +854,103 @@ class RedisStore:
         call = self.client.fcall(PURGE, 3, keys.log, keys.meta, keys.times)
         return self._deferred(self._call(call)).addCallback(int)
 
-    def delete(self, name: str) -> None:
-        raise StoreError(
-            f"the Redis store cannot delete topic {name!r} yet (other nodes hold it open); "
-            "purge it instead"
+    # What an operator does, for every node.
+
+    def delete(self, name: str) -> Deferred[None]:
+        """Delete the topic's batches and consumer groups, take it out of the
+        directory, and tell every node (see the delete function: offsets go
+        on from where they were if the name is used again)."""
+        self.topic_names.discard(name)
+        return self._answer(self._delete(name))
+
+    async def _delete(self, name: str) -> None:
+        keys = topic_keys(self.settings.prefix, name)
+        await self._call(self.client.fcall(DELETE, 3, keys.log, keys.meta, keys.times))
+        await self._call(self.client.srem(self._directory, name))
+        await self._call(self.client.spublish(self._directory_channel, DELETED_MARK + name))
+
+    def topic_states(self, names: Iterable[str]) -> Deferred[dict[str, TopicState]]:
+        return self._answer(self._topic_states(list(names)))
+
+    async def _topic_states(self, names: list[str]) -> dict[str, TopicState]:
+        if not names:
+            return {}
+        pipeline = self.client.pipeline(transaction=False)
+        for name in names:
+            pipeline.hmget(topic_keys(self.settings.prefix, name).meta, "first", "next")
+        replies = await self._call(pipeline.execute())
+        return {
+            name: TopicState(int(first or 0), int(end))
+            for name, (first, end) in zip(names, replies, strict=True)
+            if end is not None
+        }
+
+    def shared_consumers(self, name: str) -> Deferred[list[SharedConsumer]]:
+        return self._answer(self._shared_consumers(name))
+
+    async def _shared_consumers(self, name: str) -> list[SharedConsumer]:
+        keys = topic_keys(self.settings.prefix, name)
+        try:
+            groups: Any = await self._call(self.client.xinfo_groups(keys.log))
+        except redis_errors.ResponseError:  # no log: no groups
+            return []
+        _, end = await self._state(keys)
+        # A reading node touches its groups every claim_idle / 2 seconds.
+        recent = self.settings.claim_idle * 1000
+        found = []
+        for info in groups:
+            group = _text(info["name"])
+            members: Any = await self._call(self.client.xinfo_consumers(keys.log, group))
+            live = tuple(
+                sorted(
+                    _text(member["name"])
+                    for member in members
+                    if _text(member["name"]) != self.settings.node_name
+                    and int(member["idle"]) < recent
+                )
+            )
+            position = await self._group_position(keys, group, info, end)
+            found.append(SharedConsumer(group, position, len(members), live, int(info["pending"])))
+        return found
+
+    async def _group_position(self, keys: TopicKeys, group: str, info: Any, end: int) -> int:
+        """Where the group's next reader starts: its first batch claimed and
+        not done, else the batch after the last it claimed."""
+        if int(info["pending"]):
+            summary: Any = await self._call(self.client.xpending(keys.log, group))
+            if summary["min"] is not None:  # else all were acked since
+                return entry_first(_bytes(summary["min"]))
+        last = _text(info["last-delivered-id"])
+        after: Any = await self._call(self.client.xrange(keys.log, f"({last}", "+", count=1))
+        return entry_first(_bytes(after[0][0])) if after else end
+
+    def reset_shared_consumer(self, name: str, group: str, offset: int) -> Deferred[int | None]:
+        keys = topic_keys(self.settings.prefix, name)
+        call = self.client.fcall(RESET_GROUP, 2, keys.log, keys.meta, group, offset)
+        return self._answer(self._call(call)).addCallback(
+            lambda first: None if int(first) < 0 else int(first)
         )
+
+    def delete_shared_consumer(self, name: str, group: str) -> Deferred[bool]:
+        return self._answer(self._delete_shared_consumer(name, group))
+
+    async def _delete_shared_consumer(self, name: str, group: str) -> bool:
+        keys = topic_keys(self.settings.prefix, name)
+        try:
+            return bool(await self._call(self.client.xgroup_destroy(keys.log, group)))
+        except redis_errors.ResponseError:  # no log: no group
+            return False
+
+    def _answer(self, call: Awaitable[T]) -> Deferred[T]:
+        """An operator's call: its failure a StoreError that says what Redis said."""
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(StoreError):
+                return failure
+            said = failure.getErrorMessage() or repr(failure.value)
+            return Failure(StoreError(f"Redis: {said}"))
+
+        return self._deferred(call).addErrback(failed)
 
     def expire(self, topic_log: RedisLog, max_age: float) -> Deferred[int]:
         keys = topic_log.keys
@@ -997,6 +1100,14 @@ class RedisStore:
             self.topic_names.add(name)
             self.on_new_topic(name)
 
+    def _deleted(self, name: str) -> None:
+        self.topic_names.discard(name)
+        self.on_deleted_topic(name)
+        topic_log = self._logs.get(name)
+        if topic_log is not None:  # still read here: its batches are gone
+            topic_log._cache.clear()
+            self._background(self._refresh(topic_log))
+
     def announced(self, channel: bytes, message: bytes) -> None:
         """A topic grew: `message` is its new end, or "first:count:batch"
         (or, on the directory's channel, a new topic's name)."""
@@ -1004,7 +1115,11 @@ class RedisStore:
         topic_log = self._followed.get(name)
         if topic_log is None:
             if name == self._directory_channel:
-                self._discovered(message.decode("utf-8", "surrogateescape"))
+                told = message.decode("utf-8", "surrogateescape")
+                if told.startswith(DELETED_MARK):
+                    self._deleted(told[len(DELETED_MARK) :])
+                else:
+                    self._discovered(told)
             return
         if b":" not in message:
             topic_log.learn_end(int(message))
@@ -1091,6 +1206,14 @@ class RedisStore:
                 if lost is not None:
                     await lost.close()
         return failed
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _stream_entries(reply: Any) -> list:

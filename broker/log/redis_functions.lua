@@ -106,6 +106,61 @@ local function purge(keys, args)
   return tonumber(redis.call('HGET', meta, 'first') or '0')
 end
 
+-- The ID after which a consumer group reads the batch holding `offset` (and
+-- the batches after it).
+local function before_batch(log, offset)
+  local holding = redis.call('XREVRANGE', log, offset + 1, '-', 'COUNT', 1)
+  local first = offset
+  if #holding > 0 then
+    first = tonumber(string.match(holding[1][1], '^(%d+)')) - 1
+  end
+  if first > 0 then
+    return first .. '-0', first
+  end
+  return '0', 0
+end
+
+-- delete(log, meta, times) -> the next offset: an operator deletes the topic:
+-- its batches, its consumer groups and its time marks go. Meta keeps where
+-- offsets go on (first = next): nodes that hold the topic open read on from
+-- there if the name is used again, and never see an offset twice.
+local function delete(keys, args)
+  local log, meta, times = keys[1], keys[2], keys[3]
+  local following = tonumber(redis.call('HGET', meta, 'next') or '0')
+  redis.call('DEL', log, times)
+  if following > 0 then
+    redis.call('HSET', meta, 'first', following)
+    redis.call('HDEL', meta, 'marked')
+  end
+  return following
+end
+
+-- reset_group(log, meta; group, offset) -> the offset it reads from now, or
+-- -1 if there is no such group: made again (what it had claimed forgotten)
+-- to read from the batch holding `offset`, or from the next batch appended
+-- if `offset` is the log's end.
+local function reset_group(keys, args)
+  local log, meta, group = keys[1], keys[2], args[1]
+  if redis.call('EXISTS', log) == 0 then
+    return -1
+  end
+  if redis.call('XGROUP', 'DESTROY', log, group) == 0 then
+    return -1
+  end
+  local offset = tonumber(args[2])
+  local following = tonumber(redis.call('HGET', meta, 'next') or '0')
+  local id, first
+  if offset >= following then
+    id, first = following .. '-0', following
+  else
+    id, first = before_batch(log, offset)
+  end
+  redis.call('XGROUP', 'CREATE', log, group, id)
+  return first
+end
+
 redis.register_function('broker_append_v1', append)
+redis.register_function('broker_delete_v1', delete)
+redis.register_function('broker_reset_group_v1', reset_group)
 redis.register_function('broker_purge_v1', purge)
 redis.register_function('broker_expire_v1', expire)

@@ -79,16 +79,16 @@ class AdminAPI(Resource):
     def consumers(self) -> list[dict[str, Any]]:
         """Every consumer group and durable consumer (also /consumerz, which
         the monitor right reads)."""
-        return self._admin.consumers()
+        return self._admin.consumers_here()
 
     def _route(self, method: str, path: list[str], request: Request) -> Any:
         admin = self._admin
         who = who_asked(request)
         match method, path:
             case "GET", ["topics"]:
-                return 200, {"topics": admin.topics()}
+                return admin.topics().addCallback(lambda topics: {"topics": topics})
             case "GET", ["topics", name]:
-                return 200, admin.info(name)
+                return admin.info(name)
             case "PUT", ["topics", name]:
                 summary, made = admin.create(name, who)
                 return (201 if made else 200), summary
@@ -107,15 +107,16 @@ class AdminAPI(Resource):
                     lambda dropped: {"purged": name, "messages": dropped}
                 )
             case "GET", ["consumers"]:
-                return 200, {"consumers": admin.consumers()}
+                return admin.consumers().addCallback(lambda rows: {"consumers": rows})
             case "POST", ["consumers", topic, name, "reset"]:
                 offset = _body(request).get("offset")
                 if type(offset) is not int or offset < 0:
                     raise AdminRefused(400, 'give {"offset": N}, N an integer, 0 or more')
-                return 200, admin.reset_durable(topic, name, offset, who)
+                return admin.reset_durable(topic, name, offset, who)
             case "DELETE", ["consumers", topic, name]:
-                admin.delete_durable(topic, name, who)
-                return 200, {"deleted": name, "topic": topic}
+                return admin.delete_durable(topic, name, who).addCallback(
+                    lambda _: {"deleted": name, "topic": topic}
+                )
             case "GET", ["connections"]:
                 now = self._factory.broker.clock.seconds()
                 connections = sorted(self._factory.connections, key=lambda p: p.number)

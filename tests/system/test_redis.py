@@ -779,17 +779,39 @@ async def test_a_topic_goes_on_when_its_primary_hands_over_to_its_replica(redis_
         servers.wait_until_healthy(directory)
 
 
-def _admin_post(url: str, method: str = "POST") -> tuple[int, str]:
+def _admin_call(url: str, method: str = "POST", body: dict | None = None) -> tuple[int, str]:
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, method=method)
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
     request.add_header("content-type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+async def _admin(
+    monitor: int, method: str, path: str, body: dict | None = None
+) -> tuple[int, dict]:
+    status, said = await deferToThread(
+        _admin_call, f"http://127.0.0.1:{monitor}/admin/{path}", method, body
+    )
+    return status, json.loads(said)
+
+
+async def _until_answered(monitor: int, method: str, path: str, body: dict | None = None) -> dict:
+    """Ask until the answer is not a 409 (a node's reading shows for
+    claim_idle after it stops); the answer, which must be a 200."""
+    deadline = time.monotonic() + 30
+    while True:
+        status, said = await _admin(monitor, method, path, body)
+        if status != 409 or time.monotonic() > deadline:
+            assert status == 200, said
+            return said
+        await deferLater(reactor, 0.1, lambda: None)
 
 
 @pytest_twisted.ensureDeferred
@@ -806,17 +828,81 @@ async def test_a_purge_on_one_node_empties_the_topic_for_every_node(redis_server
     try:
         end = await publish_batches(a, "purged", 4, 25)
         assert end == 100
-        status, said = await deferToThread(
-            _admin_post, f"http://127.0.0.1:{monitor}/admin/topics/purged/purge"
-        )
-        assert status == 200 and json.loads(said) == {"purged": "purged", "messages": 100}
+        status, said = await _admin(monitor, "POST", "topics/purged/purge")
+        assert status == 200 and said == {"purged": "purged", "messages": 100}
         # Offsets go on; a reader from Beginning, on the other node, starts
         # at the first message published since.
         assert await publish_batches(a, "purged", 1, 1) == 101
         assert await first_offset_from_beginning(b, "purged", 100) == 100
-        status, said = await deferToThread(
-            _admin_post, f"http://127.0.0.1:{monitor}/admin/topics/purged", "DELETE"
-        )
-        assert status == 503 and "purge it instead" in said
     finally:
+        await gatherResults([a.stop(), b.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_operator_sees_resets_and_deletes_across_nodes(redis_servers, tmp_path):
+    """Topics, durable consumers and deletes through one node's admin API
+    act on what every node shares: a durable consumer read on the other
+    node cannot be reset (409 naming that node) until it stops; a reset
+    takes it to the batch holding the offset; a deleted topic closes on the
+    other node too, and offsets go on if its name is used again."""
+    monitors = free_port(), free_port()
+    prefix = unique_prefix()
+    store = redis_servers["cluster"]
+    nodes = []
+    for name, monitor in zip("ab", monitors, strict=True):
+        (tmp_path / name).mkdir()
+        options = ("--monitor", f"tcp:{monitor}:interface=127.0.0.1", "--node-name", name)
+        nodes.append(Node(tmp_path / name, store, prefix, "--redis-claim-idle", "1", *options))
+    a, b = await gatherResults([ensureDeferred(node.start()) for node in nodes])
+    on_a, on_b = monitors
+    reader = connect(reactor, b.endpoint, extensions=True, prefetch=50)
+    try:
+        assert await publish_batches(a, "ledger", 4, 25) == 100
+        assert await publish_batches(b, "only-b", 1, 3) == 3
+        # a lists the topic only b opened, from what Redis holds.
+        status, listed = await _admin(on_a, "GET", "topics")
+        topics = {topic["name"]: topic for topic in listed["topics"]}
+        assert status == 200 and topics["only-b"]["next"] == 3, listed
+
+        received = Received()
+        await reader.subscribe(["ledger"], received, durable="auditor", start=StartAt.BEGINNING)
+        await received.wait(100)
+        status, listed = await _admin(on_a, "GET", "consumers")
+        assert status == 200, listed
+        (row,) = [c for c in listed["consumers"] if c["topic"] == "ledger"]
+        assert (row["name"], row["durable"], row["reading_nodes"]) == ("auditor", True, ["b"])
+        resetting = ("POST", "consumers/ledger/auditor/reset", {"offset": 40})
+        status, refused = await _admin(on_a, *resetting)
+        assert status == 409 and "read on node(s) b" in refused["error"], refused
+
+        await reader.close()
+        reset = await _until_answered(on_a, *resetting)
+        assert reset["position"] == 25  # the batch holding 40 starts at 25
+        again = connect(reactor, b.endpoint, extensions=True, prefetch=50)
+        resumed = Received()
+        await again.subscribe(["ledger"], resumed, durable="auditor")
+        await resumed.wait(75)
+        assert [offset for offset, _ in resumed.pairs] == list(range(25, 100))
+        await again.close()
+
+        await _until_answered(on_a, "DELETE", "consumers/ledger/auditor")
+        status, listed = await _admin(on_a, "GET", "consumers")
+        assert [c for c in listed["consumers"] if c["topic"] == "ledger"] == []
+
+        status, deleted = await _admin(on_a, "DELETE", "topics/ledger")
+        assert status == 200 and deleted == {"deleted": "ledger"}, deleted
+        deadline = time.monotonic() + 10
+        while True:  # b hears of it and closes the topic it had open
+            status, listed = await _admin(on_b, "GET", "topics")
+            if "ledger" not in {topic["name"] for topic in listed["topics"]}:
+                break
+            assert time.monotonic() < deadline, listed
+            await deferLater(reactor, 0.05, lambda: None)
+        status, missing = await _admin(on_a, "GET", "topics/ledger")
+        assert status == 404, missing
+        # The name used again: offsets go on, and nothing old comes back.
+        assert await publish_batches(b, "ledger", 1, 1) == 101
+        assert await first_offset_from_beginning(a, "ledger", 100) == 100
+    finally:
+        await reader.close()
         await gatherResults([a.stop(), b.stop()])
