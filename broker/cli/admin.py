@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -340,25 +343,60 @@ def consumers_ls(
     )
 
 
-@consumers.command(help="Move a durable consumer (with no member reading) to an offset.")
+@consumers.command(
+    help="Move a durable consumer (with no member reading) to an offset, or to the "
+    "first message since a time: --time 2026-12-05T09:30 (UTC unless it says) or "
+    "--time 15m (that long ago; s, m, h, d)."
+)
 @click.argument("topic")
 @click.argument("name")
-@click.option("--offset", type=click.IntRange(min=0), required=True)
+@click.option("--offset", type=click.IntRange(min=0), help="The offset it resumes at.")
+@click.option("--time", "when", help="It resumes at the first message since this time.")
 @admin_options
 def reset(
     topic: str,
     name: str,
-    offset: int,
+    offset: int | None,
+    when: str | None,
     monitor_url: str,
     user: str | None,
     password: str | None,
     token: str | None,
     as_json: bool,
 ) -> None:
+    if (offset is None) == (when is None):
+        raise click.UsageError("give --offset or --time")
+    body: dict[str, Any] = {"offset": offset}
+    if when is not None:
+        try:
+            body = {"time": moment(when, time.time())}
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--time") from None
     answer = _client(monitor_url, user, password, token).call(
-        "POST", "consumers", topic, name, "reset", body={"offset": offset}
+        "POST", "consumers", topic, name, "reset", body=body
     )
     _done(answer, as_json, f"{name} of {topic} resumes at offset {answer['position']:,}")
+
+
+_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def moment(text: str, now: float) -> float:
+    """Seconds since the epoch of `text`: ISO 8601 (UTC unless it says), or
+    a duration ago ("90s", "15m", "2h", "1d")."""
+    ago = _AGO.fullmatch(text.strip())
+    if ago:
+        return now - float(ago.group(1)) * _UNIT_SECONDS[ago.group(2)]
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a time (2026-12-05T09:30) nor a duration ago (15m)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
 
 
 @consumers.command(name="rm", help="Forget a durable consumer (with no member reading).")

@@ -289,6 +289,11 @@ class Administration:
             "touched": position.touched,
         }
 
+    def offset_at(self, topic: str, when: float) -> Deferred[int]:
+        """The offset of a topic's first message appended at or after `when`
+        (seconds since the epoch); its next offset if none was."""
+        return _asked(maybeDeferred(self.topic(topic).log.offset_at, when))
+
     def reset_durable(
         self, topic: str, name: str, offset: int, who: str
     ) -> Deferred[dict[str, Any]]:

@@ -257,6 +257,18 @@ class FileLog:
             number += 1
         return out
 
+    def offset_at(self, when: float) -> int:
+        """Segments in order: the first whose last record is stamped at or
+        after `when` holds the offset (records carry their append time)."""
+        when_ms = int(when * 1000)
+        for segment in self._segments:
+            if segment.count and segment.last_time_ms >= when_ms:
+                try:
+                    return max(segment.offset_at(when_ms), self.first_offset)
+                except OSError as error:
+                    raise StoreError(f"could not read {segment.path}: {error}") from error
+        return self.next_offset
+
     def watch(self, grew: Callable[[], None]) -> None:
         """Nothing else appends to this log."""
 

@@ -97,6 +97,12 @@ class IMessageLog(Interface):
         """Drop what the retention policy no longer keeps, as of `now` (seconds
         since the epoch); return how many messages were dropped."""
 
+    def offset_at(when):
+        """The offset of the first message held that was appended at or
+        after `when` (seconds since the epoch), or next_offset if none was:
+        an int, or a Deferred of one. A store that keeps times coarsely
+        answers an earlier offset, never a later one."""
+
     def purge():
         """Drop every message held (an operator's purge): `first_offset`
         becomes `next_offset`, and offsets go on from there, never reused.

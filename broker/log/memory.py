@@ -4,6 +4,7 @@ broker stops; and the store that makes them."""
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -42,7 +43,8 @@ class MemoryLog:
         self.keep_from: int | None = None
         self.opening: Deferred[None] | None = None
         """Retention by count keeps messages from here on (durable consumers)."""
-        # (first offset, time) of each appended batch: enough for age retention.
+        # (first offset, time) of each appended batch held: for retention by
+        # age and for finding an offset by time.
         self._batches: deque[tuple[int, float]] = deque()
 
     @property
@@ -59,8 +61,7 @@ class MemoryLog:
         first = self.next_offset
         self._messages.extend(payloads)
         self.bytes_held += total_size(payloads)
-        if self._retention.max_age is not None:
-            self._batches.append((first, self._clock()))
+        self._batches.append((first, self._clock()))
         self._trim_to_limits()
         return first
 
@@ -86,6 +87,13 @@ class MemoryLog:
                 self._drop_until(batches[0][0] if batches else self.next_offset)
         self._trim_to_limits()
         return self.first_offset - before
+
+    def offset_at(self, when: float) -> int:
+        batches = self._batches
+        index = bisect_left(batches, when, key=_batch_time)
+        if index == len(batches):
+            return self.next_offset
+        return max(batches[index][0], self.first_offset)
 
     def purge(self) -> int:
         dropped = self.next_offset - self.first_offset
@@ -125,10 +133,17 @@ class MemoryLog:
         for index in range(self._start, end):
             messages[index] = b""  # release the payload now
         self._start = end
+        batches = self._batches
+        while len(batches) > 1 and batches[1][0] <= offset:
+            batches.popleft()  # held no message any more
         if self._start > 4096 and self._start * 2 > len(messages):
             del messages[: self._start]
             self._base += self._start
             self._start = 0
+
+
+def _batch_time(batch: tuple[int, float]) -> float:
+    return batch[1]
 
 
 @implementer(IMessageStore)

@@ -394,6 +394,9 @@ class RedisLog:
 
         return self.store.purge(self).addCallback(purged)
 
+    def offset_at(self, when: float) -> Deferred[int]:
+        return self.store.offset_at(self, when)
+
     def close(self) -> None:
         self._cache.clear()
         self.store.forget(self)
@@ -951,6 +954,28 @@ class RedisStore:
             return Failure(StoreError(f"Redis: {said}"))
 
         return self._deferred(call).addErrback(failed)
+
+    def offset_at(self, topic_log: RedisLog, when: float) -> Deferred[int]:
+        """From the topic's time marks (at most one a second, each the first
+        offset appended then): the offset after the marks around `when`."""
+        return self._answer(self._offset_at(topic_log.keys, int(when * 1000)))
+
+    async def _offset_at(self, keys: TopicKeys, when_ms: int) -> int:
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.xrevrange(keys.times, when_ms - 1, "-", count=1)
+        pipeline.xrange(keys.times, when_ms, "+", count=1)
+        pipeline.hmget(keys.meta, "first", "next")
+        before, after, (first, end) = await self._call(pipeline.execute())
+        first, end = int(first or 0), int(end or 0)
+        if before:
+            marked = int(before[0][0].split(b"-", 1)[0])
+            if when_ms < marked + 1000:
+                # Appends within a second of a mark make none: those after
+                # `when` may be anywhere after the mark's offset.
+                return max(first, int(before[0][1][b"o"]))
+        # No append in the second before `when` went unmarked: the next mark's
+        # offset is the first appended at or after it.
+        return max(first, int(after[0][1][b"o"])) if after else end
 
     def expire(self, topic_log: RedisLog, max_age: float) -> Deferred[int]:
         keys = topic_log.keys

@@ -103,6 +103,7 @@ local function purge(keys, args)
   local log, meta, times = keys[1], keys[2], keys[3]
   trim_before(log, meta, tonumber(redis.call('HGET', meta, 'next') or '0'))
   redis.call('XTRIM', times, 'MAXLEN', 0)
+  redis.call('HDEL', meta, 'marked') -- the next append marks its time
   return tonumber(redis.call('HGET', meta, 'first') or '0')
 end
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from broker.log.records import read_records
+from broker.log.records import HEADER, read_records
 
 log = Logger()
 
@@ -115,6 +115,36 @@ class Segment:
         if not out and wanted > 0:
             out.append(None)  # the record is not where the index says
         return out
+
+    def offset_at(self, when_ms: int) -> int:
+        """The offset of this segment's first record stamped at or after
+        `when_ms`, or its end if none is: a binary search over the records
+        the index points at, then a scan of at most INDEX_EVERY records.
+        A record that fails its check answers its own offset (earlier, not
+        later, than the one sought)."""
+        if self.count == 0 or self.last_time_ms < when_ms:
+            return self.end
+        positions = self.positions
+        low, high = 0, len(positions)
+        while low < high:  # the first indexed record stamped at or after when_ms
+            middle = (low + high) // 2
+            if self._time_at(positions[middle]) < when_ms:
+                low = middle + 1
+            else:
+                high = middle
+        entry = max(low - 1, 0)
+        current = self.base + entry * INDEX_EVERY
+        for _, _, _, time_ms, good in read_records(self.fd, positions[entry], self.size):
+            if not good or time_ms >= when_ms:
+                return current
+            current += 1
+        return min(current, self.end)
+
+    def _time_at(self, position: int) -> int:
+        header = os.pread(self.fd, HEADER.size, position)
+        if len(header) < HEADER.size:
+            return 0
+        return int(HEADER.unpack(header)[3])
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -9,7 +9,8 @@ docs/admin.md; each action is logged with who asked (broker.core.admin).
     POST   /admin/topics/NAME/purge            drop every message (offsets go on)
     DELETE /admin/topics/NAME                  remove it (409 while it is read)
     GET    /admin/consumers                    consumer groups and durable consumers
-    POST   /admin/consumers/TOPIC/NAME/reset   {"offset": N}: a durable consumer's place
+    POST   /admin/consumers/TOPIC/NAME/reset   {"offset": N} or {"time": T}: a durable
+                                               consumer's place
     DELETE /admin/consumers/TOPIC/NAME         forget a durable consumer
     GET    /admin/connections                  every connection
     DELETE /admin/connections/ID               close one
@@ -23,6 +24,7 @@ browser asking first, which the monitor never allows.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -109,10 +111,12 @@ class AdminAPI(Resource):
             case "GET", ["consumers"]:
                 return admin.consumers().addCallback(lambda rows: {"consumers": rows})
             case "POST", ["consumers", topic, name, "reset"]:
-                offset = _body(request).get("offset")
-                if type(offset) is not int or offset < 0:
-                    raise AdminRefused(400, 'give {"offset": N}, N an integer, 0 or more')
-                return admin.reset_durable(topic, name, offset, who)
+                offset, when = _reset_target(_body(request))
+                if when is None:
+                    return admin.reset_durable(topic, name, offset, who)
+                return admin.offset_at(topic, when).addCallback(
+                    lambda at: admin.reset_durable(topic, name, at, who)
+                )
             case "DELETE", ["consumers", topic, name]:
                 return admin.delete_durable(topic, name, who).addCallback(
                     lambda _: {"deleted": name, "topic": topic}
@@ -170,6 +174,30 @@ def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise AdminRefused(400, "the body is a JSON object")
     return body
+
+
+def _reset_target(body: dict[str, Any]) -> tuple[int, float | None]:
+    """A reset's {"offset": N} or {"time": T} (seconds since the epoch, or
+    ISO 8601; UTC unless it says): (N, None) or (0, T)."""
+    offset, when = body.get("offset"), body.get("time")
+    if (offset is None) == (when is None):
+        raise AdminRefused(400, 'give {"offset": N} or {"time": T}')
+    if offset is not None:
+        if type(offset) is not int or offset < 0:
+            raise AdminRefused(400, "offset must be an integer, 0 or more")
+        return offset, None
+    if isinstance(when, (int, float)) and not isinstance(when, bool):
+        return 0, float(when)
+    if isinstance(when, str):
+        try:
+            moment = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            return 0, moment.timestamp()
+    raise AdminRefused(400, "time must be seconds since the epoch or ISO 8601")
 
 
 def _query(request: Request) -> dict[str, str]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 
@@ -126,6 +128,45 @@ def test_a_durable_consumer_reset_from_the_terminal_resumes_where_it_was_put(gua
     with client_of("blocking", guarded.url, user="root", password="adm1n") as client:
         sub = client.subscribe(["cli.jobs"], durable="billing", start=StartAt.BEGINNING)
         assert [g.offset for g in sub.take(3)] == [1, 2, 3]
+
+
+@in_thread
+def test_a_durable_consumer_reset_to_a_time_resumes_at_the_first_message_since(guarded):
+    with client_of("blocking", guarded.url, user="root", password="adm1n") as client:
+        for _ in range(2):
+            client.publish("cli.timed", b"before")
+        between = time.time()
+        wait_until(lambda: time.time() > between + 0.005, what="the clock passing")
+        for _ in range(2):
+            client.publish("cli.timed", b"after")
+        sub = client.subscribe(["cli.timed"], durable="audit", start=StartAt.BEGINNING)
+        assert len(sub.take(4)) == 4
+        sub.close()
+    when = datetime.fromtimestamp(between + 0.001, timezone.utc).isoformat()
+    reset = admin_command(guarded, "consumers", "reset", "cli.timed", "root:audit", "--time", when)
+    assert reset.returncode == 0, reset.stderr
+    assert "resumes at offset 2" in reset.stdout
+    with client_of("blocking", guarded.url, user="root", password="adm1n") as client:
+        sub = client.subscribe(["cli.timed"], durable="audit", start=StartAt.BEGINNING)
+        assert [(g.offset, g.data) for g in sub.take(2)] == [(2, b"after"), (3, b"after")]
+    # A duration ago: an hour back is before everything.
+    reset = admin_command(guarded, "consumers", "reset", "cli.timed", "root:audit", "--time", "1h")
+    assert "resumes at offset 0" in reset.stdout
+    bad = admin_command(guarded, "consumers", "reset", "cli.timed", "root:audit", "--time", "soon")
+    assert bad.returncode == 2 and "neither a time" in bad.stderr
+
+
+def test_a_reset_says_what_it_needs(guarded):
+    for body in (b"{}", b'{"offset": 1, "time": 5}', b'{"time": "yesterday"}', b'{"offset": -1}'):
+        request = urllib.request.Request(
+            guarded.monitor + "/admin/consumers/t/d/reset", data=body, method="POST"
+        )
+        request.add_header("content-type", "application/json")
+        pair = base64.b64encode(b"root:adm1n").decode()
+        request.add_header("authorization", f"Basic {pair}")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 400, body
 
 
 @in_thread

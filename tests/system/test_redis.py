@@ -906,3 +906,35 @@ async def test_an_operator_sees_resets_and_deletes_across_nodes(redis_servers, t
     finally:
         await reader.close()
         await gatherResults([a.stop(), b.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_durable_consumer_is_reset_to_a_time_from_the_topics_time_marks(
+    redis_servers, tmp_path
+):
+    """Redis marks a topic's time at most once a second: a time more than a
+    second after a batch finds the next batch appended."""
+    monitor = free_port()
+    options = ("--monitor", f"tcp:{monitor}:interface=127.0.0.1", "--redis-claim-idle", "1")
+    node = await Node(tmp_path, redis_servers["cluster"], unique_prefix(), *options).start()
+    try:
+        assert await publish_batches(node, "timed", 1, 10) == 10
+        between = time.time() + 1.1
+        while time.time() < between + 0.05:  # the next batch comes after it
+            await deferLater(reactor, 0.05, lambda: None)
+        assert await publish_batches(node, "timed", 1, 10) == 20
+        reader = connect(reactor, node.endpoint, extensions=True)
+        received = Received()
+        await reader.subscribe(["timed"], received, durable="audit", start=StartAt.BEGINNING)
+        await received.wait(20)
+        await reader.close()
+        reset = await _until_answered(
+            monitor, "POST", "consumers/timed/audit/reset", {"time": between}
+        )
+        assert reset["position"] == 10
+        reset = await _until_answered(
+            monitor, "POST", "consumers/timed/audit/reset", {"time": between - 3600}
+        )
+        assert reset["position"] == 0
+    finally:
+        await node.stop()

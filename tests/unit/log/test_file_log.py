@@ -11,6 +11,7 @@ import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, MemoryLog, Retention, StoreError
 from broker.log import file as file_module
@@ -312,3 +313,31 @@ def test_a_missing_middle_segment_leaves_a_dense_log_and_the_rest_set_aside(tmp_
     assert reopened.first_offset == int(logs[2].stem)
     assert read_all(reopened) == payloads(reopened.first_offset, 60)
     assert (topic_log.directory / (logs[0].name + ".orphaned")).exists()
+
+
+def test_an_offset_is_found_by_the_time_it_was_appended(tmp_path):
+    """Three messages a second for 100 seconds: the first offset appended at
+    or after a time, in files (across segments and index entries) and in
+    memory; before everything the oldest held, after everything the next."""
+    clock = Clock()
+    clock.advance(1_000_000)
+    start = clock.seconds()
+    files = FileStore(
+        tmp_path, FileStoreSettings(fsync=FsyncPolicy.NEVER, segment_bytes=4000), clock
+    )
+    files.start()
+    logs = [files.open("t"), MemoryLog(Retention(), clock=clock.seconds)]
+    for second in range(100):
+        for topic_log in logs:
+            topic_log.append(payloads(second * 3, second * 3 + 3))
+        clock.advance(1)
+    assert len(list(logs[0].directory.glob("*.log"))) > 3
+    for topic_log in logs:
+        found = [
+            topic_log.offset_at(start + at) for at in (-10, 0, 0.5, 42, 42.001, 99, 99.5, 1000)
+        ]
+        assert found == [0, 0, 3, 126, 129, 297, 300, 300]
+    # What a purge dropped is not found.
+    for topic_log in logs:
+        topic_log.purge()
+        assert topic_log.offset_at(start) == 300
