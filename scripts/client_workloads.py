@@ -5,8 +5,8 @@ client's ack; print {"rate": msg/s, "cpu_us": client CPU µs per message}.
 
     python scripts/client_workloads.py CLIENT PHASE PORT N NAME
 
-CLIENT: twisted, asyncio (publish_many, batch), asyncio-each (publish,
-async for), blocking (this broker's clients);
+CLIENT: this broker's clients, as `broker-bench clients` runs them
+(twisted, twisted-batch, asyncio, asyncio-each, blocking, blocking-batch);
 nats-core, nats-jetstream (nats-py), redis-streams (redis-py with hiredis),
 mqtt-qos1 (paho-mqtt). PHASE: prepare (MQTT's persistent session),
 publish, consume. NAME is the topic, subject, stream or client id to use.
@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from broker.bench.clients import WORKLOADS
+
 PAYLOAD = b"x" * 100
 WINDOW = 1000  # messages awaited together
 
@@ -34,99 +36,7 @@ def measured(work: Callable[[], None], count: int) -> dict[str, float]:
     return {"rate": count / wall, "cpu_us": cpu / count * 1e6}
 
 
-# This broker's clients.
-
-
-def twisted_client(phase: str, port: int, count: int, topic: str) -> dict[str, float]:
-    from twisted.internet import reactor
-    from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
-
-    from broker.client import StartAt, connect
-
-    result: dict[str, float] = {}
-
-    async def run() -> None:
-        client = connect(reactor, f"127.0.0.1:{port}", prefetch=1024)
-        await client.connected(timeout=10)
-        cpu, wall = time.process_time(), time.perf_counter()
-        if phase == "publish":
-            for _ in range(0, count, WINDOW):
-                await gatherResults([client.publish(topic, PAYLOAD) for _ in range(WINDOW)])
-        else:
-            done: Deferred[None] = Deferred()
-            seen = [0]
-
-            def handle(message: object) -> bool:
-                seen[0] += 1
-                if seen[0] == count:
-                    done.callback(None)
-                return True
-
-            await client.subscribe([topic], handle, start=StartAt.BEGINNING)
-            await done
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        result.update(rate=count / wall, cpu_us=cpu / count * 1e6)
-        await client.close()
-
-    def main() -> None:
-        ensureDeferred(run()).addBoth(lambda outcome: reactor.stop() or outcome)
-
-    reactor.callWhenRunning(main)
-    reactor.run()
-    return result
-
-
-def asyncio_client(phase: str, port: int, count: int, topic: str, each: bool) -> dict[str, float]:
-    import broker.aio
-
-    async def run() -> dict[str, float]:
-        client = await broker.aio.connect(f"tcp://127.0.0.1:{port}", prefetch=1024)
-        cpu, wall = time.process_time(), time.perf_counter()
-        if phase == "publish":
-            for _ in range(0, count, WINDOW):
-                if each:
-                    await asyncio.gather(*(client.publish(topic, PAYLOAD) for _ in range(WINDOW)))
-                else:
-                    await client.publish_many([(topic, PAYLOAD)] * WINDOW)
-        else:
-            seen = 0
-            async with client.subscribe([topic], start=broker.aio.StartAt.BEGINNING) as sub:
-                if each:  # one delivery per iteration
-                    async for delivery in sub:
-                        delivery.answer(True)
-                        seen += 1
-                        if seen == count:
-                            break
-                else:  # what is here, at once
-                    while seen < count:
-                        for delivery in await sub.batch():
-                            delivery.answer(True)
-                            seen += 1
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        await client.close()
-        return {"rate": count / wall, "cpu_us": cpu / count * 1e6}
-
-    return asyncio.run(run())
-
-
-def blocking_client(phase: str, port: int, count: int, topic: str) -> dict[str, float]:
-    import broker.sync
-
-    with broker.sync.connect(f"tcp://127.0.0.1:{port}", prefetch=1024) as client:
-
-        def work() -> None:
-            if phase == "publish":
-                for _ in range(0, count, WINDOW):
-                    client.publish_many([(topic, PAYLOAD)] * WINDOW)
-                return
-            start = broker.sync.StartAt.BEGINNING
-            for seen, message in enumerate(client.subscribe([topic], start=start), 1):
-                message.ack()
-                if seen == count:
-                    return
-
-        return measured(work, count)
-
+# This broker's clients: broker-bench's own workloads (broker.bench.clients).
 
 # The peers' Python clients.
 
@@ -240,15 +150,14 @@ def main() -> None:
     client, phase, port, count, name = sys.argv[1:6]
     n = int(count)
     runs = {
-        "twisted": lambda: twisted_client(phase, int(port), n, name),
-        "asyncio": lambda: asyncio_client(phase, int(port), n, name, each=False),
-        "asyncio-each": lambda: asyncio_client(phase, int(port), n, name, each=True),
-        "blocking": lambda: blocking_client(phase, int(port), n, name),
         "nats-core": lambda: nats_client(phase, int(port), n, name, jetstream=False),
         "nats-jetstream": lambda: nats_client(phase, int(port), n, name, jetstream=True),
         "redis-streams": lambda: redis_streams(phase, int(port), n, name),
         "mqtt-qos1": lambda: mqtt_qos1(phase, int(port), n, name),
     }
+    if client in WORKLOADS:
+        print(json.dumps(WORKLOADS[client](phase, int(port), n, name)))
+        return
     print(json.dumps(runs[client]()))
 
 

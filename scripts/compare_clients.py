@@ -33,28 +33,17 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from compare_peers import Server, pinned, servers  # noqa: E402
 
+from broker.bench.clients import CLIENTS as OUR_CLIENTS  # noqa: E402
 from broker.bench.process import cpu_seconds, free_port  # noqa: E402
 
 WORKLOADS = Path(__file__).resolve().with_name("client_workloads.py")
 
 # (label, server, client workload, its guarantee, module the client needs)
 CLIENTS = [
-    ("this broker, Twisted client", "this broker", "twisted", "confirm, ack", None),
-    (
-        "this broker, asyncio, publish_many and batch",
-        "this broker",
-        "asyncio",
-        "confirm, ack",
-        None,
-    ),
-    (
-        "this broker, asyncio, publish and async for",
-        "this broker",
-        "asyncio-each",
-        "confirm, ack",
-        None,
-    ),
-    ("this broker, blocking client", "this broker", "blocking", "confirm, ack", None),
+    *[
+        (f"this broker, {label}", "this broker", name, "confirm, ack", None)
+        for name, label in OUR_CLIENTS.items()
+    ],
     ("nats-py, JetStream", "nats-server", "nats-jetstream", "ack, ack", "nats"),
     ("nats-py, core NATS", "nats-server", "nats-core", "none (publish only)", "nats"),
     ("redis-py, Streams", "redis-server", "redis-streams", "XADD reply, XACK", "redis"),

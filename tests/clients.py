@@ -55,8 +55,22 @@ class Sub(Protocol):
     def close(self) -> None: ...
 
 
+class BatchSub(Protocol):
+    def take_batches(self, count: int, timeout: float = 15, ack: bool = True) -> list[list[Got]]:
+        """Batches as they come until `count` messages came; each answered whole."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Client(Protocol):
     def publish(self, topic: str, data: bytes) -> int | None: ...
+
+    def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]: ...
+
+    def subscribe_batches(
+        self, topics: list[str], start: StartAt = StartAt.CURRENT, offset: int = 0
+    ) -> BatchSub: ...
 
     def subscribe(
         self,
@@ -239,6 +253,51 @@ class _TwistedSub:
         _in_reactor(self._client.unsubscribe, self._topics)
 
 
+class _TwistedBatchSub:
+    def __init__(self, client: broker.client.BrokerClient, topics: list[str]) -> None:
+        self._client = client
+        self._topics = topics
+        self._batches: list[tuple[list[broker.client.Message], Deferred[bool]]] = []
+        self._waiting: Deferred[None] | None = None
+
+    def handle(self, messages: list[broker.client.Message]) -> Deferred[bool]:
+        answer: Deferred[bool] = Deferred()
+        self._batches.append((messages, answer))
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+        return answer
+
+    def _next(self, timeout: float) -> Deferred[None]:
+        arrived: Deferred[None] = Deferred()
+        if self._batches:
+            arrived.callback(None)
+            return arrived
+        self._waiting = arrived
+
+        def timed_out(failure: Any) -> Any:
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                raise TimeoutError(f"no batch came within {timeout} s")
+            return failure
+
+        return arrived.addTimeout(timeout, reactor).addErrback(timed_out)
+
+    def _take(self, ack: bool) -> list[Got]:
+        messages, answer = self._batches.pop(0)
+        answer.callback(ack)
+        return [Got(m.topic, m.offset, m.payload, m.attempt) for m in messages]
+
+    def take_batches(self, count: int, timeout: float = 15, ack: bool = True) -> list[list[Got]]:
+        taken: list[list[Got]] = []
+        while sum(map(len, taken)) < count:
+            _in_reactor(self._next, timeout)
+            taken.append(_in_reactor(self._take, ack))
+        return taken
+
+    def close(self) -> None:
+        _in_reactor(self._client.unsubscribe, self._topics)
+
+
 class TwistedClient:
     def __init__(self, url: str, **options: Any) -> None:
         host_port = url.partition("://")[2]
@@ -255,6 +314,18 @@ class TwistedClient:
 
     def publish(self, topic: str, data: bytes) -> int | None:
         return _in_reactor(self._client.publish, topic, data)
+
+    def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]:
+        return _in_reactor(self._client.publish_many, messages)
+
+    def subscribe_batches(
+        self, topics: list[str], start: StartAt = StartAt.CURRENT, offset: int = 0
+    ) -> _TwistedBatchSub:
+        sub = _TwistedBatchSub(self._client, topics)
+        _in_reactor(
+            lambda: self._client.subscribe_batches(topics, sub.handle, start=start, offset=offset)
+        )
+        return sub
 
     def subscribe(
         self,
@@ -302,6 +373,20 @@ class _AsyncioSub:
         self._owner.run(self._subscription.unsubscribe())
 
 
+class _AsyncioBatchSub(_AsyncioSub):
+    def take_batches(self, count: int, timeout: float = 15, ack: bool = True) -> list[list[Got]]:
+        async def take() -> list[list[Got]]:
+            taken: list[list[Got]] = []
+            while sum(map(len, taken)) < count:
+                batch = await self._subscription.batch(timeout=timeout)
+                for delivery in batch:
+                    delivery.answer(ack)
+                taken.append([Got(d.topic, d.offset, d.data, d.attempt) for d in batch])
+            return taken
+
+        return self._owner.run(take())
+
+
 class AsyncioClient:
     def __init__(self, url: str, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
@@ -318,6 +403,17 @@ class AsyncioClient:
 
     def publish(self, topic: str, data: bytes) -> int | None:
         return self.run(self._client.publish(topic, data))
+
+    def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]:
+        return self.run(self._client.publish_many(messages))
+
+    def subscribe_batches(
+        self, topics: list[str], start: StartAt = StartAt.CURRENT, offset: int = 0
+    ) -> _AsyncioBatchSub:
+        async def subscribe() -> broker.aio.Subscription:
+            return await self._client.subscribe(topics, start=start, offset=offset)
+
+        return _AsyncioBatchSub(self, self.run(subscribe()))
 
     def subscribe(
         self,
@@ -359,6 +455,19 @@ class _BlockingSub:
         self._subscription.unsubscribe()
 
 
+class _BlockingBatchSub(_BlockingSub):
+    def take_batches(self, count: int, timeout: float = 15, ack: bool = True) -> list[list[Got]]:
+        taken: list[list[Got]] = []
+        while sum(map(len, taken)) < count:
+            batch = self._subscription.batch(timeout=timeout)
+            if ack:
+                self._subscription.ack_all(batch)
+            else:
+                self._subscription.nack_all(batch)
+            taken.append([Got(m.topic, m.offset, m.data, m.attempt) for m in batch])
+        return taken
+
+
 class BlockingClient:
     def __init__(self, url: str, **options: Any) -> None:
         self._client = broker.sync.connect(url, retry_policy=lambda attempt: 0.1, **options)
@@ -366,6 +475,14 @@ class BlockingClient:
 
     def publish(self, topic: str, data: bytes) -> int | None:
         return self._client.publish(topic, data)
+
+    def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]:
+        return self._client.publish_many(messages)
+
+    def subscribe_batches(
+        self, topics: list[str], start: StartAt = StartAt.CURRENT, offset: int = 0
+    ) -> _BlockingBatchSub:
+        return _BlockingBatchSub(self._client.subscribe(topics, start=start, offset=offset))
 
     def subscribe(
         self,

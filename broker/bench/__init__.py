@@ -8,6 +8,7 @@
     broker-bench connections --subscribers 10000
     broker-bench ceiling --prefetch 256                   # the bench's own limit
     broker-bench fanout --broker localhost:3000 --json
+    broker-bench clients --runs 3                         # each Python client of ours
 
 Without --broker it starts `twistd broker` on a free loopback port (memory or
 file store) and stops it afterwards. Every payload carries its sequence

@@ -17,6 +17,8 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import LoopingCall
 
+from broker.bench.clients import CLIENTS
+from broker.bench.clients import compare as compare_clients
 from broker.bench.payloads import HEADER, Result
 from broker.bench.process import BrokerProcess, free_port, redis_cpu_seconds, redis_forget
 from broker.bench.scenarios import SCENARIOS, Bench, ceiling
@@ -24,7 +26,7 @@ from broker.bench.scenarios import SCENARIOS, Bench, ceiling
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="broker-bench", description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=[*sorted(SCENARIOS), "ceiling"])
+    parser.add_argument("scenario", choices=[*sorted(SCENARIOS), "ceiling", "clients"])
     parser.add_argument("--broker", help="HOST:PORT of a running broker (default: start one)")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--subscribers", type=int, default=1)
@@ -99,6 +101,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="start the broker with this users file; the bench's clients sign in as "
         "nobody, so it must grant 'anonymous' what the scenario uses",
     )
+    parser.add_argument(
+        "--client",
+        action="append",
+        choices=list(CLIENTS),
+        help="clients: measure this client (repeatable; default: each)",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="clients: runs of each, for medians")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -222,6 +231,9 @@ def _watch(reactor: Any, port: int | None) -> Deferred[Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.scenario == "clients":
+        compare_clients(args)
+        return
     try:
         result = run(args)
     except (ConnectError, DNSLookupError) as error:

@@ -37,6 +37,7 @@ from broker.wire import CONFIRM_ORDER_TOPIC, StartAt
 __all__ = [
     "OUTCOME_UNKNOWN",
     "AuthenticationFailed",
+    "BatchHandler",
     "BrokerError",
     "ExtensionsRefused",
     "Handler",
@@ -52,6 +53,16 @@ log = Logger()
 Handler = Callable[[Message], Any]
 """Handles a delivery; its result acks it, unless it is False or a failure
 (also through a Deferred), which nack it."""
+
+
+class BatchHandler:
+    """A handler of lists of deliveries (those of one read from the broker):
+    `handle(messages)`'s result answers them all as a Handler's answers one."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: Callable[[list[Message]], Any]) -> None:
+        self.handle = handle
 
 
 class _ClientProtocol(Protocol):
@@ -172,12 +183,17 @@ class SubscriberProtocol(_ClientProtocol):
         )
         self._adapt(self.subscriber)
         self.handler = handler
+        self.route: Callable[[Message], Handler | BatchHandler | None] | None = None
+        """If set, chooses each delivery's handler (None: nobody's, acked)
+        in place of `handler`; a BatchHandler gets a read's deliveries at once."""
+        self._arrived: list[tuple[Message, int | None]] = []
+        self._reading = False
         self.on_answered: Callable[[Message, bool], None] = lambda message, acked: None
         self.on_withdrawn: Callable[[str], None] = lambda topic: None
         """Called with a topic the broker stopped (the user may no longer read it)."""
         subscriber = self.subscriber
         subscriber.on_answered = _settle
-        subscriber.on_delivery = self._handle
+        subscriber.on_delivery = self._arrive
         subscriber.on_answered_delivery = lambda message, acked: self.on_answered(message, acked)
         subscriber.on_withdrawn = lambda topic: self.on_withdrawn(topic)
 
@@ -211,12 +227,59 @@ class SubscriberProtocol(_ClientProtocol):
         )
         return answered
 
-    def _handle(self, message: Message, delivery_id: int | None) -> None:
+    def dataReceived(self, data: bytes) -> None:
+        # The deliveries of one read are handled together once it is
+        # decoded: a batch handler gets them in one call.
+        self._reading = True
+        try:
+            self.connection.receive(data)
+        finally:
+            self._reading = False
+        if self._arrived:
+            self._hand_over()
+
+    def _arrive(self, message: Message, delivery_id: int | None) -> None:
+        self._arrived.append((message, delivery_id))
+        if not self._reading:  # a plain delivery handed over after an answer
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        self._reading = True
+        try:
+            while self._arrived:
+                arrived, self._arrived = self._arrived, []
+                self._dispatch(arrived)
+        finally:
+            self._reading = False
+
+    def _dispatch(self, arrived: list[tuple[Message, int | None]]) -> None:
+        route = self.route
+        if route is None:
+            handler = self.handler
+            for message, delivery_id in arrived:
+                self._handle(handler, message, delivery_id)
+            return
+        batches: dict[BatchHandler, list[tuple[Message, int | None]]] | None = None
+        for message, delivery_id in arrived:
+            chosen = route(message)
+            if chosen is None:  # unsubscribed meanwhile: acked, so not sent again
+                self.subscriber.answer(message, delivery_id, True)
+            elif type(chosen) is BatchHandler:
+                if batches is None:
+                    batches = {}
+                batches.setdefault(chosen, []).append((message, delivery_id))
+            else:
+                self._handle(chosen, message, delivery_id)  # type: ignore[arg-type]
+        if batches:
+            for batch_handler, batch in batches.items():
+                self._handle_batch(batch_handler.handle, batch)
+
+    def _handle(self, handler: Handler, message: Message, delivery_id: int | None) -> None:
         # A handler that answers at once is answered at once: a Deferred only
         # for one that returns a Deferred (maybeDeferred's per delivery cost
         # a third of the client's time).
         try:
-            result = self.handler(message)
+            result = handler(message)
         except Exception:
             self._answer(Failure(), message, delivery_id)
             return
@@ -229,6 +292,24 @@ class SubscriberProtocol(_ClientProtocol):
 
     def _answer(self, result: object, message: Message, delivery_id: int | None) -> None:
         self.subscriber.answer(message, delivery_id, _acks(result, message))
+
+    def _handle_batch(
+        self, handler: Callable[[list[Message]], Any], batch: list[tuple[Message, int | None]]
+    ) -> None:
+        try:
+            result = handler([message for message, _ in batch])
+        except Exception:
+            self._answer_batch(Failure(), batch)
+            return
+        if isinstance(result, Deferred):
+            result.addBoth(self._answer_batch, batch)
+        elif isinstance(result, Coroutine):
+            Deferred.fromCoroutine(result).addBoth(self._answer_batch, batch)
+        else:
+            self._answer_batch(result, batch)
+
+    def _answer_batch(self, result: object, batch: list[tuple[Message, int | None]]) -> None:
+        self.subscriber.answer_many(batch, _acks(result, batch[0][0], len(batch)))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         requests = self.subscriber.pending()
@@ -246,11 +327,12 @@ def _settle(answered: Deferred[None], error: BrokerError | None) -> None:
         answered.errback(error)
 
 
-def _acks(result: object, message: Message) -> bool:
+def _acks(result: object, message: Message, count: int = 1) -> bool:
     if isinstance(result, Failure):
         log.failure(
-            "handler failed on message {offset} of {topic!r}; nacking it",
+            "handler failed on {count} message(s) from offset {offset} of {topic!r}; nacking them",
             result,
+            count=count,
             offset=message.offset,
             topic=message.topic,
         )

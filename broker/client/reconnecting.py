@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker.client.protocols import (
+    BatchHandler,
     Handler,
     PublisherProtocol,
     SubscriberProtocol,
@@ -230,14 +231,14 @@ class BrokerClient:
         # service's own count starts over; this keeps the backoff growing.
         self._refusals = 0
         self._connected_waiters: list[Deferred[None]] = []
-        self._subscriptions: Subscriptions[Handler] = Subscriptions()
+        self._subscriptions: Subscriptions[Handler | BatchHandler] = Subscriptions()
         self._publisher: _Role[PublisherProtocol] = _Role(
             self, "publisher", self._build_publisher, self._adopt
         )
         self._subscriber: _Role[SubscriberProtocol] = _Role(
             self, "subscriber", self._build_subscriber, self._resubscribe
         )
-        self._outbox: Outbox[Deferred[int | None]] = Outbox(
+        self._outbox: Outbox[Deferred[int | None] | _Slot] = Outbox(
             _settle, _fail, max_queued, on_error=self._publish_error
         )
         self._closed = False
@@ -366,7 +367,7 @@ class BrokerClient:
         # closure over the publish would make a reference cycle of each,
         # and the cyclic collector would spend a quarter of the time.
         done: Deferred[int | None] = Deferred(outbox.withdraw_handle)
-        pending = Pending(topic, payload, done)
+        pending: Pending[Deferred[int | None] | _Slot] = Pending(topic, payload, done)
         try:
             outbox.add(pending)
         except QueueFull as full:
@@ -374,6 +375,29 @@ class BrokerClient:
         if outbox.connection is None:
             self._publisher.start()
         return done
+
+    def publish_many(self, messages: Iterable[tuple[str, bytes]]) -> Deferred[list[int | None]]:
+        """Send many (topic, payload) messages at once: fires with their
+        offsets, in order, once all are confirmed, or fails with the first
+        refusal (the others are stored all the same). One Deferred for all:
+        cheaper than a publish() each. Cancelling it withdraws those not
+        yet written."""
+        batch = [(topic, payload) for topic, payload in messages]
+        for topic, payload in batch:
+            check_publish(topic, payload)
+        if self.refused is not None:
+            return fail(self.refused)
+        if self._closed:
+            return fail(ConnectionDone("the client is closed"))
+        outbox = self._outbox
+        if outbox.connection is None and len(outbox.queue) + len(batch) > outbox.max_queued:
+            return fail(QueueFull(f"{len(outbox.queue)} messages already wait for a connection"))
+        gathered = _Gathered(len(batch), outbox)
+        for index, (topic, payload) in enumerate(batch):
+            outbox.add(Pending(topic, payload, _Slot(gathered, index)))
+        if outbox.connection is None:
+            self._publisher.start()
+        return gathered.done
 
     @property
     def max_queued(self) -> int:
@@ -441,6 +465,32 @@ class BrokerClient:
         or of the broker, resumes at the first message not acked. Several
         processes with one durable name share its messages, as a group.
         """
+        return self._subscribe(topics, handler, start, offset, group, durable)
+
+    def subscribe_batches(
+        self,
+        topics: Iterable[str],
+        handler: Callable[[list[Message]], Any],
+        start: StartAt = StartAt.CURRENT,
+        offset: int = 0,
+        group: str | None = None,
+        durable: str | None = None,
+    ) -> Deferred[None]:
+        """As `subscribe`, but `handler` gets a list of messages: those that
+        came in one read from the broker (up to the prefetch), in order. Its
+        result answers them all (acked, unless it is False or a failure),
+        in one write: the fastest way to consume."""
+        return self._subscribe(topics, BatchHandler(handler), start, offset, group, durable)
+
+    def _subscribe(
+        self,
+        topics: Iterable[str],
+        handler: Handler | BatchHandler,
+        start: StartAt,
+        offset: int,
+        group: str | None,
+        durable: str | None,
+    ) -> Deferred[None]:
         names = check_topics(topics)
         subscriptions = self._subscriptions
         asked, needs = subscriptions.plan_subscribe(
@@ -479,10 +529,11 @@ class BrokerClient:
 
     def _build_subscriber(self) -> SubscriberProtocol:
         protocol = SubscriberProtocol(
-            self._dispatch,
+            _no_handler,
             prefetch=self.prefetch if self.extensions else None,
             credentials=self._credentials if self.extensions else None,
         )
+        protocol.route = self._subscriptions.handler_for
         protocol.on_answered = self._answered
         protocol.on_withdrawn = self._withdrawn
         return protocol
@@ -499,12 +550,6 @@ class BrokerClient:
             [protocol.subscribe(names, start, offset) for names, start, offset in requests],
             consumeErrors=True,
         ).addCallback(lambda _: None)
-
-    def _dispatch(self, message: Message) -> Any:
-        handler = self._subscriptions.handler_for(message)
-        if handler is None:
-            return True  # unsubscribed meanwhile: ack so it is not sent again
-        return handler(message)
 
     def _answered(self, message: Message, acked: bool) -> None:
         self._subscriptions.answered(message, acked)
@@ -631,11 +676,69 @@ def connect(
     )
 
 
-def _settle(done: Deferred[int | None], offset: int | None) -> None:
-    if not done.called:  # else cancelled after it was written
+def _no_handler(message: Message) -> bool:
+    """The protocol's handler, never called: the client routes each
+    delivery to its subscription's handler."""
+    return True
+
+
+class _Gathered:
+    """The publishes of one publish_many: their offsets, and the Deferred
+    that fires once all are answered."""
+
+    __slots__ = ("done", "error", "offsets", "remaining")
+
+    def __init__(self, count: int, outbox: Outbox[Any]) -> None:
+        self.offsets: list[int | None] = [None] * count
+        self.remaining = count
+        self.error: Exception | None = None
+        self.done: Deferred[list[int | None]] = Deferred(
+            lambda _: outbox.withdraw_where(lambda handle: _of(handle) is self)
+        )
+        if count == 0:
+            self.done.callback([])
+
+    def settle(self, index: int, offset: int | None) -> None:
+        self.offsets[index] = offset
+        self._one_answered()
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        self._one_answered()
+
+    def _one_answered(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and not self.done.called:
+            if self.error is not None:
+                self.done.errback(self.error)
+            else:
+                self.done.callback(self.offsets)
+
+
+class _Slot:
+    """One publish of a publish_many: its place in the batch."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _Gathered, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+
+def _of(handle: object) -> _Gathered | None:
+    return handle.batch if type(handle) is _Slot else None
+
+
+def _settle(done: Deferred[int | None] | _Slot, offset: int | None) -> None:
+    if isinstance(done, _Slot):
+        done.batch.settle(done.index, offset)
+    elif not done.called:  # else cancelled after it was written
         done.callback(offset)
 
 
-def _fail(done: Deferred[int | None], error: Exception) -> None:
-    if not done.called:
+def _fail(done: Deferred[int | None] | _Slot, error: Exception) -> None:
+    if isinstance(done, _Slot):
+        done.batch.fail(error)
+    elif not done.called:
         done.errback(error)

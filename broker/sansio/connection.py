@@ -394,3 +394,21 @@ class SubscriberConnection(ClientConnection, Generic[R]):
             return
         self.write(encode_ack_id(delivery_id, acked))
         self.on_answered_delivery(message, acked)
+
+    def answer_many(self, answered: list[tuple[Message, int | None]], acked: bool) -> None:
+        """Ack (or nack) every delivery of `answered` alike, in one write
+        (the broker reads a run of acks at once)."""
+        if self.closed:
+            return
+        frames = []
+        for message, delivery_id in answered:
+            if delivery_id is None:  # the plain protocol: answers in order, no ids
+                self.answer(message, None, acked)
+            else:
+                frames.append(encode_ack_id(delivery_id, acked))
+        if not frames:
+            return
+        self.write(b"".join(frames))
+        told = self.on_answered_delivery
+        for message, _ in answered:
+            told(message, acked)

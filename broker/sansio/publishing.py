@@ -84,6 +84,10 @@ class Outbox(Generic[H]):
                 self.queue.remove(pending)
                 return
 
+    def withdraw_where(self, chosen: Callable[[H], bool]) -> None:
+        """Withdraw every queued publish whose handle is `chosen`."""
+        self.queue = deque(pending for pending in self.queue if not chosen(pending.handle))
+
     def adopt(self, connection: PublisherConnection) -> int:
         """A new connection has negotiated: it carries every publish from now
         on, starting with those queued, in order (what the last connection

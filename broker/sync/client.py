@@ -40,6 +40,13 @@ class _Answers:
         if first:
             self._loop.call_soon_threadsafe(self._send)
 
+    def add_many(self, answers: list[tuple[Delivery, bool]]) -> None:
+        with self._lock:
+            first = not self._pending
+            self._pending += answers
+        if first and answers:
+            self._loop.call_soon_threadsafe(self._send)
+
     def _send(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
@@ -122,16 +129,28 @@ class SyncSubscription:
     def next(self, timeout: float | None = None) -> Message:
         """The next message; TimeoutError if none comes within `timeout`
         seconds (None: wait for ever), StopIteration once unsubscribed."""
-        if not self._taken:
-            try:
-                batch = self._received.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError(f"no message within {timeout} s") from None
-            if batch is _END:
-                self._received.put(_END)
-                raise StopIteration
-            self._taken.extend(batch)
+        self._wait(timeout)
         return Message(self._taken.popleft(), self._answers)
+
+    def batch(self, max_size: int = 1000, timeout: float | None = None) -> list[Message]:
+        """The messages that are here, up to `max_size`, waiting up to
+        `timeout` seconds for the first (TimeoutError, or StopIteration once
+        unsubscribed, as `next`): the fastest way to consume, with `ack_all`."""
+        self._wait(timeout)
+        taken, answers = self._taken, self._answers
+        return [Message(taken.popleft(), answers) for _ in range(min(max_size, len(taken)))]
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._taken:
+            return
+        try:
+            batch = self._received.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no message within {timeout} s") from None
+        if batch is _END:
+            self._received.put(_END)
+            raise StopIteration
+        self._taken.extend(batch)
 
     def __iter__(self) -> Iterator[Message]:
         while True:
@@ -139,6 +158,23 @@ class SyncSubscription:
                 yield self.next(self._timeout)
             except (TimeoutError, StopIteration):
                 return
+
+    def batches(self, max_size: int = 1000) -> Iterator[list[Message]]:
+        """Lists of messages, as `batch` gives them, until the subscription
+        ends (or none came for the subscription's `timeout`)."""
+        while True:
+            try:
+                yield self.batch(max_size, self._timeout)
+            except (TimeoutError, StopIteration):
+                return
+
+    def ack_all(self, messages: Iterable[Message]) -> None:
+        """Ack every one of `messages` (one hand-over to the client's loop)."""
+        self._answers.add_many([(message._delivery, True) for message in messages])
+
+    def nack_all(self, messages: Iterable[Message]) -> None:
+        """Give every one of `messages` back: the broker sends them again."""
+        self._answers.add_many([(message._delivery, False) for message in messages])
 
     def unsubscribe(self) -> None:
         """Stop the deliveries (those not acked are sent again)."""

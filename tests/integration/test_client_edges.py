@@ -179,6 +179,71 @@ async def test_a_cancelled_publish_is_never_sent_and_the_queue_is_bounded():
         await client.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_publish_many_withdraws_what_waits_and_a_full_queue_refuses_it_whole():
+    port = free_port()
+    client = connect(reactor, f"127.0.0.1:{port}", extensions=True, max_queued=4, **FAST_RETRY)
+    try:
+        withdrawn = client.publish_many([("q", b"w1"), ("q", b"w2")])
+        kept = client.publish_many([("q", b"k1"), ("q", b"k2")])
+        withdrawn.cancel()
+        with pytest.raises(CancelledError):
+            await withdrawn
+        client.publish_many([("q", b"k3"), ("q", b"k4")])
+        with pytest.raises(QueueFull):
+            await client.publish_many([("q", b"none")])  # four wait: refused whole
+        assert await client.publish_many([]) == []
+        running = start_broker(port=port)
+        try:
+            assert await kept == [0, 1]
+            log = running.factory.broker.registry.get("q").log
+            assert await client.publish_many([("q", b"k5")]) == [4]
+            assert log.read(0, 5) == [b"k1", b"k2", b"k3", b"k4", b"k5"]
+            with pytest.raises(ValueError):  # checked whole before any is sent
+                client.publish_many([("q", b"ok"), ("q\x00", b"bad")])
+            assert await client.publish_many([("q", b"k6")]) == [5]
+        finally:
+            await running.stop()
+    finally:
+        await client.close()
+
+
+def test_a_batch_handler_answers_its_whole_batch_however_it_answers(log_lines):
+    """A read's deliveries come to a batch handler at once; False or an
+    exception nacks them all (they come again), a Deferred answers them
+    when it fires, True acks them all (never sent again)."""
+    broker = InMemoryBroker()
+    client = broker.client(extensions=True, prefetch=16)
+    later: Deferred[bool] = Deferred()
+    answers: list[object] = [False, RuntimeError("boom"), later]
+    batches: list[list[tuple[int | None, int]]] = []
+
+    def handle(messages: list[Message]) -> object:
+        batches.append([(m.offset, m.attempt) for m in messages])
+        answer = answers.pop(0) if answers else True
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    client.subscribe_batches(["b"], handle, start=StartAt.BEGINNING)
+    broker.flush()
+    publisher = broker.client(extensions=True)
+    publisher.publish_many([("b", b"%d" % n) for n in range(3)])
+    broker.flush()
+    for _ in range(100):  # the nacked batch comes again, twice
+        if len(batches) == 3:
+            break
+        broker.advance(0.5)
+        broker.flush()
+    assert batches == [[(0, 1), (1, 1), (2, 1)], [(0, 2), (1, 2), (2, 2)], [(0, 3), (1, 3), (2, 3)]]
+    assert log_lines.matching("handler failed on 3 message(s) from offset 0")
+    later.callback(True)
+    broker.flush()
+    broker.advance(120)
+    broker.flush()
+    assert len(batches) == 3  # acked through the Deferred: never sent again
+
+
 def test_wrong_argument_types_are_clear_errors():
     client = connect(reactor, "127.0.0.1:1")
     with pytest.raises(TypeError, match="payload must be bytes, not str"):

@@ -45,6 +45,24 @@ def test_publish_is_confirmed_with_offsets_and_replayed_from_the_beginning(kind,
         assert [(g.offset, g.data) for g in got] == [(0, b"m0"), (1, b"m1"), (2, b"m2")]
 
 
+@in_thread
+def test_many_published_at_once_are_consumed_in_batches_and_a_nacked_batch_comes_again(
+    kind, running, request
+):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as client:
+        sent = [(topic, b"m%d" % n) for n in range(300)]
+        assert client.publish_many(sent) == list(range(300))
+        sub = client.subscribe_batches([topic], start=StartAt.BEGINNING)
+        (given_back, *_) = sub.take_batches(1, ack=False)
+        batches = sub.take_batches(300)
+        got = [g for batch in batches for g in batch]
+        assert sorted((g.offset, g.data) for g in got) == [(n, b"m%d" % n) for n in range(300)]
+        again = {g.offset: g.attempt for g in got if g.offset in {b.offset for b in given_back}}
+        assert set(again.values()) == {2}  # the nacked batch, delivered a second time
+        assert all(len(batch) >= 1 for batch in batches)
+
+
 @pytest.mark.parametrize("start", [StartAt.FROM, StartAt.FROM64])
 @in_thread
 def test_replay_starts_at_the_offset_asked_for(kind, start, running, request):
