@@ -112,6 +112,22 @@ class Delivery:
         return f"<Delivery {self.topic!r} offset={self.offset} attempt={self.attempt}>"
 
 
+def answer_all(deliveries: Iterable[Delivery], acked: bool) -> None:
+    """Ack (True) or nack (False) many deliveries at once: one write per
+    connection (those answered already are left as they are)."""
+    by_connection: dict[SubscriberConnection[_Request], list[tuple[Message, int | None]]] = {}
+    for delivery in deliveries:
+        if delivery._answered:
+            continue
+        delivery._answered = True
+        answered = by_connection.get(delivery._connection)
+        if answered is None:
+            answered = by_connection[delivery._connection] = []
+        answered.append((delivery._message, delivery._delivery_id))
+    for connection, answered in by_connection.items():
+        connection.answer_many(answered, acked)
+
+
 class _Link(asyncio.Protocol):
     """One connection: asyncio's transport under a sans-I/O connection."""
 
@@ -377,6 +393,14 @@ class Subscription:
         if len(buffer) <= max_size:
             return self.ready()
         return [buffer.popleft() for _ in range(max_size)]
+
+    def ack_all(self, deliveries: Iterable[Delivery]) -> None:
+        """Ack every one of `deliveries` (a batch's) in one write."""
+        answer_all(deliveries, True)
+
+    def nack_all(self, deliveries: Iterable[Delivery]) -> None:
+        """Give every one of `deliveries` back: the broker sends them again."""
+        answer_all(deliveries, False)
 
     def _wake_one(self) -> None:
         waiters = self._waiters

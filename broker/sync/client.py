@@ -14,7 +14,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Any, TypeVar
 
-from broker.aio.client import DEFAULT_MAX_QUEUED, Client, Delivery, Subscription, backoff
+from broker.aio.client import (
+    DEFAULT_MAX_QUEUED,
+    Client,
+    Delivery,
+    Subscription,
+    answer_all,
+    backoff,
+)
 from broker.aio.client import connect as aio_connect
 from broker.wire import StartAt
 
@@ -26,32 +33,38 @@ _END = object()
 class _Answers:
     """Acks and nacks made in the caller's thread, handed to the client's
     loop in batches: one wake-up of the loop for all those made meanwhile,
-    not one each."""
+    not one each; kept as runs of like answers, in order."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._pending: list[tuple[Delivery, bool]] = []
+        self._pending: list[tuple[list[Delivery], bool]] = []
 
     def add(self, delivery: Delivery, acked: bool) -> None:
         with self._lock:
-            self._pending.append((delivery, acked))
-            first = len(self._pending) == 1
+            pending = self._pending
+            first = not pending
+            if pending and pending[-1][1] == acked:
+                pending[-1][0].append(delivery)
+            else:
+                pending.append(([delivery], acked))
         if first:
             self._loop.call_soon_threadsafe(self._send)
 
-    def add_many(self, answers: list[tuple[Delivery, bool]]) -> None:
+    def add_many(self, deliveries: list[Delivery], acked: bool) -> None:
+        if not deliveries:
+            return
         with self._lock:
             first = not self._pending
-            self._pending += answers
-        if first and answers:
+            self._pending.append((deliveries, acked))
+        if first:
             self._loop.call_soon_threadsafe(self._send)
 
     def _send(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-        for delivery, acked in pending:
-            delivery.answer(acked)
+        for deliveries, acked in pending:
+            answer_all(deliveries, acked)
 
 
 class Message:
@@ -170,11 +183,11 @@ class SyncSubscription:
 
     def ack_all(self, messages: Iterable[Message]) -> None:
         """Ack every one of `messages` (one hand-over to the client's loop)."""
-        self._answers.add_many([(message._delivery, True) for message in messages])
+        self._answers.add_many([message._delivery for message in messages], True)
 
     def nack_all(self, messages: Iterable[Message]) -> None:
         """Give every one of `messages` back: the broker sends them again."""
-        self._answers.add_many([(message._delivery, False) for message in messages])
+        self._answers.add_many([message._delivery for message in messages], False)
 
     def unsubscribe(self) -> None:
         """Stop the deliveries (those not acked are sent again)."""
