@@ -1,12 +1,11 @@
-"""One client's workload, in a process of its own, for
+"""One peer client's workload, in a process of its own, for
 scripts/compare_clients.py: publish N 100-byte messages with the client's
 confirm (or its nearest guarantee), or consume the N it published with the
 client's ack; print {"rate": msg/s, "cpu_us": client CPU µs per message}.
 
     python scripts/client_workloads.py CLIENT PHASE PORT N NAME
 
-CLIENT: this broker's clients, as `broker-bench clients` runs them
-(twisted, twisted-batch, asyncio, asyncio-each, blocking, blocking-batch);
+CLIENT (this broker's own are broker.bench.clients'):
 nats-core, nats-jetstream (nats-py), redis-streams (redis-py with hiredis),
 mqtt-qos1 (paho-mqtt). PHASE: prepare (MQTT's persistent session),
 publish, consume. NAME is the topic, subject, stream or client id to use.
@@ -19,11 +18,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from broker.bench.clients import WORKLOADS
 
 PAYLOAD = b"x" * 100
 WINDOW = 1000  # messages awaited together
@@ -35,8 +29,6 @@ def measured(work: Callable[[], None], count: int) -> dict[str, float]:
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return {"rate": count / wall, "cpu_us": cpu / count * 1e6}
 
-
-# This broker's clients: broker-bench's own workloads (broker.bench.clients).
 
 # The peers' Python clients.
 
@@ -155,9 +147,6 @@ def main() -> None:
         "redis-streams": lambda: redis_streams(phase, int(port), n, name),
         "mqtt-qos1": lambda: mqtt_qos1(phase, int(port), n, name),
     }
-    if client in WORKLOADS:
-        print(json.dumps(WORKLOADS[client](phase, int(port), n, name)))
-        return
     print(json.dumps(runs[client]()))
 
 

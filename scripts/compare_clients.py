@@ -51,17 +51,26 @@ CLIENTS = [
 ]
 
 
-def run_phase(client: str, phase: str, port: int, count: int, name: str) -> dict[str, float]:
-    command = pinned(
-        1, [sys.executable, str(WORKLOADS), client, phase, str(port), str(count), name]
+def run_phase(
+    client: str, phase: str, port: int, count: int, name: str, installed: bool
+) -> dict[str, float]:
+    arguments = [client, phase, str(port), str(count), name]
+    if client in OUR_CLIENTS:  # broker-bench's own workloads
+        command = [sys.executable, "-c", "from broker.bench.clients import main; main()"]
+    else:
+        command = [sys.executable, str(WORKLOADS)]
+    # From the checkout (pure Python, unless built in place), or with
+    # --installed from the interpreter's installed (compiled) broker.
+    where = tempfile.gettempdir() if installed else ROOT
+    done = subprocess.run(
+        pinned(1, [*command, *arguments]), capture_output=True, text=True, timeout=600, cwd=where
     )
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{client} {phase}: {done.stderr.strip()[-600:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def one_run(server: Server, client: str, count: int) -> dict[str, float]:
+def one_run(server: Server, client: str, count: int, installed: bool) -> dict[str, float]:
     port = free_port()
     scratch = Path(tempfile.mkdtemp(prefix="clients-"))
     if server.name == "nats-server":
@@ -71,12 +80,12 @@ def one_run(server: Server, client: str, count: int) -> dict[str, float]:
     name = f"bench{int(time.time() * 1000) % 100000}"
     try:
         if client == "mqtt-qos1":
-            run_phase(client, "prepare", port, count, name)
+            run_phase(client, "prepare", port, count, name, installed)
         figures: dict[str, float] = {}
         phases = ["publish"] if client == "nats-core" else ["publish", "consume"]
         for phase in phases:
             before = cpu_seconds(process.pid)
-            measured = run_phase(client, phase, port, count, name)
+            measured = run_phase(client, phase, port, count, name, installed)
             server_cpu = cpu_seconds(process.pid) - before
             figures[f"{phase}_rate"] = measured["rate"]
             figures[f"{phase}_client_us"] = measured["cpu_us"]
@@ -93,6 +102,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", help="Only the clients whose label contains this.")
+    parser.add_argument(
+        "--installed",
+        action="store_true",
+        help="Run this broker's clients from the installed package (`pip install .`, "
+        "compiled) rather than from this checkout.",
+    )
     args = parser.parse_args()
     known = {server.name: server for server in servers()}
     rows = []
@@ -109,7 +124,7 @@ def main() -> None:
         runs = []
         for number in range(args.runs):
             try:
-                figures = one_run(server, client, args.messages)
+                figures = one_run(server, client, args.messages, args.installed)
             except (RuntimeError, subprocess.TimeoutExpired) as error:
                 print(f"run {number + 1}: {label} failed: {error}", file=sys.stderr)
                 continue

@@ -8,8 +8,8 @@ client's CPU and the broker's CPU per message.
     broker-bench clients                       # every client, 3 runs of 100,000
     broker-bench clients --client asyncio --runs 5 --messages 200000 --json
 
-A client's workload runs as `python -m broker.bench.clients CLIENT PHASE
-PORT N TOPIC` and prints {"rate", "cpu_us"} (scripts/compare_clients.py
+A client's workload runs in a child that calls `main()` with CLIENT PHASE
+PORT N TOPIC and prints {"rate", "cpu_us"} (scripts/compare_clients.py
 runs the same ones beside the peers' clients).
 """
 
@@ -176,9 +176,14 @@ WORKLOADS: dict[str, Workload] = {
 }
 
 
+# The child imports this module by name (`python -m` would import it twice,
+# once as broker.bench's and once as __main__).
+_CHILD = "from broker.bench.clients import main; main()"
+
+
 def run_phase(client: str, phase: str, port: int, count: int, topic: str) -> dict[str, float]:
     """One workload in a child process: what it printed."""
-    command = [sys.executable, "-m", "broker.bench.clients", client, phase, str(port)]
+    command = [sys.executable, "-c", _CHILD, client, phase, str(port)]
     done = subprocess.run(
         [*command, str(count), topic], capture_output=True, text=True, timeout=600
     )
@@ -248,10 +253,8 @@ def _shown(figures: dict[str, float]) -> str:
 
 
 def main() -> None:
-    """A child's workload: CLIENT PHASE PORT N TOPIC; prints its figures."""
+    """A child's workload, from its arguments CLIENT PHASE PORT N TOPIC;
+    prints its figures."""
     client, phase, port, count, topic = sys.argv[1:6]
     print(json.dumps(WORKLOADS[client](phase, int(port), int(count), topic)))
 
-
-if __name__ == "__main__":
-    main()
