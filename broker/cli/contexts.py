@@ -83,16 +83,26 @@ def save(document: dict[str, Any], path: Path | None = None) -> None:
             os.unlink(temporary)
 
 
-def defaults(name: str | None) -> dict[str, Any]:
+def defaults(
+    name: str | None, url: str | None = None, monitor: str | None = None
+) -> dict[str, Any]:
     """Click's default_map of every command for context `name` (None: the
-    current one, if any)."""
+    current one, if any), its address and monitor replaced by `url` and
+    `monitor` if given (`broker --url ... pub`)."""
     document = load()
     name = name or document.get("current")
-    if not name:
+    context: dict[str, Any] = {}
+    if name:
+        found = document["contexts"].get(name)
+        if found is None:
+            raise ContextError(f"no context {name!r} in {contexts_path()} (see broker context ls)")
+        context = dict(found)
+    if url is not None:
+        context["url"] = url
+    if monitor is not None:
+        context["monitor"] = monitor
+    if not context:
         return {}
-    context = document["contexts"].get(name)
-    if context is None:
-        raise ContextError(f"no context {name!r} in {contexts_path()} (see broker context ls)")
     connection = {field: context.get(field) for field in ("url", "user", "password", "token", "ca")}
     connection = {key: value for key, value in connection.items() if value is not None}
     admin = {field: context.get(field) for field in ("user", "password", "token")}

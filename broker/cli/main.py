@@ -10,6 +10,7 @@ Errors are one line on stderr, never a traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -37,10 +38,28 @@ EXIT_AUTHENTICATION = 4
     envvar="BROKER_CONTEXT",
     help="A named context (broker context ls); default: the current one [env BROKER_CONTEXT].",
 )
+@click.option(
+    "--url",
+    help="The broker, tcp://HOST:PORT or tls://HOST:PORT, for every command "
+    "(as each command's own --url) [env BROKER_URL].",
+)
+@click.option(
+    "--monitor",
+    "monitor_url",
+    help="The broker's monitor, http(s)://HOST:PORT, for the admin commands "
+    "[env BROKER_MONITOR].",
+)
 @click.pass_context
-def broker(ctx: click.Context, context_name: str | None) -> None:
+def broker(
+    ctx: click.Context, context_name: str | None, url: str | None, monitor_url: str | None
+) -> None:
     if ctx.invoked_subcommand != "context":
-        ctx.default_map = defaults(context_name)
+        ctx.default_map = defaults(context_name, url, monitor_url)
+    # Given here, they beat the environment too, as each command's own would.
+    if url is not None:
+        os.environ["BROKER_URL"] = url
+    if monitor_url is not None:
+        os.environ["BROKER_MONITOR"] = monitor_url
 
 
 broker.add_command(pub)

@@ -75,6 +75,14 @@ def test_pub_takes_each_line_of_stdin_and_sub_replays_from_an_offset(running):
     assert read.stdout.splitlines() == ["two", "three"]
 
 
+def test_the_groups_url_beats_the_environment_for_every_command(running):
+    nowhere = {"BROKER_URL": f"tcp://127.0.0.1:{free_port()}"}
+    published = broker_command("--url", running.url, "pub", "cli.group-url", "x", env=nowhere)
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.strip() == "stored at cli.group-url#0"
+    assert broker_command("pub", "cli.group-url", "x", env=nowhere).returncode == 3
+
+
 def test_a_broker_not_there_is_exit_code_3_in_one_line():
     port = free_port()
     failed = broker_command("pub", "t", "x", "--url", f"tcp://127.0.0.1:{port}", "--timeout", "1")
