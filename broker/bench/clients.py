@@ -257,4 +257,3 @@ def main() -> None:
     prints its figures."""
     client, phase, port, count, topic = sys.argv[1:6]
     print(json.dumps(WORKLOADS[client](phase, int(port), int(count), topic)))
-

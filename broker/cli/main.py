@@ -46,8 +46,7 @@ EXIT_AUTHENTICATION = 4
 @click.option(
     "--monitor",
     "monitor_url",
-    help="The broker's monitor, http(s)://HOST:PORT, for the admin commands "
-    "[env BROKER_MONITOR].",
+    help="The broker's monitor, http(s)://HOST:PORT, for the admin commands [env BROKER_MONITOR].",
 )
 @click.pass_context
 def broker(
