@@ -47,6 +47,7 @@ class Got:
     offset: int | None
     data: bytes
     attempt: int = 1
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Sub(Protocol):
@@ -64,7 +65,7 @@ class BatchSub(Protocol):
 
 
 class Client(Protocol):
-    def publish(self, topic: str, data: bytes) -> int | None: ...
+    def publish(self, topic: str, data: bytes, headers: Any = None) -> int | None: ...
 
     def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]: ...
 
@@ -243,7 +244,7 @@ class _TwistedSub:
         if ack:
             for answer in answers:
                 answer.callback(True)
-        return [Got(m.topic, m.offset, m.payload, m.attempt) for m in taken]
+        return [Got(m.topic, m.offset, m.payload, m.attempt, m.headers.pairs()) for m in taken]
 
     def take(self, count: int, timeout: float = 15, ack: bool = True) -> list[Got]:
         _in_reactor(self._arrived, count, timeout)
@@ -285,7 +286,7 @@ class _TwistedBatchSub:
     def _take(self, ack: bool) -> list[Got]:
         messages, answer = self._batches.pop(0)
         answer.callback(ack)
-        return [Got(m.topic, m.offset, m.payload, m.attempt) for m in messages]
+        return [Got(m.topic, m.offset, m.payload, m.attempt, m.headers.pairs()) for m in messages]
 
     def take_batches(self, count: int, timeout: float = 15, ack: bool = True) -> list[list[Got]]:
         taken: list[list[Got]] = []
@@ -312,8 +313,8 @@ class TwistedClient:
             self.close()
             raise
 
-    def publish(self, topic: str, data: bytes) -> int | None:
-        return _in_reactor(self._client.publish, topic, data)
+    def publish(self, topic: str, data: bytes, headers: Any = None) -> int | None:
+        return _in_reactor(self._client.publish, topic, data, headers)
 
     def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]:
         return _in_reactor(self._client.publish_many, messages)
@@ -364,7 +365,15 @@ class _AsyncioSub:
                 delivery = await self._subscription.next(timeout)
                 if ack:
                     await delivery.ack()
-                got.append(Got(delivery.topic, delivery.offset, delivery.data, delivery.attempt))
+                got.append(
+                    Got(
+                        delivery.topic,
+                        delivery.offset,
+                        delivery.data,
+                        delivery.attempt,
+                        delivery.headers.pairs(),
+                    )
+                )
             return got
 
         return self._owner.run(take())
@@ -381,7 +390,9 @@ class _AsyncioBatchSub(_AsyncioSub):
                 batch = await self._subscription.batch(timeout=timeout)
                 for delivery in batch:
                     delivery.answer(ack)
-                taken.append([Got(d.topic, d.offset, d.data, d.attempt) for d in batch])
+                taken.append(
+                    [Got(d.topic, d.offset, d.data, d.attempt, d.headers.pairs()) for d in batch]
+                )
             return taken
 
         return self._owner.run(take())
@@ -401,8 +412,8 @@ class AsyncioClient:
     def run(self, work: Any) -> Any:
         return self._loop.run_until_complete(work)
 
-    def publish(self, topic: str, data: bytes) -> int | None:
-        return self.run(self._client.publish(topic, data))
+    def publish(self, topic: str, data: bytes, headers: Any = None) -> int | None:
+        return self.run(self._client.publish(topic, data, headers))
 
     def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]:
         return self.run(self._client.publish_many(messages))
@@ -448,7 +459,15 @@ class _BlockingSub:
             message = self._subscription.next(timeout)
             if ack:
                 message.ack()
-            got.append(Got(message.topic, message.offset, message.data, message.attempt))
+            got.append(
+                Got(
+                    message.topic,
+                    message.offset,
+                    message.data,
+                    message.attempt,
+                    message.headers.pairs(),
+                )
+            )
         return got
 
     def close(self) -> None:
@@ -473,8 +492,8 @@ class BlockingClient:
         self._client = broker.sync.connect(url, retry_policy=lambda attempt: 0.1, **options)
         self._client.timeout = 30
 
-    def publish(self, topic: str, data: bytes) -> int | None:
-        return self._client.publish(topic, data)
+    def publish(self, topic: str, data: bytes, headers: Any = None) -> int | None:
+        return self._client.publish(topic, data, headers)
 
     def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]:
         return self._client.publish_many(messages)

@@ -30,13 +30,17 @@ from broker.sansio.messages import (
     ConnectionLost,
     ExtensionsRefused,
     Message,
+    Publish,
     check_publish,
     check_topics,
     credentials_of,
+    payload_with_headers,
+    prepared,
 )
 from broker.sansio.publishing import Outbox, Pending
 from broker.sansio.subscriptions import Subscriptions
 from broker.wire import ERR_TOO_MANY_CONNECTIONS, StartAt
+from broker.wire.headers import HeaderPairs, Headers
 
 log = logging.getLogger("broker.aio")
 
@@ -85,6 +89,11 @@ class Delivery:
     @property
     def attempt(self) -> int:
         return self._message.attempt
+
+    @property
+    def headers(self) -> Headers:
+        """Its headers (case-insensitive names; empty if it has none)."""
+        return self._message.headers
 
     @property
     def message(self) -> Message:
@@ -598,7 +607,9 @@ class Client:
         assert isinstance(link.connection, PublisherConnection)
         self._outbox.lost(link.connection)
 
-    async def publish(self, topic: str, data: bytes) -> int | None:
+    async def publish(
+        self, topic: str, data: bytes, headers: HeaderPairs | None = None
+    ) -> int | None:
         """Send one message; return the offset the broker stored it at once
         it confirms it (resent after a reconnect until then), or raise
         BrokerError. A broker without extensions confirms nothing: None once
@@ -606,6 +617,8 @@ class Client:
         one, in order, up to `max_queued`; past that QueueFull. Cancelling a
         publish not yet written withdraws it."""
         check_publish(topic, data)
+        if headers:
+            data = payload_with_headers(data, headers)
         self._raise_if_over()
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         pending = Pending(topic, data, future)
@@ -619,7 +632,7 @@ class Client:
             outbox.withdraw(pending)
             raise
 
-    async def publish_many(self, messages: Iterable[tuple[str, bytes]]) -> list[int | None]:
+    async def publish_many(self, messages: Iterable[Publish]) -> list[int | None]:
         """Send many (topic, data) messages at once; return their offsets, in
         order, once all are confirmed (BrokerError for the first refused:
         the others are stored all the same). Cheaper than a publish() each:
@@ -627,8 +640,7 @@ class Client:
         loop = asyncio.get_running_loop()
         outbox = self._outbox
         futures: list[asyncio.Future[int | None]] = []
-        for topic, data in messages:
-            check_publish(topic, data)
+        for topic, data in prepared(messages):
             self._raise_if_over()
             future: asyncio.Future[int | None] = loop.create_future()
             outbox.add(Pending(topic, data, future))

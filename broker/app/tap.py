@@ -139,6 +139,14 @@ class Options(usage.Options):
                 _positive(int),
             ],
             [
+                "max-header-bytes",
+                None,
+                _BROKER.max_header_bytes,
+                "Largest header block a message may carry beside its payload, in bytes "
+                "(clients that agree headers in Hello).",
+                _positive(int),
+            ],
+            [
                 "ack-delay",
                 None,
                 _DELIVERY.ack_delay,
@@ -587,6 +595,7 @@ class Options(usage.Options):
     def settings(self) -> BrokerSettings:
         return BrokerSettings(
             max_message_size=self["max-message-size"],
+            max_header_bytes=self["max-header-bytes"],
             handshake_timeout=self["handshake-timeout"],
             max_topics=self["max-topics"],
             max_anonymous_connections=self["max-anonymous-connections"],

@@ -46,15 +46,19 @@ from broker.sansio.messages import (
     BrokerUnreachable,
     ExtensionsRefused,
     Message,
+    Publish,
     QueueFull,
     check_publish,
     check_topics,
     credentials_of,
+    payload_with_headers,
+    prepared,
 )
 from broker.sansio.publishing import Outbox, Pending
 from broker.sansio.subscriptions import Subscriptions
 from broker.security.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
 from broker.wire import ERR_TOO_MANY_CONNECTIONS, StartAt
+from broker.wire.headers import HeaderPairs
 
 __all__ = [
     "DEFAULT_MAX_QUEUED",
@@ -346,7 +350,9 @@ class BrokerClient:
 
     # Publishing.
 
-    def publish(self, topic: str, payload: bytes) -> Deferred[int | None]:
+    def publish(
+        self, topic: str, payload: bytes, headers: HeaderPairs | None = None
+    ) -> Deferred[int | None]:
         """Send one message.
 
         With confirms, fires with the offset it was stored at once the broker
@@ -358,6 +364,8 @@ class BrokerClient:
         written withdraws it; one already written is stored all the same.
         """
         check_publish(topic, payload)
+        if headers:
+            payload = payload_with_headers(payload, headers)
         if self.refused is not None:
             return fail(self.refused)
         if self._closed:
@@ -376,15 +384,13 @@ class BrokerClient:
             self._publisher.start()
         return done
 
-    def publish_many(self, messages: Iterable[tuple[str, bytes]]) -> Deferred[list[int | None]]:
+    def publish_many(self, messages: Iterable[Publish]) -> Deferred[list[int | None]]:
         """Send many (topic, payload) messages at once: fires with their
         offsets, in order, once all are confirmed, or fails with the first
         refusal (the others are stored all the same). One Deferred for all:
         cheaper than a publish() each. Cancelling it withdraws those not
         yet written."""
-        batch = [(topic, payload) for topic, payload in messages]
-        for topic, payload in batch:
-            check_publish(topic, payload)
+        batch = prepared(messages)
         if self.refused is not None:
             return fail(self.refused)
         if self._closed:

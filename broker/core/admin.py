@@ -22,6 +22,7 @@ from broker.core.topics import TooManyTopics, Topic
 from broker.log import ISharedStore, SharedConsumer, StoreError, TopicState
 from broker.log.positions import Position
 from broker.wire import topic_name_problem
+from broker.wire.headers import Headers
 
 if TYPE_CHECKING:
     from broker.core.broker import Broker
@@ -419,8 +420,12 @@ def _name(topic: Topic) -> str:
 def _message(offset: int, payload: bytes | None) -> dict[str, Any]:
     if payload is None:
         return {"offset": offset, "corrupt": True}
+    shown: dict[str, Any] = {"offset": offset, "size": len(payload)}
+    headers = Headers.of(payload)
+    if headers:
+        shown["headers"] = [list(pair) for pair in headers.pairs()]
     try:
-        return {"offset": offset, "size": len(payload), "data": payload.decode("utf-8")}
+        shown["data"] = payload.decode("utf-8")
     except UnicodeDecodeError:
-        encoded = base64.b64encode(payload).decode("ascii")
-        return {"offset": offset, "size": len(payload), "data_base64": encoded}
+        shown["data_base64"] = base64.b64encode(payload).decode("ascii")
+    return shown

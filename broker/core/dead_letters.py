@@ -3,7 +3,10 @@ the maximum number of times, instead of vanishing.
 
 A dead letter's payload is `u32 n | n bytes of JSON metadata | the original
 payload`. The metadata says where it came from: topic, offset, deliveries,
-why it was given up (nacked or timed out), the subscriber, and when.
+why it was given up (nacked or timed out), the subscriber, and when. A
+client that agreed headers also finds, in the dead letter's headers, the
+original message's headers and then the broker's: `Dead-Letter-Reason`,
+`Dead-Letter-Topic`, `Dead-Letter-Offset`, `Dead-Letter-Deliveries`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.subjects import matches
 from broker.wire import topic_name_problem
+from broker.wire.headers import Headers, encode_headers, with_headers
 
 if TYPE_CHECKING:
     from broker.security.permissions import Rules
@@ -80,7 +84,15 @@ class DeadLetterPolicy:
 
 def encode_dead_letter(metadata: dict[str, Any], payload: bytes) -> bytes:
     data = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return _LENGTH.pack(len(data)) + data + payload
+    letter = _LENGTH.pack(len(data)) + data + payload
+    headers = [
+        *Headers.of(payload).pairs(),
+        ("Dead-Letter-Reason", str(metadata["reason"])),
+        ("Dead-Letter-Topic", str(metadata["topic"])),
+        ("Dead-Letter-Offset", str(metadata["offset"])),
+        ("Dead-Letter-Deliveries", str(metadata["deliveries"])),
+    ]
+    return with_headers(letter, encode_headers(headers))
 
 
 def decode_dead_letter(letter: bytes) -> tuple[dict[str, Any], bytes]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from broker.core.dead_letters import DEFAULT_TEMPLATE
 from broker.core.delivery import DEFAULT_MAX_INFLIGHT_BYTES, DeliverySettings
 from broker.log import DEFAULT_MEMORY_RETENTION, Retention
+from broker.wire.headers import DEFAULT_MAX_HEADER_BYTES
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class BrokerSettings:
 
     max_message_size: int = 1 << 20
     """Largest payload (and topic list) accepted, in bytes."""
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    """Largest header block a message may carry beside its payload, in bytes."""
     handshake_timeout: float = 10.0
     """Seconds a new connection has to send its first valid action."""
     max_topics: int = 100_000

@@ -3,7 +3,12 @@
     u32 crc32 | u32 length | u64 offset | u64 time_ms | payload
 
 the CRC covering everything after itself; and reading runs of records back,
-checking each (as Kafka's record batches are read and checked)."""
+checking each (as Kafka's record batches are read and checked).
+
+A message with headers is a record of the second kind: its length's top bit
+set (no payload is 2 GiB long), and its data `u32 h | header block | payload`
+(broker.wire.headers). Records of both kinds sit side by side; a broker
+older than headers reads one of the second kind as damaged, never as data."""
 
 from __future__ import annotations
 
@@ -13,9 +18,14 @@ import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from broker.wire.headers import Headered, with_headers
+
 HEADER = struct.Struct(">IIQQ")
 """crc32 | length | offset | time_ms; the CRC covers everything after itself."""
 _HEADER_TAIL = struct.Struct(">IQQ")
+_U32 = struct.Struct(">I")
+WITH_HEADERS = 0x80000000
+"""In a record's length: its data holds a header block before the payload."""
 _unpack_header = HEADER.unpack_from
 _READ_CHUNK = 64 * 1024
 
@@ -27,11 +37,28 @@ def encode_records(first_offset: int, payloads: Sequence[bytes], time_ms: int) -
     crc32 = zlib.crc32
     offset = first_offset
     for payload in payloads:
-        tail = pack_tail(len(payload), offset, time_ms)
-        parts.append(struct.pack(">I", crc32(payload, crc32(tail))) + tail)
-        parts.append(payload)
+        if type(payload) is Headered:
+            block = payload.headers
+            data = _U32.pack(len(block)) + block + payload
+            tail = pack_tail(len(data) | WITH_HEADERS, offset, time_ms)
+            parts.append(struct.pack(">I", crc32(data, crc32(tail))) + tail)
+            parts.append(data)
+        else:
+            tail = pack_tail(len(payload), offset, time_ms)
+            parts.append(struct.pack(">I", crc32(payload, crc32(tail))) + tail)
+            parts.append(payload)
         offset += 1
     return parts
+
+
+def _carried(data: bytes) -> bytes | None:
+    """The payload of a record of the second kind, with its headers."""
+    if len(data) < 4:
+        return None
+    (size,) = _U32.unpack_from(data, 0)
+    if 4 + size > len(data):
+        return None
+    return with_headers(data[4 + size :], data[4 : 4 + size])
 
 
 def read_records(
@@ -50,7 +77,8 @@ def read_records(
         if local + HEADER.size > len(data):
             yield position, 0, -1, 0, None if with_payload else False
             return
-        crc, length, offset, time_ms = _unpack_header(data, local)
+        crc, stored, offset, time_ms = _unpack_header(data, local)
+        length = stored & ~WITH_HEADERS
         if position + HEADER.size + length > file_size:
             yield position, length, offset, time_ms, None if with_payload else False
             return
@@ -58,11 +86,15 @@ def read_records(
         if end > len(data):
             data = os.pread(fd, max(_READ_CHUNK, HEADER.size + length), position)
             data_start, local, end = position, 0, HEADER.size + length
-        payload = data[local + HEADER.size : end]
+        payload: bytes | None = data[local + HEADER.size : end]
+        assert payload is not None
         good = len(payload) == length and (
             zlib.crc32(payload, zlib.crc32(data[local + 4 : local + HEADER.size])) == crc
         )
         if with_payload:
+            if good and stored & WITH_HEADERS:
+                payload = _carried(payload)
+                good = payload is not None
             yield position, length, offset, time_ms, payload if good else None
         else:
             yield position, length, offset, time_ms, good

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from broker.log.interface import Retention
+from broker.log.records import WITH_HEADERS
+from broker.wire.headers import Headered, with_headers
 
 SCHEMES = {
     "redis": (False, False),
@@ -158,8 +160,25 @@ class RedisStoreSettings:
 
 
 def pack_batch(payloads: Sequence[bytes]) -> bytes:
-    """A batch as one stream field: little-endian u32 lengths, then the payloads."""
-    return struct.pack(f"<{len(payloads)}I", *map(len, payloads)) + b"".join(payloads)
+    """A batch as one stream field: little-endian u32 lengths, then the
+    payloads. A message with headers has its length's top bit set and its
+    data `u32 h | header block | payload` (a node older than headers reads
+    the batch as damaged, never as other data)."""
+    if not any(type(payload) is Headered for payload in payloads):
+        return struct.pack(f"<{len(payloads)}I", *map(len, payloads)) + b"".join(payloads)
+    stored = [_stored(payload) for payload in payloads]
+    lengths = [
+        len(data) | (WITH_HEADERS if type(payload) is Headered else 0)
+        for payload, data in zip(payloads, stored, strict=True)
+    ]
+    return struct.pack(f"<{len(payloads)}I", *lengths) + b"".join(stored)
+
+
+def _stored(payload: bytes) -> bytes:
+    if type(payload) is Headered:
+        block = payload.headers
+        return struct.pack("<I", len(block)) + block + payload
+    return payload
 
 
 def unpack_batch(count: int, batch: bytes) -> list[bytes]:
@@ -167,6 +186,12 @@ def unpack_batch(count: int, batch: bytes) -> list[bytes]:
     payloads = []
     position = 4 * count
     for length in lengths:
-        payloads.append(batch[position : position + length])
+        if length & WITH_HEADERS:
+            length &= ~WITH_HEADERS
+            (size,) = struct.unpack_from("<I", batch, position)
+            block = batch[position + 4 : position + 4 + size]
+            payloads.append(with_headers(batch[position + 4 + size : position + length], block))
+        else:
+            payloads.append(batch[position : position + length])
         position += length
     return payloads

@@ -39,6 +39,7 @@ from broker.wire import (
     ClientDecoder,
     StartAt,
     encode_ack_id,
+    encode_headers_frame,
     encode_hello,
     encode_publish,
     encode_subscribe,
@@ -46,6 +47,7 @@ from broker.wire import (
     encode_unsubscribe,
     is_unsolicited,
 )
+from broker.wire.headers import header_block
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -193,6 +195,7 @@ def publisher_hello(
     ask: dict[str, Any] = {}
     if confirms:
         ask["confirms"] = True
+        ask["headers"] = True
         if confirm_order is not None:
             ask["confirm_order"] = confirm_order
     return {**ask, **credentials} if credentials else ask or None
@@ -231,9 +234,19 @@ class PublisherConnection(ClientConnection):
     def _start_role(self) -> None:
         self.write(encode_u16(ACTION_PUBLISH))
 
+    @property
+    def takes_headers(self) -> bool:
+        """Whether the broker agreed headers (a message may carry them)."""
+        return bool(self.server and self.server.get("headers"))
+
     def publish(self, topic: str, payload: bytes) -> None:
-        """Send a publish frame whose topic and payload are already checked."""
-        self.write(encode_publish(topic, payload))
+        """Send a publish frame whose topic and payload are already checked
+        (after the frame of its headers, if it carries any)."""
+        block = header_block(payload)
+        if block:
+            self.write(encode_headers_frame(block) + encode_publish(topic, payload))
+        else:
+            self.write(encode_publish(topic, payload))
 
     def confirmed(self, count: int, first_offset: int) -> None:
         self.on_confirmed(count, first_offset, None)
@@ -261,7 +274,7 @@ def subscriber_hello(
     and groups too); None: the plain protocol."""
     ask: dict[str, Any] = {}
     if prefetch is not None:
-        ask = {"prefetch": prefetch, "patterns": True, "groups": True}
+        ask = {"prefetch": prefetch, "patterns": True, "groups": True, "headers": True}
     return {**ask, **credentials} if credentials else ask or None
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from broker.wire import topic_name_problem
+from broker.wire.headers import HeaderPairs, Headers, encode_headers, with_headers
 
 OUTCOME_UNKNOWN = "outcome unknown"
 """How the broker's Error text starts when a publish may have been stored."""
@@ -56,13 +57,42 @@ def refusal(text: str) -> BrokerError:
 
 class Message(NamedTuple):
     """One delivery. With extensions, also its offset and which delivery this
-    is. A named tuple: made for every delivery, and a third cheaper to make
-    than a frozen dataclass."""
+    is, and its `headers`. A named tuple: made for every delivery, and a
+    third cheaper to make than a frozen dataclass."""
 
     topic: str
     payload: bytes
     offset: int | None = None
     attempt: int = 1
+
+    @property
+    def headers(self) -> Headers:
+        """Its headers (case-insensitive names; empty if it has none)."""
+        return Headers.of(self.payload)
+
+
+Publish = tuple[str, bytes] | tuple[str, bytes, "HeaderPairs | None"]
+"""One message of a publish_many: (topic, data) or (topic, data, headers)."""
+
+
+def prepared(messages: Iterable[Publish]) -> list[tuple[str, bytes]]:
+    """The (topic, payload) of each message of a publish_many, checked whole
+    before any is sent, each payload carrying its headers if it has any."""
+    batch = []
+    for message in messages:
+        topic, data = message[0], message[1]
+        check_publish(topic, data)
+        headers = message[2] if len(message) > 2 else None
+        batch.append((topic, payload_with_headers(data, headers)))
+    return batch
+
+
+def payload_with_headers(data: bytes, headers: HeaderPairs | None) -> bytes:
+    """What a client publishes: `data`, carrying `headers` if any (checked:
+    ValueError or TypeError for a bad name or value)."""
+    if not headers:
+        return data
+    return with_headers(data, encode_headers(headers))
 
 
 def check_topics(topics: Iterable[str]) -> list[str]:

@@ -19,7 +19,10 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from broker.sansio.connection import PublisherConnection, Unanswered
-from broker.sansio.messages import QueueFull, refusal
+from broker.sansio.messages import BrokerError, QueueFull, refusal
+from broker.wire.headers import Headered
+
+ERR_NO_HEADERS = "this broker does not take headers (it did not agree them in Hello)"
 
 H = TypeVar("H")
 
@@ -121,6 +124,9 @@ class Outbox(Generic[H]):
     def _write(self, pending: Pending[H]) -> None:
         connection = self.connection
         assert connection is not None
+        if type(pending.payload) is Headered and not connection.takes_headers:
+            self._fail(pending.handle, BrokerError(ERR_NO_HEADERS))
+            return
         connection.publish(pending.topic, pending.payload)
         if connection.confirming:
             self.unanswered.append(pending)

@@ -267,9 +267,12 @@ class BrokerProtocol(Int32StringReceiver):
             patterns=request.patterns,
             groups=request.groups,
             confirm_order=confirm_order,
+            headers=request.headers,
         )
         assert self.decoder is not None
         self.decoder.extended = True
+        if request.headers:
+            self.decoder.max_header_bytes = settings.max_header_bytes
         answer: dict[str, object] = {
             "version": EXTENSIONS_VERSION,
             "server": f"twisted-broker/{__version__}",
@@ -288,6 +291,9 @@ class BrokerProtocol(Int32StringReceiver):
         }
         if request.confirm_order is not None:
             answer["confirm_order"] = confirm_order or "publish"
+        if request.headers:  # said only to a client that asked
+            answer["headers"] = True
+            answer["max_header_bytes"] = settings.max_header_bytes
         if self.user is not None:
             answer["user"] = self.user.name
         self.transport.write(encode_hello(answer))
@@ -325,6 +331,7 @@ class BrokerProtocol(Int32StringReceiver):
             patterns=bool(hello and hello.patterns),
             groups=bool(hello and hello.groups),
             user=user,
+            headers=bool(hello and hello.headers),
         )
         self._begin(session)
 

@@ -7,12 +7,12 @@ Hello."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from broker.core.consumer import Consumer, SubscribeRefused
+from broker.core.consumer import Consumer, RunSender, SubscribeRefused
 from broker.core.delivery import Delivery, DeliveryWindow, Subscription
 from broker.core.topics import Topic
 from broker.server.session import Session
@@ -25,10 +25,12 @@ from broker.wire import (
     encode_delivery_tail,
     encode_error,
     encode_first_deliveries,
+    encode_headers_frame,
     encode_u16,
     encode_u64,
     total_size,
 )
+from broker.wire.headers import Headered, header_block
 
 if TYPE_CHECKING:
     from broker.core.patterns import PatternSubscriptions
@@ -61,6 +63,7 @@ class SubscriberSession(Session):
         patterns: bool = False,
         groups: bool = False,
         user: User | None = None,
+        headers: bool = False,
     ) -> None:
         super().__init__(protocol)
         self._transport = protocol.transport
@@ -78,12 +81,12 @@ class SubscriberSession(Session):
             self.broker,
             self,
             self.peer,
-            self._send_extended_delivery if extended else self._send_delivery,
+            self._send_delivery_choice(extended, headers),
             prefetch,
             user=user,
             patterns=patterns,
             groups=groups,
-            deliver_run=self._send_extended_run if extended else None,
+            deliver_run=self._send_run_choice(extended, headers),
         )
         # A subscriber that vanishes without a FIN is found by keepalive.
         keep_alive = getattr(self._transport, "setTcpKeepAlive", None)
@@ -182,6 +185,16 @@ class SubscriberSession(Session):
 
     # Deliveries.
 
+    def _send_delivery_choice(self, extended: bool, headers: bool) -> Callable[[Delivery], None]:
+        if headers:
+            return self._send_headered_delivery
+        return self._send_extended_delivery if extended else self._send_delivery
+
+    def _send_run_choice(self, extended: bool, headers: bool) -> RunSender | None:
+        if headers:
+            return self._send_headered_run
+        return self._send_extended_run if extended else None
+
     def _send_delivery(self, delivery: Delivery) -> None:
         payload = delivery.payload
         if not self._outgoing:
@@ -203,6 +216,40 @@ class SubscriberSession(Session):
         )
         self._outgoing_count += 1
         self._outgoing_bytes += len(payload)
+        if self._outgoing_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def _send_headered_delivery(self, delivery: Delivery) -> None:
+        """An extended delivery, after the frame of its headers if it has any
+        (the client agreed headers)."""
+        block = header_block(delivery.payload)
+        if block:
+            self._outgoing.append(encode_headers_frame(block))
+        self._send_extended_delivery(delivery)
+
+    def _send_headered_run(
+        self, subscription: Subscription, offset: int, delivery_id: int, payloads: list[bytes]
+    ) -> None:
+        """`_send_extended_run`, unless a message of the run has headers:
+        then one by one, each after the frame of its headers."""
+        if not any(type(payload) is Headered for payload in payloads):
+            self._send_extended_run(subscription, offset, delivery_id, payloads)
+            return
+        topic = subscription.topic
+        if not self._outgoing:
+            self._first_outgoing = (topic, offset)
+        prefix = topic.extended_prefix
+        outgoing = self._outgoing
+        for index, payload in enumerate(payloads):
+            block = header_block(payload)
+            if block:
+                outgoing.append(encode_headers_frame(block))
+            tail = encode_delivery_tail(
+                offset + index, 1, (delivery_id + index) & 0xFFFFFFFF, len(payload)
+            )
+            outgoing += (prefix, tail, payload)
+        self._outgoing_count += len(payloads)
+        self._outgoing_bytes += total_size(payloads)
         if self._outgoing_bytes >= FLUSH_BYTES:
             self.flush()
 

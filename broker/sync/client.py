@@ -23,7 +23,9 @@ from broker.aio.client import (
     backoff,
 )
 from broker.aio.client import connect as aio_connect
+from broker.sansio.messages import Publish
 from broker.wire import StartAt
+from broker.wire.headers import HeaderPairs, Headers
 
 T = TypeVar("T")
 
@@ -92,6 +94,11 @@ class Message:
     @property
     def attempt(self) -> int:
         return self._delivery.attempt
+
+    @property
+    def headers(self) -> Headers:
+        """Its headers (case-insensitive names; empty if it has none)."""
+        return self._delivery.headers
 
     def ack(self) -> None:
         """The message is handled: the broker will not send it again."""
@@ -233,12 +240,13 @@ class SyncClient:
         assert self._client is not None
         return self._client
 
-    def publish(self, topic: str, data: bytes) -> int | None:
-        """Send one message; return its offset once the broker confirms it
-        (None from a broker without extensions), or raise BrokerError."""
-        return self._run(self.client.publish(topic, data))
+    def publish(self, topic: str, data: bytes, headers: HeaderPairs | None = None) -> int | None:
+        """Send one message (with `headers`, pairs or a mapping, if given);
+        return its offset once the broker confirms it (None from a broker
+        without extensions), or raise BrokerError."""
+        return self._run(self.client.publish(topic, data, headers))
 
-    def publish_many(self, messages: Iterable[tuple[str, bytes]]) -> list[int | None]:
+    def publish_many(self, messages: Iterable[Publish]) -> list[int | None]:
         """Send many messages at once (one round trip for all, not one
         each); return their offsets, in order."""
 

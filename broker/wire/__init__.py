@@ -8,6 +8,7 @@ frames.py       every encoder, and runs of first deliveries (compiled)
 decoder.py      the incremental decoder's engine (compiled)
 server.py       ServerDecoder: what a broker decodes (compiled)
 client.py       ClientDecoder: what a client decodes (compiled)
+headers.py      message headers: their block, and payloads that carry one
 hello.py        a client's Hello, checked field by field
 untrusted_json.py  JSON from peers, bounded in depth and size
 
@@ -52,6 +53,7 @@ from broker.wire.codes import (
     ERR_TOPIC_LIST_TOO_LARGE,
     ERR_UNKNOWN_ACTION,
     EXTENSIONS_VERSION,
+    HEADERS,
     HELLO,
     MAX_TOPIC_BYTES,
     MAX_U16,
@@ -79,6 +81,7 @@ from broker.wire.frames import (
     encode_delivery_tail,
     encode_error,
     encode_first_deliveries,
+    encode_headers_frame,
     encode_hello,
     encode_publish,
     encode_refused_at,
@@ -137,6 +140,7 @@ __all__ = [
     "ERR_TOPIC_LIST_TOO_LARGE",
     "ERR_UNKNOWN_ACTION",
     "EXTENSIONS_VERSION",
+    "HEADERS",
     "HELLO",
     "MAX_TOPIC_BYTES",
     "MAX_U16",
@@ -166,6 +170,7 @@ __all__ = [
     "encode_delivery_tail",
     "encode_error",
     "encode_first_deliveries",
+    "encode_headers_frame",
     "encode_hello",
     "encode_publish",
     "encode_refused_at",

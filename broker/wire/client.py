@@ -11,6 +11,7 @@ from broker.wire.codes import (
     CONFIRMED,
     CONFIRMED_AT,
     DELIVERY,
+    HEADERS,
     HELLO,
     REFUSED_AT,
     STATUS_ERROR,
@@ -29,6 +30,7 @@ from broker.wire.frames import (
     unpack_u16,
     unpack_u32,
 )
+from broker.wire.headers import with_headers
 
 
 class ClientEvents(Protocol):
@@ -82,6 +84,8 @@ class ClientDecoder(FrameDecoder):
         self._refused_sequence = 0
         self.tagged = False
         """True once extensions are agreed: every frame then starts with its kind."""
+        self._headers: bytes | None = None
+        """A header block for the next delivery."""
         self._goto(self._head, 2)
 
     def expect_hello(self) -> None:
@@ -194,15 +198,20 @@ class ClientDecoder(FrameDecoder):
                     offset, attempt, delivery_id, size = _DELIVERY_TAIL.unpack_from(data, topic_end)
                     end = topic_end + 18 + size
                     if len(data) >= end and size <= self._max_payload:
+                        payload = data[topic_end + 18 : end]
+                        if self._headers is not None:
+                            payload = self._with_headers(payload)
                         self.events.extended_delivery_received(
                             data[pos + 4 : topic_end].decode("utf-8", "replace"),
                             offset,
                             attempt,
                             delivery_id,
-                            data[topic_end + 18 : end],
+                            payload,
                         )
                         return end
             self._goto(self._tagged_topic_length, 2)
+        elif code == HEADERS:
+            self._goto(self._headers_length, 4)
         elif code == CONFIRMED:
             self._goto(self._confirmed, 12)
         elif code == CONFIRMED_AT:
@@ -278,8 +287,32 @@ class ClientDecoder(FrameDecoder):
         self._tagged_delivery_done(data[pos:end])
         return end
 
+    def _headers_length(self, data: bytes, pos: int) -> int:
+        (length,) = unpack_u32(data, pos)
+        if length > self._max_payload:
+            self.events.protocol_error(f"headers of {length} bytes are over the client's limit")
+            self._goto(self._ignore_rest, 1)
+        elif length == 0:
+            self._goto(self._tagged_head, 2)
+        else:
+            self._goto(self._headers_block, length)
+        return pos + 4
+
+    def _headers_block(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        self._headers = data[pos:end]
+        self._goto(self._tagged_head, 2)
+        return end
+
+    def _with_headers(self, payload: bytes) -> bytes:
+        block = self._headers
+        self._headers = None
+        return with_headers(payload, block) if block is not None else payload
+
     def _tagged_delivery_done(self, payload: bytes) -> None:
         self._goto(self._tagged_head, 2)
+        if self._headers is not None:
+            payload = self._with_headers(payload)
         offset, attempt, delivery_id = self._tail
         self.events.extended_delivery_received(self._topic, offset, attempt, delivery_id, payload)
 

@@ -35,6 +35,10 @@ u32 count | u64 first offset (publishes sequence .. sequence + count - 1)."""
 REFUSED_AT = 23
 """Server -> publisher with "confirm_order": "topic": u16 | u64 sequence |
 u16 n | text (publish `sequence` refused)."""
+HEADERS = 0xFFFE
+"""With "headers" agreed, before a message frame (a publish, or a Delivery):
+u16 | u32 h | header block (broker.wire.headers). No topic length is as
+long, so a publisher's stream tells it from a publish frame."""
 CONFIRM_ORDER_TOPIC = "topic"
 """Hello's "confirm_order" asking for answers per topic, each naming its publish."""
 EXTENSIONS_VERSION = 1

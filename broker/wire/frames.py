@@ -19,6 +19,7 @@ from broker.wire.codes import (
     DELIVERY,
     ERR_INVALID_HELLO,
     EXTENSIONS_VERSION,
+    HEADERS,
     HELLO,
     MAX_U16,
     NACK_ID,
@@ -236,6 +237,12 @@ def _run_structs(count: int) -> tuple[struct.Struct, struct.Struct, list[int]]:
             [1] * count,
         )
     return found
+
+
+def encode_headers_frame(block: bytes) -> bytes:
+    """The frame that gives the next message frame its headers (with
+    "headers" agreed): u16 HEADERS | u32 h | block."""
+    return _U16.pack(HEADERS) + _U32.pack(len(block)) + block
 
 
 def encode_ack_id(delivery_id: int, ack: bool = True) -> bytes:

@@ -31,6 +31,8 @@ class HelloRequest:
     """Whether `*` and `>` tokens in subscribed names are patterns."""
     groups: bool = False
     """Whether `$share/GROUP/TOPIC` names a consumer group's subscription."""
+    headers: bool = False
+    """Whether messages may carry headers (broker.wire.headers) both ways."""
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
@@ -96,6 +98,7 @@ def parse_hello_request(payload: bytes) -> HelloRequest:
         confirm_order=_confirm_order(fields),
         patterns=_boolean(fields, "patterns", False),
         groups=_boolean(fields, "groups", False),
+        headers=_boolean(fields, "headers", False),
         user=user,
         password=password,
         token=token,

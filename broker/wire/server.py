@@ -22,6 +22,7 @@ from broker.wire.codes import (
     ERR_MESSAGE_TOO_LARGE,
     ERR_NO_TOPIC_PREFIX,
     ERR_TOPIC_LIST_TOO_LARGE,
+    HEADERS,
     HELLO,
     NACK,
     NACK_ID,
@@ -31,6 +32,12 @@ from broker.wire.codes import (
 )
 from broker.wire.decoder import DecoderState, FrameDecoder
 from broker.wire.frames import unpack_u16, unpack_u32, unpack_u64
+from broker.wire.headers import (
+    ERR_HEADERS_TOO_LARGE,
+    ERR_INVALID_HEADERS,
+    decode_headers,
+    with_headers,
+)
 from broker.wire.topic_names import decode_topic_list, decode_topic_name
 
 
@@ -181,6 +188,11 @@ class ServerDecoder(FrameDecoder):
         self._ack_code = ACK_ID
         self.extended = False
         """Set once Hello is agreed: acks then name their delivery id."""
+        self.max_header_bytes = 0
+        """Set once Hello agreed headers: a publish may then carry a header
+        block of at most this many bytes (0: headers not agreed)."""
+        self._headers: bytes | None = None
+        self._headers_refused = False
         self._goto(self._action, 2)
 
     @property
@@ -338,6 +350,11 @@ class ServerDecoder(FrameDecoder):
             # A u32 topic length (the seed README's form) reads as a zero u16
             # followed by the real u16 length; the zero is skipped.
             return pos + 2
+        if length == HEADERS and self.max_header_bytes:
+            # Headers for the publish frame that follows (no topic length is
+            # that long).
+            self._goto(self._headers_length, 4)
+            return pos + 2
         # Fast path: the whole frame is here, and perhaps more to the same
         # topic after it, reported as one run.
         topic_end = pos + 2 + length
@@ -387,9 +404,45 @@ class ServerDecoder(FrameDecoder):
             pos = frame_end
         return pos
 
+    def _headers_length(self, data: bytes, pos: int) -> int:
+        (length,) = unpack_u32(data, pos)
+        if length > self.max_header_bytes:
+            self._headers_refused = True
+            self.events.refused(ERR_HEADERS_TOO_LARGE)
+            self._skip(length, self._headered_topic_length, 2)
+        elif length == 0:
+            self._goto(self._headered_topic_length, 2)
+        else:
+            self._goto(self._headers_block, length)
+        return pos + 4
+
+    def _headers_block(self, data: bytes, pos: int) -> int:
+        end = pos + self._need
+        block = data[pos:end]
+        try:
+            decode_headers(block)
+        except ProtocolError:
+            self._headers_refused = True
+            self.events.refused(ERR_INVALID_HEADERS)
+        else:
+            self._headers = block
+        self._goto(self._headered_topic_length, 2)
+        return end
+
+    def _headered_topic_length(self, data: bytes, pos: int) -> int:
+        # The publish frame the headers belong to, through the slow path.
+        (length,) = unpack_u16(data, pos)
+        if length == 0:
+            return pos + 2
+        self._goto(self._publish_topic_name, length)
+        return pos + 2
+
     def _publish_topic_name(self, data: bytes, pos: int) -> int:
         end = pos + self._need
-        self._topic = self._publish_topic(data[pos:end])
+        if self._headers_refused:
+            self._topic = None  # refused already, once: the frame is consumed
+        else:
+            self._topic = self._publish_topic(data[pos:end])
         self._goto(self._publish_data_length, 4)
         return end
 
@@ -416,12 +469,13 @@ class ServerDecoder(FrameDecoder):
         if size > self._max_payload:
             if self._topic is not None:
                 self.events.refused(ERR_MESSAGE_TOO_LARGE)
+            self._headers = None
+            self._headers_refused = False
             self._skip(size, self._publish_topic_length, 2)
         elif size == 0:
             # Reported all the same: the protocol decides (the seed ignores it).
             self._goto(self._publish_topic_length, 2)
-            if self._topic is not None:
-                self.events.published(self._topic, [b""])
+            self._message(b"")
         else:
             self._goto(self._publish_data, size)
         return pos
@@ -429,6 +483,17 @@ class ServerDecoder(FrameDecoder):
     def _publish_data(self, data: bytes, pos: int) -> int:
         end = pos + self._need
         self._goto(self._publish_topic_length, 2)
-        if self._topic is not None:
-            self.events.published(self._topic, [data[pos:end]])
+        self._message(data[pos:end])
         return end
+
+    def _message(self, payload: bytes) -> None:
+        """A publish frame decoded whole (not in the fast path): reported,
+        with the headers before it, unless it was refused already."""
+        headers = self._headers
+        if headers is not None:
+            self._headers = None
+            payload = with_headers(payload, headers)
+        if self._headers_refused:
+            self._headers_refused = False
+        elif self._topic is not None:
+            self.events.published(self._topic, [payload])

@@ -202,6 +202,27 @@ def test_exhausted_messages_go_to_the_dead_letter_topic():
     assert "orders.dead-letter.dead-letter" not in broker.core.registry
 
 
+def test_a_dead_letter_carries_the_messages_headers_and_the_brokers():
+    broker = InMemoryBroker(SHORT)
+    client = broker.client(extensions=True)
+    letters = Inbox()
+    client.subscribe(["orders.dead-letter"], letters)
+    client.subscribe(["orders"], Inbox(answer=False))
+    broker.flush()
+    client.publish("orders", b"poison", headers=[("traceparent", "00-ab-01")])
+    for _ in range(40):
+        broker.advance(0.05)
+    (letter,) = letters.messages
+    assert decode_dead_letter(letter.payload)[1] == b"poison"
+    assert letter.headers.pairs() == (
+        ("traceparent", "00-ab-01"),
+        ("Dead-Letter-Reason", "nacked"),
+        ("Dead-Letter-Topic", "orders"),
+        ("Dead-Letter-Offset", "0"),
+        ("Dead-Letter-Deliveries", "5"),
+    )
+
+
 def test_dead_letters_can_be_turned_off():
     broker = InMemoryBroker(
         BrokerSettings(

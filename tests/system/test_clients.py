@@ -192,6 +192,51 @@ def test_a_broker_without_extensions_is_spoken_to_plainly(kind, running, request
 
 
 @in_thread
+def test_headers_travel_with_a_message_and_a_plain_subscriber_gets_the_payload_alone(
+    kind, running, request
+):
+    topic = topic_for(request)
+    pairs = [("Content-Type", "application/json"), ("traceparent", "00-ab-01"), ("tag", "ü")]
+    with (
+        client_of(kind, running.url) as client,
+        client_of(kind, running.url, extensions=False) as plain,
+    ):
+        seed_sub = plain.subscribe([topic])
+        assert client.publish(topic, b"{}", headers=pairs) == 0
+        assert client.publish(topic, b"[]", headers={"TAG": "x"}) == 1
+        assert client.publish(topic, b"none") == 2
+        got = client.subscribe([topic], start=StartAt.BEGINNING).take(3)
+        assert [(g.data, g.headers) for g in got] == [
+            (b"{}", tuple(pairs)),
+            (b"[]", (("TAG", "x"),)),
+            (b"none", ()),
+        ]
+        plainly = [seed_sub.take(1)[0] for _ in range(3)]  # one in flight at a time
+        assert [(g.data, g.headers) for g in plainly] == [
+            (b"{}", ()),
+            (b"[]", ()),
+            (b"none", ()),
+        ]
+        with pytest.raises(ValueError, match="not a token"):
+            client.publish(topic, b"x", headers={"bad name": "x"})
+
+
+@in_thread
+def test_headers_to_a_broker_that_does_not_take_them_are_refused_not_dropped(
+    kind, running, request
+):
+    topic = topic_for(request)
+    proxy = GoLikeProxy(running.port)
+    try:
+        with client_of(kind, proxy.url) as client:
+            with pytest.raises(BrokerError, match="does not take headers"):
+                client.publish(topic, b"x", headers={"a": "b"})
+            assert client.publish(topic, b"plain") is None  # the connection goes on
+    finally:
+        proxy.close()
+
+
+@in_thread
 def test_the_asyncio_and_blocking_clients_load_no_twisted(kind):
     if kind == "twisted":
         pytest.skip("the Twisted client is Twisted")

@@ -34,6 +34,7 @@ from broker.log.redis_settings import (
     unpack_batch,
 )
 from broker.wire import StartAt
+from broker.wire.headers import encode_headers, header_block, with_headers
 from tests import redis_servers as servers
 from tests.conftest import Inbox
 from tests.process import free_port, spawn_broker
@@ -91,6 +92,15 @@ def test_batches_unpack_to_what_was_packed(payloads):
 
 
 # Nodes on Redis.
+
+
+@given(st.lists(st.tuples(st.binary(max_size=300), st.booleans()), min_size=1, max_size=30))
+def test_batches_with_headers_unpack_to_what_was_packed(messages):
+    block = encode_headers({"k": "v", "Trace": "ü"})
+    payloads = [with_headers(payload, block) if headed else payload for payload, headed in messages]
+    unpacked = unpack_batch(len(payloads), pack_batch(payloads))
+    assert unpacked == payloads
+    assert [header_block(p) for p in unpacked] == [header_block(p) for p in payloads]
 
 
 class Received(Inbox):
@@ -156,6 +166,34 @@ async def test_a_publish_on_one_node_reaches_subscribers_on_both(redis_servers, 
             assert replay.pairs == expected[first:], start
     finally:
         await gatherResults([made.close() for made in clients])
+        await gatherResults([a.stop(), b.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_headers_published_on_one_node_reach_a_subscriber_on_the_other(
+    redis_servers, tmp_path
+):
+    a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2)
+    publisher = connect(reactor, a.endpoint, extensions=True)
+    subscriber = connect(reactor, b.endpoint, extensions=True)
+    received = Received()
+    try:
+        await subscriber.subscribe(["headed"], received)
+        pairs = [("Content-Type", "text/plain"), ("traceparent", "00-ab-01")]
+        assert await publisher.publish("headed", b"one", headers=pairs) == 0
+        assert await publisher.publish("headed", b"two") == 1
+        await received.wait(2)
+        got = [(m.payload, m.headers.pairs()) for m in received.messages]
+        assert got == [(b"one", tuple(pairs)), (b"two", ())]
+        # Read back from Redis, not from what the node heard announced.
+        late = Received()
+        reader = connect(reactor, a.endpoint, extensions=True)
+        await reader.subscribe(["headed"], late, start=StartAt.BEGINNING)
+        await late.wait(2)
+        assert [m.headers.pairs() for m in late.messages] == [tuple(pairs), ()]
+        await reader.close()
+    finally:
+        await gatherResults([c.close() for c in (publisher, subscriber)])
         await gatherResults([a.stop(), b.stop()])
 
 

@@ -1,0 +1,156 @@
+"""Message headers: an ordered list of (name, value) pairs carried beside a
+payload, as NATS and HTTP carry them. Names are ASCII tokens (RFC 9110's
+tchar), compared without case; values are UTF-8 text.
+
+On the wire and in every store a message's headers are one block:
+
+    u16 count | count x (u8 name length | name | u16 value length | value)
+
+A payload that has headers is a `Headered`: its bytes are the payload alone
+(so that whatever ignores headers, a plain delivery or a Go client, sees
+the message as before) and its `headers` attribute holds the block.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+
+from broker.wire.codes import ProtocolError
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,255}")
+
+ERR_INVALID_HEADERS = "invalid headers"
+ERR_HEADERS_TOO_LARGE = "headers too large"
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+
+HeaderPairs = Iterable[tuple[str, str]] | Mapping[str, str]
+"""What a caller gives: pairs in order, or a mapping."""
+
+
+class Headered(bytes):
+    """A payload with headers: the payload's bytes, and `headers`, the
+    encoded block (see the module). Made only for messages that have them;
+    the others stay plain bytes and cost nothing more."""
+
+    headers: bytes
+
+    def __reduce__(self) -> tuple[object, ...]:  # pragma: no cover - copy/pickle
+        return (with_headers, (bytes(self), self.headers))
+
+
+def with_headers(payload: bytes, block: bytes) -> bytes:
+    """`payload` carrying the header block `block` (itself if the block is empty)."""
+    if not block:
+        return payload
+    headered = Headered(payload)
+    headered.headers = block
+    return headered
+
+
+def header_block(payload: bytes) -> bytes:
+    """The header block a payload carries; b"" for one without headers."""
+    return payload.headers if type(payload) is Headered else b""
+
+
+def encode_headers(headers: HeaderPairs) -> bytes:
+    """The block of `headers`; ValueError for a name that is not a token or
+    a value that is not text (b"" for none)."""
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    if not pairs:
+        return b""
+    if len(pairs) > 0xFFFF:
+        raise ValueError("at most 65,535 headers")
+    pieces = [_U16.pack(len(pairs))]
+    for name, value in pairs:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError("header names and values are str")
+        raw_name = name.encode("ascii", "replace")
+        if not _TOKEN.fullmatch(raw_name):
+            raise ValueError(
+                f"header name {name!r} is not a token (letters, digits, !#$%&'*+-.^_`|~)"
+            )
+        raw_value = value.encode("utf-8")
+        if len(raw_value) > 0xFFFF:
+            raise ValueError(f"header {name!r}: a value of at most 65,535 bytes")
+        pieces += [_U8.pack(len(raw_name)), raw_name, _U16.pack(len(raw_value)), raw_value]
+    return b"".join(pieces)
+
+
+def decode_headers(block: bytes) -> list[tuple[str, str]]:
+    """The pairs of a block, in order; ProtocolError if it is not one."""
+    if not block:
+        return []
+    try:
+        (count,) = _U16.unpack_from(block, 0)
+        pos = 2
+        pairs = []
+        for _ in range(count):
+            name_length = block[pos]
+            raw_name = block[pos + 1 : pos + 1 + name_length]
+            pos += 1 + name_length
+            (value_length,) = _U16.unpack_from(block, pos)
+            raw_value = block[pos + 2 : pos + 2 + value_length]
+            pos += 2 + value_length
+            if len(raw_value) != value_length or not _TOKEN.fullmatch(raw_name):
+                raise ValueError
+            pairs.append((raw_name.decode("ascii"), raw_value.decode("utf-8")))
+    except (IndexError, struct.error, ValueError):
+        raise ProtocolError(ERR_INVALID_HEADERS) from None
+    if pos != len(block):
+        raise ProtocolError(ERR_INVALID_HEADERS)
+    return pairs
+
+
+class Headers(Mapping[str, str]):
+    """A message's headers, read-only: `headers["Content-Type"]` finds a
+    name whatever its case (the first, if it comes more than once),
+    `get_all(name)` every value of it, `items()` the pairs in order."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        self._pairs = tuple(pairs)
+
+    @classmethod
+    def of(cls, payload: bytes) -> Headers:
+        """The headers a delivered payload carries (none for plain bytes)."""
+        block = header_block(payload)
+        return cls(decode_headers(block)) if block else _NONE
+
+    def __getitem__(self, name: str) -> str:
+        wanted = name.lower()
+        for key, value in self._pairs:
+            if key.lower() == wanted:
+                return value
+        raise KeyError(name)
+
+    def get_all(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [value for key, value in self._pairs if key.lower() == wanted]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(key for key, _ in self._pairs))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys(key for key, _ in self._pairs))
+
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every (name, value), in order, repeats included."""
+        return self._pairs
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Headers):
+            return self._pairs == other._pairs
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self._pairs)!r})"
+
+
+_NONE = Headers()
