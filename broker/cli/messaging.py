@@ -16,6 +16,7 @@ from rich.markup import escape
 import broker.sync
 from broker.cli.context import connection_options, context_of
 from broker.wire import StartAt, topic_name_problem
+from broker.wire.headers import encode_headers
 
 # Messages published per round trip when no --rate paces them.
 BATCH = 1000
@@ -34,6 +35,14 @@ BATCH = 1000
 @click.option(
     "--rate", type=click.FloatRange(min=0, min_open=True), help="Messages per second at most."
 )
+@click.option(
+    "--header",
+    "-H",
+    "header_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A header every message carries (repeatable; the broker must take headers).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message stored.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @connection_options
@@ -42,12 +51,14 @@ def pub(
     data: str | None,
     count: int,
     rate: float | None,
+    header_options: tuple[str, ...],
     as_json: bool,
     quiet: bool,
     **connection: object,
 ) -> None:
     context = context_of(**connection)  # type: ignore[arg-type]
     _check_names([topic], "topic")
+    headers = _headers(header_options)
     messages = _stdin_lines() if data in (None, "-") else _copies(data, count)
     out = Console(highlight=False, soft_wrap=True)
     with broker.sync.connect(context.url, **context.options()) as client:
@@ -58,7 +69,7 @@ def pub(
                 pause = started + sent / rate - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
-            offsets = client.publish_many([(topic, payload) for payload in batch])
+            offsets = client.publish_many([(topic, payload, headers) for payload in batch])
             sent += len(batch)
             if quiet:
                 continue
@@ -67,6 +78,21 @@ def pub(
                     print(json.dumps({"topic": topic, "offset": offset}))
                 else:
                     out.print(f"stored at {topic}#{offset}" if offset is not None else "sent")
+
+
+def _headers(given: tuple[str, ...]) -> list[tuple[str, str]] | None:
+    """--header NAME=VALUE options as pairs, checked (exit code 2 if bad)."""
+    pairs = []
+    for option in given:
+        name, equals, value = option.partition("=")
+        if not equals:
+            raise click.BadParameter(f"{option!r}: give NAME=VALUE", param_hint="--header")
+        pairs.append((name.strip(), value))
+    try:
+        encode_headers(pairs)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--header") from None
+    return pairs or None
 
 
 def _check_names(names: list[str], hint: str) -> None:
@@ -169,6 +195,8 @@ def sub(
                 where = f"#{message.offset}" if message.offset is not None else ""
                 again = f" (delivery {message.attempt})" if message.attempt > 1 else ""
                 out.print(f"[bold]{escape(message.topic)}[/bold]{where}{again} {shown}")
+                for name, value in message.headers.pairs():
+                    out.print(f"  [dim]{escape(name)}: {escape(value)}[/dim]")
             message.ack()
             taken += 1
             if count is not None and taken >= count:
@@ -181,6 +209,9 @@ def _as_json(message: broker.sync.Message) -> dict[str, object]:
         "offset": message.offset,
         "attempt": message.attempt,
     }
+    headers = message.headers
+    if headers:
+        shown["headers"] = [list(pair) for pair in headers.pairs()]
     try:
         shown["data"] = message.data.decode("utf-8")
     except UnicodeDecodeError:

@@ -75,6 +75,38 @@ def test_pub_takes_each_line_of_stdin_and_sub_replays_from_an_offset(running):
     assert read.stdout.splitlines() == ["two", "three"]
 
 
+def test_headers_are_published_with_h_and_shown_by_sub(running):
+    published = broker_command(
+        "pub",
+        "cli.headed",
+        "{}",
+        "-H",
+        "Content-Type=application/json",
+        "-H",
+        "k=a=b",
+        "--url",
+        running.url,
+    )
+    assert published.returncode == 0, published.stderr
+    read = broker_command(
+        "sub", "cli.headed", "--from", "beginning", "--count", "1", "--json", "--url", running.url
+    )
+    assert json.loads(read.stdout) == {
+        "topic": "cli.headed",
+        "offset": 0,
+        "attempt": 1,
+        "headers": [["Content-Type", "application/json"], ["k", "a=b"]],
+        "data": "{}",
+    }
+    shown = broker_command(
+        "sub", "cli.headed", "--from", "beginning", "--count", "1", "--url", running.url
+    )
+    assert "Content-Type: application/json" in shown.stdout
+    for bad in ("novalue", "bad name=x"):
+        refused = broker_command("pub", "cli.headed", "x", "-H", bad, "--url", running.url)
+        assert refused.returncode == 2 and "--header" in refused.stderr, refused.stderr
+
+
 def test_the_groups_url_beats_the_environment_for_every_command(running):
     nowhere = {"BROKER_URL": f"tcp://127.0.0.1:{free_port()}"}
     published = broker_command("--url", running.url, "pub", "cli.group-url", "x", env=nowhere)
