@@ -108,6 +108,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="clients: measure this client (repeatable; default: each)",
     )
     parser.add_argument("--runs", type=int, default=3, help="clients: runs of each, for medians")
+    parser.add_argument(
+        "--headers",
+        action="store_true",
+        help="clients: every message carries three small headers, which consumers read",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

@@ -28,6 +28,13 @@ from typing import Any
 from broker.bench.process import BrokerProcess
 
 PAYLOAD = b"x" * 100
+THREE_HEADERS = {
+    "Content-Type": "application/json",
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tenant": "acme",
+}
+_headers: dict[str, str] | None = None
+"""With --headers: what every message carries (and every consumer reads)."""
 WINDOW = 1000  # publishes awaited together
 PREFETCH = 1024
 
@@ -40,6 +47,13 @@ CLIENTS = {
     "blocking": "blocking: publish_many, for",
     "blocking-batch": "blocking: publish_many, batches()",
 }
+
+
+def _read_headers(messages: list[Any]) -> None:
+    """What a consumer of messages with headers does: look one up."""
+    for message in messages:
+        if message.headers["tenant"] != "acme":
+            raise AssertionError(f"headers lost: {message.headers!r}")
 
 
 def _measured(work: Callable[[], None], count: int) -> dict[str, float]:
@@ -64,20 +78,26 @@ def twisted_client(phase: str, port: int, count: int, topic: str, batch: bool) -
         if phase == "publish":
             for _ in range(0, count, WINDOW):
                 if batch:
-                    await client.publish_many([(topic, PAYLOAD)] * WINDOW)
+                    await client.publish_many([(topic, PAYLOAD, _headers)] * WINDOW)
                 else:
-                    await gatherResults([client.publish(topic, PAYLOAD) for _ in range(WINDOW)])
+                    await gatherResults(
+                        [client.publish(topic, PAYLOAD, _headers) for _ in range(WINDOW)]
+                    )
         else:
             done: Deferred[None] = Deferred()
             seen = [0]
 
-            def handle(message: object) -> bool:
+            def handle(message: Any) -> bool:
+                if _headers is not None:
+                    _read_headers([message])
                 seen[0] += 1
                 if seen[0] == count:
                     done.callback(None)
                 return True
 
             def handle_batch(messages: list[Any]) -> bool:
+                if _headers is not None:
+                    _read_headers(messages)
                 seen[0] += len(messages)
                 if seen[0] >= count and not done.called:
                     done.callback(None)
@@ -113,14 +133,18 @@ def asyncio_client(phase: str, port: int, count: int, topic: str, each: bool) ->
         if phase == "publish":
             for _ in range(0, count, WINDOW):
                 if each:
-                    await asyncio.gather(*(client.publish(topic, PAYLOAD) for _ in range(WINDOW)))
+                    await asyncio.gather(
+                        *(client.publish(topic, PAYLOAD, _headers) for _ in range(WINDOW))
+                    )
                 else:
-                    await client.publish_many([(topic, PAYLOAD)] * WINDOW)
+                    await client.publish_many([(topic, PAYLOAD, _headers)] * WINDOW)
         else:
             seen = 0
             async with client.subscribe([topic], start=broker.aio.StartAt.BEGINNING) as sub:
                 if each:  # one delivery per iteration
                     async for delivery in sub:
+                        if _headers is not None:
+                            _read_headers([delivery])
                         await delivery.ack()
                         seen += 1
                         if seen == count:
@@ -128,6 +152,8 @@ def asyncio_client(phase: str, port: int, count: int, topic: str, each: bool) ->
                 else:  # what is here, at once
                     while seen < count:
                         batch = await sub.batch()
+                        if _headers is not None:
+                            _read_headers(batch)
                         sub.ack_all(batch)
                         seen += len(batch)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -145,18 +171,22 @@ def blocking_client(phase: str, port: int, count: int, topic: str, batch: bool) 
         def work() -> None:
             if phase == "publish":
                 for _ in range(0, count, WINDOW):
-                    client.publish_many([(topic, PAYLOAD)] * WINDOW)
+                    client.publish_many([(topic, PAYLOAD, _headers)] * WINDOW)
                 return
             start = broker.sync.StartAt.BEGINNING
             subscription = client.subscribe([topic], start=start)
             seen = 0
             if batch:
                 for messages in subscription.batches():
+                    if _headers is not None:
+                        _read_headers(messages)
                     subscription.ack_all(messages)
                     seen += len(messages)
                     if seen >= count:
                         return
             for message in subscription:
+                if _headers is not None:
+                    _read_headers([message])
                 message.ack()
                 seen += 1
                 if seen == count:
@@ -181,11 +211,14 @@ WORKLOADS: dict[str, Workload] = {
 _CHILD = "from broker.bench.clients import main; main()"
 
 
-def run_phase(client: str, phase: str, port: int, count: int, topic: str) -> dict[str, float]:
+def run_phase(
+    client: str, phase: str, port: int, count: int, topic: str, headers: bool = False
+) -> dict[str, float]:
     """One workload in a child process: what it printed."""
     command = [sys.executable, "-c", _CHILD, client, phase, str(port)]
+    extra = ["headers"] if headers else []
     done = subprocess.run(
-        [*command, str(count), topic], capture_output=True, text=True, timeout=600
+        [*command, str(count), topic, *extra], capture_output=True, text=True, timeout=600
     )
     if done.returncode != 0:
         raise RuntimeError(f"{client} {phase}: {done.stderr.strip()[-600:]}")
@@ -205,7 +238,9 @@ def one_run(args: argparse.Namespace, client: str) -> dict[str, float]:
         figures: dict[str, float] = {}
         for phase in ("publish", "consume"):
             before = broker.cpu_seconds() if broker else float("nan")
-            measured = run_phase(client, phase, port, args.messages, topic)
+            measured = run_phase(
+                client, phase, port, args.messages, topic, getattr(args, "headers", False)
+            )
             used = (broker.cpu_seconds() if broker else float("nan")) - before
             figures[f"{phase}_rate"] = measured["rate"]
             figures[f"{phase}_client_us"] = measured["cpu_us"]
@@ -243,7 +278,8 @@ def compare(args: argparse.Namespace) -> None:
             f"{median['consume_rate']:>14,.0f} {client_us:>14} {broker_us:>14}"
         )
     print(
-        f"\nMedians of {args.runs} run(s) of {args.messages:,} messages of 100 bytes: published "
+        f"\nMedians of {args.runs} run(s) of {args.messages:,} messages of 100 bytes"
+        f"{', each with three headers' if args.headers else ''}: published "
         "with confirms, consumed with acks; CPU per message as (publish, consume)."
     )
 
@@ -255,5 +291,8 @@ def _shown(figures: dict[str, float]) -> str:
 def main() -> None:
     """A child's workload, from its arguments CLIENT PHASE PORT N TOPIC;
     prints its figures."""
+    global _headers
     client, phase, port, count, topic = sys.argv[1:6]
+    if sys.argv[6:7] == ["headers"]:
+        _headers = THREE_HEADERS
     print(json.dumps(WORKLOADS[client](phase, int(port), int(count), topic)))
