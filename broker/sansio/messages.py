@@ -4,7 +4,7 @@ sent (so that a wrong call fails at once, in the caller's frame)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from broker.wire import topic_name_problem
@@ -92,7 +92,20 @@ def payload_with_headers(data: bytes, headers: HeaderPairs | None) -> bytes:
     ValueError or TypeError for a bad name or value)."""
     if not headers:
         return data
-    return with_headers(data, encode_headers(headers))
+    pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
+    block = _BLOCKS.get(pairs)
+    if block is None:
+        block = encode_headers(pairs)
+        if len(_BLOCKS) >= _BLOCKS_KEPT:
+            _BLOCKS.clear()
+        _BLOCKS[pairs] = block
+    return with_headers(data, block)
+
+
+# The blocks of the headers published lately: most programs send a few
+# sets of headers over and over.
+_BLOCKS: dict[tuple[tuple[str, str], ...], bytes] = {}
+_BLOCKS_KEPT = 256
 
 
 def check_topics(topics: Iterable[str]) -> list[str]:

@@ -224,7 +224,7 @@ class SubscriberSession(Session):
         (the client agreed headers)."""
         block = header_block(delivery.payload)
         if block:
-            self._outgoing.append(encode_headers_frame(block))
+            self._outgoing.append(_headers_frame(block))
         self._send_extended_delivery(delivery)
 
     def _send_headered_run(
@@ -243,7 +243,7 @@ class SubscriberSession(Session):
         for index, payload in enumerate(payloads):
             block = header_block(payload)
             if block:
-                outgoing.append(encode_headers_frame(block))
+                outgoing.append(_headers_frame(block))
             tail = encode_delivery_tail(
                 offset + index, 1, (delivery_id + index) & 0xFFFFFFFF, len(payload)
             )
@@ -295,3 +295,17 @@ class SubscriberSession(Session):
                     stats.latency.observe(max(0.0, now - appended))
             # May pause the window at once (output_full), between two chunks.
             self._write_now(b"".join(outgoing))
+
+
+def _headers_frame(block: bytes) -> bytes:
+    """The Headers frame of `block`; those made lately are kept (messages
+    repeat a few sets of headers)."""
+    frame = _HEADER_FRAMES.get(block)
+    if frame is None:
+        if len(_HEADER_FRAMES) >= 256:
+            _HEADER_FRAMES.clear()
+        frame = _HEADER_FRAMES[block] = encode_headers_frame(block)
+    return frame
+
+
+_HEADER_FRAMES: dict[bytes, bytes] = {}

@@ -211,6 +211,12 @@ class ClientDecoder(FrameDecoder):
                         return end
             self._goto(self._tagged_topic_length, 2)
         elif code == HEADERS:
+            # Fast path: the whole block is here; the delivery after it next.
+            if len(data) >= pos + 6:
+                (length,) = unpack_u32(data, pos + 2)
+                if 0 < length <= self._max_payload and len(data) >= pos + 6 + length:
+                    self._headers = data[pos + 6 : pos + 6 + length]
+                    return pos + 6 + length
             self._goto(self._headers_length, 4)
         elif code == CONFIRMED:
             self._goto(self._confirmed, 12)

@@ -117,9 +117,18 @@ class Headers(Mapping[str, str]):
 
     @classmethod
     def of(cls, payload: bytes) -> Headers:
-        """The headers a delivered payload carries (none for plain bytes)."""
-        block = header_block(payload)
-        return cls(decode_headers(block)) if block else _NONE
+        """The headers a delivered payload carries (none for plain bytes);
+        the blocks decoded lately are kept, as messages repeat them."""
+        if type(payload) is not Headered:
+            return _NONE
+        block = payload.headers
+        found = _DECODED.get(block)
+        if found is None:
+            found = cls(decode_headers(block))
+            if len(_DECODED) >= _DECODED_KEPT:
+                _DECODED.clear()
+            _DECODED[block] = found
+        return found
 
     def __getitem__(self, name: str) -> str:
         wanted = name.lower()
@@ -154,3 +163,5 @@ class Headers(Mapping[str, str]):
 
 
 _NONE = Headers()
+_DECODED: dict[bytes, Headers] = {}
+_DECODED_KEPT = 256

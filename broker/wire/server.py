@@ -193,6 +193,8 @@ class ServerDecoder(FrameDecoder):
         block of at most this many bytes (0: headers not agreed)."""
         self._headers: bytes | None = None
         self._headers_refused = False
+        self._blocks: dict[bytes, None] = {}
+        """Header blocks seen lately and found valid (they repeat)."""
         self._goto(self._action, 2)
 
     @property
@@ -352,7 +354,10 @@ class ServerDecoder(FrameDecoder):
             return pos + 2
         if length == HEADERS and self.max_header_bytes:
             # Headers for the publish frame that follows (no topic length is
-            # that long).
+            # that long). Fast path: such pairs whole, to one topic, as a run.
+            after = self._headered_run(data, pos)
+            if after > pos:
+                return after
             self._goto(self._headers_length, 4)
             return pos + 2
         # Fast path: the whole frame is here, and perhaps more to the same
@@ -404,6 +409,73 @@ class ServerDecoder(FrameDecoder):
             pos = frame_end
         return pos
 
+    def _headered_run(self, data: bytes, pos: int) -> int:
+        """Whole (headers, publish) pairs from `pos` to one valid topic,
+        reported as one run; where they end (`pos` if none was whole: the
+        slow path then decodes, and refuses what it must, frame by frame)."""
+        end = len(data)
+        payloads: list[bytes] = []
+        topic: str | None = None
+        first_raw = b""
+        max_header_bytes = self.max_header_bytes
+        while pos + 6 <= end and unpack_u16(data, pos)[0] == HEADERS:
+            (block_size,) = unpack_u32(data, pos + 2)
+            block_end = pos + 6 + block_size
+            if block_size == 0 or block_size > max_header_bytes or block_end + 2 > end:
+                break
+            (length,) = unpack_u16(data, block_end)
+            topic_end = block_end + 2 + length
+            if length == 0 or length == HEADERS or topic_end + 4 > end:
+                break
+            (size,) = unpack_u32(data, topic_end)
+            frame_end = topic_end + 4 + size
+            if size == 0 or size > self._max_payload or frame_end > end:
+                break
+            raw = data[block_end + 2 : topic_end]
+            if topic is None:
+                topic = self._valid_topic(raw)
+                if topic is None:
+                    break
+                first_raw = raw
+            elif raw != first_raw:
+                break
+            block = self._valid_block(data[pos + 6 : block_end])
+            if block is None:
+                break
+            payloads.append(with_headers(data[topic_end + 4 : frame_end], block))
+            pos = frame_end
+        if payloads:
+            assert topic is not None
+            self.events.published(topic, payloads)
+        return pos
+
+    def _valid_topic(self, raw: bytes) -> str | None:
+        """The topic a publish names, or None (refusing nothing) if it is bad."""
+        topic = self._topics_cache.get(raw)
+        if topic is not None:
+            return topic
+        if not raw.startswith(TOPIC_PREFIX):
+            return None
+        try:
+            decode_topic_name(raw[len(TOPIC_PREFIX) :])
+        except ProtocolError:
+            return None
+        return self._publish_topic(raw)
+
+    def _valid_block(self, block: bytes) -> bytes | None:
+        """`block` if it is a header block (those seen lately are known)."""
+        known = self._blocks
+        if block in known:
+            return block
+        try:
+            decode_headers(block)
+        except ProtocolError:
+            return None
+        if len(known) >= self._TOPIC_CACHE_SIZE:
+            known.clear()
+        known[block] = None
+        return block
+
     def _headers_length(self, data: bytes, pos: int) -> int:
         (length,) = unpack_u32(data, pos)
         if length > self.max_header_bytes:
@@ -418,10 +490,8 @@ class ServerDecoder(FrameDecoder):
 
     def _headers_block(self, data: bytes, pos: int) -> int:
         end = pos + self._need
-        block = data[pos:end]
-        try:
-            decode_headers(block)
-        except ProtocolError:
+        block = self._valid_block(data[pos:end])
+        if block is None:
             self._headers_refused = True
             self.events.refused(ERR_INVALID_HEADERS)
         else:

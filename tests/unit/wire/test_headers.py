@@ -95,6 +95,12 @@ HEADERED_STREAM = (
     + wire.encode_headers_frame(encode_headers([("trace", "1"), ("Kind", "ü")]))
     + wire.encode_publish("t", b"with")
     + wire.encode_publish("t", b"after")  # no headers: they were the frame's before
+    + wire.encode_headers_frame(encode_headers({"n": "1"}))
+    + wire.encode_publish("t", b"run 1")  # a run of headered publishes to one topic
+    + wire.encode_headers_frame(encode_headers({"n": "2"}))
+    + wire.encode_publish("t", b"run 2")
+    + wire.encode_headers_frame(encode_headers({"n": "3"}))
+    + wire.encode_publish("u", b"other topic")
     + wire.encode_headers_frame(b"\x00\x01\x01 \x00\x00")  # damaged: refused once, frame eaten
     + wire.encode_publish("t", b"eaten")
     + wire.encode_headers_frame(b"x" * 2000)  # over the limit: refused once, frame eaten
@@ -109,6 +115,9 @@ HEADERED_EVENTS = [
     ("published", "t", b"plain", ()),
     ("published", "t", b"with", (("trace", "1"), ("Kind", "ü"))),
     ("published", "t", b"after", ()),
+    ("published", "t", b"run 1", (("n", "1"),)),
+    ("published", "t", b"run 2", (("n", "2"),)),
+    ("published", "u", b"other topic", (("n", "3"),)),
     ("refused", ERR_INVALID_HEADERS),
     ("refused", ERR_HEADERS_TOO_LARGE),
     ("published", "t", b"", (("a", "b"),)),
