@@ -110,8 +110,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="clients: runs of each, for medians")
     parser.add_argument(
         "--headers",
-        action="store_true",
-        help="clients: every message carries three small headers, which consumers read",
+        choices=["same", "unique"],
+        help="clients: every message carries three small headers, which consumers read: "
+        "the same ones, or a traceparent unique to each message",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

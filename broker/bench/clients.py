@@ -35,6 +35,24 @@ THREE_HEADERS = {
 }
 _headers: dict[str, str] | None = None
 """With --headers: what every message carries (and every consumer reads)."""
+_unique = False
+"""With --headers unique: each message's traceparent its own, as real traces are."""
+_sent = 0
+
+
+def _window(topic: str) -> list[tuple[str, bytes, dict[str, str] | None]]:
+    """The next WINDOW messages to publish, with their headers if asked."""
+    global _sent
+    headers = _headers
+    if headers is None or not _unique:
+        return [(topic, PAYLOAD, headers)] * WINDOW
+    first, _sent = _sent, _sent + WINDOW
+    return [
+        (topic, PAYLOAD, {**headers, "traceparent": f"00-{n:032x}-00f067aa0ba902b7-01"})
+        for n in range(first, first + WINDOW)
+    ]
+
+
 WINDOW = 1000  # publishes awaited together
 PREFETCH = 1024
 
@@ -78,11 +96,9 @@ def twisted_client(phase: str, port: int, count: int, topic: str, batch: bool) -
         if phase == "publish":
             for _ in range(0, count, WINDOW):
                 if batch:
-                    await client.publish_many([(topic, PAYLOAD, _headers)] * WINDOW)
+                    await client.publish_many(_window(topic))
                 else:
-                    await gatherResults(
-                        [client.publish(topic, PAYLOAD, _headers) for _ in range(WINDOW)]
-                    )
+                    await gatherResults([client.publish(*message) for message in _window(topic)])
         else:
             done: Deferred[None] = Deferred()
             seen = [0]
@@ -133,11 +149,9 @@ def asyncio_client(phase: str, port: int, count: int, topic: str, each: bool) ->
         if phase == "publish":
             for _ in range(0, count, WINDOW):
                 if each:
-                    await asyncio.gather(
-                        *(client.publish(topic, PAYLOAD, _headers) for _ in range(WINDOW))
-                    )
+                    await asyncio.gather(*(client.publish(*message) for message in _window(topic)))
                 else:
-                    await client.publish_many([(topic, PAYLOAD, _headers)] * WINDOW)
+                    await client.publish_many(_window(topic))
         else:
             seen = 0
             async with client.subscribe([topic], start=broker.aio.StartAt.BEGINNING) as sub:
@@ -171,7 +185,7 @@ def blocking_client(phase: str, port: int, count: int, topic: str, batch: bool) 
         def work() -> None:
             if phase == "publish":
                 for _ in range(0, count, WINDOW):
-                    client.publish_many([(topic, PAYLOAD, _headers)] * WINDOW)
+                    client.publish_many(_window(topic))
                 return
             start = broker.sync.StartAt.BEGINNING
             subscription = client.subscribe([topic], start=start)
@@ -212,11 +226,11 @@ _CHILD = "from broker.bench.clients import main; main()"
 
 
 def run_phase(
-    client: str, phase: str, port: int, count: int, topic: str, headers: bool = False
+    client: str, phase: str, port: int, count: int, topic: str, headers: str | None = None
 ) -> dict[str, float]:
     """One workload in a child process: what it printed."""
     command = [sys.executable, "-c", _CHILD, client, phase, str(port)]
-    extra = ["headers"] if headers else []
+    extra = [headers] if headers else []
     done = subprocess.run(
         [*command, str(count), topic, *extra], capture_output=True, text=True, timeout=600
     )
@@ -239,7 +253,7 @@ def one_run(args: argparse.Namespace, client: str) -> dict[str, float]:
         for phase in ("publish", "consume"):
             before = broker.cpu_seconds() if broker else float("nan")
             measured = run_phase(
-                client, phase, port, args.messages, topic, getattr(args, "headers", False)
+                client, phase, port, args.messages, topic, getattr(args, "headers", None)
             )
             used = (broker.cpu_seconds() if broker else float("nan")) - before
             figures[f"{phase}_rate"] = measured["rate"]
@@ -279,7 +293,7 @@ def compare(args: argparse.Namespace) -> None:
         )
     print(
         f"\nMedians of {args.runs} run(s) of {args.messages:,} messages of 100 bytes"
-        f"{', each with three headers' if args.headers else ''}: published "
+        f"{f', each with three headers ({args.headers})' if args.headers else ''}: published "
         "with confirms, consumed with acks; CPU per message as (publish, consume)."
     )
 
@@ -291,8 +305,9 @@ def _shown(figures: dict[str, float]) -> str:
 def main() -> None:
     """A child's workload, from its arguments CLIENT PHASE PORT N TOPIC;
     prints its figures."""
-    global _headers
+    global _headers, _unique
     client, phase, port, count, topic = sys.argv[1:6]
-    if sys.argv[6:7] == ["headers"]:
+    if sys.argv[6:7] in (["same"], ["unique"]):
         _headers = THREE_HEADERS
+        _unique = sys.argv[6] == "unique"
     print(json.dumps(WORKLOADS[client](phase, int(port), int(count), topic)))
