@@ -4,6 +4,7 @@ count; broker-bench says in one line what stops it."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -52,6 +53,44 @@ def test_broker_bench_against_a_port_where_nothing_listens_says_so_in_one_line()
     assert run.stderr.splitlines() == [
         f"broker-bench: cannot reach a broker at 127.0.0.1:{port}: connection refused"
     ]
+
+
+def test_broker_bench_clients_moves_every_message_through_each_client_it_names():
+    """Each workload consumes what it published (with headers, each checked
+    by its consumer), on a broker the bench starts: a client that lost one
+    would never finish, or fail its check."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broker.bench",
+            "clients",
+            "--client",
+            "twisted-batch",
+            "--client",
+            "blocking",
+            "--messages",
+            "3000",
+            "--runs",
+            "1",
+            "--headers",
+            "unique",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout)
+    assert (figures["messages"], sorted(figures["clients"])) == (
+        3000,
+        ["blocking", "twisted-batch"],
+    )
+    for measured in figures["clients"].values():
+        assert measured["publish_rate"] > 0 and measured["consume_rate"] > 0
 
 
 def test_broker_bench_refuses_a_broker_address_without_a_port():
