@@ -35,7 +35,7 @@ from broker.wire.frames import unpack_u16, unpack_u32, unpack_u64
 from broker.wire.headers import (
     ERR_HEADERS_TOO_LARGE,
     ERR_INVALID_HEADERS,
-    decode_headers,
+    is_header_block,
     with_headers,
 )
 from broker.wire.topic_names import decode_topic_list, decode_topic_name
@@ -412,35 +412,50 @@ class ServerDecoder(FrameDecoder):
     def _headered_run(self, data: bytes, pos: int) -> int:
         """Whole (headers, publish) pairs from `pos` to one valid topic,
         reported as one run; where they end (`pos` if none was whole: the
-        slow path then decodes, and refuses what it must, frame by frame)."""
+        slow path then decodes, and refuses what it must, frame by frame).
+        A pair whose headers and topic repeat the last one's bytes is cut
+        without a second look."""
         end = len(data)
         payloads: list[bytes] = []
         topic: str | None = None
         first_raw = b""
+        head = b""  # the last pair's headers frame, topic length and topic
+        block = b""
         max_header_bytes = self.max_header_bytes
-        while pos + 6 <= end and unpack_u16(data, pos)[0] == HEADERS:
-            (block_size,) = unpack_u32(data, pos + 2)
-            block_end = pos + 6 + block_size
-            if block_size == 0 or block_size > max_header_bytes or block_end + 2 > end:
-                break
-            (length,) = unpack_u16(data, block_end)
-            topic_end = block_end + 2 + length
-            if length == 0 or length == HEADERS or topic_end + 4 > end:
+        max_payload = self._max_payload
+        while pos + 6 <= end:
+            if head and data.startswith(head, pos):
+                topic_end = pos + len(head)
+            else:
+                if unpack_u16(data, pos)[0] != HEADERS:
+                    break
+                (block_size,) = unpack_u32(data, pos + 2)
+                block_end = pos + 6 + block_size
+                if block_size == 0 or block_size > max_header_bytes or block_end + 2 > end:
+                    break
+                (length,) = unpack_u16(data, block_end)
+                topic_end = block_end + 2 + length
+                if length == 0 or length == HEADERS or topic_end + 4 > end:
+                    break
+                raw = data[block_end + 2 : topic_end]
+                if topic is None:
+                    topic = self._valid_topic(raw)
+                    if topic is None:
+                        break
+                    first_raw = raw
+                elif raw != first_raw:
+                    break
+                valid = self._valid_block(data[pos + 6 : block_end])
+                if valid is None:
+                    break
+                if valid == block:  # twice in a row: perhaps every time
+                    head = data[pos:topic_end]
+                block = valid
+            if topic_end + 4 > end:
                 break
             (size,) = unpack_u32(data, topic_end)
             frame_end = topic_end + 4 + size
-            if size == 0 or size > self._max_payload or frame_end > end:
-                break
-            raw = data[block_end + 2 : topic_end]
-            if topic is None:
-                topic = self._valid_topic(raw)
-                if topic is None:
-                    break
-                first_raw = raw
-            elif raw != first_raw:
-                break
-            block = self._valid_block(data[pos + 6 : block_end])
-            if block is None:
+            if size == 0 or size > max_payload or frame_end > end:
                 break
             payloads.append(with_headers(data[topic_end + 4 : frame_end], block))
             pos = frame_end
@@ -467,9 +482,7 @@ class ServerDecoder(FrameDecoder):
         known = self._blocks
         if block in known:
             return block
-        try:
-            decode_headers(block)
-        except ProtocolError:
+        if not is_header_block(block):
             return None
         if len(known) >= self._TOPIC_CACHE_SIZE:
             known.clear()
