@@ -190,6 +190,63 @@ class GoLikeProxy:
             connection.close()
 
 
+class ConfirmCuttingProxy:
+    """Relays connections to the broker at `upstream`, but cuts the first
+    one at the broker's first answer after Hello (the confirm of what the
+    client published): the publish was stored and its confirm lost, the
+    case a resend must not store twice. Later connections go through."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.cuts = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream))
+        state = {"hello_answered": False, "published": False}
+        cutting = self.cuts == 0
+        if cutting:
+            self.cuts += 1
+
+        def to_client() -> None:
+            with contextlib.suppress(OSError):
+                while data := upstream.recv(65536):
+                    if cutting and state["published"]:
+                        break  # the confirm: lost with the connection
+                    state["hello_answered"] = True
+                    client.sendall(data)
+            for side in (client, upstream):
+                with contextlib.suppress(OSError):
+                    side.shutdown(socket.SHUT_RDWR)
+                side.close()
+
+        threading.Thread(target=to_client, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if state["hello_answered"]:
+                    state["published"] = True
+                upstream.sendall(data)
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._server.close()
+
+
 def _pump(source: socket.socket, target: socket.socket) -> None:
     with contextlib.suppress(OSError):
         while data := source.recv(65536):

@@ -434,12 +434,15 @@ class BrokerService(MultiService):
         self.rates.sample(self._reactor.seconds(), self.factory.broker.stats)
 
     def apply_retention(self) -> None:
-        """Apply each topic's retention (a timer calls this every second)."""
+        """Apply each topic's retention, and forget the message ids past
+        their window (a timer calls this every second)."""
         now = self._reactor.seconds()
-        floors = self.factory.broker.groups.floors()
-        for topic in self.factory.broker.registry:
+        broker = self.factory.broker
+        floors = broker.groups.floors()
+        for topic in broker.registry:
             topic.log.keep_from = floors.get(topic.name)
             topic.log.apply_retention(now)
+        broker.expire_message_ids()
 
     def _sync_store(self) -> None:
         self.factory.broker.store.sync()

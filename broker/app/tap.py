@@ -86,6 +86,16 @@ def _positive(kind: type[int] | type[float]) -> _Checked:
     return _Checked(parse, f"A positive {'whole number' if kind is int else 'number'}.")
 
 
+def _seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if not value >= 0:  # (NaN too)
+        raise ValueError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
 def _fsync_policy(text: str) -> FsyncPolicy:
     try:
         return FsyncPolicy(text)
@@ -144,6 +154,23 @@ class Options(usage.Options):
                 _BROKER.max_header_bytes,
                 "Largest header block a message may carry beside its payload, in bytes "
                 "(clients that agree headers in Hello).",
+                _positive(int),
+            ],
+            [
+                "dedup-window",
+                None,
+                _BROKER.dedup_window,
+                "Seconds a topic remembers a message id (the Msg-Id header): the same id "
+                "published again within it is stored once, and confirmed with the first "
+                "copy's offset. 0: ids are not looked at.",
+                _Checked(_seconds_or_zero, "Seconds, 0 or more."),
+            ],
+            [
+                "dedup-max-ids",
+                None,
+                _BROKER.dedup_max_ids,
+                "Message ids a topic remembers at most (the oldest go first), so that "
+                "memory stays bounded.",
                 _positive(int),
             ],
             [
@@ -577,6 +604,8 @@ class Options(usage.Options):
             prefix=self["redis-prefix"],
             node_name=self["node-name"] or _default_node_name(self["ports"]),
             claim_idle=self["redis-claim-idle"],
+            dedup_window=self["dedup-window"],
+            dedup_max_ids=self["dedup-max-ids"],
             retention=Retention(
                 max_messages=self["retention-messages"],
                 max_bytes=self["retention-bytes"],
@@ -596,6 +625,8 @@ class Options(usage.Options):
         return BrokerSettings(
             max_message_size=self["max-message-size"],
             max_header_bytes=self["max-header-bytes"],
+            dedup_window=self["dedup-window"],
+            dedup_max_ids=self["dedup-max-ids"],
             handshake_timeout=self["handshake-timeout"],
             max_topics=self["max-topics"],
             max_anonymous_connections=self["max-anonymous-connections"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -19,12 +19,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from broker.core.dead_letters import DeadLetterPolicy, encode_dead_letter
+from broker.core.dedup import Deduplicated, DedupWindow, deduplicate, recall
 from broker.core.delivery import Delivery, DeliveryTimers
 from broker.core.groups import GroupRegistry
 from broker.core.input_budget import InputBudget
 from broker.core.settings import BrokerSettings
 from broker.core.stats import BrokerStats
-from broker.core.topics import TooManyTopics, TopicRegistry
+from broker.core.topics import TooManyTopics, Topic, TopicRegistry
 from broker.log import IMessageStore, ISharedStore, MemoryStore, StoreError
 from broker.security.auth import Authenticator
 from broker.security.permissions import Rules
@@ -54,6 +55,32 @@ class Appended:
     committed: Deferred[None] | None = None
     size: int = 0
     """The payloads' bytes, if stored."""
+    offsets: list[int] | Deferred[Any] | None = None
+    """Where some publishes were already stored (a message id seen before):
+    each publish's offset, in order, or a Deferred of them (`first` is then
+    None). None when the batch went to consecutive offsets from `first`."""
+    duplicates: int = 0
+    """Publishes not stored again, their message id having been seen."""
+
+
+def _remembering(
+    outcome: int | str | list[int], window: DedupWindow, batch: Deduplicated, clock: IReactorTime
+) -> int | str | list[int]:
+    """Remember a batch's ids once a networked store said where it went:
+    from a first offset, or at the offsets it lists (it found some ids
+    stored already, by another node)."""
+    if isinstance(outcome, int):
+        window.remember(batch.stored_ids(outcome), clock.seconds())
+    elif isinstance(outcome, list):
+        window.remember([(mid, outcome[index]) for mid, index in batch.ids], clock.seconds())
+    return outcome
+
+
+def _offsets_of(outcome: int | str | list[int], batch: Deduplicated) -> list[int] | str:
+    """Each publish's offset, from where the store put the fresh ones."""
+    if isinstance(outcome, list):
+        return [outcome[slot] if slot >= 0 else -1 - slot for slot in batch.slots]
+    return batch.offsets(outcome) if isinstance(outcome, int) else outcome
 
 
 class Broker:
@@ -92,6 +119,8 @@ class Broker:
         """Every consumer, through any door (they add and remove themselves)."""
         self.user_connections: Counter[str] = Counter()
         """Connections per user, over every front door (for max_connections)."""
+        self.dedup_windows: dict[str, DedupWindow] = {}
+        """Per topic, the message ids it stored lately (exactly-once publishing)."""
 
     def start(self) -> None:
         """Open the store: reopen (and recover) the topics it holds, and hear
@@ -115,6 +144,7 @@ class Broker:
         for group in groups.of_topic(name):  # none reads: each only holds work to redo
             groups.drop(name, group.name, group.durable)
         self.registry.remove(name)
+        self.dedup_windows.pop(name, None)
 
     def _deleted_elsewhere(self, name: str) -> None:
         """An operator deleted `name` through another node: close it here
@@ -144,11 +174,14 @@ class Broker:
         may_publish: Rules | None,
         publisher: str,
         commit: bool = False,
+        headered: bool = False,
     ) -> Appended:
         """Append a batch to `topic` for a publisher (named `publisher` in
         the log) whose user has the rights `may_publish` (None: no users
-        file); with `commit`, say when it is committed. Counted in the
-        stats whatever becomes of it."""
+        file); with `commit`, say when it is committed. With `headered`
+        (some payloads carry headers), a publish whose message id the topic
+        stored lately is not stored again. Counted in the stats whatever
+        becomes of it."""
         stats = self.stats
         refusal = self.publish_refusal(topic, may_publish)
         if refusal is not None:
@@ -156,6 +189,65 @@ class Broker:
             return Appended(refusal=refusal)
         try:
             stored = self.registry.get(topic)
+        except (TooManyTopics, StoreError) as error:
+            self._store_refused(topic, len(payloads), error, publisher)
+            return Appended(refusal=str(error))
+        if headered and self.settings.dedup_window > 0:
+            return self._append_once(topic, stored, payloads, publisher, commit)
+        return self._append_fresh(topic, stored, payloads, publisher, commit)
+
+    def _append_once(
+        self, topic: str, stored: Topic, payloads: list[bytes], publisher: str, commit: bool
+    ) -> Appended:
+        """`append` of a batch whose publishes may carry message ids: those
+        the topic stored lately are answered with the first copy's offset."""
+        window = self._dedup_window(topic, stored)
+        now = self.clock.seconds()
+        window.expire(now)
+        batch = deduplicate(payloads, window)
+        if not batch.duplicates:
+            appended = self._append_fresh(topic, stored, payloads, publisher, commit)
+            first = appended.first
+            if isinstance(first, int):
+                window.remember(batch.stored_ids(first), now)
+            elif first is not None:
+                first.addCallback(_remembering, window, batch, self.clock)
+            return appended
+        self.stats.duplicates += batch.duplicates
+        log_ = stored.log
+        if not batch.fresh:
+            offsets = batch.offsets(0)
+            committed = None
+            if commit and log_.committed_offset <= max(offsets):
+                committed = log_.flush()
+            return Appended(None, None, committed, 0, offsets, batch.duplicates)
+        appended = self._append_fresh(topic, stored, batch.fresh, publisher, commit)
+        first = appended.first
+        if first is None:
+            return appended
+        if isinstance(first, int):
+            window.remember(batch.stored_ids(first), now)
+            offsets = batch.offsets(first)
+            committed = appended.committed
+            if commit and committed is None and log_.committed_offset <= max(offsets):
+                committed = log_.flush()
+            return Appended(None, None, committed, appended.size, offsets, batch.duplicates)
+        later: Deferred[Any] = first.addCallback(_remembering, window, batch, self.clock)
+        return Appended(
+            None,
+            None,
+            None,
+            appended.size,
+            later.addCallback(_offsets_of, batch),
+            batch.duplicates,
+        )
+
+    def _append_fresh(
+        self, topic: str, stored: Topic, payloads: list[bytes], publisher: str, commit: bool
+    ) -> Appended:
+        """Append what a batch has that is new, and count it."""
+        stats = self.stats
+        try:
             first = stored.append(payloads)
         except (TooManyTopics, StoreError) as error:
             self._store_refused(topic, len(payloads), error, publisher)
@@ -173,6 +265,41 @@ class Broker:
         if commit and stored.log.committed_offset < first + len(payloads):
             committed = stored.log.flush()
         return Appended(first, None, committed, size)
+
+    def _dedup_window(self, topic: str, stored: Topic) -> DedupWindow:
+        """The topic's window of message ids; made at its first publish with
+        one since the start, from the ids its log's tail holds."""
+        window = self.dedup_windows.get(topic)
+        if window is None:
+            settings = self.settings
+            window = DedupWindow(settings.dedup_window, settings.dedup_max_ids)
+            self.dedup_windows[topic] = window
+            self._recall_ids(window, stored)
+        return window
+
+    def _recall_ids(self, window: DedupWindow, stored: Topic) -> None:
+        """Read the ids of the messages a local log stored within the window
+        (at most the last `max_ids` messages); a networked log keeps its own."""
+        topic_log = stored.log
+        now = self.clock.seconds()
+        start = topic_log.offset_at(now - window.span)
+        if not isinstance(start, int):
+            return
+        end = topic_log.committed_offset
+        offset = max(start, topic_log.first_offset, end - window.max_ids)
+        while offset < end:
+            payloads = topic_log.read(offset, min(4096, end - offset))
+            if not isinstance(payloads, list) or not payloads:
+                return
+            recall(window, payloads, offset, now)
+            offset += len(payloads)
+
+    def expire_message_ids(self) -> None:
+        """Forget the message ids older than the window, in every topic (an
+        idle topic's ids too)."""
+        now = self.clock.seconds()
+        for window in self.dedup_windows.values():
+            window.expire(now)
 
     def _store_refused(self, topic: str, count: int, error: Exception, publisher: str) -> None:
         """Count and log a batch the store refused."""

@@ -16,7 +16,7 @@ whose store hangs (a Redis shard failing over) holds back no other topic's.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -37,21 +37,44 @@ class Answer:
     """The first publish answered, counted from 0 on the connection (by topic)."""
 
 
-def answers_in_order(
-    order: Sequence[tuple[str, bool]], firsts: dict[str, int | str]
-) -> list[Answer]:
+Outcome = int | str | list[int]
+"""What became of one topic's publishes of a read: stored at consecutive
+offsets from an int, refused with an error's text, or stored at the offsets
+listed (some were stored already: a message id seen before)."""
+
+
+def answers_in_order(order: Sequence[tuple[str, bool]], firsts: dict[str, Outcome]) -> list[Answer]:
     """Answers for one read's publishes.
 
     `order` lists each publish in stream order as (topic, True), or
     (error text, False) if it was refused as it was read; `firsts` maps each
-    topic to the offset its batch was stored at, or to the error that refused
-    the whole batch. A topic's publishes got consecutive offsets in order.
+    topic to the outcome of its batch (Outcome), its publishes in order.
     """
     answers: list[Answer] = []
-    next_offset = dict(firsts)
+    next_offset: dict[str, int | str] = {}
+    listed: dict[str, Iterator[int]] = {}
+    for topic, outcome in firsts.items():
+        if isinstance(outcome, list):
+            listed[topic] = iter(outcome)
+        else:
+            next_offset[topic] = outcome
     last_topic: str | None = None
     for text, is_topic in order:
-        outcome = next_offset[text] if is_topic else text
+        if not is_topic:
+            answers.append(Answer(error=text))
+            last_topic = None
+            continue
+        offsets = listed.get(text)
+        if offsets is not None:
+            offset = next(offsets)
+            last = answers[-1] if answers else None
+            if text == last_topic and last is not None and last.first_offset + last.count == offset:
+                last.count += 1
+            else:
+                answers.append(Answer(first_offset=offset))
+                last_topic = text
+            continue
+        outcome = next_offset[text]
         if isinstance(outcome, str):
             answers.append(Answer(error=outcome))
             last_topic = None
@@ -65,18 +88,23 @@ def answers_in_order(
     return answers
 
 
-def answers_of_topic(sequences: list[int], outcome: int | str) -> list[Answer]:
+def answers_of_topic(sequences: list[int], outcome: Outcome) -> list[Answer]:
     """Answers by sequence for one topic's publishes of one read (`sequences`,
-    ascending), stored from offset `outcome` on, or all refused with it."""
+    ascending), by the outcome of their batch (Outcome)."""
     answers: list[Answer] = []
     if isinstance(outcome, str):
         return [Answer(error=outcome, sequence=sequence) for sequence in sequences]
-    for index, sequence in enumerate(sequences):
+    offsets = outcome if isinstance(outcome, list) else range(outcome, outcome + len(sequences))
+    for sequence, offset in zip(sequences, offsets, strict=True):
         last = answers[-1] if answers else None
-        if last is not None and last.sequence + last.count == sequence:
+        if (
+            last is not None
+            and last.sequence + last.count == sequence
+            and last.first_offset + last.count == offset
+        ):
             last.count += 1
         else:
-            answers.append(Answer(first_offset=outcome + index, sequence=sequence))
+            answers.append(Answer(first_offset=offset, sequence=sequence))
     return answers
 
 

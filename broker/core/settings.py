@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from broker.core.dead_letters import DEFAULT_TEMPLATE
+from broker.core.dedup import DEFAULT_DEDUP_MAX_IDS, DEFAULT_DEDUP_WINDOW
 from broker.core.delivery import DEFAULT_MAX_INFLIGHT_BYTES, DeliverySettings
 from broker.log import DEFAULT_MEMORY_RETENTION, Retention
 from broker.wire.headers import DEFAULT_MAX_HEADER_BYTES
@@ -19,6 +20,11 @@ class BrokerSettings:
     """Largest payload (and topic list) accepted, in bytes."""
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     """Largest header block a message may carry beside its payload, in bytes."""
+    dedup_window: float = DEFAULT_DEDUP_WINDOW
+    """Seconds a topic remembers a message id (Msg-Id), so that the same id
+    published again is stored once; 0: ids are not looked at."""
+    dedup_max_ids: int = DEFAULT_DEDUP_MAX_IDS
+    """Message ids a topic remembers at most (the oldest go first)."""
     handshake_timeout: float = 10.0
     """Seconds a new connection has to send its first valid action."""
     max_topics: int = 100_000

@@ -30,6 +30,8 @@ class BrokerStats:
     redeliveries: int = 0
     ack_timeouts: int = 0
     dead_letters: int = 0
+    duplicates: int = 0
+    """Publishes not stored again: their message id was stored lately."""
     connections_accepted: int = 0
     authentication_failures: int = 0
     refusals: Counter[str] = field(default_factory=Counter)

@@ -239,6 +239,12 @@ class PublisherConnection(ClientConnection):
         """Whether the broker agreed headers (a message may carry them)."""
         return bool(self.server and self.server.get("headers"))
 
+    @property
+    def deduplicates(self) -> bool:
+        """Whether the broker stores a message id once (a dedup window was
+        agreed, with confirms: the answer then says where the first copy went)."""
+        return bool(self.server and self.server.get("dedup_window") and self.confirming)
+
     def publish(self, topic: str, payload: bytes) -> None:
         """Send a publish frame whose topic and payload are already checked
         (after the frame of its headers, if it carries any)."""

@@ -14,13 +14,14 @@ for) and `fail(handle, error)`. They must ignore a handle already settled
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from broker.sansio.connection import PublisherConnection, Unanswered
 from broker.sansio.messages import BrokerError, QueueFull, refusal
-from broker.wire.headers import Headered
+from broker.wire.headers import Headered, message_id, with_message_id
 
 ERR_NO_HEADERS = "this broker does not take headers (it did not agree them in Hello)"
 
@@ -30,12 +31,16 @@ H = TypeVar("H")
 class Pending(Generic[H]):
     """One publish: its message, and the handle its caller holds."""
 
-    __slots__ = ("handle", "payload", "topic")
+    __slots__ = ("handle", "identified", "original", "payload", "topic")
 
     def __init__(self, topic: str, payload: bytes, handle: H) -> None:
         self.topic = topic
         self.payload = payload
         self.handle = handle
+        self.identified = False
+        """Whether its payload carries a message id (given at its first write)."""
+        self.original: bytes | None = None
+        """The payload as published, where the client gave it an id."""
 
 
 class Outbox(Generic[H]):
@@ -58,6 +63,11 @@ class Outbox(Generic[H]):
         self.connection: PublisherConnection | None = None
         self.unanswered: Unanswered[Pending[H]] = Unanswered()
         """Publishes written on `connection` and not yet answered."""
+        self._id_prefix = secrets.token_urlsafe(12) + "."
+        """This client's message ids: the prefix, then a count."""
+        self._ids_given = 0
+        self._identifying = False
+        """Whether `connection` stores a message id once (publishes get one)."""
 
     def __len__(self) -> int:
         """Publishes not yet answered: queued, or written and unanswered."""
@@ -98,6 +108,7 @@ class Outbox(Generic[H]):
         if self.connection is not None:
             self.lost(self.connection)
         self.connection = connection
+        self._identifying = connection.deduplicates
         self.unanswered = Unanswered()
         connection.on_confirmed = self._confirmed
         connection.on_publish_refused = self._refused
@@ -124,14 +135,33 @@ class Outbox(Generic[H]):
     def _write(self, pending: Pending[H]) -> None:
         connection = self.connection
         assert connection is not None
-        if type(pending.payload) is Headered and not connection.takes_headers:
-            self._fail(pending.handle, BrokerError(ERR_NO_HEADERS))
-            return
+        if self._identifying:
+            if not pending.identified:
+                self._identify(pending)
+        elif type(pending.payload) is Headered and not connection.takes_headers:
+            if pending.original is None or type(pending.original) is Headered:
+                self._fail(pending.handle, BrokerError(ERR_NO_HEADERS))
+                return
+            pending.payload = pending.original  # (its id was the client's doing)
         connection.publish(pending.topic, pending.payload)
         if connection.confirming:
             self.unanswered.append(pending)
         else:
             self._settle(pending.handle, None)
+
+    def _identify(self, pending: Pending[H]) -> None:
+        """Give a publish a message id before its first write to a broker
+        that stores an id once: sent again after a lost connection, it is
+        then stored once however many copies arrive. An id of the caller's
+        own (a Msg-Id header) is kept."""
+        pending.identified = True
+        payload = pending.payload
+        if message_id(payload) is None:
+            self._ids_given += 1
+            pending.original = payload
+            pending.payload = with_message_id(
+                payload, self._id_prefix + format(self._ids_given, "x")
+            )
 
     def _confirmed(self, count: int, first_offset: int, sequence: int | None) -> None:
         pendings = self.unanswered.take(sequence, count)

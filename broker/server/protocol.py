@@ -294,6 +294,9 @@ class BrokerProtocol(Int32StringReceiver):
         if request.headers:  # said only to a client that asked
             answer["headers"] = True
             answer["max_header_bytes"] = settings.max_header_bytes
+            if settings.dedup_window > 0:
+                # A publish with a Msg-Id header is stored once within it.
+                answer["dedup_window"] = settings.dedup_window
         if self.user is not None:
             answer["user"] = self.user.name
         self.transport.write(encode_hello(answer))

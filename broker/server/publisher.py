@@ -6,15 +6,22 @@ per topic of a read's batch, not once per message."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from broker.core.confirms import Answer, ConfirmQueue, answers_in_order, answers_of_topic
+from broker.core.confirms import (
+    Answer,
+    ConfirmQueue,
+    Outcome,
+    answers_in_order,
+    answers_of_topic,
+)
 from broker.server.session import Session
 from broker.server.transport import direct_writer
 from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error
+from broker.wire.headers import Headered
 
 if TYPE_CHECKING:
     from broker.security.permissions import Rules
@@ -40,6 +47,8 @@ class PublisherSession(Session):
         self._may_publish = may_publish
         """The user's publish rules; None: no users file, every topic allowed."""
         self._batch: dict[str, list[bytes]] = {}
+        self._headered: set[str] = set()
+        """The topics of this read's batch some publish to which has headers."""
         # Answers go out at once when nothing waits to be written before them.
         self._confirms = (
             ConfirmQueue(direct_writer(protocol.transport), by_topic) if confirms else None
@@ -63,6 +72,9 @@ class PublisherSession(Session):
             return
         if self._confirms is not None:
             self._order += [(topic, True)] * len(payloads)
+        # A run is all with headers or all without (the decoder's runs).
+        if type(payloads[0]) is Headered:
+            self._headered.add(topic)
         batch = self._batch.get(topic)
         if batch is None:
             self._batch[topic] = payloads
@@ -101,16 +113,21 @@ class PublisherSession(Session):
     def _append_batch(self) -> None:
         batch = self._batch
         self._batch = {}
+        headered = self._headered
+        if headered:
+            self._headered = set()
         confirms = self._confirms
         answered = confirms is not None
         may_publish = self._may_publish
         append = self.broker.append
         peer = self.peer
-        firsts: dict[str, int | str] = {}
+        firsts: dict[str, Outcome] = {}
         committed_of: dict[str, Deferred[None]] = {}
-        stored_later: dict[str, Deferred[int | str]] = {}
+        stored_later: dict[str, Deferred[Any]] = {}
         for topic, payloads in batch.items():
-            appended = append(topic, payloads, may_publish, peer, commit=answered)
+            appended = append(
+                topic, payloads, may_publish, peer, commit=answered, headered=topic in headered
+            )
             refusal = appended.refusal
             if refusal is not None:
                 firsts[topic] = refusal
@@ -120,11 +137,12 @@ class PublisherSession(Session):
                     # Without confirms, one Error per message, as it counts them.
                     self.protocol.transport.write(encode_error(refusal) * len(payloads))
                 continue
-            self.messages += len(payloads)
+            self.messages += len(payloads) - appended.duplicates
             self.bytes += appended.size
-            first = appended.first
+            first: int | list[int] | Deferred[Any] | None  # (a Deferred of an Outcome)
+            first = appended.first if appended.offsets is None else appended.offsets
             # (isinstance of int, not of Deferred: an ABC's check costs more.)
-            if isinstance(first, int):
+            if isinstance(first, (int, list)):
                 firsts[topic] = first
                 if appended.committed is not None:
                     committed_of[topic] = appended.committed
@@ -143,7 +161,7 @@ class PublisherSession(Session):
                 confirms.add(answers_in_order(order, firsts), committed)
                 return
 
-            def answers(outcomes: list[int | str]) -> list[Answer]:
+            def answers(outcomes: list[Outcome]) -> list[Answer]:
                 firsts.update(zip(stored_later, outcomes, strict=True))
                 return answers_in_order(order, firsts)
 
@@ -152,8 +170,8 @@ class PublisherSession(Session):
     def _answer_by_topic(
         self,
         order: list[tuple[str, bool]],
-        firsts: dict[str, int | str],
-        stored_later: dict[str, Deferred[int | str]],
+        firsts: dict[str, Outcome],
+        stored_later: dict[str, Deferred[Any]],
         committed_of: dict[str, Deferred[None]],
     ) -> None:
         """Each topic's answers in a lane of their own, waiting only for that
@@ -180,7 +198,7 @@ class PublisherSession(Session):
             else:
                 confirms.add(_answers_once(later, numbers), committed, topic)
 
-    def _unanswered_later(self, outcome: int | str, count: int) -> int | str:
+    def _unanswered_later(self, outcome: Outcome, count: int) -> Outcome:
         """A publisher without confirms is told of a batch the store refused
         later by one Error per message."""
         if isinstance(outcome, str):
@@ -188,6 +206,6 @@ class PublisherSession(Session):
         return outcome
 
 
-def _answers_once(stored: Deferred[int | str], sequences: list[int]) -> Deferred[list[Answer]]:
+def _answers_once(stored: Deferred[Any], sequences: list[int]) -> Deferred[list[Answer]]:
     """The answers of one topic's publishes once the store said where they went."""
     return stored.addCallback(lambda outcome: answers_of_topic(sequences, outcome))

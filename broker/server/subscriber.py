@@ -30,7 +30,7 @@ from broker.wire import (
     encode_u64,
     total_size,
 )
-from broker.wire.headers import Headered, header_block
+from broker.wire.headers import Headered, header_block, without_message_id
 
 if TYPE_CHECKING:
     from broker.core.patterns import PatternSubscriptions
@@ -224,7 +224,9 @@ class SubscriberSession(Session):
         (the client agreed headers)."""
         block = header_block(delivery.payload)
         if block:
-            self._outgoing.append(_headers_frame(block))
+            frame = _headers_frame(block)
+            if frame:
+                self._outgoing.append(frame)
         self._send_extended_delivery(delivery)
 
     def _send_headered_run(
@@ -243,7 +245,9 @@ class SubscriberSession(Session):
         for index, payload in enumerate(payloads):
             block = header_block(payload)
             if block:
-                outgoing.append(_headers_frame(block))
+                frame = _headers_frame(block)
+                if frame:
+                    outgoing.append(frame)
             tail = encode_delivery_tail(
                 offset + index, 1, (delivery_id + index) & 0xFFFFFFFF, len(payload)
             )
@@ -298,8 +302,13 @@ class SubscriberSession(Session):
 
 
 def _headers_frame(block: bytes) -> bytes:
-    """The Headers frame of `block`; those made lately are kept (messages
-    repeat a few sets of headers)."""
+    """The Headers frame a subscriber gets for a stored block: without its
+    Msg-Id (b"" if nothing else is left). Those made lately are kept
+    (messages repeat a few sets of headers; an id makes its block unique,
+    so it is taken out first)."""
+    block = without_message_id(block)
+    if not block:
+        return b""
     frame = _HEADER_FRAMES.get(block)
     if frame is None:
         if len(_HEADER_FRAMES) >= 256:

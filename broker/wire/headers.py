@@ -196,3 +196,55 @@ class Headers(Mapping[str, str]):
 _NONE = Headers()
 _DECODED: dict[bytes, Headers] = {}
 _DECODED_KEPT = 256
+
+
+MESSAGE_ID = "Msg-Id"
+"""The header that names a publish, so that the broker stores it once
+however often it is sent (within its dedup window)."""
+_ID_PAIR_HEAD = b"\x06Msg-Id"
+_ID_NAME = b"msg-id"
+
+
+def message_id(payload: bytes) -> bytes | None:
+    """The raw value of the Msg-Id header a payload carries (the first, if
+    several), or None. Quick for the blocks the clients write, which put it
+    first."""
+    if type(payload) is not Headered:
+        return None
+    block = payload.headers
+    if block[2:9] == _ID_PAIR_HEAD:
+        (length,) = _U16.unpack_from(block, 9)
+        return block[11 : 11 + length]
+    (count,) = _U16.unpack_from(block, 0)
+    pos = 2
+    for _ in range(count):
+        name_end = pos + 1 + block[pos]
+        (length,) = _U16.unpack_from(block, name_end)
+        if name_end - pos == 7 and block[pos + 1 : name_end].lower() == _ID_NAME:
+            return block[name_end + 2 : name_end + 2 + length]
+        pos = name_end + 2 + length
+    return None
+
+
+def with_message_id(payload: bytes, value: str) -> bytes:
+    """`payload` with a Msg-Id header of `value` first among its headers."""
+    raw = value.encode("utf-8")
+    pair = _ID_PAIR_HEAD + _U16.pack(len(raw)) + raw
+    block = header_block(payload)
+    count = _U16.unpack_from(block, 0)[0] if block else 0
+    return with_headers(bytes(payload), _U16.pack(count + 1) + pair + block[2:])
+
+
+def without_message_id(block: bytes) -> bytes:
+    """A header block without its Msg-Id headers (b"" if nothing is left):
+    the id is the broker's business (deduplication), not a subscriber's."""
+    if block[2:9] == _ID_PAIR_HEAD:  # where the clients put it
+        (count,) = _U16.unpack_from(block, 0)
+        (length,) = _U16.unpack_from(block, 9)
+        if count == 1:
+            return b""
+        block = _U16.pack(count - 1) + block[11 + length :]
+    if _ID_NAME not in block.lower():
+        return block
+    kept = [(name, value) for name, value in decode_headers(block) if name.lower() != "msg-id"]
+    return encode_headers(kept)

@@ -16,7 +16,15 @@ import pytest
 from broker.sansio.messages import AuthenticationFailed, BrokerError
 from broker.security.users import hash_secret, user_entry
 from broker.wire import StartAt
-from tests.clients import KINDS, BrokerProcess, GoLikeProxy, client_of, in_thread, open_client
+from tests.clients import (
+    KINDS,
+    BrokerProcess,
+    ConfirmCuttingProxy,
+    GoLikeProxy,
+    client_of,
+    in_thread,
+    open_client,
+)
 
 pytestmark = pytest.mark.parametrize("kind", KINDS)
 
@@ -150,6 +158,25 @@ def test_nothing_is_lost_through_a_broker_restart(kind, tmp_path, request):
         process.stop()
 
 
+@in_thread
+def test_a_message_id_is_remembered_through_a_restart(kind, tmp_path, request):
+    """The restarted broker reads the ids its log's tail holds: the same
+    id published again is confirmed with the first copy's offset."""
+    topic = topic_for(request)
+    process = BrokerProcess(tmp_path, "--data-dir", str(tmp_path / "data")).start()
+    try:
+        with client_of(kind, process.url) as client:
+            assert client.publish(topic, b"first", headers={"Msg-Id": "a"}) == 0
+            assert client.publish(topic, b"plain") == 1
+        process.stop()
+        process.start()
+        with client_of(kind, process.url) as client:
+            assert client.publish(topic, b"first again", headers={"Msg-Id": "a"}) == 0
+            assert client.publish(topic, b"second", headers={"Msg-Id": "b"}) == 2
+    finally:
+        process.stop()
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """A broker with a users file: alice publishes to orders.* only."""
@@ -234,6 +261,45 @@ def test_headers_to_a_broker_that_does_not_take_them_are_refused_not_dropped(
             assert client.publish(topic, b"plain") is None  # the connection goes on
     finally:
         proxy.close()
+
+
+@in_thread
+def test_a_publish_whose_confirm_was_lost_is_stored_once(kind, running, request):
+    topic = topic_for(request)
+    proxy = ConfirmCuttingProxy(running.port)
+    try:
+        with client_of(kind, proxy.url) as client:
+            # Stored, its confirm cut off with the connection, sent again on
+            # the next: confirmed with the first copy's offset.
+            assert client.publish(topic, b"once") == 0
+            assert client.publish(topic, b"next") == 1
+        assert proxy.cuts == 1
+    finally:
+        proxy.close()
+    with client_of(kind, running.url) as reader:
+        got = reader.subscribe([topic], start=StartAt.BEGINNING).take(2)
+        # The id the client gave is the broker's business: not delivered.
+        assert [(g.offset, g.data, g.headers) for g in got] == [(0, b"once", ()), (1, b"next", ())]
+
+
+@in_thread
+def test_a_message_id_published_again_is_stored_once(kind, running, request):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as client:
+        assert client.publish(topic, b"a", headers={"Msg-Id": "order-17"}) == 0
+        assert client.publish(topic, b"a again", headers={"msg-id": "order-17"}) == 0
+        batch = [
+            (topic, b"b", {"Msg-Id": "order-18", "kind": "x"}),
+            (topic, b"b again", {"Msg-Id": "order-18"}),
+            (topic, b"c", None),
+        ]
+        assert client.publish_many(batch) == [1, 1, 2]
+        got = client.subscribe([topic], start=StartAt.BEGINNING).take(3)
+        assert [(g.offset, g.data, g.headers) for g in got] == [
+            (0, b"a", ()),
+            (1, b"b", (("kind", "x"),)),
+            (2, b"c", ()),
+        ]
 
 
 @in_thread

@@ -113,3 +113,23 @@ def test_a_hello_asks_for_confirms_per_topic_or_is_invalid():
     assert parse_hello_request(b"{}").confirm_order is None
     with pytest.raises(wire.ProtocolError, match="invalid hello"):
         parse_hello_request(b'{"confirm_order": "shuffled"}')
+
+
+def test_publishes_stored_before_are_answered_with_the_first_copys_offsets():
+    # Topic a's batch: stored at 10 and 11, the second publish a copy of 3.
+    order = [("a", True), ("a", True), ("a", True), ("b", True)]
+    answers = answers_in_order(order, {"a": [10, 3, 11], "b": [4]})
+    assert answers == [
+        Answer(count=1, first_offset=10),
+        Answer(count=1, first_offset=3),
+        Answer(count=1, first_offset=11),
+        Answer(count=1, first_offset=4),
+    ]
+    assert answers_in_order([("a", True), ("a", True)], {"a": [5, 6]}) == [
+        Answer(count=2, first_offset=5)
+    ]
+    assert answers_of_topic([0, 1, 2, 5], [7, 8, 2, 9]) == [
+        Answer(count=2, first_offset=7, sequence=0),
+        Answer(count=1, first_offset=2, sequence=2),
+        Answer(count=1, first_offset=9, sequence=5),
+    ]

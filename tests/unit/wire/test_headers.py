@@ -172,3 +172,35 @@ def test_a_subscribers_headers_decode_the_same_however_split(cuts):
         for chunk in chunks:
             decoder.feed(chunk)
         assert recorder.events == expected
+
+
+def test_a_message_id_is_found_wherever_it_is_and_kept_from_subscribers():
+    from broker.wire.headers import message_id, with_message_id, without_message_id
+
+    alone = with_message_id(b"data", "abc.1")
+    assert (bytes(alone), message_id(alone)) == (b"data", b"abc.1")
+    assert without_message_id(alone.headers) == b""
+    among = with_message_id(with_headers(b"d", encode_headers([("a", "b")])), "x")
+    assert decode_headers(among.headers) == [("Msg-Id", "x"), ("a", "b")]
+    assert decode_headers(without_message_id(among.headers)) == [("a", "b")]
+    later = with_headers(b"d", encode_headers([("a", "b"), ("msg-ID", "y"), ("c", "msg-id")]))
+    assert message_id(later) == b"y"
+    assert decode_headers(without_message_id(later.headers)) == [("a", "b"), ("c", "msg-id")]
+    plain = with_headers(b"d", encode_headers([("a", "b")]))
+    assert message_id(plain) is None and message_id(b"no headers") is None
+    assert without_message_id(plain.headers) == plain.headers
+
+
+@given(st.lists(st.tuples(names, st.text(max_size=20)), max_size=5), st.binary(max_size=3))
+def test_the_brokers_quick_check_agrees_with_decoding(pairs, noise):
+    from broker.wire.headers import is_header_block
+
+    block = encode_headers(pairs) or b"\x00\x00"
+    assert is_header_block(block)
+    for damaged in [block[:cut] for cut in range(len(block))] + [block + noise]:
+        try:
+            decode_headers(damaged)
+            decodes = True
+        except wire.ProtocolError:
+            decodes = False
+        assert is_header_block(damaged) == (decodes and bool(damaged))
