@@ -79,7 +79,15 @@ class Topic:
         first = self.log.append(payloads)
         if isinstance(first, int):  # (not of Deferred: an ABC's check costs more)
             return self._appended(first)
-        return first.addCallback(self._appended)
+        return first.addCallback(self._appended_later)
+
+    def _appended_later(self, outcome: int | list[int]) -> int | list[int]:
+        """A networked store's answer: the first offset, or each payload's
+        (some were stored already: their message ids)."""
+        if isinstance(outcome, list):
+            self._wake()
+            return outcome
+        return self._appended(outcome)
 
     def _appended(self, first: int) -> int:
         offsets = self._batch_offsets

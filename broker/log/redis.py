@@ -53,6 +53,7 @@ from broker.log.redis_settings import (
     topic_keys,
     unpack_batch,
 )
+from broker.wire.headers import Headered, message_id
 
 _timeout = getattr(asyncio, "timeout", None)  # Python 3.11 and later
 
@@ -73,6 +74,7 @@ T = TypeVar("T")
 FUNCTIONS = files("broker.log").joinpath("redis_functions.lua").read_text(encoding="utf-8")
 APPEND, EXPIRE, PURGE = "broker_append_v1", "broker_expire_v1", "broker_purge_v1"
 DELETE, RESET_GROUP = "broker_delete_v1", "broker_reset_group_v1"
+APPEND_ONCE = "broker_append_once_v1"
 # On the directory's channel, before a name: the topic was deleted (a name
 # holds no NUL; without the mark, a message is a new topic's name).
 DELETED_MARK = "\x00deleted:"
@@ -131,6 +133,15 @@ def layout_refusal(error: redis_errors.ResponseError) -> str | None:
     return None
 
 
+OnceAnswer = tuple[list[int], tuple[int, int, int, list[bytes]] | None]
+"""What an append with message ids did: each payload's offset, and, if any
+was new, (first offset, next offset, oldest held, the payloads appended)."""
+
+
+def _has_ids(payloads: Sequence[bytes]) -> bool:
+    return any(type(payload) is Headered and message_id(payload) for payload in payloads)
+
+
 def store_error(failure: Failure, timeout: float) -> StoreError:
     """What to tell a publisher about a failed Redis call."""
     error = failure.value
@@ -168,7 +179,7 @@ class RedisLog:
         self.opening: Deferred[None] | None = Deferred()
         """Fires once the offsets are known (Redis answered once)."""
         self._grew: Callable[[], None] | None = None
-        self._queue: list[tuple[Sequence[bytes], int, Deferred[int]]] = []
+        self._queue: list[tuple[Sequence[bytes], int, Deferred[Any]]] = []
         self._sending = False
         self._flushes: list[Deferred[None]] = []
         self._expiring = False
@@ -183,7 +194,10 @@ class RedisLog:
 
     # Appending.
 
-    def append(self, payloads: Sequence[bytes]) -> Deferred[int]:
+    def append(self, payloads: Sequence[bytes]) -> Deferred[Any]:
+        """The first offset, once Redis stored the batch; or, where message
+        ids are looked at and some were stored already (by any node), the
+        list of each payload's offset (their first copies' for those)."""
         size = sum(map(len, payloads))
         store = self.store
         if store.pending_bytes + size > store.settings.max_pending_bytes and store.pending_bytes:
@@ -192,7 +206,7 @@ class RedisLog:
                 f"({store.pending_bytes // 1024} KiB waiting)"
             )
         store.pending_bytes += size
-        appended: Deferred[int] = Deferred()
+        appended: Deferred[Any] = Deferred()
         self._queue.append((payloads, size, appended))
         if not self._sending:
             self._send()
@@ -200,14 +214,30 @@ class RedisLog:
 
     def _send(self) -> None:
         queue = self._queue
-        taken = 1
         size = queue[0][1]
-        while taken < len(queue) and size + queue[taken][1] <= MAX_CALL_BYTES:
+        self._sending = True
+        if self.store.settings.dedup_window > 0 and _has_ids(queue[0][0]):
+            # Checked and appended in one call of its own.
+            batches, self._queue = queue[:1], queue[1:]
+            once = self.store.append_once(self, list(batches[0][0]), size)
+            once.addCallbacks(
+                self._appended_once,
+                self._append_failed,
+                callbackArgs=(batches[0][2],),
+                errbackArgs=(batches,),
+            )
+            once.addBoth(self._sent, size)
+            return
+        taken = 1
+        while (
+            taken < len(queue)
+            and size + queue[taken][1] <= MAX_CALL_BYTES
+            and not (self.store.settings.dedup_window > 0 and _has_ids(queue[taken][0]))
+        ):
             size += queue[taken][1]
             taken += 1
         batches, self._queue = queue[:taken], queue[taken:]
         payloads = [payload for batch, _, _ in batches for payload in batch]
-        self._sending = True
         call = self.store.append(self, payloads, size)
         call.addCallbacks(
             self._appended, self._append_failed, callbackArgs=(batches,), errbackArgs=(batches,)
@@ -216,15 +246,28 @@ class RedisLog:
 
     def _appended(self, ends: tuple[int, int, int], batches: list) -> None:
         first, end, held = ends
-        self.store.register_topic(self.name)
-        self.learn_start(held)
-        # Readers on this node take it from here, not from Redis.
-        self._cache.add(first, [payload for batch, _, _ in batches for payload in batch])
-        self.learn_end(end)
+        self._stored(first, end, held, [payload for batch, _, _ in batches for payload in batch])
         offset = first
         for batch, _, appended in batches:
             appended.callback(offset)
             offset += len(batch)
+
+    def _appended_once(self, answer: OnceAnswer, appended: Deferred[Any]) -> None:
+        offsets, stored = answer
+        if stored is None:  # every one was stored already
+            appended.callback(offsets)
+            return
+        first, end, held, payloads = stored
+        self._stored(first, end, held, payloads)
+        consecutive = offsets == list(range(first, first + len(offsets)))
+        appended.callback(first if consecutive else offsets)
+
+    def _stored(self, first: int, end: int, held: int, payloads: list[bytes]) -> None:
+        self.store.register_topic(self.name)
+        self.learn_start(held)
+        # Readers on this node take it from here, not from Redis.
+        self._cache.add(first, payloads)
+        self.learn_end(end)
 
     def _append_failed(self, failure: Failure, batches: list) -> None:
         error = store_error(failure, self.store.settings.timeout)
@@ -691,22 +734,71 @@ class RedisStore:
             0 if replicas else ANNOUNCED_BATCH_BYTES,
         )
         async with self._calls:
-            for last_try in (False, True):
-                try:
-                    first, end, held = await self._append_on_primary(keys, arguments)
-                except _TryAgain as again:
-                    if last_try:
-                        raise StoreError(f"could not store message: Redis: {again}") from None
-                    continue
-                break
+            first, end, held = await self._append_trying_again(keys, APPEND, arguments)
         if replicas:
             announcement = arguments[3] if len(arguments[3]) <= ANNOUNCED_BATCH_BYTES else None
             self._background(self._announce(keys, first, len(payloads), announcement))
         return first, end, held
 
+    async def _append_trying_again(
+        self, keys: TopicKeys, function: str, arguments: tuple[Any, ...]
+    ) -> list[int]:
+        for last_try in (False, True):
+            try:
+                return await self._append_on_primary(keys, function, arguments)
+            except _TryAgain as again:
+                if last_try:
+                    raise StoreError(f"could not store message: Redis: {again}") from None
+        raise AssertionError("unreachable")
+
+    def append_once(
+        self, topic_log: RedisLog, payloads: list[bytes], size: int
+    ) -> Deferred[OnceAnswer]:
+        return self._deferred(self._append_once(topic_log.keys, payloads, size))
+
+    async def _append_once(self, keys: TopicKeys, payloads: list[bytes], size: int) -> OnceAnswer:
+        """Append the payloads whose message ids Redis has not stored lately
+        (for any node), in one call that checks and appends; each payload's
+        offset, its first copy's for the others."""
+        settings = self.settings
+        replicas = settings.replicas
+        offsets: list[int | None] = [None] * len(payloads)
+        remaining = list(range(len(payloads)))
+        async with self._calls:
+            while True:
+                batch = [payloads[index] for index in remaining]
+                packed = pack_batch(batch)
+                arguments = (
+                    "" if replicas else keys.channel,
+                    len(batch),
+                    sum(map(len, batch)),
+                    packed,
+                    settings.retention.max_messages or 0,
+                    settings.retention.max_bytes or 0,
+                    0 if replicas else ANNOUNCED_BATCH_BYTES,
+                    int(settings.dedup_window * 1000),
+                    settings.dedup_max_ids,
+                    *[message_id(payload) or b"" for payload in batch],
+                )
+                answer = await self._append_trying_again(keys, APPEND_ONCE, arguments)
+                if answer[0] != -1:
+                    break
+                for at in range(1, len(answer), 2):
+                    offsets[remaining[answer[at]]] = answer[at + 1]
+                remaining = [index for index in remaining if offsets[index] is None]
+                if not remaining:
+                    return [offset for offset in offsets if offset is not None], None
+        first, end, held = answer
+        for position, index in enumerate(remaining):
+            offsets[index] = first + position
+        if replicas:
+            announcement = packed if len(packed) <= ANNOUNCED_BATCH_BYTES else None
+            self._background(self._announce(keys, first, len(batch), announcement))
+        return [offset for offset in offsets if offset is not None], (first, end, held, batch)
+
     async def _append_on_primary(
-        self, keys: TopicKeys, arguments: tuple[Any, ...]
-    ) -> tuple[int, int, int]:
+        self, keys: TopicKeys, function: str, arguments: tuple[Any, ...]
+    ) -> list[int]:
         """FCALL, then (with replicas) WAIT, on one connection to the primary
         that holds the topic: WAIT counts that connection's writes, so it is
         sent only once the append was stored, and a refusal (NOREPLICAS,
@@ -721,10 +813,17 @@ class RedisStore:
             async with _deadline(settings.timeout):
                 await pinned.initialize()
                 phase = "appending"
-                first, end, held = await pinned.fcall(
-                    APPEND, 3, keys.log, keys.meta, keys.times, *arguments
+                answer = await pinned.fcall(
+                    function,
+                    5,
+                    keys.log,
+                    keys.meta,
+                    keys.times,
+                    keys.ids,
+                    keys.id_times,
+                    *arguments,
                 )
-                if replicas:
+                if replicas and int(answer[0]) != -1:  # (-1: nothing was appended)
                     phase = "waiting"
                     # WAIT gives up in half the call's time, so that its answer
                     # (how many replicas have it) is what the publisher hears.
@@ -754,7 +853,7 @@ class RedisStore:
             ) from None
         finally:
             await pinned.aclose()
-        if replicas and int(acknowledged) < replicas:
+        if replicas and int(answer[0]) != -1 and int(acknowledged) < replicas:
             # Not announced: no node reads what a failover may take back. A
             # later append that is replicated announces it (replication keeps
             # order), and it may be delivered then: its fate is not known.
@@ -762,7 +861,7 @@ class RedisStore:
                 f"{OUTCOME_UNKNOWN}: stored on the Redis primary, but {acknowledged} of "
                 f"{replicas} Redis replica(s) acknowledged it within {settings.timeout / 2:g} s"
             )
-        return int(first), int(end), int(held)
+        return [int(value) for value in answer]
 
     async def _refused_by_redis(self, error: redis_errors.ResponseError, primary: Redis) -> None:
         """Redis refused a call before running it: learn why, so that the
@@ -868,7 +967,9 @@ class RedisStore:
 
     async def _delete(self, name: str) -> None:
         keys = topic_keys(self.settings.prefix, name)
-        await self._call(self.client.fcall(DELETE, 3, keys.log, keys.meta, keys.times))
+        await self._call(
+            self.client.fcall(DELETE, 5, keys.log, keys.meta, keys.times, keys.ids, keys.id_times)
+        )
         await self._call(self.client.srem(self._directory, name))
         await self._call(self.client.spublish(self._directory_channel, DELETED_MARK + name))
 

@@ -11,6 +11,9 @@
 --           appended (when the last batch was, in ms by Redis's clock)
 --   KEYS[3] times: a stream of (time, offset the next message got then),
 --           at most one entry a second: retention by age reads it, never the log
+--   KEYS[4] ids: a hash of the message ids stored lately (exactly-once
+--           publishing) to the offset of the message that carried each
+--   KEYS[5] id times: a sorted set of the same ids, by when they were stored
 
 -- Drop whole batches that end before `offset`: the batch holding it stays.
 -- At the log's end, drop everything.
@@ -78,6 +81,55 @@ local function append(keys, args)
   return {first, following, tonumber(redis.call('HGET', meta, 'first') or '0')}
 end
 
+-- append_once(log, meta, times, ids, id times; append's arguments, window in
+-- ms, max ids, then one message id per message ('' for none)) -> append's
+-- answer, or, if some ids were stored already, {-1, index, offset, ...}
+-- (index from 0 among the messages, offset of the copy stored) and nothing
+-- appended: the caller appends the rest. One call checks and appends, so
+-- no two nodes store one id twice.
+local function append_once(keys, args)
+  local ids, id_times = keys[4], keys[5]
+  local window, max_ids = tonumber(args[8]), tonumber(args[9])
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local old = redis.call('ZRANGEBYSCORE', id_times, '-inf', '(' .. (ms - window), 'LIMIT', 0, 1000)
+  for i = 1, #old do
+    redis.call('HDEL', ids, old[i])
+  end
+  if #old > 0 then
+    redis.call('ZREMRANGEBYRANK', id_times, 0, #old - 1)
+  end
+  local found = {-1}
+  for i = 10, #args do
+    if args[i] ~= '' then
+      local at = redis.call('HGET', ids, args[i])
+      if at then
+        found[#found + 1] = i - 10
+        found[#found + 1] = tonumber(at)
+      end
+    end
+  end
+  if #found > 1 then
+    return found
+  end
+  local answer = append(keys, args)
+  local first = answer[1]
+  for i = 10, #args do
+    if args[i] ~= '' then
+      redis.call('HSET', ids, args[i], first + i - 10)
+      redis.call('ZADD', id_times, ms, args[i])
+    end
+  end
+  local excess = redis.call('ZCARD', id_times) - max_ids
+  if excess > 0 then
+    local popped = redis.call('ZPOPMIN', id_times, excess)
+    for i = 1, #popped, 2 do
+      redis.call('HDEL', ids, popped[i])
+    end
+  end
+  return answer
+end
+
 -- expire(log, meta, times; max age in ms) -> offset of the oldest message held.
 -- Drops the batches appended before the last mark older than the max age
 -- (by Redis's clock, which every node shares).
@@ -129,6 +181,9 @@ local function delete(keys, args)
   local log, meta, times = keys[1], keys[2], keys[3]
   local following = tonumber(redis.call('HGET', meta, 'next') or '0')
   redis.call('DEL', log, times)
+  if keys[5] then
+    redis.call('DEL', keys[4], keys[5]) -- the message ids it remembered
+  end
   if following > 0 then
     redis.call('HSET', meta, 'first', following)
     redis.call('HDEL', meta, 'marked')
@@ -161,6 +216,7 @@ local function reset_group(keys, args)
 end
 
 redis.register_function('broker_append_v1', append)
+redis.register_function('broker_append_once_v1', append_once)
 redis.register_function('broker_delete_v1', delete)
 redis.register_function('broker_reset_group_v1', reset_group)
 redis.register_function('broker_purge_v1', purge)

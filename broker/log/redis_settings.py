@@ -121,6 +121,8 @@ class TopicKeys:
     meta: str
     times: str
     channel: str
+    ids: str
+    id_times: str
 
 
 def topic_keys(prefix: str, topic: str) -> TopicKeys:
@@ -129,7 +131,14 @@ def topic_keys(prefix: str, topic: str) -> TopicKeys:
     # empty, thanks to "t:"), so they still share a slot; the suffix keeps
     # two topics' names apart. The prefix may hold no braces (checked).
     base = f"{prefix}:{{t:{topic}}}"
-    return TopicKeys(f"{base}:log", f"{base}:meta", f"{base}:times", f"{base}:grew")
+    return TopicKeys(
+        f"{base}:log",
+        f"{base}:meta",
+        f"{base}:times",
+        f"{base}:grew",
+        f"{base}:ids",
+        f"{base}:idtimes",
+    )
 
 
 def check_prefix(prefix: str) -> str:
@@ -154,6 +163,11 @@ class RedisStoreSettings:
     node_name: str = "broker"
     """This node's name among a consumer group's consumers in Redis: the same
     after a restart, so that the node takes back what it had claimed."""
+    dedup_window: float = 0.0
+    """Seconds Redis remembers a message id for every node (exactly-once
+    publishing); 0: ids are not looked at."""
+    dedup_max_ids: int = 1_000_000
+    """Message ids a topic remembers at most in Redis (the oldest go first)."""
     claim_idle: float = 60.0
     """Seconds a batch claimed by a group's consumer (a node) may stay
     unacknowledged before another node takes it over."""

@@ -198,6 +198,36 @@ async def test_headers_published_on_one_node_reach_a_subscriber_on_the_other(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_message_id_is_stored_once_whichever_node_it_is_published_on(
+    redis_servers, tmp_path
+):
+    a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2)
+    on_a = connect(reactor, a.endpoint, extensions=True)
+    on_b = connect(reactor, b.endpoint, extensions=True)
+    reader = connect(reactor, b.endpoint, extensions=True)
+    try:
+        assert await on_a.publish("once", b"x", headers={"Msg-Id": "k1"}) == 0
+        assert await on_b.publish("once", b"x again", headers={"Msg-Id": "k1"}) == 0
+        assert await on_a.publish("once", b"x again", headers={"Msg-Id": "k1"}) == 0
+        assert await on_b.publish("once", b"y", headers={"Msg-Id": "k2"}) == 1
+        both = await gatherResults(
+            [
+                on_a.publish("once", b"z", headers={"Msg-Id": "k3"}),
+                on_b.publish("once", b"z", headers={"Msg-Id": "k3"}),
+            ]
+        )
+        assert both == [2, 2]
+        assert await on_a.publish("once", b"plain") == 3  # (an id of the client's own)
+        everything = Received()
+        await reader.subscribe(["once"], everything, start=StartAt.BEGINNING)
+        await everything.wait(4)
+        assert everything.pairs == [(0, b"x"), (1, b"y"), (2, b"z"), (3, b"plain")]
+    finally:
+        await gatherResults([made.close() for made in (on_a, on_b, reader)])
+        await gatherResults([a.stop(), b.stop()])
+
+
+@pytest_twisted.ensureDeferred
 async def test_publishers_on_both_nodes_get_dense_offsets_in_their_own_order(
     redis_servers, tmp_path
 ):
@@ -897,9 +927,15 @@ async def test_an_operator_sees_resets_and_deletes_across_nodes(redis_servers, t
     try:
         assert await publish_batches(a, "ledger", 4, 25) == 100
         assert await publish_batches(b, "only-b", 1, 3) == 3
-        # a lists the topic only b opened, from what Redis holds.
-        status, listed = await _admin(on_a, "GET", "topics")
-        topics = {topic["name"]: topic for topic in listed["topics"]}
+        # a lists the topic only b opened, from what Redis holds, once b's
+        # announcement of the new name has reached it.
+        deadline = time.monotonic() + 10
+        while True:
+            status, listed = await _admin(on_a, "GET", "topics")
+            topics = {topic["name"]: topic for topic in listed["topics"]}
+            if "only-b" in topics or time.monotonic() > deadline:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
         assert status == 200 and topics["only-b"]["next"] == 3, listed
 
         received = Received()
