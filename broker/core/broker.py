@@ -189,12 +189,25 @@ class Broker:
             return Appended(refusal=refusal)
         try:
             stored = self.registry.get(topic)
+            if headered and self.settings.dedup_window > 0:
+                return self._append_once(topic, stored, payloads, publisher, commit)
+            first = stored.append(payloads)
         except (TooManyTopics, StoreError) as error:
             self._store_refused(topic, len(payloads), error, publisher)
             return Appended(refusal=str(error))
-        if headered and self.settings.dedup_window > 0:
-            return self._append_once(topic, stored, payloads, publisher, commit)
-        return self._append_fresh(topic, stored, payloads, publisher, commit)
+        size = total_size(payloads)
+        stats.published_messages += len(payloads)
+        stats.published_bytes += size
+        # (isinstance of int, not of Deferred: an ABC's check costs more.)
+        if not isinstance(first, int):  # a networked store answers later
+            later: Deferred[int | str] = first.addErrback(
+                self._stored_later_failed, topic, len(payloads), publisher
+            )
+            return Appended(later, None, None, size)
+        committed = None
+        if commit and stored.log.committed_offset < first + len(payloads):
+            committed = stored.log.flush()
+        return Appended(first, None, committed, size)
 
     def _append_once(
         self, topic: str, stored: Topic, payloads: list[bytes], publisher: str, commit: bool
@@ -206,7 +219,7 @@ class Broker:
         window.expire(now)
         batch = deduplicate(payloads, window)
         if not batch.duplicates:
-            appended = self._append_fresh(topic, stored, payloads, publisher, commit)
+            appended = self.append(topic, payloads, None, publisher, commit)
             first = appended.first
             if isinstance(first, int):
                 window.remember(batch.stored_ids(first), now)
@@ -221,7 +234,7 @@ class Broker:
             if commit and log_.committed_offset <= max(offsets):
                 committed = log_.flush()
             return Appended(None, None, committed, 0, offsets, batch.duplicates)
-        appended = self._append_fresh(topic, stored, batch.fresh, publisher, commit)
+        appended = self.append(topic, batch.fresh, None, publisher, commit)
         first = appended.first
         if first is None:
             return appended
@@ -241,30 +254,6 @@ class Broker:
             later.addCallback(_offsets_of, batch),
             batch.duplicates,
         )
-
-    def _append_fresh(
-        self, topic: str, stored: Topic, payloads: list[bytes], publisher: str, commit: bool
-    ) -> Appended:
-        """Append what a batch has that is new, and count it."""
-        stats = self.stats
-        try:
-            first = stored.append(payloads)
-        except (TooManyTopics, StoreError) as error:
-            self._store_refused(topic, len(payloads), error, publisher)
-            return Appended(refusal=str(error))
-        size = total_size(payloads)
-        stats.published_messages += len(payloads)
-        stats.published_bytes += size
-        # (isinstance of int, not of Deferred: an ABC's check costs more.)
-        if not isinstance(first, int):  # a networked store answers later
-            later: Deferred[int | str] = first.addErrback(
-                self._stored_later_failed, topic, len(payloads), publisher
-            )
-            return Appended(later, None, None, size)
-        committed = None
-        if commit and stored.log.committed_offset < first + len(payloads):
-            committed = stored.log.flush()
-        return Appended(first, None, committed, size)
 
     def _dedup_window(self, topic: str, stored: Topic) -> DedupWindow:
         """The topic's window of message ids; made at its first publish with

@@ -140,7 +140,9 @@ class PublisherSession(Session):
             self.messages += len(payloads) - appended.duplicates
             self.bytes += appended.size
             first: int | list[int] | Deferred[Any] | None  # (a Deferred of an Outcome)
-            first = appended.first if appended.offsets is None else appended.offsets
+            first = appended.first
+            if first is None:  # some were stored already: each one's offset
+                first = appended.offsets
             # (isinstance of int, not of Deferred: an ABC's check costs more.)
             if isinstance(first, (int, list)):
                 firsts[topic] = first
