@@ -9,17 +9,22 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 
+from broker.wire.headers import Headered, with_headers
+
 
 class BatchCache:
     """Batches by first offset, at most `max_bytes` of payloads; the least
     recently used goes first, so a cursor reading history keeps the batch it
     reads while new appends come and go (the batch just added or read always
-    stays, however large)."""
+    stays, however large). A batch's header blocks are kept beside its
+    payloads, which are held as plain bytes (see broker.log.header_table)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._firsts: list[int] = []  # sorted
         self._batches: list[list[bytes]] = []
+        self._blocks: list[dict[int, bytes] | None] = []
+        """Per batch, its header blocks by index in it (None: none)."""
         self._sizes: list[int] = []
         self._recency: OrderedDict[int, None] = OrderedDict()  # first offsets, least recent first
         self.bytes = 0
@@ -39,8 +44,14 @@ class BatchCache:
         while index < len(self._firsts) and self._firsts[index] < end:
             self._remove(index)
         size = sum(map(len, payloads))
+        blocks = None
+        if Headered in map(type, payloads):
+            blocks = {at: p.headers for at, p in enumerate(payloads) if type(p) is Headered}
+            payloads = [bytes(payload) for payload in payloads]
+            size += sum(map(len, blocks.values()))
         self._firsts.insert(index, first)
         self._batches.insert(index, payloads)
+        self._blocks.insert(index, blocks)
         self._sizes.insert(index, size)
         self._recency[first] = None
         self.bytes += size
@@ -69,7 +80,7 @@ class BatchCache:
         first, batch = self._firsts[index], self._batches[index]
         if offset >= first + len(batch):
             return None
-        taken = batch[offset - first : offset - first + max_messages]
+        taken = self._taken(index, offset - first, max_messages)
         self._recency.move_to_end(first)
         end = first + len(batch)
         index += 1
@@ -77,10 +88,22 @@ class BatchCache:
             if self._firsts[index] != end:
                 break
             batch = self._batches[index]
-            taken.extend(batch[: max_messages - len(taken)])
+            taken.extend(self._taken(index, 0, max_messages - len(taken)))
             self._recency.move_to_end(end)
             end += len(batch)
             index += 1
+        return taken
+
+    def _taken(self, index: int, start: int, count: int) -> list[bytes]:
+        """Up to `count` payloads of batch `index` from its `start`th, with
+        their headers."""
+        taken = self._batches[index][start : start + count]
+        blocks = self._blocks[index]
+        if blocks is not None:
+            for at in range(len(taken)):
+                block = blocks.get(start + at)
+                if block is not None:
+                    taken[at] = with_headers(taken[at], block)
         return taken
 
     def drop_before(self, offset: int) -> None:
@@ -96,6 +119,7 @@ class BatchCache:
     def clear(self) -> None:
         self._firsts.clear()
         self._batches.clear()
+        self._blocks.clear()
         self._sizes.clear()
         self._recency.clear()
         self.bytes = 0
@@ -103,4 +127,4 @@ class BatchCache:
     def _remove(self, index: int) -> None:
         self.bytes -= self._sizes.pop(index)
         del self._recency[self._firsts[index]]
-        del self._firsts[index], self._batches[index]
+        del self._firsts[index], self._batches[index], self._blocks[index]

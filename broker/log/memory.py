@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from broker.log.header_table import HeaderTable
 from broker.log.interface import IMessageLog, IMessageStore, OneNodeStore, Retention
 from broker.log.positions import PositionStore
 from broker.wire import total_size
@@ -23,7 +24,8 @@ DEFAULT_MEMORY_RETENTION = Retention(max_bytes=256 * 1024 * 1024)
 
 @implementer(IMessageLog)
 class MemoryLog:
-    """Payloads in a list; a stored message exists once, here.
+    """Payloads in a list; a stored message exists once, here (its header
+    block, if it has one, beside it in a HeaderTable).
 
     The head is trimmed by advancing an index, and the list is compacted
     only once the dead part is large, so trimming stays O(1) per message.
@@ -37,6 +39,7 @@ class MemoryLog:
         self._retention = retention
         self._clock = clock
         self._messages: list[bytes] = []
+        self._headers = HeaderTable()
         self._start = 0  # index in _messages of the oldest message held
         self._base = 0  # offset of _messages[0]
         self.bytes_held = 0
@@ -59,8 +62,10 @@ class MemoryLog:
 
     def append(self, payloads: Sequence[bytes]) -> int:
         first = self.next_offset
-        self._messages.extend(payloads)
-        self.bytes_held += total_size(payloads)
+        headers = self._headers
+        held_before = headers.bytes
+        self._messages.extend(headers.take(first, payloads))
+        self.bytes_held += total_size(payloads) + headers.bytes - held_before
         self._batches.append((first, self._clock()))
         self._trim_to_limits()
         return first
@@ -69,7 +74,7 @@ class MemoryLog:
         start = offset - self._base
         if start < self._start:
             raise IndexError(f"offset {offset} is before the log's start {self.first_offset}")
-        return self._messages[start : start + max_messages]
+        return self._headers.give(offset, self._messages[start : start + max_messages])
 
     def watch(self, grew: Callable[[], None]) -> None:
         """Nothing else appends to this log."""
@@ -103,6 +108,7 @@ class MemoryLog:
 
     def close(self) -> None:
         self._messages = []
+        self._headers.clear()
         self._start = 0
         self.bytes_held = 0
 
@@ -118,8 +124,11 @@ class MemoryLog:
             messages = self._messages
             index = self._start
             excess = self.bytes_held - retention.max_bytes
+            headers = self._headers
             while excess > 0:
                 excess -= len(messages[index])
+                if headers:
+                    excess -= headers.size_at(self._base + index)
                 index += 1
             self._drop_until(self._base + index)
 
@@ -129,7 +138,10 @@ class MemoryLog:
         if end <= self._start:
             return
         messages = self._messages
-        self.bytes_held -= sum(map(len, messages[self._start : end]))
+        headers = self._headers
+        self.bytes_held -= sum(map(len, messages[self._start : end])) + headers.bytes
+        headers.drop_before(offset)
+        self.bytes_held += headers.bytes
         for index in range(self._start, end):
             messages[index] = b""  # release the payload now
         self._start = end

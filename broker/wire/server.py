@@ -484,6 +484,8 @@ class ServerDecoder(FrameDecoder):
             return block
         if not is_header_block(block):
             return None
+        if block[2:9] == b"\x06Msg-Id":
+            return block  # a message id makes it unique: not worth keeping
         if len(known) >= self._TOPIC_CACHE_SIZE:
             known.clear()
         known[block] = None
