@@ -40,6 +40,9 @@ from broker.wire.headers import (
 )
 from broker.wire.topic_names import decode_topic_list, decode_topic_name
 
+_LONE_ID = b"\x00\x01\x06Msg-Id"
+"""The head of a header block that is one Msg-Id header."""
+
 
 class ServerEvents(Protocol):
     """What a server-side decoder reports, in stream order."""
@@ -482,10 +485,11 @@ class ServerDecoder(FrameDecoder):
         known = self._blocks
         if block in known:
             return block
+        if block[:9] == _LONE_ID and len(block) == 11 + unpack_u16(block, 9)[0]:
+            # A message id alone, as the clients send it: unique, not kept.
+            return block if block[11:].isascii() else None
         if not is_header_block(block):
             return None
-        if block[2:9] == b"\x06Msg-Id":
-            return block  # a message id makes it unique: not worth keeping
         if len(known) >= self._TOPIC_CACHE_SIZE:
             known.clear()
         known[block] = None
