@@ -245,10 +245,12 @@ class PublisherConnection(ClientConnection):
         agreed, with confirms: the answer then says where the first copy went)."""
         return bool(self.server and self.server.get("dedup_window") and self.confirming)
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, block: bytes = b"") -> None:
         """Send a publish frame whose topic and payload are already checked
-        (after the frame of its headers, if it carries any)."""
-        block = header_block(payload)
+        (after the frame of its headers, if it carries any: `block`, or
+        those of the payload)."""
+        if not block:
+            block = header_block(payload)
         if block:
             self.write(encode_headers_frame(block) + encode_publish(topic, payload))
         else:

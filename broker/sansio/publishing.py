@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 from broker.sansio.connection import PublisherConnection, Unanswered
 from broker.sansio.messages import BrokerError, QueueFull, refusal
-from broker.wire.headers import Headered, message_id, with_message_id
+from broker.wire.headers import Headered, message_id, message_id_block, with_message_id
 
 ERR_NO_HEADERS = "this broker does not take headers (it did not agree them in Hello)"
 
@@ -31,7 +31,7 @@ H = TypeVar("H")
 class Pending(Generic[H]):
     """One publish: its message, and the handle its caller holds."""
 
-    __slots__ = ("handle", "identified", "original", "payload", "topic")
+    __slots__ = ("handle", "id_block", "identified", "original", "payload", "topic")
 
     def __init__(self, topic: str, payload: bytes, handle: H) -> None:
         self.topic = topic
@@ -40,7 +40,9 @@ class Pending(Generic[H]):
         self.identified = False
         """Whether its payload carries a message id (given at its first write)."""
         self.original: bytes | None = None
-        """The payload as published, where the client gave it an id."""
+        """The payload as published, where the client gave it an id among its headers."""
+        self.id_block = b""
+        """The header block of the id the client gave a payload without headers."""
 
 
 class Outbox(Generic[H]):
@@ -138,12 +140,16 @@ class Outbox(Generic[H]):
         if self._identifying:
             if not pending.identified:
                 self._identify(pending)
+            connection.publish(pending.topic, pending.payload, pending.id_block)
         elif type(pending.payload) is Headered and not connection.takes_headers:
             if pending.original is None or type(pending.original) is Headered:
                 self._fail(pending.handle, BrokerError(ERR_NO_HEADERS))
                 return
-            pending.payload = pending.original  # (its id was the client's doing)
-        connection.publish(pending.topic, pending.payload)
+            # Its headers were only the id the client gave it.
+            pending.payload = pending.original
+            connection.publish(pending.topic, pending.payload)
+        else:
+            connection.publish(pending.topic, pending.payload)
         if connection.confirming:
             self.unanswered.append(pending)
         else:
@@ -153,15 +159,17 @@ class Outbox(Generic[H]):
         """Give a publish a message id before its first write to a broker
         that stores an id once: sent again after a lost connection, it is
         then stored once however many copies arrive. An id of the caller's
-        own (a Msg-Id header) is kept."""
+        own (a Msg-Id header) is kept. A payload without headers keeps its
+        plain bytes; the id's block goes beside it."""
         pending.identified = True
         payload = pending.payload
-        if message_id(payload) is None:
-            self._ids_given += 1
+        self._ids_given += 1
+        given = self._id_prefix + format(self._ids_given, "x")
+        if type(payload) is not Headered:
+            pending.id_block = message_id_block(given)
+        elif message_id(payload) is None:
             pending.original = payload
-            pending.payload = with_message_id(
-                payload, self._id_prefix + format(self._ids_given, "x")
-            )
+            pending.payload = with_message_id(payload, given)
 
     def _confirmed(self, count: int, first_offset: int, sequence: int | None) -> None:
         pendings = self.unanswered.take(sequence, count)

@@ -226,6 +226,12 @@ def message_id(payload: bytes) -> bytes | None:
     return None
 
 
+def message_id_block(value: str) -> bytes:
+    """The header block of a Msg-Id header alone (as the clients send it)."""
+    raw = value.encode("utf-8")
+    return b"\x00\x01" + _ID_PAIR_HEAD + _U16.pack(len(raw)) + raw
+
+
 def with_message_id(payload: bytes, value: str) -> bytes:
     """`payload` with a Msg-Id header of `value` first among its headers."""
     raw = value.encode("utf-8")
