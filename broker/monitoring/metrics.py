@@ -39,6 +39,11 @@ _TOTALS = [
     ("broker_acks", "Acks received", "acks"),
     ("broker_nacks", "Nacks received", "nacks"),
     ("broker_dead_letters", "Messages appended to a dead-letter topic", "dead_letters"),
+    (
+        "broker_duplicate_publishes",
+        "Publishes not stored again: their message id was stored lately",
+        "duplicates",
+    ),
     ("broker_connections_accepted", "Connections accepted", "connections_accepted"),
     (
         "broker_authentication_failures",

@@ -117,6 +117,8 @@ async def test_metrics_count_a_known_workload_exactly():
         for n in range(10):
             await client.publish("orders", b"order-%d" % n)
         await client.publish("poison", b"never acked")
+        for _ in range(2):  # stored once
+            await client.publish("once", b"1", headers={"Msg-Id": "the-one"})
         await orders.wait(11)
         await poison.wait(2)
         while service.factory.broker.stats.dead_letters < 1:
@@ -124,8 +126,9 @@ async def test_metrics_count_a_known_workload_exactly():
         code, body = await get(monitor, "/metrics")
         assert code == 200
         found = samples(body)
-        assert found[("broker_published_messages_total", ())] == 11
-        assert found[("broker_published_bytes_total", ())] == 10 * 7 + len(b"never acked")
+        assert found[("broker_published_messages_total", ())] == 12
+        assert found[("broker_published_bytes_total", ())] == 10 * 7 + len(b"never acked") + 1
+        assert found[("broker_duplicate_publishes_total", ())] == 1
         assert found[("broker_delivered_messages_total", ())] == 13  # 10 + 1 again + 2 poison
         assert found[("broker_acks_total", ())] == 10
         assert found[("broker_nacks_total", ())] == 3
