@@ -304,16 +304,17 @@ class SubscriberSession(Session):
 def _headers_frame(block: bytes) -> bytes:
     """The Headers frame a subscriber gets for a stored block: without its
     Msg-Id (b"" if nothing else is left). Those made lately are kept
-    (messages repeat a few sets of headers; an id makes its block unique,
-    so it is taken out first)."""
-    block = without_message_id(block)
-    if not block:
-        return b""
+    (messages repeat a few sets of headers), but not those of blocks with
+    a message id first, which make every block unique."""
     frame = _HEADER_FRAMES.get(block)
-    if frame is None:
+    if frame is not None:
+        return frame
+    shown = without_message_id(block)
+    frame = encode_headers_frame(shown) if shown else b""
+    if block[2:9] != b"\x06Msg-Id":
         if len(_HEADER_FRAMES) >= 256:
             _HEADER_FRAMES.clear()
-        frame = _HEADER_FRAMES[block] = encode_headers_frame(block)
+        _HEADER_FRAMES[block] = frame
     return frame
 
 
