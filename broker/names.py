@@ -24,3 +24,14 @@ def group_name_problem(group: str) -> str | None:
     if not 1 <= len(group) <= 64 or not all(c.isalnum() or c in "_.-" for c in group):
         return "a group name is 1-64 letters, digits, '_', '.' or '-'"
     return None
+
+
+INBOX_PREFIX = "_INBOX."
+"""Topics whose names start so are inboxes: a requester's own topic for the
+replies to its requests, kept in memory only (never in a store), readable
+and writable by anyone who knows the name (the clients make 128-bit random
+ones), matched by no pattern."""
+
+
+def is_inbox(name: str) -> bool:
+    return name.startswith(INBOX_PREFIX)

@@ -73,6 +73,12 @@ class Client(Protocol):
         self, topics: list[str], start: StartAt = StartAt.CURRENT, offset: int = 0
     ) -> BatchSub: ...
 
+    def request(self, topic: str, data: bytes, headers: Any = None, timeout: float = 5) -> Got: ...
+
+    def reply(self, topic: str, handler: Any) -> None:
+        """Answer `topic`'s requests with `handler(Got)` (data, (data,
+        headers) or None) until the client closes."""
+
     def subscribe(
         self,
         topics: list[str],
@@ -401,8 +407,20 @@ class TwistedClient:
         )
         return sub
 
+    def request(self, topic: str, data: bytes, headers: Any = None, timeout: float = 5) -> Got:
+        return _got(_in_reactor(self._client.request, topic, data, headers, timeout))
+
+    def reply(self, topic: str, handler: Any) -> None:
+        _in_reactor(self._client.reply, topic, lambda message: handler(_got(message)))
+
     def close(self) -> None:
         _in_reactor(self._client.close)
+
+
+def _got(message: broker.client.Message) -> Got:
+    return Got(
+        message.topic, message.offset, message.payload, message.attempt, message.headers.pairs()
+    )
 
 
 # The asyncio client.
@@ -469,6 +487,17 @@ class AsyncioClient:
     def run(self, work: Any) -> Any:
         return self._loop.run_until_complete(work)
 
+    def request(self, topic: str, data: bytes, headers: Any = None, timeout: float = 5) -> Got:
+        reply = self.run(self._client.request(topic, data, headers=headers, timeout=timeout))
+        return Got(reply.topic, reply.offset, reply.data, reply.attempt, reply.headers.pairs())
+
+    def reply(self, topic: str, handler: Any) -> None:
+        def answer(request: broker.aio.Delivery) -> Any:
+            pairs = request.headers.pairs()
+            return handler(Got(request.topic, request.offset, request.data, request.attempt, pairs))
+
+        self.run(_awaited(self._client.reply(topic, answer)))
+
     def publish(self, topic: str, data: bytes, headers: Any = None) -> int | None:
         return self.run(self._client.publish(topic, data, headers))
 
@@ -501,6 +530,10 @@ class AsyncioClient:
     def close(self) -> None:
         self.run(self._client.close())
         self._loop.close()
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 # The blocking client.
@@ -570,6 +603,16 @@ class BlockingClient:
     ) -> _BlockingSub:
         return _BlockingSub(
             self._client.subscribe(topics, start=start, offset=offset, group=group, durable=durable)
+        )
+
+    def request(self, topic: str, data: bytes, headers: Any = None, timeout: float = 5) -> Got:
+        reply = self._client.request(topic, data, headers, timeout)
+        return Got(reply.topic, reply.offset, reply.data, reply.attempt, reply.headers.pairs())
+
+    def reply(self, topic: str, handler: Any) -> None:
+        self._client.reply(
+            topic,
+            lambda m: handler(Got(m.topic, m.offset, m.data, m.attempt, m.headers.pairs())),
         )
 
     def close(self) -> None:

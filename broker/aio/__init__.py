@@ -38,6 +38,7 @@ from broker.sansio.messages import (
     OutcomeUnknown,
     QueueFull,
 )
+from broker.sansio.requests import NoResponders, RequestTimedOut
 from broker.wire import StartAt
 
 # A library logs, its program decides where to: nothing by default.
@@ -53,8 +54,10 @@ __all__ = [
     "Delivery",
     "ExtensionsRefused",
     "Message",
+    "NoResponders",
     "OutcomeUnknown",
     "QueueFull",
+    "RequestTimedOut",
     "StartAt",
     "Subscription",
     "backoff",

@@ -38,6 +38,13 @@ from broker.sansio.messages import (
     prepared,
 )
 from broker.sansio.publishing import Outbox, Pending
+from broker.sansio.requests import (
+    DEFAULT_RESPONDERS,
+    Reply,
+    Requests,
+    RequestTimedOut,
+    reply_to_request,
+)
 from broker.sansio.subscriptions import Subscriptions
 from broker.wire import ERR_TOO_MANY_CONNECTIONS, StartAt
 from broker.wire.headers import HeaderPairs, Headers
@@ -525,6 +532,8 @@ class Client:
         self._subscriber = _Role(
             self, "subscriber", self._make_subscriber, self._resubscribe, lambda link: None
         )
+        self._requests: Requests[asyncio.Future[Delivery]] = Requests()
+        self._inbox: Subscription | None = None
 
     # Connecting.
 
@@ -779,6 +788,87 @@ class Client:
             return
         subscription._deliver(Delivery(message, delivery_id, connection))
 
+    # Request and reply.
+
+    async def request(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        headers: HeaderPairs | None = None,
+        timeout: float = 5.0,
+    ) -> Delivery:
+        """Publish a request to `topic` and return its reply, or raise
+        NoResponders (nobody reads the topic: the broker says so at once) or
+        RequestTimedOut (no reply within `timeout` seconds). Replies come to
+        the client's inbox, a topic only it reads."""
+        self._raise_if_over()
+        check_publish(topic, data)
+        requests = self._requests
+        answered: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        correlation, payload = requests.prepare(data, headers, answered)
+
+        async def ask() -> Delivery:
+            await self._inbox_ready()
+            await self.publish(topic, payload)
+            return await answered
+
+        try:
+            return await asyncio.wait_for(ask(), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimedOut(f"no reply from {topic!r} within {timeout:g} s") from None
+        finally:
+            requests.forget(correlation)
+
+    async def _inbox_ready(self) -> None:
+        """Subscribe to the inbox at the first request (kept for the client's life)."""
+        if self._inbox is None:
+            self._inbox = self.subscribe([self._requests.inbox], handler=self._replied)
+        try:
+            await self._inbox
+        except BaseException:
+            self._inbox = None  # the next request tries again
+            raise
+
+    def _replied(self, delivery: Delivery) -> bool:
+        settled = self._requests.answered(delivery.message)
+        if settled is not None:
+            handle, outcome = settled
+            if not handle.done():
+                if isinstance(outcome, Exception):
+                    handle.set_exception(outcome)
+                else:
+                    handle.set_result(delivery)
+        return True
+
+    def reply(
+        self,
+        topic: str,
+        handler: Callable[[Delivery], Reply | Awaitable[Reply]],
+        *,
+        group: str | None = DEFAULT_RESPONDERS,
+    ) -> Subscription:
+        """Answer the requests published to `topic`: `handler(request)`
+        (sync or async) gives the reply's data, or (data, headers), or None
+        for none, published to the request's inbox. Responders share a
+        consumer group (`group`, "responders" by default): each request goes
+        to one of them. Await it, or use it as `async with`."""
+
+        async def on_request(request: Delivery) -> bool:
+            reply = handler(request)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            found = reply_to_request(request.message, reply)
+            if found is not None:
+                inbox, payload = found
+                try:
+                    await self.publish(inbox, payload)
+                except BrokerError as error:  # its requester is gone: done all the same
+                    log.warning("a reply to %r was not sent: %s", inbox, error)
+            return True
+
+        return self.subscribe([topic], group=group, handler=on_request)
+
     # Both.
 
     async def close(self) -> None:
@@ -797,6 +887,9 @@ class Client:
         if outbox.connection is not None:
             outbox.lost(outbox.connection)  # its unanswered publishes fail too
         outbox.fail_all(ConnectionLost("the client was closed"))
+        for handle in self._requests.fail_all(ConnectionLost("the client was closed")):
+            if not handle.done():
+                handle.set_exception(ConnectionLost("the client was closed"))
 
     async def __aenter__(self) -> Client:
         return self

@@ -434,8 +434,8 @@ class BrokerService(MultiService):
         self.rates.sample(self._reactor.seconds(), self.factory.broker.stats)
 
     def apply_retention(self) -> None:
-        """Apply each topic's retention, and forget the message ids past
-        their window (a timer calls this every second)."""
+        """Apply each topic's retention, forget the message ids past their
+        window and the inboxes nobody uses (a timer calls this every second)."""
         now = self._reactor.seconds()
         broker = self.factory.broker
         floors = broker.groups.floors()
@@ -443,6 +443,7 @@ class BrokerService(MultiService):
             topic.log.keep_from = floors.get(topic.name)
             topic.log.apply_retention(now)
         broker.expire_message_ids()
+        broker.sweep_inboxes()
 
     def _sync_store(self) -> None:
         self.factory.broker.store.sync()

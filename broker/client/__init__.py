@@ -42,6 +42,7 @@ from broker.client.reconnecting import (
     QueueFull,
     connect,
 )
+from broker.sansio.requests import NoResponders, RequestTimedOut
 from broker.wire import StartAt
 
 __all__ = [
@@ -53,9 +54,11 @@ __all__ = [
     "ExtensionsRefused",
     "Handler",
     "Message",
+    "NoResponders",
     "OutcomeUnknown",
     "PublisherProtocol",
     "QueueFull",
+    "RequestTimedOut",
     "StartAt",
     "SubscriberProtocol",
     "connect",

@@ -40,6 +40,7 @@ from broker.client.protocols import (
     PublisherProtocol,
     SubscriberProtocol,
 )
+from broker.client.requesting import DEFAULT_RESPONDERS, Requester, responder
 from broker.sansio.messages import (
     AuthenticationFailed,
     BrokerError,
@@ -55,6 +56,7 @@ from broker.sansio.messages import (
     prepared,
 )
 from broker.sansio.publishing import Outbox, Pending
+from broker.sansio.requests import Reply
 from broker.sansio.subscriptions import Subscriptions
 from broker.security.tls import HandshakeFirstEndpoint, client_options, describe_tls_failure
 from broker.wire import ERR_TOO_MANY_CONNECTIONS, StartAt
@@ -246,6 +248,7 @@ class BrokerClient:
             _settle, _fail, max_queued, on_error=self._publish_error
         )
         self._closed = False
+        self._requester: Requester | None = None
         self.retry_on_auth_failure = retry_on_auth_failure
         """Whether refused credentials are tried again, with backoff."""
         self.refused: AuthenticationFailed | None = None
@@ -442,6 +445,8 @@ class BrokerClient:
         self._outbox.lost(protocol.publisher)
         if self._closed:
             self._outbox.fail_all(ConnectionDone("the client was closed"))
+            if self._requester is not None:
+                self._requester.close(ConnectionDone("the client was closed"))
         elif self.refused is not None:
             self._outbox.fail_all(self.refused)
 
@@ -529,6 +534,36 @@ class BrokerClient:
 
         return self._retrying(unsubscribe)
 
+    # Request and reply.
+
+    def request(
+        self,
+        topic: str,
+        data: bytes,
+        headers: HeaderPairs | None = None,
+        timeout: float = 5.0,
+    ) -> Deferred[Message]:
+        """Publish a request to `topic` and fire with its reply (a Message),
+        or fail with NoResponders (nobody reads the topic: the broker says
+        so at once) or RequestTimedOut (no reply within `timeout` seconds).
+        Replies come to the client's inbox, a topic only it reads."""
+        if self._requester is None:
+            self._requester = Requester(self, self._reactor)
+        return self._requester.request(topic, data, headers, timeout)
+
+    def reply(
+        self,
+        topic: str,
+        handler: Callable[[Message], Reply | Deferred[Reply]],
+        group: str | None = DEFAULT_RESPONDERS,
+    ) -> Deferred[None]:
+        """Answer the requests published to `topic`: `handler(request)`
+        gives the reply's data (or (data, headers), or None for none; a
+        Deferred of it too), published to the request's inbox. Responders
+        share a consumer group (`group`, "responders" by default): each
+        request goes to one of them; fires once subscribed."""
+        return self.subscribe([topic], responder(self, handler), group=group)
+
     def subscriber_connected(self) -> Deferred[SubscriberProtocol]:
         """The subscriber connection, once it is up and has resubscribed."""
         return self._subscriber.when_ready()
@@ -576,6 +611,8 @@ class BrokerClient:
                 if stopped is not None:
                     await stopped
             self._outbox.fail_all(ConnectionDone("the client was closed"))
+            if self._requester is not None:
+                self._requester.close(ConnectionDone("the client was closed"))
 
         return ensureDeferred(close())
 

@@ -22,15 +22,19 @@ from broker.core.dead_letters import DeadLetterPolicy, encode_dead_letter
 from broker.core.dedup import Deduplicated, DedupWindow, deduplicate, recall
 from broker.core.delivery import Delivery, DeliveryTimers
 from broker.core.groups import GroupRegistry
+from broker.core.inboxes import INBOX_IDLE, INBOX_RETENTION, no_responders_reply
 from broker.core.input_budget import InputBudget
 from broker.core.settings import BrokerSettings
 from broker.core.stats import BrokerStats
 from broker.core.topics import TooManyTopics, Topic, TopicRegistry
-from broker.log import IMessageStore, ISharedStore, MemoryStore, StoreError
+from broker.log import IMessageLog, IMessageStore, ISharedStore, MemoryLog, MemoryStore, StoreError
+from broker.log.interface import SharedConsumer
+from broker.names import is_inbox
 from broker.security.auth import Authenticator
 from broker.security.permissions import Rules
 from broker.security.users import Users
 from broker.wire import ERR_PERMISSION_DENIED, total_size
+from broker.wire.headers import reply_to
 
 log = Logger()
 
@@ -102,8 +106,10 @@ class Broker:
             store = MemoryStore(settings.retention, clock=seconds)
         self.store = store
         """Where topics and durable positions are kept (memory, files, Redis)."""
+        self.inboxes: set[str] = set()
+        """The inboxes held here (request and reply), kept in memory only."""
         self.registry = TopicRegistry(
-            store.open, settings.max_topics, clock=seconds, shared_names=store.shared_topics
+            self._open_log, settings.max_topics, clock=seconds, shared_names=store.shared_topics
         )
         self.timers = DeliveryTimers(clock, settings.delivery)
         self.dead_letters = DeadLetterPolicy(settings.dead_letter_topic)
@@ -132,9 +138,29 @@ class Broker:
         if ISharedStore.providedBy(store):
             store.follow_deleted_topics(self._deleted_elsewhere)
 
+    def _open_log(self, name: str) -> IMessageLog:
+        """The log of a topic made here: the store's, or, for an inbox, one
+        in memory that the store never sees (other nodes send it replies
+        through the store, if it is shared)."""
+        if not is_inbox(name):
+            return self.store.open(name)
+        self.inboxes.add(name)
+        if ISharedStore.providedBy(self.store):
+            self.store.follow_inbox(
+                name, lambda payloads: self._sent_from_elsewhere(name, payloads)
+            )
+        return MemoryLog(INBOX_RETENTION, clock=self.clock.seconds)
+
+    def _sent_from_elsewhere(self, inbox: str, payloads: list[bytes]) -> None:
+        if inbox in self.registry:
+            self.registry.publish(inbox, payloads)
+
     def readers_of(self, topic: str) -> int:
         """Subscriptions and consumer groups with members that read `topic` here."""
         subscribed = sum(1 for consumer in self.consumers if consumer.reads(topic))
+        if topic not in self.registry and len(self.registry.patterns):
+            # A pattern takes the topic once it is made.
+            subscribed += sum(1 for _ in self.registry.patterns.match(topic))
         return subscribed + sum(1 for group in self.groups.of_topic(topic) if group.members)
 
     def forget_topic(self, name: str) -> None:
@@ -145,6 +171,10 @@ class Broker:
             groups.drop(name, group.name, group.durable)
         self.registry.remove(name)
         self.dedup_windows.pop(name, None)
+        if name in self.inboxes:
+            self.inboxes.discard(name)
+            if ISharedStore.providedBy(self.store):
+                self.store.unfollow_inbox(name)
 
     def _deleted_elsewhere(self, name: str) -> None:
         """An operator deleted `name` through another node: close it here
@@ -157,6 +187,8 @@ class Broker:
         """Why a publisher whose user has the rights `may_publish` (None: no
         users file) may not publish to `topic`, as the Error that says so;
         None if it may. Every front door asks this before it appends."""
+        if is_inbox(topic):
+            return None  # a reply: whoever knows an inbox's name may answer it
         if self.dead_letters.is_dead_letter_topic(topic):
             # Only the broker writes dead letters: none may be forged.
             return (
@@ -187,6 +219,10 @@ class Broker:
         if refusal is not None:
             stats.refusals[ERR_PERMISSION_DENIED] += len(payloads)
             return Appended(refusal=refusal)
+        if headered and not is_inbox(topic):
+            self._answer_unheard_requests(topic, payloads)
+        elif is_inbox(topic) and topic not in self.registry and ISharedStore.providedBy(self.store):
+            return self._send_to_inbox_elsewhere(topic, payloads)
         try:
             stored = self.registry.get(topic)
             if headered and self.settings.dedup_window > 0:
@@ -208,6 +244,57 @@ class Broker:
         if commit and stored.log.committed_offset < first + len(payloads):
             committed = stored.log.flush()
         return Appended(first, None, committed, size)
+
+    def _answer_unheard_requests(self, topic: str, payloads: list[bytes]) -> None:
+        """Answer at once each request of a batch to `topic` if nobody reads
+        it, here or (on a shared store) through a consumer group of another
+        node: `Status: 503` in its Reply-To inbox. The request is stored
+        all the same, as any publish is."""
+        requests = [(payload, inbox) for payload in payloads if (inbox := reply_to(payload))]
+        if not requests or self.readers_of(topic):
+            return
+        store = self.store
+        if not ISharedStore.providedBy(store):
+            self._no_responders(requests)
+            return
+
+        def answer(consumers: list[SharedConsumer]) -> None:
+            if not any(consumer.live_nodes for consumer in consumers):
+                self._no_responders(requests)
+
+        store.shared_consumers(topic).addCallbacks(answer, lambda _: None)
+
+    def _no_responders(self, requests: list[tuple[bytes, str]]) -> None:
+        for request, inbox in requests:
+            self.stats.no_responders += 1
+            self.append(inbox, [no_responders_reply(request)], None, "the broker")
+
+    def _send_to_inbox_elsewhere(self, inbox: str, payloads: list[bytes]) -> Appended:
+        """A reply to an inbox another node holds: sent there through the
+        shared store, stored nowhere. Confirmed at offset 0 once a node
+        heard it, refused if none holds the inbox."""
+        assert ISharedStore.providedBy(self.store)
+
+        def heard(nodes: int) -> int | str:
+            return 0 if nodes else f"no such inbox: {inbox!r} (its requester is gone)"
+
+        sent: Deferred[Any] = self.store.send_to_inbox(inbox, payloads)
+        sent.addCallbacks(heard, lambda failure: f"could not send the reply: {failure.value}")
+        return Appended(sent, None, None, total_size(payloads))
+
+    def sweep_inboxes(self) -> None:
+        """Drop the inboxes nobody has waited on or written to for a while
+        (their requesters are gone)."""
+        now = self.clock.seconds()
+        for name in list(self.inboxes):
+            topic = self.registry.get(name) if name in self.registry else None
+            if topic is None:
+                self.inboxes.discard(name)
+                continue
+            last = topic.appended_at(topic.log.next_offset - 1)
+            idle = now - (last if last is not None else self.started)
+            if not topic.waiting and idle > INBOX_IDLE and not self.readers_of(name):
+                self.forget_topic(name)
 
     def _append_once(
         self, topic: str, stored: Topic, payloads: list[bytes], publisher: str, commit: bool

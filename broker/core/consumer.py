@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from broker.core.delivery import Delivery, DeliveryWindow, Subscription
 from broker.core.patterns import PatternSubscriptions
 from broker.core.topics import TooManyTopics, Topic
-from broker.names import DURABLE_PREFIX, group_name_problem, parse_group_name
+from broker.names import DURABLE_PREFIX, group_name_problem, is_inbox, parse_group_name
 from broker.subjects import PatternError, check_pattern, is_pattern
 from broker.wire import (
     ERR_DURABLE_NOT_JOINED,
@@ -327,8 +327,9 @@ class Consumer:
         return True
 
     def reads(self, topic: str) -> bool:
-        """Whether it is subscribed to `topic` (by name or by a pattern)."""
-        return topic in self.window.subscriptions
+        """Whether it is subscribed to `topic` (by name or by a pattern), or
+        waits for it to be made."""
+        return topic in self.window.subscriptions or topic in self._awaited
 
     @property
     def awaited(self) -> list[str]:
@@ -376,7 +377,9 @@ class Consumer:
     def _may_read(self, name: str) -> bool:
         """Whether its user may read topic `name` (or pattern, as its own name)."""
         user = self._user
-        return user is None or self.broker.dead_letters.may_read(name, user.subscribe)
+        if user is None or is_inbox(name):  # (an inbox: whoever knows its name)
+            return True
+        return self.broker.dead_letters.may_read(name, user.subscribe)
 
     def permissions_changed(self, user: User) -> list[str]:
         """The users file was re-read: end what `user` may no longer read,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from broker.core.dead_letters import DeadLetterPolicy
 from broker.core.delivery import DeliveryWindow
 from broker.core.topics import Topic, TopicRegistry
+from broker.names import is_inbox
 from broker.subjects import PatternIndex
 from broker.wire import StartAt
 
@@ -92,6 +93,8 @@ class PatternSubscriptions:
         taken = 0
         if len(new):
             for topic in list(self._registry):
+                if is_inbox(topic.name):
+                    continue  # no pattern reads an inbox
                 for holder in new.match(topic.name):
                     taken += self.matched(holder, topic, start)
         return taken

@@ -11,6 +11,7 @@ from typing import Protocol
 from twisted.internet.defer import Deferred
 
 from broker.log import IMessageLog, MemoryLog
+from broker.names import is_inbox
 from broker.subjects import PatternIndex
 from broker.wire import ERR_TOO_MANY_TOPICS, delivery_prefix, extended_delivery_prefix
 
@@ -188,7 +189,7 @@ class TopicRegistry:
             if len(self._topics) >= self._max_topics:
                 raise TooManyTopics()
             topic = self._topics[name] = Topic(name, self._make_log(name), self._clock)
-            if len(self.patterns):
+            if len(self.patterns) and not is_inbox(name):  # (no pattern reads an inbox)
                 for holder in self.patterns.match(name):
                     holder.topic_created(topic)
             awaiting = self._awaited.pop(name, None)
@@ -198,8 +199,9 @@ class TopicRegistry:
         return topic
 
     def exists(self, name: str) -> bool:
-        """Whether topic `name` is open here or held by a shared store."""
-        return name in self._topics or name in self._shared_names()
+        """Whether topic `name` is open here or held by a shared store (an
+        inbox always is: subscribing makes it, so that replies find it)."""
+        return name in self._topics or is_inbox(name) or name in self._shared_names()
 
     def await_topic(self, name: str, holder: PatternHolder) -> None:
         """Tell `holder` when topic `name` (which does not exist) is created."""

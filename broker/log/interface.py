@@ -221,6 +221,17 @@ class ISharedStore(IMessageStore):
         """Have `told(name)` called for each topic an operator deleted,
         through any node."""
 
+    def follow_inbox(name, told):
+        """Have `told(payloads)` called with what other nodes send to inbox
+        `name` (request and reply: its requester is connected here)."""
+
+    def unfollow_inbox(name):
+        """Stop hearing what is sent to inbox `name`."""
+
+    def send_to_inbox(name, payloads):
+        """Send `payloads` to inbox `name` on whichever node holds it: a
+        Deferred of how many nodes heard them (0: none holds it)."""
+
 
 class OneNodeStore:
     """What the stores of one node (memory, files) answer alike: no other

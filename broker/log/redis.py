@@ -458,6 +458,8 @@ class _ShardListener:
         )
         self.pubsub = self.client.pubsub()
         self.channels: set[str] = set()
+        self.leaving: set[str] = set()
+        """Channels unsubscribed from on purpose (not a slot that moved)."""
         self._task: asyncio.Task[None] | None = None
         self._store = store
 
@@ -466,6 +468,12 @@ class _ShardListener:
         self.channels.update(channels)
         if self._task is None:
             self._task = asyncio.ensure_future(self._listen())
+
+    async def unsubscribe(self, channel: str) -> None:
+        if channel in self.channels:
+            self.channels.discard(channel)
+            self.leaving.add(channel)
+            await self.pubsub.sunsubscribe(channel)
 
     async def _listen(self) -> None:
         announced = self._store.announced
@@ -478,6 +486,10 @@ class _ShardListener:
                 if kind == "smessage":
                     announced(message["channel"], message["data"])
                 elif kind == "sunsubscribe":
+                    channel = _text(message["channel"])
+                    if channel in self.leaving:
+                        self.leaving.discard(channel)
+                        continue
                     raise redis_errors.ConnectionError("a slot moved to another primary")
         except asyncio.CancelledError:
             raise
@@ -510,6 +522,8 @@ class RedisStore:
         self.pending_bytes = 0
         self._logs: dict[str, RedisLog] = {}
         self._followed: dict[str, RedisLog] = {}  # channel -> log
+        self._inboxes: dict[str, Callable[[list[bytes]], None]] = {}
+        """Channel -> what hears the replies other nodes send to an inbox here."""
         self._listeners: dict[tuple[str, int], _ShardListener] = {}
         self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         self._closed = False
@@ -1202,6 +1216,40 @@ class RedisStore:
         first, end = await self._call(self.client.hmget(keys.meta, "first", "next"))
         return int(first or 0), int(end or 0)
 
+    # Inboxes: the replies to a requester connected to another node.
+
+    def _inbox_channel(self, name: str) -> str:
+        return f"{self.settings.prefix}:{{i:{name}}}:inbox"
+
+    def follow_inbox(self, name: str, told: Callable[[list[bytes]], None]) -> None:
+        channel = self._inbox_channel(name)
+        self._inboxes[channel] = told
+        self._background(self._follow_inbox(channel))
+
+    async def _follow_inbox(self, channel: str) -> None:
+        try:
+            await self.ready_now()
+            listener = self._listener(self._owner(channel))
+            await asyncio.wait_for(listener.subscribe([channel]), self.settings.timeout)
+        except Exception as error:
+            log.debug("following an inbox: {error}", error=error)
+            self._hear_again(channel, None)
+
+    def unfollow_inbox(self, name: str) -> None:
+        channel = self._inbox_channel(name)
+        if self._inboxes.pop(channel, None) is None:
+            return
+        self._unheard.pop(channel, None)
+        for listener in list(self._listeners.values()):
+            if channel in listener.channels:
+                self._background(listener.unsubscribe(channel))
+
+    def send_to_inbox(self, name: str, payloads: list[bytes]) -> Deferred[int]:
+        message = b"%d:" % len(payloads) + pack_batch(payloads)
+        return self._deferred(
+            self._call(self.client.spublish(self._inbox_channel(name), message))
+        ).addCallback(int)
+
     # The directory of topics, for patterns that match topics other nodes made.
 
     def register_topic(self, name: str) -> None:
@@ -1240,7 +1288,11 @@ class RedisStore:
         name = channel.decode("utf-8", "surrogateescape")
         topic_log = self._followed.get(name)
         if topic_log is None:
-            if name == self._directory_channel:
+            inbox = self._inboxes.get(name)
+            if inbox is not None:
+                count, batch = message.split(b":", 1)
+                inbox(unpack_batch(int(count), batch))
+            elif name == self._directory_channel:
                 told = message.decode("utf-8", "surrogateescape")
                 if told.startswith(DELETED_MARK):
                     self._deleted(told[len(DELETED_MARK) :])
@@ -1272,7 +1324,7 @@ class RedisStore:
             n=len(listener.channels),
         )
         for channel in listener.channels:
-            if channel == self._directory_channel:
+            if channel == self._directory_channel or channel in self._inboxes:
                 self._hear_again(channel, None)
             elif channel in self._followed:
                 self._hear_again(channel, self._followed[channel])
@@ -1320,9 +1372,9 @@ class RedisStore:
                     await asyncio.wait_for(listener.subscribe([channel]), self.settings.timeout)
                 for channel in channels:
                     topic_log = self._unheard[channel]
-                    if topic_log is None:
+                    if channel == self._directory_channel:
                         await self._follow_directory()
-                    elif self._followed.get(channel) is topic_log:
+                    elif topic_log is not None and self._followed.get(channel) is topic_log:
                         await self._refresh(topic_log)  # what it missed meanwhile
                     del self._unheard[channel]
             except Exception as error:

@@ -23,6 +23,7 @@ from broker.sansio.messages import (
     OutcomeUnknown,
     QueueFull,
 )
+from broker.sansio.requests import NoResponders, RequestTimedOut
 from broker.sync.client import Message, SyncClient, SyncSubscription, connect
 from broker.wire import StartAt
 
@@ -33,8 +34,10 @@ __all__ = [
     "ConnectionLost",
     "ExtensionsRefused",
     "Message",
+    "NoResponders",
     "OutcomeUnknown",
     "QueueFull",
+    "RequestTimedOut",
     "StartAt",
     "SyncClient",
     "SyncSubscription",

@@ -24,6 +24,7 @@ from broker.aio.client import (
 )
 from broker.aio.client import connect as aio_connect
 from broker.sansio.messages import Publish
+from broker.sansio.requests import DEFAULT_RESPONDERS, Reply
 from broker.wire import StartAt
 from broker.wire.headers import HeaderPairs, Headers
 
@@ -224,6 +225,7 @@ class SyncClient:
         self.closed = False
         self.timeout: float | None = None
         """Seconds a call waits for the broker before TimeoutError (None: for ever)."""
+        self._replies: _Answers | None = None
 
     def _run(self, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if threading.current_thread() is self._thread:
@@ -232,6 +234,8 @@ class SyncClient:
         try:
             return future.result(timeout if timeout is not None else self.timeout)
         except FutureTimeout:
+            if future.done():  # the call's own TimeoutError (RequestTimedOut, say)
+                raise
             future.cancel()
             raise TimeoutError("the broker did not answer in time") from None
 
@@ -277,6 +281,53 @@ class SyncClient:
         self._run(subscription.start())
         return subscription
 
+    # Request and reply.
+
+    def request(
+        self,
+        topic: str,
+        data: bytes,
+        headers: HeaderPairs | None = None,
+        timeout: float = 5.0,
+    ) -> Message:
+        """Publish a request to `topic` and return its reply, or raise
+        NoResponders (nobody reads the topic) or RequestTimedOut (no reply
+        within `timeout` seconds)."""
+        reply = self._run(
+            self.client.request(topic, data, headers=headers, timeout=timeout), timeout + 5
+        )
+        return Message(reply, self._answers_of_replies())
+
+    def _answers_of_replies(self) -> _Answers:
+        # A reply is acked by the client as it arrives: its ack() does nothing.
+        if self._replies is None:
+            self._replies = _Answers(self._loop)
+        return self._replies
+
+    def reply(
+        self,
+        topic: str,
+        handler: Callable[[Message], Reply],
+        group: str | None = DEFAULT_RESPONDERS,
+    ) -> Responder:
+        """Answer the requests published to `topic`: `handler(request)`,
+        run in a thread of its own (it may block), gives the reply's data,
+        or (data, headers), or None for none. Responders share a consumer
+        group (`group`, "responders" by default). Returns once subscribed;
+        `stop()` the result to stop answering."""
+        answers = self._answers_of_replies()
+        loop = self._loop
+
+        async def answer(request: Delivery) -> Reply:
+            return await loop.run_in_executor(None, handler, Message(request, answers))
+
+        async def subscribe() -> Subscription:
+            subscription = self.client.reply(topic, answer, group=group)
+            await subscription
+            return subscription
+
+        return Responder(self, self._run(subscribe()))
+
     def close(self) -> None:
         """Close the connections and stop the client's thread."""
         if self.closed:
@@ -294,6 +345,17 @@ class SyncClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Responder:
+    """What `SyncClient.reply` gives: `stop()` ends the answering."""
+
+    def __init__(self, owner: SyncClient, subscription: Subscription) -> None:
+        self._owner = owner
+        self._subscription = subscription
+
+    def stop(self) -> None:
+        self._owner._run(self._subscription.unsubscribe())
 
 
 def connect(

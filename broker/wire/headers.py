@@ -254,3 +254,22 @@ def without_message_id(block: bytes) -> bytes:
         return block
     kept = [(name, value) for name, value in decode_headers(block) if name.lower() != "msg-id"]
     return encode_headers(kept)
+
+
+REPLY_TO = "Reply-To"
+"""A request's header: the inbox topic its replies go to."""
+CORRELATION_ID = "Correlation-Id"
+"""A request's header, copied into its reply, so that a requester with
+several requests out knows which one a reply answers."""
+STATUS = "Status"
+"""A header the broker sets on a reply it makes itself: "503" for a request
+to a topic nobody reads (no responders)."""
+NO_RESPONDERS = "503"
+
+
+def reply_to(payload: bytes) -> str | None:
+    """The Reply-To a payload's headers carry, or None (quick for those
+    without)."""
+    if type(payload) is not Headered or b"eply-to" not in payload.headers.lower():
+        return None
+    return Headers.of(payload).get(REPLY_TO)

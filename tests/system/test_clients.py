@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker.sansio.messages import AuthenticationFailed, BrokerError
+from broker.sansio.requests import NoResponders, RequestTimedOut
 from broker.security.users import hash_secret, user_entry
 from broker.wire import StartAt
 from tests.clients import (
@@ -300,6 +301,32 @@ def test_a_message_id_published_again_is_stored_once(kind, running, request):
             (1, b"b", (("kind", "x"),)),
             (2, b"c", ()),
         ]
+
+
+@in_thread
+def test_a_request_gets_its_responders_reply(kind, running, request):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as client:
+        client.reply(topic, lambda asked: (b"re: " + asked.data, {"Served-By": "one"}))
+        for n in range(3):
+            got = client.request(topic, b"question %d" % n, headers={"Tenant": "acme"})
+            assert got.data == b"re: question %d" % n
+            headers = dict(got.headers)
+            assert headers["Served-By"] == "one"
+            assert got.topic.startswith("_INBOX.")
+
+
+@in_thread
+def test_a_request_nobody_reads_fails_at_once_and_one_unanswered_times_out(kind, running, request):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as client:
+        began = time.monotonic()
+        with pytest.raises(NoResponders, match="no responders"):
+            client.request(f"{topic}.nobody", b"anyone?", timeout=30)
+        assert time.monotonic() - began < 10  # answered by the broker, not by the timeout
+        client.reply(topic, lambda asked: None)  # reads, never replies
+        with pytest.raises(RequestTimedOut):
+            client.request(topic, b"hello?", timeout=0.5)
 
 
 @in_thread

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from broker.client import BrokerError, Message, OutcomeUnknown, connect
+from broker.client import BrokerError, Message, NoResponders, OutcomeUnknown, connect
 from broker.log.redis import layout_refusal
 from broker.log.redis_settings import (
     PASSWORD_VARIABLE,
@@ -224,6 +224,37 @@ async def test_a_message_id_is_stored_once_whichever_node_it_is_published_on(
         assert everything.pairs == [(0, b"x"), (1, b"y"), (2, b"z"), (3, b"plain")]
     finally:
         await gatherResults([made.close() for made in (on_a, on_b, reader)])
+        await gatherResults([a.stop(), b.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_on_one_node_is_answered_by_a_responder_on_the_other(
+    redis_servers, tmp_path
+):
+    a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2)
+    requester = connect(reactor, a.endpoint, extensions=True)
+    responder = connect(reactor, b.endpoint, extensions=True)
+    try:
+        await responder.reply("rpc.echo", lambda asked: b"echo: " + asked.payload)
+        # The responder's group shows on a once b has read with it.
+        deadline = reactor.seconds() + 15
+        while True:
+            try:
+                first = await requester.request("rpc.echo", b"ping", timeout=5)
+                break
+            except NoResponders:
+                assert reactor.seconds() < deadline, "a never saw b's responders"
+                await deferLater(reactor, 0.1, lambda: None)
+        assert first.payload == b"echo: ping"
+        # The reply crossed from b to a's inbox through Redis, stored nowhere.
+        replies = await gatherResults(
+            [requester.request("rpc.echo", b"%d" % n, timeout=5) for n in range(20)]
+        )
+        assert [reply.payload for reply in replies] == [b"echo: %d" % n for n in range(20)]
+        with pytest.raises(NoResponders):
+            await requester.request("rpc.nobody", b"anyone?", timeout=5)
+    finally:
+        await gatherResults([c.close() for c in (requester, responder)])
         await gatherResults([a.stop(), b.stop()])
 
 
