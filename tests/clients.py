@@ -65,7 +65,9 @@ class BatchSub(Protocol):
 
 
 class Client(Protocol):
-    def publish(self, topic: str, data: bytes, headers: Any = None) -> int | None: ...
+    def publish(
+        self, topic: str, data: bytes, headers: Any = None, delay: Any = None, ttl: Any = None
+    ) -> int | None: ...
 
     def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]: ...
 
@@ -376,8 +378,10 @@ class TwistedClient:
             self.close()
             raise
 
-    def publish(self, topic: str, data: bytes, headers: Any = None) -> int | None:
-        return _in_reactor(self._client.publish, topic, data, headers)
+    def publish(
+        self, topic: str, data: bytes, headers: Any = None, delay: Any = None, ttl: Any = None
+    ) -> int | None:
+        return _in_reactor(lambda: self._client.publish(topic, data, headers, delay=delay, ttl=ttl))
 
     def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]:
         return _in_reactor(self._client.publish_many, messages)
@@ -498,8 +502,10 @@ class AsyncioClient:
 
         self.run(_awaited(self._client.reply(topic, answer)))
 
-    def publish(self, topic: str, data: bytes, headers: Any = None) -> int | None:
-        return self.run(self._client.publish(topic, data, headers))
+    def publish(
+        self, topic: str, data: bytes, headers: Any = None, delay: Any = None, ttl: Any = None
+    ) -> int | None:
+        return self.run(self._client.publish(topic, data, headers, delay=delay, ttl=ttl))
 
     def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]:
         return self.run(self._client.publish_many(messages))
@@ -582,8 +588,10 @@ class BlockingClient:
         self._client = broker.sync.connect(url, retry_policy=lambda attempt: 0.1, **options)
         self._client.timeout = 30
 
-    def publish(self, topic: str, data: bytes, headers: Any = None) -> int | None:
-        return self._client.publish(topic, data, headers)
+    def publish(
+        self, topic: str, data: bytes, headers: Any = None, delay: Any = None, ttl: Any = None
+    ) -> int | None:
+        return self._client.publish(topic, data, headers, delay=delay, ttl=ttl)
 
     def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int | None]:
         return self._client.publish_many(messages)

@@ -36,6 +36,7 @@ from broker.sansio.messages import (
     credentials_of,
     payload_with_headers,
     prepared,
+    timed,
 )
 from broker.sansio.publishing import Outbox, Pending
 from broker.sansio.requests import (
@@ -617,15 +618,24 @@ class Client:
         self._outbox.lost(link.connection)
 
     async def publish(
-        self, topic: str, data: bytes, headers: HeaderPairs | None = None
+        self,
+        topic: str,
+        data: bytes,
+        headers: HeaderPairs | None = None,
+        *,
+        delay: float | None = None,
+        ttl: float | None = None,
     ) -> int | None:
         """Send one message; return the offset the broker stored it at once
         it confirms it (resent after a reconnect until then), or raise
         BrokerError. A broker without extensions confirms nothing: None once
         it is written. Messages published while no connection is up wait for
         one, in order, up to `max_queued`; past that QueueFull. Cancelling a
-        publish not yet written withdraws it."""
+        publish not yet written withdraws it. With `delay`, subscribers get
+        it that many seconds from now, not before; with `ttl`, not once that
+        many seconds have passed."""
         check_publish(topic, data)
+        headers = timed(headers, delay, ttl)
         if headers:
             data = payload_with_headers(data, headers)
         self._raise_if_over()

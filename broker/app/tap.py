@@ -137,6 +137,12 @@ class Options(usage.Options):
             None,
             "Close a slow consumer's connection (its deliveries go back to their topics).",
         ],
+        [
+            "dead-letter-expired",
+            None,
+            "Send a message that expired (its Expires header) before a subscriber got it "
+            "to the dead-letter topic, instead of only counting it.",
+        ],
     ]
 
     optParameters = _named(
@@ -646,6 +652,7 @@ class Options(usage.Options):
                 ack_delay=self["ack-delay"],
                 ack_timeout=self["ack-timeout"],
                 max_deliveries=self["max-deliveries"],
+                dead_letter_expired=bool(self["dead-letter-expired"]),
             ),
         )
 

@@ -54,6 +54,7 @@ from broker.sansio.messages import (
     credentials_of,
     payload_with_headers,
     prepared,
+    timed,
 )
 from broker.sansio.publishing import Outbox, Pending
 from broker.sansio.requests import Reply
@@ -354,7 +355,13 @@ class BrokerClient:
     # Publishing.
 
     def publish(
-        self, topic: str, payload: bytes, headers: HeaderPairs | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: HeaderPairs | None = None,
+        *,
+        delay: float | None = None,
+        ttl: float | None = None,
     ) -> Deferred[int | None]:
         """Send one message.
 
@@ -365,8 +372,11 @@ class BrokerClient:
         in order, up to `max_queued` of them; past that publish() fails at
         once with QueueFull. Cancelling the Deferred of a message not yet
         written withdraws it; one already written is stored all the same.
+        With `delay`, subscribers get it that many seconds from now, not
+        before; with `ttl`, not once that many seconds have passed.
         """
         check_publish(topic, payload)
+        headers = timed(headers, delay, ttl)
         if headers:
             payload = payload_with_headers(payload, headers)
         if self.refused is not None:

@@ -51,20 +51,17 @@ class Appended:
     """What became of one batch a door asked the broker to append: stored
     from offset `first` (an int now, or a Deferred of the offset, or of the
     Error text if the store refuses it later), or refused (`refusal`, the
-    Error that says why, nothing stored). `committed`, when asked for, fires
-    once the batch is as safe as the store makes it (fsynced)."""
+    Error that says why, nothing stored). Where some publishes were stored
+    already (a message id seen before), `first` lists each publish's offset
+    instead (the first copy's for those), or is a Deferred of that list.
+    `committed`, when asked for, fires once the batch is as safe as the
+    store makes it (fsynced)."""
 
-    first: int | Deferred[int | str] | None = None
+    first: int | list[int] | Deferred[Any] | None = None
     refusal: str | None = None
     committed: Deferred[None] | None = None
     size: int = 0
     """The payloads' bytes, if stored."""
-    offsets: list[int] | Deferred[Any] | None = None
-    """Where some publishes were already stored (a message id seen before):
-    each publish's offset, in order, or a Deferred of them (`first` is then
-    None). None when the batch went to consecutive offsets from `first`."""
-    duplicates: int = 0
-    """Publishes not stored again, their message id having been seen."""
 
 
 def _remembering(
@@ -106,6 +103,7 @@ class Broker:
             store = MemoryStore(settings.retention, clock=seconds)
         self.store = store
         """Where topics and durable positions are kept (memory, files, Redis)."""
+        self._shared = ISharedStore.providedBy(store)
         self.inboxes: set[str] = set()
         """The inboxes held here (request and reply), kept in memory only."""
         self.registry = TopicRegistry(
@@ -187,15 +185,14 @@ class Broker:
         """Why a publisher whose user has the rights `may_publish` (None: no
         users file) may not publish to `topic`, as the Error that says so;
         None if it may. Every front door asks this before it appends."""
-        if is_inbox(topic):
-            return None  # a reply: whoever knows an inbox's name may answer it
         if self.dead_letters.is_dead_letter_topic(topic):
             # Only the broker writes dead letters: none may be forged.
             return (
                 f"{ERR_PERMISSION_DENIED}: publish to {topic!r}: "
                 "only the broker writes dead-letter topics"
             )
-        if may_publish is not None and not may_publish.permits(topic):
+        if may_publish is not None and not may_publish.permits(topic) and not is_inbox(topic):
+            # (A reply: whoever knows an inbox's name may answer it.)
             return f"{ERR_PERMISSION_DENIED}: publish to {topic!r}"
         return None
 
@@ -207,27 +204,29 @@ class Broker:
         publisher: str,
         commit: bool = False,
         headered: bool = False,
+        deduplicate: bool = True,
     ) -> Appended:
         """Append a batch to `topic` for a publisher (named `publisher` in
         the log) whose user has the rights `may_publish` (None: no users
         file); with `commit`, say when it is committed. With `headered`
-        (some payloads carry headers), a publish whose message id the topic
-        stored lately is not stored again. Counted in the stats whatever
+        (some payloads may carry headers), a publish whose message id the
+        topic stored lately is not stored again (unless not `deduplicate`),
+        and a request to a topic nobody reads is answered at once. Counted in the stats whatever
         becomes of it."""
         stats = self.stats
         refusal = self.publish_refusal(topic, may_publish)
         if refusal is not None:
             stats.refusals[ERR_PERMISSION_DENIED] += len(payloads)
             return Appended(refusal=refusal)
-        if headered and not is_inbox(topic):
+        if headered and deduplicate and not is_inbox(topic):  # (once: not again from below)
             self._answer_unheard_requests(topic, payloads)
-        elif is_inbox(topic) and topic not in self.registry and ISharedStore.providedBy(self.store):
+        elif self._shared and is_inbox(topic) and topic not in self.registry:
             return self._send_to_inbox_elsewhere(topic, payloads)
         try:
             stored = self.registry.get(topic)
-            if headered and self.settings.dedup_window > 0:
+            if headered and deduplicate and self.settings.dedup_window > 0:
                 return self._append_once(topic, stored, payloads, publisher, commit)
-            first = stored.append(payloads)
+            first = stored.append(payloads, headered)
         except (TooManyTopics, StoreError) as error:
             self._store_refused(topic, len(payloads), error, publisher)
             return Appended(refusal=str(error))
@@ -267,7 +266,7 @@ class Broker:
     def _no_responders(self, requests: list[tuple[bytes, str]]) -> None:
         for request, inbox in requests:
             self.stats.no_responders += 1
-            self.append(inbox, [no_responders_reply(request)], None, "the broker")
+            self.append(inbox, [no_responders_reply(request)], None, "the broker", headered=True)
 
     def _send_to_inbox_elsewhere(self, inbox: str, payloads: list[bytes]) -> Appended:
         """A reply to an inbox another node holds: sent there through the
@@ -306,11 +305,11 @@ class Broker:
         window.expire(now)
         batch = deduplicate(payloads, window)
         if not batch.duplicates:
-            appended = self.append(topic, payloads, None, publisher, commit)
+            appended = self.append(topic, payloads, None, publisher, commit, True, False)
             first = appended.first
             if isinstance(first, int):
                 window.remember(batch.stored_ids(first), now)
-            elif first is not None:
+            elif isinstance(first, Deferred):
                 first.addCallback(_remembering, window, batch, self.clock)
             return appended
         self.stats.duplicates += batch.duplicates
@@ -320,10 +319,10 @@ class Broker:
             committed = None
             if commit and log_.committed_offset <= max(offsets):
                 committed = log_.flush()
-            return Appended(None, None, committed, 0, offsets, batch.duplicates)
-        appended = self.append(topic, batch.fresh, None, publisher, commit)
+            return Appended(offsets, None, committed, 0)
+        appended = self.append(topic, batch.fresh, None, publisher, commit, True, False)
         first = appended.first
-        if first is None:
+        if not isinstance(first, int | Deferred):  # refused
             return appended
         if isinstance(first, int):
             window.remember(batch.stored_ids(first), now)
@@ -331,16 +330,9 @@ class Broker:
             committed = appended.committed
             if commit and committed is None and log_.committed_offset <= max(offsets):
                 committed = log_.flush()
-            return Appended(None, None, committed, appended.size, offsets, batch.duplicates)
+            return Appended(offsets, None, committed, appended.size)
         later: Deferred[Any] = first.addCallback(_remembering, window, batch, self.clock)
-        return Appended(
-            None,
-            None,
-            None,
-            appended.size,
-            later.addCallback(_offsets_of, batch),
-            batch.duplicates,
-        )
+        return Appended(later.addCallback(_offsets_of, batch), None, None, appended.size)
 
     def _dedup_window(self, topic: str, stored: Topic) -> DedupWindow:
         """The topic's window of message ids; made at its first publish with

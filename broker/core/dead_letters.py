@@ -82,11 +82,16 @@ class DeadLetterPolicy:
         return any(self.is_dead_letter_topic(p) and matches(p, topic) for p in rules.allow)
 
 
+_NOT_KEPT = frozenset(("expires", "not-before", "msg-id"))
+
+
 def encode_dead_letter(metadata: dict[str, Any], payload: bytes) -> bytes:
     data = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     letter = _LENGTH.pack(len(data)) + data + payload
     headers = [
-        *Headers.of(payload).pairs(),
+        # The original's, but for its timing (an expired message's letter
+        # would expire too) and its id (a letter is a message of its own).
+        *(pair for pair in Headers.of(payload).pairs() if pair[0].lower() not in _NOT_KEPT),
         ("Dead-Letter-Reason", str(metadata["reason"])),
         ("Dead-Letter-Topic", str(metadata["topic"])),
         ("Dead-Letter-Offset", str(metadata["offset"])),

@@ -19,8 +19,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from broker.core.timing import Later, any_timed, timing_of
 from broker.core.topics import Topic
 from broker.wire import StartAt, total_size
+from broker.wire.headers import Headered
 
 log = Logger()
 
@@ -59,6 +61,12 @@ class DeliverySettings:
     max_waiting: int = 1000
     """Nacked messages one connection may have waiting for redelivery before
     its subscriptions stop moving on to new messages."""
+    max_delayed: int = 1_000_000
+    """Delayed messages (Not-Before) one connection may hold until they are
+    due before its subscriptions stop moving on to new messages."""
+    dead_letter_expired: bool = False
+    """Whether an expired message goes to its dead-letter topic (else it is
+    only counted)."""
 
 
 class DeadlineQueue(Generic[K]):
@@ -249,13 +257,18 @@ class DeliveryTimers:
 
     def __init__(self, clock: IReactorTime, settings: DeliverySettings) -> None:
         self.settings = settings
+        self.clock = clock
         # Counted here, where they happen, for the broker's metrics.
         self.ack_timeouts = 0
         self.redeliveries = 0
+        self.expired = 0
+        self.delayed = 0
         self.timeouts = AckTimeouts(clock, settings.ack_timeout)
         self.delays: DeadlineQueue[Delivery] = DeadlineQueue(
             clock, settings.ack_delay, lambda d: d.window.delay_over(d)
         )
+        self.later = Later(clock, lambda d: d.window.came_due(d))
+        """Delayed deliveries of every window, until they are due."""
 
     def forget(self, delivery: Delivery) -> None:
         """`delivery` left its window's slots (its ack timeout then finds nothing)."""
@@ -265,6 +278,7 @@ class DeliveryTimers:
     def stop(self) -> None:
         self.timeouts.stop()
         self.delays.stop()
+        self.later.stop()
 
 
 class SubscriptionOwner(Protocol):
@@ -546,6 +560,8 @@ class DeliveryWindow:
         self._in_runs = 0
         """Deliveries in flight in runs."""
         self._waiting: dict[Delivery, None] = {}
+        self._later = 0
+        """Delayed deliveries held until due (in the timers' `later`)."""
         self._next_id = 0
         self._pumping = False
 
@@ -853,6 +869,7 @@ class DeliveryWindow:
         sent_again: list[int] | None = None
         ready = self._ready
         max_waiting = self._settings.max_waiting
+        max_delayed = self._settings.max_delayed
         try:
             while len(slots) + self._in_runs < capacity and not self.paused:
                 if (
@@ -861,6 +878,7 @@ class DeliveryWindow:
                     and self._parked is None
                     and not self._due
                     and len(self._waiting) < max_waiting
+                    and self._later < max_delayed
                     and ready[0].takes_runs
                     and ready[0].active
                     and ready[0].on_done is None
@@ -915,7 +933,12 @@ class DeliveryWindow:
         # all(): no corrupt record (None) among them, checked by truth, not
         # by comparing each with None (payloads are never empty; one that
         # were would only take the slower path below).
-        if send_run is not None and self._next_id + count <= _ID_LIMIT and all(payloads):
+        if (
+            send_run is not None
+            and self._next_id + count <= _ID_LIMIT
+            and all(payloads)
+            and not (subscription.topic.log.headered and any_timed(payloads))
+        ):
             total = total_size(payloads)  # type: ignore[arg-type]
             if total <= RUN_BYTES and self.bytes_in_flight + total <= self.max_bytes:
                 # All of it goes, as one record: no Python step per delivery.
@@ -942,7 +965,9 @@ class DeliveryWindow:
         left = len(payloads)
         full = False
         for payload in payloads:
-            if payload is None:  # a corrupt record: never served
+            if payload is None or (
+                type(payload) is Headered and self._timed(subscription, offset, payload, 0)
+            ):  # a corrupt record (never served), or expired or delayed
                 offset += 1
                 left -= 1
                 continue
@@ -973,9 +998,13 @@ class DeliveryWindow:
                 return parked
         while self._due:
             delivery = self._due.popleft()
-            if delivery.subscription.active:
+            if delivery.subscription.active and not (
+                type(delivery.payload) is Headered and self._expired_now(delivery)
+            ):
                 return delivery
-        if len(self._waiting) >= self._settings.max_waiting:
+        later = self._later
+        settings = self._settings
+        if len(self._waiting) >= settings.max_waiting or (later and later >= settings.max_delayed):
             return None
         ready = self._ready
         while ready:
@@ -985,8 +1014,64 @@ class DeliveryWindow:
                 subscription.queued = False
                 continue
             ready.append(subscription)
+            if type(item[1]) is Headered and self._timed(
+                subscription, item[0], item[1], item[2] if len(item) > 2 else 0
+            ):
+                continue
             return Delivery(subscription, *item)
         return None
+
+    # Delays and expiry (broker.core.timing).
+
+    def _timed(
+        self, subscription: Subscription, offset: int, payload: bytes, attempts: int
+    ) -> bool:
+        """Whether a message about to go is held back: expired (skipped,
+        counted, dead-lettered if so set), or delayed (held until due)."""
+        timing = timing_of(payload)
+        if timing is None:
+            return False
+        not_before, expires = timing
+        timers = self._timers
+        now = timers.clock.seconds()
+        if expires <= now:
+            self._expire(Delivery(subscription, offset, payload, attempts))
+            return True
+        if not_before > now:
+            timers.delayed += 1
+            self._later += 1
+            timers.later.add(not_before, Delivery(subscription, offset, payload, attempts))
+            return True
+        return False
+
+    def _expired_now(self, delivery: Delivery) -> bool:
+        """Whether a delivery about to go again has expired meanwhile (then
+        it is done with)."""
+        timing = timing_of(delivery.payload)
+        if timing is None or timing[1] > self._timers.clock.seconds():
+            return False
+        self._expire(delivery)
+        return True
+
+    def _expire(self, delivery: Delivery) -> None:
+        self._timers.expired += 1
+        if self._settings.dead_letter_expired:
+            self._give_up(delivery, "expired")
+            return
+        on_done = delivery.subscription.on_done
+        if on_done is not None:
+            on_done(delivery)  # a group, a durable consumer: done with it
+
+    def came_due(self, delivery: Delivery) -> None:
+        """A delayed delivery is due: it goes next, as a first delivery (to
+        another member of its group if its own left meanwhile)."""
+        self._later -= 1
+        subscription = delivery.subscription
+        if subscription.active:
+            self._due.append(delivery)
+            self._pump()
+        elif subscription.give_back is not None:
+            subscription.give_back(delivery)
 
     def _dispatch(self, delivery: Delivery) -> None:
         if delivery.id < 0:

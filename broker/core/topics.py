@@ -73,11 +73,11 @@ class Topic:
         self.watched = False
         """Whether the log was asked to tell of appends made elsewhere."""
 
-    def append(self, payloads: Sequence[bytes]) -> int | Deferred[int]:
+    def append(self, payloads: Sequence[bytes], headered: bool = True) -> int | Deferred[int]:
         """Store a batch and wake everyone waiting once it can be read; return
         the first offset, or a Deferred of it (a networked store). May raise
         StoreError, or fail with it."""
-        first = self.log.append(payloads)
+        first = self.log.append(payloads, headered)
         if isinstance(first, int):  # (not of Deferred: an ABC's check costs more)
             return self._appended(first)
         return first.addCallback(self._appended_later)

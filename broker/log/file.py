@@ -99,6 +99,10 @@ class FileLog:
         self._flushes: list[tuple[int, Deferred[None]]] = []
         self._ensure_directory()
         self._open_segments()
+        self.headered = self.next_offset > self.first_offset
+        """Whether a message it holds may carry headers: any it recovered
+        might (their records are not looked at for it), and any appended by
+        a caller who did not say none has."""
 
     def _ensure_directory(self) -> None:
         """The topic's directory with its name file, created if missing."""
@@ -198,13 +202,15 @@ class FileLog:
         """Bytes of its segment files (records with their headers)."""
         return self.size
 
-    def append(self, payloads: Sequence[bytes]) -> int:
+    def append(self, payloads: Sequence[bytes], headered: bool = True) -> int:
         active = self._segments[-1]
         if active.size >= self._settings.segment_bytes:
             active = self._roll()
         elif os.fstat(active.fd).st_nlink == 0:
             active = self._replace_vanished(active)
         first = active.end
+        if headered:
+            self.headered = True
         time_ms = int(self._reactor.seconds() * 1000)
         parts = encode_records(first, payloads, time_ms)
         data = b"".join(parts)

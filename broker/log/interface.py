@@ -62,6 +62,9 @@ class IMessageLog(Interface):
     next_offset = Attribute("Offset the next appended message will get.")
     committed_offset = Attribute("Readers may read below this offset.")
     bytes_held = Attribute("Bytes the log holds now (payloads, or files on disk).")
+    headered = Attribute(
+        "Whether a message it holds may carry headers (false: a reader need not look)."
+    )
     keep_from = Attribute(
         "None, or an offset: retention by message count keeps what is at or after it "
         "(what durable consumers have not acked); limits of bytes and age still apply."
@@ -71,8 +74,10 @@ class IMessageLog(Interface):
         "when they are (a networked store's first answer)."
     )
 
-    def append(payloads):
-        """Append a batch of payloads (a sequence of bytes, in order).
+    def append(payloads, headered=True):
+        """Append a batch of payloads (a sequence of bytes, in order); with
+        `headered` false the caller knows none carries headers, and the log
+        need not look.
 
         Return the offset of the first, or a Deferred of it. Raise (or fail
         with) StoreError if they could not be stored; then none of them were.

@@ -40,6 +40,8 @@ class MemoryLog:
         self._clock = clock
         self._messages: list[bytes] = []
         self._headers = HeaderTable()
+        self.headered = False
+        """Whether it ever held a message with headers."""
         self._start = 0  # index in _messages of the oldest message held
         self._base = 0  # offset of _messages[0]
         self.bytes_held = 0
@@ -60,12 +62,16 @@ class MemoryLog:
 
     committed_offset = next_offset
 
-    def append(self, payloads: Sequence[bytes]) -> int:
+    def append(self, payloads: Sequence[bytes], headered: bool = True) -> int:
         first = self.next_offset
-        headers = self._headers
-        held_before = headers.bytes
-        self._messages.extend(headers.take(first, payloads))
-        self.bytes_held += total_size(payloads) + headers.bytes - held_before
+        if headered:
+            headers = self._headers
+            held_before = headers.bytes
+            payloads = headers.take(first, payloads)
+            self.bytes_held += headers.bytes - held_before
+            self.headered = self.headered or bool(headers)
+        self._messages.extend(payloads)
+        self.bytes_held += total_size(payloads)
         self._batches.append((first, self._clock()))
         self._trim_to_limits()
         return first
@@ -74,7 +80,8 @@ class MemoryLog:
         start = offset - self._base
         if start < self._start:
             raise IndexError(f"offset {offset} is before the log's start {self.first_offset}")
-        return self._headers.give(offset, self._messages[start : start + max_messages])
+        read = self._messages[start : start + max_messages]
+        return self._headers.give(offset, read) if self.headered else read
 
     def watch(self, grew: Callable[[], None]) -> None:
         """Nothing else appends to this log."""

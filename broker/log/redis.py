@@ -174,6 +174,8 @@ class RedisLog:
         self.first_offset = 0
         self.next_offset = 0
         self.bytes_held = 0
+        self.headered = True
+        """(Other nodes may append messages with headers at any time.)"""
         """Not tracked per node: Redis holds the bytes."""
         self.keep_from: int | None = None
         self.opening: Deferred[None] | None = Deferred()
@@ -194,7 +196,7 @@ class RedisLog:
 
     # Appending.
 
-    def append(self, payloads: Sequence[bytes]) -> Deferred[Any]:
+    def append(self, payloads: Sequence[bytes], headered: bool = True) -> Deferred[Any]:
         """The first offset, once Redis stored the batch; or, where message
         ids are looked at and some were stored already (by any node), the
         list of each payload's offset (their first copies' for those)."""

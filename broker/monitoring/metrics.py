@@ -107,6 +107,9 @@ def snapshot(factory: BrokerFactory) -> dict[str, Any]:
         "totals": {attribute: getattr(stats, attribute) for _, _, attribute in _TOTALS},
         "redeliveries": factory.broker.timers.redeliveries,
         "ack_timeouts": factory.broker.timers.ack_timeouts,
+        "expired": factory.broker.timers.expired,
+        "delayed": factory.broker.timers.delayed,
+        "delayed_waiting": len(factory.broker.timers.later),
         "refusals": dict(stats.refusals),
         "roles": dict(roles),
         "subscriptions": subscriptions,
@@ -154,6 +157,21 @@ class BrokerCollector(Collector):
         )
         yield CounterMetricFamily(
             "broker_ack_timeouts", "Deliveries that went unanswered", value=state["ack_timeouts"]
+        )
+        yield CounterMetricFamily(
+            "broker_expired_deliveries",
+            "Deliveries skipped: their message had expired (Expires)",
+            value=state["expired"],
+        )
+        yield CounterMetricFamily(
+            "broker_delayed_deliveries",
+            "Deliveries held until their message was due (Not-Before)",
+            value=state["delayed"],
+        )
+        yield GaugeMetricFamily(
+            "broker_delayed_waiting",
+            "Delayed deliveries held now, until they are due",
+            value=state["delayed_waiting"],
         )
         refusals = CounterMetricFamily(
             "broker_refusals", "Errors sent, by reason", labels=["reason"]

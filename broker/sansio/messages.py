@@ -4,11 +4,19 @@ sent (so that a wrong call fails at once, in the caller's frame)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from broker.wire import topic_name_problem
-from broker.wire.headers import HeaderPairs, Headers, encode_headers, with_headers
+from broker.wire.headers import (
+    EXPIRES,
+    NOT_BEFORE,
+    HeaderPairs,
+    Headers,
+    encode_headers,
+    with_headers,
+)
 
 OUTCOME_UNKNOWN = "outcome unknown"
 """How the broker's Error text starts when a publish may have been stored."""
@@ -85,6 +93,22 @@ def prepared(messages: Iterable[Publish]) -> list[tuple[str, bytes]]:
         headers = message[2] if len(message) > 2 else None
         batch.append((topic, payload_with_headers(data, headers)))
     return batch
+
+
+def timed(
+    headers: HeaderPairs | None, delay: float | None, ttl: float | None
+) -> HeaderPairs | None:
+    """`headers` with the Not-Before of a `delay` and the Expires of a `ttl`
+    (seconds from now, by this machine's clock) if given."""
+    if delay is None and ttl is None:
+        return headers
+    now = time.time()
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+    if delay is not None:
+        pairs.append((NOT_BEFORE, f"{now + delay:.3f}"))
+    if ttl is not None:
+        pairs.append((EXPIRES, f"{now + ttl:.3f}"))
+    return pairs
 
 
 def payload_with_headers(data: bytes, headers: HeaderPairs | None) -> bytes:

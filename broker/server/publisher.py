@@ -125,9 +125,8 @@ class PublisherSession(Session):
         committed_of: dict[str, Deferred[None]] = {}
         stored_later: dict[str, Deferred[Any]] = {}
         for topic, payloads in batch.items():
-            appended = append(
-                topic, payloads, may_publish, peer, commit=answered, headered=topic in headered
-            )
+            # (commit, headered: positional, the cheaper call on this path)
+            appended = append(topic, payloads, may_publish, peer, answered, topic in headered)
             refusal = appended.refusal
             if refusal is not None:
                 firsts[topic] = refusal
@@ -137,12 +136,9 @@ class PublisherSession(Session):
                     # Without confirms, one Error per message, as it counts them.
                     self.protocol.transport.write(encode_error(refusal) * len(payloads))
                 continue
-            self.messages += len(payloads) - appended.duplicates
+            self.messages += len(payloads)
             self.bytes += appended.size
-            first: int | list[int] | Deferred[Any] | None  # (a Deferred of an Outcome)
-            first = appended.first
-            if first is None:  # some were stored already: each one's offset
-                first = appended.offsets
+            first = appended.first  # (a list: where each went, some stored already)
             # (isinstance of int, not of Deferred: an ABC's check costs more.)
             if isinstance(first, (int, list)):
                 firsts[topic] = first

@@ -244,11 +244,21 @@ class SyncClient:
         assert self._client is not None
         return self._client
 
-    def publish(self, topic: str, data: bytes, headers: HeaderPairs | None = None) -> int | None:
+    def publish(
+        self,
+        topic: str,
+        data: bytes,
+        headers: HeaderPairs | None = None,
+        *,
+        delay: float | None = None,
+        ttl: float | None = None,
+    ) -> int | None:
         """Send one message (with `headers`, pairs or a mapping, if given);
         return its offset once the broker confirms it (None from a broker
-        without extensions), or raise BrokerError."""
-        return self._run(self.client.publish(topic, data, headers))
+        without extensions), or raise BrokerError. With `delay`, subscribers
+        get it that many seconds from now, not before; with `ttl`, not once
+        that many seconds have passed."""
+        return self._run(self.client.publish(topic, data, headers, delay=delay, ttl=ttl))
 
     def publish_many(self, messages: Iterable[Publish]) -> list[int | None]:
         """Send many messages at once (one round trip for all, not one

@@ -273,3 +273,11 @@ def reply_to(payload: bytes) -> str | None:
     if type(payload) is not Headered or b"eply-to" not in payload.headers.lower():
         return None
     return Headers.of(payload).get(REPLY_TO)
+
+
+NOT_BEFORE = "Not-Before"
+"""A message's header: not delivered before this time (seconds since the
+epoch, a decimal number): a delayed message."""
+EXPIRES = "Expires"
+"""A message's header: not delivered at or after this time (seconds since
+the epoch, a decimal number)."""

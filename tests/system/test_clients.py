@@ -330,6 +330,28 @@ def test_a_request_nobody_reads_fails_at_once_and_one_unanswered_times_out(kind,
 
 
 @in_thread
+def test_a_delayed_message_comes_when_due_and_an_expired_one_never(kind, running, request):
+    topic = topic_for(request)
+    with client_of(kind, running.url) as client:
+        sub = client.subscribe([topic], start=StartAt.BEGINNING)
+        published = time.time()
+        assert client.publish(topic, b"in a second", delay=1.0) == 0
+        assert client.publish(topic, b"at once") == 1
+        (first,) = sub.take(1)
+        assert (first.offset, first.data) == (1, b"at once")
+        (later,) = sub.take(1)
+        assert (later.offset, later.data) == (0, b"in a second")
+        assert time.time() >= published + 0.99  # not before it was due
+        # An expiring message nobody took in time is skipped by all.
+        assert client.publish(topic, b"short-lived", ttl=0.3) == 2
+        assert client.publish(topic, b"lasting", ttl=600) == 3
+        while time.time() < published + 1.3:  # the time itself is the condition
+            time.sleep(0.05)
+        replay = client.subscribe([topic], start=StartAt.FROM, offset=2)
+        assert [(g.offset, g.data) for g in replay.take(1)] == [(3, b"lasting")]
+
+
+@in_thread
 def test_the_asyncio_and_blocking_clients_load_no_twisted(kind):
     if kind == "twisted":
         pytest.skip("the Twisted client is Twisted")

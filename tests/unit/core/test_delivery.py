@@ -174,8 +174,9 @@ class SlowLog:
         return len(self.messages)
 
     committed_offset = next_offset
+    headered = False
 
-    def append(self, payloads):
+    def append(self, payloads, headered=True):
         first = len(self.messages)
         self.messages.extend(payloads)
         return first
