@@ -435,7 +435,8 @@ class BrokerService(MultiService):
 
     def apply_retention(self) -> None:
         """Apply each topic's retention, forget the message ids past their
-        window and the inboxes nobody uses (a timer calls this every second)."""
+        window and the inboxes nobody uses, and compact the compacted topics
+        that are due (a timer calls this every second)."""
         now = self._reactor.seconds()
         broker = self.factory.broker
         floors = broker.groups.floors()
@@ -444,6 +445,7 @@ class BrokerService(MultiService):
             topic.log.apply_retention(now)
         broker.expire_message_ids()
         broker.sweep_inboxes()
+        broker.compact_topics()
 
     def _sync_store(self) -> None:
         self.factory.broker.store.sync()

@@ -30,6 +30,7 @@ from broker.app.listeners import ListenerError, check_port_number, is_tls
 from broker.app.log_output import FORMATS, LEVELS, log_file, log_observer
 from broker.app.service import BrokerService
 from broker.core.delivery import DeliverySettings
+from broker.core.keys import KV_PATTERN
 from broker.log import DEFAULT_MEMORY_RETENTION, FileStoreSettings, FsyncPolicy, Retention
 from broker.log.redis_settings import (
     RedisStoreSettings,
@@ -39,6 +40,7 @@ from broker.log.redis_settings import (
 )
 from broker.security.tls import IDENTITY_KINDS, ServerTLS
 from broker.server import BrokerSettings
+from broker.subjects import check_pattern
 from twisted import __version__ as twisted_version
 
 _BROKER = BrokerSettings()
@@ -170,6 +172,14 @@ class Options(usage.Options):
                 "published again within it is stored once, and confirmed with the first "
                 "copy's offset. 0: ids are not looked at.",
                 _Checked(_seconds_or_zero, "Seconds, 0 or more."),
+            ],
+            [
+                "tombstone-retention",
+                None,
+                _BROKER.tombstone_retention,
+                "Seconds a deletion (a message with a key and no payload) stays in a "
+                "compacted topic before compaction drops it and forgets its key.",
+                _positive(float),
             ],
             [
                 "dedup-max-ids",
@@ -473,6 +483,7 @@ class Options(usage.Options):
         super().__init__()
         self["ports"] = []
         self["monitor-hosts"] = []
+        self["compact"] = []
         self._configured_ports: list[str] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -507,6 +518,12 @@ class Options(usage.Options):
                 where = f"{source}: {name}"
             if name == "port":
                 self._configured_ports = ports_value(value, where)
+            elif name == "compact":
+                for pattern in value if isinstance(value, list) else [value]:
+                    try:
+                        self.opt_compact(parameter_value(pattern, where))
+                    except usage.UsageError as error:
+                        raise ConfigError(f"{where}: {error}") from None
             elif name in flags:
                 self.opts[name] = int(flag_value(value, where))
             elif name in self._dispatch and name not in ("config", "help", "version"):
@@ -540,6 +557,17 @@ class Options(usage.Options):
         "A name the monitor answers to besides localhost, 127.0.0.1, [::1], its "
         "interface and the address a request arrives at (the Host header is checked, "
         "against DNS rebinding); may be given more than once, or as a list."
+    )
+
+    def opt_compact(self, pattern: str) -> None:
+        try:
+            self["compact"].append(check_pattern(pattern))
+        except ValueError as error:
+            raise usage.UsageError(f"--compact {pattern!r}: {error}") from None
+
+    opt_compact.__doc__ = (  # one line: usage.Options wraps it itself
+        "Compact the topics this name or pattern matches (kv.> always is): the latest "
+        "message of each key is kept, older ones dropped; may be given more than once."
     )
 
     def opt_version(self) -> None:
@@ -633,6 +661,8 @@ class Options(usage.Options):
             max_header_bytes=self["max-header-bytes"],
             dedup_window=self["dedup-window"],
             dedup_max_ids=self["dedup-max-ids"],
+            compact=(KV_PATTERN, *self["compact"]),
+            tombstone_retention=self["tombstone-retention"],
             handshake_timeout=self["handshake-timeout"],
             max_topics=self["max-topics"],
             max_anonymous_connections=self["max-anonymous-connections"],

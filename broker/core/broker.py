@@ -24,6 +24,9 @@ from broker.core.delivery import Delivery, DeliveryTimers
 from broker.core.groups import GroupRegistry
 from broker.core.inboxes import INBOX_IDLE, INBOX_RETENTION, no_responders_reply
 from broker.core.input_budget import InputBudget
+from broker.core.keys import Compaction, KeyIndex, merged, refusals
+from broker.core.kv import answer as answer_kv
+from broker.core.kv import is_kv_request, parse_request
 from broker.core.settings import BrokerSettings
 from broker.core.stats import BrokerStats
 from broker.core.topics import TooManyTopics, Topic, TopicRegistry
@@ -37,6 +40,11 @@ from broker.wire import ERR_PERMISSION_DENIED, total_size
 from broker.wire.headers import reply_to
 
 log = Logger()
+
+COMPACT_AFTER = 1000
+"""Superseded messages in a compacted topic that start its compaction."""
+COMPACT_EVERY = 60.0
+"""Seconds after which a compacted topic with anything to drop is compacted."""
 
 
 class Reader(Protocol):
@@ -57,7 +65,7 @@ class Appended:
     `committed`, when asked for, fires once the batch is as safe as the
     store makes it (fsynced)."""
 
-    first: int | list[int] | Deferred[Any] | None = None
+    first: int | list[int | str] | Deferred[Any] | None = None
     refusal: str | None = None
     committed: Deferred[None] | None = None
     size: int = 0
@@ -77,7 +85,7 @@ def _remembering(
     return outcome
 
 
-def _offsets_of(outcome: int | str | list[int], batch: Deduplicated) -> list[int] | str:
+def _offsets_of(outcome: int | str | list[Any], batch: Deduplicated) -> list[int | str] | str:
     """Each publish's offset, from where the store put the fresh ones."""
     if isinstance(outcome, list):
         return [outcome[slot] if slot >= 0 else -1 - slot for slot in batch.slots]
@@ -109,6 +117,13 @@ class Broker:
         self.registry = TopicRegistry(
             self._open_log, settings.max_topics, clock=seconds, shared_names=store.shared_topics
         )
+        self.compaction = Compaction(settings.compact)
+        """Which topics are compacted (the latest message of each key kept)."""
+        self.registry.is_compacted = self._is_compacted
+        self.key_indexes: dict[str, KeyIndex] = {}
+        """The keys of each compacted topic used since the start."""
+        self._compacting: set[str] = set()
+        self._compacted_at: dict[str, float] = {}
         self.timers = DeliveryTimers(clock, settings.delivery)
         self.dead_letters = DeadLetterPolicy(settings.dead_letter_topic)
         self.groups = GroupRegistry(clock, settings.delivery.ack_delay, store.positions)
@@ -135,6 +150,9 @@ class Broker:
         store.follow_new_topics(self.registry.discover)
         if ISharedStore.providedBy(store):
             store.follow_deleted_topics(self._deleted_elsewhere)
+
+    def _is_compacted(self, name: str) -> bool:
+        return not is_inbox(name) and self.compaction.applies_to(name)
 
     def _open_log(self, name: str) -> IMessageLog:
         """The log of a topic made here: the store's, or, for an inbox, one
@@ -169,6 +187,7 @@ class Broker:
             groups.drop(name, group.name, group.durable)
         self.registry.remove(name)
         self.dedup_windows.pop(name, None)
+        self.key_indexes.pop(name, None)
         if name in self.inboxes:
             self.inboxes.discard(name)
             if ISharedStore.providedBy(self.store):
@@ -205,6 +224,7 @@ class Broker:
         commit: bool = False,
         headered: bool = False,
         deduplicate: bool = True,
+        keys_checked: bool = False,
     ) -> Appended:
         """Append a batch to `topic` for a publisher (named `publisher` in
         the log) whose user has the rights `may_publish` (None: no users
@@ -218,12 +238,19 @@ class Broker:
         if refusal is not None:
             stats.refusals[ERR_PERMISSION_DENIED] += len(payloads)
             return Appended(refusal=refusal)
-        if headered and deduplicate and not is_inbox(topic):  # (once: not again from below)
-            self._answer_unheard_requests(topic, payloads)
+        if headered and deduplicate:  # (once: not again from below)
+            if is_kv_request(topic):
+                return self._answer_kv(topic, payloads)
+            if not is_inbox(topic):
+                self._answer_unheard_requests(topic, payloads)
         elif self._shared and is_inbox(topic) and topic not in self.registry:
             return self._send_to_inbox_elsewhere(topic, payloads)
         try:
             stored = self.registry.get(topic)
+            if stored.compacted and not keys_checked:
+                return self._append_keyed(
+                    topic, stored, payloads, may_publish, publisher, commit, headered
+                )
             if headered and deduplicate and self.settings.dedup_window > 0:
                 return self._append_once(topic, stored, payloads, publisher, commit)
             first = stored.append(payloads, headered)
@@ -243,6 +270,151 @@ class Broker:
         if commit and stored.log.committed_offset < first + len(payloads):
             committed = stored.log.flush()
         return Appended(first, None, committed, size)
+
+    # Keys and compacted topics (broker.core.keys), the key-value view (.kv).
+
+    def _append_keyed(
+        self,
+        topic: str,
+        stored: Topic,
+        payloads: list[bytes],
+        may_publish: Rules | None,
+        publisher: str,
+        commit: bool,
+        headered: bool,
+    ) -> Appended:
+        """`append` to a compacted topic: a publish without a key, or whose
+        Expected-Revision its key has moved on from, is refused on its own;
+        the key index learns where the others went."""
+        index = self.key_index(topic, stored)
+        refused = refusals(payloads, index)
+        accepted = (
+            payloads
+            if refused is None
+            else [
+                payload
+                for payload, problem in zip(payloads, refused, strict=True)
+                if problem is None
+            ]
+        )
+        if refused is not None:
+            self.stats.refusals["compacted topic"] += len(payloads) - len(accepted)
+        if not accepted:
+            assert refused is not None
+            return Appended([problem or "" for problem in refused], None, None, 0)
+        appended = self.append(
+            topic, accepted, may_publish, publisher, commit, headered, True, True
+        )
+        first = appended.first
+        if isinstance(first, Deferred):
+            first.addCallback(self._indexed, index, accepted)
+            if refused is not None:
+                first.addCallback(merged, refused)
+            return appended
+        if first is None or appended.refusal is not None:
+            return appended
+        self._indexed(first, index, accepted)
+        if refused is None:
+            return appended
+        return Appended(merged(first, refused), None, appended.committed, appended.size)
+
+    def _indexed(
+        self, outcome: int | str | list[Any], index: KeyIndex, payloads: list[bytes]
+    ) -> int | str | list[Any]:
+        """Tell a topic's key index where a batch went (as the store says)."""
+        now = self.clock.seconds()
+        if isinstance(outcome, int):
+            index.add(payloads, outcome, now)
+        elif isinstance(outcome, list):
+            for payload, offset in zip(payloads, outcome, strict=True):
+                if isinstance(offset, int):
+                    index.add([payload], offset, now)
+        return outcome
+
+    def key_index(self, topic: str, stored: Topic) -> KeyIndex:
+        """The key index of a compacted topic, made at its first use since
+        the start from what a local log holds (a networked log's starts
+        empty: the key-value view is for local stores)."""
+        index = self.key_indexes.get(topic)
+        if index is None:
+            index = self.key_indexes[topic] = KeyIndex()
+            topic_log = stored.log
+            if not self._shared:
+                now = self.clock.seconds()
+                offset = topic_log.first_offset
+                end = topic_log.committed_offset
+                while offset < end:
+                    held = topic_log.read(offset, min(4096, end - offset))
+                    if not isinstance(held, list) or not held:
+                        break
+                    index.add(held, offset, now)
+                    offset += len(held)
+            index.next_offset = max(index.next_offset, topic_log.next_offset)
+        return index
+
+    def _answer_kv(self, topic: str, payloads: list[bytes]) -> Appended:
+        """Requests of the key-value view (`$KV.<OP>.<BUCKET>`), answered
+        from the bucket's key index into each request's inbox; stored nowhere."""
+        parsed = parse_request(topic)
+        if parsed is None:
+            return Appended(refusal=f"no such key-value request: {topic!r}")
+        operation, bucket = parsed
+        try:
+            stored = self.registry.get(bucket)
+        except TooManyTopics as error:
+            return Appended(refusal=str(error))
+        index = self.key_index(bucket, stored)
+        topic_log = stored.log
+
+        def read(offset: int) -> bytes | None:
+            held = topic_log.read(offset, 1) if offset >= topic_log.first_offset else []
+            return held[0] if isinstance(held, list) and held else None
+
+        for request in payloads:
+            inbox = reply_to(request)
+            if inbox is not None:
+                reply = answer_kv(operation, request, index, read)
+                self.append(inbox, [reply], None, "the broker", False, True, False)
+        return Appended(0, None, None, 0)
+
+    def compact_topics(self, force: bool = False) -> None:
+        """Compact the topics whose key index says enough is superseded (or,
+        with `force`, any that has something to drop), one run at a time
+        each, in the background (a timer calls this every second)."""
+        now = self.clock.seconds()
+        for name, index in list(self.key_indexes.items()):
+            if name in self._compacting or name not in self.registry:
+                continue
+            last = self._compacted_at.get(name, self.started)
+            due = index.superseded >= COMPACT_AFTER or (
+                now - last >= COMPACT_EVERY and (index.superseded or index.has_tombstones())
+            )
+            if not (due or force):
+                continue
+            topic = self.registry.get(name)
+            dropped = index.droppable(
+                now, self.settings.tombstone_retention, topic.log.committed_offset
+            )
+            self._compacted_at[name] = now
+            if not dropped:
+                continue
+            done = topic.log.compact(dropped)
+            if isinstance(done, list):
+                self._compacted(done, name, index)
+                continue
+            self._compacting.add(name)
+            done.addCallbacks(
+                self._compacted,
+                lambda failure, name=name: log.failure(
+                    "compacting {topic!r} failed", failure, topic=name
+                ),
+                callbackArgs=(name, index),
+            )
+            done.addBoth(lambda _, name=name: self._compacting.discard(name))
+
+    def _compacted(self, dropped: list[int], name: str, index: KeyIndex) -> None:
+        index.forget(dropped)
+        self.stats.compacted += len(dropped)
 
     def _answer_unheard_requests(self, topic: str, payloads: list[bytes]) -> None:
         """Answer at once each request of a batch to `topic` if nobody reads
@@ -305,7 +477,7 @@ class Broker:
         window.expire(now)
         batch = deduplicate(payloads, window)
         if not batch.duplicates:
-            appended = self.append(topic, payloads, None, publisher, commit, True, False)
+            appended = self.append(topic, payloads, None, publisher, commit, True, False, True)
             first = appended.first
             if isinstance(first, int):
                 window.remember(batch.stored_ids(first), now)
@@ -320,7 +492,7 @@ class Broker:
             if commit and log_.committed_offset <= max(offsets):
                 committed = log_.flush()
             return Appended(offsets, None, committed, 0)
-        appended = self.append(topic, batch.fresh, None, publisher, commit, True, False)
+        appended = self.append(topic, batch.fresh, None, publisher, commit, True, False, True)
         first = appended.first
         if not isinstance(first, int | Deferred):  # refused
             return appended

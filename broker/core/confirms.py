@@ -37,10 +37,11 @@ class Answer:
     """The first publish answered, counted from 0 on the connection (by topic)."""
 
 
-Outcome = int | str | list[int]
+Outcome = int | str | list[int | str]
 """What became of one topic's publishes of a read: stored at consecutive
-offsets from an int, refused with an error's text, or stored at the offsets
-listed (some were stored already: a message id seen before)."""
+offsets from an int, refused with an error's text, or, one by one, stored
+at the offset listed (some were stored already: a message id seen before)
+or refused with the error listed (a compacted topic's key check)."""
 
 
 def answers_in_order(order: Sequence[tuple[str, bool]], firsts: dict[str, Outcome]) -> list[Answer]:
@@ -52,7 +53,7 @@ def answers_in_order(order: Sequence[tuple[str, bool]], firsts: dict[str, Outcom
     """
     answers: list[Answer] = []
     next_offset: dict[str, int | str] = {}
-    listed: dict[str, Iterator[int]] = {}
+    listed: dict[str, Iterator[int | str]] = {}
     for topic, outcome in firsts.items():
         if isinstance(outcome, list):
             listed[topic] = iter(outcome)
@@ -67,6 +68,10 @@ def answers_in_order(order: Sequence[tuple[str, bool]], firsts: dict[str, Outcom
         offsets = listed.get(text)
         if offsets is not None:
             offset = next(offsets)
+            if isinstance(offset, str):
+                answers.append(Answer(error=offset))
+                last_topic = None
+                continue
             last = answers[-1] if answers else None
             if text == last_topic and last is not None and last.first_offset + last.count == offset:
                 last.count += 1
@@ -96,9 +101,13 @@ def answers_of_topic(sequences: list[int], outcome: Outcome) -> list[Answer]:
         return [Answer(error=outcome, sequence=sequence) for sequence in sequences]
     offsets = outcome if isinstance(outcome, list) else range(outcome, outcome + len(sequences))
     for sequence, offset in zip(sequences, offsets, strict=True):
+        if isinstance(offset, str):
+            answers.append(Answer(error=offset, sequence=sequence))
+            continue
         last = answers[-1] if answers else None
         if (
             last is not None
+            and last.error is None
             and last.sequence + last.count == sequence
             and last.first_offset + last.count == offset
         ):

@@ -96,7 +96,7 @@ class Deduplicated:
     def duplicates(self) -> int:
         return len(self.slots) - len(self.fresh)
 
-    def offsets(self, first: int) -> list[int]:
+    def offsets(self, first: int) -> list[int | str]:
         """Each publish's offset, once the fresh were appended from `first`."""
         return [first + slot if slot >= 0 else -1 - slot for slot in self.slots]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from broker.core.dead_letters import DEFAULT_TEMPLATE
 from broker.core.dedup import DEFAULT_DEDUP_MAX_IDS, DEFAULT_DEDUP_WINDOW
 from broker.core.delivery import DEFAULT_MAX_INFLIGHT_BYTES, DeliverySettings
+from broker.core.keys import DEFAULT_TOMBSTONE_RETENTION, KV_PATTERN
 from broker.log import DEFAULT_MEMORY_RETENTION, Retention
 from broker.wire.headers import DEFAULT_MAX_HEADER_BYTES
 
@@ -25,6 +26,11 @@ class BrokerSettings:
     published again is stored once; 0: ids are not looked at."""
     dedup_max_ids: int = DEFAULT_DEDUP_MAX_IDS
     """Message ids a topic remembers at most (the oldest go first)."""
+    compact: tuple[str, ...] = (KV_PATTERN,)
+    """Patterns of the topics compacted: the latest message of each key kept."""
+    tombstone_retention: float = DEFAULT_TOMBSTONE_RETENTION
+    """Seconds a deletion (a keyed message with no payload) is kept in a
+    compacted topic before compaction drops it and forgets its key."""
     handshake_timeout: float = 10.0
     """Seconds a new connection has to send its first valid action."""
     max_topics: int = 100_000

@@ -31,6 +31,8 @@ class BrokerStats:
     ack_timeouts: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    compacted: int = 0
+    """Messages compaction dropped (older messages of their keys, old deletions)."""
     no_responders: int = 0
     """Requests the broker answered itself: nobody read their topic."""
     """Publishes not stored again: their message id was stored lately."""

@@ -49,6 +49,7 @@ class Topic:
         "_batch_offsets",
         "_batch_times",
         "_clock",
+        "compacted",
         "delivery_prefix",
         "extended_prefix",
         "log",
@@ -72,6 +73,8 @@ class Topic:
         self.waiting: dict[Waiter, None] = {}
         self.watched = False
         """Whether the log was asked to tell of appends made elsewhere."""
+        self.compacted = False
+        """Whether the latest message of each key is what it keeps (broker.core.keys)."""
 
     def append(self, payloads: Sequence[bytes], headered: bool = True) -> int | Deferred[int]:
         """Store a batch and wake everyone waiting once it can be read; return
@@ -154,6 +157,8 @@ class TopicRegistry:
         shared_names: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self._make_log = make_log
+        self.is_compacted: Callable[[str], bool] = lambda name: False
+        """Whether a topic made now is compacted (the broker says)."""
         self._shared_names = shared_names
         """Every topic a shared store holds, whichever node made it."""
         self._max_topics = max_topics
@@ -171,7 +176,12 @@ class TopicRegistry:
         the limit on topics: they exist already."""
         for name in names:
             if name not in self._topics:
-                self._topics[name] = Topic(name, self._make_log(name), self._clock)
+                self._topics[name] = self._made(name)
+
+    def _made(self, name: str) -> Topic:
+        topic = Topic(name, self._make_log(name), self._clock)
+        topic.compacted = self.is_compacted(name)
+        return topic
 
     def __iter__(self) -> Iterator[Topic]:
         return iter(self._topics.values())
@@ -188,7 +198,7 @@ class TopicRegistry:
         if topic is None:
             if len(self._topics) >= self._max_topics:
                 raise TooManyTopics()
-            topic = self._topics[name] = Topic(name, self._make_log(name), self._clock)
+            topic = self._topics[name] = self._made(name)
             if len(self.patterns) and not is_inbox(name):  # (no pattern reads an inbox)
                 for holder in self.patterns.match(name):
                     holder.topic_created(topic)

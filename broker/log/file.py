@@ -30,10 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from broker.log.compaction import (
+    COMPACTING_SUFFIX,
+    DamagedSegment,
+    Rewritten,
+    rewrite_segment,
+)
 from broker.log.interface import (
     FsyncPolicy,
     IMessageLog,
@@ -97,6 +104,7 @@ class FileLog:
         self._dirty: set[int] = set()  # fds written since their last fsync
         self._syncing = False
         self._flushes: list[tuple[int, Deferred[None]]] = []
+        self._compacting = False
         self._ensure_directory()
         self._open_segments()
         self.headered = self.next_offset > self.first_offset
@@ -121,7 +129,10 @@ class FileLog:
 
     def _open_segments(self) -> None:
         """Reopen the segments: rolled ones through their index, the last (and
-        any without a usable index) by reading it, truncating a bad tail."""
+        any without a usable index) by reading it, truncating a bad tail. A
+        compaction's rewrite that a crash cut short is removed."""
+        for leftover in self.directory.glob("*" + COMPACTING_SUFFIX):
+            leftover.unlink()
         bases = sorted(
             int(match.group(1))
             for match in map(SEGMENT_NAME.match, os.listdir(self.directory))
@@ -343,6 +354,78 @@ class FileLog:
         self.committed_offset = self.next_offset
         for segment in self._segments:
             segment.close()
+
+    # Compaction (broker.core.keys decides what goes).
+
+    def compact(self, dropped: Sequence[int]) -> Deferred[list[int]]:
+        """Drop the messages at the offsets `dropped` (ascending) that closed
+        segments hold: each such segment is rewritten in a thread with gap
+        runs in their place, then swapped in atomically. Fires with how many
+        were dropped (the active segment's wait until it is closed)."""
+        if self._compacting or not dropped:
+            return succeed([])
+        plans = []
+        for segment in self._segments[:-1]:
+            low = bisect.bisect_left(dropped, segment.base)
+            high = bisect.bisect_left(dropped, segment.end)
+            if high > low:
+                plans.append((segment, frozenset(dropped[low:high])))
+        if not plans:
+            return succeed([])
+        self._compacting = True
+
+        async def run() -> list[int]:
+            done: list[int] = []
+            try:
+                for segment, drop in plans:
+                    if await self._compact_segment(segment, drop):
+                        done += sorted(drop)
+            finally:
+                self._compacting = False
+            return done
+
+        return Deferred.fromCoroutine(run())
+
+    async def _compact_segment(self, segment: Segment, drop: frozenset[int]) -> bool:
+        """Rewrite one segment without `drop`; whether it was swapped in."""
+        target = segment.path.with_name(segment.path.name + COMPACTING_SUFFIX)
+        pool = self._reactor.getThreadPool()
+        try:
+            rewritten: Rewritten = await deferToThreadPool(
+                self._reactor, pool, rewrite_segment, segment.path, segment.base, drop, target
+            )
+        except (OSError, DamagedSegment) as error:
+            log.warn("compaction of {path} skipped: {error}", path=str(segment.path), error=error)
+            with contextlib.suppress(OSError):
+                target.unlink()
+            return False
+        while segment in self._segments and (segment.fd in self._dirty or self._syncing):
+            # Its fd is being synced: swap once that is done.
+            await deferLater(self._reactor, 0.01, lambda: None)
+        if (
+            segment not in self._segments
+            or segment.fd < 0  # the log was closed meanwhile
+            or rewritten.count != segment.count
+        ):
+            with contextlib.suppress(OSError):
+                target.unlink()  # retention took it meanwhile
+            return False
+        # Without its old index first: a crash between the two renames
+        # leaves a segment that is read whole at the next start.
+        with contextlib.suppress(FileNotFoundError):
+            segment.index_path.unlink()
+        os.replace(target, segment.path)
+        _fsync_directory(self.directory)
+        fd = os.open(segment.path, os.O_RDWR)
+        os.close(segment.fd)
+        segment.fd = fd
+        segment.size = rewritten.size
+        segment.positions = rewritten.positions
+        try:
+            segment.write_index()
+        except OSError as error:
+            log.warn("could not write {path}: {error}", path=str(segment.index_path), error=error)
+        return True
 
     # Internals.
 

@@ -53,8 +53,9 @@ class HeaderTable:
             plain.append(payload)
         return plain
 
-    def give(self, first: int, payloads: list[bytes]) -> list[bytes]:
-        """Payloads read from offset `first`, with their headers again."""
+    def give(self, first: int, payloads: list[bytes | None]) -> list[bytes | None]:
+        """Payloads read from offset `first`, with their headers again (a
+        gap, None, has none)."""
         blocks = self._blocks
         if not blocks:
             return payloads
@@ -64,7 +65,9 @@ class HeaderTable:
             if block is not None:
                 if given is payloads:
                     given = list(payloads)  # (the caller's list may be the log's own slice)
-                given[index] = with_headers(payloads[index], block)
+                payload = payloads[index]
+                if payload is not None:
+                    given[index] = with_headers(payload, block)
         return given
 
     def size_at(self, offset: int) -> int:
@@ -77,14 +80,24 @@ class HeaderTable:
         offsets = self._offsets
         blocks = self._blocks
         while offsets and offsets[0] < offset:
-            self.bytes -= len(blocks.pop(offsets.popleft()))
+            self.bytes -= len(blocks.pop(offsets.popleft(), b""))
 
     def drop_from(self, offset: int) -> None:
         """Forget the blocks of `offset` and after."""
         offsets = self._offsets
         blocks = self._blocks
         while offsets and offsets[-1] >= offset:
-            self.bytes -= len(blocks.pop(offsets.pop()))
+            self.bytes -= len(blocks.pop(offsets.pop(), b""))
+
+    def discard(self, offset: int) -> int:
+        """Forget the block of `offset` (compaction dropped its message);
+        its size (0 if it had none). Its place in the order goes with the
+        offsets around it."""
+        block = self._blocks.pop(offset, None)
+        if block is None:
+            return 0
+        self.bytes -= len(block)
+        return len(block)
 
     def clear(self) -> None:
         self._blocks.clear()

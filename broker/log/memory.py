@@ -38,7 +38,8 @@ class MemoryLog:
     ) -> None:
         self._retention = retention
         self._clock = clock
-        self._messages: list[bytes] = []
+        self._messages: list[bytes | None] = []
+        """Payloads by offset (None: dropped by compaction, a gap)."""
         self._headers = HeaderTable()
         self.headered = False
         """Whether it ever held a message with headers."""
@@ -76,7 +77,7 @@ class MemoryLog:
         self._trim_to_limits()
         return first
 
-    def read(self, offset: int, max_messages: int) -> list[bytes]:
+    def read(self, offset: int, max_messages: int) -> list[bytes | None]:
         start = offset - self._base
         if start < self._start:
             raise IndexError(f"offset {offset} is before the log's start {self.first_offset}")
@@ -107,6 +108,25 @@ class MemoryLog:
             return self.next_offset
         return max(batches[index][0], self.first_offset)
 
+    def compact(self, dropped: Sequence[int]) -> list[int]:
+        """In place: each dropped message's slot holds None from now on."""
+        messages = self._messages
+        headers = self._headers
+        done: list[int] = []
+        freed = 0
+        for offset in dropped:
+            index = offset - self._base
+            if index < self._start or index >= len(messages):
+                continue
+            payload = messages[index]
+            if payload is None:
+                continue
+            messages[index] = None
+            freed += len(payload) + headers.discard(offset)
+            done.append(offset)
+        self.bytes_held -= freed
+        return done
+
     def purge(self) -> int:
         dropped = self.next_offset - self.first_offset
         self._drop_until(self.next_offset)
@@ -133,7 +153,8 @@ class MemoryLog:
             excess = self.bytes_held - retention.max_bytes
             headers = self._headers
             while excess > 0:
-                excess -= len(messages[index])
+                kept = messages[index]
+                excess -= len(kept) if kept is not None else 0
                 if headers:
                     excess -= headers.size_at(self._base + index)
                 index += 1
@@ -146,7 +167,10 @@ class MemoryLog:
             return
         messages = self._messages
         headers = self._headers
-        self.bytes_held -= sum(map(len, messages[self._start : end])) + headers.bytes
+        self.bytes_held -= (
+            sum(len(held) for held in messages[self._start : end] if held is not None)
+            + headers.bytes
+        )
         headers.drop_before(offset)
         self.bytes_held += headers.bytes
         for index in range(self._start, end):

@@ -442,6 +442,11 @@ class RedisLog:
     def offset_at(self, when: float) -> Deferred[int]:
         return self.store.offset_at(self, when)
 
+    def compact(self, dropped: Sequence[int]) -> list[int]:
+        """Redis keeps a topic's batches whole: compaction drops nothing here
+        (the key index answers the key-value view; retention still applies)."""
+        return []
+
     def close(self) -> None:
         self._cache.clear()
         self.store.forget(self)

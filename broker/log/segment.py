@@ -1,6 +1,8 @@
 """One segment file of a topic's log and its sparse index (as Kafka's
 LogSegment and OffsetIndex): records from a base offset on, the positions of
-every 32nd record, and the index written when the segment rolls."""
+the records holding every 32nd offset, and the index written when the
+segment rolls. A gap run (what compaction left of dropped messages, see
+broker.log.records) holds several offsets; every other record one."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from broker.log.records import HEADER, read_records
+from broker.log.records import GAP, HEADER, read_records
 
 log = Logger()
 
@@ -33,7 +35,8 @@ class Segment:
         self.size = 0
         self.count = 0
         self.last_time_ms = 0
-        # positions[i] is the file position of record base + i * INDEX_EVERY.
+        # positions[i] is the file position of the record holding offset
+        # base + i * INDEX_EVERY; `count` is the offsets the segment holds.
         self.positions = array("Q")
 
     @property
@@ -51,13 +54,16 @@ class Segment:
         self.positions = array("Q")
         position = 0
         file_size = os.fstat(self.fd).st_size
-        for position, _length, record_offset, time_ms, good in read_records(self.fd, 0, file_size):
+        positions = self.positions
+        for position, _length, record_offset, time_ms, good, count in read_records(
+            self.fd, 0, file_size
+        ):
             if not good or record_offset != expect_base + self.count:
                 self.size = position
                 return position
-            if self.count % INDEX_EVERY == 0:
-                self.positions.append(position)
-            self.count += 1
+            self.count += count
+            while len(positions) * INDEX_EVERY < self.count:
+                positions.append(position)
             self.last_time_ms = time_ms
         self.size = file_size
         return None
@@ -98,7 +104,17 @@ class Segment:
         wanted = min(max_messages, self.count - relative)
         out: list[bytes | None] = []
         records = read_records(self.fd, self.positions[entry], self.size, with_payload=True)
-        for _, _, record_offset, _, payload in records:
+        for _, _, record_offset, _, payload, count in records:
+            if payload is GAP and record_offset <= current < record_offset + count:
+                # Dropped by compaction: a None each, to be skipped.
+                end = record_offset + count
+                start = max(current, offset)
+                if end > start:
+                    out += [None] * min(end - start, wanted - len(out))
+                    if len(out) >= wanted:
+                        break
+                current = end
+                continue
             if payload is None or record_offset != current:
                 log.error(
                     "corrupt record at offset {offset} in {path}; not serving it",
@@ -134,10 +150,12 @@ class Segment:
                 high = middle
         entry = max(low - 1, 0)
         current = self.base + entry * INDEX_EVERY
-        for _, _, _, time_ms, good in read_records(self.fd, positions[entry], self.size):
+        for _, _, record_offset, time_ms, good, count in read_records(
+            self.fd, positions[entry], self.size
+        ):
             if not good or time_ms >= when_ms:
-                return current
-            current += 1
+                return max(current, record_offset)
+            current = record_offset + count
         return min(current, self.end)
 
     def _time_at(self, position: int) -> int:

@@ -21,7 +21,7 @@ from broker.core.confirms import (
 from broker.server.session import Session
 from broker.server.transport import direct_writer
 from broker.wire import ERR_EMPTY_MESSAGE, ERR_PERMISSION_DENIED, encode_error
-from broker.wire.headers import Headered
+from broker.wire.headers import Headered, message_key
 
 if TYPE_CHECKING:
     from broker.security.permissions import Rules
@@ -63,16 +63,29 @@ class PublisherSession(Session):
     def published(self, topic: str, payloads: list[bytes]) -> None:
         if not all(payloads):
             # The seed ignores empty messages; a confirming publisher is
-            # told, in their place.
+            # told, in their place. One with a key is a deletion (a
+            # compacted topic's tombstone): taken.
             for payload in payloads:
-                if payload:
-                    self.published(topic, [payload])
+                if payload or message_key(payload) is not None:
+                    self._take(topic, [payload])
                 elif self._confirms is not None:
                     self.refused(ERR_EMPTY_MESSAGE)
             return
+        # `_take`, inline: this runs once per publish of the plain protocol.
         if self._confirms is not None:
             self._order += [(topic, True)] * len(payloads)
         # A run is all with headers or all without (the decoder's runs).
+        if type(payloads[0]) is Headered:
+            self._headered.add(topic)
+        batch = self._batch.get(topic)
+        if batch is None:
+            self._batch[topic] = payloads
+        else:
+            batch += payloads
+
+    def _take(self, topic: str, payloads: list[bytes]) -> None:
+        if self._confirms is not None:
+            self._order += [(topic, True)] * len(payloads)
         if type(payloads[0]) is Headered:
             self._headered.add(topic)
         batch = self._batch.get(topic)

@@ -281,3 +281,18 @@ epoch, a decimal number): a delayed message."""
 EXPIRES = "Expires"
 """A message's header: not delivered at or after this time (seconds since
 the epoch, a decimal number)."""
+
+
+KEY = "Key"
+"""A message's key: in a compacted topic the latest message of each key is
+kept, and one with an empty payload deletes the key (a tombstone)."""
+EXPECTED_REVISION = "Expected-Revision"
+"""A keyed publish's condition: stored only if the key's latest message is
+at this offset (0: only if the key has none), as a compare-and-set."""
+
+
+def message_key(payload: bytes) -> str | None:
+    """The Key a payload's headers carry, or None (quick for those without)."""
+    if type(payload) is not Headered or b"key" not in payload.headers.lower():
+        return None
+    return Headers.of(payload).get(KEY)
