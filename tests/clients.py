@@ -64,6 +64,27 @@ class BatchSub(Protocol):
     def close(self) -> None: ...
 
 
+class KV(Protocol):
+    def put(self, key: str, value: bytes) -> int | None: ...
+
+    def update(self, key: str, value: bytes, revision: int) -> int | None: ...
+
+    def delete(self, key: str) -> int | None: ...
+
+    def get(self, key: str) -> broker.sync.Entry | None: ...
+
+    def keys(self, prefix: str = "") -> list[str]: ...
+
+    def history(self, key: str) -> list[broker.sync.Entry]: ...
+
+    def watch(
+        self, count: int, prefix: str = "", change: Any = None, after: int = 0
+    ) -> list[broker.sync.Entry]:
+        """The first `count` entries a watch gives; once `after` came,
+        `change()` runs in a thread of its own (a writer making a change)."""
+        ...
+
+
 class Client(Protocol):
     def publish(
         self, topic: str, data: bytes, headers: Any = None, delay: Any = None, ttl: Any = None
@@ -80,6 +101,9 @@ class Client(Protocol):
     def reply(self, topic: str, handler: Any) -> None:
         """Answer `topic`'s requests with `handler(Got)` (data, (data,
         headers) or None) until the client closes."""
+
+    def kv(self, bucket: str) -> KV:
+        """The key-value view of `bucket`, with blocking calls."""
 
     def subscribe(
         self,
@@ -417,8 +441,44 @@ class TwistedClient:
     def reply(self, topic: str, handler: Any) -> None:
         _in_reactor(self._client.reply, topic, lambda message: handler(_got(message)))
 
+    def kv(self, bucket: str) -> _TwistedKV:
+        return _TwistedKV(self._client.kv(bucket))
+
     def close(self) -> None:
         _in_reactor(self._client.close)
+
+
+class _TwistedKV:
+    def __init__(self, view: Any) -> None:
+        self._view = view
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self._view, name)
+        return lambda *args: _in_reactor(call, *args)
+
+    def watch(self, count: int, prefix: str = "", change: Any = None, after: int = 0) -> list[Any]:
+        got: list[Any] = []
+        enough: Deferred[None] = Deferred()
+
+        changed: list[Deferred[Any]] = []
+
+        def handler(entry: Any) -> bool:
+            got.append(entry)
+            if change is not None and len(got) == after:
+                changed.append(threads.deferToThread(change))
+            if len(got) == count and not enough.called:
+                enough.callback(None)
+            return True
+
+        def start() -> Deferred[None]:
+            enough.addTimeout(15, reactor)
+            return self._view.watch(handler, prefix)
+
+        _in_reactor(start)
+        _in_reactor(lambda: enough)
+        for done in changed:
+            _in_reactor(lambda done=done: done)
+        return got[:count]
 
 
 def _got(message: broker.client.Message) -> Got:
@@ -502,6 +562,9 @@ class AsyncioClient:
 
         self.run(_awaited(self._client.reply(topic, answer)))
 
+    def kv(self, bucket: str) -> _AsyncioKV:
+        return _AsyncioKV(self, self._client.kv(bucket))
+
     def publish(
         self, topic: str, data: bytes, headers: Any = None, delay: Any = None, ttl: Any = None
     ) -> int | None:
@@ -540,6 +603,41 @@ class AsyncioClient:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+class _AsyncioKV:
+    def __init__(self, owner: AsyncioClient, view: Any) -> None:
+        self._owner = owner
+        self._view = view
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self._view, name)
+        return lambda *args: self._owner.run(call(*args))
+
+    def watch(self, count: int, prefix: str = "", change: Any = None, after: int = 0) -> list[Any]:
+        changing: list[threading.Thread] = []
+
+        async def take() -> list[Any]:
+            got = []
+            changes = self._view.watch(prefix)
+            try:
+                async with asyncio.timeout(15):
+                    async for entry in changes:
+                        got.append(entry)
+                        if change is not None and len(got) == after:
+                            changing.append(threading.Thread(target=change, daemon=True))
+                            changing[-1].start()
+                        if len(got) == count:
+                            break
+            finally:
+                await changes.aclose()
+            return got
+
+        try:
+            return self._owner.run(take())
+        finally:
+            for thread in changing:
+                thread.join(15)
 
 
 # The blocking client.
@@ -623,8 +721,33 @@ class BlockingClient:
             lambda m: handler(Got(m.topic, m.offset, m.data, m.attempt, m.headers.pairs())),
         )
 
+    def kv(self, bucket: str) -> _BlockingKV:
+        return _BlockingKV(self._client.kv(bucket))
+
     def close(self) -> None:
         self._client.close()
+
+
+class _BlockingKV:
+    def __init__(self, view: broker.sync.SyncKeyValue) -> None:
+        self._view = view
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
+
+    def watch(self, count: int, prefix: str = "", change: Any = None, after: int = 0) -> list[Any]:
+        got = []
+        changing: list[threading.Thread] = []
+        for entry in self._view.watch(prefix, timeout=15):
+            got.append(entry)
+            if change is not None and len(got) == after:
+                changing.append(threading.Thread(target=change, daemon=True))
+                changing[-1].start()
+            if len(got) == count:
+                break
+        for thread in changing:
+            thread.join(15)
+        return got
 
 
 def in_thread(test: Any) -> Any:

@@ -28,6 +28,7 @@ from broker.aio.client import (
     connect,
     parse_url,
 )
+from broker.sansio.kv import Entry, KeyChanged
 from broker.sansio.messages import (
     AuthenticationFailed,
     BrokerError,
@@ -52,7 +53,9 @@ __all__ = [
     "Client",
     "ConnectionLost",
     "Delivery",
+    "Entry",
     "ExtensionsRefused",
+    "KeyChanged",
     "Message",
     "NoResponders",
     "OutcomeUnknown",

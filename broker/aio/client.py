@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from broker.aio.kv import KeyValue
 from broker.sansio.connection import ClientConnection, PublisherConnection, SubscriberConnection
 from broker.sansio.messages import (
     AuthenticationFailed,
@@ -634,7 +635,7 @@ class Client:
         publish not yet written withdraws it. With `delay`, subscribers get
         it that many seconds from now, not before; with `ttl`, not once that
         many seconds have passed."""
-        check_publish(topic, data)
+        check_publish(topic, data, headers)
         headers = timed(headers, delay, ttl)
         if headers:
             data = payload_with_headers(data, headers)
@@ -878,6 +879,11 @@ class Client:
             return True
 
         return self.subscribe([topic], group=group, handler=on_request)
+
+    def kv(self, bucket: str, timeout: float = 5.0) -> KeyValue:
+        """The key-value view of `bucket` (the compacted topic `kv.BUCKET`):
+        put, get, delete, keys, history, watch, update (compare-and-set)."""
+        return KeyValue(self, bucket, timeout)
 
     # Both.
 

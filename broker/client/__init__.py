@@ -42,6 +42,7 @@ from broker.client.reconnecting import (
     QueueFull,
     connect,
 )
+from broker.sansio.kv import Entry, KeyChanged
 from broker.sansio.requests import NoResponders, RequestTimedOut
 from broker.wire import StartAt
 
@@ -51,8 +52,10 @@ __all__ = [
     "BrokerClient",
     "BrokerError",
     "BrokerUnreachable",
+    "Entry",
     "ExtensionsRefused",
     "Handler",
+    "KeyChanged",
     "Message",
     "NoResponders",
     "OutcomeUnknown",

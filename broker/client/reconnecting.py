@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from broker.client.kv import KeyValue
 from broker.client.protocols import (
     BatchHandler,
     Handler,
@@ -375,7 +376,7 @@ class BrokerClient:
         With `delay`, subscribers get it that many seconds from now, not
         before; with `ttl`, not once that many seconds have passed.
         """
-        check_publish(topic, payload)
+        check_publish(topic, payload, headers)
         headers = timed(headers, delay, ttl)
         if headers:
             payload = payload_with_headers(payload, headers)
@@ -573,6 +574,11 @@ class BrokerClient:
         share a consumer group (`group`, "responders" by default): each
         request goes to one of them; fires once subscribed."""
         return self.subscribe([topic], responder(self, handler), group=group)
+
+    def kv(self, bucket: str, timeout: float = 5.0) -> KeyValue:
+        """The key-value view of `bucket` (the compacted topic `kv.BUCKET`):
+        put, get, delete, keys, history, watch, update (compare-and-set)."""
+        return KeyValue(self, bucket, timeout)
 
     def subscriber_connected(self) -> Deferred[SubscriberProtocol]:
         """The subscriber connection, once it is up and has resubscribed."""

@@ -116,6 +116,11 @@ class ConsumerGroup:
                 continue  # acked before the consumer (or the broker) restarted
             if offset < position.delivered:
                 return (offset, item[1], 1)  # handed out before: a redelivery
+            if offset > position.delivered:
+                # The reader skipped what is not there (compaction's gaps, a
+                # corrupt record): done with, or the position waits for ever.
+                for skipped in range(max(position.delivered, position.low), offset):
+                    position.done(skipped)
             position.delivered = offset + 1
             return item
 

@@ -99,10 +99,11 @@ class KeyIndex:
         return entry.offsets[-1]
 
     def revision(self, key: str) -> int:
-        """The offset of `key`'s latest message, a deletion's too; 0 if none
-        is held (what a compare-and-set names as "no such key")."""
+        """`key`'s revision: the offset of its latest message (a deletion's
+        too) plus one; 0 if none is held (what a compare-and-set names as
+        "no such key")."""
         entry = self.keys.get(key)
-        return entry.offsets[-1] if entry is not None and entry.offsets else 0
+        return entry.offsets[-1] + 1 if entry is not None and entry.offsets else 0
 
     def history(self, key: str) -> list[int]:
         entry = self.keys.get(key)
@@ -182,9 +183,10 @@ def refusals(payloads: Sequence[bytes], index: KeyIndex) -> list[str | None] | N
         problem = None
         if b"expected-revision" in header_block(payload).lower():
             expected = Headers.of(payload).get(EXPECTED_REVISION, "")
-            current = -1 if key in touched else index.revision(key)
-            if expected != str(current):
-                problem = f"wrong last revision for key {key!r}: it is {current}"
+            if key in touched:
+                problem = f"wrong last revision for key {key!r}: written earlier in the batch"
+            elif expected != str(index.revision(key)):
+                problem = f"wrong last revision for key {key!r}: it is {index.revision(key)}"
         if problem is None:
             touched.add(key)
         else:

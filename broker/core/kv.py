@@ -5,14 +5,14 @@ compare-and-set), and reading is a request (broker.core.inboxes) to
 `$KV.<OP>.<BUCKET>` that the broker answers itself from the topic's key
 index, storing nothing and replaying nothing:
 
-- `GET` (header `Key`): the value, with `Key` and `Revision` (its offset);
-  or `Status: 404`.
+- `GET` (header `Key`): the value, with `Key` and `Revision` (its
+  message's offset + 1, so that 0 means none); or `Status: 404`.
 - `KEYS` (header `Prefix`, optional): a JSON list of the keys.
 - `HISTORY` (header `Key`): a JSON list of what the log still holds of the
   key, oldest first: `{"revision", "deleted", "value"}` (base64).
 - `REVISIONS` (header `Prefix`, optional): JSON `{"next": the topic's next
-  offset, "revisions": {key: latest offset}}`, what a watcher needs to
-  replay only the current values.
+  offset, "revisions": {key: the offset of its latest message}}`, what a
+  watcher needs to replay only the current values.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def answer(
         if offset is None or not value:
             return with_headers(b"not found", encode_headers([*pairs, (KEY, key), (STATUS, "404")]))
         return with_headers(
-            bytes(value), encode_headers([*pairs, (KEY, key), (REVISION, str(offset))])
+            bytes(value), encode_headers([*pairs, (KEY, key), (REVISION, str(offset + 1))])
         )
     if operation == "KEYS":
         data: object = index.names(asked.get(PREFIX, ""))
@@ -80,7 +80,7 @@ def answer(
             if value is not None:
                 history.append(
                     {
-                        "revision": offset,
+                        "revision": offset + 1,
                         "deleted": not value,
                         "value": base64.b64encode(bytes(value)).decode("ascii"),
                     }

@@ -89,8 +89,8 @@ def prepared(messages: Iterable[Publish]) -> list[tuple[str, bytes]]:
     batch = []
     for message in messages:
         topic, data = message[0], message[1]
-        check_publish(topic, data)
         headers = message[2] if len(message) > 2 else None
+        check_publish(topic, data, headers)
         batch.append((topic, payload_with_headers(data, headers)))
     return batch
 
@@ -146,8 +146,9 @@ def check_topics(topics: Iterable[str]) -> list[str]:
     return names
 
 
-def check_publish(topic: str, payload: bytes) -> None:
-    """TypeError or ValueError for a publish no broker would take."""
+def check_publish(topic: str, payload: bytes, headers: HeaderPairs | None = None) -> None:
+    """TypeError or ValueError for a publish no broker would take (an empty
+    one is a deletion if its headers name a Key)."""
     if not isinstance(topic, str):
         raise TypeError(f"topic must be str, not {type(topic).__name__}")
     if not isinstance(payload, bytes):
@@ -156,8 +157,15 @@ def check_publish(topic: str, payload: bytes) -> None:
     problem = topic_name_problem(topic)
     if problem:
         raise ValueError(f"{topic!r}: {problem}")
-    if not payload:
-        raise ValueError("the broker does not take empty messages")
+    if not payload and not _names_key(headers):
+        raise ValueError("the broker does not take empty messages (but a keyed deletion)")
+
+
+def _names_key(headers: HeaderPairs | None) -> bool:
+    if not headers:
+        return False
+    names = headers.keys() if isinstance(headers, Mapping) else (name for name, _ in headers)
+    return any(name.lower() == "key" for name in names)
 
 
 def credentials_of(

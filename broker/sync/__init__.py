@@ -14,6 +14,7 @@ It is the asyncio client (broker.aio) on an event loop of its own in a
 background thread: the same guarantees, behind plain calls.
 """
 
+from broker.sansio.kv import Entry, KeyChanged
 from broker.sansio.messages import (
     AuthenticationFailed,
     BrokerError,
@@ -24,7 +25,14 @@ from broker.sansio.messages import (
     QueueFull,
 )
 from broker.sansio.requests import NoResponders, RequestTimedOut
-from broker.sync.client import Message, SyncClient, SyncSubscription, connect
+from broker.sync.client import (
+    Message,
+    Responder,
+    SyncClient,
+    SyncKeyValue,
+    SyncSubscription,
+    connect,
+)
 from broker.wire import StartAt
 
 __all__ = [
@@ -32,14 +40,18 @@ __all__ = [
     "BrokerError",
     "BrokerUnreachable",
     "ConnectionLost",
+    "Entry",
     "ExtensionsRefused",
+    "KeyChanged",
     "Message",
     "NoResponders",
     "OutcomeUnknown",
     "QueueFull",
     "RequestTimedOut",
+    "Responder",
     "StartAt",
     "SyncClient",
+    "SyncKeyValue",
     "SyncSubscription",
     "connect",
 ]

@@ -9,7 +9,7 @@ import queue
 import ssl as _ssl
 import threading
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Any, TypeVar
@@ -23,6 +23,8 @@ from broker.aio.client import (
     backoff,
 )
 from broker.aio.client import connect as aio_connect
+from broker.aio.kv import KeyValue
+from broker.sansio.kv import Entry
 from broker.sansio.messages import Publish
 from broker.sansio.requests import DEFAULT_RESPONDERS, Reply
 from broker.wire import StartAt
@@ -338,6 +340,10 @@ class SyncClient:
 
         return Responder(self, self._run(subscribe()))
 
+    def kv(self, bucket: str, timeout: float = 5.0) -> SyncKeyValue:
+        """The key-value view of `bucket` (the compacted topic `kv.BUCKET`)."""
+        return SyncKeyValue(self, self.client.kv(bucket, timeout))
+
     def close(self) -> None:
         """Close the connections and stop the client's thread."""
         if self.closed:
@@ -355,6 +361,54 @@ class SyncClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class SyncKeyValue:
+    """The key-value view of one bucket with blocking calls (see
+    broker.aio.kv.KeyValue, which it runs on the client's loop)."""
+
+    def __init__(self, owner: SyncClient, view: KeyValue) -> None:
+        self._owner = owner
+        self._view = view
+        self.bucket = view.bucket
+
+    def put(self, key: str, value: bytes) -> int | None:
+        return self._owner._run(self._view.put(key, value))
+
+    def update(self, key: str, value: bytes, revision: int) -> int | None:
+        return self._owner._run(self._view.update(key, value, revision))
+
+    def create(self, key: str, value: bytes) -> int | None:
+        return self._owner._run(self._view.create(key, value))
+
+    def delete(self, key: str) -> int | None:
+        return self._owner._run(self._view.delete(key))
+
+    def get(self, key: str) -> Entry | None:
+        return self._owner._run(self._view.get(key))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return self._owner._run(self._view.keys(prefix))
+
+    def history(self, key: str) -> list[Entry]:
+        return self._owner._run(self._view.history(key))
+
+    def watch(self, prefix: str = "", timeout: float | None = None) -> Iterator[Entry]:
+        """Each key's current value, then every change; the iteration ends
+        after `timeout` seconds without one (None: never)."""
+        changes = self._view.watch(prefix)
+        try:
+            while True:
+                try:
+                    yield self._owner._run(_next_of(changes), timeout)
+                except (TimeoutError, StopAsyncIteration):
+                    return
+        finally:
+            self._owner._run(changes.aclose(), 10)
+
+
+async def _next_of(changes: AsyncIterator[Entry]) -> Entry:
+    return await changes.__anext__()
 
 
 class Responder:

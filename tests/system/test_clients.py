@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.sansio.kv import KeyChanged
 from broker.sansio.messages import AuthenticationFailed, BrokerError
 from broker.sansio.requests import NoResponders, RequestTimedOut
 from broker.security.users import hash_secret, user_entry
@@ -349,6 +350,63 @@ def test_a_delayed_message_comes_when_due_and_an_expired_one_never(kind, running
             time.sleep(0.05)
         replay = client.subscribe([topic], start=StartAt.FROM, offset=2)
         assert [(g.offset, g.data) for g in replay.take(1)] == [(3, b"lasting")]
+
+
+@in_thread
+def test_a_key_value_bucket_puts_gets_and_deletes_without_replaying(kind, running, request):
+    bucket = topic_for(request).replace(".", "-")
+    with client_of(kind, running.url) as client:
+        kv = client.kv(bucket)
+        first = kv.put("color", b"red")
+        assert kv.put("size", b"10") == first + 1
+        second = kv.put("color", b"blue")
+        got = kv.get("color")
+        assert (got.key, got.value, got.revision, got.deleted) == ("color", b"blue", second, False)
+        assert kv.get("nothing") is None
+        assert kv.keys() == ["color", "size"] and kv.keys("co") == ["color"]
+        assert [(e.value, e.revision) for e in kv.history("color")] == [
+            (b"red", first),
+            (b"blue", second),
+        ]
+        deleted = kv.delete("size")
+        assert kv.get("size") is None and kv.keys() == ["color"]
+        assert kv.history("size")[-1].deleted and kv.history("size")[-1].revision == deleted
+
+
+@in_thread
+def test_an_update_on_a_key_that_moved_on_fails(kind, running, request):
+    bucket = topic_for(request).replace(".", "-")
+    with client_of(kind, running.url) as client:
+        kv = client.kv(bucket)
+        created = kv.update("lock", b"mine", 0)  # 0: only if it has none
+        with pytest.raises(KeyChanged, match="wrong last revision"):
+            kv.update("lock", b"theirs", 0)
+        moved = kv.update("lock", b"mine again", created)
+        with pytest.raises(KeyChanged):
+            kv.update("lock", b"stale", created)
+        assert kv.get("lock").revision == moved
+
+
+@in_thread
+def test_a_watch_gives_current_values_then_changes(kind, running, request):
+    bucket = topic_for(request).replace(".", "-")
+    with client_of(kind, running.url) as client:
+        kv = client.kv(bucket)
+        kv.put("app.a", b"1")
+        kv.put("app.b", b"1")
+        kv.put("app.a", b"2")  # supersedes a's first
+        kv.put("other", b"x")
+        kv.put("app.gone", b"1")
+        kv.delete("app.gone")  # deleted before the watch: not shown
+        with client_of(kind, running.url) as writer:
+            # A second client deletes a key once the current values came.
+            later = writer.kv(bucket)
+            entries = kv.watch(3, "app.", change=lambda: later.delete("app.b"), after=2)
+        assert [(e.key, e.value, e.deleted) for e in entries] == [
+            ("app.b", b"1", False),
+            ("app.a", b"2", False),
+            ("app.b", b"", True),
+        ]
 
 
 @in_thread

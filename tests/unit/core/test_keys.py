@@ -39,7 +39,7 @@ def test_the_index_knows_each_keys_latest_and_what_may_go():
     index = KeyIndex()
     index.add([keyed("a", b"1"), keyed("b", b"1"), keyed("a", b"2"), b"plain"], 0, now=0)
     index.add([keyed("b", b"")], 4, now=10)  # b deleted at 10
-    assert (index.latest("a"), index.latest("b"), index.revision("b")) == (2, None, 4)
+    assert (index.latest("a"), index.latest("b"), index.revision("b")) == (2, None, 5)
     assert index.names() == ["a"] and len(index) == 1
     assert index.history("a") == [0, 2]
     assert index.superseded == 2
@@ -55,15 +55,15 @@ def test_a_compacted_topic_refuses_keyless_and_stale_writes_one_by_one():
     assert first.first == 0
     batch = [
         b"no key",
-        keyed("k", b"2", expected_revision="0"),  # k is at 0: stored
-        keyed("k", b"3", expected_revision="1"),  # k moved on in this batch
+        keyed("k", b"2", expected_revision="1"),  # k's revision: offset 0 + 1
+        keyed("k", b"3", expected_revision="2"),  # k moved on in this batch
         keyed("new", b"x", expected_revision="0"),  # 0: must not exist yet
     ]
     appended = broker.append("kv.b", batch, None, "p", headered=True)
     assert appended.first == [
         "a compacted topic takes messages with a Key header",
         1,
-        "wrong last revision for key 'k': it is -1",
+        "wrong last revision for key 'k': written earlier in the batch",
         2,
     ]
     assert broker.key_indexes["kv.b"].latest("k") == 1
@@ -104,11 +104,11 @@ def test_the_key_value_view_is_answered_from_the_index():
         return inbox.read(inbox.next_offset - 1, 1)[0]
 
     got = ask("GET", Key="a")
-    assert bytes(got) == b"3" and Headers.of(got)["Revision"] == "2"
+    assert bytes(got) == b"3" and Headers.of(got)["Revision"] == "3"
     assert Headers.of(ask("GET", Key="zz"))["Status"] == "404"
     assert json.loads(bytes(ask("KEYS", Prefix="a"))) == ["a", "ab"]
     history = json.loads(bytes(ask("HISTORY", Key="a")))
-    assert [entry["revision"] for entry in history] == [0, 2]
+    assert [entry["revision"] for entry in history] == [1, 3]
     revisions = json.loads(bytes(ask("REVISIONS")))
     assert revisions == {"next": 3, "revisions": {"a": 2, "ab": 1}}
     assert "$KV.GET.b" not in broker.registry  # requests are stored nowhere
