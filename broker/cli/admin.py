@@ -150,7 +150,7 @@ def _cell(value: Any) -> str:
 # Topics.
 
 
-@click.group(help="List, inspect, peek into, create, purge and delete topics.")
+@click.group(help="List, inspect, peek into, create, compact, purge and delete topics.")
 def topics() -> None:
     pass
 
@@ -245,10 +245,7 @@ def peek(
         lambda a: _table(
             f"{a['topic']}: {len(a['messages'])} message(s)",
             ["offset", "size", "data"],
-            [
-                [m["offset"], m.get("size"), m.get("data", m.get("data_base64", "(corrupt)"))]
-                for m in a["messages"]
-            ],
+            [[m["offset"], m.get("size"), _shown_data(m)] for m in a["messages"]],
         ),
     )
 
@@ -287,6 +284,25 @@ def purge(
         "POST", "topics", name, "purge", body={}
     )
     _done(answer, as_json, f"purged {name}: {answer['messages']:,} message(s) dropped")
+
+
+@topics.command(help="Compact a topic (keep the latest message of each key) or, with --off, stop.")
+@click.argument("name")
+@click.option("--off", is_flag=True, help="Stop compacting it.")
+@admin_options
+def compact(
+    name: str,
+    off: bool,
+    monitor_url: str,
+    user: str | None,
+    password: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    answer = _client(monitor_url, user, password, token).call(
+        "POST", "topics", name, "compaction", body={"compacted": not off}
+    )
+    _done(answer, as_json, f"{name} is {'compacted' if answer['compacted'] else 'not compacted'}")
 
 
 @topics.command(name="rm", help="Delete a topic nobody reads, with its messages.")
@@ -465,3 +481,9 @@ def kick(
 ) -> None:
     answer = _client(monitor_url, user, password, token).call("DELETE", "connections", str(number))
     _done(answer, as_json, f"closed connection {number} ({answer['peer']})")
+
+
+def _shown_data(message: dict[str, Any]) -> str:
+    if message.get("gap"):
+        return "(dropped by compaction)"
+    return str(message.get("data", message.get("data_base64", "(corrupt)")))

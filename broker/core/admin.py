@@ -100,6 +100,7 @@ class Administration:
             "messages": topic_log.next_offset - topic_log.first_offset,
             "bytes": topic_log.bytes_held,
             "readers": self.broker.readers_of(topic.name),
+            "compacted": topic.compacted,
         }
 
     def info(self, name: str) -> Deferred[dict[str, Any]]:
@@ -158,17 +159,37 @@ class Administration:
             for at, payload in enumerate(payloads, start):
                 if payload is not None and messages and total + len(payload) > max_bytes:
                     break
-                messages.append(_message(at, payload))
+                messages.append(_message(at, payload, topic.compacted))
                 total += len(payload or b"")
             return {"topic": name, "messages": messages, "next": start + len(messages)}
 
         return maybeDeferred(topic_log.read, start, count).addCallback(shown)
+
+    def set_compaction(self, name: str, compacted: bool, who: str) -> dict[str, Any]:
+        """Turn a topic's compaction on or off (until the broker restarts:
+        --compact keeps it); on, it runs at once."""
+        topic = self.topic(name)
+        broker = self.broker
+        (broker.compaction.on if compacted else broker.compaction.off).add(name)
+        (broker.compaction.off if compacted else broker.compaction.on).discard(name)
+        topic.compacted = compacted
+        if compacted:
+            broker.key_index(name, topic)
+            broker.compact_topics(force=True)
+        log.warn(
+            "{who} turned compaction of topic {topic!r} {state}",
+            who=who,
+            topic=name,
+            state="on" if compacted else "off",
+        )
+        return {"topic": name, "compacted": compacted}
 
     def purge(self, name: str, who: str) -> Deferred[int]:
         """Drop every message of a topic (offsets go on); how many went."""
         topic = self.topic(name)
 
         def purged(dropped: int) -> int:
+            self.broker.key_indexes.pop(name, None)  # made again from what is left
             log.warn(
                 "{who} purged topic {topic!r}: {dropped} message(s) dropped",
                 who=who,
@@ -417,9 +438,10 @@ def _name(topic: Topic) -> str:
     return topic.name
 
 
-def _message(offset: int, payload: bytes | None) -> dict[str, Any]:
+def _message(offset: int, payload: bytes | None, compacted: bool = False) -> dict[str, Any]:
     if payload is None:
-        return {"offset": offset, "corrupt": True}
+        # In a compacted topic, a message compaction dropped (a gap).
+        return {"offset": offset, "gap" if compacted else "corrupt": True}
     shown: dict[str, Any] = {"offset": offset, "size": len(payload)}
     headers = Headers.of(payload)
     if headers:

@@ -398,7 +398,7 @@ class Broker:
             self._compacted_at[name] = now
             if not dropped:
                 continue
-            done = topic.log.compact(dropped)
+            done = topic.log.compact(dropped, force)
             if isinstance(done, list):
                 self._compacted(done, name, index)
                 continue

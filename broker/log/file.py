@@ -357,13 +357,16 @@ class FileLog:
 
     # Compaction (broker.core.keys decides what goes).
 
-    def compact(self, dropped: Sequence[int]) -> Deferred[list[int]]:
+    def compact(self, dropped: Sequence[int], now: bool = False) -> Deferred[list[int]]:
         """Drop the messages at the offsets `dropped` (ascending) that closed
         segments hold: each such segment is rewritten in a thread with gap
         runs in their place, then swapped in atomically. Fires with how many
         were dropped (the active segment's wait until it is closed)."""
         if self._compacting or not dropped:
             return succeed([])
+        active = self._segments[-1]
+        if now and active.count and dropped[-1] >= active.base:
+            self._roll()  # what it holds may go too
         plans = []
         for segment in self._segments[:-1]:
             low = bisect.bisect_left(dropped, segment.base)

@@ -108,12 +108,13 @@ class IMessageLog(Interface):
         an int, or a Deferred of one. A store that keeps times coarsely
         answers an earlier offset, never a later one."""
 
-    def compact(dropped):
+    def compact(dropped, now=False):
         """Drop the messages at the offsets `dropped` (ascending; chosen by
-        compaction, broker.core.keys), or those of them it can now: their
-        offsets stay, read as gaps (None). Return the offsets it dropped, or
-        a Deferred of them. A store that cannot drop single messages (Redis)
-        drops none."""
+        compaction, broker.core.keys), or those of them it can now (with
+        `now`, an operator's request: a log that leaves the file it appends
+        to alone closes it first): their offsets stay, read as gaps (None).
+        Return the offsets it dropped, or a Deferred of them. A store that
+        cannot drop single messages (Redis) drops none."""
 
     def purge():
         """Drop every message held (an operator's purge): `first_offset`

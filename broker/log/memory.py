@@ -108,7 +108,7 @@ class MemoryLog:
             return self.next_offset
         return max(batches[index][0], self.first_offset)
 
-    def compact(self, dropped: Sequence[int]) -> list[int]:
+    def compact(self, dropped: Sequence[int], now: bool = False) -> list[int]:
         """In place: each dropped message's slot holds None from now on."""
         messages = self._messages
         headers = self._headers

@@ -442,7 +442,7 @@ class RedisLog:
     def offset_at(self, when: float) -> Deferred[int]:
         return self.store.offset_at(self, when)
 
-    def compact(self, dropped: Sequence[int]) -> list[int]:
+    def compact(self, dropped: Sequence[int], now: bool = False) -> list[int]:
         """Redis keeps a topic's batches whole: compaction drops nothing here
         (the key index answers the key-value view; retention still applies)."""
         return []

@@ -7,6 +7,8 @@ docs/admin.md; each action is logged with who asked (broker.core.admin).
     GET    /admin/topics/NAME                  offsets, size, readers, groups, durables
     GET    /admin/topics/NAME/messages?from=OFFSET&limit=N&max_bytes=B
     POST   /admin/topics/NAME/purge            drop every message (offsets go on)
+    POST   /admin/topics/NAME/compaction       {"compacted": true|false}: the latest
+                                               message of each key kept (until restart)
     DELETE /admin/topics/NAME                  remove it (409 while it is read)
     GET    /admin/consumers                    consumer groups and durable consumers
     POST   /admin/consumers/TOPIC/NAME/reset   {"offset": N} or {"time": T}: a durable
@@ -108,6 +110,11 @@ class AdminAPI(Resource):
                 return admin.purge(name, who).addCallback(
                     lambda dropped: {"purged": name, "messages": dropped}
                 )
+            case "POST", ["topics", name, "compaction"]:
+                compacted = _body(request).get("compacted")
+                if not isinstance(compacted, bool):
+                    raise AdminRefused(400, 'give {"compacted": true} or {"compacted": false}')
+                return 200, admin.set_compaction(name, compacted, who)
             case "GET", ["consumers"]:
                 return admin.consumers().addCallback(lambda rows: {"consumers": rows})
             case "POST", ["consumers", topic, name, "reset"]:

@@ -40,6 +40,11 @@ _TOTALS = [
     ("broker_nacks", "Nacks received", "nacks"),
     ("broker_dead_letters", "Messages appended to a dead-letter topic", "dead_letters"),
     (
+        "broker_compacted_messages",
+        "Messages compaction dropped (older messages of their keys, old deletions)",
+        "compacted",
+    ),
+    (
         "broker_no_responders",
         "Requests the broker answered itself: nobody read their topic",
         "no_responders",

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from broker.sansio.messages import BrokerError
 from broker.security.users import hash_secret, user_entry
 from broker.wire import StartAt
 from tests.clients import BrokerProcess, accepts, client_of, in_thread, wait_until
@@ -111,6 +112,29 @@ def test_topics_are_listed_peeked_purged_and_deleted_from_the_terminal(guarded):
     assert admin_command(guarded, "topics", "rm", "cli.admin", "--yes").returncode == 0
     listed = json.loads(admin_command(guarded, "topics", "ls", "--json").stdout)
     assert "cli.admin" not in {t["name"] for t in listed["topics"]}
+
+
+@in_thread
+def test_a_topic_is_compacted_from_the_terminal(guarded):
+    with client_of("blocking", guarded.url, user="root", password="adm1n") as client:
+        for n in range(3):
+            client.publish("cli.settings", b"v%d" % n, {"Key": "colour"})
+        turned = admin_command(guarded, "topics", "compact", "cli.settings", "--json")
+        assert turned.returncode == 0, turned.stderr
+        assert json.loads(turned.stdout) == {"topic": "cli.settings", "compacted": True}
+
+        # Compacted at once (in the background): the two older values of
+        # the key become gaps.
+        def shown() -> list[object]:
+            peeked = admin_command(guarded, "topics", "peek", "cli.settings", "--json")
+            return [m.get("data", "gap") for m in json.loads(peeked.stdout)["messages"]]
+
+        wait_until(lambda: shown() == ["gap", "gap", "v2"], what="the compaction")
+        with pytest.raises(BrokerError, match="takes messages with a Key header"):
+            client.publish("cli.settings", b"no key")
+        off = admin_command(guarded, "topics", "compact", "cli.settings", "--off")
+        assert off.stdout.strip() == "cli.settings is not compacted"
+        assert client.publish("cli.settings", b"no key") == 3
 
 
 @in_thread
