@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from broker.wire.headers import EXPIRES, NOT_BEFORE, Headered, Headers
+from broker.wire.headers import EXPIRES, NOT_BEFORE, Headered, Headers, is_lone_id
 
 NEVER = math.inf
 
@@ -26,7 +26,10 @@ def timing_of(payload: bytes) -> tuple[float, float] | None:
     that is not a number is ignored."""
     if type(payload) is not Headered:
         return None
-    lowered = payload.headers.lower()
+    block = payload.headers
+    if is_lone_id(block):
+        return None  # (what the clients send: quick)
+    lowered = block.lower()
     if b"not-before" not in lowered and b"expires" not in lowered:
         return None
     headers = Headers.of(payload)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from broker.wire.headers import Headered, with_headers
+from broker.wire.headers import Headered, is_lone_id, with_headers
 
 
 class HeaderTable:
@@ -37,7 +37,9 @@ class HeaderTable:
 
     def take(self, first: int, payloads: Sequence[bytes]) -> Sequence[bytes]:
         """`payloads` (appended from offset `first`) as plain bytes, their
-        blocks kept here; the same sequence if none has headers."""
+        blocks kept here; the same sequence if none has headers. A block
+        that is only a message id is not kept: the id has done its work (the
+        topic's dedup window holds it), and its message reads as plain bytes."""
         if Headered not in map(type, payloads):
             return payloads
         plain: list[bytes] = []
@@ -46,9 +48,10 @@ class HeaderTable:
         for offset, payload in enumerate(payloads, first):
             if type(payload) is Headered:
                 block = payload.headers
-                blocks[offset] = block
-                offsets.append(offset)
-                self.bytes += len(block)
+                if not is_lone_id(block):
+                    blocks[offset] = block
+                    offsets.append(offset)
+                    self.bytes += len(block)
                 payload = bytes(payload)
             plain.append(payload)
         return plain

@@ -232,9 +232,17 @@ class SubscriberSession(Session):
     def _send_headered_run(
         self, subscription: Subscription, offset: int, delivery_id: int, payloads: list[bytes]
     ) -> None:
-        """`_send_extended_run`, unless a message of the run has headers:
-        then one by one, each after the frame of its headers."""
-        if not any(type(payload) is Headered for payload in payloads):
+        """`_send_extended_run`, unless a message of the run has headers a
+        subscriber is shown (a message id is not): then one by one, each
+        after the frame of its headers."""
+        if Headered not in map(type, payloads):
+            self._send_extended_run(subscription, offset, delivery_id, payloads)
+            return
+        frames = [
+            _headers_frame(payload.headers) if type(payload) is Headered else b""
+            for payload in payloads
+        ]
+        if not any(frames):
             self._send_extended_run(subscription, offset, delivery_id, payloads)
             return
         topic = subscription.topic
@@ -243,11 +251,9 @@ class SubscriberSession(Session):
         prefix = topic.extended_prefix
         outgoing = self._outgoing
         for index, payload in enumerate(payloads):
-            block = header_block(payload)
-            if block:
-                frame = _headers_frame(block)
-                if frame:
-                    outgoing.append(frame)
+            frame = frames[index]
+            if frame:
+                outgoing.append(frame)
             tail = encode_delivery_tail(
                 offset + index, 1, (delivery_id + index) & 0xFFFFFFFF, len(payload)
             )

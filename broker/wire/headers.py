@@ -205,6 +205,15 @@ _ID_PAIR_HEAD = b"\x06Msg-Id"
 _ID_NAME = b"msg-id"
 
 
+def is_lone_id(block: bytes) -> bool:
+    """Whether a header block is one Msg-Id header and nothing else (as the
+    clients send the ids they make)."""
+    return block[:9] == _LONE_ID_HEAD and len(block) == 11 + _U16.unpack_from(block, 9)[0]
+
+
+_LONE_ID_HEAD = b"\x00\x01" + _ID_PAIR_HEAD
+
+
 def message_id(payload: bytes) -> bytes | None:
     """The raw value of the Msg-Id header a payload carries (the first, if
     several), or None. Quick for the blocks the clients write, which put it

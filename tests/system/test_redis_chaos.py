@@ -122,6 +122,14 @@ async def test_nothing_confirmed_is_lost_across_node_and_redis_failures(redis_se
         # Every confirmed message was delivered, at the offset it was confirmed at.
         missing = [s for s, o in confirmed.items() if b"seq %d" % s not in deliveries.get(o, set())]
         assert not missing, f"{len(missing)} confirmed messages lost, e.g. {missing[:5]}"
+        # And each stored once: a publish sent again after a lost confirm
+        # carried its message id, and Redis knew it.
+        offsets_of: dict[bytes, set[int]] = {}
+        for offset, payloads in deliveries.items():
+            for payload in payloads:
+                offsets_of.setdefault(payload, set()).add(offset)
+        twice = {payload: at for payload, at in offsets_of.items() if len(at) > 1}
+        assert not twice, f"{len(twice)} messages stored twice, e.g. {list(twice.items())[:3]}"
         assert first_deliveries == sorted(first_deliveries)
         # What was refused during the failover was refused with a reason,
         # which says whether it may have been stored.
