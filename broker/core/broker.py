@@ -161,11 +161,15 @@ class Broker:
         if not is_inbox(name):
             return self.store.open(name)
         self.inboxes.add(name)
+        inbox = MemoryLog(INBOX_RETENTION, clock=self.clock.seconds)
         if ISharedStore.providedBy(self.store):
-            self.store.follow_inbox(
+            # Its subscriber waits until replies from other nodes are heard.
+            heard: Deferred[None] = self.store.follow_inbox(
                 name, lambda payloads: self._sent_from_elsewhere(name, payloads)
             )
-        return MemoryLog(INBOX_RETENTION, clock=self.clock.seconds)
+            inbox.opening = heard
+            heard.addBoth(lambda _: setattr(inbox, "opening", None))
+        return inbox
 
     def _sent_from_elsewhere(self, inbox: str, payloads: list[bytes]) -> None:
         if inbox in self.registry:
@@ -238,13 +242,13 @@ class Broker:
         if refusal is not None:
             stats.refusals[ERR_PERMISSION_DENIED] += len(payloads)
             return Appended(refusal=refusal)
+        if self._shared and is_inbox(topic) and topic not in self.registry:
+            return self._send_to_inbox_elsewhere(topic, payloads)
         if headered and deduplicate:  # (once: not again from below)
             if is_kv_request(topic):
                 return self._answer_kv(topic, payloads)
             if not is_inbox(topic):
                 self._answer_unheard_requests(topic, payloads)
-        elif self._shared and is_inbox(topic) and topic not in self.registry:
-            return self._send_to_inbox_elsewhere(topic, payloads)
         try:
             stored = self.registry.get(topic)
             if stored.compacted and not keys_checked:

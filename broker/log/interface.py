@@ -236,7 +236,9 @@ class ISharedStore(IMessageStore):
 
     def follow_inbox(name, told):
         """Have `told(payloads)` called with what other nodes send to inbox
-        `name` (request and reply: its requester is connected here)."""
+        `name` (request and reply: its requester is connected here); a
+        Deferred that fires once they are heard (it does not fail: a
+        follow that failed is tried again)."""
 
     def unfollow_inbox(name):
         """Stop hearing what is sent to inbox `name`."""

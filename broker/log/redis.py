@@ -1228,10 +1228,10 @@ class RedisStore:
     def _inbox_channel(self, name: str) -> str:
         return f"{self.settings.prefix}:{{i:{name}}}:inbox"
 
-    def follow_inbox(self, name: str, told: Callable[[list[bytes]], None]) -> None:
+    def follow_inbox(self, name: str, told: Callable[[list[bytes]], None]) -> Deferred[None]:
         channel = self._inbox_channel(name)
         self._inboxes[channel] = told
-        self._background(self._follow_inbox(channel))
+        return self._deferred(self._follow_inbox(channel))
 
     async def _follow_inbox(self, channel: str) -> None:
         try:

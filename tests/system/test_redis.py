@@ -24,7 +24,14 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from broker.client import BrokerError, Message, NoResponders, OutcomeUnknown, connect
+from broker.client import (
+    BrokerError,
+    Message,
+    NoResponders,
+    OutcomeUnknown,
+    RequestTimedOut,
+    connect,
+)
 from broker.log.redis import layout_refusal
 from broker.log.redis_settings import (
     PASSWORD_VARIABLE,
@@ -242,10 +249,12 @@ async def test_a_request_on_one_node_is_answered_by_a_responder_on_the_other(
             try:
                 first = await requester.request("rpc.echo", b"ping", timeout=5)
                 break
+            except RequestTimedOut:
+                raise AssertionError(a.child.output[-3000:] + b.child.output[-3000:]) from None
             except NoResponders:
                 assert reactor.seconds() < deadline, "a never saw b's responders"
                 await deferLater(reactor, 0.1, lambda: None)
-        assert first.payload == b"echo: ping"
+        assert first.payload == b"echo: ping", a.child.output[-3000:]
         # The reply crossed from b to a's inbox through Redis, stored nowhere.
         replies = await gatherResults(
             [requester.request("rpc.echo", b"%d" % n, timeout=5) for n in range(20)]
