@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare_peers import wait_for_port
 
 import broker.aio
 from broker.bench.process import free_port
@@ -29,17 +34,16 @@ from broker.bench.process import free_port
 VALUE = b"v" * 100
 
 
-def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def running(command: list[str], port: int) -> Iterator[None]:
+    """A server started for one measure, stopped after it."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with __import__("socket").create_connection(("127.0.0.1", port), timeout=0.2):
-                return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{command[0]} did not listen on {port}")
+    try:
+        wait_for_port(port, process, command[0])
+        yield
+    finally:
+        process.terminate()
+        process.wait(15)
 
 
 async def rate(operations: int, call: Callable[[int], Awaitable[object]]) -> float:
@@ -52,20 +56,21 @@ async def rate(operations: int, call: Callable[[int], Awaitable[object]]) -> flo
 async def ours(operations: int) -> tuple[float, float]:
     port = free_port()
     twistd = Path(sys.executable).with_name("twistd")
-    process = start(
-        [str(twistd), "-n", "--pidfile=", "broker", "--port", f"tcp:{port}:interface=127.0.0.1"],
-        port,
-    )
-    try:
+    command = [
+        str(twistd),
+        "-n",
+        "--pidfile=",
+        "broker",
+        "--port",
+        f"tcp:{port}:interface=127.0.0.1",
+    ]
+    with running(command, port):
         client = await broker.aio.connect(f"tcp://127.0.0.1:{port}")
         kv = client.kv("bench")
         puts = await rate(operations, lambda n: kv.put(f"key-{n % 100}", VALUE))
         gets = await rate(operations, lambda n: kv.get(f"key-{n % 100}"))
         await client.close()
         return puts, gets
-    finally:
-        process.terminate()
-        process.wait(15)
 
 
 async def redis(operations: int) -> tuple[float, float] | str:
@@ -75,16 +80,12 @@ async def redis(operations: int) -> tuple[float, float] | str:
     from redis.asyncio import Redis
 
     port = free_port()
-    process = start([server, "--port", str(port), "--save", "", "--appendonly", "no"], port)
-    try:
+    with running([server, "--port", str(port), "--save", "", "--appendonly", "no"], port):
         client = Redis(port=port)
         puts = await rate(operations, lambda n: client.set(f"key-{n % 100}", VALUE))
         gets = await rate(operations, lambda n: client.get(f"key-{n % 100}"))
         await client.aclose()
         return puts, gets
-    finally:
-        process.terminate()
-        process.wait(15)
 
 
 async def nats(operations: int) -> tuple[float, float] | str:
@@ -97,17 +98,14 @@ async def nats(operations: int) -> tuple[float, float] | str:
         return "nats-server is not installed"
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
-        process = start([server, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", scratch], port)
-        try:
+        command = [server, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", scratch]
+        with running(command, port):
             connection = await nats_py.connect(f"nats://127.0.0.1:{port}")
             kv = await connection.jetstream().create_key_value(bucket="bench")
             puts = await rate(operations, lambda n: kv.put(f"key-{n % 100}", VALUE))
             gets = await rate(operations, lambda n: kv.get(f"key-{n % 100}"))
             await connection.close()
             return puts, gets
-        finally:
-            process.terminate()
-            process.wait(15)
 
 
 def main() -> None:

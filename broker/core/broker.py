@@ -291,48 +291,48 @@ class Broker:
         Expected-Revision its key has moved on from, is refused on its own;
         the key index learns where the others went."""
         index = self.key_index(topic, stored)
-        refused = refusals(payloads, index)
-        accepted = (
-            payloads
-            if refused is None
-            else [
-                payload
-                for payload, problem in zip(payloads, refused, strict=True)
-                if problem is None
-            ]
-        )
+        refused, keys = refusals(payloads, index)
+        accepted = payloads
+        if refused is not None:
+            taken = [problem is None for problem in refused]
+            accepted = [payload for payload, ok in zip(payloads, taken, strict=True) if ok]
+            keys = [key for key, ok in zip(keys, taken, strict=True) if ok]
         if refused is not None:
             self.stats.refusals["compacted topic"] += len(payloads) - len(accepted)
         if not accepted:
             assert refused is not None
             return Appended([problem or "" for problem in refused], None, None, 0)
         appended = self.append(
-            topic, accepted, may_publish, publisher, commit, headered, True, True
+            topic, accepted, may_publish, publisher, commit, headered, keys_checked=True
         )
         first = appended.first
         if isinstance(first, Deferred):
-            first.addCallback(self._indexed, index, accepted)
+            first.addCallback(self._indexed, index, accepted, keys)
             if refused is not None:
                 first.addCallback(merged, refused)
             return appended
         if first is None or appended.refusal is not None:
             return appended
-        self._indexed(first, index, accepted)
+        self._indexed(first, index, accepted, keys)
         if refused is None:
             return appended
         return Appended(merged(first, refused), None, appended.committed, appended.size)
 
     def _indexed(
-        self, outcome: int | str | list[Any], index: KeyIndex, payloads: list[bytes]
+        self,
+        outcome: int | str | list[Any],
+        index: KeyIndex,
+        payloads: list[bytes],
+        keys: list[str | None],
     ) -> int | str | list[Any]:
         """Tell a topic's key index where a batch went (as the store says)."""
         now = self.clock.seconds()
         if isinstance(outcome, int):
-            index.add(payloads, outcome, now)
+            index.add(payloads, outcome, now, keys)
         elif isinstance(outcome, list):
-            for payload, offset in zip(payloads, outcome, strict=True):
+            for payload, key, offset in zip(payloads, keys, outcome, strict=True):
                 if isinstance(offset, int):
-                    index.add([payload], offset, now)
+                    index.add([payload], offset, now, [key])
         return outcome
 
     def key_index(self, topic: str, stored: Topic) -> KeyIndex:
@@ -378,7 +378,7 @@ class Broker:
             inbox = reply_to(request)
             if inbox is not None:
                 reply = answer_kv(operation, request, index, read)
-                self.append(inbox, [reply], None, "the broker", False, True, False)
+                self.append(inbox, [reply], None, "the broker", headered=True, deduplicate=False)
         return Appended(0, None, None, 0)
 
     def compact_topics(self, force: bool = False) -> None:
@@ -481,7 +481,9 @@ class Broker:
         window.expire(now)
         batch = deduplicate(payloads, window)
         if not batch.duplicates:
-            appended = self.append(topic, payloads, None, publisher, commit, True, False, True)
+            appended = self.append(
+                topic, payloads, None, publisher, commit, True, deduplicate=False, keys_checked=True
+            )
             first = appended.first
             if isinstance(first, int):
                 window.remember(batch.stored_ids(first), now)
@@ -496,7 +498,9 @@ class Broker:
             if commit and log_.committed_offset <= max(offsets):
                 committed = log_.flush()
             return Appended(offsets, None, committed, 0)
-        appended = self.append(topic, batch.fresh, None, publisher, commit, True, False, True)
+        appended = self.append(
+            topic, batch.fresh, None, publisher, commit, True, deduplicate=False, keys_checked=True
+        )
         first = appended.first
         if not isinstance(first, int | Deferred):  # refused
             return appended

@@ -67,13 +67,20 @@ class KeyIndex:
         """Keys that exist (not deleted)."""
         return sum(1 for entry in self.keys.values() if entry.deleted_at is None)
 
-    def add(self, payloads: Sequence[bytes | None], first: int, now: float) -> None:
-        """Index messages appended (or read back) from offset `first`."""
+    def add(
+        self,
+        payloads: Sequence[bytes | None],
+        first: int,
+        now: float,
+        known: Sequence[str | None] | None = None,
+    ) -> None:
+        """Index messages appended (or read back) from offset `first`
+        (their keys `known` already, if the caller read them)."""
         keys = self.keys
-        for offset, payload in enumerate(payloads, first):
+        for index, (offset, payload) in enumerate(enumerate(payloads, first)):
             if payload is None:
                 continue
-            key = message_key(payload)
+            key = message_key(payload) if known is None else known[index]
             if key is None:
                 continue
             if offset < self.next_offset and entry_has(keys.get(key), offset):
@@ -166,16 +173,20 @@ class KeyIndex:
 ERR_NO_KEY = "a compacted topic takes messages with a Key header"
 
 
-def refusals(payloads: Sequence[bytes], index: KeyIndex) -> list[str | None] | None:
+def refusals(
+    payloads: Sequence[bytes], index: KeyIndex
+) -> tuple[list[str | None] | None, list[str | None]]:
     """Why each publish of a batch to a compacted topic may not be stored
     (None where it may): it has no key, or it names an `Expected-Revision`
     its key has moved on from (a key written earlier in the batch has moved
-    on too). None if all may."""
+    on too); None if all may. And each one's key, read once for the index."""
     found: list[str | None] = []
+    keys: list[str | None] = []
     touched: set[str] = set()
     refused = False
     for payload in payloads:
         key = message_key(payload)
+        keys.append(key)
         if key is None:
             found.append(ERR_NO_KEY)
             refused = True
@@ -192,7 +203,7 @@ def refusals(payloads: Sequence[bytes], index: KeyIndex) -> list[str | None] | N
         else:
             refused = True
         found.append(problem)
-    return found if refused else None
+    return (found if refused else None), keys
 
 
 def merged(outcome: int | str | list[int | str], refused: list[str | None]) -> list[int | str]:

@@ -85,13 +85,6 @@ class HeaderTable:
         while offsets and offsets[0] < offset:
             self.bytes -= len(blocks.pop(offsets.popleft(), b""))
 
-    def drop_from(self, offset: int) -> None:
-        """Forget the blocks of `offset` and after."""
-        offsets = self._offsets
-        blocks = self._blocks
-        while offsets and offsets[-1] >= offset:
-            self.bytes -= len(blocks.pop(offsets.pop(), b""))
-
     def discard(self, offset: int) -> int:
         """Forget the block of `offset` (compaction dropped its message);
         its size (0 if it had none). Its place in the order goes with the

@@ -103,7 +103,7 @@ def timed(
     if delay is None and ttl is None:
         return headers
     now = time.time()
-    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+    pairs = header_pairs(headers)
     if delay is not None:
         pairs.append((NOT_BEFORE, f"{now + delay:.3f}"))
     if ttl is not None:
@@ -116,7 +116,7 @@ def payload_with_headers(data: bytes, headers: HeaderPairs | None) -> bytes:
     ValueError or TypeError for a bad name or value)."""
     if not headers:
         return data
-    pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
+    pairs = tuple(header_pairs(headers))
     block = _BLOCKS.get(pairs)
     if block is None:
         block = encode_headers(pairs)
@@ -164,8 +164,14 @@ def check_publish(topic: str, payload: bytes, headers: HeaderPairs | None = None
 def _names_key(headers: HeaderPairs | None) -> bool:
     if not headers:
         return False
-    names = headers.keys() if isinstance(headers, Mapping) else (name for name, _ in headers)
-    return any(name.lower() == "key" for name in names)
+    return any(name.lower() == "key" for name, _ in header_pairs(headers))
+
+
+def header_pairs(headers: HeaderPairs | None) -> list[tuple[str, str]]:
+    """What a caller gave as headers (pairs, a mapping, or None), as pairs."""
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
 
 
 def credentials_of(

@@ -7,11 +7,10 @@ sends for a request. The Twisted and asyncio clients put their own handles
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 from broker.names import INBOX_PREFIX
-from broker.sansio.messages import BrokerError, Message, payload_with_headers
+from broker.sansio.messages import BrokerError, Message, header_pairs, payload_with_headers
 from broker.wire.headers import (
     CORRELATION_ID,
     NO_RESPONDERS,
@@ -53,7 +52,7 @@ class Requests(Generic[H]):
         and Correlation-Id); `handle` waits for its reply."""
         self._made += 1
         correlation = format(self._made, "x")
-        pairs = _pairs(headers)
+        pairs = header_pairs(headers)
         pairs += [(REPLY_TO, self.inbox), (CORRELATION_ID, correlation)]
         self._waiting[correlation] = handle
         return correlation, payload_with_headers(data, pairs)
@@ -95,14 +94,8 @@ def reply_to_request(request: Message, reply: Reply) -> tuple[str, bytes] | None
     if inbox is None or reply is None:
         return None
     data, headers = (reply, None) if isinstance(reply, bytes) else reply
-    pairs = _pairs(headers)
+    pairs = header_pairs(headers)
     correlation = request_headers.get(CORRELATION_ID)
     if correlation is not None:
         pairs.append((CORRELATION_ID, correlation))
     return inbox, payload_with_headers(data, pairs)
-
-
-def _pairs(headers: HeaderPairs | None) -> list[tuple[str, str]]:
-    if headers is None:
-        return []
-    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)

@@ -30,7 +30,7 @@ from broker.wire import (
     encode_u64,
     total_size,
 )
-from broker.wire.headers import Headered, header_block, without_message_id
+from broker.wire.headers import ID_PAIR_HEAD, Headered, header_block, without_message_id
 
 if TYPE_CHECKING:
     from broker.core.patterns import PatternSubscriptions
@@ -317,7 +317,7 @@ def _headers_frame(block: bytes) -> bytes:
         return frame
     shown = without_message_id(block)
     frame = encode_headers_frame(shown) if shown else b""
-    if block[2:9] != b"\x06Msg-Id":
+    if block[2:9] != ID_PAIR_HEAD:
         if len(_HEADER_FRAMES) >= 256:
             _HEADER_FRAMES.clear()
         _HEADER_FRAMES[block] = frame

@@ -201,17 +201,19 @@ _DECODED_KEPT = 256
 MESSAGE_ID = "Msg-Id"
 """The header that names a publish, so that the broker stores it once
 however often it is sent (within its dedup window)."""
-_ID_PAIR_HEAD = b"\x06Msg-Id"
+ID_PAIR_HEAD = b"\x06Msg-Id"
+"""How a Msg-Id pair starts in a block (its name's length, its name)."""
 _ID_NAME = b"msg-id"
 
 
 def is_lone_id(block: bytes) -> bool:
     """Whether a header block is one Msg-Id header and nothing else (as the
     clients send the ids they make)."""
-    return block[:9] == _LONE_ID_HEAD and len(block) == 11 + _U16.unpack_from(block, 9)[0]
+    return block[:9] == LONE_ID_HEAD and len(block) == 11 + _U16.unpack_from(block, 9)[0]
 
 
-_LONE_ID_HEAD = b"\x00\x01" + _ID_PAIR_HEAD
+LONE_ID_HEAD = b"\x00\x01" + ID_PAIR_HEAD
+"""How a block that is one Msg-Id header starts (as the clients send ids)."""
 
 
 def message_id(payload: bytes) -> bytes | None:
@@ -221,7 +223,7 @@ def message_id(payload: bytes) -> bytes | None:
     if type(payload) is not Headered:
         return None
     block = payload.headers
-    if block[2:9] == _ID_PAIR_HEAD:
+    if block[2:9] == ID_PAIR_HEAD:
         (length,) = _U16.unpack_from(block, 9)
         return block[11 : 11 + length]
     (count,) = _U16.unpack_from(block, 0)
@@ -238,13 +240,13 @@ def message_id(payload: bytes) -> bytes | None:
 def message_id_block(value: str) -> bytes:
     """The header block of a Msg-Id header alone (as the clients send it)."""
     raw = value.encode("utf-8")
-    return b"\x00\x01" + _ID_PAIR_HEAD + _U16.pack(len(raw)) + raw
+    return LONE_ID_HEAD + _U16.pack(len(raw)) + raw
 
 
 def with_message_id(payload: bytes, value: str) -> bytes:
     """`payload` with a Msg-Id header of `value` first among its headers."""
     raw = value.encode("utf-8")
-    pair = _ID_PAIR_HEAD + _U16.pack(len(raw)) + raw
+    pair = ID_PAIR_HEAD + _U16.pack(len(raw)) + raw
     block = header_block(payload)
     count = _U16.unpack_from(block, 0)[0] if block else 0
     return with_headers(bytes(payload), _U16.pack(count + 1) + pair + block[2:])
@@ -253,7 +255,7 @@ def with_message_id(payload: bytes, value: str) -> bytes:
 def without_message_id(block: bytes) -> bytes:
     """A header block without its Msg-Id headers (b"" if nothing is left):
     the id is the broker's business (deduplication), not a subscriber's."""
-    if block[2:9] == _ID_PAIR_HEAD:  # where the clients put it
+    if block[2:9] == ID_PAIR_HEAD:  # where the clients put it
         (count,) = _U16.unpack_from(block, 0)
         (length,) = _U16.unpack_from(block, 9)
         if count == 1:
@@ -279,9 +281,19 @@ NO_RESPONDERS = "503"
 def reply_to(payload: bytes) -> str | None:
     """The Reply-To a payload's headers carry, or None (quick for those
     without)."""
-    if type(payload) is not Headered or b"eply-to" not in payload.headers.lower():
+    return _named(payload, b"reply-to", REPLY_TO)
+
+
+def _named(payload: bytes, lowered: bytes, name: str) -> str | None:
+    """The header `name` (`lowered`, as bytes) of a payload, or None: found
+    without decoding the block where it cannot be there (no headers, or a
+    message id alone, or no such name among the block's bytes)."""
+    if type(payload) is not Headered:
         return None
-    return Headers.of(payload).get(REPLY_TO)
+    block = payload.headers
+    if is_lone_id(block) or lowered not in block.lower():
+        return None
+    return Headers.of(payload).get(name)
 
 
 NOT_BEFORE = "Not-Before"
@@ -302,6 +314,4 @@ at this offset (0: only if the key has none), as a compare-and-set."""
 
 def message_key(payload: bytes) -> str | None:
     """The Key a payload's headers carry, or None (quick for those without)."""
-    if type(payload) is not Headered or b"key" not in payload.headers.lower():
-        return None
-    return Headers.of(payload).get(KEY)
+    return _named(payload, b"key", KEY)

@@ -35,13 +35,11 @@ from broker.wire.frames import unpack_u16, unpack_u32, unpack_u64
 from broker.wire.headers import (
     ERR_HEADERS_TOO_LARGE,
     ERR_INVALID_HEADERS,
+    LONE_ID_HEAD,
     is_header_block,
     with_headers,
 )
 from broker.wire.topic_names import decode_topic_list, decode_topic_name
-
-_LONE_ID = b"\x00\x01\x06Msg-Id"
-"""The head of a header block that is one Msg-Id header."""
 
 
 class ServerEvents(Protocol):
@@ -485,7 +483,7 @@ class ServerDecoder(FrameDecoder):
         known = self._blocks
         if block in known:
             return block
-        if block[:9] == _LONE_ID and len(block) == 11 + unpack_u16(block, 9)[0]:
+        if block[:9] == LONE_ID_HEAD and len(block) == 11 + unpack_u16(block, 9)[0]:
             # A message id alone, as the clients send it: unique, not kept.
             return block if block[11:].isascii() else None
         if not is_header_block(block):

@@ -46,12 +46,12 @@ def test_a_memory_logs_bytes_count_its_headers_and_retention_drops_them():
     assert (log.bytes_held, len(log._headers)) == (0, 0)
 
 
-def test_a_table_drops_blocks_from_either_end():
+def test_a_table_drops_blocks_one_by_one_and_from_its_start():
     table = HeaderTable()
     plain = table.take(10, [headered(b"a", k="1"), b"b", headered(b"c", k="2")])
     assert plain == [b"a", b"b", b"c"] and all(type(p) is bytes for p in plain)
     assert len(table) == 2
-    table.drop_from(12)
+    table.discard(12)
     assert [header_block(p) for p in table.give(10, list(plain))] == [
         encode_headers([("k", "1")]),
         b"",
