@@ -73,6 +73,10 @@ def test_the_command_line_wins_over_the_environment_which_wins_over_the_file(tmp
         ("[broker]\nport = 1\n", {}, "options are top-level keys"),
         ("", {"BROKER_MAX_TOPICS": "many"}, "BROKER_MAX_TOPICS: not a number: 'many'"),
         ("", {"BROKER_LOG_FORMAT": "xml"}, "BROKER_LOG_FORMAT: must be one of text, json"),
+        ('compact = ["orders.>.x"]\n', {}, "--compact 'orders.>.x'"),
+        ("compact = [true]\n", {}, "compact: a string or a number"),
+        ("dedup-window = -1\n", {}, "dedup-window: must be 0 or more seconds, not -1"),
+        ("", {"BROKER_DEDUP_WINDOW": "soon"}, "BROKER_DEDUP_WINDOW: not a number: 'soon'"),
     ],
 )
 def test_a_bad_file_or_variable_is_one_clear_error(tmp_path, content, environment, message):
@@ -80,6 +84,14 @@ def test_a_bad_file_or_variable_is_one_clear_error(tmp_path, content, environmen
     config.write_text(content)
     with pytest.raises(UsageError, match=re.escape(message)):
         parsed(["--config", str(config)], environment)
+
+
+def test_compacted_topics_come_from_the_file_and_the_command_line(tmp_path):
+    config = tmp_path / "broker.toml"
+    config.write_text('compact = ["config.*", "prices"]\ndedup-window = 0\n')
+    settings = parsed(["-c", str(config), "--compact", "users.>"]).settings()
+    assert settings.compact == ("kv.>", "config.*", "prices", "users.>")
+    assert settings.dedup_window == 0
 
 
 def test_an_unknown_broker_variable_is_ignored_with_a_warning(capsys):

@@ -112,3 +112,15 @@ def test_the_key_value_view_is_answered_from_the_index():
     revisions = json.loads(bytes(ask("REVISIONS")))
     assert revisions == {"next": 3, "revisions": {"a": 2, "ab": 1}}
     assert "$KV.GET.b" not in broker.registry  # requests are stored nowhere
+
+
+def test_a_bad_key_value_request_or_revision_is_refused_and_stores_nothing():
+    broker, _ = a_broker()
+    request = with_headers(b"?", encode_headers([("Reply-To", "_INBOX.me")]))
+    refused = broker.append("$KV.DROP.b", [request], None, "p", headered=True)
+    assert refused.refusal == "no such key-value request: '$KV.DROP.b'"
+    assert broker.append("$KV.GET", [request], None, "p", headered=True).refusal
+    assert "$KV.DROP.b" not in broker.registry and "_INBOX.me" not in broker.registry
+    stale = broker.append("kv.b", [keyed("k", b"1", expected_revision="soon")], None, "p", True)
+    assert stale.first == ["wrong last revision for key 'k': it is 0"]
+    assert broker.registry.get("kv.b").log.next_offset == 0  # nothing stored
