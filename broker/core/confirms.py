@@ -15,9 +15,11 @@ whose store hangs (a Redis shard failing over) holds back no other topic's.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from twisted.internet.defer import Deferred, gatherResults
 
@@ -51,35 +53,13 @@ def answers_in_order(order: Sequence[tuple[str, bool]], firsts: dict[str, Outcom
     (error text, False) if it was refused as it was read; `firsts` maps each
     topic to the outcome of its batch (Outcome), its publishes in order.
     """
+    if any(isinstance(outcome, list) for outcome in firsts.values()):
+        return _answers_listed(order, firsts)
     answers: list[Answer] = []
-    next_offset: dict[str, int | str] = {}
-    listed: dict[str, Iterator[int | str]] = {}
-    for topic, outcome in firsts.items():
-        if isinstance(outcome, list):
-            listed[topic] = iter(outcome)
-        else:
-            next_offset[topic] = outcome
+    next_offset = cast(dict[str, int | str], dict(firsts))  # (no list among them)
     last_topic: str | None = None
     for text, is_topic in order:
-        if not is_topic:
-            answers.append(Answer(error=text))
-            last_topic = None
-            continue
-        offsets = listed.get(text)
-        if offsets is not None:
-            offset = next(offsets)
-            if isinstance(offset, str):
-                answers.append(Answer(error=offset))
-                last_topic = None
-                continue
-            last = answers[-1] if answers else None
-            if text == last_topic and last is not None and last.first_offset + last.count == offset:
-                last.count += 1
-            else:
-                answers.append(Answer(first_offset=offset))
-                last_topic = text
-            continue
-        outcome = next_offset[text]
+        outcome = next_offset[text] if is_topic else text
         if isinstance(outcome, str):
             answers.append(Answer(error=outcome))
             last_topic = None
@@ -93,14 +73,50 @@ def answers_in_order(order: Sequence[tuple[str, bool]], firsts: dict[str, Outcom
     return answers
 
 
+def _answers_listed(order: Sequence[tuple[str, bool]], firsts: dict[str, Outcome]) -> list[Answer]:
+    """`answers_in_order` where some topic's outcome is listed publish by
+    publish (the rarer case: a message id seen before, a key refused): each
+    outcome taken in turn, a run only where offsets follow each other."""
+    outcomes = {topic: _each(outcome) for topic, outcome in firsts.items()}
+    answers: list[Answer] = []
+    last_topic: str | None = None
+    for text, is_topic in order:
+        outcome = next(outcomes[text]) if is_topic else text
+        if isinstance(outcome, str):
+            answers.append(Answer(error=outcome))
+            last_topic = None
+            continue
+        last = answers[-1] if answers else None
+        if text == last_topic and last is not None and last.first_offset + last.count == outcome:
+            last.count += 1
+        else:
+            answers.append(Answer(first_offset=outcome))
+            last_topic = text
+    return answers
+
+
+def _each(outcome: Outcome) -> Iterator[int | str]:
+    """An outcome publish by publish."""
+    if isinstance(outcome, list):
+        return iter(outcome)
+    return itertools.count(outcome) if isinstance(outcome, int) else itertools.repeat(outcome)
+
+
 def answers_of_topic(sequences: list[int], outcome: Outcome) -> list[Answer]:
     """Answers by sequence for one topic's publishes of one read (`sequences`,
     ascending), by the outcome of their batch (Outcome)."""
     answers: list[Answer] = []
     if isinstance(outcome, str):
         return [Answer(error=outcome, sequence=sequence) for sequence in sequences]
-    offsets = outcome if isinstance(outcome, list) else range(outcome, outcome + len(sequences))
-    for sequence, offset in zip(sequences, offsets, strict=True):
+    if isinstance(outcome, int):
+        for index, sequence in enumerate(sequences):
+            last = answers[-1] if answers else None
+            if last is not None and last.sequence + last.count == sequence:
+                last.count += 1
+            else:
+                answers.append(Answer(first_offset=outcome + index, sequence=sequence))
+        return answers
+    for sequence, offset in zip(sequences, outcome, strict=True):
         if isinstance(offset, str):
             answers.append(Answer(error=offset, sequence=sequence))
             continue
