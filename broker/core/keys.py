@@ -16,7 +16,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from broker.subjects import matches
-from broker.wire.headers import EXPECTED_REVISION, Headers, header_block, message_key
+from broker.wire.headers import (
+    EXPECTED_REVISION,
+    MAY_EXPECT,
+    Headers,
+    block_facts,
+    header_block,
+    message_key,
+)
 
 DEFAULT_TOMBSTONE_RETENTION = 24 * 3600.0
 KV_PATTERN = "kv.>"
@@ -192,7 +199,7 @@ def refusals(
             refused = True
             continue
         problem = None
-        if b"expected-revision" in header_block(payload).lower():
+        if block_facts(header_block(payload)) & MAY_EXPECT:
             expected = Headers.of(payload).get(EXPECTED_REVISION, "")
             if key in touched:
                 problem = f"wrong last revision for key {key!r}: written earlier in the batch"

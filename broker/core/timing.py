@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from broker.wire.headers import EXPIRES, NOT_BEFORE, Headered, Headers, is_lone_id
+from broker.wire.headers import EXPIRES, MAY_BE_TIMED, NOT_BEFORE, Headered, Headers, block_facts
 
 NEVER = math.inf
 
@@ -26,11 +26,7 @@ def timing_of(payload: bytes) -> tuple[float, float] | None:
     that is not a number is ignored."""
     if type(payload) is not Headered:
         return None
-    block = payload.headers
-    if is_lone_id(block):
-        return None  # (what the clients send: quick)
-    lowered = block.lower()
-    if b"not-before" not in lowered and b"expires" not in lowered:
+    if not block_facts(payload.headers) & MAY_BE_TIMED:
         return None
     headers = Headers.of(payload)
     not_before = _seconds(headers.get(NOT_BEFORE), 0.0)

@@ -47,7 +47,7 @@ from broker.wire import (
     encode_unsubscribe,
     is_unsolicited,
 )
-from broker.wire.headers import header_block
+from broker.wire.headers import ID_PAIR_HEAD, header_block
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -252,7 +252,14 @@ class PublisherConnection(ClientConnection):
         if not block:
             block = header_block(payload)
         if block:
-            self.write(encode_headers_frame(block) + encode_publish(topic, payload))
+            frame = _HEADERS_FRAMES.get(block)
+            if frame is None:
+                frame = encode_headers_frame(block)
+                if block[2:9] != ID_PAIR_HEAD:  # (an id makes each block new)
+                    if len(_HEADERS_FRAMES) >= 256:
+                        _HEADERS_FRAMES.clear()
+                    _HEADERS_FRAMES[block] = frame
+            self.write(frame + encode_publish(topic, payload))
         else:
             self.write(encode_publish(topic, payload))
 
@@ -273,6 +280,11 @@ class PublisherConnection(ClientConnection):
             self.on_publish_refused(text, None)
         else:
             super().error_received(text)
+
+
+_HEADERS_FRAMES: dict[bytes, bytes] = {}
+"""The Headers frames of the blocks published lately (programs repeat a
+few sets of headers)."""
 
 
 def subscriber_hello(

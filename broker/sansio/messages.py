@@ -116,7 +116,7 @@ def payload_with_headers(data: bytes, headers: HeaderPairs | None) -> bytes:
     ValueError or TypeError for a bad name or value)."""
     if not headers:
         return data
-    pairs = tuple(header_pairs(headers))
+    pairs = tuple(headers.items() if type(headers) is dict else header_pairs(headers))
     block = _BLOCKS.get(pairs)
     if block is None:
         block = encode_headers(pairs)
@@ -171,7 +171,9 @@ def header_pairs(headers: HeaderPairs | None) -> list[tuple[str, str]]:
     """What a caller gave as headers (pairs, a mapping, or None), as pairs."""
     if headers is None:
         return []
-    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    if type(headers) is dict or isinstance(headers, Mapping):  # (dict first: quick)
+        return list(headers.items())
+    return list(headers)
 
 
 def credentials_of(

@@ -281,19 +281,58 @@ NO_RESPONDERS = "503"
 def reply_to(payload: bytes) -> str | None:
     """The Reply-To a payload's headers carry, or None (quick for those
     without)."""
-    return _named(payload, b"reply-to", REPLY_TO)
+    return _named(payload, MAY_REPLY, REPLY_TO)
 
 
-def _named(payload: bytes, lowered: bytes, name: str) -> str | None:
-    """The header `name` (`lowered`, as bytes) of a payload, or None: found
-    without decoding the block where it cannot be there (no headers, or a
-    message id alone, or no such name among the block's bytes)."""
+def _named(payload: bytes, fact: int, name: str) -> str | None:
+    """The header `name` of a payload, or None: found without decoding the
+    block where its `fact` says it cannot be there."""
     if type(payload) is not Headered:
         return None
     block = payload.headers
-    if is_lone_id(block) or lowered not in block.lower():
+    if not block_facts(block) & fact:
         return None
     return Headers.of(payload).get(name)
+
+
+MAY_REPLY = 1
+"""A fact of a block: it may have a Reply-To header."""
+MAY_BE_TIMED = 2
+"""It may have a Not-Before or an Expires header."""
+MAY_HAVE_KEY = 4
+"""It may have a Key header."""
+MAY_EXPECT = 8
+"""It may have an Expected-Revision header."""
+_FACT_NAMES = (
+    (b"reply-to", MAY_REPLY),
+    (b"not-before", MAY_BE_TIMED),
+    (b"expires", MAY_BE_TIMED),
+    (b"key", MAY_HAVE_KEY),
+    (b"expected-revision", MAY_EXPECT),
+)
+
+
+def block_facts(block: bytes) -> int:
+    """Which of the headers the broker acts on a block may have (the MAY_
+    flags; 0 for most): one pass over its bytes, made once per block for
+    the blocks seen lately, so that the checks of each publish and of each
+    delivery (a reply-to, a delay, a key) are a look-up each."""
+    facts = _FACTS.get(block)
+    if facts is None:
+        facts = 0
+        if not is_lone_id(block):
+            lowered = block.lower()
+            for name, fact in _FACT_NAMES:
+                if name in lowered:
+                    facts |= fact
+        if len(_FACTS) >= _FACTS_KEPT:
+            _FACTS.clear()
+        _FACTS[block] = facts
+    return facts
+
+
+_FACTS: dict[bytes, int] = {}
+_FACTS_KEPT = 8192
 
 
 NOT_BEFORE = "Not-Before"
@@ -314,4 +353,4 @@ at this offset (0: only if the key has none), as a compare-and-set."""
 
 def message_key(payload: bytes) -> str | None:
     """The Key a payload's headers carry, or None (quick for those without)."""
-    return _named(payload, b"key", KEY)
+    return _named(payload, MAY_HAVE_KEY, KEY)
