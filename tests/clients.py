@@ -136,9 +136,13 @@ def accepts(port: int) -> bool:
 class BrokerProcess:
     """`twistd -n broker` on 127.0.0.1:port, run by subprocess."""
 
-    def __init__(self, workdir: Path, *options: str, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *options: str, port: int | None = None, reactor: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.options = options
+        self.reactor = reactor
+        """twistd's -r (a Redis store runs on asyncio)."""
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "broker.log"
@@ -149,7 +153,9 @@ class BrokerProcess:
 
     def start(self) -> BrokerProcess:
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-        arguments = [twistd(), "-n", "--pidfile=", "broker"]
+        arguments = [twistd(), "-n", "--pidfile="]
+        arguments += ["-r", self.reactor] if self.reactor else []
+        arguments += ["broker"]
         arguments += ["--port", f"tcp:{self.port}:interface=127.0.0.1", *self.options]
         with self.log.open("ab") as output:
             self.process = subprocess.Popen(

@@ -172,7 +172,7 @@ class Administration:
         broker = self.broker
         (broker.compaction.on if compacted else broker.compaction.off).add(name)
         (broker.compaction.off if compacted else broker.compaction.on).discard(name)
-        topic.compacted = compacted
+        topic.compacted = topic.log.keyed = compacted
         if compacted:
             broker.key_index(name, topic)
             broker.compact_topics(force=True)

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,7 +26,7 @@ from broker.core.inboxes import INBOX_IDLE, INBOX_RETENTION, no_responders_reply
 from broker.core.input_budget import InputBudget
 from broker.core.keys import Compaction, KeyIndex, merged, refusals
 from broker.core.kv import answer as answer_kv
-from broker.core.kv import is_kv_request, parse_request
+from broker.core.kv import asked_key, is_kv_request, offsets_to_read, parse_request
 from broker.core.settings import BrokerSettings
 from broker.core.stats import BrokerStats
 from broker.core.topics import TooManyTopics, Topic, TopicRegistry
@@ -289,8 +289,9 @@ class Broker:
     ) -> Appended:
         """`append` to a compacted topic: a publish without a key, or whose
         Expected-Revision its key has moved on from, is refused on its own;
-        the key index learns where the others went."""
-        index = self.key_index(topic, stored)
+        the key index learns where the others went. A shared store keeps
+        the keys' revisions itself (every node appends): it checks them."""
+        index = None if self._shared else self.key_index(topic, stored)
         refused, keys = refusals(payloads, index)
         accepted = payloads
         if refused is not None:
@@ -307,11 +308,12 @@ class Broker:
         )
         first = appended.first
         if isinstance(first, Deferred):
-            first.addCallback(self._indexed, index, accepted, keys)
+            if index is not None:
+                first.addCallback(self._indexed, index, accepted, keys)
             if refused is not None:
                 first.addCallback(merged, refused)
             return appended
-        if first is None or appended.refusal is not None:
+        if first is None or appended.refusal is not None or index is None:
             return appended
         self._indexed(first, index, accepted, keys)
         if refused is None:
@@ -337,8 +339,8 @@ class Broker:
 
     def key_index(self, topic: str, stored: Topic) -> KeyIndex:
         """The key index of a compacted topic, made at its first use since
-        the start from what a local log holds (a networked log's starts
-        empty: the key-value view is for local stores)."""
+        the start from what a local log holds (a shared store keeps every
+        node's in the store: see `_append_keyed` and `_answer_kv`)."""
         index = self.key_indexes.get(topic)
         if index is None:
             index = self.key_indexes[topic] = KeyIndex()
@@ -367,19 +369,49 @@ class Broker:
             stored = self.registry.get(bucket)
         except TooManyTopics as error:
             return Appended(refusal=str(error))
-        index = self.key_index(bucket, stored)
-        topic_log = stored.log
-
-        def read(offset: int) -> bytes | None:
-            held = topic_log.read(offset, 1) if offset >= topic_log.first_offset else []
-            return held[0] if isinstance(held, list) and held else None
-
+        store = self.store
         for request in payloads:
             inbox = reply_to(request)
-            if inbox is not None:
-                reply = answer_kv(operation, request, index, read)
-                self.append(inbox, [reply], None, "the broker", headered=True, deduplicate=False)
+            if inbox is None:
+                continue
+            if ISharedStore.providedBy(store):
+                # Every node's appends are in the store's key revisions.
+                state = store.key_revisions(bucket, asked_key(operation, request))
+                state.addCallback(lambda state: KeyIndex.from_revisions(*state))
+            else:
+                state = succeed(self.key_index(bucket, stored))
+            state.addCallback(self._read_for_kv, operation, request, stored.log)
+            state.addCallbacks(
+                lambda reply, inbox=inbox: self.append(
+                    inbox, [reply], None, "the broker", headered=True, deduplicate=False
+                ),
+                lambda failure, topic=topic: log.failure(
+                    "answering {topic!r} failed", failure, topic=topic
+                ),
+            )
         return Appended(0, None, None, 0)
+
+    def _read_for_kv(
+        self, index: KeyIndex, operation: str, request: bytes, topic_log: IMessageLog
+    ) -> Deferred[bytes]:
+        """The reply to a key-value request, once the messages it needs are
+        read (a networked log's reads take a round trip)."""
+        values: dict[int, bytes | None] = {}
+        pending: list[Deferred[Any]] = []
+
+        def got(held: list[bytes], offset: int) -> None:
+            values[offset] = held[0] if held else None
+
+        for offset in offsets_to_read(operation, request, index):
+            if offset < topic_log.first_offset:
+                continue
+            held = topic_log.read(offset, 1)
+            if isinstance(held, list):
+                got(held, offset)
+            else:
+                pending.append(held.addCallback(got, offset))
+        replied = gatherResults(pending, consumeErrors=True) if pending else succeed(None)
+        return replied.addCallback(lambda _: answer_kv(operation, request, index, values.get))
 
     def compact_topics(self, force: bool = False) -> None:
         """Compact the topics whose key index says enough is superseded (or,

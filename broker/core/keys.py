@@ -16,14 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from broker.subjects import matches
-from broker.wire.headers import (
-    EXPECTED_REVISION,
-    MAY_EXPECT,
-    Headers,
-    block_facts,
-    header_block,
-    message_key,
-)
+from broker.wire.headers import expected_revision, message_key, wrong_revision
 
 DEFAULT_TOMBSTONE_RETENTION = 24 * 3600.0
 KV_PATTERN = "kv.>"
@@ -69,6 +62,20 @@ class KeyIndex:
         """Offsets held that are no longer any key's latest (what compaction drops)."""
         self.next_offset = 0
         """The offset after the last message indexed."""
+
+    @classmethod
+    def from_revisions(cls, next_offset: int, revisions: dict[str, str]) -> KeyIndex:
+        """The index a shared store's key revisions make ({key: "7,12,19d"}:
+        its latest offsets, oldest first, a deletion's marked "d"), for the
+        key-value view's answers (not for compaction: when a deletion
+        happened is not kept)."""
+        index = cls()
+        index.next_offset = next_offset
+        for key, entries in revisions.items():
+            listed = entries.split(",")
+            deleted = 0.0 if listed[-1].endswith("d") else None
+            index.keys[key] = KeyEntry([int(entry.rstrip("d")) for entry in listed], deleted)
+        return index
 
     def __len__(self) -> int:
         """Keys that exist (not deleted)."""
@@ -181,12 +188,14 @@ ERR_NO_KEY = "a compacted topic takes messages with a Key header"
 
 
 def refusals(
-    payloads: Sequence[bytes], index: KeyIndex
+    payloads: Sequence[bytes], index: KeyIndex | None
 ) -> tuple[list[str | None] | None, list[str | None]]:
     """Why each publish of a batch to a compacted topic may not be stored
     (None where it may): it has no key, or it names an `Expected-Revision`
     its key has moved on from (a key written earlier in the batch has moved
-    on too); None if all may. And each one's key, read once for the index."""
+    on too); None if all may. And each one's key, read once for the index.
+    Without an index (a shared store, which checks revisions itself as it
+    appends) only the keys are checked."""
     found: list[str | None] = []
     keys: list[str | None] = []
     touched: set[str] = set()
@@ -199,12 +208,12 @@ def refusals(
             refused = True
             continue
         problem = None
-        if block_facts(header_block(payload)) & MAY_EXPECT:
-            expected = Headers.of(payload).get(EXPECTED_REVISION, "")
+        expected = expected_revision(payload) if index is not None else ""
+        if expected and index is not None:
             if key in touched:
-                problem = f"wrong last revision for key {key!r}: written earlier in the batch"
+                problem = wrong_revision(key, None)
             elif expected != str(index.revision(key)):
-                problem = f"wrong last revision for key {key!r}: it is {index.revision(key)}"
+                problem = wrong_revision(key, index.revision(key))
         if problem is None:
             touched.add(key)
         else:

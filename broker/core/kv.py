@@ -50,6 +50,24 @@ def parse_request(topic: str) -> tuple[str, str] | None:
     return operation, BUCKET_PREFIX + bucket
 
 
+def asked_key(operation: str, request: bytes) -> str:
+    """The one key a request is about ('' if it is about every key)."""
+    if operation in ("GET", "HISTORY"):
+        return Headers.of(request).get(KEY, "")
+    return ""
+
+
+def offsets_to_read(operation: str, request: bytes, index: KeyIndex) -> list[int]:
+    """The messages `answer` reads to answer a request."""
+    key = asked_key(operation, request)
+    if operation == "GET":
+        latest = index.latest(key)
+        return [] if latest is None else [latest]
+    if operation == "HISTORY":
+        return index.history(key)
+    return []
+
+
 def answer(
     operation: str,
     request: bytes,

@@ -180,7 +180,7 @@ class TopicRegistry:
 
     def _made(self, name: str) -> Topic:
         topic = Topic(name, self._make_log(name), self._clock)
-        topic.compacted = self.is_compacted(name)
+        topic.compacted = topic.log.keyed = self.is_compacted(name)
         return topic
 
     def __iter__(self) -> Iterator[Topic]:

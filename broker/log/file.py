@@ -108,6 +108,7 @@ class FileLog:
         self._ensure_directory()
         self._open_segments()
         self.headered = self.next_offset > self.first_offset
+        self.keyed = False
         """Whether a message it holds may carry headers: any it recovered
         might (their records are not looked at for it), and any appended by
         a caller who did not say none has."""

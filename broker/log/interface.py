@@ -65,6 +65,11 @@ class IMessageLog(Interface):
     headered = Attribute(
         "Whether a message it holds may carry headers (false: a reader need not look)."
     )
+    keyed = Attribute(
+        "Whether it is a compacted topic's log (set by the broker): a networked log then "
+        "checks and notes its keys' revisions in the store with each append, so that "
+        "every node sees them; a local log ignores it (the broker keeps a key index)."
+    )
     keep_from = Attribute(
         "None, or an offset: retention by message count keeps what is at or after it "
         "(what durable consumers have not acked); limits of bytes and age still apply."
@@ -242,6 +247,13 @@ class ISharedStore(IMessageStore):
 
     def unfollow_inbox(name):
         """Stop hearing what is sent to inbox `name`."""
+
+    def key_revisions(name, key):
+        """A Deferred: (the topic's next offset, {key: its revisions}) as the
+        store holds them for a compacted topic: `key`'s alone, or every
+        key's if `key` is empty. Revisions are the offsets of the key's
+        latest messages, oldest first, comma-separated, a deletion's marked
+        "d" ("7,12,19d")."""
 
     def send_to_inbox(name, payloads):
         """Send `payloads` to inbox `name` on whichever node holds it: a

@@ -42,6 +42,7 @@ class MemoryLog:
         """Payloads by offset (None: dropped by compaction, a gap)."""
         self._headers = HeaderTable()
         self.headered = False
+        self.keyed = False
         """Whether it ever held a message with headers."""
         self._start = 0  # index in _messages of the oldest message held
         self._base = 0  # offset of _messages[0]

@@ -53,7 +53,13 @@ from broker.log.redis_settings import (
     topic_keys,
     unpack_batch,
 )
-from broker.wire.headers import Headered, message_id
+from broker.wire.headers import (
+    Headered,
+    expected_revision,
+    message_id,
+    message_key,
+    wrong_revision,
+)
 
 _timeout = getattr(asyncio, "timeout", None)  # Python 3.11 and later
 
@@ -75,6 +81,7 @@ FUNCTIONS = files("broker.log").joinpath("redis_functions.lua").read_text(encodi
 APPEND, EXPIRE, PURGE = "broker_append_v1", "broker_expire_v1", "broker_purge_v1"
 DELETE, RESET_GROUP = "broker_delete_v1", "broker_reset_group_v1"
 APPEND_ONCE = "broker_append_once_v1"
+APPEND_KEYED, KEY_REVISIONS = "broker_append_keyed_v1", "broker_key_revisions_v1"
 # On the directory's channel, before a name: the topic was deleted (a name
 # holds no NUL; without the mark, a message is a new topic's name).
 DELETED_MARK = "\x00deleted:"
@@ -133,7 +140,9 @@ def layout_refusal(error: redis_errors.ResponseError) -> str | None:
     return None
 
 
-OnceAnswer = tuple[list[int], tuple[int, int, int, list[bytes]] | None]
+OnceAnswer = tuple[list[Any], tuple[int, int, int, list[bytes]] | None]
+"""Each payload's offset (or, for a keyed append, its refusal), and if
+some were appended (first offset, end, oldest held, those appended)."""
 """What an append with message ids did: each payload's offset, and, if any
 was new, (first offset, next offset, oldest held, the payloads appended)."""
 
@@ -177,6 +186,9 @@ class RedisLog:
         self.headered = True
         """(Other nodes may append messages with headers at any time.)"""
         """Not tracked per node: Redis holds the bytes."""
+        self.keyed = False
+        """A compacted topic's (the broker says): each append checks and notes
+        its keys' revisions in Redis, in the call that appends."""
         self.keep_from: int | None = None
         self.opening: Deferred[None] | None = Deferred()
         """Fires once the offsets are known (Redis answered once)."""
@@ -218,6 +230,18 @@ class RedisLog:
         queue = self._queue
         size = queue[0][1]
         self._sending = True
+        if self.keyed:
+            # One call of its own: its keys' revisions checked and noted.
+            batches, self._queue = queue[:1], queue[1:]
+            keyed = self.store.append_keyed(self, list(batches[0][0]), size)
+            keyed.addCallbacks(
+                self._appended_once,
+                self._append_failed,
+                callbackArgs=(batches[0][2],),
+                errbackArgs=(batches,),
+            )
+            keyed.addBoth(self._sent, size)
+            return
         if self.store.settings.dedup_window > 0 and _has_ids(queue[0][0]):
             # Checked and appended in one call of its own.
             batches, self._queue = queue[:1], queue[1:]
@@ -256,7 +280,7 @@ class RedisLog:
 
     def _appended_once(self, answer: OnceAnswer, appended: Deferred[Any]) -> None:
         offsets, stored = answer
-        if stored is None:  # every one was stored already
+        if stored is None:  # every one was stored already (or refused)
             appended.callback(offsets)
             return
         first, end, held, payloads = stored
@@ -817,6 +841,86 @@ class RedisStore:
             self._background(self._announce(keys, first, len(batch), announcement))
         return [offset for offset in offsets if offset is not None], (first, end, held, batch)
 
+    def append_keyed(
+        self, topic_log: RedisLog, payloads: list[bytes], size: int
+    ) -> Deferred[OnceAnswer]:
+        return self._deferred(self._append_keyed(topic_log.keys, payloads, size))
+
+    async def _append_keyed(self, keys: TopicKeys, payloads: list[bytes], size: int) -> OnceAnswer:
+        """Append to a compacted topic, in one call that checks each
+        publish's Expected-Revision against its key's revision (as every
+        node's appends left it) and its message id (within the dedup
+        window), then appends and notes the keys' new revisions: each
+        payload's offset, its refusal, or its first copy's offset."""
+        settings = self.settings
+        replicas = settings.replicas
+        window = int(settings.dedup_window * 1000)
+        outcomes: list[int | str | None] = [None] * len(payloads)
+        remaining = list(range(len(payloads)))
+        async with self._calls:
+            while True:
+                batch = [payloads[index] for index in remaining]
+                packed = pack_batch(batch)
+                described: list[bytes | str] = []
+                for payload in batch:
+                    described += (
+                        (message_id(payload) or b"") if window else b"",
+                        message_key(payload) or "",
+                        expected_revision(payload),
+                        "0" if payload else "1",
+                    )
+                arguments = (
+                    "" if replicas else keys.channel,
+                    len(batch),
+                    sum(map(len, batch)),
+                    packed,
+                    settings.retention.max_messages or 0,
+                    settings.retention.max_bytes or 0,
+                    0 if replicas else ANNOUNCED_BATCH_BYTES,
+                    window,
+                    settings.dedup_max_ids,
+                    len(batch),
+                    *described,
+                )
+                answer = await self._append_trying_again(keys, APPEND_KEYED, arguments)
+                if answer[0] >= 0:
+                    break
+                for at in range(1, len(answer), 2):
+                    index = remaining[answer[at]]
+                    if answer[0] == -1:  # stored already, there
+                        outcomes[index] = answer[at + 1]
+                    else:
+                        key = message_key(payloads[index]) or ""
+                        revision = answer[at + 1]
+                        outcomes[index] = wrong_revision(key, revision if revision >= 0 else None)
+                remaining = [index for index in remaining if outcomes[index] is None]
+                if not remaining:
+                    return outcomes, None
+        first, end, held = answer
+        for position, index in enumerate(remaining):
+            outcomes[index] = first + position
+        if replicas:
+            announcement = packed if len(packed) <= ANNOUNCED_BATCH_BYTES else None
+            self._background(self._announce(keys, first, len(batch), announcement))
+        return outcomes, (first, end, held, batch)
+
+    def key_revisions(self, name: str, key: str) -> Deferred[tuple[int, dict[str, str]]]:
+        return self._deferred(self._key_revisions(topic_keys(self.settings.prefix, name), key))
+
+    async def _key_revisions(self, keys: TopicKeys, key: str) -> tuple[int, dict[str, str]]:
+        answer = await self._call(
+            self.client.fcall(KEY_REVISIONS, 2, keys.meta, keys.key_revisions, key)
+        )
+        following = int(answer[0])
+        if key:
+            found = answer[1]
+            return following, ({key: found.decode("ascii")} if found else {})
+        pairs = answer[1:]
+        return following, {
+            pairs[at].decode("utf-8"): pairs[at + 1].decode("ascii")
+            for at in range(0, len(pairs), 2)
+        }
+
     async def _append_on_primary(
         self, keys: TopicKeys, function: str, arguments: tuple[Any, ...]
     ) -> list[int]:
@@ -836,12 +940,13 @@ class RedisStore:
                 phase = "appending"
                 answer = await pinned.fcall(
                     function,
-                    5,
+                    6,
                     keys.log,
                     keys.meta,
                     keys.times,
                     keys.ids,
                     keys.id_times,
+                    keys.key_revisions,
                     *arguments,
                 )
                 if replicas and int(answer[0]) != -1:  # (-1: nothing was appended)
@@ -974,7 +1079,7 @@ class RedisStore:
 
     def purge(self, topic_log: RedisLog) -> Deferred[int]:
         keys = topic_log.keys
-        call = self.client.fcall(PURGE, 3, keys.log, keys.meta, keys.times)
+        call = self.client.fcall(PURGE, 4, keys.log, keys.meta, keys.times, keys.key_revisions)
         return self._deferred(self._call(call)).addCallback(int)
 
     # What an operator does, for every node.
@@ -989,7 +1094,16 @@ class RedisStore:
     async def _delete(self, name: str) -> None:
         keys = topic_keys(self.settings.prefix, name)
         await self._call(
-            self.client.fcall(DELETE, 5, keys.log, keys.meta, keys.times, keys.ids, keys.id_times)
+            self.client.fcall(
+                DELETE,
+                6,
+                keys.log,
+                keys.meta,
+                keys.times,
+                keys.ids,
+                keys.id_times,
+                keys.key_revisions,
+            )
         )
         await self._call(self.client.srem(self._directory, name))
         await self._call(self.client.spublish(self._directory_channel, DELETED_MARK + name))

@@ -123,6 +123,7 @@ class TopicKeys:
     channel: str
     ids: str
     id_times: str
+    key_revisions: str
 
 
 def topic_keys(prefix: str, topic: str) -> TopicKeys:
@@ -138,6 +139,7 @@ def topic_keys(prefix: str, topic: str) -> TopicKeys:
         f"{base}:grew",
         f"{base}:ids",
         f"{base}:idtimes",
+        f"{base}:keys",
     )
 
 

@@ -351,6 +351,21 @@ EXPECTED_REVISION = "Expected-Revision"
 at this offset (0: only if the key has none), as a compare-and-set."""
 
 
+def wrong_revision(key: str, revision: int | None) -> str:
+    """The refusal of a publish whose Expected-Revision is not its key's
+    `revision` (None: the key was written earlier in the same batch)."""
+    if revision is None:
+        return f"wrong last revision for key {key!r}: written earlier in the batch"
+    return f"wrong last revision for key {key!r}: it is {revision}"
+
+
+def expected_revision(payload: bytes) -> str:
+    """The Expected-Revision a keyed publish names ('' if none)."""
+    if type(payload) is not Headered or not block_facts(payload.headers) & MAY_EXPECT:
+        return ""
+    return Headers.of(payload).get(EXPECTED_REVISION, "")
+
+
 def message_key(payload: bytes) -> str | None:
     """The Key a payload's headers carry, or None (quick for those without)."""
     return _named(payload, MAY_HAVE_KEY, KEY)

@@ -27,6 +27,7 @@ from tests.clients import (
     in_thread,
     open_client,
 )
+from tests.redis_nodes import unique_prefix
 
 pytestmark = pytest.mark.parametrize("kind", KINDS)
 
@@ -35,6 +36,26 @@ pytestmark = pytest.mark.parametrize("kind", KINDS)
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """One broker for the scenarios that need nothing special of it."""
     process = BrokerProcess(tmp_path_factory.mktemp("broker")).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module", params=["memory", "file", "redis"])
+def on_each_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BrokerProcess]:
+    """A broker on each store, for the scenarios every store must pass: in
+    memory, in files, and on the shared Redis Cluster (a key prefix of its own)."""
+    workdir = tmp_path_factory.mktemp(f"broker-{request.param}")
+    if request.param == "memory":
+        process = BrokerProcess(workdir)
+    elif request.param == "file":
+        process = BrokerProcess(workdir, "--data-dir", str(workdir / "data"))
+    else:
+        cluster = request.getfixturevalue("redis_servers")["cluster"]
+        options = ("--store", cluster, "--redis-prefix", unique_prefix())
+        process = BrokerProcess(workdir, *options, reactor="asyncio")
+    process.start()
     yield process
     process.stop()
 
@@ -353,9 +374,9 @@ def test_a_delayed_message_comes_when_due_and_an_expired_one_never(kind, running
 
 
 @in_thread
-def test_a_key_value_bucket_puts_gets_and_deletes_without_replaying(kind, running, request):
+def test_a_key_value_bucket_puts_gets_and_deletes_without_replaying(kind, on_each_store, request):
     bucket = topic_for(request).replace(".", "-")
-    with client_of(kind, running.url) as client:
+    with client_of(kind, on_each_store.url) as client:
         kv = client.kv(bucket)
         first = kv.put("color", b"red")
         assert kv.put("size", b"10") == first + 1
@@ -374,9 +395,9 @@ def test_a_key_value_bucket_puts_gets_and_deletes_without_replaying(kind, runnin
 
 
 @in_thread
-def test_an_update_on_a_key_that_moved_on_fails(kind, running, request):
+def test_an_update_on_a_key_that_moved_on_fails(kind, on_each_store, request):
     bucket = topic_for(request).replace(".", "-")
-    with client_of(kind, running.url) as client:
+    with client_of(kind, on_each_store.url) as client:
         kv = client.kv(bucket)
         created = kv.update("lock", b"mine", 0)  # 0: only if it has none
         with pytest.raises(KeyChanged, match="wrong last revision"):
@@ -388,9 +409,9 @@ def test_an_update_on_a_key_that_moved_on_fails(kind, running, request):
 
 
 @in_thread
-def test_a_watch_gives_current_values_then_changes(kind, running, request):
+def test_a_watch_gives_current_values_then_changes(kind, on_each_store, request):
     bucket = topic_for(request).replace(".", "-")
-    with client_of(kind, running.url) as client:
+    with client_of(kind, on_each_store.url) as client:
         kv = client.kv(bucket)
         kv.put("app.a", b"1")
         kv.put("app.b", b"1")
@@ -398,7 +419,7 @@ def test_a_watch_gives_current_values_then_changes(kind, running, request):
         kv.put("other", b"x")
         kv.put("app.gone", b"1")
         kv.delete("app.gone")  # deleted before the watch: not shown
-        with client_of(kind, running.url) as writer:
+        with client_of(kind, on_each_store.url) as writer:
             # A second client deletes a key once the current values came.
             later = writer.kv(bucket)
             entries = kv.watch(3, "app.", change=lambda: later.delete("app.b"), after=2)

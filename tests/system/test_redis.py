@@ -26,6 +26,7 @@ from twisted.internet.threads import deferToThread
 
 from broker.client import (
     BrokerError,
+    KeyChanged,
     Message,
     NoResponders,
     OutcomeUnknown,
@@ -264,6 +265,44 @@ async def test_a_request_on_one_node_is_answered_by_a_responder_on_the_other(
             await requester.request("rpc.nobody", b"anyone?", timeout=5)
     finally:
         await gatherResults([c.close() for c in (requester, responder)])
+        await gatherResults([a.stop(), b.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_key_value_view_is_one_for_every_node(redis_servers, tmp_path):
+    a, b = await start_nodes(tmp_path, redis_servers["cluster"], 2)
+    on_a = connect(reactor, a.endpoint, extensions=True)
+    on_b = connect(reactor, b.endpoint, extensions=True)
+    try:
+        config_a, config_b = on_a.kv("config"), on_b.kv("config")
+        first = await config_a.put("colour", b"red")
+        # b reads what a wrote, from the revisions Redis keeps, and writes on.
+        entry = await config_b.get("colour")
+        assert entry is not None and (entry.value, entry.revision) == (b"red", first)
+        second = await config_b.update("colour", b"green", first)
+        assert second is not None and second > first
+        # a's compare-and-set against the revision it saw fails: b moved on.
+        with pytest.raises(KeyChanged, match=f"it is {second}"):
+            await config_a.update("colour", b"blue", first)
+        # Two nodes racing to create one key: exactly one wins.
+        created = await gatherResults(
+            [
+                config_a.create("owner", b"a").addErrback(lambda failure: failure.value),
+                config_b.create("owner", b"b").addErrback(lambda failure: failure.value),
+            ]
+        )
+        assert sorted(type(outcome).__name__ for outcome in created) == ["KeyChanged", "int"]
+        winner = b"a" if isinstance(created[0], int) else b"b"
+        owner = await config_a.get("owner")
+        assert owner is not None and owner.value == winner
+        await config_a.put("size", b"9")
+        await config_b.delete("size")
+        assert await config_a.get("size") is None
+        assert await config_b.keys() == ["colour", "owner"]
+        history = await config_a.history("colour")
+        assert [(h.value, h.revision) for h in history] == [(b"red", first), (b"green", second)]
+    finally:
+        await gatherResults([made.close() for made in (on_a, on_b)])
         await gatherResults([a.stop(), b.stop()])
 
 
