@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from broker.wire.headers import Headered, is_lone_id, with_headers
+from broker.wire.headers import Headered, is_lone_id
 
 
 class HeaderTable:
@@ -62,15 +62,14 @@ class HeaderTable:
         blocks = self._blocks
         if not blocks:
             return payloads
-        given = payloads
-        for index in range(len(payloads)):
-            block = blocks.get(first + index)
-            if block is not None:
-                if given is payloads:
-                    given = list(payloads)  # (the caller's list may be the log's own slice)
-                payload = payloads[index]
-                if payload is not None:
-                    given[index] = with_headers(payload, block)
+        given = list(payloads)  # (the caller's list may be the log's own slice)
+        found = blocks.get
+        for offset, payload in enumerate(payloads, first):
+            block = found(offset)
+            if block is not None and payload is not None:
+                headered = Headered(payload)  # (with_headers, inline: once per read message)
+                headered.headers = block
+                given[offset - first] = headered
         return given
 
     def size_at(self, offset: int) -> int:

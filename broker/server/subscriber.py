@@ -25,6 +25,7 @@ from broker.wire import (
     encode_delivery_tail,
     encode_error,
     encode_first_deliveries,
+    encode_first_headered_deliveries,
     encode_headers_frame,
     encode_u16,
     encode_u64,
@@ -248,16 +249,9 @@ class SubscriberSession(Session):
         topic = subscription.topic
         if not self._outgoing:
             self._first_outgoing = (topic, offset)
-        prefix = topic.extended_prefix
-        outgoing = self._outgoing
-        for index, payload in enumerate(payloads):
-            frame = frames[index]
-            if frame:
-                outgoing.append(frame)
-            tail = encode_delivery_tail(
-                offset + index, 1, (delivery_id + index) & 0xFFFFFFFF, len(payload)
-            )
-            outgoing += (prefix, tail, payload)
+        self._outgoing += encode_first_headered_deliveries(
+            topic.extended_prefix, offset, delivery_id, payloads, frames
+        )
         self._outgoing_count += len(payloads)
         self._outgoing_bytes += total_size(payloads)
         if self._outgoing_bytes >= FLUSH_BYTES:

@@ -184,16 +184,37 @@ def encode_first_deliveries(
     sizes = payload_sizes(payloads)
     if count > 1 and sizes.count(sizes[0]) == count:
         return [_encode_same_size_run(prefix, offset, first_id, payloads, sizes)]
+    pieces = [prefix] * (3 * count)
+    pieces[1::3] = _run_tails(offset, first_id, sizes)
+    pieces[2::3] = payloads
+    return pieces
+
+
+def encode_first_headered_deliveries(
+    prefix: bytes, offset: int, first_id: int, payloads: list[bytes], frames: list[bytes]
+) -> list[bytes]:
+    """`encode_first_deliveries` of a run whose messages have headers: each
+    delivery after its Headers frame (`frames`, one per payload, b"" for a
+    message without), as the pieces to join."""
+    count = len(payloads)
+    pieces = [prefix] * (4 * count)
+    pieces[0::4] = frames
+    pieces[2::4] = _run_tails(offset, first_id, payload_sizes(payloads))
+    pieces[3::4] = payloads
+    return pieces
+
+
+def _run_tails(offset: int, first_id: int, sizes: list[int]) -> tuple[bytes, ...]:
+    """The tails of a run of first deliveries, packed by one `struct` call
+    and cut apart by another."""
+    count = len(sizes)
     packer, splitter, attempts = _run_structs(count)
     fields: list[int] = [0] * (4 * count)
     fields[0::4] = range(offset, offset + count)
     fields[1::4] = attempts
     fields[2::4] = range(first_id, first_id + count)
     fields[3::4] = sizes
-    pieces = [prefix] * (3 * count)
-    pieces[1::3] = splitter.unpack(packer.pack(*fields))
-    pieces[2::3] = payloads
-    return pieces
+    return splitter.unpack(packer.pack(*fields))
 
 
 def _encode_same_size_run(

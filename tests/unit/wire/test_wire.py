@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from broker import wire
 from broker.wire import ClientDecoder, ServerDecoder, StartAt
+from broker.wire.headers import encode_headers, header_block
 
 
 class ServerRecorder:
@@ -390,6 +391,40 @@ def test_a_run_of_first_deliveries_is_the_deliveries_one_by_one(
     assert recorder.events[1:] == [
         ("extended_delivery_received", topic, offset + i, 1, first_id + i, payload)
         for i, payload in enumerate(payloads)
+    ]
+
+
+@given(
+    st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.booleans()), min_size=1, max_size=30),
+    st.integers(0, 2**40),
+    st.integers(0, 2**32 - 1),
+)
+def test_a_run_with_headers_is_each_delivery_after_its_headers_frame(messages, offset, first_id):
+    first_id = min(first_id, 2**32 - len(messages))
+    block = encode_headers([("Content-Type", "text/plain")])
+    frame = wire.encode_headers_frame(block)
+    payloads = [payload for payload, _ in messages]
+    frames = [frame if headed else b"" for _, headed in messages]
+    prefix = wire.extended_delivery_prefix("t")
+    run = b"".join(
+        wire.encode_first_headered_deliveries(prefix, offset, first_id, payloads, frames)
+    )
+    one_by_one = b"".join(
+        frames[i]
+        + prefix
+        + wire.encode_delivery_tail(offset + i, 1, first_id + i, len(payload))
+        + payload
+        for i, payload in enumerate(payloads)
+    )
+    assert run == one_by_one
+    recorder = ClientRecorder()
+    decoder = ClientDecoder(recorder, 1 << 20)
+    decoder.expect_hello()
+    decoder.feed(wire.encode_hello({"version": 1}) + run)
+    got = recorder.events[1:]
+    assert [event[5] for event in got] == payloads
+    assert [header_block(event[5]) for event in got] == [
+        block if headed else b"" for _, headed in messages
     ]
 
 
