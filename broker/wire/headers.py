@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from broker.wire.codes import ProtocolError
 
@@ -141,10 +142,14 @@ class Headers(Mapping[str, str]):
     name whatever its case (the first, if it comes more than once),
     `get_all(name)` every value of it, `items()` the pairs in order."""
 
-    __slots__ = ("_pairs",)
+    __slots__ = ("_first", "_pairs")
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
         self._pairs = tuple(pairs)
+        self._first: dict[str, str] = {}
+        """Each name, lowered, to its first value: a look-up is one step."""
+        for key, value in self._pairs:
+            self._first.setdefault(key.lower(), value)
 
     @classmethod
     def of(cls, payload: bytes) -> Headers:
@@ -162,11 +167,16 @@ class Headers(Mapping[str, str]):
         return found
 
     def __getitem__(self, name: str) -> str:
-        wanted = name.lower()
-        for key, value in self._pairs:
-            if key.lower() == wanted:
-                return value
-        raise KeyError(name)
+        try:
+            return self._first[name.lower()]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._first.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._first
 
     def get_all(self, name: str) -> list[str]:
         wanted = name.lower()
