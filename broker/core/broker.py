@@ -10,6 +10,7 @@ calls it; the Broker never sees a frame or a socket, so another door
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,6 +91,30 @@ def _offsets_of(outcome: int | str | list[Any], batch: Deduplicated) -> list[int
     if isinstance(outcome, list):
         return [outcome[slot] if slot >= 0 else -1 - slot for slot in batch.slots]
     return batch.offsets(outcome) if isinstance(outcome, int) else outcome
+
+
+def _read_offsets(
+    topic_log: IMessageLog, offsets: Iterable[int]
+) -> Deferred[dict[int, bytes | None]]:
+    """The messages a log holds at `offsets` (None for those it does not),
+    once read: at once from a local log, a round trip from a networked one."""
+    values: dict[int, bytes | None] = {}
+    pending: list[Deferred[Any]] = []
+
+    def got(held: list[bytes], offset: int) -> None:
+        values[offset] = held[0] if held else None
+
+    for offset in offsets:
+        if offset < topic_log.first_offset:
+            continue
+        held = topic_log.read(offset, 1)
+        if isinstance(held, list):
+            got(held, offset)
+        else:
+            pending.append(held.addCallback(got, offset))
+    if not pending:
+        return succeed(values)
+    return gatherResults(pending, consumeErrors=True).addCallback(lambda _: values)
 
 
 class Broker:
@@ -369,17 +394,11 @@ class Broker:
             stored = self.registry.get(bucket)
         except TooManyTopics as error:
             return Appended(refusal=str(error))
-        store = self.store
         for request in payloads:
             inbox = reply_to(request)
             if inbox is None:
                 continue
-            if ISharedStore.providedBy(store):
-                # Every node's appends are in the store's key revisions.
-                state = store.key_revisions(bucket, asked_key(operation, request))
-                state.addCallback(lambda state: KeyIndex.from_revisions(*state))
-            else:
-                state = succeed(self.key_index(bucket, stored))
+            state = self._key_view(bucket, stored, asked_key(operation, request))
             state.addCallback(self._read_for_kv, operation, request, stored.log)
             state.addCallbacks(
                 lambda reply, inbox=inbox: self.append(
@@ -391,27 +410,49 @@ class Broker:
             )
         return Appended(0, None, None, 0)
 
+    def _key_view(self, name: str, stored: Topic, key: str = "") -> Deferred[KeyIndex]:
+        """A compacted topic's keys: its key index here, or, on a shared
+        store, what the store holds of every node's appends (`key`'s alone,
+        if given)."""
+        store = self.store
+        if ISharedStore.providedBy(store):
+            state: Deferred[Any] = store.key_revisions(name, key)
+            return state.addCallback(lambda state: KeyIndex.from_revisions(*state))
+        return succeed(self.key_index(name, stored))
+
     def _read_for_kv(
         self, index: KeyIndex, operation: str, request: bytes, topic_log: IMessageLog
     ) -> Deferred[bytes]:
         """The reply to a key-value request, once the messages it needs are
         read (a networked log's reads take a round trip)."""
-        values: dict[int, bytes | None] = {}
-        pending: list[Deferred[Any]] = []
+        offsets = offsets_to_read(operation, request, index)
+        return _read_offsets(topic_log, offsets).addCallback(
+            lambda values: answer_kv(operation, request, index, values.get)
+        )
 
-        def got(held: list[bytes], offset: int) -> None:
-            values[offset] = held[0] if held else None
+    def latest_values(self, name: str, key: str = "") -> Deferred[dict[str, bytes]]:
+        """The latest value of each key of the compacted topic `name` (of
+        `key` alone, if given), deletions left out; for doors that keep
+        state in one (MQTT's retained messages and sessions)."""
+        stored = self.registry.get(name)
 
-        for offset in offsets_to_read(operation, request, index):
-            if offset < topic_log.first_offset:
-                continue
-            held = topic_log.read(offset, 1)
-            if isinstance(held, list):
-                got(held, offset)
-            else:
-                pending.append(held.addCallback(got, offset))
-        replied = gatherResults(pending, consumeErrors=True) if pending else succeed(None)
-        return replied.addCallback(lambda _: answer_kv(operation, request, index, values.get))
+        def read(index: KeyIndex) -> Deferred[dict[str, bytes]]:
+            latest = {
+                wanted: offset
+                for wanted in ([key] if key else list(index.keys))
+                if (offset := index.latest(wanted)) is not None
+            }
+
+            def named(values: dict[int, bytes | None]) -> dict[str, bytes]:
+                return {
+                    wanted: value
+                    for wanted, offset in latest.items()
+                    if (value := values.get(offset))
+                }
+
+            return _read_offsets(stored.log, latest.values()).addCallback(named)
+
+        return self._key_view(name, stored, key).addCallback(read)
 
     def compact_topics(self, force: bool = False) -> None:
         """Compact the topics whose key index says enough is superseded (or,

@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 
+from broker.transport import IStreamTransport
 
-class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
-    """A connection's transport as the protocols use it."""
+__all__ = ["IStreamTransport", "direct_writer"]
 
 
 def direct_writer(transport: object) -> Callable[[bytes], None]:

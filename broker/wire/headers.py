@@ -157,7 +157,13 @@ class Headers(Mapping[str, str]):
         the blocks decoded lately are kept, as messages repeat them."""
         if type(payload) is not Headered:
             return _NONE
-        block = payload.headers
+        return cls.of_block(payload.headers)
+
+    @classmethod
+    def of_block(cls, block: bytes) -> Headers:
+        """The headers of a block (none for b""), kept as `of` keeps them."""
+        if not block:
+            return _NONE
         found = _DECODED.get(block)
         if found is None:
             found = cls(decode_headers(block))
