@@ -46,6 +46,7 @@ from broker.log import FileStoreSettings, FsyncPolicy, StoreError, make_store
 from broker.log.redis_settings import RedisStoreSettings
 from broker.monitoring.metrics import register as register_metrics
 from broker.monitoring.stats import RateHistory
+from broker.mqtt import MQTTDoor
 from broker.security.auth import Authenticator
 from broker.security.tls import ReloadableServerContext, ServerTLS, TLSConfigError
 from broker.security.users import Users, UsersFileError, load_users
@@ -105,6 +106,7 @@ class BrokerService(MultiService):
         monitor_hosts: Sequence[str] = (),
         log_observer: ILogObserver | None = None,
         redis: RedisStoreSettings | None = None,
+        mqtt_ports: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -142,6 +144,8 @@ class BrokerService(MultiService):
         )
         broker = Broker(settings, reactor, store, authenticator, stats)
         self.factory = BrokerFactory(broker=broker)
+        self.mqtt: MQTTDoor | None = MQTTDoor(broker) if mqtt_ports else None
+        """The MQTT door, if it listens anywhere (--mqtt-port)."""
         register_metrics(self.factory)
         self.tls: ReloadableServerContext | None = None
         self._previous_sighup: Any = None  # restored on stop
@@ -158,6 +162,18 @@ class BrokerService(MultiService):
             listener = StreamServerEndpointService(endpoint, self.factory)
             listener._raiseSynchronously = True  # a port in use stops the start
             listener.setName(port)
+            listener.setServiceParent(self)
+            self._listeners.append(listener)
+        self.mqtt_ports = list(mqtt_ports)
+        for port in self.mqtt_ports:
+            assert self.mqtt is not None
+            try:
+                endpoint = server_endpoint(port, reactor, self.tls)
+            except ListenerError as error:
+                raise StartupError(f"--mqtt-port: {error}") from None
+            listener = StreamServerEndpointService(endpoint, self.mqtt)
+            listener._raiseSynchronously = True
+            listener.setName(f"mqtt {port}")
             listener.setServiceParent(self)
             self._listeners.append(listener)
         self._monitor: StreamServerEndpointService | None = None
@@ -336,7 +352,10 @@ class BrokerService(MultiService):
         self._catch_second_sigterm()
         await gatherResults([listener.stopService() for listener in self._listeners])
         await self._drain()
-        await self.factory.close_connections(grace=0 if self._cut_short else 1.0)
+        grace = 0 if self._cut_short else 1.0
+        await self.factory.close_connections(grace=grace)
+        if self.mqtt is not None:
+            await self.mqtt.close_connections(grace=grace)
         # The upkeep and the monitor stop last: /healthz says 503 until now.
         await gatherResults([child.stopService() for child in self if child not in self._listeners])
         for number, previous in (

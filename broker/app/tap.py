@@ -482,6 +482,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
+        self["mqtt-ports"] = []
         self["monitor-hosts"] = []
         self["compact"] = []
         self._configured_ports: list[str] = []
@@ -518,6 +519,8 @@ class Options(usage.Options):
                 where = f"{source}: {name}"
             if name == "port":
                 self._configured_ports = ports_value(value, where)
+            elif name == "mqtt-port":
+                self["mqtt-ports"] = ports_value(value, where)
             elif name == "compact":
                 for pattern in value if isinstance(value, list) else [value]:
                     try:
@@ -549,6 +552,14 @@ class Options(usage.Options):
     )
 
     opt_p = opt_port
+
+    def opt_mqtt_port(self, port: str) -> None:
+        self["mqtt-ports"].append(port)
+
+    opt_mqtt_port.__doc__ = (  # one line: usage.Options wraps it itself
+        "Where to listen to MQTT 3.1.1 and 5.0 clients, on the same topics (as --port: "
+        "1883, tls:8883, an endpoint string); may be given more than once [default: none]."
+    )
 
     def opt_monitor_host(self, names: str) -> None:
         self["monitor-hosts"].extend(names.replace(",", " ").split())
@@ -582,6 +593,9 @@ class Options(usage.Options):
         tls_ports = [port for port in self["ports"] if is_tls(port)]
         if tls_ports and self["tls-cert"] is None:
             raise usage.UsageError(f"--port {tls_ports[0]} needs --tls-cert")
+        tls_ports = [port for port in self["mqtt-ports"] if is_tls(port)]
+        if tls_ports and self["tls-cert"] is None:
+            raise usage.UsageError(f"--mqtt-port {tls_ports[0]} needs --tls-cert")
         if self["tls-cert"] is None and (self["tls-key"] or self["tls-ca"]):
             raise usage.UsageError("--tls-key and --tls-ca go with --tls-cert")
         # usage.Options coerces what is given, never the defaults.
@@ -604,14 +618,19 @@ class Options(usage.Options):
         try:
             for port in self["ports"]:
                 check_port_number(port, "--port")
+            for port in self["mqtt-ports"]:
+                check_port_number(port, "--mqtt-port")
             if self["monitor"] is not None:
                 check_port_number(self["monitor"], "--monitor")
         except ListenerError as error:
             raise usage.UsageError(str(error)) from None
         seen: set[str] = set()
-        for port in self["ports"]:
+        for option, port in [
+            *(("--port", port) for port in self["ports"]),
+            *(("--mqtt-port", port) for port in self["mqtt-ports"]),
+        ]:
             if port in seen:
-                raise usage.UsageError(f"--port {port} is given twice")
+                raise usage.UsageError(f"{option} {port} is given twice")
             seen.add(port)
         if self["monitor"] in seen:
             raise usage.UsageError(f"--monitor {self['monitor']} is also a --port")
@@ -737,4 +756,5 @@ def makeService(options: Options) -> IService:
         monitor=options["monitor"],
         monitor_hosts=options["monitor-hosts"],
         log_observer=observer,
+        mqtt_ports=options["mqtt-ports"],
     )

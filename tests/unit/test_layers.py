@@ -3,7 +3,8 @@ those only for type checkers): no import cycles, and no layer reaching up.
 
     app       broker.app (twistd's options, the service), broker.testing,
               broker.pytest_plugin, broker.bench
-    doors     broker.server (TCP), broker.monitoring
+    doors     broker.server (TCP), broker.mqtt (MQTT), broker.monitoring; the
+              doors clients connect through know nothing of each other
     core      broker.core: the Broker, consumers, topics, deliveries, groups, ...
     ground    broker.log (the message stores), broker.wire (the protocol),
               broker.security (users, rights, TLS), broker.names, broker.subjects
@@ -26,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "broker"
 
 CORE = ("broker.core",)
-DOORS = ("broker.server", "broker.monitoring")
+DOORS = ("broker.server", "broker.mqtt", "broker.monitoring")
+FRONT_DOORS = ("broker.server", "broker.mqtt")
+"""Doors that take clients' connections: none knows another (the monitor
+reports on all of them)."""
 APP = (
     "broker.app",
     "broker.cli",
@@ -35,7 +39,14 @@ APP = (
     "broker.pytest_plugin",
     "broker.bench",
 )
-GROUND = ("broker.wire", "broker.log", "broker.security", "broker.names", "broker.subjects")
+GROUND = (
+    "broker.wire",
+    "broker.log",
+    "broker.security",
+    "broker.names",
+    "broker.subjects",
+    "broker.transport",
+)
 # What the core may not reach: the doors, the app, and Twisted's transports.
 TRANSPORTS = (
     "twisted.internet.protocol",
@@ -182,6 +193,18 @@ def _broken(importers: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]
 )
 def test_no_layer_reaches_up(importers, forbidden):
     assert _broken(importers, forbidden) == []
+
+
+def test_no_front_door_knows_another():
+    crossing = [
+        f"{edge.where}: {edge.importer} imports {edge.imported}"
+        for edge in EDGES
+        for door in FRONT_DOORS
+        if _within(edge.importer, (door,))
+        and _within(edge.imported, FRONT_DOORS)
+        and not _within(edge.imported, (door,))
+    ]
+    assert crossing == []
 
 
 def test_the_client_needs_nothing_of_the_broker():
