@@ -162,6 +162,8 @@ class MQTTConnection(Protocol):
         self._qos_of: dict[str, int] = {}
         self._aliases: dict[int, str] = {}
         self._names: dict[str, str] = {}
+        self._topic_fields: dict[str, bytes] = {}
+        """Topics here -> their MQTT names as PUBLISH carries them."""
         self._client_max_packet = p.MAX_REMAINING_LENGTH
         self._receive_maximum = RECEIVE_MAXIMUM
         # Publishes of this read, by topic, and their answers in order.
@@ -548,59 +550,72 @@ class MQTTConnection(Protocol):
         self._write_answers()
 
     def _append_batch(self) -> None:
+        """Append this read's publishes, one batch per topic; queue each QoS
+        1 and 2 publish's answer in order, filled once its topic's batch is
+        stored (at once from a local store that need not sync)."""
         batch, self._batch = self._batch, {}
         headered, self._headered = self._headered, set()
         answers, self._answers = self._answers, []
         may_publish = self.user.publish if self.user is not None else None
-        outcomes: dict[str, Any] = {}
-        for name, payloads in batch.items():
-            appended = self.broker.append(
-                name, payloads, may_publish, self.peer, True, name in headered
-            )
-            if appended.refusal is not None:
-                outcomes[name] = succeed(appended.refusal)
-                if appended.refusal.startswith(ERR_PERMISSION_DENIED):
-                    log.warn("{peer}: {refusal}", peer=self.peer, refusal=appended.refusal)
-                continue
-            first = appended.first
-            ready: Deferred[Any] = first if isinstance(first, Deferred) else succeed(first)
-            if appended.committed is not None:
-                ready.addCallback(_once_committed, appended.committed)
-            outcomes[name] = ready
-        if not answers:
-            for ready in outcomes.values():
-                ready.addErrback(lambda _: None)
-            return
+        waiting: dict[str, list[tuple[list[Any], p.Publish, int]]] = {}
+        for name, _ in answers:
+            waiting[name] = []
         counted: dict[str, int] = {}
         for name, publish in answers:
             index = counted.get(name, 0)
             counted[name] = index + 1
             entry: list[Any] = [False, b""]
             self._answer_queue.append(entry)
-            kind = p.PUBACK if publish.qos == 1 else p.PUBREC
-            outcomes[name].addBoth(self._answered, entry, publish, kind, index)
-        self._write_answers()
+            waiting[name].append((entry, publish, index))
+        for name, payloads in batch.items():
+            appended = self.broker.append(
+                name, payloads, may_publish, self.peer, True, name in headered
+            )
+            entries = waiting.get(name)
+            refusal = appended.refusal
+            if refusal is not None:
+                if refusal.startswith(ERR_PERMISSION_DENIED):
+                    log.warn("{peer}: {refusal}", peer=self.peer, refusal=refusal)
+                if entries:
+                    self._answered(refusal, entries)
+                continue
+            first = appended.first
+            committed = appended.committed
+            if not isinstance(first, Deferred) and committed is None:
+                if entries:
+                    self._answered(first, entries)
+                continue
+            ready: Deferred[Any] = first if isinstance(first, Deferred) else succeed(first)
+            if committed is not None:
+                ready.addCallback(_once_committed, committed)
+            if entries:
+                ready.addBoth(self._answered, entries)
+            else:
+                ready.addErrback(lambda _: None)
+        if answers:
+            self._write_answers()
 
-    def _answered(
-        self, outcome: Any, entry: list[Any], publish: p.Publish, kind: int, index: int
-    ) -> Any:
-        if isinstance(outcome, list):
-            outcome = outcome[index]
-        reason = p.SUCCESS
-        if isinstance(outcome, Failure | str):
-            text = outcome.getErrorMessage() if isinstance(outcome, Failure) else outcome
-            denied = text.startswith(ERR_PERMISSION_DENIED)
-            reason = p.NOT_AUTHORIZED if denied else p.UNSPECIFIED_ERROR
-            if self.level != p.MQTT_5:
-                reason = p.SUCCESS  # (3.1.1: a positive answer, or closing)
-                if not text.startswith(ERR_PERMISSION_DENIED):
-                    self._fail(p.UNSPECIFIED_ERROR, f"not stored: {text}")
-        elif kind == p.PUBREC:
-            self.door.awaiting_release(self.client_id).add(publish.packet_id)
-        entry[0] = True
-        entry[1] = p.encode_acknowledgement(self.level, kind, publish.packet_id, reason)
+    def _answered(self, outcome: Any, entries: list[tuple[list[Any], p.Publish, int]]) -> None:
+        """Fill the answers of a topic's publishes from what the store said:
+        a first offset, each one's offset or refusal, or one refusal."""
+        version = self.level
+        for entry, publish, index in entries:
+            one = outcome[index] if isinstance(outcome, list) else outcome
+            kind = p.PUBACK if publish.qos == 1 else p.PUBREC
+            reason = p.SUCCESS
+            if isinstance(one, Failure | str):
+                text = one.getErrorMessage() if isinstance(one, Failure) else one
+                denied = text.startswith(ERR_PERMISSION_DENIED)
+                reason = p.NOT_AUTHORIZED if denied else p.UNSPECIFIED_ERROR
+                if version != p.MQTT_5:
+                    reason = p.SUCCESS  # (3.1.1: a positive answer, or closing)
+                    if not denied:
+                        self._fail(p.UNSPECIFIED_ERROR, f"not stored: {text}")
+            elif kind == p.PUBREC:
+                self.door.awaiting_release(self.client_id).add(publish.packet_id)
+            entry[0] = True
+            entry[1] = p.encode_acknowledgement(version, kind, publish.packet_id, reason)
         self._write_answers()
-        return None
 
     def _write_answers(self) -> None:
         queue = self._answer_queue
@@ -822,9 +837,15 @@ class MQTTConnection(Protocol):
             packet_id = self._next_packet_id()
             if packet_id < 0:
                 qos = 0  # (65,535 unanswered: no id left; as QoS 0)
+        topic = self._topic_fields.get(name)
+        if topic is None:
+            topic = p.encode_topic(to_mqtt_topic(name))
+            if len(self._topic_fields) >= 1024:
+                self._topic_fields.clear()
+            self._topic_fields[name] = topic
         header = p.publish_header(
             self.level,
-            to_mqtt_topic(name),
+            topic,
             qos,
             retained,
             dup,

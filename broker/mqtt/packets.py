@@ -27,6 +27,7 @@ MQTT_311, MQTT_5 = 4, 5
 """Protocol levels (CONNECT's "protocol version")."""
 
 MAX_REMAINING_LENGTH = 268_435_455
+_TOPICS_KEPT = 256
 """What four bytes of variable byte integer can say."""
 
 # MQTT 5 reason codes this server uses.
@@ -170,7 +171,7 @@ class Connect:
     properties: Properties = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Publish:
     topic: str
     payload: bytes
@@ -370,6 +371,8 @@ class PacketDecoder:
         self.max_packet_size = max_packet_size
         self.level = 0
         self._buffer = b""
+        self._topics: dict[bytes, str] = {}
+        """Topic names read lately (checked), by their bytes."""
 
     @property
     def buffered(self) -> int:
@@ -399,12 +402,49 @@ class PacketDecoder:
                     f"a packet of {size} bytes is over the limit of {self.max_packet_size}",
                     PACKET_TOO_LARGE,
                 )
-            if body + length > end:
+            stop = body + length
+            if stop > end:
                 break
-            packets.append(self._parse(first >> 4, first & 0x0F, buffer, body, body + length))
-            pos = body + length
+            if first >> 4 == PUBLISH and self.level and length >= 2:
+                publish = self._publish(first, buffer, body, stop)
+                if publish is not None:
+                    packets.append(publish)
+                    pos = stop
+                    continue
+            packets.append(self._parse(first >> 4, first & 0x0F, buffer, body, stop))
+            pos = stop
         self._buffer = buffer[pos:] if pos < end else b""
         return packets
+
+    def _publish(self, first: int, data: bytes, pos: int, end: int) -> Publish | None:
+        """A PUBLISH cut quickly (most packets are): its topic known from
+        one seen lately, no properties or none; None for any other case,
+        which `_parse` reads in full (and refuses if it must)."""
+        qos = (first >> 1) & 0x03
+        if qos == 3 or (first & 0x08 and not qos):
+            return None
+        topic_end = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+        if topic_end > end:
+            return None
+        topic = self._topics.get(data[pos + 2 : topic_end])
+        if topic is None:
+            return None
+        pos = topic_end
+        packet_id = 0
+        if qos:
+            if pos + 2 > end:
+                return None
+            packet_id = (data[pos] << 8) | data[pos + 1]
+            if not packet_id:
+                return None
+            pos += 2
+        if self.level == MQTT_5:
+            if pos >= end or data[pos]:
+                return None  # properties: read in full
+            pos += 1
+        if pos > end:
+            return None
+        return Publish(topic, data[pos:end], qos, bool(first & 0x01), bool(first & 0x08), packet_id)
 
     def _parse(self, kind: int, flags: int, data: bytes, pos: int, end: int) -> Packet:
         reader = _Reader(data, pos, end)
@@ -418,7 +458,12 @@ class PacketDecoder:
             return connect
         v5 = self.level == MQTT_5
         if kind == PUBLISH:
-            return _parse_publish(reader, flags, v5)
+            publish = _parse_publish(reader, flags, v5)
+            topics = self._topics
+            if len(topics) >= _TOPICS_KEPT:
+                topics.clear()
+            topics[publish.topic.encode("utf-8")] = publish.topic
+            return publish
         if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
             if flags != (0x02 if kind == PUBREL else 0):
                 raise MalformedPacket(f"packet type {kind} with flags {flags:#x}")
@@ -606,9 +651,14 @@ def encode_connack(
     return _packet(CONNACK << 4, body)
 
 
+def encode_topic(topic: str) -> bytes:
+    """A topic name as PUBLISH carries it (its length first)."""
+    return _string(topic)
+
+
 def publish_header(
     level: int,
-    topic: str,
+    topic: bytes,
     qos: int,
     retain: bool,
     dup: bool,
@@ -616,8 +666,9 @@ def publish_header(
     properties: Properties | None,
     payload_size: int,
 ) -> bytes:
-    """A PUBLISH packet up to its payload (the payload follows)."""
-    variable = _string(topic)
+    """A PUBLISH packet up to its payload (the payload follows), for a
+    topic encoded by `encode_topic`."""
+    variable = topic
     if qos:
         variable += _S_U16.pack(packet_id)
     if level == MQTT_5:

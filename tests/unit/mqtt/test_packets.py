@@ -55,7 +55,9 @@ def publish_packet(
     properties: p.Properties | None = None,
 ) -> bytes:
     return (
-        p.publish_header(level, topic, qos, retain, False, packet_id, properties, len(payload))
+        p.publish_header(
+            level, p.encode_topic(topic), qos, retain, False, packet_id, properties, len(payload)
+        )
         + payload
     )
 
