@@ -305,6 +305,8 @@ class BrokerService(MultiService):
                 log.error("users not reloaded, the old ones stay: {error}", error=error)
                 return
             self.factory.reload_users(users)
+            if self.mqtt is not None:
+                self.mqtt.reload_users(users)
             log.info(
                 "users reloaded from {path}: {count} user(s)",
                 path=str(self.users_file),

@@ -159,6 +159,10 @@ class Broker:
             users = Authenticator(users, clock, identity=settings.tls_identity)
         self.authenticator: Authenticator | None = users
         """Who connections are and what they may do; None: no users file, all open."""
+        self.connections: set[Any] = set()
+        """Every client connection, through any door, as the monitor lists
+        them (broker.monitoring.view.MonitoredConnection); each door adds
+        and removes its own."""
         self.consumers: set[Reader] = set()
         """Every consumer, through any door (they add and remove themselves)."""
         self.user_connections: Counter[str] = Counter()

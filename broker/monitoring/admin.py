@@ -130,14 +130,14 @@ class AdminAPI(Resource):
                 )
             case "GET", ["connections"]:
                 now = self._factory.broker.clock.seconds()
-                connections = sorted(self._factory.connections, key=lambda p: p.number)
+                connections = sorted(self._factory.broker.connections, key=lambda p: p.number)
                 return 200, {"connections": [connection_report(p, now) for p in connections]}
             case "DELETE", ["connections", number]:
                 return 200, self._close_connection(number, who)
         raise AdminRefused(404, f"no {method} /admin/{'/'.join(path)} (see docs/admin.md)")
 
     def _close_connection(self, number: str, who: str) -> dict[str, Any]:
-        for protocol in self._factory.connections:
+        for protocol in self._factory.broker.connections:
             if str(protocol.number) == number:
                 log.warn(
                     "{who} closed connection {number} ({peer})",

@@ -97,10 +97,12 @@ def snapshot(factory: BrokerFactory) -> dict[str, Any]:
     """What a scrape reports, read at once (in the reactor thread)."""
     stats = factory.broker.stats
     roles: Counter[str] = Counter()
+    doors: Counter[str] = Counter()
     subscriptions = in_flight = 0
-    for protocol in factory.connections:
-        roles[protocol.decoder.role if protocol.decoder else "new"] += 1
-        window = getattr(protocol.session, "window", None)
+    for protocol in factory.broker.connections:
+        roles[protocol.role] += 1
+        doors[protocol.door] += 1
+        window = protocol.window
         if window is not None:
             subscriptions += len(window.subscriptions)
             in_flight += window.in_flight
@@ -117,6 +119,7 @@ def snapshot(factory: BrokerFactory) -> dict[str, Any]:
         "delayed_waiting": len(factory.broker.timers.later),
         "refusals": dict(stats.refusals),
         "roles": dict(roles),
+        "doors": dict(doors),
         "subscriptions": subscriptions,
         "in_flight": in_flight,
         "topics": len(topics),
@@ -185,9 +188,17 @@ class BrokerCollector(Collector):
             refusals.add_metric([reason], count)
         yield refusals
         roles = GaugeMetricFamily("broker_connections", "Open connections", labels=["role"])
-        for role in ("new", "publisher", "subscriber"):
+        for role in ("new", "publisher", "subscriber", "mqtt"):
             roles.add_metric([role], state["roles"].get(role, 0))
         yield roles
+        doors = GaugeMetricFamily(
+            "broker_door_connections",
+            "Open connections, by the door they came through",
+            labels=["door"],
+        )
+        for door in ("tcp", "mqtt"):
+            doors.add_metric([door], state["doors"].get(door, 0))
+        yield doors
         for name, documentation, key in _GAUGES:
             yield GaugeMetricFamily(name, documentation, value=state[key])
         store = state["store"]

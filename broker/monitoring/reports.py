@@ -13,9 +13,8 @@ from broker import __version__
 from broker.monitoring.metrics import snapshot
 
 if TYPE_CHECKING:
-    from broker.monitoring.view import MonitoredBroker
+    from broker.monitoring.view import MonitoredBroker, MonitoredConnection
     from broker.server.factory import BrokerFactory
-    from broker.server.protocol import BrokerProtocol
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -58,7 +57,11 @@ def varz(service: MonitoredBroker, history: bool = False) -> dict[str, Any]:
             "refusals": state["refusals"],
         },
         "rates": rates[-1] if rates else {"published": 0.0, "delivered": 0.0},
-        "connections": {"total": len(factory.connections), **state["roles"]},
+        "connections": {
+            "total": len(factory.broker.connections),
+            **state["roles"],
+            "by_door": state["doors"],
+        },
         "subscriptions": state["subscriptions"],
         "in_flight": state["in_flight"],
         "topics": state["topics"],
@@ -98,24 +101,24 @@ def pending_output(transport: object) -> int | None:
     return None
 
 
-def connection_report(protocol: BrokerProtocol, now: float) -> dict[str, Any]:
-    session = protocol.session
-    window = getattr(session, "window", None)
+def connection_report(protocol: MonitoredConnection, now: float) -> dict[str, Any]:
+    window = protocol.window
     return {
         "id": protocol.number,
         "peer": protocol.peer,
-        "role": protocol.decoder.role if protocol.decoder else "new",
+        "door": protocol.door,
+        "role": protocol.role,
         "user": protocol.user.name if protocol.user is not None else None,
         "connected_since": protocol.connected_at,
         "seconds": round(now - protocol.connected_at, 3),
-        "extensions": protocol.hello is not None,
+        **protocol.details(),
         "prefetch": window.capacity if window is not None else None,
         "subscriptions": sorted(window.subscriptions) if window is not None else [],
         "in_flight": window.in_flight if window is not None else 0,
         "bytes_in": protocol.bytes_received,
-        "messages_in": getattr(session, "messages", 0),
-        "messages_out": getattr(session, "delivered_messages", 0),
-        "bytes_out": getattr(session, "delivered_bytes", 0),
+        "messages_in": protocol.messages_in,
+        "messages_out": protocol.delivered_messages,
+        "bytes_out": protocol.delivered_bytes,
         "pending_output": pending_output(protocol.transport),
     }
 
@@ -177,7 +180,7 @@ def _whole(query: dict[str, str], name: str, default: int, low: int, high: int |
 def connz(factory: BrokerFactory, query: dict[str, str]) -> dict[str, Any]:
     """Each connection: who, what it does, and how far behind it is."""
     now = factory.broker.clock.seconds()
-    rows = [connection_report(protocol, now) for protocol in factory.connections]
+    rows = [connection_report(protocol, now) for protocol in factory.broker.connections]
     report = page(rows, query, CONNECTION_SORTS, "id")
     report["now"] = now
     return report
@@ -187,8 +190,8 @@ def topicz(factory: BrokerFactory, query: dict[str, str]) -> dict[str, Any]:
     """Each topic: offsets, size, rate, and each subscriber's position and lag."""
     now = factory.broker.clock.seconds()
     readers: dict[str, list[dict[str, Any]]] = {}
-    for protocol in factory.connections:
-        window = getattr(protocol.session, "window", None)
+    for protocol in factory.broker.connections:
+        window = protocol.window
         if window is None:
             continue
         for name, subscription in window.subscriptions.items():

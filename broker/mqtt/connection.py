@@ -58,7 +58,7 @@ from broker.mqtt.topics import (
 from broker.names import DURABLE_PREFIX
 from broker.security.auth import AuthenticationFailed
 from broker.security.tls import peer_certificate
-from broker.security.users import ANONYMOUS, User
+from broker.security.users import ANONYMOUS, User, Users
 from broker.subjects import matches
 from broker.transport import IStreamTransport
 from broker.wire import ERR_PERMISSION_DENIED, StartAt
@@ -137,7 +137,7 @@ class MQTTConnection(Protocol):
     transport: IStreamTransport
 
     def __init__(self, door: Door) -> None:
-        self.door = door
+        self._door = door
         self.broker = door.broker
         self.peer = "?"
         self.level = 0
@@ -187,6 +187,35 @@ class MQTTConnection(Protocol):
         self._paused: set[str] = set()
         self._clean_end = False
 
+    # What the monitor reads (broker.monitoring.view.MonitoredConnection).
+
+    door = "mqtt"
+    role = "mqtt"
+
+    @property
+    def window(self) -> Any:
+        return self.consumer.window if self.consumer is not None else None
+
+    @property
+    def in_flight(self) -> int:
+        return self.consumer.window.in_flight if self.consumer is not None else 0
+
+    def details(self) -> dict[str, Any]:
+        """MQTT's own: the client identifier, the protocol, the session."""
+        return {
+            "client_id": self.client_id,
+            "protocol": {p.MQTT_311: "MQTT 3.1.1", p.MQTT_5: "MQTT 5.0"}.get(self.level),
+            "keep_alive": self._keep_alive,
+            "persistent_session": self._session is not None,
+            "filters": sorted(self._subscribed),
+        }
+
+    def close(self, grace: float | None = None) -> None:
+        """Close it (an operator asked): DISCONNECT first for MQTT 5."""
+        if self._state == "connected" and self.level == p.MQTT_5:
+            self._write(p.encode_disconnect(p.ADMINISTRATIVE_ACTION))
+        self._close(grace)
+
     # Connection events.
 
     def connectionMade(self) -> None:
@@ -203,7 +232,8 @@ class MQTTConnection(Protocol):
         self._timer = broker.clock.callLater(
             broker.settings.handshake_timeout, self._handshake_timed_out
         )
-        self.door.connection_made(self)
+        self._door.connection_made(self)
+        broker.connections.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._state in _ENDED:
@@ -269,9 +299,10 @@ class MQTTConnection(Protocol):
         if ended_connected:
             if self._will is not None and not self._clean_end:
                 may_publish = self.user.publish if self.user is not None else None
-                self.door.will_on_loss(self.client_id, self._will, self._will_delay(), may_publish)
+                self._door.will_on_loss(self.client_id, self._will, self._will_delay(), may_publish)
             self._session_ended()
-        self.door.connection_gone(self)
+        self._door.connection_gone(self)
+        self.broker.connections.discard(self)
         log.debug("{peer} (MQTT {client!r}) disconnected", peer=self.peer, client=self.client_id)
 
     # CONNECT.
@@ -354,9 +385,9 @@ class MQTTConnection(Protocol):
                 return None
             self.user = user
             counts[user.name] += 1
-        self.door.take_over(self)
+        self._door.take_over(self)
         if clean_start:
-            self.door.forget_client(self.client_id)
+            self._door.forget_client(self.client_id)
             stored: Deferred[StoredSession | None] = succeed(None)
             forget_session(self.broker, self.client_id)
         else:
@@ -382,13 +413,13 @@ class MQTTConnection(Protocol):
             save_session(self.broker, self.client_id, session)
         elif stored is not None:
             forget_session(self.broker, self.client_id)
-            self.door.forget_client(self.client_id)
+            self._door.forget_client(self.client_id)
         properties: p.Properties = {}
         if self.level == p.MQTT_5:
             properties = {
                 p.RECEIVE_MAXIMUM: RECEIVE_MAXIMUM,
                 p.TOPIC_ALIAS_MAXIMUM: TOPIC_ALIAS_MAXIMUM,
-                p.MAXIMUM_PACKET_SIZE: self.door.max_packet_size,
+                p.MAXIMUM_PACKET_SIZE: self._door.max_packet_size,
                 p.RETAIN_AVAILABLE: 1,
                 p.WILDCARD_SUBSCRIPTION_AVAILABLE: 1,
                 p.SUBSCRIPTION_IDENTIFIER_AVAILABLE: 0,
@@ -493,7 +524,7 @@ class MQTTConnection(Protocol):
             if block:
                 payload = with_headers(payload, block)
                 self._headered.add(name)
-        if publish.qos == 2 and publish.packet_id in self.door.awaiting_release(self.client_id):
+        if publish.qos == 2 and publish.packet_id in self._door.awaiting_release(self.client_id):
             # Stored already: its PUBREC was lost, or is on its way.
             self._answer(publish, name, p.PUBREC, p.SUCCESS)
             return
@@ -502,7 +533,7 @@ class MQTTConnection(Protocol):
             self._retain(name, payload)
             if not payload:  # (an empty retained message only clears the one kept)
                 if publish.qos == 2:
-                    self.door.awaiting_release(self.client_id).add(publish.packet_id)
+                    self._door.awaiting_release(self.client_id).add(publish.packet_id)
                 if publish.qos:
                     self._answer(publish, name, p.PUBACK if publish.qos == 1 else p.PUBREC, 0)
                 return
@@ -612,7 +643,7 @@ class MQTTConnection(Protocol):
                     if not denied:
                         self._fail(p.UNSPECIFIED_ERROR, f"not stored: {text}")
             elif kind == p.PUBREC:
-                self.door.awaiting_release(self.client_id).add(publish.packet_id)
+                self._door.awaiting_release(self.client_id).add(publish.packet_id)
             entry[0] = True
             entry[1] = p.encode_acknowledgement(version, kind, publish.packet_id, reason)
         self._write_answers()
@@ -631,7 +662,7 @@ class MQTTConnection(Protocol):
     def _acknowledged(self, ack: p.Acknowledgement) -> None:
         kind = ack.kind
         if kind == p.PUBREL:
-            released = self.door.awaiting_release(self.client_id)
+            released = self._door.awaiting_release(self.client_id)
             known = ack.packet_id in released
             released.discard(ack.packet_id)
             reason = p.SUCCESS if known else p.PACKET_IDENTIFIER_NOT_FOUND
@@ -940,11 +971,11 @@ class MQTTConnection(Protocol):
     def _session_ended(self) -> None:
         session = self._session
         if session is None:
-            self.door.forget_client(self.client_id)
+            self._door.forget_client(self.client_id)
             return
         if session.expiry == 0:
             forget_session(self.broker, self.client_id)
-            self.door.forget_client(self.client_id)
+            self._door.forget_client(self.client_id)
             return
         session.ended_at = self.broker.clock.seconds()
         save_session(self.broker, self.client_id, session)
@@ -956,6 +987,23 @@ class MQTTConnection(Protocol):
         if self._session is not None and self._session.expiry is not None:
             delay = min(delay, float(self._session.expiry))
         return delay
+
+    def users_reloaded(self, users: Users) -> None:
+        """The users file was re-read: keep to what it grants now (a user
+        removed is disconnected; rights withdrawn end subscriptions)."""
+        user = self.user
+        if user is None or self._state in _ENDED:
+            return
+        fresh = users.anonymous if user.name == ANONYMOUS else users.by_name.get(user.name)
+        if fresh is None:
+            log.warn(
+                "{peer}: MQTT user {user} was removed; closing", peer=self.peer, user=user.name
+            )
+            self._fail(p.NOT_AUTHORIZED, "the user was removed")
+            return
+        self.user = fresh
+        if self.consumer is not None:
+            self.consumer.permissions_changed(fresh)
 
     def take_over_by(self) -> None:
         """Another connection of this client identifier came: give way."""

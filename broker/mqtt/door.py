@@ -23,6 +23,7 @@ from broker.wire.headers import with_headers
 
 if TYPE_CHECKING:
     from broker.security.permissions import Rules
+    from broker.security.users import Users
 
 log = Logger()
 
@@ -142,6 +143,12 @@ class MQTTDoor(ServerFactory):
                 client=client_id,
                 refusal=appended.refusal,
             )
+
+    def reload_users(self, users: Users) -> None:
+        """Connected MQTT clients keep to what a re-read users file grants
+        (the authenticator has it already: the TCP door set it)."""
+        for connection in list(self.connections):
+            connection.users_reloaded(users)
 
     # Stopping.
 

@@ -166,6 +166,7 @@ class BrokerProtocol(Int32StringReceiver):
         if no_delay is not None:
             no_delay(True)
         self._host.connection_made(self)
+        broker.connections.add(self)
         log.debug("{peer} connected", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
@@ -218,6 +219,7 @@ class BrokerProtocol(Int32StringReceiver):
             if not counts[self.user.name]:
                 del counts[self.user.name]
         self._host.connection_gone(self)
+        self.broker.connections.discard(self)
         role = self.decoder.role if self.decoder else "new"
         log.debug("{peer} ({role}) disconnected", peer=self.peer, role=role)
         if self._refusals > LOGGED_REFUSALS:
@@ -455,6 +457,34 @@ class BrokerProtocol(Int32StringReceiver):
             self._pause_reading("drain")
         else:
             self.session.halt()
+
+    # What the monitor reads (broker.monitoring.view.MonitoredConnection).
+
+    door = "tcp"
+
+    @property
+    def role(self) -> str:
+        return self.decoder.role if self.decoder else "new"
+
+    @property
+    def window(self) -> Any:
+        return getattr(self.session, "window", None)
+
+    @property
+    def messages_in(self) -> int:
+        return int(getattr(self.session, "messages", 0))
+
+    @property
+    def delivered_messages(self) -> int:
+        return int(getattr(self.session, "delivered_messages", 0))
+
+    @property
+    def delivered_bytes(self) -> int:
+        return int(getattr(self.session, "delivered_bytes", 0))
+
+    def details(self) -> dict[str, Any]:
+        """What only this door knows of a connection."""
+        return {"extensions": self.hello is not None}
 
     @property
     def in_flight(self) -> int:

@@ -307,3 +307,37 @@ def test_mosquitto_sub_gets_what_this_brokers_client_publishes(running):
         ]
     finally:
         listening.kill()
+
+
+def test_the_monitor_shows_which_door_each_connection_came_through(tmp_path):
+    import json
+    import urllib.request
+
+    monitor = free_port()
+    process = MQTTBroker(tmp_path, "--monitor", str(monitor)).start()
+    try:
+        wait_until(lambda: accepts(monitor), what="the monitor opening")
+        device = process.device("meter-1", "5").connect()
+        device.subscribe("meters/#", 1)
+        with connect(process.url) as client:
+            client.publish("meters.hall", b"7")
+            device.wait_for(1)
+
+            def read(path: str) -> bytes:
+                with urllib.request.urlopen(f"http://127.0.0.1:{monitor}{path}", timeout=10) as r:
+                    return r.read()
+
+            rows = json.loads(read("/connz"))["items"]
+            mqtt = [row for row in rows if row["door"] == "mqtt"]
+            assert [(row["client_id"], row["protocol"], row["role"]) for row in mqtt] == [
+                ("meter-1", "MQTT 5.0", "mqtt")
+            ]
+            assert (mqtt[0]["filters"], mqtt[0]["subscriptions"]) == (["meters/#"], ["meters.hall"])
+            assert {row["door"] for row in rows} == {"mqtt", "tcp"}
+            varz = json.loads(read("/varz"))
+            assert varz["connections"]["by_door"]["mqtt"] == 1
+            metrics = read("/metrics").decode()
+            assert 'broker_door_connections{door="mqtt"} 1.0' in metrics
+        device.disconnect()
+    finally:
+        process.stop()

@@ -253,7 +253,7 @@ function render(varz, topicz, connz, consumerz) {
   setText("connections-note", connz.total > connz.items.length
     ? `${connz.total} connections; ${connz.items.length} shown` : "");
   fillActionTable("connection-table", connz.items, 10, "no connections", (c) => [
-    [String(c.id)], [c.peer], [c.role], [c.user || "–"],
+    [String(c.id)], [c.peer], [c.door === "mqtt" ? `MQTT ${c.client_id}` : c.role], [c.user || "–"],
     [number(c.messages_in) + " msg"], [number(c.messages_out) + " msg"],
     [String(c.in_flight)], [c.pending_output === null ? "–" : bytes(c.pending_output)],
     [duration(c.seconds)],
