@@ -51,6 +51,7 @@ from broker.security.auth import Authenticator
 from broker.security.tls import ReloadableServerContext, ServerTLS, TLSConfigError
 from broker.security.users import Users, UsersFileError, load_users
 from broker.server import BrokerFactory, BrokerSettings
+from broker.websocket import WebSocketDoor
 
 log = Logger()
 
@@ -107,6 +108,8 @@ class BrokerService(MultiService):
         log_observer: ILogObserver | None = None,
         redis: RedisStoreSettings | None = None,
         mqtt_ports: Sequence[str] = (),
+        ws_ports: Sequence[str] = (),
+        ws_origins: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -144,8 +147,8 @@ class BrokerService(MultiService):
         )
         broker = Broker(settings, reactor, store, authenticator, stats)
         self.factory = BrokerFactory(broker=broker)
-        self.mqtt: MQTTDoor | None = MQTTDoor(broker) if mqtt_ports else None
-        """The MQTT door, if it listens anywhere (--mqtt-port)."""
+        self.mqtt: MQTTDoor | None = MQTTDoor(broker) if mqtt_ports or ws_ports else None
+        """The MQTT door, if it listens anywhere (--mqtt-port, or over WebSocket)."""
         register_metrics(self.factory)
         self.tls: ReloadableServerContext | None = None
         self._previous_sighup: Any = None  # restored on stop
@@ -176,6 +179,24 @@ class BrokerService(MultiService):
             listener.setName(f"mqtt {port}")
             listener.setServiceParent(self)
             self._listeners.append(listener)
+        self.ws_ports = list(ws_ports)
+        if self.ws_ports:
+            websocket = WebSocketDoor(
+                self.factory,
+                self.mqtt,
+                settings.max_message_size + settings.max_header_bytes,
+                list(ws_origins),
+            )
+            for port in self.ws_ports:
+                try:
+                    endpoint = server_endpoint(port, reactor, self.tls)
+                except ListenerError as error:
+                    raise StartupError(f"--ws-port: {error}") from None
+                listener = StreamServerEndpointService(endpoint, websocket)
+                listener._raiseSynchronously = True
+                listener.setName(f"websocket {port}")
+                listener.setServiceParent(self)
+                self._listeners.append(listener)
         self._monitor: StreamServerEndpointService | None = None
         self.monitor = None if monitor is None else monitor_description(monitor)
         """Where the monitor listens, as an endpoint string (None: no monitor)."""

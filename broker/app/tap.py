@@ -483,6 +483,8 @@ class Options(usage.Options):
         super().__init__()
         self["ports"] = []
         self["mqtt-ports"] = []
+        self["ws-ports"] = []
+        self["ws-origins"] = []
         self["monitor-hosts"] = []
         self["compact"] = []
         self._configured_ports: list[str] = []
@@ -521,6 +523,10 @@ class Options(usage.Options):
                 self._configured_ports = ports_value(value, where)
             elif name == "mqtt-port":
                 self["mqtt-ports"] = ports_value(value, where)
+            elif name == "ws-port":
+                self["ws-ports"] = ports_value(value, where)
+            elif name == "ws-origin":
+                self["ws-origins"] = ports_value(value, where)
             elif name == "compact":
                 for pattern in value if isinstance(value, list) else [value]:
                     try:
@@ -561,6 +567,23 @@ class Options(usage.Options):
         "1883, tls:8883, an endpoint string); may be given more than once [default: none]."
     )
 
+    def opt_ws_port(self, port: str) -> None:
+        self["ws-ports"].append(port)
+
+    opt_ws_port.__doc__ = (  # one line: usage.Options wraps it itself
+        "Where to listen to WebSocket clients (browsers): this broker's protocol, and "
+        "MQTT with the subprotocol mqtt; as --port (8080, tls:8443, an endpoint "
+        "string); may be given more than once [default: none]."
+    )
+
+    def opt_ws_origin(self, origins: str) -> None:
+        self["ws-origins"].extend(origins.replace(",", " ").split())
+
+    opt_ws_origin.__doc__ = (  # one line: usage.Options wraps it itself
+        "A page origin WebSocket clients may come from (https://app.example.com; "
+        "* and ? as wildcards), given once or more; without it any origin may."
+    )
+
     def opt_monitor_host(self, names: str) -> None:
         self["monitor-hosts"].extend(names.replace(",", " ").split())
 
@@ -593,9 +616,10 @@ class Options(usage.Options):
         tls_ports = [port for port in self["ports"] if is_tls(port)]
         if tls_ports and self["tls-cert"] is None:
             raise usage.UsageError(f"--port {tls_ports[0]} needs --tls-cert")
-        tls_ports = [port for port in self["mqtt-ports"] if is_tls(port)]
-        if tls_ports and self["tls-cert"] is None:
-            raise usage.UsageError(f"--mqtt-port {tls_ports[0]} needs --tls-cert")
+        for option in ("mqtt-port", "ws-port"):
+            tls_ports = [port for port in self[option + "s"] if is_tls(port)]
+            if tls_ports and self["tls-cert"] is None:
+                raise usage.UsageError(f"--{option} {tls_ports[0]} needs --tls-cert")
         if self["tls-cert"] is None and (self["tls-key"] or self["tls-ca"]):
             raise usage.UsageError("--tls-key and --tls-ca go with --tls-cert")
         # usage.Options coerces what is given, never the defaults.
@@ -620,6 +644,8 @@ class Options(usage.Options):
                 check_port_number(port, "--port")
             for port in self["mqtt-ports"]:
                 check_port_number(port, "--mqtt-port")
+            for port in self["ws-ports"]:
+                check_port_number(port, "--ws-port")
             if self["monitor"] is not None:
                 check_port_number(self["monitor"], "--monitor")
         except ListenerError as error:
@@ -628,6 +654,7 @@ class Options(usage.Options):
         for option, port in [
             *(("--port", port) for port in self["ports"]),
             *(("--mqtt-port", port) for port in self["mqtt-ports"]),
+            *(("--ws-port", port) for port in self["ws-ports"]),
         ]:
             if port in seen:
                 raise usage.UsageError(f"{option} {port} is given twice")
@@ -757,4 +784,6 @@ def makeService(options: Options) -> IService:
         monitor_hosts=options["monitor-hosts"],
         log_observer=observer,
         mqtt_ports=options["mqtt-ports"],
+        ws_ports=options["ws-ports"],
+        ws_origins=options["ws-origins"],
     )

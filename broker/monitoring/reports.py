@@ -120,6 +120,7 @@ def connection_report(protocol: MonitoredConnection, now: float) -> dict[str, An
         "messages_out": protocol.delivered_messages,
         "bytes_out": protocol.delivered_bytes,
         "pending_output": pending_output(protocol.transport),
+        "websocket_origin": getattr(protocol.transport, "origin", None),
     }
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "broker"
 
 CORE = ("broker.core",)
-DOORS = ("broker.server", "broker.mqtt", "broker.monitoring")
+DOORS = ("broker.server", "broker.mqtt", "broker.websocket", "broker.monitoring")
 FRONT_DOORS = ("broker.server", "broker.mqtt")
 """Doors that take clients' connections: none knows another (the monitor
 reports on all of them)."""
