@@ -186,6 +186,10 @@ class MQTTConnection(Protocol):
         """Packet ids of QoS 2 deliveries whose PUBREL went, awaiting PUBCOMP."""
         self._paused: set[str] = set()
         self._clean_end = False
+        self._held_input = 0
+        """Bytes of an incomplete packet held (told to the input budget)."""
+        self._partial_since: float | None = None
+        self._packet_timer: IDelayedCall | None = None
 
     # What the monitor reads (broker.monitoring.view.MonitoredConnection).
 
@@ -245,6 +249,8 @@ class MQTTConnection(Protocol):
         except p.MalformedPacket as error:
             self._fail(error.reason, str(error))
             return
+        if self.decoder.buffered or self._held_input:
+            self._track_partial_packet()
         for packet in packets:
             if self._state in _ENDED:
                 return
@@ -285,6 +291,9 @@ class MQTTConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         was = self._state
         self._state = "closed"
+        self.broker.input_budget.remove(self)
+        if self._packet_timer is not None and self._packet_timer.active():
+            self._packet_timer.cancel()
         ended_connected = was in ("connected", "closing")
         self._cancel_timer()
         if self._pump_soon is not None and self._pump_soon.active():
@@ -1047,6 +1056,47 @@ class MQTTConnection(Protocol):
 
     def _write(self, data: bytes) -> None:
         self.transport.write(data)
+
+    # Incomplete packets: the broker-wide input budget and --frame-timeout,
+    # as on the broker's own port (broker.core.input_budget).
+
+    def _track_partial_packet(self) -> None:
+        broker = self.broker
+        held = self.decoder.buffered
+        if held != self._held_input:
+            self._held_input = held
+            broker.input_budget.update(self, held, self.decoder.missing)
+        if not held:
+            self._partial_since = None
+        elif self._partial_since is None:
+            self._partial_since = broker.clock.seconds()
+            if self._packet_timer is None or not self._packet_timer.active():
+                self._packet_timer = broker.clock.callLater(
+                    broker.settings.frame_timeout, self._packet_timer_fired
+                )
+
+    def _packet_timer_fired(self) -> None:
+        self._packet_timer = None
+        since = self._partial_since
+        if since is None or self._state in _ENDED:
+            return
+        clock = self.broker.clock
+        timeout = self.broker.settings.frame_timeout
+        left = since + timeout - clock.seconds()
+        if left > 1e-6:
+            self._packet_timer = clock.callLater(left, self._packet_timer_fired)
+            return
+        self._fail(
+            p.UNSPECIFIED_ERROR,
+            f"a packet stayed incomplete for {timeout:g} s ({self._held_input} bytes held)",
+        )
+
+    def pause_input(self) -> None:
+        """The broker-wide budget for incomplete packets is spent."""
+        self._pause_reading("input")
+
+    def resume_input(self) -> None:
+        self._resume_reading("input")
 
     # Timers.
 

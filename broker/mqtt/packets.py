@@ -374,6 +374,8 @@ class PacketDecoder:
         self._buffer = b""
         self._topics: dict[bytes, str] = {}
         """Topic names read lately (checked), by their bytes."""
+        self.missing = 0
+        """Bytes the packet begun still misses (0 if not known yet)."""
 
     @property
     def buffered(self) -> int:
@@ -386,6 +388,7 @@ class PacketDecoder:
         can be trusted."""
         buffer = self._buffer + data if self._buffer else data
         packets: list[Packet] = []
+        self.missing = 0
         pos = 0
         end = len(buffer)
         while pos < end:
@@ -405,6 +408,7 @@ class PacketDecoder:
                 )
             stop = body + length
             if stop > end:
+                self.missing = stop - end
                 break
             if first >> 4 == PUBLISH and self.level and length >= 2:
                 publish = self._publish(first, buffer, body, stop)

@@ -341,3 +341,45 @@ def test_the_monitor_shows_which_door_each_connection_came_through(tmp_path):
         device.disconnect()
     finally:
         process.stop()
+
+
+def test_mqtt_over_tls_with_a_client_certificate_naming_its_user(tmp_path):
+    from tests.certs import Authority
+
+    authority = Authority(tmp_path / "pki")
+    server = authority.issue("server", "localhost", True)
+    device = authority.issue("device", "sensor", False)
+    users = tmp_path / "users.toml"
+    users.write_text(
+        user_entry("sensor", "password", hash_secret("unused"), ["plant.>"], ["plant.>"])
+        + "\n[users.anonymous]\npublish = []\nsubscribe = []\n"
+    )
+    tls_port = free_port()
+    process = BrokerProcess(
+        tmp_path,
+        "--mqtt-port",
+        f"tls:{tls_port}:interface=127.0.0.1",
+        "--tls-cert",
+        str(server.cert),
+        "--tls-key",
+        str(server.key),
+        "--tls-ca",
+        str(authority.pem),
+        "--users",
+        str(users),
+    ).start()
+    try:
+        wait_until(lambda: accepts(tls_port), what="the MQTT TLS port opening")
+        signed = Device(tls_port, "tls-1", "5")
+        signed.client.tls_set(
+            ca_certs=str(authority.pem), certfile=str(device.cert), keyfile=str(device.key)
+        )
+        signed.connect()
+        assert not signed.refused  # its certificate names user "sensor": no password
+        (granted,) = signed.subscribe("plant/#", 1)
+        assert granted.value == 1
+        signed.publish("plant/boiler", b"hot", 1)
+        assert signed.wait_for(1)[0].payload == b"hot"
+        signed.disconnect()
+    finally:
+        process.stop()

@@ -115,3 +115,18 @@ def test_a_second_connection_of_a_client_takes_its_session_over():
     second.dataReceived(connect_packet(p.MQTT_5, client_id="meter"))
     assert first_transport.value().endswith(p.encode_disconnect(p.SESSION_TAKEN_OVER))
     assert first_transport.disconnecting and not second_transport.disconnecting
+
+
+def test_a_packet_that_never_completes_is_given_up_after_the_frame_timeout():
+    door, clock, connection, transport = opened(p.MQTT_5)
+    connection.dataReceived(connect_packet(p.MQTT_5, keep_alive=0))
+    packet = publish_packet(p.MQTT_5, "slow", b"x" * 1000, 1)
+    for second in range(25):  # a byte a second: heard, but never whole
+        connection.dataReceived(packet[second : second + 1])
+        clock.advance(1)
+    assert door.broker.input_budget.total == 25 and not transport.disconnecting
+    clock.advance(5.1)  # 30 s since the packet began
+    assert transport.disconnecting
+    assert b"stayed incomplete" in transport.value()
+    connection.connectionLost(None)
+    assert door.broker.input_budget.total == 0
