@@ -230,22 +230,13 @@ class RedisLog:
         queue = self._queue
         size = queue[0][1]
         self._sending = True
-        if self.keyed:
-            # One call of its own: its keys' revisions checked and noted.
+        keyed = self.keyed
+        if keyed or (self.store.settings.dedup_window > 0 and _has_ids(queue[0][0])):
+            # Checked and appended in one call of its own: its message ids,
+            # and in a compacted topic its keys' revisions.
             batches, self._queue = queue[:1], queue[1:]
-            keyed = self.store.append_keyed(self, list(batches[0][0]), size)
-            keyed.addCallbacks(
-                self._appended_once,
-                self._append_failed,
-                callbackArgs=(batches[0][2],),
-                errbackArgs=(batches,),
-            )
-            keyed.addBoth(self._sent, size)
-            return
-        if self.store.settings.dedup_window > 0 and _has_ids(queue[0][0]):
-            # Checked and appended in one call of its own.
-            batches, self._queue = queue[:1], queue[1:]
-            once = self.store.append_once(self, list(batches[0][0]), size)
+            append = self.store.append_keyed if keyed else self.store.append_once
+            once = append(self, list(batches[0][0]), size)
             once.addCallbacks(
                 self._appended_once,
                 self._append_failed,

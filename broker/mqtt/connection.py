@@ -29,11 +29,10 @@ from typing import TYPE_CHECKING, Any
 from typing import Protocol as Protocol_
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 import broker.mqtt.packets as p
 from broker.core import Consumer, SubscribeRefused
@@ -60,7 +59,7 @@ from broker.security.auth import AuthenticationFailed
 from broker.security.tls import peer_certificate
 from broker.security.users import ANONYMOUS, User, Users
 from broker.subjects import matches
-from broker.transport import IStreamTransport
+from broker.transport import IStreamTransport, OutputBackpressure
 from broker.wire import ERR_PERMISSION_DENIED, StartAt
 from broker.wire.headers import Headered, Headers, with_headers, without_message_id
 from broker.wire.hello import HelloRequest
@@ -100,23 +99,6 @@ class Door(Protocol_):
     def will_on_loss(
         self, client_id: str, will: p.Will, delay: float, may_publish: Rules | None
     ) -> None: ...
-
-
-@implementer(IPushProducer)
-class _OutputBackpressure:
-    """Told by the transport when what we wrote piles up unread."""
-
-    def __init__(self, connection: MQTTConnection) -> None:
-        self._connection = connection
-
-    def pauseProducing(self) -> None:
-        self._connection.output_full()
-
-    def resumeProducing(self) -> None:
-        self._connection.output_drained()
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Subscribed:
@@ -229,7 +211,7 @@ class MQTTConnection(Protocol):
         self.connected_at = broker.clock.seconds()
         broker.stats.connections_accepted += 1
         self.number = broker.stats.connections_accepted
-        self.transport.registerProducer(_OutputBackpressure(self), True)
+        self.transport.registerProducer(OutputBackpressure(self), True)
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
             no_delay(True)

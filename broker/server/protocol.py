@@ -27,12 +27,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from broker import __version__
 from broker.security.auth import AuthenticationFailed
@@ -41,7 +40,7 @@ from broker.security.users import ANONYMOUS, User, Users
 from broker.server.publisher import PublisherSession
 from broker.server.session import Session, cancel_call
 from broker.server.subscriber import SubscriberSession
-from broker.server.transport import IStreamTransport
+from broker.transport import IStreamTransport, OutputBackpressure
 from broker.wire import (
     CONFIRM_ORDER_TOPIC,
     ERR_AUTH_FAILED,
@@ -75,29 +74,6 @@ def describe_peer(address: IAddress) -> str:
     if host is not None:
         return f"{host}:{getattr(address, 'port', '?')}"
     return getattr(address, "name", None) or type(address).__name__
-
-
-@implementer(IPushProducer)
-class _OutputBackpressure:
-    """Registered as the producer of a connection's own transport: told when
-    what we wrote piles up unread, and when it has drained.
-
-    While it is full the connection sends no new deliveries and is not read
-    from (so a peer cannot make us answer requests it never reads), which
-    bounds the memory any peer can make us spend on its output.
-    """
-
-    def __init__(self, protocol: BrokerProtocol) -> None:
-        self._protocol = protocol
-
-    def pauseProducing(self) -> None:
-        self._protocol.output_full()
-
-    def resumeProducing(self) -> None:
-        self._protocol.output_drained()
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class ConnectionHost(Protocol):
@@ -159,7 +135,7 @@ class BrokerProtocol(Int32StringReceiver):
         # The protocol hears what comes before a role; its session the rest.
         self.decoder = ServerDecoder(cast(ServerEvents, self), settings.max_message_size)
         self._start_handshake_timer()
-        self.transport.registerProducer(_OutputBackpressure(self), True)
+        self.transport.registerProducer(OutputBackpressure(self), True)
         # The broker writes what a read produced at once, in one write: Nagle's
         # algorithm would only hold the next one back for the peer's ACK.
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
