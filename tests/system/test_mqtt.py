@@ -5,6 +5,7 @@ clients on the same topics."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -94,6 +95,8 @@ def test_mqtt_and_this_brokers_clients_see_each_others_messages(running, request
             (f"{topic}/from-python", b"hello device"),
             (f"{topic}/from-device", b"hello python"),
         ]
+        # A plain client (the seed's protocol, as its Go clients speak it).
+        assert _plain_replay(running.port, name + ".from-device") == [b"hello python"]
     finally:
         device.disconnect()
 
@@ -317,7 +320,6 @@ def test_mosquitto_sub_gets_what_this_brokers_client_publishes(running):
 
 
 def test_the_monitor_shows_which_door_each_connection_came_through(tmp_path):
-    import json
     import urllib.request
 
     monitor = free_port()
@@ -390,3 +392,30 @@ def test_mqtt_over_tls_with_a_client_certificate_naming_its_user(tmp_path):
         signed.disconnect()
     finally:
         process.stop()
+
+
+def _plain_replay(port: int, topic: str) -> list[bytes]:
+    """What a client of the plain protocol gets subscribing to `topic` from
+    the beginning: the first delivery, acked (u16 frames, as the seed's Go
+    client sends them)."""
+    import struct
+
+    names = json.dumps([topic]).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
+        raw.sendall(struct.pack(">HI", 1, len(names)) + names + struct.pack(">H", 0))
+
+        def exactly(count: int) -> bytes:
+            data = b""
+            while len(data) < count:
+                chunk = raw.recv(count - len(data))
+                assert chunk, "closed"
+                data += chunk
+            return data
+
+        assert exactly(2) == b"\x00\x01"  # Subscribed
+        (length,) = struct.unpack(">H", exactly(2))
+        assert exactly(length).decode() == topic
+        (size,) = struct.unpack(">Q", exactly(8))
+        payload = exactly(size)
+        raw.sendall(b"\x00\x04")  # Ack
+        return [payload]
