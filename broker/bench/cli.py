@@ -75,7 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--fsync",
         choices=["always", "interval", "never"],
-        default="interval",
+        default="always",
         help="with --store file",
     )
     parser.add_argument(

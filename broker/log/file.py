@@ -59,7 +59,10 @@ log = Logger()
 @dataclass(frozen=True)
 class FileStoreSettings:
     segment_bytes: int = 64 * 1024 * 1024
-    fsync: FsyncPolicy = FsyncPolicy.INTERVAL
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    """A confirm (and a delivery) means the message is on disk, by default:
+    group commit makes it cost about a quarter of the ingest rate, where
+    `interval` can lose a second of confirmed messages to a machine crash."""
     fsync_interval: float = 1.0
     retention: Retention = field(default_factory=Retention)
 

@@ -184,7 +184,7 @@ def twistd_broker(tmp_path: Path, *arguments: str) -> subprocess.Popen[str]:
         (["--port", "99999"], "--port 99999: a port number is 0-65535"),
         (["--monitor", "99999"], "--monitor 99999: a port number is 0-65535"),
         (["--port", "3300", "--port", "3300"], "--port 3300 is given twice"),
-        (["--fsync", "always"], "--fsync needs --data-dir"),
+        (["--fsync", "interval"], "--fsync needs --data-dir"),
     ],
 )
 def test_twistd_broker_says_an_option_error_in_one_line_that_points_to_help(
