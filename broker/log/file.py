@@ -51,6 +51,7 @@ from broker.log.interface import (
 )
 from broker.log.positions import PositionStore
 from broker.log.records import encode_records
+from broker.log.repair import REPAIRING_SUFFIX, find_damage, repair_segment
 from broker.log.segment import INDEX_EVERY, SEGMENT_NAME, Segment
 
 log = Logger()
@@ -109,6 +110,8 @@ class FileLog:
         self._flushes: list[tuple[int, Deferred[None]]] = []
         self._compacting = False
         self._ensure_directory()
+        self.damaged_records = 0
+        """Records found damaged at start and set aside (broker.log.repair)."""
         self._open_segments()
         self.headered = self.next_offset > self.first_offset
         self.keyed = False
@@ -135,8 +138,9 @@ class FileLog:
         """Reopen the segments: rolled ones through their index, the last (and
         any without a usable index) by reading it, truncating a bad tail. A
         compaction's rewrite that a crash cut short is removed."""
-        for leftover in self.directory.glob("*" + COMPACTING_SUFFIX):
-            leftover.unlink()
+        for suffix in (COMPACTING_SUFFIX, REPAIRING_SUFFIX):
+            for leftover in self.directory.glob("*" + suffix):
+                leftover.unlink()
         bases = sorted(
             int(match.group(1))
             for match in map(SEGMENT_NAME.match, os.listdir(self.directory))
@@ -152,20 +156,46 @@ class FileLog:
             self._add_segment(segment)
             if following is not None and segment.load_index(following - base):
                 continue
-            bad_at = segment.scan(base)
-            if bad_at is not None:
-                log.warn(
-                    "{path}: torn or corrupt record at byte {at}; truncated there "
-                    "({lost} bytes dropped)",
-                    path=str(path),
-                    at=bad_at,
-                    lost=os.fstat(segment.fd).st_size - bad_at,
-                )
-                os.ftruncate(segment.fd, bad_at)
-                os.fsync(segment.fd)
+            self._recover(segment)
         if not self._segments:
             self._add_segment(self._create_segment(0))
         self.committed_offset = self.next_offset
+
+    def _recover(self, segment: Segment) -> None:
+        """Read a segment whole: damaged records in the middle are set
+        aside and read as a gap (broker.log.repair), a torn tail truncated."""
+        path = segment.path
+        while (bad_at := segment.scan(segment.base)) is not None:
+            first = segment.base + segment.count
+            size = os.fstat(segment.fd).st_size
+            damage = find_damage(segment.fd, bad_at, first, size)
+            if damage is None:
+                log.warn(
+                    "{path}: torn record at byte {at} (offset {offset}); truncated there "
+                    "({lost} bytes dropped)",
+                    path=str(path),
+                    at=bad_at,
+                    offset=first,
+                    lost=size - bad_at,
+                )
+                os.ftruncate(segment.fd, bad_at)
+                os.fsync(segment.fd)
+                return
+            aside = repair_segment(path, damage, segment.last_time_ms)
+            self.damaged_records += damage.count
+            log.error(
+                "{path}: {count} damaged record(s) at byte {at}, offsets {first} to {last}: "
+                "their bytes set aside in {aside}, their offsets read as a gap, the "
+                "records after them served",
+                path=str(path),
+                count=damage.count,
+                at=damage.at,
+                first=damage.first,
+                last=damage.first + damage.count - 1,
+                aside=aside.name,
+            )
+            os.close(segment.fd)
+            segment.fd = os.open(path, os.O_RDWR)
 
     def _set_aside_before(self, base: int) -> None:
         """A hole in the offsets (a vanished segment, or one cut short by
@@ -577,7 +607,11 @@ class FileStore(OneNodeStore):
         self.sync_all()
 
     def status(self) -> dict[str, Any]:
-        return {"kind": self.kind, "data_dir": str(self.root)}
+        return {
+            "kind": self.kind,
+            "data_dir": str(self.root),
+            "damaged_records": sum(log_.damaged_records for log_ in self.logs.values()),
+        }
 
     def delete(self, name: str) -> None:
         """Remove the topic's directory (its log closed first)."""

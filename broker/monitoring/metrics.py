@@ -202,6 +202,13 @@ class BrokerCollector(Collector):
         for name, documentation, key in _GAUGES:
             yield GaugeMetricFamily(name, documentation, value=state[key])
         store = state["store"]
+        if "damaged_records" in store:
+            yield GaugeMetricFamily(
+                "broker_store_damaged_records",
+                "Records found damaged when the file store started, set aside (their "
+                "offsets read as gaps)",
+                value=store["damaged_records"],
+            )
         if store["kind"] == "redis":
             for name, documentation, key in _REDIS_GAUGES:
                 yield GaugeMetricFamily(name, documentation, value=int(store[key]))

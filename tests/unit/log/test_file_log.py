@@ -136,23 +136,51 @@ def test_a_torn_tail_is_truncated_at_the_last_good_record(tmp_path, caplog):
     assert read_all(reopened)[-1] == b"after the crash"
 
 
-def test_a_corrupt_record_in_the_tail_is_never_served(tmp_path):
+def _damage(path: Path, record: int, at: int) -> bytes:
+    """Flip the byte `at` bytes into record number `record`; the record's bytes."""
+    data = bytearray(path.read_bytes())
+    position = 0
+    for _ in range(record):
+        (_, length, _, _) = HEADER.unpack_from(data, position)
+        position += HEADER.size + length
+    (_, length, _, _) = HEADER.unpack_from(data, position)
+    whole = bytes(data[position : position + HEADER.size + length])
+    data[position + at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return whole
+
+
+@pytest.mark.parametrize(
+    ("where", "at"),
+    [("payload", HEADER.size + 2), ("length field", 5), ("offset field", 12)],
+)
+def test_a_damaged_record_in_the_middle_is_set_aside_and_the_rest_served(
+    tmp_path, log_lines, where, at
+):
     s = store(tmp_path)
     topic_log = s.open("t")
     topic_log.append(payloads(0, 20))
     path = topic_log.directory / f"{0:020d}.log"
     s.close()
-    data = bytearray(path.read_bytes())
-    # Flip a payload byte of record 15.
-    position = 0
-    for _ in range(15):
-        (_, length, _, _) = HEADER.unpack_from(data, position)
-        position += HEADER.size + length
-    data[position + HEADER.size + 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    reopened = store(tmp_path).open("t")
-    assert reopened.next_offset == 15
-    assert read_all(reopened) == payloads(0, 15)
+    whole = _damage(path, 15, at)
+    again = store(tmp_path)
+    reopened = again.open("t")
+    # Nothing after it is lost: offset 15 reads as a gap, 16-19 are served.
+    assert reopened.next_offset == 20
+    assert read_all(reopened) == [*payloads(0, 15), None, *payloads(16, 20)]
+    aside = path.with_name(path.name + ".damaged-15")
+    damaged = bytearray(whole)
+    damaged[at] ^= 0xFF
+    assert aside.read_bytes() == bytes(damaged)  # its bytes as found, for the operator
+    assert again.status()["damaged_records"] == 1
+    assert "offsets 15 to 15" in log_lines.text and str(path) in log_lines.text
+    assert reopened.append([b"after"]) == 20
+    again.close()
+    # Repaired once: the next start finds nothing wrong.
+    log_lines.lines.clear()
+    third = store(tmp_path)
+    assert read_all(third.open("t"))[-2:] == [payloads(19, 20)[0], b"after"]
+    assert third.status()["damaged_records"] == 0 and "damaged" not in log_lines.text
 
 
 def test_a_corrupt_record_in_a_rolled_segment_is_skipped_not_served(tmp_path):
