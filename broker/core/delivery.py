@@ -690,6 +690,9 @@ class DeliveryWindow:
         if delivery is None:
             return False
         self._timers.forget(delivery)
+        # A late nack of one that timed out: it holds no slot now, and waits
+        # as a nacked one does (found by the simulator, seed 3).
+        delivery.held = False
         if delivery.attempts >= self._settings.max_deliveries:
             self._give_up(delivery, "nacked")
         elif delivery.subscription.active:
