@@ -1,0 +1,2 @@
+"""The deterministic simulator (world.py); `python -m tests.simulation --seed N`
+replays one run exactly."""

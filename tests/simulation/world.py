@@ -1,0 +1,413 @@
+"""A deterministic world for the whole broker: one seed decides everything.
+
+The broker's real TCP door and core, and the project's real Twisted
+clients, run on one fake clock (`MemoryReactorClock`), joined by in-memory
+links that this module pumps itself: each turn it hands each side a random
+prefix of what the other wrote (so writes split at any byte, and arrive
+late, but never out of order within a link), and now and then cuts a link
+(dropping what was in flight both ways). The clients do random work:
+publishers publish with confirms (and message ids, the clients' default);
+plain subscribers read every topic from the beginning; members of a group
+and a durable consumer share one topic; each delivery is acked, nacked, or
+held and answered later. After the faults stop, the world heals until every
+confirmed message is delivered.
+
+Checked at every step and at the end (`violations`): every confirm's offset
+holds that message; no message is stored twice (message ids); every stored
+message reaches every plain subscriber, and each message of the group's
+topic reaches the group; no unhandled error is logged. A failing run is
+replayed exactly from its seed (`python -m tests.simulation --seed N`).
+
+Out of scope here (said in docs/durability.md): the disk (the file store
+under simulated faults is the next step) and the Redis store (it has its
+real-server chaos test).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport
+from zope.interface import implementer
+
+from broker.client import BrokerClient
+from broker.client.protocols import Message
+from broker.core.delivery import DeliverySettings
+from broker.server import BrokerFactory, BrokerSettings
+from broker.wire import StartAt
+
+TOPICS = ("t0", "t1", "t2")
+GROUP_TOPIC = "t0"
+
+
+@dataclass
+class Faults:
+    """How often each fault is injected, per step (0 turns it off)."""
+
+    cut: float = 0.02
+    split: float = 0.5
+    """Share of link turns that deliver only part of what is waiting."""
+    stall: float = 0.2
+    """Share of link turns that deliver nothing."""
+    hold: float = 0.05
+    """Share of deliveries a subscriber answers later."""
+    nack: float = 0.05
+    """Share of deliveries a subscriber nacks."""
+
+
+@dataclass
+class Counts:
+    """What a run did: steps, and faults injected by kind."""
+
+    steps: int = 0
+    publishes: int = 0
+    confirmed: int = 0
+    deliveries: int = 0
+    cuts: int = 0
+    splits: int = 0
+    stalls: int = 0
+    holds: int = 0
+    nacks: int = 0
+
+
+class _Link:
+    """One connection in memory: what each side wrote and the other has not
+    read yet, moved by `turn` a random piece at a time."""
+
+    def __init__(self, client: FakeTransport, server: FakeTransport) -> None:
+        self.client = client
+        self.server = server
+        self.to_server = bytearray()
+        self.to_client = bytearray()
+
+    @property
+    def closed(self) -> bool:
+        return self.client.disconnected and self.server.disconnected
+
+    def turn(self, world: World) -> bool:
+        rng = world.rng
+        written = self.client.getOutBuffer()
+        if written:
+            self.to_server += written
+        written = self.server.getOutBuffer()
+        if written:
+            self.to_client += written
+        self.client._checkProducer()
+        self.server._checkProducer()
+        moved = False
+        for waiting, reader in ((self.to_server, self.server), (self.to_client, self.client)):
+            if not waiting or reader.disconnected:
+                continue
+            if world.faulty and rng.random() < world.faults.stall:
+                world.counts.stalls += 1
+                continue
+            size = len(waiting)
+            if world.faulty and rng.random() < world.faults.split:
+                size = rng.randint(1, size)
+                world.counts.splits += 1
+            piece = bytes(waiting[:size])
+            del waiting[:size]
+            reader.bufferReceived(piece)
+            moved = True
+        if moved or self.to_server or self.to_client:
+            return moved
+        for closing, other in ((self.server, self.client), (self.client, self.server)):
+            if closing.disconnecting and not closing.disconnected:
+                closing.disconnected = True
+                other.disconnecting = True
+                other.reportDisconnect()
+                return True
+        return False
+
+    def cut(self) -> None:
+        """Lose the connection at once: what was in flight is gone."""
+        self.to_server.clear()
+        self.to_client.clear()
+        self.client.stream = []
+        self.server.stream = []
+        for side in (self.client, self.server):
+            if not side.disconnected:
+                side.disconnecting = side.disconnected = True
+                side.reportDisconnect()
+
+
+@implementer(IStreamClientEndpoint)
+class _Endpoint:
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        return succeed(self._world.connect(factory))
+
+
+@dataclass
+class _Subscriber:
+    name: str
+    client: BrokerClient
+    kind: str  # "plain", "group"
+    seen: dict[str, set[int]] = field(default_factory=dict)
+    held: list[Deferred[bool]] = field(default_factory=list)
+
+
+class World:
+    """One run of the simulation (see the module)."""
+
+    def __init__(self, seed: int, faults: Faults | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.faults = faults or Faults()
+        self.faulty = True
+        self.counts = Counts()
+        self.clock = MemoryReactorClock()
+        settings = BrokerSettings(
+            max_message_size=64 * 1024,
+            # (nothing is given up: every message must come, at least once)
+            delivery=DeliverySettings(ack_delay=0.2, ack_timeout=1.0, max_deliveries=1_000_000),
+        )
+        self.factory = BrokerFactory(settings, clock=self.clock)
+        self.core = self.factory.broker
+        self.links: list[_Link] = []
+        self.errors: list[str] = []
+        self._ports = 40000
+        self.sent: dict[bytes, str] = {}
+        self.confirmed: dict[bytes, int] = {}
+        self.refused: list[str] = []
+        self.publishers = [self._client() for _ in range(2)]
+        self.subscribers: list[_Subscriber] = []
+        for index in range(2):
+            subscriber = _Subscriber(f"plain{index}", self._client(), "plain")
+            subscriber.client.subscribe(
+                list(TOPICS), self._handler(subscriber), start=StartAt.BEGINNING
+            )
+            self.subscribers.append(subscriber)
+        self.group: list[_Subscriber] = []
+        for index in range(2):
+            member = _Subscriber(f"member{index}", self._client(), "group")
+            member.client.subscribe(
+                [GROUP_TOPIC], self._handler(member), start=StartAt.BEGINNING, group="g"
+            )
+            self.group.append(member)
+        globalLogPublisher.addObserver(self._observe)
+
+    # The world's parts.
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            self.errors.append(str(event["log_failure"].getTraceback())[-1500:])
+
+    def _client(self) -> BrokerClient:
+        return BrokerClient(
+            _Endpoint(self),
+            self.clock,
+            retry_policy=lambda attempt: 0.1,
+            where="the simulated broker",
+        )
+
+    def connect(self, factory: IProtocolFactory) -> IProtocol:
+        self._ports += 1
+        client_address = IPv4Address("TCP", "127.0.0.1", self._ports)
+        server_address = IPv4Address("TCP", "127.0.0.1", 3000)
+        client = factory.buildProtocol(server_address)
+        server = self.factory.buildProtocol(client_address)
+        assert client is not None and server is not None
+        client_side = FakeTransport(client, False, client_address, server_address)
+        server_side = FakeTransport(server, True, server_address, client_address)
+        client.makeConnection(client_side)
+        server.makeConnection(server_side)
+        self.links.append(_Link(client_side, server_side))
+        return client
+
+    def _handler(self, subscriber: _Subscriber) -> Callable[[Message], Any]:
+        def handle(message: Message) -> Any:
+            self.counts.deliveries += 1
+            assert message.offset is not None
+            subscriber.seen.setdefault(message.topic, set()).add(message.offset)
+            roll = self.rng.random()
+            if self.faulty and roll < self.faults.nack:
+                self.counts.nacks += 1
+                return False
+            if self.faulty and roll < self.faults.nack + self.faults.hold:
+                self.counts.holds += 1
+                later: Deferred[bool] = Deferred()
+                subscriber.held.append(later)
+                return later
+            return True
+
+        return handle
+
+    # Steps.
+
+    def step(self) -> None:
+        """One random thing happens, then the network and the clock move."""
+        self.counts.steps += 1
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.4:
+            self._publish()
+        elif roll < 0.4 + self.faults.cut and self.faulty and self.links:
+            link = rng.choice([link for link in self.links if not link.closed] or self.links)
+            link.cut()
+            self.counts.cuts += 1
+        elif roll < 0.6:
+            self._answer_held()
+        for link in list(self.links):
+            link.turn(self)
+        self.links = [link for link in self.links if not link.closed]
+        self.clock.advance(rng.choice((0, 0, 0.01, 0.05, 0.2)))
+
+    def _publish(self) -> None:
+        number = self.counts.publishes
+        self.counts.publishes += 1
+        payload = b"m%d" % number
+        topic = self.rng.choice(TOPICS)
+        self.sent[payload] = topic
+        publisher = self.rng.choice(self.publishers)
+        sent = publisher.publish(topic, payload)
+        sent.addCallbacks(self._confirmed, self._not_confirmed, callbackArgs=(payload,))
+
+    def _confirmed(self, offset: Any, payload: bytes) -> None:
+        if isinstance(offset, int):
+            self.counts.confirmed += 1
+            self.confirmed[payload] = offset
+
+    def _not_confirmed(self, failure: Failure) -> None:
+        self.refused.append(failure.getErrorMessage())
+
+    def _answer_held(self) -> None:
+        for subscriber in (*self.subscribers, *self.group):
+            if subscriber.held:
+                held = subscriber.held.pop(0)
+                held.callback(self.rng.random() < 0.8)
+
+    def heal(self, seconds: float = 120.0) -> None:
+        """No more faults: answer what is held and let time pass until
+        every confirmed message is delivered (or `seconds` of it)."""
+        self.faulty = False
+        deadline = self.clock.seconds() + seconds
+        while self.clock.seconds() < deadline:
+            for subscriber in (*self.subscribers, *self.group):
+                while subscriber.held:
+                    subscriber.held.pop(0).callback(True)
+            for _ in range(20):
+                for link in list(self.links):
+                    link.turn(self)
+                self.links = [link for link in self.links if not link.closed]
+            if not self._undelivered() and len(self.confirmed) + len(self.refused) >= len(
+                self.sent
+            ):
+                return
+            self.clock.advance(0.1)
+
+    # Invariants.
+
+    def violations(self, final: bool = False) -> list[str]:
+        """What is wrong now (every step), and at the end, what never came."""
+        found: list[str] = []
+        registry = self.core.registry
+        stored: dict[str, list[bytes | None]] = {}
+        for topic in TOPICS:
+            if topic in registry:
+                log_ = registry.get(topic).log
+                held = log_.read(log_.first_offset, log_.next_offset - log_.first_offset)
+                stored[topic] = list(held) if isinstance(held, list) else []
+        for payload, offset in self.confirmed.items():
+            topic = self.sent[payload]
+            held = stored.get(topic, [])
+            if offset >= len(held) or held[offset] != payload:
+                found.append(
+                    f"confirmed {payload!r} at {topic}:{offset}, which holds "
+                    f"{held[offset] if offset < len(held) else 'nothing'!r}"
+                )
+        for topic, held in stored.items():
+            seen: set[bytes] = set()
+            for offset, payload in enumerate(held):
+                if payload in seen:
+                    found.append(f"{payload!r} stored twice in {topic} (again at {offset})")
+                if payload is not None:
+                    seen.add(payload)
+        found += [f"unhandled error logged: {error}" for error in self.errors]
+        if final:
+            found += self._undelivered(stored)
+            unanswered = len(self.sent) - len(self.confirmed) - len(self.refused)
+            if unanswered:
+                found.append(f"{unanswered} publish(es) never answered")
+        return found
+
+    def _undelivered(self, stored: dict[str, list[bytes | None]] | None = None) -> list[str]:
+        if stored is None:
+            registry = self.core.registry
+            stored = {}
+            for topic in TOPICS:
+                if topic in registry:
+                    log_ = registry.get(topic).log
+                    held = log_.read(0, log_.next_offset)
+                    stored[topic] = list(held) if isinstance(held, list) else []
+        missing: list[str] = []
+        for subscriber in self.subscribers:
+            for topic, held in stored.items():
+                lost = set(range(len(held))) - subscriber.seen.get(topic, set())
+                if lost:
+                    missing.append(
+                        f"{subscriber.name} never got {topic} offsets {sorted(lost)[:5]}"
+                    )
+        group_seen: set[int] = set()
+        for member in self.group:
+            group_seen |= member.seen.get(GROUP_TOPIC, set())
+        lost = set(range(len(stored.get(GROUP_TOPIC, [])))) - group_seen
+        if lost:
+            missing.append(f"group g never got {GROUP_TOPIC} offsets {sorted(lost)[:5]}")
+        return missing
+
+    def close(self) -> None:
+        globalLogPublisher.removeObserver(self._observe)
+
+
+@dataclass
+class Outcome:
+    seed: int
+    steps: int
+    counts: Counts
+    violations: list[str]
+
+
+def run(seed: int, steps: int, faults: Faults | None = None) -> Outcome:
+    """Run `steps` random steps from `seed`, checking as it goes, then heal
+    and check the end."""
+    world = World(seed, faults)
+    try:
+        for _ in range(steps):
+            world.step()
+            found = world.violations()
+            if found:
+                return Outcome(seed, world.counts.steps, world.counts, found)
+        world.heal()
+        return Outcome(seed, world.counts.steps, world.counts, world.violations(final=True))
+    finally:
+        world.close()
+
+
+def shortest_failing(seed: int, steps: int, faults: Faults | None = None) -> Outcome:
+    """The fewest steps from `seed` that still fail (a failure found at
+    `steps` steps): a binary search over the run's length, each length
+    replayed exactly."""
+    failing = run(seed, steps, faults)
+    if not failing.violations:
+        return failing
+    low, high = 0, failing.steps
+    while low + 1 < high:
+        middle = (low + high) // 2
+        attempt = run(seed, middle, faults)
+        if attempt.violations:
+            high, failing = middle, attempt
+        else:
+            low = middle
+    return failing
