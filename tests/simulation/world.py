@@ -181,6 +181,11 @@ class World:
         self.sent: dict[bytes, str] = {}
         self.confirmed: dict[bytes, int] = {}
         self.refused: list[str] = []
+        self._unchecked: list[bytes] = []
+        """Confirmed since the last look (each is checked once)."""
+        self._scanned: dict[str, int] = {}
+        self._stored: dict[str, dict[bytes, int]] = {}
+        """Per topic, each payload stored and its offset (read as the log grows)."""
         self.publishers = [self._client() for _ in range(2)]
         self.subscribers: list[_Subscriber] = []
         for index in range(2):
@@ -278,6 +283,7 @@ class World:
         if isinstance(offset, int):
             self.counts.confirmed += 1
             self.confirmed[payload] = offset
+            self._unchecked.append(payload)
 
     def _not_confirmed(self, failure: Failure) -> None:
         self.refused.append(failure.getErrorMessage())
@@ -310,51 +316,48 @@ class World:
     # Invariants.
 
     def violations(self, final: bool = False) -> list[str]:
-        """What is wrong now (every step), and at the end, what never came."""
+        """What is wrong now (every step: what was confirmed or stored
+        since the last look), and at the end, what never came."""
         found: list[str] = []
         registry = self.core.registry
-        stored: dict[str, list[bytes | None]] = {}
         for topic in TOPICS:
-            if topic in registry:
-                log_ = registry.get(topic).log
-                held = log_.read(log_.first_offset, log_.next_offset - log_.first_offset)
-                stored[topic] = list(held) if isinstance(held, list) else []
-        for payload, offset in self.confirmed.items():
-            topic = self.sent[payload]
-            held = stored.get(topic, [])
-            if offset >= len(held) or held[offset] != payload:
-                found.append(
-                    f"confirmed {payload!r} at {topic}:{offset}, which holds "
-                    f"{held[offset] if offset < len(held) else 'nothing'!r}"
-                )
-        for topic, held in stored.items():
-            seen: set[bytes] = set()
-            for offset, payload in enumerate(held):
-                if payload in seen:
-                    found.append(f"{payload!r} stored twice in {topic} (again at {offset})")
+            if topic not in registry:
+                continue
+            log_ = registry.get(topic).log
+            scanned = self._scanned.get(topic, 0)
+            held = (
+                log_.read(scanned, log_.next_offset - scanned) if log_.next_offset > scanned else []
+            )
+            seen = self._stored.setdefault(topic, {})
+            for offset, payload in enumerate(held if isinstance(held, list) else [], scanned):
+                if payload is not None and payload in seen:
+                    found.append(
+                        f"{payload!r} stored twice in {topic} (at {seen[payload]} and {offset})"
+                    )
                 if payload is not None:
-                    seen.add(payload)
+                    seen[payload] = offset
+            self._scanned[topic] = scanned + len(held)
+        unchecked, self._unchecked = self._unchecked, []
+        for payload in unchecked:
+            topic, offset = self.sent[payload], self.confirmed[payload]
+            where = self._stored.get(topic, {}).get(payload)
+            if where != offset:
+                found.append(f"confirmed {payload!r} at {topic}:{offset}, stored at {where}")
         found += [f"unhandled error logged: {error}" for error in self.errors]
         if final:
-            found += self._undelivered(stored)
+            found += self._undelivered()
             unanswered = len(self.sent) - len(self.confirmed) - len(self.refused)
             if unanswered:
                 found.append(f"{unanswered} publish(es) never answered")
         return found
 
-    def _undelivered(self, stored: dict[str, list[bytes | None]] | None = None) -> list[str]:
-        if stored is None:
-            registry = self.core.registry
-            stored = {}
-            for topic in TOPICS:
-                if topic in registry:
-                    log_ = registry.get(topic).log
-                    held = log_.read(0, log_.next_offset)
-                    stored[topic] = list(held) if isinstance(held, list) else []
+    def _undelivered(self) -> list[str]:
+        registry = self.core.registry
+        ends = {topic: registry.get(topic).log.next_offset for topic in TOPICS if topic in registry}
         missing: list[str] = []
         for subscriber in self.subscribers:
-            for topic, held in stored.items():
-                lost = set(range(len(held))) - subscriber.seen.get(topic, set())
+            for topic, end in ends.items():
+                lost = set(range(end)) - subscriber.seen.get(topic, set())
                 if lost:
                     missing.append(
                         f"{subscriber.name} never got {topic} offsets {sorted(lost)[:5]}"
@@ -362,7 +365,7 @@ class World:
         group_seen: set[int] = set()
         for member in self.group:
             group_seen |= member.seen.get(GROUP_TOPIC, set())
-        lost = set(range(len(stored.get(GROUP_TOPIC, [])))) - group_seen
+        lost = set(range(ends.get(GROUP_TOPIC, 0))) - group_seen
         if lost:
             missing.append(f"group g never got {GROUP_TOPIC} offsets {sorted(lost)[:5]}")
         return missing
