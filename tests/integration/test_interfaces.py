@@ -22,8 +22,8 @@ from broker.log import (
 from broker.log.redis import RedisLog, RedisStore
 from broker.log.redis_settings import RedisStoreSettings, parse_redis_url
 from broker.server import BrokerFactory
-from broker.server.protocol import _OutputBackpressure
 from broker.testing import InMemoryBroker
+from broker.transport import OutputBackpressure
 
 
 def test_message_logs_provide_imessagelog(tmp_path):
@@ -52,7 +52,7 @@ def test_only_the_redis_log_keeps_consumer_groups_itself():
 
 def test_the_output_backpressure_is_a_push_producer():
     protocol = BrokerFactory(clock=Clock()).buildProtocol(None)
-    assert verifyObject(IPushProducer, _OutputBackpressure(protocol))
+    assert verifyObject(IPushProducer, OutputBackpressure(protocol))
 
 
 def test_the_client_endpoints_are_stream_client_endpoints():

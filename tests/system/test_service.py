@@ -32,6 +32,7 @@ async def test_the_store_opens_at_start_and_closes_after_the_connections(tmp_pat
     assert service.factory.broker.store.status() == {
         "kind": "file",
         "data_dir": str((tmp_path / "data").resolve()),
+        "damaged_records": 0,
     }
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True)
     await client.publish("kept", b"one")
