@@ -790,59 +790,28 @@ class RedisStore:
     def append_once(
         self, topic_log: RedisLog, payloads: list[bytes], size: int
     ) -> Deferred[OnceAnswer]:
-        return self._deferred(self._append_once(topic_log.keys, payloads, size))
-
-    async def _append_once(self, keys: TopicKeys, payloads: list[bytes], size: int) -> OnceAnswer:
         """Append the payloads whose message ids Redis has not stored lately
         (for any node), in one call that checks and appends; each payload's
         offset, its first copy's for the others."""
-        settings = self.settings
-        replicas = settings.replicas
-        offsets: list[int | None] = [None] * len(payloads)
-        remaining = list(range(len(payloads)))
-        async with self._calls:
-            while True:
-                batch = [payloads[index] for index in remaining]
-                packed = pack_batch(batch)
-                arguments = (
-                    "" if replicas else keys.channel,
-                    len(batch),
-                    sum(map(len, batch)),
-                    packed,
-                    settings.retention.max_messages or 0,
-                    settings.retention.max_bytes or 0,
-                    0 if replicas else ANNOUNCED_BATCH_BYTES,
-                    int(settings.dedup_window * 1000),
-                    settings.dedup_max_ids,
-                    *[message_id(payload) or b"" for payload in batch],
-                )
-                answer = await self._append_trying_again(keys, APPEND_ONCE, arguments)
-                if answer[0] != -1:
-                    break
-                for at in range(1, len(answer), 2):
-                    offsets[remaining[answer[at]]] = answer[at + 1]
-                remaining = [index for index in remaining if offsets[index] is None]
-                if not remaining:
-                    return [offset for offset in offsets if offset is not None], None
-        first, end, held = answer
-        for position, index in enumerate(remaining):
-            offsets[index] = first + position
-        if replicas:
-            announcement = packed if len(packed) <= ANNOUNCED_BATCH_BYTES else None
-            self._background(self._announce(keys, first, len(batch), announcement))
-        return [offset for offset in offsets if offset is not None], (first, end, held, batch)
+        return self._deferred(self._append_checked(topic_log.keys, payloads, keyed=False))
 
     def append_keyed(
         self, topic_log: RedisLog, payloads: list[bytes], size: int
     ) -> Deferred[OnceAnswer]:
-        return self._deferred(self._append_keyed(topic_log.keys, payloads, size))
-
-    async def _append_keyed(self, keys: TopicKeys, payloads: list[bytes], size: int) -> OnceAnswer:
         """Append to a compacted topic, in one call that checks each
         publish's Expected-Revision against its key's revision (as every
         node's appends left it) and its message id (within the dedup
         window), then appends and notes the keys' new revisions: each
         payload's offset, its refusal, or its first copy's offset."""
+        return self._deferred(self._append_checked(topic_log.keys, payloads, keyed=True))
+
+    async def _append_checked(
+        self, keys: TopicKeys, payloads: list[bytes], keyed: bool
+    ) -> OnceAnswer:
+        """`append_once` or `append_keyed`: the function checks, and if some
+        publishes may not be appended (an id stored already, a revision
+        moved on) appends nothing and says which; they are answered so and
+        the rest sent again, until a call appends."""
         settings = self.settings
         replicas = settings.replicas
         window = int(settings.dedup_window * 1000)
@@ -852,15 +821,7 @@ class RedisStore:
             while True:
                 batch = [payloads[index] for index in remaining]
                 packed = pack_batch(batch)
-                described: list[bytes | str] = []
-                for payload in batch:
-                    described += (
-                        (message_id(payload) or b"") if window else b"",
-                        message_key(payload) or "",
-                        expected_revision(payload),
-                        "0" if payload else "1",
-                    )
-                arguments = (
+                arguments: tuple[Any, ...] = (
                     "" if replicas else keys.channel,
                     len(batch),
                     sum(map(len, batch)),
@@ -870,10 +831,21 @@ class RedisStore:
                     0 if replicas else ANNOUNCED_BATCH_BYTES,
                     window,
                     settings.dedup_max_ids,
-                    len(batch),
-                    *described,
                 )
-                answer = await self._append_trying_again(keys, APPEND_KEYED, arguments)
+                if keyed:
+                    described: list[bytes | str] = []
+                    for payload in batch:
+                        described += (
+                            (message_id(payload) or b"") if window else b"",
+                            message_key(payload) or "",
+                            expected_revision(payload),
+                            "0" if payload else "1",
+                        )
+                    arguments += (len(batch), *described)
+                else:
+                    arguments += tuple(message_id(payload) or b"" for payload in batch)
+                function = APPEND_KEYED if keyed else APPEND_ONCE
+                answer = await self._append_trying_again(keys, function, arguments)
                 if answer[0] >= 0:
                     break
                 for at in range(1, len(answer), 2):
