@@ -26,8 +26,10 @@ real-server chaos test).
 from __future__ import annotations
 
 import random
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -42,6 +44,7 @@ from zope.interface import implementer
 from broker.client import BrokerClient
 from broker.client.protocols import Message
 from broker.core.delivery import DeliverySettings
+from broker.log import FileStore, FileStoreSettings, FsyncPolicy
 from broker.server import BrokerFactory, BrokerSettings
 from broker.wire import StartAt
 
@@ -60,6 +63,9 @@ class Faults:
     """Share of link turns that deliver nothing."""
     hold: float = 0.05
     """Share of deliveries a subscriber answers later."""
+    crash: float = 0.0
+    """Chance per step that the broker process dies (with a data directory:
+    it is rebuilt from the files, as after a SIGKILL)."""
     nack: float = 0.05
     """Share of deliveries a subscriber nacks."""
 
@@ -77,6 +83,7 @@ class Counts:
     stalls: int = 0
     holds: int = 0
     nacks: int = 0
+    crashes: int = 0
 
 
 class _Link:
@@ -161,20 +168,22 @@ class _Subscriber:
 class World:
     """One run of the simulation (see the module)."""
 
-    def __init__(self, seed: int, faults: Faults | None = None) -> None:
+    def __init__(
+        self, seed: int, faults: Faults | None = None, data_dir: Path | None = None
+    ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.faults = faults or Faults()
         self.faulty = True
         self.counts = Counts()
         self.clock = MemoryReactorClock()
-        settings = BrokerSettings(
+        self.data_dir = data_dir
+        self.settings = BrokerSettings(
             max_message_size=64 * 1024,
             # (nothing is given up: every message must come, at least once)
             delivery=DeliverySettings(ack_delay=0.2, ack_timeout=1.0, max_deliveries=1_000_000),
         )
-        self.factory = BrokerFactory(settings, clock=self.clock)
-        self.core = self.factory.broker
+        self._start_broker()
         self.links: list[_Link] = []
         self.errors: list[str] = []
         self._ports = 40000
@@ -204,6 +213,37 @@ class World:
         globalLogPublisher.addObserver(self._observe)
 
     # The world's parts.
+
+    def _start_broker(self) -> None:
+        """The broker process: in memory, or over the files in `data_dir`
+        (fsync never: a process crash loses nothing the OS was handed, and
+        no thread runs outside the simulated clock)."""
+        store = None
+        if self.data_dir is not None:
+            store = FileStore(self.data_dir, FileStoreSettings(fsync=FsyncPolicy.NEVER), self.clock)
+        self.factory = BrokerFactory(self.settings, clock=self.clock, store=store)
+        self.core = self.factory.broker
+        self.core.start()
+
+    def crash(self) -> None:
+        """The broker process dies: its connections drop, its memory is gone,
+        its files stay as written (no index or position written at exit);
+        a new process starts from them."""
+        self.counts.crashes += 1
+        for link in self.links:
+            link.cut()
+        self.links = []
+        self.core.stop()
+        store = self.core.store
+        if isinstance(store, FileStore):
+            for topic_log in store.logs.values():
+                for segment in topic_log._segments:
+                    segment.close()
+            positions = store.positions
+            positions._dirty.clear()  # (not yet written: lost with the process)
+            if positions._file is not None:
+                positions._file.close()
+        self._start_broker()
 
     def _observe(self, event: dict[str, Any]) -> None:
         if "log_failure" in event:
@@ -264,6 +304,8 @@ class World:
             self.counts.cuts += 1
         elif roll < 0.6:
             self._answer_held()
+        elif roll < 0.6 + self.faults.crash and self.faulty and self.data_dir is not None:
+            self.crash()
         for link in list(self.links):
             link.turn(self)
         self.links = [link for link in self.links if not link.closed]
@@ -382,10 +424,12 @@ class Outcome:
     violations: list[str]
 
 
-def run(seed: int, steps: int, faults: Faults | None = None) -> Outcome:
+def run(
+    seed: int, steps: int, faults: Faults | None = None, data_dir: Path | None = None
+) -> Outcome:
     """Run `steps` random steps from `seed`, checking as it goes, then heal
-    and check the end."""
-    world = World(seed, faults)
+    and check the end (over a file store in `data_dir`, if given)."""
+    world = World(seed, faults, data_dir)
     try:
         for _ in range(steps):
             world.step()
@@ -401,14 +445,21 @@ def run(seed: int, steps: int, faults: Faults | None = None) -> Outcome:
 def shortest_failing(seed: int, steps: int, faults: Faults | None = None) -> Outcome:
     """The fewest steps from `seed` that still fail (a failure found at
     `steps` steps): a binary search over the run's length, each length
-    replayed exactly."""
-    failing = run(seed, steps, faults)
+    replayed exactly (with crashes, each over files of its own)."""
+
+    def replay(length: int) -> Outcome:
+        if faults is None or not faults.crash:
+            return run(seed, length, faults)
+        with tempfile.TemporaryDirectory() as directory:
+            return run(seed, length, faults, Path(directory))
+
+    failing = replay(steps)
     if not failing.violations:
         return failing
     low, high = 0, failing.steps
     while low + 1 < high:
         middle = (low + high) // 2
-        attempt = run(seed, middle, faults)
+        attempt = replay(middle)
         if attempt.violations:
             high, failing = middle, attempt
         else:
