@@ -35,9 +35,8 @@ from broker.sansio.messages import (
     check_publish,
     check_topics,
     credentials_of,
-    payload_with_headers,
     prepared,
-    timed,
+    prepared_one,
 )
 from broker.sansio.publishing import Outbox, Pending
 from broker.sansio.requests import (
@@ -635,10 +634,7 @@ class Client:
         publish not yet written withdraws it. With `delay`, subscribers get
         it that many seconds from now, not before; with `ttl`, not once that
         many seconds have passed."""
-        check_publish(topic, data, headers)
-        headers = timed(headers, delay, ttl)
-        if headers:
-            data = payload_with_headers(data, headers)
+        data = prepared_one(topic, data, headers, delay, ttl)
         self._raise_if_over()
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         pending = Pending(topic, data, future)

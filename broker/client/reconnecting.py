@@ -50,12 +50,10 @@ from broker.sansio.messages import (
     Message,
     Publish,
     QueueFull,
-    check_publish,
     check_topics,
     credentials_of,
-    payload_with_headers,
     prepared,
-    timed,
+    prepared_one,
 )
 from broker.sansio.publishing import Outbox, Pending
 from broker.sansio.requests import Reply
@@ -376,10 +374,7 @@ class BrokerClient:
         With `delay`, subscribers get it that many seconds from now, not
         before; with `ttl`, not once that many seconds have passed.
         """
-        check_publish(topic, payload, headers)
-        headers = timed(headers, delay, ttl)
-        if headers:
-            payload = payload_with_headers(payload, headers)
+        payload = prepared_one(topic, payload, headers, delay, ttl)
         if self.refused is not None:
             return fail(self.refused)
         if self._closed:

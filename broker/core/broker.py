@@ -36,7 +36,7 @@ from broker.log.interface import SharedConsumer
 from broker.names import is_inbox
 from broker.security.auth import Authenticator
 from broker.security.permissions import Rules
-from broker.security.users import Users
+from broker.security.users import ANONYMOUS, User, Users
 from broker.wire import ERR_PERMISSION_DENIED, total_size
 from broker.wire.headers import reply_to
 
@@ -166,7 +166,8 @@ class Broker:
         self.consumers: set[Reader] = set()
         """Every consumer, through any door (they add and remove themselves)."""
         self.user_connections: Counter[str] = Counter()
-        """Connections per user, over every front door (for max_connections)."""
+        """Connections per user, over every front door (for max_connections):
+        counted by `admit` and `release`."""
         self.dedup_windows: dict[str, DedupWindow] = {}
         """Per topic, the message ids it stored lately (exactly-once publishing)."""
 
@@ -179,6 +180,26 @@ class Broker:
         store.follow_new_topics(self.registry.discover)
         if ISharedStore.providedBy(store):
             store.follow_deleted_topics(self._deleted_elsewhere)
+
+    def admit(self, user: User) -> int | None:
+        """Count a connection of `user` (signed in, through any door); None
+        if taken, or the limit it would pass (its max_connections, or for
+        anonymous --max-anonymous-connections), nothing counted."""
+        counts = self.user_connections
+        limit = user.max_connections
+        if limit is None and user.name == ANONYMOUS:
+            limit = self.settings.max_anonymous_connections
+        if limit is not None and counts[user.name] >= limit:
+            return limit
+        counts[user.name] += 1
+        return None
+
+    def release(self, user: User) -> None:
+        """A connection `admit` counted is gone."""
+        counts = self.user_connections
+        counts[user.name] -= 1
+        if not counts[user.name]:
+            del counts[user.name]
 
     def _is_compacted(self, name: str) -> bool:
         return not is_inbox(name) and self.compaction.applies_to(name)
@@ -481,7 +502,7 @@ class Broker:
                 continue
             done = topic.log.compact(dropped, force)
             if isinstance(done, list):
-                self._compacted(done, name, index)
+                self._compacted(done, index)
                 continue
             self._compacting.add(name)
             done.addCallbacks(
@@ -489,11 +510,11 @@ class Broker:
                 lambda failure, name=name: log.failure(
                     "compacting {topic!r} failed", failure, topic=name
                 ),
-                callbackArgs=(name, index),
+                callbackArgs=(index,),
             )
             done.addBoth(lambda _, name=name: self._compacting.discard(name))
 
-    def _compacted(self, dropped: list[int], name: str, index: KeyIndex) -> None:
+    def _compacted(self, dropped: list[int], index: KeyIndex) -> None:
         index.forget(dropped)
         self.stats.compacted += len(dropped)
 

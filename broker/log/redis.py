@@ -901,17 +901,7 @@ class RedisStore:
             async with _deadline(settings.timeout):
                 await pinned.initialize()
                 phase = "appending"
-                answer = await pinned.fcall(
-                    function,
-                    6,
-                    keys.log,
-                    keys.meta,
-                    keys.times,
-                    keys.ids,
-                    keys.id_times,
-                    keys.key_revisions,
-                    *arguments,
-                )
+                answer = await pinned.fcall(function, 6, *keys.of_functions, *arguments)
                 if replicas and int(answer[0]) != -1:  # (-1: nothing was appended)
                     phase = "waiting"
                     # WAIT gives up in half the call's time, so that its answer
@@ -1056,18 +1046,7 @@ class RedisStore:
 
     async def _delete(self, name: str) -> None:
         keys = topic_keys(self.settings.prefix, name)
-        await self._call(
-            self.client.fcall(
-                DELETE,
-                6,
-                keys.log,
-                keys.meta,
-                keys.times,
-                keys.ids,
-                keys.id_times,
-                keys.key_revisions,
-            )
-        )
+        await self._call(self.client.fcall(DELETE, 6, *keys.of_functions))
         await self._call(self.client.srem(self._directory, name))
         await self._call(self.client.spublish(self._directory_channel, DELETED_MARK + name))
 

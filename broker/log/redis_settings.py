@@ -125,6 +125,11 @@ class TopicKeys:
     id_times: str
     key_revisions: str
 
+    @property
+    def of_functions(self) -> tuple[str, str, str, str, str, str]:
+        """The keys the functions that append or delete take, in their order."""
+        return (self.log, self.meta, self.times, self.ids, self.id_times, self.key_revisions)
+
 
 def topic_keys(prefix: str, topic: str) -> TopicKeys:
     # Every key is prefix:{t:topic}:suffix. A '}' inside the name ends the

@@ -47,14 +47,13 @@ from broker.mqtt.state import (
     save_session,
 )
 from broker.mqtt.topics import (
-    SHARE_PREFIX,
     InvalidTopic,
     starts_wild,
     to_broker_filters,
     to_broker_topic,
     to_mqtt_topic,
 )
-from broker.names import DURABLE_PREFIX
+from broker.names import DURABLE_PREFIX, GROUP_PREFIX, parse_group_name
 from broker.security.auth import AuthenticationFailed
 from broker.security.tls import peer_certificate
 from broker.security.users import ANONYMOUS, User, Users
@@ -102,14 +101,18 @@ class Door(Protocol_):
 
 
 class _Subscribed:
-    """One of the client's topic filters: its QoS and the names it is
-    subscribed to in the broker."""
+    """One of the client's topic filters: its QoS, the names it is
+    subscribed to in the broker (groups and durables included), and the
+    topics and patterns those names read."""
 
-    __slots__ = ("names", "qos", "wild_first")
+    __slots__ = ("names", "patterns", "qos", "wild_first")
 
     def __init__(self, qos: int, names: list[str], wild_first: bool) -> None:
         self.qos = qos
         self.names = names
+        self.patterns = [
+            parsed[1] if (parsed := parse_group_name(name)) is not None else name for name in names
+        ]
         self.wild_first = wild_first
 
 
@@ -283,10 +286,7 @@ class MQTTConnection(Protocol):
         if self.consumer is not None:
             self.consumer.close()
         if self.user is not None:
-            counts = self.broker.user_connections
-            counts[self.user.name] -= 1
-            if not counts[self.user.name]:
-                del counts[self.user.name]
+            self.broker.release(self.user)
         if ended_connected:
             if self._will is not None and not self._clean_end:
                 may_publish = self.user.publish if self.user is not None else None
@@ -367,15 +367,12 @@ class MQTTConnection(Protocol):
         if self._state in _ENDED:
             return None
         if user is not None:
-            counts = self.broker.user_connections
-            limit = user.max_connections
-            if limit is None and user.name == ANONYMOUS:
-                limit = self.broker.settings.max_anonymous_connections
-            if limit is not None and counts[user.name] >= limit:
-                self._refuse(p.QUOTA_EXCEEDED, p.V3_SERVER_UNAVAILABLE, "too many connections")
+            limit = self.broker.admit(user)
+            if limit is not None:
+                text = f"user {user.name} has {limit} connection(s) already"
+                self._refuse(p.QUOTA_EXCEEDED, p.V3_SERVER_UNAVAILABLE, text)
                 return None
             self.user = user
-            counts[user.name] += 1
         self._door.take_over(self)
         if clean_start:
             self._door.forget_client(self.client_id)
@@ -517,7 +514,7 @@ class MQTTConnection(Protocol):
                 self._headered.add(name)
         if publish.qos == 2 and publish.packet_id in self._door.awaiting_release(self.client_id):
             # Stored already: its PUBREC was lost, or is on its way.
-            self._answer(publish, name, p.PUBREC, p.SUCCESS)
+            self._answer(publish, p.PUBREC, p.SUCCESS)
             return
         self.messages_in += 1
         if publish.retain:
@@ -526,7 +523,7 @@ class MQTTConnection(Protocol):
                 if publish.qos == 2:
                     self._door.awaiting_release(self.client_id).add(publish.packet_id)
                 if publish.qos:
-                    self._answer(publish, name, p.PUBACK if publish.qos == 1 else p.PUBREC, 0)
+                    self._answer(publish, p.PUBACK if publish.qos == 1 else p.PUBREC, 0)
                 return
         batch = self._batch.get(name)
         if batch is None:
@@ -559,11 +556,11 @@ class MQTTConnection(Protocol):
             text=text,
         )
         if publish.qos == 1:
-            self._answer(publish, "", p.PUBACK, reason)
+            self._answer(publish, p.PUBACK, reason)
         elif publish.qos == 2:
-            self._answer(publish, "", p.PUBREC, reason)
+            self._answer(publish, p.PUBREC, reason)
 
-    def _answer(self, publish: p.Publish, name: str, kind: int, reason: int) -> None:
+    def _answer(self, publish: p.Publish, kind: int, reason: int) -> None:
         """Queue an answer that is ready now (behind those still waiting)."""
         if self.level != p.MQTT_5 and reason >= 0x80:
             reason = p.SUCCESS  # 3.1.1 has no refusal but closing (MQTT-3.3.5-2)
@@ -580,38 +577,34 @@ class MQTTConnection(Protocol):
         answers, self._answers = self._answers, []
         may_publish = self.user.publish if self.user is not None else None
         waiting: dict[str, list[tuple[list[Any], p.Publish, int]]] = {}
-        for name, _ in answers:
-            waiting[name] = []
-        counted: dict[str, int] = {}
         for name, publish in answers:
-            index = counted.get(name, 0)
-            counted[name] = index + 1
+            entries = waiting.setdefault(name, [])
             entry: list[Any] = [False, b""]
             self._answer_queue.append(entry)
-            waiting[name].append((entry, publish, index))
+            entries.append((entry, publish, len(entries)))
         for name, payloads in batch.items():
             appended = self.broker.append(
                 name, payloads, may_publish, self.peer, True, name in headered
             )
-            entries = waiting.get(name)
+            answering = waiting.get(name)
             refusal = appended.refusal
             if refusal is not None:
                 if refusal.startswith(ERR_PERMISSION_DENIED):
                     log.warn("{peer}: {refusal}", peer=self.peer, refusal=refusal)
-                if entries:
-                    self._answered(refusal, entries)
+                if answering:
+                    self._answered(refusal, answering)
                 continue
             first = appended.first
             committed = appended.committed
             if not isinstance(first, Deferred) and committed is None:
-                if entries:
-                    self._answered(first, entries)
+                if answering:
+                    self._answered(first, answering)
                 continue
             ready: Deferred[Any] = first if isinstance(first, Deferred) else succeed(first)
             if committed is not None:
                 ready.addCallback(_once_committed, committed)
-            if entries:
-                ready.addBoth(self._answered, entries)
+            if answering:
+                ready.addBoth(self._answered, answering)
             else:
                 ready.addErrback(lambda _: None)
         if answers:
@@ -712,7 +705,7 @@ class MQTTConnection(Protocol):
         except InvalidTopic as error:
             log.warn("{peer}: MQTT subscribe refused: {error}", peer=self.peer, error=error)
             return succeed(p.TOPIC_FILTER_INVALID if self.level == p.MQTT_5 else 0x80)
-        shared = topic_filter.startswith(SHARE_PREFIX)
+        shared = topic_filter.startswith(GROUP_PREFIX)
         user = self.user
         if len(plain) > 1 and user is not None and not user.subscribe.permits(plain[0]):
             plain = plain[1:]  # `a/#` for a user who may read `a.>` but not `a` itself
@@ -825,13 +818,8 @@ class MQTTConnection(Protocol):
             if name.startswith("$") and subscribed.wild_first:
                 excluded = True
                 continue
-            for pattern in subscribed.names:
-                plain = (
-                    pattern.split("/", 2)[2]
-                    if pattern.startswith(("$share/", DURABLE_PREFIX))
-                    else pattern
-                )
-                if plain == name or matches(plain, name):
+            for pattern in subscribed.patterns:
+                if pattern == name or matches(pattern, name):
                     best = max(best, subscribed.qos)
         if best < 0 and not excluded:
             best = 0  # (a filter just unsubscribed: what was in flight goes as QoS 0)

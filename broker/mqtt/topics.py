@@ -22,10 +22,12 @@ topics (its monitor serves the same figures: /varz, /metrics).
 
 from __future__ import annotations
 
+from broker.names import GROUP_PREFIX
 from broker.subjects import PatternError, check_pattern
 from broker.wire import topic_name_problem
 
-SHARE_PREFIX = "$share/"
+SHARE_PREFIX = GROUP_PREFIX
+"""(MQTT's shared subscriptions are this broker's consumer groups, named alike.)"""
 _STARS = {"*", ">"}
 
 

@@ -95,6 +95,20 @@ def prepared(messages: Iterable[Publish]) -> list[tuple[str, bytes]]:
     return batch
 
 
+def prepared_one(
+    topic: str,
+    data: bytes,
+    headers: HeaderPairs | None,
+    delay: float | None = None,
+    ttl: float | None = None,
+) -> bytes:
+    """What a client's publish() sends of a message: checked (TypeError or
+    ValueError), carrying its headers and its delay and TTL as headers."""
+    check_publish(topic, data, headers)
+    headers = timed(headers, delay, ttl)
+    return payload_with_headers(data, headers) if headers else data
+
+
 def timed(
     headers: HeaderPairs | None, delay: float | None, ttl: float | None
 ) -> HeaderPairs | None:

@@ -190,10 +190,7 @@ class BrokerProtocol(Int32StringReceiver):
         if self.session is not None:
             self.session.close()
         if self.user is not None:
-            counts = self.broker.user_connections
-            counts[self.user.name] -= 1
-            if not counts[self.user.name]:
-                del counts[self.user.name]
+            self.broker.release(self.user)
         self._host.connection_gone(self)
         self.broker.connections.discard(self)
         role = self.decoder.role if self.decoder else "new"
@@ -362,11 +359,8 @@ class BrokerProtocol(Int32StringReceiver):
         self._authenticating = False
         if self._gone:
             return
-        counts = self.broker.user_connections
-        limit = user.max_connections
-        if limit is None and user.name == ANONYMOUS:
-            limit = self.broker.settings.max_anonymous_connections
-        if limit is not None and counts[user.name] >= limit:
+        limit = self.broker.admit(user)
+        if limit is not None:
             log.warn(
                 "{peer}: refused as user {user}: it has {limit} connection(s) already",
                 peer=self.peer,
@@ -376,7 +370,6 @@ class BrokerProtocol(Int32StringReceiver):
             self._refuse_connection(ERR_TOO_MANY_CONNECTIONS)
             return
         self.user = user
-        counts[user.name] += 1
         if self.session is None and self._handshake is None:
             self._start_handshake_timer()  # the peer's turn again: to choose its role
         if user.name != ANONYMOUS:

@@ -140,6 +140,12 @@ def test_json_logs_are_one_object_per_line_with_their_fields_and_levels_filter()
         (["--monitor", "tcp:99999:interface=127.0.0.1"], "--monitor tcp:99999:interface="),
         (["--port", "3300", "--port", "3300"], "--port 3300 is given twice"),
         (["--port", "3300", "--monitor", "3300"], "--monitor 3300 is also a --port"),
+        (["--mqtt-port", "99999"], "--mqtt-port 99999: a port number is 0-65535"),
+        (["--ws-port", "tcp:70000"], "--ws-port tcp:70000: a port number is 0-65535"),
+        (["--port", "1883", "--mqtt-port", "1883"], "--mqtt-port 1883 is given twice"),
+        (["--mqtt-port", "8080", "--ws-port", "8080"], "--ws-port 8080 is given twice"),
+        (["--mqtt-port", "tls:8883"], "--mqtt-port tls:8883 needs --tls-cert"),
+        (["--ws-port", "tls:8443"], "--ws-port tls:8443 needs --tls-cert"),
     ],
 )
 def test_a_port_out_of_range_or_given_twice_is_refused_when_parsed(arguments, message):

@@ -248,6 +248,7 @@ def test_a_client_without_the_password_is_refused_and_rights_hold(tmp_path):
     users = tmp_path / "users.toml"
     users.write_text(
         user_entry("sensor", "password", hash_secret("s3cret"), ["plant.>"], ["plant.>"])
+        + "max_connections = 1\n"
         + "\n[users.anonymous]\npublish = []\nsubscribe = []\n"
     )
     process = MQTTBroker(tmp_path, "--users", str(users)).start()
@@ -261,6 +262,9 @@ def test_a_client_without_the_password_is_refused_and_rights_hold(tmp_path):
         (granted,) = device.subscribe("plant/#", 1)
         (denied,) = device.subscribe("office/#", 1)
         assert granted.value == 1 and denied.value == 0x87
+        # Its max_connections (1) holds across doors: a second is refused.
+        second = process.device(version="5").connect(user="sensor", password="s3cret")
+        assert second.refused and second.connack[1].value == 0x97
         device.disconnect()
     finally:
         process.stop()
