@@ -13,6 +13,7 @@ from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.log.disk import OS_DISK, Disk, write_all
 from broker.log.records import GAP, HEADER, encode_gap, read_records
 from broker.log.segment import INDEX_EVERY
 
@@ -37,13 +38,15 @@ class Rewritten:
     dropped: int
 
 
-def rewrite_segment(source: Path, base: int, drop: Set[int], target: Path) -> Rewritten:
+def rewrite_segment(
+    source: Path, base: int, drop: Set[int], target: Path, disk: Disk = OS_DISK
+) -> Rewritten:
     """Write `source` (a closed segment from offset `base`) to `target`
     without the records whose offsets are in `drop`, fsynced."""
-    fd = os.open(source, os.O_RDONLY)
-    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = disk.open(source, os.O_RDONLY)
+    out = disk.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        size = os.fstat(fd).st_size
+        size = disk.fstat(fd).st_size
         written = 0
         chunks: list[bytes] = []
         buffered = 0
@@ -69,9 +72,7 @@ def rewrite_segment(source: Path, base: int, drop: Set[int], target: Path) -> Re
             nonlocal written, buffered
             data = b"".join(chunks)
             chunks.clear()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view) :]
+            write_all(disk, out, data)
             written += buffered
             buffered = 0
 
@@ -83,7 +84,7 @@ def rewrite_segment(source: Path, base: int, drop: Set[int], target: Path) -> Re
 
         expected = base
         for position, length, offset, time_ms, payload, runs in read_records(
-            fd, 0, size, with_payload=True
+            fd, 0, size, with_payload=True, pread=disk.pread
         ):
             if payload is None or offset != expected:
                 raise DamagedSegment(f"{source}: a record at byte {position} fails its check")
@@ -98,11 +99,11 @@ def rewrite_segment(source: Path, base: int, drop: Set[int], target: Path) -> Re
                 gap_count += runs
                 continue
             end_gap()
-            emit(os.pread(fd, HEADER.size + length, position), 1)
+            emit(disk.pread(fd, HEADER.size + length, position), 1)
         end_gap()
         flush()
-        os.fsync(out)
+        disk.fsync(out)
         return Rewritten(written, positions, count, last_time_ms, dropped)
     finally:
-        os.close(fd)
-        os.close(out)
+        disk.close(fd)
+        disk.close(out)

@@ -22,17 +22,17 @@ import errno
 import hashlib
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from broker.log.compaction import (
@@ -41,6 +41,7 @@ from broker.log.compaction import (
     Rewritten,
     rewrite_segment,
 )
+from broker.log.disk import OS_DISK, Disk, fsync_directory, read_file, write_file
 from broker.log.interface import (
     FsyncPolicy,
     IMessageLog,
@@ -55,6 +56,10 @@ from broker.log.repair import REPAIRING_SUFFIX, find_damage, repair_segment
 from broker.log.segment import INDEX_EVERY, SEGMENT_NAME, Segment
 
 log = Logger()
+
+Blocking = Callable[..., "Deferred[Any]"]
+"""Runs `work(*args)` off the reactor (a thread; the simulator's own clock)
+and fires with its result."""
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,18 @@ class FileLog:
         settings: FileStoreSettings,
         reactor: Any,
         on_fsync: Callable[[float], None] | None = None,
+        disk: Disk = OS_DISK,
+        blocking: Blocking | None = None,
     ) -> None:
         self.topic = topic
         self.directory = directory
         self._settings = settings
         self._reactor = reactor
+        self._disk = disk
+        self._blocking = blocking or _in_thread(reactor)
+        """Runs the group fsync and compaction's rewrites off the reactor."""
+        self.failed: str | None = None
+        """Why the log takes no more messages (an fsync failed), or None."""
         self._on_fsync = on_fsync
         """Told how many seconds each group fsync took."""
         self._segments: list[Segment] = []
@@ -121,15 +133,17 @@ class FileLog:
 
     def _ensure_directory(self) -> None:
         """The topic's directory with its name file, created if missing."""
-        self.directory.mkdir(exist_ok=True)
+        disk = self._disk
+        if not disk.isdir(self.directory):
+            disk.mkdir(self.directory)
         name_file = self.directory / self.NAME_FILE
-        if not name_file.exists():
+        if not disk.exists(name_file):
             temporary = self.directory / (self.NAME_FILE + ".tmp")
-            temporary.write_text(self.topic, encoding="utf-8")
-            os.replace(temporary, name_file)
-            _fsync_directory(self.directory)
-            _fsync_directory(self.directory.parent)
-        elif name_file.read_text(encoding="utf-8") != self.topic:
+            write_file(disk, temporary, self.topic.encode("utf-8"), sync=True)
+            disk.replace(temporary, name_file)
+            fsync_directory(disk, self.directory)
+            fsync_directory(disk, self.directory.parent)
+        elif read_file(disk, name_file) != self.topic.encode("utf-8"):
             raise StoreError(f"{self.directory} belongs to another topic")
 
     # Opening and recovery.
@@ -138,18 +152,16 @@ class FileLog:
         """Reopen the segments: rolled ones through their index, the last (and
         any without a usable index) by reading it, truncating a bad tail. A
         compaction's rewrite that a crash cut short is removed."""
-        for suffix in (COMPACTING_SUFFIX, REPAIRING_SUFFIX):
-            for leftover in self.directory.glob("*" + suffix):
-                leftover.unlink()
-        bases = sorted(
-            int(match.group(1))
-            for match in map(SEGMENT_NAME.match, os.listdir(self.directory))
-            if match
-        )
+        disk = self._disk
+        names = disk.listdir(self.directory)
+        for name in names:
+            if name.endswith((COMPACTING_SUFFIX, REPAIRING_SUFFIX)):
+                disk.unlink(self.directory / name)
+        bases = sorted(int(match.group(1)) for match in map(SEGMENT_NAME.match, names) if match)
         for number, base in enumerate(bases):
             path = self.directory / f"{base:020d}.log"
-            segment = Segment(path, base, os.open(path, os.O_RDWR))
-            segment.size = os.fstat(segment.fd).st_size
+            segment = Segment(path, base, disk.open(path, os.O_RDWR), disk)
+            segment.size = disk.fstat(segment.fd).st_size
             following = bases[number + 1] if number + 1 < len(bases) else None
             if self._segments and base != self._segments[-1].end:
                 self._set_aside_before(base)
@@ -159,16 +171,39 @@ class FileLog:
             self._recover(segment)
         if not self._segments:
             self._add_segment(self._create_segment(0))
+        self._sync_recovered()
         self.committed_offset = self.next_offset
+
+    def _sync_recovered(self) -> None:
+        """What the last segment holds may be only in the kernel's cache (a
+        process that died before its fsync): synced before anyone reads it
+        as committed. (Rolled segments were synced before the next began.)
+        An fsync that fails here means a failing disk: the start is refused."""
+        for segment in self._segments:
+            segment.synced = segment.size
+        if self._settings.fsync is FsyncPolicy.NEVER:
+            return
+        last = self._segments[-1]
+        try:
+            self._disk.fsync(last.fd)
+        except OSError as error:
+            for segment in self._segments:
+                segment.close()
+            raise StoreError(
+                f"could not sync {last.path} at start ({error.strerror or error}): "
+                "the disk is failing; the broker cannot tell what it holds until the "
+                "machine restarts"
+            ) from error
 
     def _recover(self, segment: Segment) -> None:
         """Read a segment whole: damaged records in the middle are set
         aside and read as a gap (broker.log.repair), a torn tail truncated."""
         path = segment.path
+        disk = self._disk
         while (bad_at := segment.scan(segment.base)) is not None:
             first = segment.base + segment.count
-            size = os.fstat(segment.fd).st_size
-            damage = find_damage(segment.fd, bad_at, first, size)
+            size = disk.fstat(segment.fd).st_size
+            damage = find_damage(segment.fd, bad_at, first, size, disk)
             if damage is None:
                 log.warn(
                     "{path}: torn record at byte {at} (offset {offset}); truncated there "
@@ -178,10 +213,10 @@ class FileLog:
                     offset=first,
                     lost=size - bad_at,
                 )
-                os.ftruncate(segment.fd, bad_at)
-                os.fsync(segment.fd)
+                disk.ftruncate(segment.fd, bad_at)
+                disk.fsync(segment.fd)
                 return
-            aside = repair_segment(path, damage, segment.last_time_ms)
+            aside = repair_segment(path, damage, segment.last_time_ms, disk)
             self.damaged_records += damage.count
             log.error(
                 "{path}: {count} damaged record(s) at byte {at}, offsets {first} to {last}: "
@@ -194,8 +229,8 @@ class FileLog:
                 last=damage.first + damage.count - 1,
                 aside=aside.name,
             )
-            os.close(segment.fd)
-            segment.fd = os.open(path, os.O_RDWR)
+            disk.close(segment.fd)
+            segment.fd = disk.open(path, os.O_RDWR)
 
     def _set_aside_before(self, base: int) -> None:
         """A hole in the offsets (a vanished segment, or one cut short by
@@ -213,7 +248,7 @@ class FileLog:
             segment.close()
             for path in (segment.path, segment.index_path):
                 with contextlib.suppress(OSError):
-                    path.rename(path.with_name(path.name + ".orphaned"))
+                    self._disk.rename(path, path.with_name(path.name + ".orphaned"))
         self._segments.clear()
         self._bases.clear()
 
@@ -223,10 +258,10 @@ class FileLog:
 
     def _create_segment(self, base: int) -> Segment:
         path = self.directory / f"{base:020d}.log"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = self._disk.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         if self._settings.fsync is not FsyncPolicy.NEVER:
-            _fsync_directory(self.directory)
-        return Segment(path, base, fd)
+            fsync_directory(self._disk, self.directory)
+        return Segment(path, base, fd, self._disk)
 
     # IMessageLog.
 
@@ -248,10 +283,13 @@ class FileLog:
         return self.size
 
     def append(self, payloads: Sequence[bytes], headered: bool = True) -> int:
+        if self.failed is not None:
+            raise StoreError(self.failed)
+        disk = self._disk
         active = self._segments[-1]
         if active.size >= self._settings.segment_bytes:
             active = self._roll()
-        elif os.fstat(active.fd).st_nlink == 0:
+        elif disk.fstat(active.fd).st_nlink == 0:
             active = self._replace_vanished(active)
         first = active.end
         if headered:
@@ -260,13 +298,13 @@ class FileLog:
         parts = encode_records(first, payloads, time_ms)
         data = b"".join(parts)
         try:
-            written = os.pwrite(active.fd, data, active.size)
+            written = disk.pwrite(active.fd, data, active.size)
             if written != len(data):
                 raise OSError(errno.ENOSPC, "short write")
         except OSError as error:
             # Leave the file as it was: a partial record would be a torn tail.
             with contextlib.suppress(OSError):
-                os.ftruncate(active.fd, active.size)
+                disk.ftruncate(active.fd, active.size)
             log.error("could not append to {path}: {error}", path=str(active.path), error=error)
             raise StoreError(f"could not store message: {error.strerror or error}") from error
         # Index the new records.
@@ -326,6 +364,8 @@ class FileLog:
     def flush(self) -> Deferred[None]:
         if self.committed_offset >= self.next_offset and not self._dirty:
             return succeed(None)
+        if self.failed is not None:
+            return fail(StoreError(self.failed))
         if self._settings.fsync is FsyncPolicy.NEVER:
             return succeed(None)
         done: Deferred[None] = Deferred()
@@ -380,12 +420,18 @@ class FileLog:
         return dropped
 
     def close(self) -> None:
-        if self._settings.fsync is not FsyncPolicy.NEVER:
+        if self._settings.fsync is not FsyncPolicy.NEVER and self.failed is None:
             for segment in self._segments:
                 if segment.fd in self._dirty:
-                    os.fsync(segment.fd)
+                    try:
+                        self._disk.fsync(segment.fd)
+                    except OSError as error:
+                        log.error(
+                            "could not sync {path}: {error}", path=str(segment.path), error=error
+                        )
         self._dirty.clear()
-        self.committed_offset = self.next_offset
+        if self.failed is None:
+            self.committed_offset = self.next_offset
         for segment in self._segments:
             segment.close()
 
@@ -426,15 +472,15 @@ class FileLog:
     async def _compact_segment(self, segment: Segment, drop: frozenset[int]) -> bool:
         """Rewrite one segment without `drop`; whether it was swapped in."""
         target = segment.path.with_name(segment.path.name + COMPACTING_SUFFIX)
-        pool = self._reactor.getThreadPool()
+        disk = self._disk
         try:
-            rewritten: Rewritten = await deferToThreadPool(
-                self._reactor, pool, rewrite_segment, segment.path, segment.base, drop, target
+            rewritten: Rewritten = await self._blocking(
+                rewrite_segment, segment.path, segment.base, drop, target, disk
             )
         except (OSError, DamagedSegment) as error:
             log.warn("compaction of {path} skipped: {error}", path=str(segment.path), error=error)
             with contextlib.suppress(OSError):
-                target.unlink()
+                disk.unlink(target)
             return False
         while segment in self._segments and (segment.fd in self._dirty or self._syncing):
             # Its fd is being synced: swap once that is done.
@@ -445,18 +491,18 @@ class FileLog:
             or rewritten.count != segment.count
         ):
             with contextlib.suppress(OSError):
-                target.unlink()  # retention took it meanwhile
+                disk.unlink(target)  # retention took it meanwhile
             return False
         # Without its old index first: a crash between the two renames
         # leaves a segment that is read whole at the next start.
         with contextlib.suppress(FileNotFoundError):
-            segment.index_path.unlink()
-        os.replace(target, segment.path)
-        _fsync_directory(self.directory)
-        fd = os.open(segment.path, os.O_RDWR)
-        os.close(segment.fd)
+            disk.unlink(segment.index_path)
+        disk.replace(target, segment.path)
+        fsync_directory(disk, self.directory)
+        fd = disk.open(segment.path, os.O_RDWR)
+        disk.close(segment.fd)
         segment.fd = fd
-        segment.size = rewritten.size
+        segment.size = segment.synced = rewritten.size
         segment.positions = rewritten.positions
         try:
             segment.write_index()
@@ -467,15 +513,16 @@ class FileLog:
     # Internals.
 
     def _roll(self) -> Segment:
-        """Close the active segment (index written, data synced) and start another."""
+        """Close the active segment (index written, data synced) and start
+        another. The old one's records are fsynced first, here: a new
+        segment on disk must never follow an old one whose tail a crash
+        could still take, or the start would find a hole in the offsets."""
         old = self._segments[-1]
+        self._sync_closing(old)
         try:
             new = self._create_segment(old.end)
         except OSError as error:
             raise StoreError(f"could not start a segment: {error.strerror}") from error
-        if self._settings.fsync is not FsyncPolicy.NEVER:
-            self._dirty.add(old.fd)
-            self._sync_soon()
         try:
             old.write_index()
         except OSError as error:
@@ -487,6 +534,18 @@ class FileLog:
         self._add_segment(new)
         self.apply_retention(None)  # whole segments go, so only a roll can free one
         return new
+
+    def _sync_closing(self, segment: Segment) -> None:
+        """fsync a segment that is closing, now (a group fsync of its last
+        records may still be under way), unless fsync is off."""
+        if self._settings.fsync is FsyncPolicy.NEVER:
+            return
+        try:
+            self._disk.fsync(segment.fd)
+        except OSError as error:
+            self._sync_failed(Failure(error), [])
+            raise StoreError(self.failed or str(error)) from error
+        segment.synced = segment.size
 
     def _replace_vanished(self, active: Segment) -> Segment:
         """The active segment's file was deleted under us: what it held is
@@ -511,18 +570,20 @@ class FileLog:
         fds = list(self._dirty)
         self._dirty.clear()
         covered = self.next_offset
-        pool = self._reactor.getThreadPool()
+        sizes = [(segment, segment.size) for segment in self._segments if segment.fd in fds]
         started = time.monotonic()
-        synced = deferToThreadPool(self._reactor, pool, _fsync_all, fds)
+        synced = self._blocking(_fsync_all, self._disk, fds)
         if self._on_fsync is not None:
             on_fsync = self._on_fsync
             synced.addCallback(lambda result: on_fsync(time.monotonic() - started) or result)
         synced.addCallbacks(
-            self._synced, self._sync_failed, callbackArgs=(covered,), errbackArgs=(fds,)
+            self._synced, self._sync_failed, callbackArgs=(covered, sizes), errbackArgs=(fds,)
         )
 
-    def _synced(self, _: object, covered: int) -> None:
+    def _synced(self, _: object, covered: int, sizes: list[tuple[Segment, int]]) -> None:
         self._syncing = False
+        for segment, size in sizes:
+            segment.synced = max(segment.synced, size)
         self.committed_offset = max(self.committed_offset, covered)
         ready = [d for upto, d in self._flushes if upto <= covered]
         self._flushes = [(upto, d) for upto, d in self._flushes if upto > covered]
@@ -531,38 +592,69 @@ class FileLog:
         self._sync_soon()
 
     def _sync_failed(self, failure: Any, fds: list[int]) -> None:
+        """A failed fsync may have dropped what it was to write (Linux marks
+        the pages clean): a later fsync that succeeds proves nothing of
+        them. So nothing appended since the last good fsync is confirmed or
+        delivered, and the log takes no more until the broker restarts and
+        reads what the disk really holds (as PostgreSQL does since 2018).
+        What the cache holds past the last good fsync is cut off first, so
+        that the restarted broker does not read it from the cache as if it
+        were on the disk."""
         self._syncing = False
-        log.failure("fsync failed in {dir}", failure, dir=str(self.directory))
-        self._dirty.update(fd for fd in fds if fd >= 0)
+        self._cut_unsynced()
+        self.failed = (
+            f"could not store message: fsync failed in {self.directory} "
+            f"({failure.getErrorMessage()}); restart the broker"
+        )
+        log.critical(
+            "fsync failed in {dir}: {error}; the {count} message(s) since the last good "
+            "fsync are not confirmed, and topic {topic!r} takes no more until the broker "
+            "restarts",
+            dir=str(self.directory),
+            error=failure.getErrorMessage(),
+            count=self.next_offset - self.committed_offset,
+            topic=self.topic,
+        )
+        self._dirty.clear()
         flushes, self._flushes = self._flushes, []
         for _, done in flushes:
-            done.errback(StoreError("could not sync messages to disk"))
+            done.errback(StoreError(self.failed))
+
+    def _cut_unsynced(self) -> None:
+        """Truncate each segment to what an fsync is known to have written."""
+        for segment in self._segments:
+            if segment.size > segment.synced and segment.fd >= 0:
+                try:
+                    self._disk.ftruncate(segment.fd, segment.synced)
+                except OSError as error:
+                    log.error("could not cut {path}: {error}", path=str(segment.path), error=error)
 
     def _remove_files(self, path: Path) -> None:
         for victim in (path, path.with_suffix(".index")):
             try:
-                victim.unlink()
+                self._disk.unlink(victim)
             except FileNotFoundError:
                 pass
             except OSError as error:
                 log.warn("could not remove {path}: {error}", path=str(victim), error=error)
 
 
-def _fsync_all(fds: list[int]) -> None:
+def _fsync_all(disk: Disk, fds: list[int]) -> None:
     for fd in fds:
         try:
-            os.fsync(fd)
+            disk.fsync(fd)
         except OSError as error:
             if error.errno != errno.EBADF:  # closed meanwhile (retention)
                 raise
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _in_thread(reactor: Any) -> Blocking:
+    """Run blocking disk work in the reactor's thread pool."""
+
+    def blocking(work: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), work, *args)
+
+    return blocking
 
 
 @implementer(IMessageStore)
@@ -578,21 +670,32 @@ class FileStore(OneNodeStore):
         settings: FileStoreSettings,
         reactor: Any,
         on_fsync: Callable[[float], None] | None = None,
+        disk: Disk = OS_DISK,
+        blocking: Blocking | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.settings = settings
         self._reactor = reactor
         self._on_fsync = on_fsync
+        self._disk = disk
+        self._blocking = blocking
         self.logs: dict[str, FileLog] = {}
-        self.positions = PositionStore(self.root, settings.fsync)
+        self.positions = PositionStore(self.root, settings.fsync, disk)
 
     def start(self) -> None:
         """Make sure the directory can be written, and read the positions."""
+        disk = self._disk
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            missing = []
+            directory = self.root
+            while not disk.isdir(directory):
+                missing.append(directory)
+                directory = directory.parent
+            for directory in reversed(missing):
+                disk.mkdir(directory)
             probe = self.root / ".writable"
-            probe.write_bytes(b"")
-            probe.unlink()
+            write_file(disk, probe, b"", sync=False)
+            disk.unlink(probe)
         except OSError as error:
             raise StoreError(f"data directory {self.root} is not usable: {error}") from error
         try:
@@ -611,6 +714,7 @@ class FileStore(OneNodeStore):
             "kind": self.kind,
             "data_dir": str(self.root),
             "damaged_records": sum(log_.damaged_records for log_ in self.logs.values()),
+            "failed_topics": sorted(name for name, log_ in self.logs.items() if log_.failed),
         }
 
     def delete(self, name: str) -> None:
@@ -620,8 +724,8 @@ class FileStore(OneNodeStore):
             topic_log.close()
         directory = self.root / topic_directory_name(name)
         try:
-            shutil.rmtree(directory, ignore_errors=False)
-            _fsync_directory(self.root)
+            self._disk.rmtree(directory)
+            fsync_directory(self._disk, self.root)
         except FileNotFoundError:
             pass
         except OSError as error:
@@ -632,12 +736,13 @@ class FileStore(OneNodeStore):
     def topic_names(self) -> list[str]:
         """The names of the topics stored here."""
         names = []
-        for entry in sorted(self.root.iterdir()):
+        disk = self._disk
+        for entry in sorted(self.root / name for name in disk.listdir(self.root)):
             name_file = entry / FileLog.NAME_FILE
             try:
-                name = name_file.read_text(encoding="utf-8")
+                name = read_file(disk, name_file).decode("utf-8")
             except (OSError, UnicodeDecodeError):
-                if entry.is_dir():
+                if disk.isdir(entry):
                     log.warn("{entry} holds no readable topic name; ignored", entry=str(entry))
                 continue
             if topic_directory_name(name) != entry.name:
@@ -657,7 +762,15 @@ class FileStore(OneNodeStore):
             raise StoreError(f"topic {topic!r} maps outside the data directory")
         started = time.monotonic()
         try:
-            topic_log = FileLog(topic, directory, self.settings, self._reactor, self._on_fsync)
+            topic_log = FileLog(
+                topic,
+                directory,
+                self.settings,
+                self._reactor,
+                self._on_fsync,
+                self._disk,
+                self._blocking,
+            )
         except OSError as error:
             raise StoreError(
                 f"could not open topic {topic!r}: {error.strerror or error}"

@@ -14,6 +14,7 @@ the number of acks. Without one they live as long as the broker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -23,6 +24,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from broker.log.disk import OS_DISK, Disk, fsync_directory, read_file, write_all, write_file
 from broker.log.interface import FsyncPolicy
 
 log = Logger()
@@ -80,7 +82,12 @@ class Position:
 class PositionStore:
     """The positions of every durable consumer, by (topic, name)."""
 
-    def __init__(self, directory: Path | None = None, fsync: FsyncPolicy = FsyncPolicy.NEVER):
+    def __init__(
+        self,
+        directory: Path | None = None,
+        fsync: FsyncPolicy = FsyncPolicy.NEVER,
+        disk: Disk = OS_DISK,
+    ):
         self.positions: dict[tuple[str, str], Position] = {}
         self.kept: Counter[str] = Counter()
         """Positions per owner (`user:` of a user's own names, see
@@ -88,7 +95,10 @@ class PositionStore:
         self._dirty: set[tuple[str, str]] = set()
         self._fsync = fsync
         self._path = Path(directory) / POSITIONS_FILE if directory is not None else None
-        self._file: Any = None
+        self._disk = disk
+        self._file: int | None = None
+        """The positions file, open for appending (its descriptor)."""
+        self._file_size = 0
         self._unsynced = False
         self._rewritten_size = 0  # the file's size after its last rewrite
 
@@ -124,7 +134,9 @@ class PositionStore:
 
     def flush(self) -> None:
         """Write the positions changed since the last flush (fsynced under
-        --fsync always)."""
+        --fsync always). If the disk refuses (full, failing), the file is
+        cut back to its last whole line and the positions are written again
+        at the next flush: until then a restart would redeliver, never skip."""
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
@@ -135,22 +147,55 @@ class PositionStore:
             position = self.positions.get(key)
             record = position.record(*key) if position else {"topic": key[0], "name": key[1]}
             lines.append(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.write("".join(lines))
-        self._file.flush()
-        if self._fsync is FsyncPolicy.ALWAYS:
-            os.fsync(self._file.fileno())
-        else:
+        data = "".join(lines).encode("utf-8")
+        try:
+            write_all(self._disk, self._file, data)
+            if self._fsync is FsyncPolicy.ALWAYS:
+                self._disk.fsync(self._file)
+        except OSError as error:
+            self._dirty |= dirty
+            self._refused("write", error)
+            return
+        self._file_size += len(data)
+        if self._fsync is not FsyncPolicy.ALWAYS:
             self._unsynced = True
         # Compared with the size of the last rewrite: no walk over every
         # position on each flush.
-        if self._file.tell() > max(COMPACT_AT, COMPACT_RATIO * self._rewritten_size):
-            self._rewrite()
+        if self._file_size > max(COMPACT_AT, COMPACT_RATIO * self._rewritten_size):
+            try:
+                self._rewrite()
+            except OSError as error:
+                log.error(
+                    "could not rewrite {path}: {error}; appending to it as before",
+                    path=str(self._path),
+                    error=error,
+                )
 
     def sync(self) -> None:
         """fsync what was written (the --fsync interval timer calls this)."""
         if self._file is not None and self._unsynced and self._fsync is not FsyncPolicy.NEVER:
-            os.fsync(self._file.fileno())
+            try:
+                self._disk.fsync(self._file)
+            except OSError as error:
+                self._dirty |= set(self.positions)  # (all of them: which were lost is unknown)
+                self._refused("sync", error)
+                return
             self._unsynced = False
+
+    def _refused(self, what: str, error: OSError) -> None:
+        """The disk refused a write or an fsync of the file: cut it back to
+        its last line known whole (nothing half-written for the next line
+        to run into), and say so."""
+        assert self._file is not None
+        with contextlib.suppress(OSError):
+            self._disk.ftruncate(self._file, self._file_size)
+        log.error(
+            "could not {what} consumer positions in {path}: {error}; kept in memory and "
+            "written again at the next change (a restart before then redelivers)",
+            what=what,
+            path=str(self._path),
+            error=error,
+        )
 
     def remove(self, topic: str, name: str) -> bool:
         """Forget one durable consumer's position (written at the next
@@ -178,17 +223,24 @@ class PositionStore:
         self.flush()
         if self._file is not None:
             self.sync()
-            self._file.close()
+            self._disk.close(self._file)
+            self._file = None
+
+    def abandon(self) -> None:
+        """Let go of the file with nothing more written (the process died)."""
+        self._dirty.clear()
+        if self._file is not None:
+            self._disk.close(self._file)
             self._file = None
 
     @property
     def size(self) -> int:
         """Bytes of the positions file (0 without one)."""
-        return self._file.tell() if self._file is not None else 0
+        return self._file_size if self._file is not None else 0
 
     def _load(self, path: Path) -> None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_file(self._disk, path).decode("utf-8", errors="replace")
         except FileNotFoundError:
             return
         for number, line in enumerate(text.splitlines(), 1):
@@ -216,22 +268,25 @@ class PositionStore:
     def _rewrite(self) -> None:
         """Write the live positions to a new file and put it in place."""
         assert self._path is not None
-        if self._file is not None:
-            self._file.close()
+        disk = self._disk
         fresh = self._path.with_suffix(".jsonl.new")
-        with fresh.open("w", encoding="utf-8") as out:
-            for key, position in self.positions.items():
-                out.write(json.dumps(position.record(*key), separators=(",", ":")) + "\n")
-            out.flush()
-            if self._fsync is not FsyncPolicy.NEVER:
-                os.fsync(out.fileno())
-        os.replace(fresh, self._path)
-        if self._fsync is not FsyncPolicy.NEVER:
-            directory = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-        self._file = self._path.open("a", encoding="utf-8")
-        self._rewritten_size = self._file.tell()
+        data = "".join(
+            json.dumps(position.record(*key), separators=(",", ":")) + "\n"
+            for key, position in self.positions.items()
+        ).encode("utf-8")
+        synced = self._fsync is not FsyncPolicy.NEVER
+        try:
+            write_file(disk, fresh, data, sync=synced)
+            disk.replace(fresh, self._path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                disk.unlink(fresh)
+            raise  # (the file in place, and the one open, are as they were)
+        opened = disk.open(self._path, os.O_WRONLY | os.O_APPEND)
+        if self._file is not None:
+            disk.close(self._file)
+        self._file = opened
+        self._file_size = self._rewritten_size = len(data)
         self._dirty.clear()
+        if synced:
+            fsync_directory(disk, self._path.parent)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from broker.wire.headers import Headered, with_headers
@@ -86,7 +86,11 @@ def _carried(data: bytes) -> bytes | None:
 
 
 def read_records(
-    fd: int, position: int, file_size: int, with_payload: bool = False
+    fd: int,
+    position: int,
+    file_size: int,
+    with_payload: bool = False,
+    pread: Callable[[int, int, int], bytes] = os.pread,
 ) -> Iterator[tuple[int, int, int, int, Any, int]]:
     """Yield (position, length, offset, time_ms, good, count) for each record
     from `position`, reading in large chunks: `count` the offsets it stands
@@ -98,7 +102,7 @@ def read_records(
     while position < file_size:
         local = position - data_start
         if local + HEADER.size > len(data):
-            data = os.pread(fd, _READ_CHUNK, position)
+            data = pread(fd, _READ_CHUNK, position)
             data_start, local = position, 0
         if local + HEADER.size > len(data):
             yield position, 0, -1, 0, None if with_payload else False, 1
@@ -110,7 +114,7 @@ def read_records(
             return
         end = local + HEADER.size + length
         if end > len(data):
-            data = os.pread(fd, max(_READ_CHUNK, HEADER.size + length), position)
+            data = pread(fd, max(_READ_CHUNK, HEADER.size + length), position)
             data_start, local, end = position, 0, HEADER.size + length
         payload: Any = data[local + HEADER.size : end]
         good = len(payload) == length and (

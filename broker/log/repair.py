@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.log.disk import OS_DISK, Disk, fsync_directory, write_all
 from broker.log.records import HEADER, encode_gap, read_records
 
 REPAIRING_SUFFIX = ".repairing"
@@ -41,10 +42,10 @@ class Damage:
     count: int
 
 
-def find_damage(fd: int, at: int, first: int, size: int) -> Damage | None:
+def find_damage(fd: int, at: int, first: int, size: int, disk: Disk = OS_DISK) -> Damage | None:
     """The damage starting with the bad record at byte `at` (which should
     have held offset `first`), or None if no good record follows it."""
-    rest = os.pread(fd, size - at, at)
+    rest = disk.pread(fd, size - at, at)
     # Most often only the payload rotted: the record's own length leads on.
     (_, stored, _, _) = HEADER.unpack_from(rest, 0) if len(rest) >= HEADER.size else (0, 0, 0, 0)
     candidates = [at + HEADER.size + (stored & 0x3FFFFFFF)]
@@ -59,58 +60,53 @@ def find_damage(fd: int, at: int, first: int, size: int) -> Damage | None:
             break
     for resume in candidates:
         if at < resume < size:
-            good = _good_record_at(fd, resume, size)
+            good = _good_record_at(disk, fd, resume, size)
             if good is not None and first < good <= first + MAX_DAMAGED_RECORDS:
                 return Damage(at, resume, first, good - first)
     return None
 
 
-def _good_record_at(fd: int, position: int, size: int) -> int | None:
+def _good_record_at(disk: Disk, fd: int, position: int, size: int) -> int | None:
     """The offset of the record at `position`, if one that passes its check starts there."""
-    for _, _, offset, _, good, _ in read_records(fd, position, size):
+    for _, _, offset, _, good, _ in read_records(fd, position, size, pread=disk.pread):
         return offset if good else None
     return None
 
 
-def repair_segment(path: Path, damage: Damage, time_ms: int) -> Path:
+def repair_segment(path: Path, damage: Damage, time_ms: int, disk: Disk = OS_DISK) -> Path:
     """Copy the damaged bytes aside and swap in the segment rewritten with a
     gap run in their place (both fsynced, then the directory); the file the
     damaged bytes went to."""
     aside = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{damage.first}")
     target = path.with_name(path.name + REPAIRING_SUFFIX)
-    fd = os.open(path, os.O_RDONLY)
+    fd = disk.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        _write_synced(aside, [os.pread(fd, damage.resume - damage.at, damage.at)])
+        size = disk.fstat(fd).st_size
+        _write_synced(disk, aside, [disk.pread(fd, damage.resume - damage.at, damage.at)])
         _write_synced(
+            disk,
             target,
             [
-                os.pread(fd, damage.at, 0),
+                disk.pread(fd, damage.at, 0),
                 encode_gap(damage.first, damage.count, time_ms),
-                os.pread(fd, size - damage.resume, damage.resume),
+                disk.pread(fd, size - damage.resume, damage.resume),
             ],
         )
     finally:
-        os.close(fd)
+        disk.close(fd)
     index = path.with_suffix(".index")
-    if index.exists():
-        index.unlink()  # (read whole at the next start, if a crash comes now)
-    os.replace(target, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    if disk.exists(index):
+        disk.unlink(index)  # (read whole at the next start, if a crash comes now)
+    disk.replace(target, path)
+    fsync_directory(disk, path.parent)
     return aside
 
 
-def _write_synced(path: Path, parts: list[bytes]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _write_synced(disk: Disk, path: Path, parts: list[bytes]) -> None:
+    fd = disk.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for part in parts:
-            view = memoryview(part)
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
+            write_all(disk, fd, part)
+        disk.fsync(fd)
     finally:
-        os.close(fd)
+        disk.close(fd)

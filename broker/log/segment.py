@@ -6,33 +6,49 @@ broker.log.records) holds several offsets; every other record one."""
 
 from __future__ import annotations
 
-import os
 import re
 import struct
+import zlib
 from array import array
 from pathlib import Path
 
 from twisted.logger import Logger
 
+from broker.log.disk import OS_DISK, Disk, read_file, write_file
 from broker.log.records import GAP, HEADER, read_records
 
 log = Logger()
 
 INDEX_EVERY = 32  # records between two index entries
-_INDEX_TRAILER = struct.Struct(">QQ")  # record count, time of the last record
+_INDEX_TRAILER = struct.Struct(">QQQI")
+"""The index's trailer: record count, time of the last record, the segment's
+size in bytes, and a CRC-32 of everything before the CRC."""
 SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
 
 
 class Segment:
     """One file of consecutive records, from `base` on."""
 
-    __slots__ = ("base", "count", "fd", "last_time_ms", "path", "positions", "size")
+    __slots__ = (
+        "base",
+        "count",
+        "disk",
+        "fd",
+        "last_time_ms",
+        "path",
+        "positions",
+        "size",
+        "synced",
+    )
 
-    def __init__(self, path: Path, base: int, fd: int) -> None:
+    def __init__(self, path: Path, base: int, fd: int, disk: Disk = OS_DISK) -> None:
         self.path = path
         self.base = base
         self.fd = fd
+        self.disk = disk
         self.size = 0
+        self.synced = 0
+        """Bytes an fsync is known to have put on the disk."""
         self.count = 0
         self.last_time_ms = 0
         # positions[i] is the file position of the record holding offset
@@ -53,10 +69,10 @@ class Segment:
         self.count = 0
         self.positions = array("Q")
         position = 0
-        file_size = os.fstat(self.fd).st_size
+        file_size = self.disk.fstat(self.fd).st_size
         positions = self.positions
         for position, _length, record_offset, time_ms, good, count in read_records(
-            self.fd, 0, file_size
+            self.fd, 0, file_size, pread=self.disk.pread
         ):
             if not good or record_offset != expect_base + self.count:
                 self.size = position
@@ -69,28 +85,35 @@ class Segment:
         return None
 
     def load_index(self, count: int) -> bool:
-        """Take the index written when the segment rolled, if it is whole and
-        says the segment holds `count` records (what the next base implies)."""
+        """Take the index written when the segment rolled, if it passes its
+        check, says the segment holds `count` records (what the next base
+        implies) and knows the file at its present size; else the segment
+        is read whole. (An index is written without an fsync: a crash may
+        leave it torn, which its CRC tells.)"""
         try:
-            raw = self.index_path.read_bytes()
+            raw = read_file(self.disk, self.index_path)
         except OSError:
             return False
         entries = (count + INDEX_EVERY - 1) // INDEX_EVERY
         if len(raw) != 8 * entries + _INDEX_TRAILER.size:
             return False
-        stored_count, last_time_ms = _INDEX_TRAILER.unpack_from(raw, 8 * entries)
+        stored_count, last_time_ms, size, crc = _INDEX_TRAILER.unpack_from(raw, 8 * entries)
+        if zlib.crc32(memoryview(raw)[:-4]) != crc or stored_count != count or size != self.size:
+            return False
         positions = array("Q")
         positions.frombytes(raw[: 8 * entries])
-        if stored_count != count or (positions and positions[-1] >= self.size):
-            return False
         self.positions = positions
         self.count = count
         self.last_time_ms = last_time_ms
         return True
 
     def write_index(self) -> None:
-        trailer = _INDEX_TRAILER.pack(self.count, self.last_time_ms)
-        self.index_path.write_bytes(self.positions.tobytes() + trailer)
+        body = (
+            self.positions.tobytes()
+            + _INDEX_TRAILER.pack(self.count, self.last_time_ms, self.size, 0)[:-4]
+        )
+        index = body + struct.pack(">I", zlib.crc32(body))
+        write_file(self.disk, self.index_path, index, sync=False)
 
     def read(self, offset: int, max_messages: int) -> list[bytes | None]:
         """Up to max_messages payloads from offset (within this segment).
@@ -103,7 +126,9 @@ class Segment:
         current = self.base + entry * INDEX_EVERY
         wanted = min(max_messages, self.count - relative)
         out: list[bytes | None] = []
-        records = read_records(self.fd, self.positions[entry], self.size, with_payload=True)
+        records = read_records(
+            self.fd, self.positions[entry], self.size, with_payload=True, pread=self.disk.pread
+        )
         for _, _, record_offset, _, payload, count in records:
             if payload is GAP and record_offset <= current < record_offset + count:
                 # Dropped by compaction: a None each, to be skipped.
@@ -151,7 +176,7 @@ class Segment:
         entry = max(low - 1, 0)
         current = self.base + entry * INDEX_EVERY
         for _, _, record_offset, time_ms, good, count in read_records(
-            self.fd, positions[entry], self.size
+            self.fd, positions[entry], self.size, pread=self.disk.pread
         ):
             if not good or time_ms >= when_ms:
                 return max(current, record_offset)
@@ -159,12 +184,12 @@ class Segment:
         return min(current, self.end)
 
     def _time_at(self, position: int) -> int:
-        header = os.pread(self.fd, HEADER.size, position)
+        header = self.disk.pread(self.fd, HEADER.size, position)
         if len(header) < HEADER.size:
             return 0
         return int(HEADER.unpack(header)[3])
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            self.disk.close(self.fd)
             self.fd = -1

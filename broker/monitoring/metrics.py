@@ -209,6 +209,12 @@ class BrokerCollector(Collector):
                 "offsets read as gaps)",
                 value=store["damaged_records"],
             )
+        if "failed_topics" in store:
+            yield GaugeMetricFamily(
+                "broker_store_failed_topics",
+                "Topics whose log refuses messages since an fsync failed (until a restart)",
+                value=len(store["failed_topics"]),
+            )
         if store["kind"] == "redis":
             for name, documentation, key in _REDIS_GAUGES:
                 yield GaugeMetricFamily(name, documentation, value=int(store[key]))

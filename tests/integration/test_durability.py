@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import random
 import threading
 
@@ -17,10 +15,12 @@ from broker import wire
 from broker.client import Message, connect
 from broker.log import FileStore, FileStoreSettings, FsyncPolicy, Retention
 from broker.log import file as file_module
+from broker.log.disk import OS_DISK
 from broker.server import BrokerFactory, BrokerSettings
 from broker.testing import RunningBroker, start_broker
 from broker.wire import StartAt
 from tests.conftest import Inbox
+from tests.disks import FillableDisk
 from tests.process import free_port, start_durable_broker
 from tests.raw import connect_raw
 
@@ -147,18 +147,19 @@ async def test_a_subscriber_can_start_at_offset_70000():
         await running.stop()
 
 
-def file_broker(tmp_path, **settings) -> RunningBroker:
+def file_broker(tmp_path, disk=OS_DISK, **settings) -> RunningBroker:
     factory = BrokerFactory(
-        BrokerSettings(), store=FileStore(tmp_path, FileStoreSettings(**settings), reactor)
+        BrokerSettings(),
+        store=FileStore(tmp_path, FileStoreSettings(**settings), reactor, disk=disk),
     )
     factory.broker.start()
     return RunningBroker(factory, reactor.listenTCP(0, factory, interface="127.0.0.1"))
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_full_disk_answers_publishers_with_errors_and_keeps_serving(tmp_path, monkeypatch):
-    running = file_broker(tmp_path)
-    real_pwrite = os.pwrite
+async def test_a_full_disk_answers_publishers_with_errors_and_keeps_serving(tmp_path):
+    disk = FillableDisk()
+    running = file_broker(tmp_path, disk)
     try:
         client = connect(reactor, running.endpoint)
         inbox = Inbox()
@@ -167,20 +168,16 @@ async def test_a_full_disk_answers_publishers_with_errors_and_keeps_serving(tmp_
         publisher.send(wire.encode_u16(wire.ACTION_PUBLISH) + wire.encode_publish("d", b"kept"))
         await inbox.wait(1)  # stored before the disk fills
 
-        def no_space(fd, data, offset):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        monkeypatch.setattr(file_module.os, "pwrite", no_space)
+        disk.full = True
         publisher.send(wire.encode_publish("d", b"lost 1") + wire.encode_publish("d", b"lost 2"))
         expected = wire.encode_error("could not store message: No space left on device")
         assert await publisher.read(2 * len(expected)) == expected * 2
-        monkeypatch.setattr(file_module.os, "pwrite", real_pwrite)
+        disk.full = False
         publisher.send(wire.encode_publish("d", b"also kept"))
         await inbox.wait(2)
         assert inbox.payloads == [b"kept", b"also kept"]
         await client.close()
     finally:
-        monkeypatch.setattr(file_module.os, "pwrite", real_pwrite)
         await running.stop()
         running.factory.broker.registry.close()
 
@@ -210,9 +207,9 @@ async def test_fsync_always_delivers_only_what_is_on_disk(tmp_path, monkeypatch)
     on_disk = threading.Event()
     real = file_module._fsync_all
 
-    def slow_disk(fds):  # runs in the thread pool
+    def slow_disk(disk, fds):  # runs in the thread pool
         on_disk.wait(10)
-        real(fds)
+        real(disk, fds)
 
     running = file_broker(tmp_path, fsync=FsyncPolicy.ALWAYS)
     # Plain: publish fires once written, before the broker has it on disk.
@@ -232,3 +229,43 @@ async def test_fsync_always_delivers_only_what_is_on_disk(tmp_path, monkeypatch)
         await client.close()
         await running.stop()
         running.factory.broker.registry.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_fsync_refuses_the_topic_until_a_restart_and_says_so(tmp_path):
+    """A publish whose fsync failed is refused, not confirmed, and so is
+    every later one to that topic (the disk may have dropped what the fsync
+    was to write); the metric and /varz's store report name it; other
+    topics go on; a restarted broker serves what the disk holds."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from broker.client import BrokerError
+    from broker.monitoring.metrics import BrokerCollector
+
+    disk = FillableDisk()
+    running = file_broker(tmp_path, disk, fsync=FsyncPolicy.ALWAYS)
+    client = connect(reactor, running.endpoint, extensions=True)
+    try:
+        assert await client.publish("orders", b"kept") == 0
+        disk.failing = True
+        with pytest.raises(BrokerError, match="sync to disk failed"):
+            await client.publish("orders", b"in doubt")
+        disk.failing = False
+        with pytest.raises(BrokerError, match="restart the broker"):
+            await client.publish("orders", b"refused")
+        assert await client.publish("other", b"fine") == 0
+        registry = CollectorRegistry()
+        registry.register(BrokerCollector(running.factory))
+        assert b"broker_store_failed_topics 1.0" in generate_latest(registry)
+        assert running.factory.broker.store.status()["failed_topics"] == ["orders"]
+    finally:
+        await client.close()
+        await running.stop()
+        running.factory.broker.registry.close()
+    again = file_broker(tmp_path, fsync=FsyncPolicy.ALWAYS)
+    try:
+        log = again.factory.broker.registry.get("orders").log
+        assert log.read(0, 10) == [b"kept"] and log.next_offset == 1
+    finally:
+        await again.stop()
+        again.factory.broker.registry.close()

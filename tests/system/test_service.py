@@ -33,6 +33,7 @@ async def test_the_store_opens_at_start_and_closes_after_the_connections(tmp_pat
         "kind": "file",
         "data_dir": str((tmp_path / "data").resolve()),
         "damaged_records": 0,
+        "failed_topics": [],
     }
     client = connect(reactor, f"127.0.0.1:{port}", extensions=True)
     await client.publish("kept", b"one")

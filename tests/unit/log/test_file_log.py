@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from broker.log.file import FileLog, topic_directory_name
 from broker.log.positions import POSITIONS_FILE
 from broker.log.records import HEADER
 from broker.wire.headers import Headers, encode_headers, with_headers
+from tests.disks import FillableDisk
 
 
 def store(tmp_path: Path, **settings) -> FileStore:
@@ -275,22 +275,19 @@ def test_topic_names_never_leave_the_data_directory(tmp_path):
     assert len({topic_directory_name(n) for n in NASTY_NAMES}) == len(NASTY_NAMES)
 
 
-def test_a_full_disk_refuses_the_batch_and_leaves_the_log_intact(tmp_path, monkeypatch):
-    topic_log = store(tmp_path).open("t")
+def test_a_full_disk_refuses_the_batch_and_leaves_the_log_intact(tmp_path):
+    disk = FillableDisk()
+    files = FileStore(tmp_path, FileStoreSettings(fsync=FsyncPolicy.NEVER), reactor, disk=disk)
+    files.start()
+    topic_log = files.open("t")
     topic_log.append(payloads(0, 5))
     path = topic_log.directory / f"{0:020d}.log"
     size = path.stat().st_size
-    real_pwrite = os.pwrite
-
-    def half_then_full(fd, data, offset):
-        real_pwrite(fd, data[: len(data) // 2], offset)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(file_module.os, "pwrite", half_then_full)
+    disk.full, disk.written_when_full = True, 0.5  # half the batch lands, then ENOSPC
     with pytest.raises(StoreError, match="No space left"):
         topic_log.append(payloads(5, 10))
     assert path.stat().st_size == size and topic_log.next_offset == 5
-    monkeypatch.setattr(file_module.os, "pwrite", real_pwrite)
+    disk.full = False
     assert topic_log.append(payloads(5, 10)) == 5
     assert read_all(store(tmp_path).open("t")) == payloads(0, 10)
 
@@ -306,7 +303,9 @@ def test_an_unusable_data_directory_is_a_clear_error(tmp_path):
 async def test_fsync_always_commits_in_groups(tmp_path, monkeypatch):
     syncs: list[int] = []
     real = file_module._fsync_all
-    monkeypatch.setattr(file_module, "_fsync_all", lambda fds: (syncs.append(1), real(fds)))
+    monkeypatch.setattr(
+        file_module, "_fsync_all", lambda disk, fds: (syncs.append(1), real(disk, fds))
+    )
     topic_log: FileLog = store(tmp_path, fsync=FsyncPolicy.ALWAYS).open("t")
     for i in range(200):
         topic_log.append([b"%d" % i])
@@ -389,3 +388,66 @@ def test_messages_with_headers_are_read_back_with_them_beside_plain_ones(tmp_pat
         (),
         (("Content-Type", "text/plain"), ("k", "ü")),
     ]
+
+
+def test_a_torn_or_stale_index_is_not_trusted(tmp_path):
+    """An index is written without an fsync: a crash may leave it torn (its
+    CRC fails) or speaking of a segment that has since changed size. Either
+    way the segment is read whole at start, and every record served."""
+    s = store(tmp_path, segment_bytes=1000)
+    topic_log = s.open("t")
+    for i in range(0, 200, 5):
+        topic_log.append(payloads(i, i + 5))
+    s.close()
+    indexes = sorted(topic_log.directory.glob("*.index"))
+    torn = bytearray(indexes[1].read_bytes())
+    torn[0] ^= 0xFF  # its first position, wrong: the CRC tells
+    indexes[1].write_bytes(bytes(torn))
+    # Another segment's index, of the right length and count but the wrong size.
+    indexes[3].write_bytes(indexes[2].read_bytes())
+    reopened = store(tmp_path, segment_bytes=1000).open("t")
+    assert read_all(reopened) == payloads(0, 200)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_fsync_confirms_nothing_since_the_last_good_one(tmp_path):
+    """Linux may drop what a failed fsync was to write and mark it written:
+    nothing appended since the last good fsync is committed, the cache is
+    cut back to what is known on disk (so a restarted broker does not read
+    it as stored), the log refuses more until the broker restarts, and the
+    restart serves what the disk holds."""
+    disk = FillableDisk()
+    files = FileStore(tmp_path, FileStoreSettings(fsync=FsyncPolicy.ALWAYS), reactor, disk=disk)
+    files.start()
+    topic_log = files.open("t")
+    topic_log.append(payloads(0, 3))
+    await topic_log.flush()
+    path = topic_log.directory / f"{0:020d}.log"
+    synced_size = path.stat().st_size
+    disk.failing = True
+    topic_log.append(payloads(3, 6))
+    with pytest.raises(StoreError, match=r"fsync failed.*restart the broker"):
+        await topic_log.flush()
+    assert topic_log.committed_offset == 3 and read_all(topic_log) == payloads(0, 3)
+    assert path.stat().st_size == synced_size  # what may never reach the disk is cut
+    with pytest.raises(StoreError, match="restart the broker"):
+        topic_log.append(payloads(6, 7))
+    assert files.status()["failed_topics"] == ["t"]
+    disk.failing = False
+    files.close()
+    again = store(tmp_path, fsync=FsyncPolicy.ALWAYS).open("t")
+    assert again.append(payloads(3, 4)) == 3
+    await again.flush()
+    assert read_all(again) == payloads(0, 4)
+
+
+def test_a_failing_fsync_at_start_refuses_to_open_the_log_naming_its_file(tmp_path):
+    """What a dead broker left may be only in the kernel's cache: it is
+    synced before it is served; if that fails, the disk is failing, and the
+    start says so, naming the file."""
+    store(tmp_path).open("t").append(payloads(0, 3))
+    disk = FillableDisk()
+    disk.failing = True
+    files = FileStore(tmp_path, FileStoreSettings(fsync=FsyncPolicy.ALWAYS), reactor, disk=disk)
+    with pytest.raises(StoreError, match=r"could not sync .*00000000000000000000\.log at start"):
+        files.open("t")
