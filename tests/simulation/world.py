@@ -18,15 +18,19 @@ message reaches every plain subscriber, and each message of the group's
 topic reaches the group; no unhandled error is logged. A failing run is
 replayed exactly from its seed (`python -m tests.simulation --seed N`).
 
-Out of scope here (said in docs/durability.md): the disk (the file store
-under simulated faults is the next step) and the Redis store (it has its
-real-server chaos test).
+With `files`, the broker keeps its messages in a file store over a
+simulated disk (tests/simulation/disk.py) and its process dies now and
+then (`crash`: the kernel keeps what it was handed) or the whole machine
+(`power`: only what was fsynced, and what writeback happened to do); the
+disk's writes and fsyncs fail too. A new broker starts from what the disk
+kept, as after a SIGKILL or a power cut, and an operator restarts one
+whose disk failed an fsync. Out of scope (said in docs/durability.md):
+the Redis store (it has its real-server chaos test).
 """
 
 from __future__ import annotations
 
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
@@ -44,12 +49,16 @@ from zope.interface import implementer
 from broker.client import BrokerClient
 from broker.client.protocols import Message
 from broker.core.delivery import DeliverySettings
-from broker.log import FileStore, FileStoreSettings, FsyncPolicy
+from broker.log import FileStore, FileStoreSettings, FsyncPolicy, StoreError
 from broker.server import BrokerFactory, BrokerSettings
 from broker.wire import StartAt
+from tests.simulation.disk import DiskCounts, DiskFaults, Later, SimulatedDisk
+
+DATA_DIR = Path("/simulated/data")
 
 TOPICS = ("t0", "t1", "t2")
 GROUP_TOPIC = "t0"
+DURABLE_TOPIC = "t1"
 
 
 @dataclass
@@ -64,14 +73,18 @@ class Faults:
     hold: float = 0.05
     """Share of deliveries a subscriber answers later."""
     crash: float = 0.0
-    """Chance per step that the broker process dies (with a data directory:
-    it is rebuilt from the files, as after a SIGKILL)."""
+    """Chance per step that the broker process dies (with files: it is
+    rebuilt from what the disk holds, as after a SIGKILL)."""
+    power: float = 0.0
+    """Chance per step that the machine loses power (with files: the disk
+    keeps only what was fsynced, and what writeback did)."""
     nack: float = 0.05
     """Share of deliveries a subscriber nacks."""
+    disk: DiskFaults = field(default_factory=DiskFaults)
 
 
 @dataclass
-class Counts:
+class Counts(DiskCounts):
     """What a run did: steps, and faults injected by kind."""
 
     steps: int = 0
@@ -83,7 +96,11 @@ class Counts:
     stalls: int = 0
     holds: int = 0
     nacks: int = 0
-    crashes: int = 0
+    restarts: int = 0
+    """Broker restarts after an fsync failed (an operator's)."""
+    refused_starts: int = 0
+    durable_restarts: int = 0
+    """Starts the broker refused (a disk fault then), and was started again."""
 
 
 class _Link:
@@ -163,13 +180,19 @@ class _Subscriber:
     kind: str  # "plain", "group"
     seen: dict[str, set[int]] = field(default_factory=dict)
     held: list[Deferred[bool]] = field(default_factory=list)
+    newest: dict[str, int] = field(default_factory=dict)
+    """Per topic, the highest offset first delivered to it."""
 
 
 class World:
     """One run of the simulation (see the module)."""
 
     def __init__(
-        self, seed: int, faults: Faults | None = None, data_dir: Path | None = None
+        self,
+        seed: int,
+        faults: Faults | None = None,
+        files: bool = False,
+        fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -177,7 +200,12 @@ class World:
         self.faulty = True
         self.counts = Counts()
         self.clock = MemoryReactorClock()
-        self.data_dir = data_dir
+        self.disk = SimulatedDisk(self.rng, self.faults.disk, self.counts) if files else None
+        self.fsync = fsync
+        self._later: Later | None = None
+        self.refused_starts: list[str] = []
+        self.disorder: list[str] = []
+        """First deliveries out of their topic's order."""
         self.settings = BrokerSettings(
             max_message_size=64 * 1024,
             # (nothing is given up: every message must come, at least once)
@@ -194,6 +222,8 @@ class World:
         """Confirmed since the last look (each is checked once)."""
         self._scanned: dict[str, int] = {}
         self._stored: dict[str, dict[bytes, int]] = {}
+        self._gaps: dict[str, set[int]] = {}
+        """Per topic, the offsets that read as a gap (nobody is owed them)."""
         """Per topic, each payload stored and its offset (read as the log grows)."""
         self.publishers = [self._client() for _ in range(2)]
         self.subscribers: list[_Subscriber] = []
@@ -210,40 +240,68 @@ class World:
                 [GROUP_TOPIC], self._handler(member), start=StartAt.BEGINNING, group="g"
             )
             self.group.append(member)
+        self.durable = _Subscriber("durable", self._client(), "durable")
+        self._subscribe_durable()
         globalLogPublisher.addObserver(self._observe)
 
     # The world's parts.
 
     def _start_broker(self) -> None:
-        """The broker process: in memory, or over the files in `data_dir`
-        (fsync never: a process crash loses nothing the OS was handed, and
-        no thread runs outside the simulated clock)."""
+        """The broker process: in memory, or over files on the simulated
+        disk (small segments, so that they roll, are indexed and recovered;
+        its blocking work, the group fsync, done later on the clock)."""
         store = None
-        if self.data_dir is not None:
-            store = FileStore(self.data_dir, FileStoreSettings(fsync=FsyncPolicy.NEVER), self.clock)
+        if self.disk is not None:
+            self._later = Later(self.clock, self.rng)
+            store = FileStore(
+                DATA_DIR,
+                FileStoreSettings(segment_bytes=4096, fsync=self.fsync),
+                self.clock,
+                disk=self.disk,
+                blocking=self._later,
+            )
         self.factory = BrokerFactory(self.settings, clock=self.clock, store=store)
         self.core = self.factory.broker
-        self.core.start()
+        try:
+            self.core.start()
+        except StoreError as error:
+            # A disk fault at start (an fsync that failed): the broker says
+            # so and exits; the operator restarts the machine (what its
+            # cache holds cannot be trusted), then the broker.
+            assert self.disk is not None, error
+            self.refused_starts.append(str(error))
+            self.counts.refused_starts += 1
+            if self.counts.refused_starts > 100:
+                raise
+            self.core.stop()
+            self.disk.crash_machine()
+            self._start_broker()
 
-    def crash(self) -> None:
-        """The broker process dies: its connections drop, its memory is gone,
-        its files stay as written (no index or position written at exit);
-        a new process starts from them."""
-        self.counts.crashes += 1
+    def crash(self, machine: bool = False) -> None:
+        """The broker process dies (or the machine: see the module): its
+        connections drop, its memory and the work it had not done are gone;
+        a new process starts from what the disk kept."""
         for link in self.links:
             link.cut()
         self.links = []
         self.core.stop()
-        store = self.core.store
-        if isinstance(store, FileStore):
-            for topic_log in store.logs.values():
-                for segment in topic_log._segments:
-                    segment.close()
-            positions = store.positions
-            positions._dirty.clear()  # (not yet written: lost with the process)
-            if positions._file is not None:
-                positions._file.close()
+        assert self.disk is not None and self._later is not None
+        self._later.cancel()
+        if machine:
+            self.disk.crash_machine()
+        else:
+            self.disk.crash_process()
         self._start_broker()
+        # What the logs hold is read again: a machine crash may have taken
+        # what was never confirmed, and its offsets hold other messages now.
+        self._scanned.clear()
+        self._stored.clear()
+        self._gaps.clear()
+        self._unchecked = list(self.confirmed)
+
+    def _failed_topics(self) -> list[str]:
+        store = self.core.store
+        return store.status().get("failed_topics", []) if isinstance(store, FileStore) else []
 
     def _observe(self, event: dict[str, Any]) -> None:
         if "log_failure" in event:
@@ -275,7 +333,18 @@ class World:
         def handle(message: Message) -> Any:
             self.counts.deliveries += 1
             assert message.offset is not None
-            subscriber.seen.setdefault(message.topic, set()).add(message.offset)
+            seen = subscriber.seen.setdefault(message.topic, set())
+            if message.offset not in seen and subscriber.kind == "plain":
+                # A subscriber of its own gets each topic's messages for the
+                # first time in their order (again, any order: redeliveries).
+                newest = subscriber.newest.get(message.topic, -1)
+                if message.offset < newest:
+                    self.disorder.append(
+                        f"{subscriber.name} got {message.topic}:{message.offset} for the "
+                        f"first time after {newest}"
+                    )
+                subscriber.newest[message.topic] = message.offset
+            seen.add(message.offset)
             roll = self.rng.random()
             if self.faulty and roll < self.faults.nack:
                 self.counts.nacks += 1
@@ -288,6 +357,23 @@ class World:
             return True
 
         return handle
+
+    def _subscribe_durable(self) -> None:
+        subscribed = self.durable.client.subscribe(
+            [DURABLE_TOPIC], self._handler(self.durable), start=StartAt.BEGINNING, durable="d"
+        )
+        # (a process that goes before the broker answered: nothing to say)
+        subscribed.addErrback(lambda failure: failure.trap(ConnectionDone))
+
+    def _restart_durable(self) -> None:
+        """The durable consumer's process goes (what it held unanswered with
+        it) and a new one subscribes with its name: it must resume at the
+        first message not acked, and so in the end have had every one."""
+        self.counts.durable_restarts += 1
+        self.durable.client.close().addErrback(lambda failure: failure.trap(ConnectionDone))
+        self.durable.held = []
+        self.durable.client = self._client()
+        self._subscribe_durable()
 
     # Steps.
 
@@ -304,7 +390,18 @@ class World:
             self.counts.cuts += 1
         elif roll < 0.6:
             self._answer_held()
-        elif roll < 0.6 + self.faults.crash and self.faulty and self.data_dir is not None:
+        elif self.disk is not None and self.faulty and roll < 0.6 + self.faults.crash:
+            self.crash()
+        elif (
+            self.disk is not None
+            and self.faulty
+            and roll < 0.6 + self.faults.crash + self.faults.power
+        ):
+            self.crash(machine=True)
+        elif roll > 0.99 and self.faulty:
+            self._restart_durable()
+        elif self.disk is not None and roll > 0.95 and self._failed_topics():
+            self.counts.restarts += 1  # an operator answers the critical log line
             self.crash()
         for link in list(self.links):
             link.turn(self)
@@ -314,7 +411,9 @@ class World:
     def _publish(self) -> None:
         number = self.counts.publishes
         self.counts.publishes += 1
-        payload = b"m%d" % number
+        # (some large enough to cross pages, and roll the 4 KiB segments)
+        padding = self.rng.choice((0, 0, 0, 10, 700, 2500))
+        payload = b"m%d-" % number + b"x" * padding
         topic = self.rng.choice(TOPICS)
         self.sent[payload] = topic
         publisher = self.rng.choice(self.publishers)
@@ -331,7 +430,7 @@ class World:
         self.refused.append(failure.getErrorMessage())
 
     def _answer_held(self) -> None:
-        for subscriber in (*self.subscribers, *self.group):
+        for subscriber in (*self.subscribers, *self.group, self.durable):
             if subscriber.held:
                 held = subscriber.held.pop(0)
                 held.callback(self.rng.random() < 0.8)
@@ -340,9 +439,14 @@ class World:
         """No more faults: answer what is held and let time pass until
         every confirmed message is delivered (or `seconds` of it)."""
         self.faulty = False
+        if self.disk is not None:
+            self.disk.faulty = False
+            if self._failed_topics():
+                self.counts.restarts += 1
+                self.crash()
         deadline = self.clock.seconds() + seconds
         while self.clock.seconds() < deadline:
-            for subscriber in (*self.subscribers, *self.group):
+            for subscriber in (*self.subscribers, *self.group, self.durable):
                 while subscriber.held:
                     subscriber.held.pop(0).callback(True)
             for _ in range(20):
@@ -366,15 +470,19 @@ class World:
             if topic not in registry:
                 continue
             log_ = registry.get(topic).log
-            scanned = self._scanned.get(topic, 0)
+            scanned = max(self._scanned.get(topic, 0), log_.first_offset)
             held = (
                 log_.read(scanned, log_.next_offset - scanned) if log_.next_offset > scanned else []
             )
             seen = self._stored.setdefault(topic, {})
+            gaps = self._gaps.setdefault(topic, set())
             for offset, payload in enumerate(held if isinstance(held, list) else [], scanned):
+                if payload is None:
+                    gaps.add(offset)  # set aside at a start, or dropped: never delivered
                 if payload is not None and payload in seen:
                     found.append(
-                        f"{payload!r} stored twice in {topic} (at {seen[payload]} and {offset})"
+                        f"{payload[:12]!r} stored twice in {topic} "
+                        f"(at {seen[payload]} and {offset})"
                     )
                 if payload is not None:
                     seen[payload] = offset
@@ -384,8 +492,9 @@ class World:
             topic, offset = self.sent[payload], self.confirmed[payload]
             where = self._stored.get(topic, {}).get(payload)
             if where != offset:
-                found.append(f"confirmed {payload!r} at {topic}:{offset}, stored at {where}")
+                found.append(f"confirmed {payload[:12]!r} at {topic}:{offset}, stored at {where}")
         found += [f"unhandled error logged: {error}" for error in self.errors]
+        found += self.disorder
         if final:
             found += self._undelivered()
             unanswered = len(self.sent) - len(self.confirmed) - len(self.refused)
@@ -399,7 +508,11 @@ class World:
         missing: list[str] = []
         for subscriber in self.subscribers:
             for topic, end in ends.items():
-                lost = set(range(end)) - subscriber.seen.get(topic, set())
+                lost = (
+                    set(range(end))
+                    - subscriber.seen.get(topic, set())
+                    - self._gaps.get(topic, set())
+                )
                 if lost:
                     missing.append(
                         f"{subscriber.name} never got {topic} offsets {sorted(lost)[:5]}"
@@ -407,9 +520,18 @@ class World:
         group_seen: set[int] = set()
         for member in self.group:
             group_seen |= member.seen.get(GROUP_TOPIC, set())
-        lost = set(range(ends.get(GROUP_TOPIC, 0))) - group_seen
+        lost = (
+            set(range(ends.get(GROUP_TOPIC, 0))) - group_seen - self._gaps.get(GROUP_TOPIC, set())
+        )
         if lost:
             missing.append(f"group g never got {GROUP_TOPIC} offsets {sorted(lost)[:5]}")
+        lost = (
+            set(range(ends.get(DURABLE_TOPIC, 0)))
+            - self.durable.seen.get(DURABLE_TOPIC, set())
+            - self._gaps.get(DURABLE_TOPIC, set())
+        )
+        if lost:
+            missing.append(f"durable d never got {DURABLE_TOPIC} offsets {sorted(lost)[:5]}")
         return missing
 
     def close(self) -> None:
@@ -425,11 +547,15 @@ class Outcome:
 
 
 def run(
-    seed: int, steps: int, faults: Faults | None = None, data_dir: Path | None = None
+    seed: int,
+    steps: int,
+    faults: Faults | None = None,
+    files: bool = False,
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
 ) -> Outcome:
     """Run `steps` random steps from `seed`, checking as it goes, then heal
-    and check the end (over a file store in `data_dir`, if given)."""
-    world = World(seed, faults, data_dir)
+    and check the end (over a file store on the simulated disk, if `files`)."""
+    world = World(seed, faults, files, fsync)
     try:
         for _ in range(steps):
             world.step()
@@ -442,16 +568,19 @@ def run(
         world.close()
 
 
-def shortest_failing(seed: int, steps: int, faults: Faults | None = None) -> Outcome:
+def shortest_failing(
+    seed: int,
+    steps: int,
+    faults: Faults | None = None,
+    files: bool = False,
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
+) -> Outcome:
     """The fewest steps from `seed` that still fail (a failure found at
     `steps` steps): a binary search over the run's length, each length
-    replayed exactly (with crashes, each over files of its own)."""
+    replayed exactly."""
 
     def replay(length: int) -> Outcome:
-        if faults is None or not faults.crash:
-            return run(seed, length, faults)
-        with tempfile.TemporaryDirectory() as directory:
-            return run(seed, length, faults, Path(directory))
+        return run(seed, length, faults, files, fsync)
 
     failing = replay(steps)
     if not failing.violations:
