@@ -178,7 +178,10 @@ class Subscriptions(Generic[H]):
         self.max_deliveries = (server or {}).get("max_deliveries", 0)
         requests: list[Request] = []
         # Topics a pattern brought go first, from where they were left; then
-        # the pattern, from now, takes the ones created meanwhile.
+        # the pattern, from where it was asked to start, takes the others
+        # (the broker leaves alone a topic already subscribed by name): a
+        # pattern from Beginning gets all of a topic it had not yet
+        # delivered from, not only what comes after the reconnect.
         for topic, pattern in sorted(self.derived.items()):
             progress = self.progress.get(topic)
             resume = progress.resume_at() if progress else None
@@ -191,7 +194,7 @@ class Subscriptions(Generic[H]):
                 requests.append(([topic], StartAt.FROM64, resume))
         for topic in sorted(self.subscribed):
             if server and is_pattern(topic_of_share(topic) or topic):
-                requests.append(([topic], StartAt.CURRENT, 0))
+                requests.append(([topic], *self.starts.get(topic, (StartAt.CURRENT, 0))))
                 continue
             progress = self.progress.get(topic)
             resume = progress.resume_at() if progress and server else None
