@@ -222,10 +222,14 @@ class World:
         """Confirmed since the last look (each is checked once)."""
         self._scanned: dict[str, int] = {}
         self._stored: dict[str, dict[bytes, int]] = {}
+        """Per topic, each payload stored and its offset (read as the log grows)."""
         self._gaps: dict[str, set[int]] = {}
         """Per topic, the offsets that read as a gap (nobody is owed them)."""
-        """Per topic, each payload stored and its offset (read as the log grows)."""
+        self.plain_sent = 0
+        """Publishes of the plain publisher (no confirms: at most once)."""
         self.publishers = [self._client() for _ in range(2)]
+        self.plain_publisher = self._client(extensions=False)
+        """A client of the plain protocol, as the seed's Go clients are."""
         self.subscribers: list[_Subscriber] = []
         for index in range(2):
             subscriber = _Subscriber(f"plain{index}", self._client(), "plain")
@@ -233,6 +237,10 @@ class World:
                 list(TOPICS), self._handler(subscriber), start=StartAt.BEGINNING
             )
             self.subscribers.append(subscriber)
+        # A subscriber by pattern ("*": every one-token topic, the three).
+        subscriber = _Subscriber("pattern", self._client(), "plain")
+        subscriber.client.subscribe(["*"], self._handler(subscriber), start=StartAt.BEGINNING)
+        self.subscribers.append(subscriber)
         self.group: list[_Subscriber] = []
         for index in range(2):
             member = _Subscriber(f"member{index}", self._client(), "group")
@@ -307,10 +315,11 @@ class World:
         if "log_failure" in event:
             self.errors.append(str(event["log_failure"].getTraceback())[-1500:])
 
-    def _client(self) -> BrokerClient:
+    def _client(self, extensions: bool = True) -> BrokerClient:
         return BrokerClient(
             _Endpoint(self),
             self.clock,
+            extensions=extensions,
             retry_policy=lambda attempt: 0.1,
             where="the simulated broker",
         )
@@ -415,6 +424,11 @@ class World:
         padding = self.rng.choice((0, 0, 0, 10, 700, 2500))
         payload = b"m%d-" % number + b"x" * padding
         topic = self.rng.choice(TOPICS)
+        if self.rng.random() < 0.2:
+            # Without confirms: handed to a live connection, or lost with it.
+            self.plain_sent += 1
+            self.plain_publisher.publish(topic, payload).addErrback(lambda failure: None)
+            return
         self.sent[payload] = topic
         publisher = self.rng.choice(self.publishers)
         sent = publisher.publish(topic, payload)
