@@ -203,3 +203,23 @@ def test_first_deliveries_out_of_order_are_caught():
         assert world.disorder[0] in world.violations()
     finally:
         world.close()
+
+
+def test_a_group_that_hands_a_message_to_two_members_at_once_is_caught(monkeypatch):
+    """The checks can fail: a group that hands every message out twice has
+    it in flight with both members, and the run says so."""
+    from broker.core.groups import ConsumerGroup
+
+    original = ConsumerGroup.take
+
+    def twice(self):
+        again = self.__dict__.pop("again", None)
+        if again is not None:
+            return again
+        item = original(self)
+        self.__dict__["again"] = item
+        return item
+
+    monkeypatch.setattr(ConsumerGroup, "take", twice)
+    found = run(5, 300)
+    assert any("with two members at once" in violation for violation in found.violations)

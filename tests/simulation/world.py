@@ -507,6 +507,7 @@ class World:
             where = self._stored.get(topic, {}).get(payload)
             if where != offset:
                 found.append(f"confirmed {payload[:12]!r} at {topic}:{offset}, stored at {where}")
+        found += self._groups_share_nothing()
         found += [f"unhandled error logged: {error}" for error in self.errors]
         found += self.disorder
         if final:
@@ -514,6 +515,24 @@ class World:
             unanswered = len(self.sent) - len(self.confirmed) - len(self.refused)
             if unanswered:
                 found.append(f"{unanswered} publish(es) never answered")
+        return found
+
+    def _groups_share_nothing(self) -> list[str]:
+        """A group hands each message to one member at a time: no offset is
+        in flight (sent, not answered, not timed out) with two members."""
+        found = []
+        for group in self.core.groups.of_topic(GROUP_TOPIC):
+            holders: dict[int, int] = {}
+            for number, member in enumerate(group.members):
+                for delivery in member.window._slots.values():
+                    if delivery.subscription is not member or delivery.held:
+                        continue
+                    if delivery.offset in holders:
+                        found.append(
+                            f"group {group.name}: {GROUP_TOPIC}:{delivery.offset} in flight "
+                            f"with two members at once"
+                        )
+                    holders[delivery.offset] = number
         return found
 
     def _undelivered(self) -> list[str]:
