@@ -237,6 +237,14 @@ class World:
                 list(TOPICS), self._handler(subscriber), start=StartAt.BEGINNING
             )
             self.subscribers.append(subscriber)
+        # A subscriber of the plain protocol (the seed's: no offsets, no ids;
+        # after a reconnect it starts at Current): what it gets must be
+        # what was stored, and nothing else.
+        self.seed_subscriber = self._client(extensions=False)
+        self.seed_received: list[tuple[str, bytes]] = []
+        self.seed_subscriber.subscribe(
+            list(TOPICS), self._seed_handler, start=StartAt.BEGINNING
+        ).addErrback(lambda failure: failure.trap(ConnectionDone))
         # A subscriber by pattern ("*": every one-token topic, the three).
         subscriber = _Subscriber("pattern", self._client(), "plain")
         subscriber.client.subscribe(["*"], self._handler(subscriber), start=StartAt.BEGINNING)
@@ -337,6 +345,10 @@ class World:
         server.makeConnection(server_side)
         self.links.append(_Link(client_side, server_side))
         return client
+
+    def _seed_handler(self, message: Message) -> bool:
+        self.seed_received.append((message.topic, message.payload))
+        return True
 
     def _handler(self, subscriber: _Subscriber) -> Callable[[Message], Any]:
         def handle(message: Message) -> Any:
@@ -510,6 +522,15 @@ class World:
         found += self._groups_share_nothing()
         found += [f"unhandled error logged: {error}" for error in self.errors]
         found += self.disorder
+        for topic, payload in self.seed_received:
+            if payload not in self._stored.get(topic, {}):
+                found.append(f"the plain subscriber got {payload[:12]!r} of {topic}, never stored")
+        self.seed_received.clear()
+        found += [
+            f"a start refused without naming what: {refusal}"
+            for refusal in self.refused_starts
+            if str(DATA_DIR) not in refusal
+        ]
         if final:
             found += self._undelivered()
             unanswered = len(self.sent) - len(self.confirmed) - len(self.refused)
