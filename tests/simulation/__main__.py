@@ -10,6 +10,8 @@ import sys
 import time
 from dataclasses import asdict
 
+from twisted.logger import globalLogBeginner
+
 from broker.log import FsyncPolicy
 from tests.simulation.disk import DiskFaults
 from tests.simulation.world import Faults, run, shortest_failing
@@ -35,6 +37,9 @@ def main() -> int:
         "--fsync", choices=[policy.value for policy in FsyncPolicy], default="always"
     )
     args = parser.parse_args()
+    # The broker's log lines go to the world's observer only (it keeps the
+    # errors), not to the terminal: a run's output is its counts.
+    globalLogBeginner.beginLoggingTo([], redirectStandardIO=False)
     if args.seed is not None:
         seeds = [args.seed]
     else:
