@@ -772,8 +772,9 @@ class FileStore(OneNodeStore):
                 self._blocking,
             )
         except OSError as error:
+            where = error.filename or directory
             raise StoreError(
-                f"could not open topic {topic!r}: {error.strerror or error}"
+                f"could not open topic {topic!r} ({where}): {error.strerror or error}"
             ) from error
         self.logs[topic] = topic_log
         elapsed = time.monotonic() - started

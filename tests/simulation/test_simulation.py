@@ -75,6 +75,10 @@ FOUND_ON_DISK = {
     # half-written line for the next one to run into. The file is now cut
     # back to its last whole line and the positions written again later.
     214: 600,
+    # A start the disk refused (an fsync failing as a topic opened) said
+    # "could not open topic 't0': Input/output error", naming no file:
+    # it names the topic's directory (or the file) now.
+    2027: 2000,
 }
 
 
