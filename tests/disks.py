@@ -29,6 +29,12 @@ class FillableDisk:
     def __getattr__(self, name: str) -> Any:
         return getattr(OS_DISK, name)
 
+    def write(self, fd: int, data: bytes) -> int:
+        if not self.full:
+            return OS_DISK.write(fd, data)
+        OS_DISK.write(fd, bytes(data)[: int(len(data) * self.written_when_full)])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     def pwrite(self, fd: int, data: bytes, position: int) -> int:
         if not self.full:
             return OS_DISK.pwrite(fd, data, position)

@@ -230,3 +230,25 @@ def test_a_limit_that_forces_removal_moves_a_durable_consumer_past_it(log_lines)
     assert log_lines.matching("durable consumer 'behind' of 'tiny' skips ahead")
     position = broker.core.groups.positions.get("tiny", "behind")
     assert position.low == 10 and not position.acked
+
+
+def test_a_full_disk_under_the_positions_file_loses_no_line_and_writes_again(tmp_path):
+    """Found by the simulator: a write that fails part way is cut back to
+    the last whole line, nothing is raised, and the position is written at
+    the next flush, so a restart reads it."""
+    from tests.disks import FillableDisk
+
+    disk = FillableDisk()
+    store = PositionStore(tmp_path, FsyncPolicy.ALWAYS, disk)
+    store.open()
+    store.put("t", "d", Position(3))
+    store.flush()
+    size = (tmp_path / POSITIONS_FILE).stat().st_size
+    disk.full, disk.written_when_full = True, 0.5
+    store.put("t", "d", Position(7))
+    store.flush()  # half a line landed, then ENOSPC: cut back, kept to write again
+    assert (tmp_path / POSITIONS_FILE).stat().st_size == size
+    disk.full = False
+    store.flush()
+    store.close()
+    assert opened(tmp_path).get("t", "d").low == 7
